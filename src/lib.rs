@@ -1,0 +1,21 @@
+//! Palyra: the security control plane of a personal node.
+//!
+//! One binary that keeps a node's secrets and decides who may touch them:
+//!
+//! - [`vault`] — scoped, versioned secrets, envelope-encrypted (ChaCha20-Poly1305, HKDF
+//!   sub-keys), the root key in the OS keychain or a 0600 key file;
+//! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
+//!   rusqlite;
+//! - [`node`] — assembles the parts from a data directory;
+//! - [`fsutil`] — private files and atomic writes.
+//!
+//! What it does not do (yet): serve gRPC or QUIC, pair devices, or evaluate policy; those land
+//! in `rpc/`, `quic/`, `pairing/` and `policy/`. See ARCHITECTURE.md for the map and the
+//! invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod fsutil;
+pub mod node;
+pub mod storage;
+pub mod vault;

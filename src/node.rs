@@ -1,0 +1,208 @@
+//! Assembles a node's parts from its data directory: the database, the root key (from the
+//! backend recorded on first start), the key hierarchy and the vault.
+//!
+//! This is where the "the chosen key backend sticks" rule lives: a node whose database says
+//! its root key is in the keychain never falls back to a new key file (that would orphan every
+//! secret); it fails with an error that says what to do.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::fsutil::{self, FsError};
+use crate::storage::{SqliteBlobBackend, StorageError, Store};
+use crate::vault::keychain::KeychainKeyProvider;
+use crate::vault::keys::FileKeyProvider;
+use crate::vault::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, RootKey, Vault, VaultConfig};
+
+/// Which root-key backend to use on first start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyBackendChoice {
+    /// The OS keychain if it answers, else the key file.
+    #[default]
+    Auto,
+    /// Always the key file.
+    File,
+    /// Always the OS keychain; fail if it does not answer.
+    Keychain,
+}
+
+impl FromStr for KeyBackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(KeyBackendChoice::Auto),
+            "file" => Ok(KeyBackendChoice::File),
+            "keychain" => Ok(KeyBackendChoice::Keychain),
+            other => Err(format!("unknown key backend {other:?}: use auto, file or keychain")),
+        }
+    }
+}
+
+/// How to open a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Root-key backend for a new node (an existing node keeps the one it recorded).
+    pub key_backend: KeyBackendChoice,
+    /// Vault settings.
+    pub vault: VaultConfig,
+}
+
+/// Why a node could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The data directory is unusable.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The root key backend failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The recorded backend holds no key: the secrets cannot be decrypted.
+    #[error(
+        "this node's root key is recorded in the {backend} backend but is missing there ({location}); \
+         without it the vault cannot be decrypted. Restore the key (or the keychain entry) rather than \
+         creating a new one"
+    )]
+    RootKeyMissing {
+        /// The recorded backend.
+        backend: KeyBackend,
+        /// Where it was looked for.
+        location: String,
+    },
+    /// The configuration asks for another backend than the one the node uses.
+    #[error(
+        "this node keeps its root key in the {recorded} backend, but {requested} was requested; remove the setting or use {recorded}"
+    )]
+    BackendMismatch {
+        /// The recorded backend.
+        recorded: KeyBackend,
+        /// The configured one.
+        requested: KeyBackend,
+    },
+    /// The database records something this build does not understand.
+    #[error("the database records an unknown key backend {0:?}")]
+    UnknownBackend(String),
+    /// A blocking task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The parts of a node that live in its data directory.
+#[derive(Debug, Clone)]
+pub struct NodeCore {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The database.
+    pub store: Store,
+    /// Purpose keys derived from the root key.
+    pub keys: Arc<KeyHierarchy>,
+    /// Where the root key lives.
+    pub key_backend: KeyBackend,
+    /// The vault.
+    pub vault: Vault,
+}
+
+const META_KEY_BACKEND: &str = "key_backend";
+const META_KEY_ID: &str = "key_id";
+
+impl NodeCore {
+    /// Opens the node in `data_dir`, creating the directory, database and root key on first
+    /// start.
+    pub async fn open(data_dir: &Path, options: NodeOptions) -> Result<Self, NodeError> {
+        fsutil::ensure_private_dir(data_dir)?;
+        let db = data_dir.join("palyra.db");
+        let store = blocking(move || Store::open(&db).map_err(NodeError::from)).await?;
+        let (root, key_backend) = unlock(&store, data_dir, options.key_backend).await?;
+        let keys = Arc::new(KeyHierarchy::new(&root));
+        drop(root);
+        let vault =
+            Vault::new(Arc::new(SqliteBlobBackend::new(store.clone())), Arc::clone(&keys), options.vault);
+        let pending = vault.resume_rotation().await.map_err(|e| NodeError::Internal(e.to_string()))?;
+        if pending > 0 {
+            tracing::info!(rewrapped = pending, "finished an interrupted key rotation");
+        }
+        Ok(NodeCore { data_dir: data_dir.to_path_buf(), store, keys, key_backend, vault })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| NodeError::Internal(e.to_string()))?
+}
+
+/// Finds the root key: from the recorded backend, or on first start from the chosen one
+/// (creating the key), recording the choice before any secret can be written.
+async fn unlock(
+    store: &Store,
+    data_dir: &Path,
+    choice: KeyBackendChoice,
+) -> Result<(RootKey, KeyBackend), NodeError> {
+    let key_id = match store.meta(META_KEY_ID).await? {
+        Some(id) => id,
+        None => {
+            let id = ulid::Ulid::generate().to_string().to_lowercase();
+            store.set_meta(META_KEY_ID, id.clone()).await?;
+            id
+        }
+    };
+    let requested = match choice {
+        KeyBackendChoice::Auto => None,
+        KeyBackendChoice::File => Some(KeyBackend::File),
+        KeyBackendChoice::Keychain => Some(KeyBackend::Keychain),
+    };
+    let data_dir = data_dir.to_path_buf();
+
+    if let Some(recorded) = store.meta(META_KEY_BACKEND).await? {
+        let recorded = KeyBackend::parse(&recorded).ok_or(NodeError::UnknownBackend(recorded))?;
+        if let Some(requested) = requested.filter(|&r| r != recorded) {
+            return Err(NodeError::BackendMismatch { recorded, requested });
+        }
+        return blocking(move || {
+            let provider = provider(recorded, &data_dir, &key_id)?;
+            let key = provider.load()?.ok_or_else(|| NodeError::RootKeyMissing {
+                backend: recorded,
+                location: format!("{provider:?}"),
+            })?;
+            Ok((key, recorded))
+        })
+        .await;
+    }
+
+    let (key, backend) = blocking(move || {
+        let provider: Box<dyn KeyProvider> = match requested {
+            Some(backend) => provider(backend, &data_dir, &key_id)?,
+            None => match KeychainKeyProvider::open(&key_id) {
+                Ok(keychain) => Box::new(keychain),
+                Err(e) => {
+                    tracing::info!(reason = %e, "no OS keychain answered; keeping the root key in a 0600 key file");
+                    Box::new(FileKeyProvider::new(&data_dir))
+                }
+            },
+        };
+        let key = match provider.load()? {
+            Some(key) => key,
+            None => {
+                let key = RootKey::generate()?;
+                provider.store(&key)?;
+                key
+            }
+        };
+        Ok((key, provider.backend()))
+    })
+    .await?;
+    store.set_meta(META_KEY_BACKEND, backend.as_str().to_owned()).await?;
+    tracing::info!(backend = %backend, "created the node's root key");
+    Ok((key, backend))
+}
+
+fn provider(backend: KeyBackend, data_dir: &Path, key_id: &str) -> Result<Box<dyn KeyProvider>, NodeError> {
+    Ok(match backend {
+        KeyBackend::File => Box::new(FileKeyProvider::new(data_dir)),
+        KeyBackend::Keychain => Box::new(KeychainKeyProvider::open(key_id)?),
+    })
+}

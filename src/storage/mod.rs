@@ -1,0 +1,416 @@
+//! SQLite storage: the only module that knows rusqlite.
+//!
+//! One database file in WAL mode with `synchronous=FULL`, so an acknowledged write survives
+//! `kill -9` and power loss. All writes go through one writer thread that batches whatever is
+//! queued into one transaction (group commit): under concurrency many writes share one fsync.
+//! Each write runs in its own savepoint, so one failing write does not undo its batch-mates.
+//! Reads use a small pool of read-only connections on tokio's blocking threads, never on the
+//! async workers. Migrations are numbered, append-only SQL files applied at open.
+//!
+//! This module speaks domain types outward (see [`vault`]); it does not encrypt, authorize or
+//! decide anything.
+
+mod vault;
+
+pub use vault::SqliteBlobBackend;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{Semaphore, oneshot};
+
+/// A database failure. Cheap to clone, so one commit failure can be reported to every write
+/// of its batch.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("database error: {message}")]
+pub struct StorageError {
+    message: Arc<str>,
+}
+
+impl StorageError {
+    fn new(message: impl fmt::Display) -> Self {
+        StorageError { message: message.to_string().into() }
+    }
+
+    /// A stored value that cannot be what this code wrote (corruption or tampering).
+    pub(crate) fn corrupt(what: impl fmt::Display) -> Self {
+        StorageError::new(format_args!("corrupt row: {what}"))
+    }
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::new(e)
+    }
+}
+
+/// Numbered, append-only migrations. Never edit one that has shipped; add the next.
+const MIGRATIONS: &[(u32, &str, &str)] = &[(1, "vault", include_str!("migrations/0001_vault.sql"))];
+
+/// Largest number of writes committed together.
+const MAX_BATCH: usize = 1024;
+/// Read connections kept open.
+const READERS: usize = 8;
+
+/// A job for the writer: runs inside the batch transaction and returns what to do once the
+/// batch's commit has succeeded or failed.
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// The database: one writer thread, a pool of readers.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    readers: Mutex<Vec<Connection>>,
+    reader_slots: Semaphore,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("path", &self.inner.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, applies pending migrations and starts
+    /// the writer thread. Blocking: call it before serving, or from `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        restrict_mode(path);
+        configure_writer(&conn)?;
+        migrate(&mut conn)?;
+
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("palyra-db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StorageError::new(format_args!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                jobs: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                reader_slots: Semaphore::new(READERS),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in the next group-commit transaction and returns its result once that
+    /// transaction is durable. If `f` fails, only its own changes are rolled back.
+    pub(crate) async fn write<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit| {
+                let outcome = match (result, commit) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(e)) => Err(E::from(e)),
+                    (Err(e), _) => Err(e),
+                };
+                let _ = tx.send(outcome);
+            })
+        });
+        self.submit(job)?;
+        rx.await.map_err(|_| E::from(StorageError::new("the database writer stopped")))?
+    }
+
+    fn submit(&self, job: Job) -> Result<(), StorageError> {
+        let jobs = self.inner.jobs.lock().map_err(|_| StorageError::new("writer queue poisoned"))?;
+        jobs.as_ref()
+            .ok_or_else(|| StorageError::new("the database is closed"))?
+            .send(job)
+            .map_err(|_| StorageError::new("the database writer stopped"))
+    }
+
+    /// Runs `f` on a read-only connection on a blocking thread.
+    pub(crate) async fn read<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let _slot = self
+            .inner
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| E::from(StorageError::new("the database is closed")))?;
+        let pooled = self.inner.readers.lock().ok().and_then(|mut r| r.pop());
+        let path = self.inner.path.clone();
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => match open_reader(&path) {
+                    Ok(conn) => conn,
+                    Err(e) => return (None, Err(E::from(e))),
+                },
+            };
+            let result = f(&conn);
+            (Some(conn), result)
+        })
+        .await
+        .map_err(|e| E::from(StorageError::new(format_args!("read task failed: {e}"))))?;
+        if let (Some(conn), Ok(mut readers)) = (conn, self.inner.readers.lock()) {
+            readers.push(conn);
+        }
+        result
+    }
+
+    /// A value from the `meta` table.
+    pub async fn meta(&self, key: &'static str) -> Result<Option<String>, StorageError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+                .map_err(StorageError::from)
+        })
+        .await
+    }
+
+    /// Sets a `meta` value, durably.
+    pub async fn set_meta(&self, key: &'static str, value: String) -> Result<(), StorageError> {
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
+                .execute((key, value))?;
+            Ok::<_, StorageError>(())
+        })
+        .await
+    }
+
+    /// Runs `PRAGMA integrity_check` and returns its verdict (`"ok"` when sound).
+    pub async fn integrity_check(&self) -> Result<String, StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("PRAGMA integrity_check")?;
+            let lines = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, StorageError>(lines.join("\n"))
+        })
+        .await
+    }
+
+    /// Stops accepting writes; the writer thread finishes what is queued and exits.
+    pub fn close(&self) {
+        if let Ok(mut jobs) = self.inner.jobs.lock() {
+            jobs.take();
+        }
+    }
+}
+
+/// The database holds sealed secrets and the registry: keep it owner-only.
+fn restrict_mode(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(crate::fsutil::FILE_MODE));
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+fn configure_writer(conn: &Connection) -> Result<(), StorageError> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StorageError::new(format_args!("cannot enable WAL mode (got {mode})")));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > latest {
+        return Err(StorageError::new(format_args!(
+            "the database is at schema version {current}, newer than this build knows ({latest}); use a newer palyra"
+        )));
+    }
+    for &(number, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .map_err(|e| StorageError::new(format_args!("migration {number:04}_{name} failed: {e}")))?;
+        tx.pragma_update(None, "user_version", number)?;
+        tx.commit()?;
+        tracing::info!(number, name, "applied database migration");
+    }
+    Ok(())
+}
+
+fn in_savepoint<T, E: From<StorageError>>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    conn.execute_batch("SAVEPOINT job").map_err(|e| E::from(e.into()))?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE job").map_err(|e| E::from(e.into()))?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+                tracing::error!(error = %rollback, "could not roll back a failed write");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "cannot begin a write transaction");
+        // Dropping the jobs drops their reply channels: each caller gets an error.
+        return;
+    }
+    let completions: Vec<Completion> = batch.into_iter().map(|job| job(conn)).collect();
+    let commit = conn.execute_batch("COMMIT").map_err(StorageError::from);
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, "commit failed");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for complete in completions {
+        complete(commit.clone());
+    }
+}
+
+/// Unix milliseconds of `t` (0 before the epoch, saturating far in the future).
+pub(crate) fn to_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// The time of stored unix milliseconds.
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order_from_one() {
+        for (i, (number, name, sql)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*number as usize, i + 1, "migration {name} is out of sequence");
+            assert!(!sql.trim().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn opens_in_wal_with_full_sync_and_reopens() -> Result<(), StorageError> {
+        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+        let path = dir.path().join("p.db");
+        let store = Store::open(&path)?;
+        store.set_meta("test", "one".into()).await?;
+        let (mode, sync): (String, i64) = store
+            .write(|c| {
+                let mode = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                let sync = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+                Ok::<_, StorageError>((mode, sync))
+            })
+            .await?;
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous must be FULL");
+        store.close();
+        let again = Store::open(&path)?;
+        assert_eq!(again.meta("test").await?.as_deref(), Some("one"));
+        assert_eq!(again.integrity_check().await?, "ok");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_undo_its_batch_mates() -> Result<(), StorageError> {
+        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+        let store = Store::open(&dir.path().join("p.db"))?;
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write(move |c| {
+                        c.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [format!("job{i}")])?;
+                        if i % 2 == 0 {
+                            return Err(StorageError::new("refused"));
+                        }
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.map_err(StorageError::new)?;
+            assert_eq!(result.is_ok(), i % 2 == 1);
+        }
+        let count: i64 = store
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM meta WHERE key LIKE 'job%'", [], |r| r.get(0))
+                    .map_err(StorageError::from)
+            })
+            .await?;
+        assert_eq!(count, 25);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema() -> Result<(), StorageError> {
+        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+        let path = dir.path().join("p.db");
+        Connection::open(&path)?.pragma_update(None, "user_version", 999)?;
+        let err = Store::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("newer than this build"), "{err}");
+        Ok(())
+    }
+}

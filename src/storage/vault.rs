@@ -1,0 +1,376 @@
+//! The vault's tables behind [`BlobBackend`].
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::{StorageError, Store, from_millis, to_millis};
+use crate::vault::{
+    Binding, BlobBackend, BoxFuture, ListQuery, ObjectId, PutRecord, RewrapFn, RewrapProgress, Scope, SealFn,
+    SecretKey, SecretMetadata, SecretVersion, StoredVersion, VaultError,
+};
+
+/// The vault's sealed secrets in SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteBlobBackend {
+    store: Store,
+}
+
+impl SqliteBlobBackend {
+    /// The vault tables of `store`.
+    pub fn new(store: Store) -> Self {
+        SqliteBlobBackend { store }
+    }
+}
+
+const METADATA_COLUMNS: &str = "scope, key, object_id, latest_version, created_at, updated_at, deleted, size";
+
+/// Reads the metadata columns, in [`METADATA_COLUMNS`] order, starting at column 0.
+fn metadata_from_row(row: &Row<'_>) -> rusqlite::Result<Result<SecretMetadata, StorageError>> {
+    let scope: String = row.get(0)?;
+    let key: String = row.get(1)?;
+    let version: i64 = row.get(3)?;
+    let size: i64 = row.get(7)?;
+    let parsed = (|| {
+        Ok(SecretMetadata {
+            scope: Scope::parse(&scope).map_err(StorageError::corrupt)?,
+            key: SecretKey::parse(&key).map_err(StorageError::corrupt)?,
+            object_id: ObjectId::from_stored(row.get(2)?),
+            version: u64::try_from(version).map_err(StorageError::corrupt)?,
+            created_at: from_millis(row.get(4)?),
+            updated_at: from_millis(row.get(5)?),
+            deleted: row.get::<_, i64>(6)? != 0,
+            size: u32::try_from(size).map_err(StorageError::corrupt)?,
+        })
+    })();
+    Ok(parsed.map_err(|e: StorageError| e))
+}
+
+fn load_metadata(conn: &Connection, object_id: &ObjectId) -> Result<Option<SecretMetadata>, StorageError> {
+    let sql = format!("SELECT {METADATA_COLUMNS} FROM secrets WHERE object_id = ?1");
+    conn.prepare_cached(&sql)?.query_row([object_id.as_str()], metadata_from_row).optional()?.transpose()
+}
+
+fn current_generation(conn: &Connection) -> Result<u32, StorageError> {
+    let text: String = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'kek_generation'")?
+        .query_row([], |r| r.get(0))?;
+    text.parse().map_err(|_| StorageError::corrupt("kek_generation"))
+}
+
+fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetadata, VaultError> {
+    let generation = current_generation(conn)?;
+    let existing = load_metadata(conn, &record.object_id)?;
+    let live = existing.as_ref().filter(|m| !m.deleted).map_or(0, |m| m.version);
+    if let Some(expected) = record.expected_version
+        && expected != live
+    {
+        return Err(VaultError::VersionConflict {
+            scope: record.scope,
+            key: record.key,
+            expected,
+            actual: live,
+        });
+    }
+    let version = existing.as_ref().map_or(0, |m| m.version) + 1;
+    let envelope = seal(version, generation)?;
+    let now = to_millis(record.now);
+    conn.prepare_cached(
+        "INSERT INTO secrets (object_id, scope, key, latest_version, created_at, updated_at, deleted, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, ?6)
+         ON CONFLICT (object_id) DO UPDATE SET latest_version = ?4, updated_at = ?5, deleted = 0, size = ?6",
+    )
+    .map_err(StorageError::from)?
+    .execute((
+        record.object_id.as_str(),
+        record.scope.as_str(),
+        record.key.as_str(),
+        version as i64,
+        now,
+        record.size,
+    ))
+    .map_err(StorageError::from)?;
+    conn.prepare_cached(
+        "INSERT INTO secret_versions (object_id, version, created_at, size, kek_generation, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(StorageError::from)?
+    .execute((record.object_id.as_str(), version as i64, now, record.size, generation, envelope))
+    .map_err(StorageError::from)?;
+    Ok(SecretMetadata {
+        scope: record.scope,
+        key: record.key,
+        object_id: record.object_id,
+        version,
+        created_at: existing.map_or(record.now, |m| m.created_at),
+        updated_at: record.now,
+        deleted: false,
+        size: record.size,
+    })
+}
+
+fn get(
+    conn: &Connection,
+    scope: Scope,
+    key: SecretKey,
+    version: Option<u64>,
+) -> Result<StoredVersion, VaultError> {
+    let object_id = ObjectId::new(&scope, &key);
+    let not_found = || VaultError::NotFound { scope: scope.clone(), key: key.clone(), version };
+    let sql = format!(
+        "SELECT {METADATA_COLUMNS}, v.version, v.envelope FROM secrets s
+         JOIN secret_versions v ON v.object_id = s.object_id AND v.version = coalesce(?2, s.latest_version)
+         WHERE s.object_id = ?1"
+    );
+    let requested = version.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let row = conn
+        .prepare_cached(&sql)
+        .map_err(StorageError::from)?
+        .query_row((object_id.as_str(), requested), |row| {
+            Ok((metadata_from_row(row)?, row.get::<_, i64>(8)?, row.get::<_, Option<Vec<u8>>>(9)?))
+        })
+        .optional()
+        .map_err(StorageError::from)?;
+    let Some((metadata, stored_version, envelope)) = row else {
+        return Err(not_found());
+    };
+    let metadata = metadata?;
+    let Some(envelope) = envelope.filter(|_| !metadata.deleted) else {
+        return Err(not_found());
+    };
+    Ok(StoredVersion {
+        metadata,
+        version: u64::try_from(stored_version).map_err(StorageError::corrupt)?,
+        envelope,
+    })
+}
+
+fn list(conn: &Connection, query: ListQuery) -> Result<Vec<SecretMetadata>, VaultError> {
+    let (after_scope, after_key) = query
+        .after
+        .as_ref()
+        .map_or((String::new(), String::new()), |(s, k)| (s.as_str().to_owned(), k.as_str().to_owned()));
+    // Sub-scopes of `a` are `a/...`: the range ['a/', 'a0') — '0' follows '/' in ASCII — and not
+    // siblings such as `a-b` or `a.b`.
+    let scope_filter = if query.recursive {
+        "(scope = ?1 OR (scope >= ?1 || '/' AND scope < ?1 || '0'))"
+    } else {
+        "scope = ?1"
+    };
+    let sql = format!(
+        "SELECT {METADATA_COLUMNS} FROM secrets
+         WHERE {scope_filter} AND (?2 OR deleted = 0) AND (scope, key) > (?3, ?4)
+         ORDER BY scope, key LIMIT ?5"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(StorageError::from)?;
+    let rows = stmt
+        .query_map(
+            (query.scope.as_str(), query.include_deleted, after_scope, after_key, query.limit as i64),
+            metadata_from_row,
+        )
+        .map_err(StorageError::from)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(StorageError::from)??);
+    }
+    Ok(out)
+}
+
+fn delete(
+    conn: &Connection,
+    scope: Scope,
+    key: SecretKey,
+    destroy: bool,
+    now: SystemTime,
+) -> Result<SecretMetadata, VaultError> {
+    let object_id = ObjectId::new(&scope, &key);
+    let Some(mut metadata) = load_metadata(conn, &object_id)? else {
+        return Err(VaultError::NotFound { scope, key, version: None });
+    };
+    if metadata.deleted && !destroy {
+        return Err(VaultError::NotFound { scope, key, version: None });
+    }
+    let now_ms = to_millis(now);
+    conn.prepare_cached("UPDATE secrets SET deleted = 1, updated_at = ?2 WHERE object_id = ?1")
+        .map_err(StorageError::from)?
+        .execute((object_id.as_str(), now_ms))
+        .map_err(StorageError::from)?;
+    if destroy {
+        // secure_delete overwrites the freed cells, so the ciphertext and wrapped DEK are gone
+        // from the database file, not just unlinked.
+        conn.prepare_cached(
+            "UPDATE secret_versions SET envelope = NULL, kek_generation = NULL, destroyed = 1 WHERE object_id = ?1",
+        )
+        .map_err(StorageError::from)?
+        .execute([object_id.as_str()])
+        .map_err(StorageError::from)?;
+    }
+    metadata.deleted = true;
+    metadata.updated_at = now;
+    Ok(metadata)
+}
+
+fn history(
+    conn: &Connection,
+    scope: Scope,
+    key: SecretKey,
+) -> Result<(SecretMetadata, Vec<SecretVersion>), VaultError> {
+    let object_id = ObjectId::new(&scope, &key);
+    let Some(metadata) = load_metadata(conn, &object_id)? else {
+        return Err(VaultError::NotFound { scope, key, version: None });
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT version, created_at, size, destroyed FROM secret_versions WHERE object_id = ?1 ORDER BY version",
+        )
+        .map_err(StorageError::from)?;
+    let versions = stmt
+        .query_map([object_id.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+        })
+        .map_err(StorageError::from)?
+        .map(|row| {
+            let (version, created_at, size, destroyed) = row?;
+            Ok(SecretVersion {
+                version: u64::try_from(version).map_err(StorageError::corrupt)?,
+                created_at: from_millis(created_at),
+                size: u32::try_from(size).map_err(StorageError::corrupt)?,
+                destroyed: destroyed != 0,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    Ok((metadata, versions))
+}
+
+fn begin_rotation(conn: &Connection) -> Result<u32, VaultError> {
+    let next = current_generation(conn)?
+        .checked_add(1)
+        .ok_or_else(|| VaultError::InvalidArgument("key generations exhausted".into()))?;
+    conn.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'kek_generation'")
+        .map_err(StorageError::from)?
+        .execute([next.to_string()])
+        .map_err(StorageError::from)?;
+    Ok(next)
+}
+
+fn rewrap_batch(
+    conn: &Connection,
+    after: Option<(ObjectId, u64)>,
+    limit: usize,
+    rewrap: RewrapFn,
+) -> Result<RewrapProgress, VaultError> {
+    let target = current_generation(conn)?;
+    let (after_id, after_version) =
+        after.map_or((String::new(), 0), |(id, v)| (id.as_str().to_owned(), v as i64));
+    let rows = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT v.object_id, v.version, s.scope, s.key, v.envelope FROM secret_versions v
+                 JOIN secrets s ON s.object_id = v.object_id
+                 WHERE v.envelope IS NOT NULL AND v.kek_generation < ?1 AND (v.object_id, v.version) > (?2, ?3)
+                 ORDER BY v.object_id, v.version LIMIT ?4",
+            )
+            .map_err(StorageError::from)?;
+        stmt.query_map((target, after_id, after_version, limit as i64), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })
+        .map_err(StorageError::from)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StorageError::from)?
+    };
+    let mut progress = RewrapProgress::default();
+    let mut update = conn
+        .prepare_cached("UPDATE secret_versions SET envelope = ?3, kek_generation = ?4 WHERE object_id = ?1 AND version = ?2")
+        .map_err(StorageError::from)?;
+    for (object_id, version, scope, key, envelope) in rows {
+        let rewrapped = match (Scope::parse(&scope), SecretKey::parse(&key), u64::try_from(version)) {
+            (Ok(scope), Ok(key), Ok(v)) => {
+                rewrap(Binding { scope: &scope, key: &key, version: v }, &envelope, target).ok()
+            }
+            _ => None,
+        };
+        match rewrapped {
+            Some(new) => {
+                update.execute((&object_id, version, new, target)).map_err(StorageError::from)?;
+                progress.rewrapped += 1;
+            }
+            None => progress.failed += 1,
+        }
+        progress.last = Some((ObjectId::from_stored(object_id), u64::try_from(version).unwrap_or(0)));
+    }
+    Ok(progress)
+}
+
+fn pending_rewrap(conn: &Connection) -> Result<u64, VaultError> {
+    let target = current_generation(conn)?;
+    let count: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM secret_versions WHERE envelope IS NOT NULL AND kek_generation < ?1",
+        )
+        .map_err(StorageError::from)?
+        .query_row([target], |r| r.get(0))
+        .map_err(StorageError::from)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+impl BlobBackend for SqliteBlobBackend {
+    fn put(&self, record: PutRecord, seal: SealFn) -> BoxFuture<'_, Result<SecretMetadata, VaultError>> {
+        Box::pin(self.store.write(move |c| put(c, record, seal)))
+    }
+
+    fn get(
+        &self,
+        scope: Scope,
+        key: SecretKey,
+        version: Option<u64>,
+    ) -> BoxFuture<'_, Result<StoredVersion, VaultError>> {
+        Box::pin(self.store.read(move |c| get(c, scope, key, version)))
+    }
+
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SecretMetadata>, VaultError>> {
+        Box::pin(self.store.read(move |c| list(c, query)))
+    }
+
+    fn delete(
+        &self,
+        scope: Scope,
+        key: SecretKey,
+        destroy: bool,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<SecretMetadata, VaultError>> {
+        Box::pin(self.store.write(move |c| delete(c, scope, key, destroy, now)))
+    }
+
+    fn history(
+        &self,
+        scope: Scope,
+        key: SecretKey,
+    ) -> BoxFuture<'_, Result<(SecretMetadata, Vec<SecretVersion>), VaultError>> {
+        Box::pin(self.store.read(move |c| history(c, scope, key)))
+    }
+
+    fn begin_rotation(&self) -> BoxFuture<'_, Result<u32, VaultError>> {
+        Box::pin(self.store.write(begin_rotation))
+    }
+
+    fn rewrap_batch(
+        &self,
+        after: Option<(ObjectId, u64)>,
+        limit: usize,
+        rewrap: RewrapFn,
+    ) -> BoxFuture<'_, Result<RewrapProgress, VaultError>> {
+        let rewrap = Arc::clone(&rewrap);
+        Box::pin(self.store.write(move |c| rewrap_batch(c, after, limit, rewrap)))
+    }
+
+    fn pending_rewrap(&self) -> BoxFuture<'_, Result<u64, VaultError>> {
+        Box::pin(self.store.read(pending_rewrap))
+    }
+}
