@@ -24,7 +24,9 @@ impl SqliteBlobBackend {
     }
 }
 
-const METADATA_COLUMNS: &str = "scope, key, object_id, latest_version, created_at, updated_at, deleted, size";
+/// The metadata columns of `secrets`, which every query aliases as `s`.
+const METADATA_COLUMNS: &str =
+    "s.scope, s.key, s.object_id, s.latest_version, s.created_at, s.updated_at, s.deleted, s.size";
 
 /// Reads the metadata columns, in [`METADATA_COLUMNS`] order, starting at column 0.
 fn metadata_from_row(row: &Row<'_>) -> rusqlite::Result<Result<SecretMetadata, StorageError>> {
@@ -48,7 +50,7 @@ fn metadata_from_row(row: &Row<'_>) -> rusqlite::Result<Result<SecretMetadata, S
 }
 
 fn load_metadata(conn: &Connection, object_id: &ObjectId) -> Result<Option<SecretMetadata>, StorageError> {
-    let sql = format!("SELECT {METADATA_COLUMNS} FROM secrets WHERE object_id = ?1");
+    let sql = format!("SELECT {METADATA_COLUMNS} FROM secrets s WHERE s.object_id = ?1");
     conn.prepare_cached(&sql)?.query_row([object_id.as_str()], metadata_from_row).optional()?.transpose()
 }
 
@@ -103,8 +105,8 @@ fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetad
         key: record.key,
         object_id: record.object_id,
         version,
-        created_at: existing.map_or(record.now, |m| m.created_at),
-        updated_at: record.now,
+        created_at: existing.map_or(from_millis(now), |m| m.created_at),
+        updated_at: from_millis(now),
         deleted: false,
         size: record.size,
     })
@@ -159,7 +161,7 @@ fn list(conn: &Connection, query: ListQuery) -> Result<Vec<SecretMetadata>, Vaul
         "scope = ?1"
     };
     let sql = format!(
-        "SELECT {METADATA_COLUMNS} FROM secrets
+        "SELECT {METADATA_COLUMNS} FROM secrets s
          WHERE {scope_filter} AND (?2 OR deleted = 0) AND (scope, key) > (?3, ?4)
          ORDER BY scope, key LIMIT ?5"
     );
@@ -207,7 +209,7 @@ fn delete(
         .map_err(StorageError::from)?;
     }
     metadata.deleted = true;
-    metadata.updated_at = now;
+    metadata.updated_at = from_millis(now_ms);
     Ok(metadata)
 }
 
