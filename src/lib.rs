@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fsutil;
+pub mod identity;
 pub mod node;
 pub mod storage;
 pub mod vault;

@@ -1,0 +1,197 @@
+//! Who is who: the node's device identity, the device CA, the registry of paired devices, and
+//! the typed principal every request is decided for.
+//!
+//! No tonic, no SQL, no Cedar here: the registry's rows live in `crate::storage`, the wire
+//! forms in `crate::rpc`, the policy entities in `crate::policy`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use crate::vault::Scope;
+
+/// A device's id: a ULID, shown in lower case (it appears in vault scopes, which are lower
+/// case). Parsing accepts either case.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(ulid::Ulid);
+
+impl DeviceId {
+    /// A fresh id.
+    pub fn generate() -> Self {
+        DeviceId(ulid::Ulid::generate())
+    }
+
+    /// Parses the 26-character text form.
+    pub fn parse(text: &str) -> Result<Self, InvalidDeviceId> {
+        if text.len() != 26 {
+            return Err(InvalidDeviceId(format!("a device id has 26 characters, got {}", text.len())));
+        }
+        ulid::Ulid::from_string(text).map(DeviceId).map_err(|e| InvalidDeviceId(format!("not a ULID: {e}")))
+    }
+
+    /// The device's own vault scope, `devices/<id>`.
+    pub fn own_scope(&self) -> Scope {
+        // Invariant: "devices" and a lower-case ULID both satisfy the scope grammar.
+        Scope::parse(&format!("devices/{self}")).unwrap_or_else(|_| unreachable!("device scopes are valid"))
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_string().to_lowercase())
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceId({self})")
+    }
+}
+
+impl FromStr for DeviceId {
+    type Err = InvalidDeviceId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeviceId::parse(s)
+    }
+}
+
+/// A device id that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid device id: {0}")]
+pub struct InvalidDeviceId(String);
+
+/// What a paired device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The operator: may do everything.
+    Admin,
+    /// An app or phone: its own vault subtree and granted scopes.
+    Device,
+    /// A peer node: the QUIC data plane.
+    Node,
+}
+
+impl Role {
+    /// The role's name, as on the wire and in Cedar (`Palyra::Role::"admin"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Device => "device",
+            Role::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "device" => Ok(Role::Device),
+            "node" => Ok(Role::Node),
+            other => Err(format!("unknown role {other:?}: use admin, device or node")),
+        }
+    }
+}
+
+/// Whether a registered device may still connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Paired and not revoked.
+    Active,
+    /// Revoked: its certificate is refused.
+    Revoked,
+}
+
+/// A paired device, as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Its id.
+    pub id: DeviceId,
+    /// The name it gave when pairing (or "operator").
+    pub name: String,
+    /// Lowercase hex SHA-256 of its Ed25519 signing key.
+    pub fingerprint: String,
+    /// Its Ed25519 signing public key.
+    pub signing_public_key: [u8; 32],
+    /// Its role.
+    pub role: Role,
+    /// Active or revoked.
+    pub status: DeviceStatus,
+    /// When it was registered.
+    pub paired_at: SystemTime,
+    /// When its current certificate expires.
+    pub certificate_expires_at: SystemTime,
+    /// When it was revoked.
+    pub revoked_at: Option<SystemTime>,
+    /// Why it was revoked.
+    pub revoke_reason: Option<String>,
+    /// Vault scopes granted beyond its own `devices/<id>`.
+    pub scopes: Vec<Scope>,
+}
+
+/// Who is calling, resolved once per request from the verified client certificate and the
+/// registry. The gRPC and QUIC edges produce it; the policy engine decides for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No client certificate.
+    Anonymous,
+    /// A registered, active device.
+    Device {
+        /// Its id.
+        id: DeviceId,
+        /// Its role.
+        role: Role,
+        /// Its fingerprint.
+        fingerprint: String,
+    },
+}
+
+impl Principal {
+    /// The device id, for a device.
+    pub fn device_id(&self) -> Option<DeviceId> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Device { id, .. } => Some(*id),
+        }
+    }
+
+    /// How audit records and logs name it: `anonymous` or `device:<id>`.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::Anonymous => "anonymous".to_owned(),
+            Principal::Device { id, .. } => format!("device:{id}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_lower_case_and_parse_either_case() {
+        let id = DeviceId::generate();
+        let text = id.to_string();
+        assert_eq!(text, text.to_lowercase());
+        assert_eq!(DeviceId::parse(&text), Ok(id));
+        assert_eq!(DeviceId::parse(&text.to_uppercase()), Ok(id));
+        assert!(DeviceId::parse("short").is_err());
+        assert!(DeviceId::parse(&"!".repeat(26)).is_err());
+        assert_eq!(id.own_scope().as_str(), format!("devices/{text}"));
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for role in [Role::Admin, Role::Device, Role::Node] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}
