@@ -15,8 +15,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod config;
 pub mod fsutil;
 pub mod identity;
 pub mod node;
+pub mod rpc;
 pub mod storage;
 pub mod vault;

@@ -10,8 +10,10 @@
 //! This module speaks domain types outward (see [`vault`]); it does not encrypt, authorize or
 //! decide anything.
 
+mod audit;
 mod vault;
 
+pub use audit::AuditLog;
 pub use vault::SqliteBlobBackend;
 
 use std::fmt;
@@ -48,7 +50,10 @@ impl From<rusqlite::Error> for StorageError {
 }
 
 /// Numbered, append-only migrations. Never edit one that has shipped; add the next.
-const MIGRATIONS: &[(u32, &str, &str)] = &[(1, "vault", include_str!("migrations/0001_vault.sql"))];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "vault", include_str!("migrations/0001_vault.sql")),
+    (4, "audit", include_str!("migrations/0004_audit.sql")),
+];
 
 /// Largest number of writes committed together.
 const MAX_BATCH: usize = 1024;

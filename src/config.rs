@@ -1,0 +1,200 @@
+//! Configuration: defaults, then `palyra.toml` (or `--config FILE`), then `PALYRA_*`
+//! environment variables, then flags — later wins. Also the data-dir layout.
+//!
+//! The file is untrusted input: bounded in size, unknown keys refused, every error names the
+//! file and the line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::node::KeyBackendChoice;
+
+/// Default gRPC listen address.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
+/// Default QUIC listen address.
+pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:7444";
+/// Largest config file accepted.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// The config file's contents; every field optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// gRPC listen address.
+    pub grpc_addr: Option<SocketAddr>,
+    /// QUIC listen address.
+    pub quic_addr: Option<SocketAddr>,
+    /// Root key backend for a new node: "auto", "file" or "keychain".
+    pub key_backend: Option<String>,
+    /// Extra DNS names or IP addresses for the server certificate.
+    pub server_names: Option<Vec<String>>,
+    /// Largest secret value in bytes.
+    pub max_value_bytes: Option<usize>,
+    /// Default `tracing` filter, e.g. "info" or "palyra=debug".
+    pub log: Option<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is too large.
+    #[error("config file {path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file does not parse or has unknown or mistyped keys.
+    #[error("config file {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Value(String),
+}
+
+impl FileConfig {
+    /// Parses config text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: FileConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+        if let Some(backend) = &config.key_backend {
+            backend
+                .parse::<KeyBackendChoice>()
+                .map_err(|m| ConfigError::Invalid { path: path.to_path_buf(), message: m })?;
+        }
+        if config.max_value_bytes.is_some_and(|n| n == 0 || n > 16 * 1024 * 1024) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: "max_value_bytes must be between 1 and 16777216".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Loads `path`; a missing file is an empty config only when `optional`.
+    pub fn load(path: &Path, optional: bool) -> Result<Self, ConfigError> {
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(FileConfig::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        };
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_path_buf() });
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        FileConfig::parse(&text, path)
+    }
+}
+
+/// The data directory: `--data-dir`, else `$PALYRA_HOME` (clap reads both), else
+/// `$XDG_DATA_HOME/palyra`, else `~/.local/share/palyra`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("palyra");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/palyra")
+}
+
+/// Where things live inside a data dir (API.md "Files in the data dir").
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+
+    /// The data dir.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `palyra.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("palyra.toml")
+    }
+
+    /// `identity/`: sealed node identity, CA and server key.
+    pub fn identity_dir(&self) -> PathBuf {
+        self.root.join("identity")
+    }
+
+    /// `operator/`: the operator's client credentials.
+    pub fn operator_dir(&self) -> PathBuf {
+        self.root.join("operator")
+    }
+
+    /// `client/`: a joining device's credentials.
+    pub fn client_dir(&self) -> PathBuf {
+        self.root.join("client")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() -> Result<(), ConfigError> {
+        let text = r#"
+            grpc_addr = "127.0.0.1:9000"
+            key_backend = "file"
+            server_names = ["node.local"]
+            max_value_bytes = 1024
+        "#;
+        let c = FileConfig::parse(text, Path::new("palyra.toml"))?;
+        assert_eq!(
+            c.grpc_addr,
+            Some("127.0.0.1:9000".parse().map_err(|_| ConfigError::Value("addr".into()))?)
+        );
+        assert_eq!(c.max_value_bytes, Some(1024));
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let cases = [
+            ("grpc_adr = \"x\"", "unknown field"),
+            ("grpc_addr = \"not an address\"", "grpc_addr"),
+            ("key_backend = \"tpm\"", "unknown key backend"),
+            ("max_value_bytes = 0", "max_value_bytes"),
+            ("[[[", "palyra.toml"),
+        ];
+        for (text, want) in cases {
+            let err = FileConfig::parse(text, Path::new("palyra.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want) && err.contains("palyra.toml"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let text = format!("a = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(FileConfig::parse(&text, Path::new("x")).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! The one place where errors become `tonic::Status`.
+//!
+//! Every status carries `google.rpc.ErrorInfo { reason: <palyra.common.v1.ErrorReason name>,
+//! domain: "palyra.dev" }` so clients can branch on a stable reason instead of parsing text.
+//! Internal failures are logged here with their detail and sent as a bare "internal error".
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::pb::common::v1::ErrorReason;
+use crate::vault::VaultError;
+
+/// The `ErrorInfo.domain` of every Palyra error.
+pub const ERROR_DOMAIN: &str = "palyra.dev";
+
+/// A status with its reason (and optional `ErrorInfo.metadata`).
+pub fn status(code: Code, reason: ErrorReason, message: impl Into<String>) -> Status {
+    status_with(code, reason, message, HashMap::new())
+}
+
+/// A status with its reason and `ErrorInfo.metadata` entries.
+pub fn status_with(
+    code: Code,
+    reason: ErrorReason,
+    message: impl Into<String>,
+    metadata: HashMap<String, String>,
+) -> Status {
+    let details = ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+/// `INVALID_ARGUMENT` naming the field at fault.
+pub fn invalid_argument(field: &str, message: impl std::fmt::Display) -> Status {
+    status_with(
+        Code::InvalidArgument,
+        ErrorReason::InvalidArgument,
+        format!("{field}: {message}"),
+        HashMap::from([("field".to_owned(), field.to_owned())]),
+    )
+}
+
+/// `INTERNAL`, with the detail logged and not sent.
+pub fn internal(detail: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %detail, "internal error");
+    status(Code::Internal, ErrorReason::Internal, "internal error")
+}
+
+impl From<VaultError> for Status {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::InvalidName(name) => {
+                status(Code::InvalidArgument, ErrorReason::InvalidArgument, name.to_string())
+            }
+            VaultError::InvalidArgument(m) => status(Code::InvalidArgument, ErrorReason::InvalidArgument, m),
+            e @ VaultError::ValueTooLarge { .. } => {
+                status(Code::InvalidArgument, ErrorReason::ValueTooLarge, e.to_string())
+            }
+            e @ VaultError::NotFound { .. } => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
+            VaultError::VersionConflict { actual, ref scope, ref key, expected } => status_with(
+                Code::FailedPrecondition,
+                ErrorReason::VersionConflict,
+                format!("expected version {expected} of {scope}/{key}, but the latest is {actual}"),
+                HashMap::from([("latest_version".to_owned(), actual.to_string())]),
+            ),
+            e @ VaultError::Integrity { .. } => {
+                tracing::error!(error = %e, "stored secret failed its integrity check");
+                status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
+            }
+            other => internal(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::{Scope, SecretKey};
+
+    fn reason_of(s: &Status) -> String {
+        s.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn vault_errors_map_to_codes_and_reasons() {
+        let scope = Scope::parse("a").expect("scope");
+        let key = SecretKey::parse("k").expect("key");
+        let conflict: Status =
+            VaultError::VersionConflict { scope: scope.clone(), key: key.clone(), expected: 0, actual: 3 }
+                .into();
+        assert_eq!(conflict.code(), Code::FailedPrecondition);
+        assert_eq!(reason_of(&conflict), "ERROR_REASON_VERSION_CONFLICT");
+        assert_eq!(
+            conflict.get_error_details().error_info().map(|i| i.domain.clone()).as_deref(),
+            Some(ERROR_DOMAIN)
+        );
+        let nf: Status = VaultError::NotFound { scope, key, version: None }.into();
+        assert_eq!((nf.code(), reason_of(&nf).as_str()), (Code::NotFound, "ERROR_REASON_NOT_FOUND"));
+        let big: Status = VaultError::ValueTooLarge { size: 2, max: 1 }.into();
+        assert_eq!(reason_of(&big), "ERROR_REASON_VALUE_TOO_LARGE");
+        let internal: Status = VaultError::Random.into();
+        assert_eq!(internal.message(), "internal error");
+    }
+}
