@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use palyra::node::{KeyBackendChoice, NodeCore, NodeOptions};
 use palyra::vault::envelope::{self, Binding};
 use palyra::vault::{KeyHierarchy, RootKey, Scope, SecretKey, SecretValue, Vault};
@@ -58,7 +58,10 @@ fn durable_puts(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     let node = rt
-        .block_on(NodeCore::open(&data, NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() }))
+        .block_on(NodeCore::open(
+            &data,
+            NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() },
+        ))
         .unwrap();
     let vault = Arc::new(node.vault.clone());
 

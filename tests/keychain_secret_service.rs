@@ -9,6 +9,7 @@ use std::io::Write as _;
 
 use palyra::vault::keychain::{KeychainKeyProvider, SERVICE};
 use palyra::vault::keys::{KeyBackend, KeyError, KeyProvider, RootKey};
+use ring::error::Unspecified;
 use ring::rand::{SecureRandom, SystemRandom};
 
 const REQUIRE_VAR: &str = "PALYRA_REQUIRE_SECRET_SERVICE";
@@ -31,16 +32,16 @@ fn open_or_skip(key_id: &str) -> Option<KeychainKeyProvider> {
     }
 }
 
-fn random_key_id() -> String {
+fn random_key_id() -> Result<String, Unspecified> {
     let mut bytes = [0u8; 8];
-    SystemRandom::new().fill(&mut bytes).expect("the system rng works");
-    format!("test-{}", hex::encode(bytes))
+    SystemRandom::new().fill(&mut bytes)?;
+    Ok(format!("test-{}", hex::encode(bytes)))
 }
 
-fn random_key() -> RootKey {
+fn random_key() -> Result<RootKey, Unspecified> {
     let mut bytes = [0u8; RootKey::LEN];
-    SystemRandom::new().fill(&mut bytes).expect("the system rng works");
-    RootKey::from_bytes(bytes)
+    SystemRandom::new().fill(&mut bytes)?;
+    Ok(RootKey::from_bytes(bytes))
 }
 
 /// Deletes the item when the test ends, also when it fails.
@@ -54,7 +55,7 @@ impl Drop for Cleanup<'_> {
 
 #[test]
 fn root_key_round_trips_through_the_secret_service() {
-    let key_id = random_key_id();
+    let key_id = random_key_id().expect("rng");
     let Some(provider) = open_or_skip(&key_id) else {
         return;
     };
@@ -64,7 +65,7 @@ fn root_key_round_trips_through_the_secret_service() {
 
     assert!(provider.load().expect("load before store").is_none(), "a fresh key id has no root key");
 
-    let key = random_key();
+    let key = random_key().expect("rng");
     provider.store(&key).expect("first store");
     let loaded = provider.load().expect("load after store").expect("a root key");
     assert_eq!(loaded.as_bytes(), key.as_bytes());
@@ -74,7 +75,7 @@ fn root_key_round_trips_through_the_secret_service() {
     let reloaded = again.load().expect("load via second provider").expect("a root key");
     assert_eq!(reloaded.as_bytes(), key.as_bytes());
 
-    let err = provider.store(&random_key()).expect_err("a second store must refuse");
+    let err = provider.store(&random_key().expect("rng")).expect_err("a second store must refuse");
     assert!(matches!(err, KeyError::AlreadyExists(_)), "got {err}");
     let still = provider.load().expect("load after refused store").expect("a root key");
     assert_eq!(still.as_bytes(), key.as_bytes(), "the refused store overwrote the key");
@@ -90,7 +91,7 @@ fn root_key_round_trips_through_the_secret_service() {
 
 #[test]
 fn wrong_length_value_is_malformed() {
-    let key_id = random_key_id();
+    let key_id = random_key_id().expect("rng");
     let Some(provider) = open_or_skip(&key_id) else {
         return;
     };
@@ -108,7 +109,7 @@ fn wrong_length_value_is_malformed() {
         KeyError::Malformed { detail, .. } => assert!(detail.contains("found 5"), "{err}"),
         other => panic!("expected Malformed, got {other}"),
     }
-    let err = provider.store(&random_key()).expect_err("an item is there");
+    let err = provider.store(&random_key().expect("rng")).expect_err("an item is there");
     assert!(matches!(err, KeyError::AlreadyExists(_)), "got {err}");
 }
 
@@ -120,13 +121,13 @@ fn works_from_spawn_blocking_inside_a_tokio_runtime() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let key_id = random_key_id();
+        let key_id = random_key_id().expect("rng");
         let result = tokio::task::spawn_blocking(move || {
             let Some(provider) = open_or_skip(&key_id) else {
                 return;
             };
             let _cleanup = Cleanup(&provider);
-            let key = random_key();
+            let key = random_key().expect("rng");
             assert!(provider.load().expect("load").is_none());
             provider.store(&key).expect("store");
             let loaded = provider.load().expect("load").expect("a root key");
@@ -139,7 +140,7 @@ fn works_from_spawn_blocking_inside_a_tokio_runtime() {
 
         // Called straight from a runtime thread (wrong, it blocks that thread) it still works:
         // the keychain calls run on their own thread and need no tokio context.
-        let key_id = random_key_id();
+        let key_id = random_key_id().expect("rng");
         if let Some(provider) = open_or_skip(&key_id) {
             assert!(provider.load().expect("load on a runtime thread").is_none());
         }
