@@ -4,6 +4,8 @@
 //!
 //! - [`vault`] — scoped, versioned secrets, envelope-encrypted (ChaCha20-Poly1305, HKDF
 //!   sub-keys), the root key in the OS keychain or a 0600 key file;
+//! - [`identity`] — the node's Ed25519/X25519 identity, the sealed identity store, the device
+//!   CA (mTLS certificates) and the types of the device registry;
 //! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
 //!   rusqlite;
 //! - [`node`] — assembles the parts from a data directory;

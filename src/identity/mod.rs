@@ -1,8 +1,26 @@
 //! Who is who: the node's device identity, the device CA, the registry of paired devices, and
 //! the typed principal every request is decided for.
 //!
-//! No tonic, no SQL, no Cedar here: the registry's rows live in `crate::storage`, the wire
-//! forms in `crate::rpc`, the policy entities in `crate::policy`.
+//! - [`device`] — a device's Ed25519/X25519 keys ([`DeviceIdentity`]);
+//! - [`store`] — the sealed identity store ([`SecretStore`], [`FilesystemSecretStore`]);
+//! - [`ca`] — the device CA: server and client certificates, CSR checks;
+//! - [`node`] — the node's own identity, CA and server certificate, created on first run.
+//!
+//! No tonic, no SQL, no Cedar here: the registry's rows live in `crate::storage`
+//! (`Store::insert_device` and friends), the wire forms in `crate::rpc`, the policy entities in
+//! `crate::policy`.
+
+pub mod ca;
+pub mod device;
+mod error;
+pub mod node;
+pub mod store;
+
+pub use ca::DeviceCa;
+pub use device::{DeviceIdentity, fingerprint_of, verify_signature};
+pub use error::IdentityError;
+pub use node::NodeIdentity;
+pub use store::{FilesystemSecretStore, InMemorySecretStore, SecretStore};
 
 use std::fmt;
 use std::str::FromStr;

@@ -7,10 +7,11 @@
 //! Reads use a small pool of read-only connections on tokio's blocking threads, never on the
 //! async workers. Migrations are numbered, append-only SQL files applied at open.
 //!
-//! This module speaks domain types outward (see [`vault`]); it does not encrypt, authorize or
-//! decide anything.
+//! This module speaks domain types outward (see [`vault`] and [`devices`]); it does not encrypt,
+//! authorize or decide anything.
 
 mod audit;
+mod devices;
 mod vault;
 
 pub use audit::AuditLog;
@@ -52,6 +53,7 @@ impl From<rusqlite::Error> for StorageError {
 /// Numbered, append-only migrations. Never edit one that has shipped; add the next.
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "vault", include_str!("migrations/0001_vault.sql")),
+    (2, "devices", include_str!("migrations/0002_devices.sql")),
     (4, "audit", include_str!("migrations/0004_audit.sql")),
 ];
 
