@@ -18,10 +18,12 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod fsutil;
 pub mod identity;
 pub mod node;
+pub mod policy;
 pub mod rpc;
 pub mod storage;
 pub mod vault;

@@ -8,9 +8,17 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use crate::config::Layout;
 use crate::fsutil::{self, FsError};
-use crate::storage::{SqliteBlobBackend, StorageError, Store};
+use crate::identity::ca::generate_tls_key_and_csr;
+use crate::identity::{
+    Device, DeviceId, DeviceIdentity, DeviceStatus, FilesystemSecretStore, IdentityError, NodeIdentity, Role,
+    SecretStore,
+};
+use crate::policy::{PolicyError, Policies};
+use crate::storage::{AuditLog, SqliteBlobBackend, StorageError, Store};
 use crate::vault::keychain::KeychainKeyProvider;
 use crate::vault::keys::FileKeyProvider;
 use crate::vault::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, RootKey, Vault, VaultConfig};
@@ -46,6 +54,8 @@ pub struct NodeOptions {
     pub key_backend: KeyBackendChoice,
     /// Vault settings.
     pub vault: VaultConfig,
+    /// Extra DNS names or IPs for the server certificate.
+    pub server_names: Vec<String>,
 }
 
 /// Why a node could not be opened.
@@ -205,4 +215,137 @@ fn provider(backend: KeyBackend, data_dir: &Path, key_id: &str) -> Result<Box<dy
         KeyBackend::File => Box::new(FileKeyProvider::new(data_dir)),
         KeyBackend::Keychain => Box::new(KeychainKeyProvider::open(key_id)?),
     })
+}
+
+/// How long the operator's certificate is valid: the operator is the node's owner on the node's
+/// own machine, and must not be locked out by a monthly expiry.
+pub const OPERATOR_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 60 * 60);
+/// Sealed name of the operator's Ed25519 identity in the identity store.
+const OPERATOR_IDENTITY: &str = "operator.identity";
+
+/// A whole node: its data-dir parts plus identity, policies and the audit log.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Database, root key, vault.
+    pub core: NodeCore,
+    /// The node's identity, CA and server certificate.
+    pub identity: Arc<NodeIdentity>,
+    /// Cedar policies (engine and versions).
+    pub policies: Arc<Policies>,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// The operator device (role admin) created by `init`.
+    pub operator: DeviceId,
+}
+
+/// Why a node could not be initialised or started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// Opening the data dir, database or root key failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// Identity, CA or registry failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The policies could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A private file could not be written.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl Node {
+    /// Opens (initialising on first use) the node in `data_dir`: root key, identity, CA,
+    /// server certificate, operator credentials, policies, audit log. Idempotent; never
+    /// overwrites anything that exists.
+    pub async fn open(data_dir: &Path, options: NodeOptions) -> Result<Self, InitError> {
+        let server_names = options.server_names.clone();
+        let core = NodeCore::open(data_dir, options).await?;
+        let layout = Layout::new(data_dir);
+        let store_key = core.keys.identity_store_key();
+        let identity_dir = layout.identity_dir();
+        let identity = blocking_init(move || {
+            let secrets = FilesystemSecretStore::open(&identity_dir, store_key)?;
+            let mut identity = NodeIdentity::load_or_create(&secrets, &server_names, SystemTime::now())?;
+            if identity.renew_server_certificate_if_needed(&secrets, &server_names, SystemTime::now())? {
+                tracing::info!("renewed the server certificate");
+            }
+            let operator = ensure_operator_identity(&secrets)?;
+            Ok((identity, operator))
+        })
+        .await?;
+        let (identity, operator_identity) = identity;
+        let identity = Arc::new(identity);
+        let operator = ensure_operator(&core.store, &identity, &operator_identity, &layout).await?;
+        let policies = Arc::new(Policies::load_or_init(core.store.clone()).await?);
+        let store = core.store.clone();
+        let audit_key = core.keys.audit_chain_key();
+        let audit = blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
+        Ok(Node { core, identity, policies, audit, operator })
+    }
+}
+
+async fn blocking_init<T: Send + 'static>(f: impl FnOnce() -> Result<T, InitError> + Send + 'static) -> Result<T, InitError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| InitError::Node(NodeError::Internal(e.to_string())))?
+}
+
+/// The operator's Ed25519 identity, created once and kept sealed.
+fn ensure_operator_identity(secrets: &FilesystemSecretStore) -> Result<DeviceIdentity, InitError> {
+    if let Some(bytes) = secrets.get(OPERATOR_IDENTITY)? {
+        return Ok(DeviceIdentity::from_bytes(&bytes)?);
+    }
+    let identity = DeviceIdentity::generate()?;
+    secrets.create(OPERATOR_IDENTITY, &identity.to_bytes())?;
+    Ok(identity)
+}
+
+/// The operator's credentials in `operator/` and its registry entry. Files are written before
+/// the registry entry and never overwritten; a run interrupted in between is completed by the
+/// next one.
+async fn ensure_operator(
+    store: &Store,
+    node: &NodeIdentity,
+    operator: &DeviceIdentity,
+    layout: &Layout,
+) -> Result<DeviceId, InitError> {
+    let dir = layout.operator_dir();
+    let id = operator.id();
+    let cert_path = dir.join("cert.pem");
+    let now = SystemTime::now();
+    let not_after = if cert_path.exists() {
+        let pem = fsutil::read_private(&cert_path)?;
+        crate::identity::ca::certificate_not_after_pem(&pem).unwrap_or(now)
+    } else {
+        fsutil::ensure_private_dir(&dir)?;
+        let (key_pem, csr_pem) = generate_tls_key_and_csr(id)?;
+        let issued = node.ca().issue_client_certificate(&csr_pem, id, Role::Admin, OPERATOR_CERT_VALIDITY, now)?;
+        fsutil::write_private_atomic(&dir.join("ca.pem"), node.ca().certificate_pem().as_bytes(), true)?;
+        fsutil::write_private_atomic(&dir.join("key.pem"), key_pem.as_bytes(), true)?;
+        fsutil::write_private_atomic(&cert_path, issued.cert_pem.as_bytes(), false)?;
+        tracing::info!(device_id = %id, "created the operator's credentials in {}", dir.display());
+        issued.not_after
+    };
+    if store.device(id).await?.is_none() {
+        store
+            .insert_device(&Device {
+                id,
+                name: "operator".to_owned(),
+                fingerprint: operator.fingerprint(),
+                signing_public_key: operator.signing_public_key(),
+                role: Role::Admin,
+                status: DeviceStatus::Active,
+                paired_at: now,
+                certificate_expires_at: not_after,
+                revoked_at: None,
+                revoke_reason: None,
+                scopes: Vec::new(),
+            })
+            .await?;
+    }
+    Ok(id)
 }

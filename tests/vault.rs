@@ -21,7 +21,7 @@ fn value(v: &[u8]) -> SecretValue {
 }
 
 async fn open(dir: &std::path::Path) -> NodeCore {
-    NodeCore::open(dir, NodeOptions { key_backend: KeyBackendChoice::File, vault: VaultConfig::default() })
+    NodeCore::open(dir, NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() })
         .await
         .unwrap()
 }

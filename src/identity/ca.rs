@@ -665,6 +665,13 @@ fn first_certificate(text: &str) -> Result<CertificateDer<'static>, IdentityErro
     })
 }
 
+/// The expiry of a PEM certificate (the first certificate in `pem_bytes`), or `None` when it
+/// does not parse.
+pub fn certificate_not_after_pem(pem_bytes: &[u8]) -> Option<SystemTime> {
+    let parsed = pem::parse(pem_bytes).ok()?;
+    validity_of(parsed.contents()).ok().map(|(_, not_after)| not_after)
+}
+
 fn validity_of(cert_der: &[u8]) -> Result<(SystemTime, SystemTime), IdentityError> {
     let cert = parse_certificate(cert_der)?;
     let at = |secs: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));

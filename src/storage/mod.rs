@@ -12,6 +12,7 @@
 
 mod audit;
 mod devices;
+mod policy;
 mod vault;
 
 pub use audit::AuditLog;
@@ -54,6 +55,7 @@ impl From<rusqlite::Error> for StorageError {
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "vault", include_str!("migrations/0001_vault.sql")),
     (2, "devices", include_str!("migrations/0002_devices.sql")),
+    (3, "policy", include_str!("migrations/0003_policy.sql")),
     (4, "audit", include_str!("migrations/0004_audit.sql")),
 ];
 

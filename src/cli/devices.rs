@@ -1,0 +1,112 @@
+//! `palyra devices ...`
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::client::connect;
+use super::output::{time, CliError, Context};
+use crate::rpc::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum DevicesCommand {
+    /// List paired devices.
+    List,
+    /// Show one device.
+    Show {
+        /// Device id.
+        id: String,
+    },
+    /// Revoke a device: its next request is refused.
+    Revoke {
+        /// Device id.
+        id: String,
+        /// Why (kept in the registry and the audit log).
+        #[arg(long, default_value = "revoked by operator")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceOut {
+    device_id: String,
+    name: String,
+    role: String,
+    status: &'static str,
+    fingerprint: String,
+    paired_at: String,
+    certificate_expires_at: String,
+    revoked_at: String,
+    revoke_reason: String,
+    scopes: Vec<String>,
+}
+
+impl From<pb::Device> for DeviceOut {
+    fn from(d: pb::Device) -> Self {
+        DeviceOut {
+            status: match d.status() {
+                pb::DeviceStatus::Active => "active",
+                pb::DeviceStatus::Revoked => "revoked",
+                pb::DeviceStatus::Unspecified => "unknown",
+            },
+            paired_at: time(d.paired_at.as_ref()),
+            certificate_expires_at: time(d.certificate_expires_at.as_ref()),
+            revoked_at: time(d.revoked_at.as_ref()),
+            device_id: d.device_id,
+            name: d.name,
+            role: d.role,
+            fingerprint: d.fingerprint,
+            revoke_reason: d.revoke_reason,
+            scopes: d.scopes,
+        }
+    }
+}
+
+impl DeviceOut {
+    fn line(&self) -> String {
+        format!(
+            "{}  {:<7} {:<8} {}  cert until {}",
+            self.device_id, self.role, self.status, self.name, self.certificate_expires_at
+        )
+    }
+}
+
+pub(super) async fn run(ctx: &Context, cmd: DevicesCommand) -> Result<(), CliError> {
+    let mut client = IdentityServiceClient::new(connect(ctx).await?);
+    match cmd {
+        DevicesCommand::List => {
+            let devices: Vec<DeviceOut> = client
+                .list_devices(pb::ListDevicesRequest {})
+                .await?
+                .into_inner()
+                .devices
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            ctx.print(&devices, || devices.iter().map(DeviceOut::line).collect::<Vec<_>>().join("\n"))
+        }
+        DevicesCommand::Show { id } => {
+            let d: DeviceOut =
+                client.get_device(pb::GetDeviceRequest { device_id: id }).await?.into_inner().device.unwrap_or_default().into();
+            ctx.print(&d, || {
+                format!(
+                    "{}\nfingerprint {}\npaired {}\nscopes {}{}",
+                    d.line(),
+                    d.fingerprint,
+                    d.paired_at,
+                    if d.scopes.is_empty() { "(own only)".to_owned() } else { d.scopes.join(", ") },
+                    if d.revoked_at.is_empty() { String::new() } else { format!("\nrevoked {} ({})", d.revoked_at, d.revoke_reason) }
+                )
+            })
+        }
+        DevicesCommand::Revoke { id, reason } => {
+            let d: DeviceOut = client
+                .revoke_device(pb::RevokeDeviceRequest { device_id: id, reason })
+                .await?
+                .into_inner()
+                .device
+                .unwrap_or_default()
+                .into();
+            ctx.print(&d, || format!("revoked {}", d.line()))
+        }
+    }
+}

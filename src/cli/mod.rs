@@ -1,0 +1,93 @@
+//! The `palyra` command line. One file per command group; every group except `init`, `serve`
+//! and the offline break-glass commands talks to the server over gRPC with the operator's
+//! credentials from the data dir.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line saying what went wrong
+//! and what to do.
+
+mod audit;
+mod client;
+mod devices;
+mod identity;
+mod output;
+mod policy;
+mod serve;
+mod vault;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use output::CliError;
+
+/// Palyra: the security control plane of a personal node.
+#[derive(Debug, Parser)]
+#[command(name = "palyra", version, about, long_about = None)]
+pub struct Cli {
+    /// Data directory [default: $PALYRA_HOME, else $XDG_DATA_HOME/palyra, else ~/.local/share/palyra]
+    #[arg(long, global = true, env = "PALYRA_HOME", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The node to talk to.
+    #[arg(long, global = true, env = "PALYRA_SERVER", default_value = "https://127.0.0.1:7443", value_name = "URL")]
+    pub server: String,
+    /// Machine-readable output (JSON).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the data dir, root key, identity, CA, server certificate and operator credentials
+    /// (idempotent: never overwrites).
+    Init(serve::InitArgs),
+    /// Run the node (initialises the data dir on first run).
+    Serve(serve::ServeArgs),
+    /// This node's identity.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
+    /// Store and read secrets.
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
+    /// Paired devices.
+    #[command(subcommand)]
+    Devices(devices::DevicesCommand),
+    /// Cedar policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+impl Cli {
+    /// The data directory in force.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(crate::config::default_data_dir)
+    }
+
+    /// Runs the command.
+    pub async fn run(self) -> Result<(), CliError> {
+        let ctx = output::Context { data_dir: self.data_dir(), server: self.server.clone(), json: self.json };
+        match self.command {
+            Command::Init(args) => serve::init(&ctx, args).await,
+            Command::Serve(args) => serve::serve(&ctx, args).await,
+            Command::Identity(cmd) => identity::run(&ctx, cmd).await,
+            Command::Vault(cmd) => vault::run(&ctx, cmd).await,
+            Command::Devices(cmd) => devices::run(&ctx, cmd).await,
+            Command::Policy(cmd) => policy::run(&ctx, cmd).await,
+            Command::Audit(cmd) => audit::run(&ctx, cmd).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

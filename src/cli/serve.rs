@@ -1,0 +1,164 @@
+//! `palyra init` and `palyra serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::output::{CliError, Context};
+use crate::config::{FileConfig, Layout, DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR};
+use crate::node::{KeyBackendChoice, Node, NodeOptions};
+use crate::vault::VaultConfig;
+
+#[derive(Debug, Args)]
+pub(super) struct InitArgs {
+    /// Root key backend for a new node: auto (OS keychain if it answers, else a key file),
+    /// file, or keychain.
+    #[arg(long, env = "PALYRA_KEY_BACKEND", value_name = "BACKEND")]
+    key_backend: Option<KeyBackendChoice>,
+    /// Extra DNS name or IP address for the server certificate (repeatable).
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
+    /// Config file [default: <data dir>/palyra.toml if present].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    #[command(flatten)]
+    init: InitArgs,
+    /// gRPC listen address [default: 127.0.0.1:7443].
+    #[arg(long, env = "PALYRA_GRPC_ADDR", value_name = "ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// QUIC listen address [default: 127.0.0.1:7444] (reserved: the QUIC data plane is not
+    /// served yet).
+    #[arg(long, env = "PALYRA_QUIC_ADDR", value_name = "ADDR")]
+    quic_addr: Option<SocketAddr>,
+}
+
+/// Settings after flags, environment and file are combined.
+struct Settings {
+    options: NodeOptions,
+    grpc_addr: SocketAddr,
+    quic_addr: SocketAddr,
+}
+
+fn settings(ctx: &Context, init: &InitArgs, grpc: Option<SocketAddr>, quic: Option<SocketAddr>) -> Result<Settings, CliError> {
+    let layout = Layout::new(&ctx.data_dir);
+    let file = match &init.config {
+        Some(path) => FileConfig::load(path, false),
+        None => FileConfig::load(&layout.config_file(), true),
+    }
+    .map_err(|e| CliError::new(e.to_string()))?;
+    let key_backend = match (init.key_backend, &file.key_backend) {
+        (Some(choice), _) => choice,
+        // Validated when the file was parsed.
+        (None, Some(text)) => text.parse().map_err(CliError::new)?,
+        (None, None) => KeyBackendChoice::Auto,
+    };
+    let mut server_names = file.server_names.clone().unwrap_or_default();
+    server_names.extend(init.server_names.iter().cloned());
+    let default_addr = |text: &str| text.parse::<SocketAddr>().map_err(|e| CliError::new(e.to_string()));
+    Ok(Settings {
+        options: NodeOptions {
+            key_backend,
+            vault: VaultConfig { max_value_len: file.max_value_bytes.unwrap_or(crate::vault::DEFAULT_MAX_VALUE_LEN) },
+            server_names,
+        },
+        grpc_addr: match grpc.or(file.grpc_addr) {
+            Some(addr) => addr,
+            None => default_addr(DEFAULT_GRPC_ADDR)?,
+        },
+        quic_addr: match quic.or(file.quic_addr) {
+            Some(addr) => addr,
+            None => default_addr(DEFAULT_QUIC_ADDR)?,
+        },
+    })
+}
+
+fn open_error(e: impl std::fmt::Display) -> CliError {
+    CliError::new(e.to_string())
+}
+
+#[derive(Serialize)]
+struct InitOut {
+    data_dir: String,
+    node_id: String,
+    ca_fingerprint: String,
+    key_backend: String,
+    operator_device_id: String,
+    operator_credentials: String,
+}
+
+pub(super) async fn init(ctx: &Context, args: InitArgs) -> Result<(), CliError> {
+    let s = settings(ctx, &args, None, None)?;
+    let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
+    let out = summary(ctx, &node);
+    node.core.store.close();
+    ctx.print(&out, || {
+        format!(
+            "node {} initialised in {}\nCA fingerprint   {}\nroot key         {}\noperator         {} (credentials in {})",
+            out.node_id, out.data_dir, out.ca_fingerprint, out.key_backend, out.operator_device_id, out.operator_credentials
+        )
+    })
+}
+
+fn summary(ctx: &Context, node: &Node) -> InitOut {
+    InitOut {
+        data_dir: ctx.data_dir.display().to_string(),
+        node_id: node.identity.id().to_string(),
+        ca_fingerprint: node.identity.ca().fingerprint().to_owned(),
+        key_backend: node.core.key_backend.to_string(),
+        operator_device_id: node.operator.to_string(),
+        operator_credentials: Layout::new(&ctx.data_dir).operator_dir().display().to_string(),
+    }
+}
+
+pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
+    let s = settings(ctx, &args.init, args.grpc_addr, args.quic_addr)?;
+    let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
+    let listener = tokio::net::TcpListener::bind(s.grpc_addr)
+        .await
+        .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr)).hint("is another palyra already running? use --grpc-addr"))?;
+    let bound = listener.local_addr().map_err(|e| CliError::new(e.to_string()))?;
+    let out = summary(ctx, &node);
+    tracing::info!(grpc = %bound, quic_reserved = %s.quic_addr, node_id = %out.node_id, "palyra is serving");
+    if !ctx.json {
+        eprintln!(
+            "palyra node {} serving gRPC on https://{bound}\n  operator credentials: {}\n  try: palyra --data-dir {} identity show",
+            out.node_id,
+            out.operator_credentials,
+            ctx.data_dir.display()
+        );
+    }
+    crate::rpc::serve(&node, listener, shutdown_signal()).await.map_err(|e| CliError::new(e.to_string()))?;
+    node.audit.flush().await;
+    node.core.store.close();
+    tracing::info!("palyra stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

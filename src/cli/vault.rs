@@ -1,0 +1,219 @@
+//! `palyra vault ...`
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::client::connect;
+use super::output::{time, CliError, Context};
+use crate::rpc::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum VaultCommand {
+    /// Write a new version of a secret. The value comes from stdin or a file, never argv.
+    Put(PutArgs),
+    /// Read a secret (redacted unless --reveal).
+    Get {
+        /// Scope, e.g. agents/alpha.
+        scope: String,
+        /// Key, e.g. OPENAI_API_KEY.
+        key: String,
+        /// Version to read (default: latest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Print the value itself.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// List secrets' metadata (never values).
+    List {
+        /// Scope to list.
+        scope: String,
+        /// Include sub-scopes.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Include deleted secrets.
+        #[arg(long)]
+        deleted: bool,
+    },
+    /// Delete a secret (soft: history kept; --destroy erases every version).
+    Delete {
+        /// Scope.
+        scope: String,
+        /// Key.
+        key: String,
+        /// Erase every version's ciphertext and key.
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Rotate the vault's key-encryption key and rewrap every data key.
+    RotateKey,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PutArgs {
+    /// Scope, e.g. agents/alpha.
+    scope: String,
+    /// Key, e.g. OPENAI_API_KEY.
+    key: String,
+    /// Read the value from standard input (trailing newline kept as given).
+    #[arg(long, conflicts_with = "value_file", required_unless_present = "value_file")]
+    value_stdin: bool,
+    /// Read the value from a file.
+    #[arg(long, value_name = "FILE")]
+    value_file: Option<PathBuf>,
+    /// Only write if the latest version is this one (0: only if it does not exist).
+    #[arg(long)]
+    expected_version: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Metadata {
+    scope: String,
+    key: String,
+    object_id: String,
+    version: u64,
+    created_at: String,
+    updated_at: String,
+    deleted: bool,
+    size: u32,
+}
+
+impl From<pb::SecretMetadata> for Metadata {
+    fn from(m: pb::SecretMetadata) -> Self {
+        Metadata {
+            created_at: time(m.created_at.as_ref()),
+            updated_at: time(m.updated_at.as_ref()),
+            scope: m.scope,
+            key: m.key,
+            object_id: m.object_id,
+            version: m.version,
+            deleted: m.deleted,
+            size: m.size,
+        }
+    }
+}
+
+impl Metadata {
+    fn line(&self) -> String {
+        format!(
+            "{}/{}  v{}  {} bytes  updated {}{}",
+            self.scope,
+            self.key,
+            self.version,
+            self.size,
+            self.updated_at,
+            if self.deleted { "  (deleted)" } else { "" }
+        )
+    }
+}
+
+pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError> {
+    let mut client = VaultServiceClient::new(connect(ctx).await?);
+    match cmd {
+        VaultCommand::Put(args) => {
+            let value = read_value(&args)?;
+            let response = client
+                .put_secret(pb::PutSecretRequest {
+                    scope: args.scope,
+                    key: args.key,
+                    value: value.to_vec(),
+                    expected_version: args.expected_version,
+                })
+                .await?
+                .into_inner();
+            let meta = Metadata::from(response.metadata.unwrap_or_default());
+            ctx.print(&meta, || format!("stored {}", meta.line()))
+        }
+        VaultCommand::Get { scope, key, version, reveal } => {
+            let response = client
+                .get_secret(pb::GetSecretRequest { scope, key, version: version.unwrap_or(0) })
+                .await?
+                .into_inner();
+            let value = Zeroizing::new(response.value);
+            let meta = Metadata::from(response.metadata.unwrap_or_default());
+            #[derive(Serialize)]
+            struct Out<'a> {
+                version: u64,
+                value: Option<String>,
+                value_hex: Option<String>,
+                metadata: &'a Metadata,
+            }
+            let text = std::str::from_utf8(&value).ok();
+            let out = Out {
+                version: response.version,
+                value: if reveal { text.map(str::to_owned) } else { None },
+                value_hex: if reveal && text.is_none() { Some(hex::encode(&*value)) } else { None },
+                metadata: &meta,
+            };
+            if reveal && !ctx.json {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&value).map_err(|e| CliError::new(e.to_string()))?;
+                return out.flush().map_err(|e| CliError::new(e.to_string()));
+            }
+            ctx.print(&out, || format!("<redacted>  (version {}; --reveal to print)\n{}", response.version, meta.line()))
+        }
+        VaultCommand::List { scope, recursive, deleted } => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_secrets(pb::ListSecretsRequest {
+                        scope: scope.clone(),
+                        recursive,
+                        page_size: 500,
+                        page_token,
+                        include_deleted: deleted,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.secrets.into_iter().map(Metadata::from));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            ctx.print(&all, || {
+                if all.is_empty() {
+                    format!("no secrets in {scope}")
+                } else {
+                    all.iter().map(Metadata::line).collect::<Vec<_>>().join("\n")
+                }
+            })
+        }
+        VaultCommand::Delete { scope, key, destroy } => {
+            let response = client.delete_secret(pb::DeleteSecretRequest { scope, key, destroy }).await?.into_inner();
+            let meta = Metadata::from(response.metadata.unwrap_or_default());
+            ctx.print(&meta, || format!("{} {}", if destroy { "destroyed" } else { "deleted" }, meta.line()))
+        }
+        VaultCommand::RotateKey => {
+            let r = client.rotate_key(pb::RotateKeyRequest {}).await?.into_inner();
+            #[derive(Serialize)]
+            struct Out {
+                generation: u32,
+                rewrapped: u64,
+            }
+            let out = Out { generation: r.generation, rewrapped: r.rewrapped };
+            ctx.print(&out, || format!("key generation {} is current; {} data keys rewrapped", r.generation, r.rewrapped))
+        }
+    }
+}
+
+fn read_value(args: &PutArgs) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut value = Zeroizing::new(Vec::new());
+    match &args.value_file {
+        Some(path) => {
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut value))
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))?;
+        }
+        None => {
+            std::io::stdin().read_to_end(&mut value).map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
+        }
+    }
+    Ok(value)
+}

@@ -1,0 +1,192 @@
+//! VaultService end to end over mTLS: versions, check-and-set with its reason, delete and
+//! destroy, list paging, the size limit, and a tampered database row answered with DATA_LOSS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestNode, reason};
+use palyra::rpc::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
+use tonic::Code;
+
+fn put(scope: &str, key: &str, value: &[u8], expected: Option<u64>) -> pb::PutSecretRequest {
+    pb::PutSecretRequest {
+        scope: scope.into(),
+        key: key.into(),
+        value: value.to_vec(),
+        expected_version: expected,
+    }
+}
+
+fn get(scope: &str, key: &str, version: u64) -> pb::GetSecretRequest {
+    pb::GetSecretRequest { scope: scope.into(), key: key.into(), version }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_over_grpc() {
+    let node = TestNode::start().await;
+    let mut vault = VaultServiceClient::new(node.operator().await);
+
+    // Versions.
+    let m1 = vault
+        .put_secret(put("agents/alpha", "API_KEY", b"one", Some(0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata
+        .unwrap();
+    let m2 = vault
+        .put_secret(put("agents/alpha", "API_KEY", b"two", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata
+        .unwrap();
+    assert_eq!((m1.version, m2.version, m2.size), (1, 2, 3));
+    let latest = vault.get_secret(get("agents/alpha", "API_KEY", 0)).await.unwrap().into_inner();
+    assert_eq!((latest.value.as_slice(), latest.version), (&b"two"[..], 2));
+    let first = vault.get_secret(get("agents/alpha", "API_KEY", 1)).await.unwrap().into_inner();
+    assert_eq!((first.value.as_slice(), first.version, first.metadata.unwrap().version), (&b"one"[..], 1, 2));
+
+    // Check-and-set conflict carries its reason and the latest version.
+    let conflict = vault.put_secret(put("agents/alpha", "API_KEY", b"x", Some(1))).await.unwrap_err();
+    assert_eq!(conflict.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&conflict), "ERROR_REASON_VERSION_CONFLICT");
+
+    // Bad input: INVALID_ARGUMENT naming the field.
+    let bad = vault.put_secret(put("Agents/../x", "k", b"v", None)).await.unwrap_err();
+    assert_eq!((bad.code(), reason(&bad).as_str()), (Code::InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT"));
+    assert!(bad.message().starts_with("scope:"), "{}", bad.message());
+    let bad = vault.get_secret(get("a", &"k".repeat(10_000), 0)).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().len() < 300, "errors quote bounded input");
+
+    // Size limit.
+    let big = vault.put_secret(put("a", "big", &vec![0; 64 * 1024 + 1], None)).await.unwrap_err();
+    assert_eq!((big.code(), reason(&big).as_str()), (Code::InvalidArgument, "ERROR_REASON_VALUE_TOO_LARGE"));
+    vault.put_secret(put("a", "big", &vec![0; 64 * 1024], None)).await.unwrap();
+
+    // Soft delete, then destroy.
+    vault
+        .delete_secret(pb::DeleteSecretRequest {
+            scope: "agents/alpha".into(),
+            key: "API_KEY".into(),
+            destroy: false,
+        })
+        .await
+        .unwrap();
+    let gone = vault.get_secret(get("agents/alpha", "API_KEY", 0)).await.unwrap_err();
+    assert_eq!((gone.code(), reason(&gone).as_str()), (Code::NotFound, "ERROR_REASON_NOT_FOUND"));
+    let history = vault
+        .get_secret_metadata(pb::GetSecretMetadataRequest {
+            scope: "agents/alpha".into(),
+            key: "API_KEY".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(history.metadata.unwrap().deleted);
+    assert_eq!(history.versions.len(), 2);
+    vault
+        .delete_secret(pb::DeleteSecretRequest {
+            scope: "agents/alpha".into(),
+            key: "API_KEY".into(),
+            destroy: true,
+        })
+        .await
+        .unwrap();
+    let history = vault
+        .get_secret_metadata(pb::GetSecretMetadataRequest {
+            scope: "agents/alpha".into(),
+            key: "API_KEY".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(history.versions.iter().all(|v| v.destroyed));
+
+    // Paging through a recursive listing.
+    for i in 0..25 {
+        vault.put_secret(put(&format!("team/s{}", i % 3), &format!("k{i:02}"), b"v", None)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = vault
+            .list_secrets(pb::ListSecretsRequest {
+                scope: "team".into(),
+                recursive: true,
+                page_size: 7,
+                page_token: token,
+                include_deleted: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.secrets.len() <= 7);
+        seen.extend(page.secrets.into_iter().map(|m| format!("{}/{}", m.scope, m.key)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 25);
+    let bad = vault
+        .list_secrets(pb::ListSecretsRequest {
+            scope: "team".into(),
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    // Rotation keeps everything readable.
+    let rotated = vault.rotate_key(pb::RotateKeyRequest {}).await.unwrap().into_inner();
+    assert_eq!(rotated.generation, 2);
+    assert!(rotated.rewrapped >= 26);
+    assert_eq!(vault.get_secret(get("team/s0", "k00", 0)).await.unwrap().into_inner().value, b"v");
+
+    // A tampered row answers DATA_LOSS + INTEGRITY, never wrong plaintext.
+    let db = rusqlite::Connection::open(node.data_dir().join("palyra.db")).unwrap();
+    let object_id = palyra::vault::ObjectId::new(
+        &palyra::vault::Scope::parse("team/s0").unwrap(),
+        &palyra::vault::SecretKey::parse("k00").unwrap(),
+    );
+    let mut envelope: Vec<u8> = db
+        .query_row("SELECT envelope FROM secret_versions WHERE object_id = ?1", [object_id.as_str()], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let last = envelope.len() - 1;
+    envelope[last] ^= 0x40;
+    db.execute(
+        "UPDATE secret_versions SET envelope = ?2 WHERE object_id = ?1",
+        (object_id.as_str(), envelope),
+    )
+    .unwrap();
+    let tampered = vault.get_secret(get("team/s0", "k00", 0)).await.unwrap_err();
+    assert_eq!((tampered.code(), reason(&tampered).as_str()), (Code::DataLoss, "ERROR_REASON_INTEGRITY"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reaches_its_own_subtree_and_granted_scopes_only() {
+    let node = TestNode::start().await;
+    let phone = node.add_device(palyra::identity::Role::Device, "phone", &["shared/team"]).await;
+    let mut vault = VaultServiceClient::new(node.channel(Some(&phone)).await);
+    let own = format!("devices/{}", phone.id);
+    vault.put_secret(put(&own, "token", b"mine", None)).await.unwrap();
+    vault.put_secret(put(&format!("{own}/nested/deeper"), "token", b"mine too", None)).await.unwrap();
+    assert_eq!(vault.get_secret(get(&own, "token", 0)).await.unwrap().into_inner().value, b"mine");
+    vault.put_secret(put("shared/team/sub", "k", b"team", None)).await.unwrap();
+    for scope in ["shared", "shared/teammates", "devices", "agents/alpha"] {
+        let denied = vault.put_secret(put(scope, "k", b"x", None)).await.unwrap_err();
+        assert_eq!(
+            (denied.code(), reason(&denied).as_str()),
+            (Code::PermissionDenied, "ERROR_REASON_POLICY_DENIED"),
+            "{scope}"
+        );
+    }
+    node.stop().await;
+}
