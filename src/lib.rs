@@ -4,19 +4,21 @@
 //!
 //! - [`vault`] — scoped, versioned secrets, envelope-encrypted (ChaCha20-Poly1305, HKDF
 //!   sub-keys), the root key in the OS keychain or a 0600 key file;
+//! - [`policy`] — Cedar: the schema, the default policies (DESIGN.md §3's authorization
+//!   matrix), the engine every call is decided by, and the versioned policy store;
 //! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
 //!   rusqlite;
 //! - [`node`] — assembles the parts from a data directory;
 //! - [`fsutil`] — private files and atomic writes.
 //!
-//! What it does not do (yet): serve gRPC or QUIC, pair devices, or evaluate policy; those land
-//! in `rpc/`, `quic/`, `pairing/` and `policy/`. See ARCHITECTURE.md for the map and the
-//! invariants.
+//! What it does not do (yet): serve gRPC or QUIC or pair devices; those land in `rpc/`,
+//! `quic/` and `pairing/`. See ARCHITECTURE.md for the map and the invariants.
 
 #![forbid(unsafe_code)]
 
 pub mod fsutil;
 pub mod identity;
 pub mod node;
+pub mod policy;
 pub mod storage;
 pub mod vault;

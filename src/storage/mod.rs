@@ -7,9 +7,10 @@
 //! Reads use a small pool of read-only connections on tokio's blocking threads, never on the
 //! async workers. Migrations are numbered, append-only SQL files applied at open.
 //!
-//! This module speaks domain types outward (see [`vault`]); it does not encrypt, authorize or
+//! This module speaks domain types outward (see [`vault`], [`policy`]); it does not encrypt, authorize or
 //! decide anything.
 
+mod policy;
 mod vault;
 
 pub use vault::SqliteBlobBackend;
@@ -48,7 +49,10 @@ impl From<rusqlite::Error> for StorageError {
 }
 
 /// Numbered, append-only migrations. Never edit one that has shipped; add the next.
-const MIGRATIONS: &[(u32, &str, &str)] = &[(1, "vault", include_str!("migrations/0001_vault.sql"))];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "vault", include_str!("migrations/0001_vault.sql")),
+    (3, "policy", include_str!("migrations/0003_policy.sql")),
+];
 
 /// Largest number of writes committed together.
 const MAX_BATCH: usize = 1024;
