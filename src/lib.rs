@@ -6,14 +6,15 @@
 //!   sub-keys), the root key in the OS keychain or a 0600 key file;
 //! - [`identity`] — the node's Ed25519/X25519 identity, the sealed identity store, the device
 //!   CA (mTLS certificates) and the types of the device registry;
+//! - [`policy`] — Cedar: the schema, the default policies (DESIGN.md §3's authorization
+//!   matrix), the engine every call is decided by, and the versioned policy store;
 //! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
 //!   rusqlite;
 //! - [`node`] — assembles the parts from a data directory;
 //! - [`fsutil`] — private files and atomic writes.
 //!
-//! What it does not do (yet): serve gRPC or QUIC, pair devices, or evaluate policy; those land
-//! in `rpc/`, `quic/`, `pairing/` and `policy/`. See ARCHITECTURE.md for the map and the
-//! invariants.
+//! What it does not do (yet): serve gRPC or QUIC or pair devices; those land in `rpc/`,
+//! `quic/` and `pairing/`. See ARCHITECTURE.md for the map and the invariants.
 
 #![forbid(unsafe_code)]
 

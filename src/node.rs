@@ -17,7 +17,7 @@ use crate::identity::{
     Device, DeviceId, DeviceIdentity, DeviceStatus, FilesystemSecretStore, IdentityError, NodeIdentity, Role,
     SecretStore,
 };
-use crate::policy::{PolicyError, Policies};
+use crate::policy::{Policies, PolicyError};
 use crate::storage::{AuditLog, SqliteBlobBackend, StorageError, Store};
 use crate::vault::keychain::KeychainKeyProvider;
 use crate::vault::keys::FileKeyProvider;
@@ -285,12 +285,15 @@ impl Node {
         let policies = Arc::new(Policies::load_or_init(core.store.clone()).await?);
         let store = core.store.clone();
         let audit_key = core.keys.audit_chain_key();
-        let audit = blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
+        let audit =
+            blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
         Ok(Node { core, identity, policies, audit, operator })
     }
 }
 
-async fn blocking_init<T: Send + 'static>(f: impl FnOnce() -> Result<T, InitError> + Send + 'static) -> Result<T, InitError> {
+async fn blocking_init<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, InitError> + Send + 'static,
+) -> Result<T, InitError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| InitError::Node(NodeError::Internal(e.to_string())))?
 }
 
@@ -323,7 +326,8 @@ async fn ensure_operator(
     } else {
         fsutil::ensure_private_dir(&dir)?;
         let (key_pem, csr_pem) = generate_tls_key_and_csr(id)?;
-        let issued = node.ca().issue_client_certificate(&csr_pem, id, Role::Admin, OPERATOR_CERT_VALIDITY, now)?;
+        let issued =
+            node.ca().issue_client_certificate(&csr_pem, id, Role::Admin, OPERATOR_CERT_VALIDITY, now)?;
         fsutil::write_private_atomic(&dir.join("ca.pem"), node.ca().certificate_pem().as_bytes(), true)?;
         fsutil::write_private_atomic(&dir.join("key.pem"), key_pem.as_bytes(), true)?;
         fsutil::write_private_atomic(&cert_path, issued.cert_pem.as_bytes(), false)?;

@@ -73,6 +73,7 @@ impl Ctx {
 }
 
 type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+type MakeCall = Box<dyn Fn(&Ctx, Who, Channel) -> Call>;
 
 async fn unary<Req: prost::Message + Send + Sync + 'static>(
     ch: Channel,
@@ -118,7 +119,7 @@ async fn bidi<Req: prost::Message + Send + Sync + 'static>(
 struct Case {
     name: &'static str,
     expect: fn(Who) -> Outcome,
-    call: Box<dyn Fn(&Ctx, Who, Channel) -> Call>,
+    call: MakeCall,
 }
 
 fn public(_: Who) -> Outcome {

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::client::connect;
-use super::output::{time, CliError, Context};
+use super::output::{CliError, Context, time};
 use crate::rpc::pb::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
 
 #[derive(Debug, Subcommand)]
@@ -33,7 +33,12 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
     match cmd {
         AuditCommand::List { since, limit, principal, action } => {
             let records = client
-                .list_audit_records(pb::ListAuditRecordsRequest { since_sequence: since, limit, principal, action })
+                .list_audit_records(pb::ListAuditRecordsRequest {
+                    since_sequence: since,
+                    limit,
+                    principal,
+                    action,
+                })
                 .await?
                 .into_inner()
                 .records;
@@ -63,7 +68,12 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
                 .collect();
             ctx.print(&out, || {
                 out.iter()
-                    .map(|r| format!("{:>6} {} {:<5} {} {} on {} ({})", r.sequence, r.at, r.decision, r.principal, r.action, r.resource, r.reason))
+                    .map(|r| {
+                        format!(
+                            "{:>6} {} {:<5} {} {} on {} ({})",
+                            r.sequence, r.at, r.decision, r.principal, r.action, r.resource, r.reason
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -76,10 +86,16 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
                 records_checked: u64,
                 first_bad_sequence: Option<u64>,
             }
-            let out = Out { ok: v.ok, records_checked: v.records_checked, first_bad_sequence: v.first_bad_sequence };
+            let out = Out {
+                ok: v.ok,
+                records_checked: v.records_checked,
+                first_bad_sequence: v.first_bad_sequence,
+            };
             ctx.print(&out, || match v.first_bad_sequence {
                 None => format!("audit chain ok: {} records checked", v.records_checked),
-                Some(bad) => format!("AUDIT CHAIN BROKEN at record {bad} ({} records checked)", v.records_checked),
+                Some(bad) => {
+                    format!("AUDIT CHAIN BROKEN at record {bad} ({} records checked)", v.records_checked)
+                }
             })?;
             if v.ok { Ok(()) } else { Err(CliError::new("the audit log failed verification")) }
         }

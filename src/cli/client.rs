@@ -36,6 +36,7 @@ pub async fn channel(server: &str, dir: &Path) -> Result<Channel, CliError> {
         .map_err(|e| CliError::new(format!("tls: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(5));
     endpoint.connect().await.map_err(|e| {
-        CliError::new(format!("cannot connect to {server}: {e}")).hint("is `palyra serve` running, and is --server right?")
+        CliError::new(format!("cannot connect to {server}: {e}"))
+            .hint("is `palyra serve` running, and is --server right?")
     })
 }

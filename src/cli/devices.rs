@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::client::connect;
-use super::output::{time, CliError, Context};
+use super::output::{CliError, Context, time};
 use crate::rpc::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
 #[derive(Debug, Subcommand)]
@@ -85,8 +85,13 @@ pub(super) async fn run(ctx: &Context, cmd: DevicesCommand) -> Result<(), CliErr
             ctx.print(&devices, || devices.iter().map(DeviceOut::line).collect::<Vec<_>>().join("\n"))
         }
         DevicesCommand::Show { id } => {
-            let d: DeviceOut =
-                client.get_device(pb::GetDeviceRequest { device_id: id }).await?.into_inner().device.unwrap_or_default().into();
+            let d: DeviceOut = client
+                .get_device(pb::GetDeviceRequest { device_id: id })
+                .await?
+                .into_inner()
+                .device
+                .unwrap_or_default()
+                .into();
             ctx.print(&d, || {
                 format!(
                     "{}\nfingerprint {}\npaired {}\nscopes {}{}",
@@ -94,7 +99,11 @@ pub(super) async fn run(ctx: &Context, cmd: DevicesCommand) -> Result<(), CliErr
                     d.fingerprint,
                     d.paired_at,
                     if d.scopes.is_empty() { "(own only)".to_owned() } else { d.scopes.join(", ") },
-                    if d.revoked_at.is_empty() { String::new() } else { format!("\nrevoked {} ({})", d.revoked_at, d.revoke_reason) }
+                    if d.revoked_at.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\nrevoked {} ({})", d.revoked_at, d.revoke_reason)
+                    }
                 )
             })
         }

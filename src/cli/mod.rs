@@ -28,7 +28,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "PALYRA_HOME", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// The node to talk to.
-    #[arg(long, global = true, env = "PALYRA_SERVER", default_value = "https://127.0.0.1:7443", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "PALYRA_SERVER",
+        default_value = "https://127.0.0.1:7443",
+        value_name = "URL"
+    )]
     pub server: String,
     /// Machine-readable output (JSON).
     #[arg(long, global = true)]

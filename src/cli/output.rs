@@ -68,10 +68,16 @@ impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         let reason = s.get_error_details().error_info().map(|i| i.reason.clone());
         let hint = match reason.as_deref() {
-            Some("ERROR_REASON_POLICY_DENIED") => Some("the node's Cedar policy does not allow this; see `palyra policy get`"),
+            Some("ERROR_REASON_POLICY_DENIED") => {
+                Some("the node's Cedar policy does not allow this; see `palyra policy get`")
+            }
             Some("ERROR_REASON_DEVICE_REVOKED") => Some("this device was revoked; pair it again"),
-            Some("ERROR_REASON_VERSION_CONFLICT") => Some("someone else wrote it first; read it again and retry"),
-            _ if s.code() == tonic::Code::Unavailable => Some("is `palyra serve` running, and is --server right?"),
+            Some("ERROR_REASON_VERSION_CONFLICT") => {
+                Some("someone else wrote it first; read it again and retry")
+            }
+            _ if s.code() == tonic::Code::Unavailable => {
+                Some("is `palyra serve` running, and is --server right?")
+            }
             _ => None,
         };
         let reason = reason.map(|r| format!(" [{r}]")).unwrap_or_default();

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::client::connect;
-use super::output::{time, CliError, Context};
+use super::output::{CliError, Context, time};
 use crate::rpc::pb::policy::v1::{self as pb, policy_service_client::PolicyServiceClient};
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +62,9 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
     if let PolicyCommand::Reset = cmd {
         let db = ctx.data_dir.join("palyra.db");
         if !db.exists() {
-            return Err(CliError::new(format!("no node database at {}", db.display())).hint("check --data-dir"));
+            return Err(
+                CliError::new(format!("no node database at {}", db.display())).hint("check --data-dir")
+            );
         }
         let store = tokio::task::spawn_blocking(move || crate::storage::Store::open(&db))
             .await
@@ -82,7 +84,12 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
     let mut client = PolicyServiceClient::new(connect(ctx).await?);
     match cmd {
         PolicyCommand::Get { schema } => {
-            let set = client.get_policy_set(pb::GetPolicySetRequest {}).await?.into_inner().policy_set.unwrap_or_default();
+            let set = client
+                .get_policy_set(pb::GetPolicySetRequest {})
+                .await?
+                .into_inner()
+                .policy_set
+                .unwrap_or_default();
             print_set(ctx, set, schema)
         }
         PolicyCommand::Set { file, expected_version } => {
@@ -110,7 +117,11 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
                 .diagnostics
                 .iter()
                 .map(|d| Diag {
-                    severity: if d.severity() == pb::DiagnosticSeverity::Warning { "warning" } else { "error" },
+                    severity: if d.severity() == pb::DiagnosticSeverity::Warning {
+                        "warning"
+                    } else {
+                        "error"
+                    },
                     message: d.message.clone(),
                     policy_id: d.policy_id.clone(),
                     line: d.line,
@@ -123,7 +134,16 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
                 } else {
                     diags
                         .iter()
-                        .map(|d| format!("{}:{}:{}: {}: {}", file.display(), d.line, d.column, d.severity, d.message))
+                        .map(|d| {
+                            format!(
+                                "{}:{}:{}: {}: {}",
+                                file.display(),
+                                d.line,
+                                d.column,
+                                d.severity,
+                                d.message
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join("\n")
                 }
@@ -132,7 +152,12 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
         }
         PolicyCommand::Check { principal, action, resource, context } => {
             let r = client
-                .authorize(pb::AuthorizeRequest { principal, action, resource, context_json: context.unwrap_or_default() })
+                .authorize(pb::AuthorizeRequest {
+                    principal,
+                    action,
+                    resource,
+                    context_json: context.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             #[derive(Serialize)]
@@ -151,7 +176,8 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
             ctx.print(&out, || format!("{}: {}", out.decision.to_uppercase(), out.explanation))
         }
         PolicyCommand::History => {
-            let versions = client.list_policy_versions(pb::ListPolicyVersionsRequest {}).await?.into_inner().versions;
+            let versions =
+                client.list_policy_versions(pb::ListPolicyVersionsRequest {}).await?.into_inner().versions;
             #[derive(Serialize)]
             struct Out {
                 version: u64,
@@ -160,10 +186,17 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
             }
             let out: Vec<Out> = versions
                 .into_iter()
-                .map(|v| Out { version: v.version, updated_at: time(v.updated_at.as_ref()), updated_by: v.updated_by })
+                .map(|v| Out {
+                    version: v.version,
+                    updated_at: time(v.updated_at.as_ref()),
+                    updated_by: v.updated_by,
+                })
                 .collect();
             ctx.print(&out, || {
-                out.iter().map(|v| format!("v{}  {}  {}", v.version, v.updated_at, v.updated_by)).collect::<Vec<_>>().join("\n")
+                out.iter()
+                    .map(|v| format!("v{}  {}  {}", v.version, v.updated_at, v.updated_by))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
         }
         PolicyCommand::Rollback { version } => {
@@ -173,7 +206,9 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
                 .into_inner()
                 .policy_set
                 .unwrap_or_default();
-            ctx.print(&Summary::from(&set), || format!("version {version} restored as version {}", set.version))
+            ctx.print(&Summary::from(&set), || {
+                format!("version {version} restored as version {}", set.version)
+            })
         }
         PolicyCommand::Reset => Ok(()),
     }
@@ -188,7 +223,11 @@ struct Summary {
 
 impl From<&pb::PolicySet> for Summary {
     fn from(s: &pb::PolicySet) -> Self {
-        Summary { version: s.version, updated_at: time(s.updated_at.as_ref()), updated_by: s.updated_by.clone() }
+        Summary {
+            version: s.version,
+            updated_at: time(s.updated_at.as_ref()),
+            updated_by: s.updated_by.clone(),
+        }
     }
 }
 
@@ -210,7 +249,10 @@ fn print_set(ctx: &Context, set: pb::PolicySet, schema: bool) -> Result<(), CliE
         schema: schema.then_some(set.schema),
     };
     ctx.print(&out, || {
-        let mut text = format!("// version {} (updated {} by {})\n{}", out.version, out.updated_at, out.updated_by, out.policies);
+        let mut text = format!(
+            "// version {} (updated {} by {})\n{}",
+            out.version, out.updated_at, out.updated_by, out.policies
+        );
         if let Some(schema) = &out.schema {
             text.push_str("\n// schema\n");
             text.push_str(schema);

@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::output::{CliError, Context};
-use crate::config::{FileConfig, Layout, DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR};
+use crate::config::{DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR, FileConfig, Layout};
 use crate::node::{KeyBackendChoice, Node, NodeOptions};
 use crate::vault::VaultConfig;
 
@@ -45,7 +45,12 @@ struct Settings {
     quic_addr: SocketAddr,
 }
 
-fn settings(ctx: &Context, init: &InitArgs, grpc: Option<SocketAddr>, quic: Option<SocketAddr>) -> Result<Settings, CliError> {
+fn settings(
+    ctx: &Context,
+    init: &InitArgs,
+    grpc: Option<SocketAddr>,
+    quic: Option<SocketAddr>,
+) -> Result<Settings, CliError> {
     let layout = Layout::new(&ctx.data_dir);
     let file = match &init.config {
         Some(path) => FileConfig::load(path, false),
@@ -64,7 +69,9 @@ fn settings(ctx: &Context, init: &InitArgs, grpc: Option<SocketAddr>, quic: Opti
     Ok(Settings {
         options: NodeOptions {
             key_backend,
-            vault: VaultConfig { max_value_len: file.max_value_bytes.unwrap_or(crate::vault::DEFAULT_MAX_VALUE_LEN) },
+            vault: VaultConfig {
+                max_value_len: file.max_value_bytes.unwrap_or(crate::vault::DEFAULT_MAX_VALUE_LEN),
+            },
             server_names,
         },
         grpc_addr: match grpc.or(file.grpc_addr) {
@@ -119,9 +126,10 @@ fn summary(ctx: &Context, node: &Node) -> InitOut {
 pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
     let s = settings(ctx, &args.init, args.grpc_addr, args.quic_addr)?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
-    let listener = tokio::net::TcpListener::bind(s.grpc_addr)
-        .await
-        .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr)).hint("is another palyra already running? use --grpc-addr"))?;
+    let listener = tokio::net::TcpListener::bind(s.grpc_addr).await.map_err(|e| {
+        CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr))
+            .hint("is another palyra already running? use --grpc-addr")
+    })?;
     let bound = listener.local_addr().map_err(|e| CliError::new(e.to_string()))?;
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic_reserved = %s.quic_addr, node_id = %out.node_id, "palyra is serving");

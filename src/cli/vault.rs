@@ -8,7 +8,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::client::connect;
-use super::output::{time, CliError, Context};
+use super::output::{CliError, Context, time};
 use crate::rpc::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
 
 #[derive(Debug, Subcommand)]
@@ -155,7 +155,9 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
                 out.write_all(&value).map_err(|e| CliError::new(e.to_string()))?;
                 return out.flush().map_err(|e| CliError::new(e.to_string()));
             }
-            ctx.print(&out, || format!("<redacted>  (version {}; --reveal to print)\n{}", response.version, meta.line()))
+            ctx.print(&out, || {
+                format!("<redacted>  (version {}; --reveal to print)\n{}", response.version, meta.line())
+            })
         }
         VaultCommand::List { scope, recursive, deleted } => {
             let mut all = Vec::new();
@@ -186,7 +188,8 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
             })
         }
         VaultCommand::Delete { scope, key, destroy } => {
-            let response = client.delete_secret(pb::DeleteSecretRequest { scope, key, destroy }).await?.into_inner();
+            let response =
+                client.delete_secret(pb::DeleteSecretRequest { scope, key, destroy }).await?.into_inner();
             let meta = Metadata::from(response.metadata.unwrap_or_default());
             ctx.print(&meta, || format!("{} {}", if destroy { "destroyed" } else { "deleted" }, meta.line()))
         }
@@ -198,7 +201,9 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
                 rewrapped: u64,
             }
             let out = Out { generation: r.generation, rewrapped: r.rewrapped };
-            ctx.print(&out, || format!("key generation {} is current; {} data keys rewrapped", r.generation, r.rewrapped))
+            ctx.print(&out, || {
+                format!("key generation {} is current; {} data keys rewrapped", r.generation, r.rewrapped)
+            })
         }
     }
 }
@@ -212,7 +217,9 @@ fn read_value(args: &PutArgs) -> Result<Zeroizing<Vec<u8>>, CliError> {
                 .map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))?;
         }
         None => {
-            std::io::stdin().read_to_end(&mut value).map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
+            std::io::stdin()
+                .read_to_end(&mut value)
+                .map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
         }
     }
     Ok(value)

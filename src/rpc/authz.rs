@@ -74,7 +74,9 @@ impl Gate {
         };
         let message = match peer.principal {
             Principal::Anonymous => format!("{action} requires a paired device's client certificate"),
-            Principal::Device { .. } => format!("{} may not call {action} on {resource}", peer.principal.label()),
+            Principal::Device { .. } => {
+                format!("{} may not call {action} on {resource}", peer.principal.label())
+            }
         };
         Err(status(code, ErrorReason::PolicyDenied, message))
     }

@@ -13,7 +13,10 @@ use crate::vault::{Scope, SecretKey, SecretMetadata, SecretVersion};
 /// A timestamp on the wire.
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 /// Parses the `scope` field.

@@ -9,14 +9,16 @@ use std::time::{Duration, SystemTime};
 use ring::rand::SecureRandom;
 use tonic::{Code, Request, Response, Status};
 
-use super::authz::{peer_of, Gate};
+use super::authz::{Gate, peer_of};
 use super::convert::{device_id, timestamp};
 use super::pb::common::v1::ErrorReason;
 use super::pb::identity::v1::{self as pb, identity_service_server::IdentityService};
 use super::peer::Peer;
 use super::status::{internal, invalid_argument, status};
 use crate::identity::ca::{Csr, DEFAULT_CLIENT_CERT_VALIDITY};
-use crate::identity::{verify_signature, Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal};
+use crate::identity::{
+    Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, verify_signature,
+};
 use crate::policy::Resource;
 use crate::storage::Store;
 
@@ -31,9 +33,13 @@ pub const RENEWAL_PROOF_TAG: &[u8] = b"palyra-renewal-v1/proof";
 impl From<IdentityError> for Status {
     fn from(e: IdentityError) -> Self {
         match e {
-            IdentityError::NotFound(id) => status(Code::NotFound, ErrorReason::NotFound, format!("device {id} not found")),
+            IdentityError::NotFound(id) => {
+                status(Code::NotFound, ErrorReason::NotFound, format!("device {id} not found"))
+            }
             IdentityError::InvalidCsr(m) => invalid_argument("csr_pem", m),
-            IdentityError::InvalidArgument(m) => status(Code::InvalidArgument, ErrorReason::InvalidArgument, m),
+            IdentityError::InvalidArgument(m) => {
+                status(Code::InvalidArgument, ErrorReason::InvalidArgument, m)
+            }
             IdentityError::AlreadyExists(m) => status(Code::AlreadyExists, ErrorReason::InvalidArgument, m),
             e @ IdentityError::Integrity { .. } => {
                 tracing::error!(error = %e, "identity integrity failure");
@@ -92,8 +98,19 @@ impl IdentityApi {
         matches!(table.remove(&key), Some((for_id, expires)) if for_id == id && expires > now)
     }
 
-    async fn issue(&self, csr_pem: &str, device: &Device, now: SystemTime) -> Result<pb::RenewCertificateResponse, Status> {
-        let issued = self.node.ca().issue_client_certificate(csr_pem, device.id, device.role, DEFAULT_CLIENT_CERT_VALIDITY, now)?;
+    async fn issue(
+        &self,
+        csr_pem: &str,
+        device: &Device,
+        now: SystemTime,
+    ) -> Result<pb::RenewCertificateResponse, Status> {
+        let issued = self.node.ca().issue_client_certificate(
+            csr_pem,
+            device.id,
+            device.role,
+            DEFAULT_CLIENT_CERT_VALIDITY,
+            now,
+        )?;
         self.store.set_certificate_expiry(device.id, issued.not_after).await?;
         self.gate.peers.invalidate(device.id);
         tracing::info!(device_id = %device.id, "certificate renewed");
@@ -122,10 +139,15 @@ impl IdentityService for IdentityApi {
         }))
     }
 
-    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let peer = peer_of(&request)?;
         Ok(Response::new(match peer.principal {
-            Principal::Anonymous => pb::WhoAmIResponse { principal_type: "Anonymous".into(), ..Default::default() },
+            Principal::Anonymous => {
+                pb::WhoAmIResponse { principal_type: "Anonymous".into(), ..Default::default() }
+            }
             Principal::Device { id, role, fingerprint } => pb::WhoAmIResponse {
                 principal_type: "Device".into(),
                 device_id: id.to_string(),
@@ -135,19 +157,28 @@ impl IdentityService for IdentityApi {
         }))
     }
 
-    async fn list_devices(&self, _request: Request<pb::ListDevicesRequest>) -> Result<Response<pb::ListDevicesResponse>, Status> {
+    async fn list_devices(
+        &self,
+        _request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         let devices = self.store.devices().await?;
         Ok(Response::new(pb::ListDevicesResponse { devices: devices.iter().map(device_to_pb).collect() }))
     }
 
-    async fn get_device(&self, request: Request<pb::GetDeviceRequest>) -> Result<Response<pb::GetDeviceResponse>, Status> {
+    async fn get_device(
+        &self,
+        request: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::GetDeviceResponse>, Status> {
         let id = device_id("device_id", &request.get_ref().device_id)?;
         self.check_device(&peer_of(&request)?, "GetDevice", id)?;
         let device = self.store.device(id).await?.ok_or(IdentityError::NotFound(id))?;
         Ok(Response::new(pb::GetDeviceResponse { device: Some(device_to_pb(&device)) }))
     }
 
-    async fn revoke_device(&self, request: Request<pb::RevokeDeviceRequest>) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
+    async fn revoke_device(
+        &self,
+        request: Request<pb::RevokeDeviceRequest>,
+    ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
         let peer = peer_of(&request)?;
         let req = request.into_inner();
         let id = device_id("device_id", &req.device_id)?;
@@ -191,17 +222,29 @@ impl IdentityService for IdentityApi {
             (Principal::Anonymous, Some(proof)) => {
                 let id = device_id("proof.device_id", &proof.device_id)?;
                 let bad_proof = || {
-                    status(Code::Unauthenticated, ErrorReason::RenewalProofInvalid, "the renewal proof does not verify")
+                    status(
+                        Code::Unauthenticated,
+                        ErrorReason::RenewalProofInvalid,
+                        "the renewal proof does not verify",
+                    )
                 };
                 if !self.redeem(&proof.challenge, id, now) {
                     return Err(bad_proof());
                 }
                 let csr = Csr::parse_pem(&req.csr_pem)?;
                 let device = self.store.device(id).await?.ok_or_else(|| {
-                    status(Code::Unauthenticated, ErrorReason::UnknownDevice, format!("device {id} is not registered"))
+                    status(
+                        Code::Unauthenticated,
+                        ErrorReason::UnknownDevice,
+                        format!("device {id} is not registered"),
+                    )
                 })?;
                 if device.status == DeviceStatus::Revoked {
-                    return Err(status(Code::Unauthenticated, ErrorReason::DeviceRevoked, format!("device {id} is revoked")));
+                    return Err(status(
+                        Code::Unauthenticated,
+                        ErrorReason::DeviceRevoked,
+                        format!("device {id} is revoked"),
+                    ));
                 }
                 let mut message = RENEWAL_PROOF_TAG.to_vec();
                 message.extend_from_slice(&proof.challenge);
@@ -210,7 +253,12 @@ impl IdentityService for IdentityApi {
                     return Err(bad_proof());
                 }
                 let context = serde_json::json!({ "renewal_proof": true });
-                self.gate.check_with(&peer, &format!("{SERVICE}/RenewCertificate"), &Resource::Device(id), Some(&context))?;
+                self.gate.check_with(
+                    &peer,
+                    &format!("{SERVICE}/RenewCertificate"),
+                    &Resource::Device(id),
+                    Some(&context),
+                )?;
                 Ok(Response::new(self.issue(&req.csr_pem, &device, now).await?))
             }
         }
@@ -223,16 +271,25 @@ impl IdentityService for IdentityApi {
         let id = device_id("device_id", &request.get_ref().device_id)?;
         let now = SystemTime::now();
         let mut challenge = [0u8; 32];
-        ring::rand::SystemRandom::new().fill(&mut challenge).map_err(|_| internal("random generator failed"))?;
+        ring::rand::SystemRandom::new()
+            .fill(&mut challenge)
+            .map_err(|_| internal("random generator failed"))?;
         let expires = now + CHALLENGE_TTL;
         {
             let mut table = self.challenges.lock().map_err(|_| internal("challenge table poisoned"))?;
             table.retain(|_, (_, expires)| *expires > now);
             if table.len() >= MAX_CHALLENGES {
-                return Err(status(Code::ResourceExhausted, ErrorReason::RateLimited, "too many outstanding renewal challenges; retry in a minute"));
+                return Err(status(
+                    Code::ResourceExhausted,
+                    ErrorReason::RateLimited,
+                    "too many outstanding renewal challenges; retry in a minute",
+                ));
             }
             table.insert(challenge, (id, expires));
         }
-        Ok(Response::new(pb::GetRenewalChallengeResponse { challenge: challenge.to_vec(), expires_at: Some(timestamp(expires)) }))
+        Ok(Response::new(pb::GetRenewalChallengeResponse {
+            challenge: challenge.to_vec(),
+            expires_at: Some(timestamp(expires)),
+        }))
     }
 }

@@ -56,7 +56,11 @@ fn max_message_bytes(node: &Node) -> usize {
 
 /// Serves the node's gRPC API on `listener` until `shutdown` completes, then drains in-flight
 /// requests and returns.
-pub async fn serve(node: &Node, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn serve(
+    node: &Node,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let tls = server::server_tls_config(
         node.identity.server_cert_chain(),
         node.identity.server_private_key()?,
@@ -78,9 +82,13 @@ pub async fn serve(node: &Node, listener: TcpListener, shutdown: impl Future<Out
         gate.clone(),
     ))
     .max_decoding_message_size(256 * 1024);
-    let policy = PolicyServiceServer::new(policy::PolicyApi::new(std::sync::Arc::clone(&node.policies), node.core.store.clone()))
-        .max_decoding_message_size(crate::policy::MAX_POLICY_TEXT_BYTES + 64 * 1024);
-    let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone())).max_decoding_message_size(64 * 1024);
+    let policy = PolicyServiceServer::new(policy::PolicyApi::new(
+        std::sync::Arc::clone(&node.policies),
+        node.core.store.clone(),
+    ))
+    .max_decoding_message_size(crate::policy::MAX_POLICY_TEXT_BYTES + 64 * 1024);
+    let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone()))
+        .max_decoding_message_size(64 * 1024);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<VaultServiceServer<vault::VaultApi>>().await;
@@ -94,7 +102,8 @@ pub async fn serve(node: &Node, listener: TcpListener, shutdown: impl Future<Out
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha =
+        reflection().build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let incoming = server::tls_incoming(listener, tls);
     Server::builder()

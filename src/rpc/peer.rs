@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 
 use super::pb::common::v1::ErrorReason;
 use super::status::{internal, status};
-use crate::identity::{ca, Device, DeviceId, DeviceStatus, Principal};
+use crate::identity::{Device, DeviceId, DeviceStatus, Principal, ca};
 use crate::storage::Store;
 use crate::vault::Scope;
 
@@ -76,10 +76,18 @@ impl PeerResolver {
             ));
         };
         let device = self.device(id).await?.ok_or_else(|| {
-            status(Code::Unauthenticated, ErrorReason::UnknownDevice, format!("device {id} is not registered"))
+            status(
+                Code::Unauthenticated,
+                ErrorReason::UnknownDevice,
+                format!("device {id} is not registered"),
+            )
         })?;
         if device.status == DeviceStatus::Revoked {
-            return Err(status(Code::Unauthenticated, ErrorReason::DeviceRevoked, format!("device {id} is revoked")));
+            return Err(status(
+                Code::Unauthenticated,
+                ErrorReason::DeviceRevoked,
+                format!("device {id} is revoked"),
+            ));
         }
         Ok(Peer {
             principal: Principal::Device { id, role: device.role, fingerprint: device.fingerprint.clone() },

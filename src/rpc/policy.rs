@@ -12,8 +12,8 @@ use super::pb::policy::v1::{self as pb, policy_service_server::PolicyService};
 use super::status::{internal, invalid_argument, status, status_with};
 use crate::identity::{IdentityError, Principal};
 use crate::policy::{
-    parse_action_ref, parse_entity_ref, Diagnostic, EntityRef, Policies, PolicyError, PolicyVersion, Resource, Severity,
-    Subject, MAX_POLICY_TEXT_BYTES, SCHEMA_TEXT,
+    Diagnostic, EntityRef, MAX_POLICY_TEXT_BYTES, Policies, PolicyError, PolicyVersion, Resource,
+    SCHEMA_TEXT, Severity, Subject, parse_action_ref, parse_entity_ref,
 };
 use crate::storage::Store;
 
@@ -23,7 +23,9 @@ const MAX_CONTEXT_BYTES: usize = 64 * 1024;
 impl From<PolicyError> for Status {
     fn from(e: PolicyError) -> Self {
         match e {
-            e @ PolicyError::Invalid { .. } => status(Code::InvalidArgument, ErrorReason::PolicyInvalid, e.to_string()),
+            e @ PolicyError::Invalid { .. } => {
+                status(Code::InvalidArgument, ErrorReason::PolicyInvalid, e.to_string())
+            }
             PolicyError::VersionConflict { expected, actual } => status_with(
                 Code::FailedPrecondition,
                 ErrorReason::VersionConflict,
@@ -32,7 +34,9 @@ impl From<PolicyError> for Status {
             ),
             e @ PolicyError::Lockout => status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string()),
             e @ PolicyError::NotFound(_) => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
-            e @ PolicyError::InvalidEntityRef { .. } => status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string()),
+            e @ PolicyError::InvalidEntityRef { .. } => {
+                status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string())
+            }
             other => internal(other),
         }
     }
@@ -52,7 +56,11 @@ fn diagnostic_to_pb(d: &Diagnostic) -> pb::Diagnostic {
 }
 
 fn version_to_pb(v: &PolicyVersion) -> pb::PolicyVersion {
-    pb::PolicyVersion { version: v.version, updated_at: Some(timestamp(v.updated_at)), updated_by: v.updated_by.clone() }
+    pb::PolicyVersion {
+        version: v.version,
+        updated_at: Some(timestamp(v.updated_at)),
+        updated_by: v.updated_by.clone(),
+    }
 }
 
 /// The policy service.
@@ -89,14 +97,19 @@ fn check_policy_text(text: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl PolicyService for PolicyApi {
-    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let req = request.into_inner();
         let principal = parse_entity_ref(&req.principal).map_err(|e| invalid_argument("principal", e))?;
         let resource = match parse_entity_ref(&req.resource).map_err(|e| invalid_argument("resource", e))? {
             EntityRef::Node => Resource::Node,
             EntityRef::Scope(scope) => Resource::Scope(scope),
             EntityRef::Device(id) => Resource::Device(id),
-            EntityRef::Anonymous => return Err(invalid_argument("resource", "the anonymous principal is not a resource")),
+            EntityRef::Anonymous => {
+                return Err(invalid_argument("resource", "the anonymous principal is not a resource"));
+            }
         };
         let action = if req.action.starts_with("Palyra::Action::") {
             parse_action_ref(&req.action).map_err(|e| invalid_argument("action", e))?
@@ -119,13 +132,18 @@ impl PolicyService for PolicyApi {
         };
         let engine = self.policies.engine();
         let decision = match principal {
-            EntityRef::Anonymous => engine.authorize(&Principal::Anonymous, &[], action, &resource, context.as_ref()),
+            EntityRef::Anonymous => {
+                engine.authorize(&Principal::Anonymous, &[], action, &resource, context.as_ref())
+            }
             EntityRef::Device(id) => {
                 let device = self.store.device(id).await?.ok_or(IdentityError::NotFound(id))?;
                 engine.authorize_subject(&Subject::device(&device), action, &resource, context.as_ref())
             }
             EntityRef::Node | EntityRef::Scope(_) => {
-                return Err(invalid_argument("principal", "a principal is a Palyra::Device or Palyra::Anonymous"));
+                return Err(invalid_argument(
+                    "principal",
+                    "a principal is a Palyra::Device or Palyra::Anonymous",
+                ));
             }
         };
         Ok(Response::new(pb::AuthorizeResponse {
@@ -136,7 +154,10 @@ impl PolicyService for PolicyApi {
         }))
     }
 
-    async fn get_policy_set(&self, _request: Request<pb::GetPolicySetRequest>) -> Result<Response<pb::GetPolicySetResponse>, Status> {
+    async fn get_policy_set(
+        &self,
+        _request: Request<pb::GetPolicySetRequest>,
+    ) -> Result<Response<pb::GetPolicySetResponse>, Status> {
         Ok(Response::new(pb::GetPolicySetResponse { policy_set: Some(self.policy_set().await?) }))
     }
 
@@ -169,7 +190,9 @@ impl PolicyService for PolicyApi {
         _request: Request<pb::ListPolicyVersionsRequest>,
     ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
         let versions = self.policies.versions().await?;
-        Ok(Response::new(pb::ListPolicyVersionsResponse { versions: versions.iter().map(version_to_pb).collect() }))
+        Ok(Response::new(pb::ListPolicyVersionsResponse {
+            versions: versions.iter().map(version_to_pb).collect(),
+        }))
     }
 
     async fn rollback_policy_set(

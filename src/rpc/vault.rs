@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::authz::{peer_of, Gate};
+use super::authz::{Gate, peer_of};
 use super::convert::{page_token, parse_page_token, scope, secret_key};
 use super::pb::vault::v1::{self as pb, vault_service_server::VaultService};
 use crate::policy::Resource;
@@ -24,7 +24,12 @@ impl VaultApi {
         VaultApi { vault, gate }
     }
 
-    fn check_scope<T>(&self, request: &Request<T>, method: &str, scope: &crate::vault::Scope) -> Result<(), Status> {
+    fn check_scope<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        scope: &crate::vault::Scope,
+    ) -> Result<(), Status> {
         let peer = peer_of(request)?;
         self.gate.check(&peer, &format!("{SERVICE}/{method}"), &Resource::Scope(scope.clone()))
     }
@@ -32,7 +37,10 @@ impl VaultApi {
 
 #[tonic::async_trait]
 impl VaultService for VaultApi {
-    async fn put_secret(&self, request: Request<pb::PutSecretRequest>) -> Result<Response<pb::PutSecretResponse>, Status> {
+    async fn put_secret(
+        &self,
+        request: Request<pb::PutSecretRequest>,
+    ) -> Result<Response<pb::PutSecretResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "PutSecret", &s)?;
@@ -42,7 +50,10 @@ impl VaultService for VaultApi {
         Ok(Response::new(pb::PutSecretResponse { metadata: Some(metadata.into()) }))
     }
 
-    async fn get_secret(&self, request: Request<pb::GetSecretRequest>) -> Result<Response<pb::GetSecretResponse>, Status> {
+    async fn get_secret(
+        &self,
+        request: Request<pb::GetSecretRequest>,
+    ) -> Result<Response<pb::GetSecretResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "GetSecret", &s)?;
@@ -58,7 +69,10 @@ impl VaultService for VaultApi {
         }))
     }
 
-    async fn list_secrets(&self, request: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
+    async fn list_secrets(
+        &self,
+        request: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         self.check_scope(&request, "ListSecrets", &s)?;
         let req = request.into_inner();
@@ -71,7 +85,10 @@ impl VaultService for VaultApi {
         }))
     }
 
-    async fn delete_secret(&self, request: Request<pb::DeleteSecretRequest>) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+    async fn delete_secret(
+        &self,
+        request: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "DeleteSecret", &s)?;
@@ -95,10 +112,16 @@ impl VaultService for VaultApi {
         }))
     }
 
-    async fn rotate_key(&self, _request: Request<pb::RotateKeyRequest>) -> Result<Response<pb::RotateKeyResponse>, Status> {
+    async fn rotate_key(
+        &self,
+        _request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
         // Admin-only at the method gate; there is no finer resource.
         let rotation = self.vault.rotate_key().await?;
         tracing::info!(generation = rotation.generation, rewrapped = rotation.rewrapped, "vault key rotated");
-        Ok(Response::new(pb::RotateKeyResponse { generation: rotation.generation, rewrapped: rotation.rewrapped }))
+        Ok(Response::new(pb::RotateKeyResponse {
+            generation: rotation.generation,
+            rewrapped: rotation.rewrapped,
+        }))
     }
 }

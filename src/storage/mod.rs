@@ -7,8 +7,8 @@
 //! Reads use a small pool of read-only connections on tokio's blocking threads, never on the
 //! async workers. Migrations are numbered, append-only SQL files applied at open.
 //!
-//! This module speaks domain types outward (see [`vault`] and [`devices`]); it does not encrypt,
-//! authorize or decide anything.
+//! This module speaks domain types outward (see [`vault`], [`devices`] and [`policy`]); it does
+//! not encrypt, authorize or decide anything.
 
 mod audit;
 mod devices;

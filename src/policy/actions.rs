@@ -1,0 +1,128 @@
+//! The action ids of the schema, as constants for the edges that ask the engine.
+//!
+//! An action id is the full gRPC method without the leading slash (what tonic's request URI
+//! path carries after `/`), or the QUIC method name. [`ALL`] lists every one; a test checks it
+//! against the schema and against every `rpc` in `proto/`. Groups are actions too; policies
+//! speak of them with `action in Palyra::Action::"<group>"`.
+
+/// `grpc.health.v1.Health/Check`.
+pub const HEALTH_CHECK: &str = "grpc.health.v1.Health/Check";
+/// `grpc.health.v1.Health/Watch`.
+pub const HEALTH_WATCH: &str = "grpc.health.v1.Health/Watch";
+/// Server reflection v1.
+pub const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+/// Server reflection v1alpha.
+pub const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+
+/// IdentityService.GetNodeIdentity.
+pub const GET_NODE_IDENTITY: &str = "palyra.identity.v1.IdentityService/GetNodeIdentity";
+/// IdentityService.WhoAmI.
+pub const WHO_AM_I: &str = "palyra.identity.v1.IdentityService/WhoAmI";
+/// IdentityService.ListDevices.
+pub const LIST_DEVICES: &str = "palyra.identity.v1.IdentityService/ListDevices";
+/// IdentityService.GetDevice (resource check: `Resource::Device`).
+pub const GET_DEVICE: &str = "palyra.identity.v1.IdentityService/GetDevice";
+/// IdentityService.RevokeDevice.
+pub const REVOKE_DEVICE: &str = "palyra.identity.v1.IdentityService/RevokeDevice";
+/// IdentityService.RenewCertificate (resource check: `Resource::Device`; the anonymous path
+/// with context [`RENEWAL_PROOF`]).
+pub const RENEW_CERTIFICATE: &str = "palyra.identity.v1.IdentityService/RenewCertificate";
+/// IdentityService.GetRenewalChallenge.
+pub const GET_RENEWAL_CHALLENGE: &str = "palyra.identity.v1.IdentityService/GetRenewalChallenge";
+
+/// PairingService.CreatePairingCode.
+pub const CREATE_PAIRING_CODE: &str = "palyra.pairing.v1.PairingService/CreatePairingCode";
+/// PairingService.StartPairing.
+pub const START_PAIRING: &str = "palyra.pairing.v1.PairingService/StartPairing";
+/// PairingService.FinishPairing.
+pub const FINISH_PAIRING: &str = "palyra.pairing.v1.PairingService/FinishPairing";
+/// PairingService.GetPairingStatus.
+pub const GET_PAIRING_STATUS: &str = "palyra.pairing.v1.PairingService/GetPairingStatus";
+/// PairingService.ListPairingRequests.
+pub const LIST_PAIRING_REQUESTS: &str = "palyra.pairing.v1.PairingService/ListPairingRequests";
+/// PairingService.ApprovePairing.
+pub const APPROVE_PAIRING: &str = "palyra.pairing.v1.PairingService/ApprovePairing";
+/// PairingService.RejectPairing.
+pub const REJECT_PAIRING: &str = "palyra.pairing.v1.PairingService/RejectPairing";
+
+/// VaultService.PutSecret (resource check: `Resource::Scope`).
+pub const PUT_SECRET: &str = "palyra.vault.v1.VaultService/PutSecret";
+/// VaultService.GetSecret (resource check: `Resource::Scope`).
+pub const GET_SECRET: &str = "palyra.vault.v1.VaultService/GetSecret";
+/// VaultService.ListSecrets (resource check: `Resource::Scope`).
+pub const LIST_SECRETS: &str = "palyra.vault.v1.VaultService/ListSecrets";
+/// VaultService.DeleteSecret (resource check: `Resource::Scope`).
+pub const DELETE_SECRET: &str = "palyra.vault.v1.VaultService/DeleteSecret";
+/// VaultService.GetSecretMetadata (resource check: `Resource::Scope`).
+pub const GET_SECRET_METADATA: &str = "palyra.vault.v1.VaultService/GetSecretMetadata";
+/// VaultService.RotateKey.
+pub const ROTATE_KEY: &str = "palyra.vault.v1.VaultService/RotateKey";
+
+/// PolicyService.Authorize.
+pub const AUTHORIZE: &str = "palyra.policy.v1.PolicyService/Authorize";
+/// PolicyService.GetPolicySet.
+pub const GET_POLICY_SET: &str = "palyra.policy.v1.PolicyService/GetPolicySet";
+/// PolicyService.UpdatePolicySet (the action the lockout guard protects).
+pub const UPDATE_POLICY_SET: &str = "palyra.policy.v1.PolicyService/UpdatePolicySet";
+/// PolicyService.ValidatePolicySet.
+pub const VALIDATE_POLICY_SET: &str = "palyra.policy.v1.PolicyService/ValidatePolicySet";
+/// PolicyService.ListPolicyVersions.
+pub const LIST_POLICY_VERSIONS: &str = "palyra.policy.v1.PolicyService/ListPolicyVersions";
+/// PolicyService.RollbackPolicySet.
+pub const ROLLBACK_POLICY_SET: &str = "palyra.policy.v1.PolicyService/RollbackPolicySet";
+
+/// AuditService.ListAuditRecords.
+pub const LIST_AUDIT_RECORDS: &str = "palyra.audit.v1.AuditService/ListAuditRecords";
+/// AuditService.VerifyAuditLog.
+pub const VERIFY_AUDIT_LOG: &str = "palyra.audit.v1.AuditService/VerifyAuditLog";
+
+/// QUIC `node.health`.
+pub const NODE_HEALTH: &str = "node.health";
+/// QUIC `node.stream_events`.
+pub const NODE_STREAM_EVENTS: &str = "node.stream_events";
+
+/// The context key of RenewCertificate's anonymous path: `{"renewal_proof": true}` once the
+/// handler has verified the proof for the resource device.
+pub const RENEWAL_PROOF: &str = "renewal_proof";
+
+/// Every requestable action (groups excluded).
+pub const ALL: &[&str] = &[
+    HEALTH_CHECK,
+    HEALTH_WATCH,
+    REFLECTION_V1,
+    REFLECTION_V1ALPHA,
+    GET_NODE_IDENTITY,
+    WHO_AM_I,
+    LIST_DEVICES,
+    GET_DEVICE,
+    REVOKE_DEVICE,
+    RENEW_CERTIFICATE,
+    GET_RENEWAL_CHALLENGE,
+    CREATE_PAIRING_CODE,
+    START_PAIRING,
+    FINISH_PAIRING,
+    GET_PAIRING_STATUS,
+    LIST_PAIRING_REQUESTS,
+    APPROVE_PAIRING,
+    REJECT_PAIRING,
+    PUT_SECRET,
+    GET_SECRET,
+    LIST_SECRETS,
+    DELETE_SECRET,
+    GET_SECRET_METADATA,
+    ROTATE_KEY,
+    AUTHORIZE,
+    GET_POLICY_SET,
+    UPDATE_POLICY_SET,
+    VALIDATE_POLICY_SET,
+    LIST_POLICY_VERSIONS,
+    ROLLBACK_POLICY_SET,
+    LIST_AUDIT_RECORDS,
+    VERIFY_AUDIT_LOG,
+    NODE_HEALTH,
+    NODE_STREAM_EVENTS,
+];
+
+/// The action groups of the schema.
+pub const GROUPS: &[&str] =
+    &["public", "reflection", "self", "admin", "quic", "vault", "vault.read", "vault.write"];
