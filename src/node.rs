@@ -10,6 +10,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
 use crate::config::Layout;
 use crate::fsutil::{self, FsError};
 use crate::identity::ca::generate_tls_key_and_csr;
@@ -236,6 +238,8 @@ pub struct Node {
     pub audit: AuditLog,
     /// The operator device (role admin) created by `init`.
     pub operator: DeviceId,
+    /// Extra names of the server certificate.
+    server_names: Arc<[String]>,
 }
 
 /// Why a node could not be initialised or started.
@@ -265,16 +269,15 @@ impl Node {
     /// overwrites anything that exists.
     pub async fn open(data_dir: &Path, options: NodeOptions) -> Result<Self, InitError> {
         let server_names = options.server_names.clone();
+        let names = server_names.clone();
         let core = NodeCore::open(data_dir, options).await?;
         let layout = Layout::new(data_dir);
         let store_key = core.keys.identity_store_key();
         let identity_dir = layout.identity_dir();
         let identity = blocking_init(move || {
             let secrets = FilesystemSecretStore::open(&identity_dir, store_key)?;
-            let mut identity = NodeIdentity::load_or_create(&secrets, &server_names, SystemTime::now())?;
-            if identity.renew_server_certificate_if_needed(&secrets, &server_names, SystemTime::now())? {
-                tracing::info!("renewed the server certificate");
-            }
+            // Also renews the server certificate when it is due.
+            let identity = NodeIdentity::load_or_create(&secrets, &server_names, SystemTime::now())?;
             let operator = ensure_operator_identity(&secrets)?;
             Ok((identity, operator))
         })
@@ -287,7 +290,25 @@ impl Node {
         let audit_key = core.keys.audit_chain_key();
         let audit =
             blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
-        Ok(Node { core, identity, policies, audit, operator })
+        Ok(Node { core, identity, policies, audit, operator, server_names: Arc::from(names) })
+    }
+
+    /// The server certificate chain and key to serve at `now`: re-issued (and stored) when the
+    /// current one is due for renewal. Returns `None` when `current_der` is still the one to use.
+    /// Blocking (reads and may write the sealed identity store).
+    pub fn refresh_server_certificate(
+        &self,
+        current_der: &[u8],
+        now: SystemTime,
+    ) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, InitError> {
+        let layout = Layout::new(&self.core.data_dir);
+        let secrets =
+            FilesystemSecretStore::open(&layout.identity_dir(), self.core.keys.identity_store_key())?;
+        let identity = NodeIdentity::load_or_create(&secrets, &self.server_names, now)?;
+        if identity.server_certificate().cert_der.as_ref() == current_der {
+            return Ok(None);
+        }
+        Ok(Some((identity.server_cert_chain(), identity.server_private_key()?)))
     }
 }
 

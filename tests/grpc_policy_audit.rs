@@ -382,3 +382,20 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .unwrap();
     assert!(stored.len() > acknowledged, "{} stored, {acknowledged} acknowledged", stored.len());
 }
+
+#[tokio::test]
+async fn the_server_certificate_is_renewed_when_due() {
+    let node = TestNode::start().await;
+    let current = node.node.identity.server_certificate().cert_der.to_vec();
+    let now = std::time::SystemTime::now();
+    assert!(node.node.refresh_server_certificate(&current, now).unwrap().is_none(), "not due yet");
+    // With less than a third of the 90-day lifetime left, a new one is issued and kept.
+    let later = now + std::time::Duration::from_secs(70 * 24 * 3600);
+    let (chain, _key) = node.node.refresh_server_certificate(&current, later).unwrap().expect("renewed");
+    assert_ne!(chain[0].as_ref(), current.as_slice());
+    assert!(
+        node.node.refresh_server_certificate(chain[0].as_ref(), later).unwrap().is_none(),
+        "stored, so stable"
+    );
+    node.stop().await;
+}

@@ -54,6 +54,31 @@ fn max_message_bytes(node: &Node) -> usize {
     node.core.vault.config().max_value_len.max(1024 * 1024) + 64 * 1024
 }
 
+/// How often the server certificate's due date is checked.
+const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
+
+/// Renews the server certificate when it is due (a third of its lifetime left) for as long as
+/// the server runs; the next handshake uses the new one.
+async fn renew_server_certificate(node: Node, certificate: std::sync::Arc<server::ServerCertificate>) {
+    loop {
+        tokio::time::sleep(RENEWAL_CHECK).await;
+        let (n, current) = (node.clone(), certificate.leaf_der());
+        let refreshed = tokio::task::spawn_blocking(move || {
+            n.refresh_server_certificate(&current, std::time::SystemTime::now())
+        })
+        .await;
+        match refreshed {
+            Ok(Ok(Some((chain, key)))) => match certificate.replace(chain, key) {
+                Ok(()) => tracing::info!("serving the renewed server certificate"),
+                Err(e) => tracing::error!(error = %e, "cannot use the renewed server certificate"),
+            },
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "server certificate renewal failed; retrying later"),
+            Err(e) => tracing::error!(error = %e, "server certificate renewal task failed"),
+        }
+    }
+}
+
 /// Serves the node's gRPC API on `listener` until `shutdown` completes, then drains in-flight
 /// requests and returns.
 pub async fn serve(
@@ -61,11 +86,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let tls = server::server_tls_config(
+    let certificate = server::ServerCertificate::new(
         node.identity.server_cert_chain(),
         node.identity.server_private_key()?,
+    )?;
+    let tls = server::server_tls_config(
+        std::sync::Arc::clone(&certificate),
         node.identity.ca().certificate_der().clone(),
     )?;
+    let renewal = tokio::spawn(renew_server_certificate(node.clone(), certificate));
     let gate = Gate {
         engine: std::sync::Arc::clone(node.policies.engine()),
         audit: node.audit.clone(),
@@ -117,6 +146,7 @@ pub async fn serve(
         .add_service(audit)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    renewal.abort();
     health_reporter.set_not_serving::<VaultServiceServer<vault::VaultApi>>().await;
     Ok(())
 }
