@@ -30,26 +30,6 @@ const MAX_CHALLENGES: usize = 10_000;
 /// Domain tag of the renewal proof signature.
 pub const RENEWAL_PROOF_TAG: &[u8] = b"palyra-renewal-v1/proof";
 
-impl From<IdentityError> for Status {
-    fn from(e: IdentityError) -> Self {
-        match e {
-            IdentityError::NotFound(id) => {
-                status(Code::NotFound, ErrorReason::NotFound, format!("device {id} not found"))
-            }
-            IdentityError::InvalidCsr(m) => invalid_argument("csr_pem", m),
-            IdentityError::InvalidArgument(m) => {
-                status(Code::InvalidArgument, ErrorReason::InvalidArgument, m)
-            }
-            IdentityError::AlreadyExists(m) => status(Code::AlreadyExists, ErrorReason::InvalidArgument, m),
-            e @ IdentityError::Integrity { .. } => {
-                tracing::error!(error = %e, "identity integrity failure");
-                status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
-            }
-            other => internal(other),
-        }
-    }
-}
-
 /// A device as the wire shows it.
 pub fn device_to_pb(d: &Device) -> pb::Device {
     pb::Device {

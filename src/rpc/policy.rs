@@ -3,44 +3,21 @@
 
 use std::sync::Arc;
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::authz::peer_of;
 use super::convert::timestamp;
-use super::pb::common::v1::ErrorReason;
 use super::pb::policy::v1::{self as pb, policy_service_server::PolicyService};
-use super::status::{internal, invalid_argument, status, status_with};
+use super::status::invalid_argument;
 use crate::identity::{IdentityError, Principal};
 use crate::policy::{
-    Diagnostic, EntityRef, MAX_POLICY_TEXT_BYTES, Policies, PolicyError, PolicyVersion, Resource,
-    SCHEMA_TEXT, Severity, Subject, parse_action_ref, parse_entity_ref,
+    Diagnostic, EntityRef, MAX_POLICY_TEXT_BYTES, Policies, PolicyVersion, Resource, SCHEMA_TEXT, Severity,
+    Subject, parse_action_ref, parse_entity_ref,
 };
 use crate::storage::Store;
 
 /// Largest `context_json` accepted by Authorize.
 const MAX_CONTEXT_BYTES: usize = 64 * 1024;
-
-impl From<PolicyError> for Status {
-    fn from(e: PolicyError) -> Self {
-        match e {
-            e @ PolicyError::Invalid { .. } => {
-                status(Code::InvalidArgument, ErrorReason::PolicyInvalid, e.to_string())
-            }
-            PolicyError::VersionConflict { expected, actual } => status_with(
-                Code::FailedPrecondition,
-                ErrorReason::VersionConflict,
-                format!("expected policy version {expected}, but the current one is {actual}"),
-                [("latest_version".to_owned(), actual.to_string())].into(),
-            ),
-            e @ PolicyError::Lockout => status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string()),
-            e @ PolicyError::NotFound(_) => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
-            e @ PolicyError::InvalidEntityRef { .. } => {
-                status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string())
-            }
-            other => internal(other),
-        }
-    }
-}
 
 fn diagnostic_to_pb(d: &Diagnostic) -> pb::Diagnostic {
     pb::Diagnostic {

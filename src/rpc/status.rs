@@ -10,6 +10,8 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb::common::v1::ErrorReason;
+use crate::identity::IdentityError;
+use crate::policy::PolicyError;
 use crate::vault::VaultError;
 
 /// The `ErrorInfo.domain` of every Palyra error.
@@ -67,6 +69,48 @@ impl From<VaultError> for Status {
             e @ VaultError::Integrity { .. } => {
                 tracing::error!(error = %e, "stored secret failed its integrity check");
                 status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
+            }
+            other => internal(other),
+        }
+    }
+}
+
+impl From<IdentityError> for Status {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::NotFound(id) => {
+                status(Code::NotFound, ErrorReason::NotFound, format!("device {id} not found"))
+            }
+            IdentityError::InvalidCsr(m) => invalid_argument("csr_pem", m),
+            IdentityError::InvalidArgument(m) => {
+                status(Code::InvalidArgument, ErrorReason::InvalidArgument, m)
+            }
+            IdentityError::AlreadyExists(m) => status(Code::AlreadyExists, ErrorReason::InvalidArgument, m),
+            e @ IdentityError::Integrity { .. } => {
+                tracing::error!(error = %e, "identity integrity failure");
+                status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
+            }
+            other => internal(other),
+        }
+    }
+}
+
+impl From<PolicyError> for Status {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            e @ PolicyError::Invalid { .. } => {
+                status(Code::InvalidArgument, ErrorReason::PolicyInvalid, e.to_string())
+            }
+            PolicyError::VersionConflict { expected, actual } => status_with(
+                Code::FailedPrecondition,
+                ErrorReason::VersionConflict,
+                format!("expected policy version {expected}, but the current one is {actual}"),
+                HashMap::from([("latest_version".to_owned(), actual.to_string())]),
+            ),
+            e @ PolicyError::Lockout => status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string()),
+            e @ PolicyError::NotFound(_) => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
+            e @ PolicyError::InvalidEntityRef { .. } => {
+                status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string())
             }
             other => internal(other),
         }
