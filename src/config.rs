@@ -32,8 +32,6 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     /// Largest secret value in bytes.
     pub max_value_bytes: Option<usize>,
-    /// Default `tracing` filter, e.g. "info" or "palyra=debug".
-    pub log: Option<String>,
 }
 
 /// Why the configuration could not be loaded.

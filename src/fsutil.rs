@@ -113,7 +113,10 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Resul
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_private_dir(dir)?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // Unique per process and per call, so concurrent writers never share a temp file.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
     let result = (|| {
         let mut file = create_private_file(&tmp)?;
         file.write_all(bytes).map_err(|e| FsError::io("write", &tmp, e))?;

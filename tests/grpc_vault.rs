@@ -190,3 +190,38 @@ async fn a_device_reaches_its_own_subtree_and_granted_scopes_only() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_listing_leaves_out_sub_scopes_the_policy_denies() {
+    use palyra::rpc::pb::policy::v1::{self as policy, policy_service_client::PolicyServiceClient};
+    let node = TestNode::start().await;
+    let operator = node.operator().await;
+    let mut vault = VaultServiceClient::new(operator.clone());
+    for scope in ["team", "team/public", "team/private", "team/private/deeper"] {
+        vault.put_secret(put(scope, "k", b"v", None)).await.unwrap();
+    }
+    let mut policies = PolicyServiceClient::new(operator);
+    let current = policies.get_policy_set(policy::GetPolicySetRequest {}).await.unwrap().into_inner().policy_set.unwrap();
+    let text = format!(
+        "{}\n@id(\"hide-private\")\nforbid(principal, action == Palyra::Action::\"palyra.vault.v1.VaultService/ListSecrets\", resource in Palyra::Scope::\"team/private\");",
+        current.policies
+    );
+    policies.update_policy_set(policy::UpdatePolicySetRequest { policies: text, expected_version: None }).await.unwrap();
+
+    let listed: Vec<String> = vault
+        .list_secrets(pb::ListSecretsRequest { scope: "team".into(), recursive: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .secrets
+        .into_iter()
+        .map(|m| m.scope)
+        .collect();
+    assert_eq!(listed, ["team", "team/public"]);
+    let direct = vault
+        .list_secrets(pb::ListSecretsRequest { scope: "team/private".into(), recursive: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&direct), "ERROR_REASON_POLICY_DENIED");
+    node.stop().await;
+}

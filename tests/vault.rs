@@ -93,15 +93,20 @@ async fn soft_delete_keeps_history_and_destroy_erases_ciphertext() {
     assert!(deleted.deleted);
     assert!(matches!(node.vault.get(&s, &k, None).await, Err(VaultError::NotFound { .. })));
     assert!(matches!(node.vault.get(&s, &k, Some(1)).await, Err(VaultError::NotFound { .. })));
-    assert!(matches!(node.vault.delete(&s, &k, false).await, Err(VaultError::NotFound { .. })));
+    // Deleting again changes nothing.
+    let again = node.vault.delete(&s, &k, false).await.unwrap();
+    assert_eq!((again.version, again.updated_at), (deleted.version, deleted.updated_at));
+    assert!(matches!(node.vault.delete(&s, &key("never"), false).await, Err(VaultError::NotFound { .. })));
     // A deleted secret counts as absent for "must not exist", and numbering goes on.
     let m3 = node.vault.put(&s, &k, value(b"v3"), Some(0)).await.unwrap();
     assert_eq!(m3.version, 3);
     assert_eq!(node.vault.get(&s, &k, Some(1)).await.unwrap().0.expose(), b"v1");
 
-    node.vault.delete(&s, &k, true).await.unwrap();
+    let destroyed = node.vault.delete(&s, &k, true).await.unwrap();
+    assert_eq!(destroyed.size, 0);
     let (meta, versions) = node.vault.history(&s, &k).await.unwrap();
     assert!(meta.deleted);
+    assert_eq!(meta.size, 0);
     assert_eq!(versions.len(), 3);
     assert!(versions.iter().all(|v| v.destroyed));
     let remaining: i64 = raw_db(dir.path())

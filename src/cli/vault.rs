@@ -115,12 +115,13 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
     let mut client = VaultServiceClient::new(connect(ctx).await?);
     match cmd {
         VaultCommand::Put(args) => {
-            let value = read_value(&args)?;
+            let mut value = read_value(&args)?;
             let response = client
                 .put_secret(pb::PutSecretRequest {
                     scope: args.scope,
                     key: args.key,
-                    value: value.to_vec(),
+                    // Moved into the request; the zeroizing buffer left behind is empty.
+                    value: std::mem::take(&mut *value),
                     expected_version: args.expected_version,
                 })
                 .await?

@@ -83,7 +83,7 @@ impl IssuedKeyPair {
     /// Certificate PEM followed by key PEM: how it is sealed in the identity store, as one
     /// entry so a renewal replaces both atomically.
     pub fn to_pem_bundle(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!("{}{}", ensure_newline(&self.cert_pem), ensure_newline(&self.key_pem)))
+        pem_bundle(&self.cert_pem, &self.key_pem)
     }
 
     /// Parses [`Self::to_pem_bundle`].
@@ -207,7 +207,7 @@ impl DeviceCa {
     /// Certificate PEM followed by key PEM.
     pub fn to_pem_bundle(&self) -> Zeroizing<String> {
         let key = Zeroizing::new(self.issuer.key().serialize_pem());
-        Zeroizing::new(format!("{}{}", self.cert_pem, ensure_newline(&key)))
+        pem_bundle(&self.cert_pem, &key)
     }
 
     /// Seals the CA into `store` as [`CA_STORE_NAME`]. Never overwrites:
@@ -695,8 +695,17 @@ fn pem_of(cert_der: &[u8]) -> String {
     pem::encode_config(&pem::Pem::new("CERTIFICATE", cert_der), config)
 }
 
-fn ensure_newline(text: &str) -> String {
-    if text.ends_with('\n') { text.to_owned() } else { format!("{text}\n") }
+/// `cert ‖ key` with a newline after each, built in one zeroizing buffer (no unwiped copy of
+/// the key is left behind).
+fn pem_bundle(cert_pem: &str, key_pem: &str) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(cert_pem.len() + key_pem.len() + 2));
+    for part in [cert_pem, key_pem] {
+        out.push_str(part);
+        if !part.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]

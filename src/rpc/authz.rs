@@ -7,18 +7,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::pb::common::v1::ErrorReason;
 use super::peer::{Peer, PeerResolver};
-use super::status::status;
+use super::status::policy_denied;
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::identity::Principal;
-use crate::policy::{AuthzDecision, PolicyEngine, Resource};
+use crate::policy::{AuthzDecision, PolicyEngine, Resource, Subject};
 use crate::storage::AuditLog;
 
 /// What every authorization needs: the engine, the audit log and the peer resolver.
@@ -53,12 +52,16 @@ impl Gate {
         resource: &Resource,
         context: Option<&serde_json::Value>,
     ) -> Result<(), Status> {
-        let decision = self.engine.authorize(&peer.principal, &peer.granted, action, resource, context);
+        let subject = match &peer.device {
+            Some(device) => Subject::device(device),
+            None => Subject::Anonymous,
+        };
+        let decision = self.engine.authorize_subject(&subject, action, resource, context);
         if audited(action) {
             self.audit.record(AuditEntry {
                 at: SystemTime::now(),
                 principal: peer.principal.label(),
-                action: action.to_owned(),
+                action: bounded(action),
                 resource: resource.to_string(),
                 decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
                 reason: reason_text(&decision),
@@ -67,19 +70,39 @@ impl Gate {
         if decision.allow {
             return Ok(());
         }
+        let action = bounded(action);
         tracing::info!(principal = %peer.principal.label(), action, resource = %resource, explanation = %decision.explanation, "denied");
-        let code = match peer.principal {
-            Principal::Anonymous => Code::Unauthenticated,
-            Principal::Device { .. } => Code::PermissionDenied,
-        };
-        let message = match peer.principal {
-            Principal::Anonymous => format!("{action} requires a paired device's client certificate"),
-            Principal::Device { .. } => {
-                format!("{} may not call {action} on {resource}", peer.principal.label())
+        Err(match peer.principal {
+            Principal::Anonymous => {
+                policy_denied(true, format!("{action} requires a paired device's client certificate"))
             }
-        };
-        Err(status(code, ErrorReason::PolicyDenied, message))
+            Principal::Device { .. } => policy_denied(
+                false,
+                format!("{} may not call {action} on {resource}", peer.principal.label()),
+            ),
+        })
     }
+
+    /// Makes the audit records queued so far durable with the next write: a handler that
+    /// changes state calls it after its checks, so the change's commit (`synchronous=FULL`)
+    /// also makes its audit record durable, and no write survives without its record.
+    pub async fn audit_before_write(&self) {
+        self.audit.flush().await;
+    }
+}
+
+/// Method names come from the request path: an unknown one is recorded and echoed at most
+/// 200 bytes long.
+fn bounded(action: &str) -> String {
+    const MAX: usize = 200;
+    if action.len() <= MAX {
+        return action.to_owned();
+    }
+    let mut end = MAX;
+    while !action.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &action[..end])
 }
 
 fn reason_text(decision: &AuthzDecision) -> String {

@@ -60,23 +60,48 @@ impl From<SecretVersion> for pbv::SecretVersion {
     }
 }
 
-/// The opaque page token of a listing position: hex of `scope \n key`.
-pub fn page_token(position: &(Scope, SecretKey)) -> String {
-    hex::encode(format!("{}\n{}", position.0, position.1))
+/// What a page token is bound to: the listing it continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<'a> {
+    /// The scope listed.
+    pub scope: &'a Scope,
+    /// With sub-scopes.
+    pub recursive: bool,
+    /// With deleted secrets.
+    pub include_deleted: bool,
 }
 
-/// Parses a page token; empty means "from the start".
-pub fn parse_page_token(token: &str) -> Result<Option<(Scope, SecretKey)>, Status> {
+impl Listing<'_> {
+    fn binding(&self) -> String {
+        format!("{}\n{}\n{}", self.scope, u8::from(self.recursive), u8::from(self.include_deleted))
+    }
+}
+
+/// The opaque page token of a listing position, bound to the listing: hex of
+/// `scope \n recursive \n include_deleted \n position scope \n position key`.
+pub fn page_token(listing: &Listing<'_>, position: &(Scope, SecretKey)) -> String {
+    hex::encode(format!("{}\n{}\n{}", listing.binding(), position.0, position.1))
+}
+
+/// Parses a page token for `listing`; empty means "from the start". A token of another
+/// listing is refused.
+pub fn parse_page_token(listing: &Listing<'_>, token: &str) -> Result<Option<(Scope, SecretKey)>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || invalid_argument("page_token", "not a token returned by ListSecrets");
-    if token.len() > 2 * 1024 {
+    let bad = || invalid_argument("page_token", "not a token returned by this ListSecrets request");
+    if token.len() > 4 * 1024 {
         return Err(bad());
     }
     let bytes = hex::decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (scope, key) = text.split_once('\n').ok_or_else(bad)?;
+    let mut parts = text.rsplitn(3, '\n');
+    let (Some(key), Some(scope), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if rest != listing.binding() {
+        return Err(bad());
+    }
     Ok(Some((Scope::parse(scope).map_err(|_| bad())?, SecretKey::parse(key).map_err(|_| bad())?)))
 }
 
@@ -85,12 +110,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn page_tokens_round_trip_and_reject_garbage() {
+    fn page_tokens_round_trip_are_bound_and_reject_garbage() {
+        let scope = Scope::parse("a").expect("scope");
+        let listing = Listing { scope: &scope, recursive: true, include_deleted: false };
         let pos = (Scope::parse("a/b").expect("scope"), SecretKey::parse("K").expect("key"));
-        assert_eq!(parse_page_token(&page_token(&pos)).ok().flatten(), Some(pos));
-        for bad in ["zz", "00", &hex::encode("a/b"), &hex::encode("A\nk"), &"0".repeat(5000)] {
-            assert!(parse_page_token(bad).is_err(), "{bad}");
+        let token = page_token(&listing, &pos);
+        assert_eq!(parse_page_token(&listing, &token).ok().flatten(), Some(pos));
+        let flat = Listing { recursive: false, ..listing.clone() };
+        assert!(parse_page_token(&flat, &token).is_err(), "a token of another listing");
+        let other = Scope::parse("b").expect("scope");
+        assert!(parse_page_token(&Listing { scope: &other, ..listing.clone() }, &token).is_err());
+        for bad in ["zz", "00", &hex::encode("a/b"), &hex::encode("a\n1\n0\nA\nk"), &"0".repeat(9000)] {
+            assert!(parse_page_token(&listing, bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_page_token("").ok(), Some(None));
+        assert_eq!(parse_page_token(&listing, "").ok(), Some(None));
     }
 }

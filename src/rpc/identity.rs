@@ -14,7 +14,7 @@ use super::convert::{device_id, timestamp};
 use super::pb::common::v1::ErrorReason;
 use super::pb::identity::v1::{self as pb, identity_service_server::IdentityService};
 use super::peer::Peer;
-use super::status::{internal, invalid_argument, status};
+use super::status::{device_revoked, internal, invalid_argument, status, unknown_device};
 use crate::identity::ca::{Csr, DEFAULT_CLIENT_CERT_VALIDITY};
 use crate::identity::{
     Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, verify_signature,
@@ -27,6 +27,8 @@ const SERVICE: &str = "palyra.identity.v1.IdentityService";
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// Most outstanding challenges; beyond this, new ones are refused until old ones expire.
 const MAX_CHALLENGES: usize = 10_000;
+/// Most outstanding challenges for one device id.
+const MAX_CHALLENGES_PER_DEVICE: usize = 4;
 /// Domain tag of the renewal proof signature.
 pub const RENEWAL_PROOF_TAG: &[u8] = b"palyra-renewal-v1/proof";
 
@@ -165,6 +167,7 @@ impl IdentityService for IdentityApi {
         if req.reason.len() > 1024 {
             return Err(invalid_argument("reason", "longer than 1024 bytes"));
         }
+        self.check_device(&peer, "RevokeDevice", id)?;
         if peer.principal.device_id() == Some(id) {
             return Err(status(
                 Code::FailedPrecondition,
@@ -172,6 +175,7 @@ impl IdentityService for IdentityApi {
                 "refusing to revoke the device making the call: you would lock yourself out",
             ));
         }
+        self.gate.audit_before_write().await;
         let device = self.store.revoke_device(id, &req.reason, SystemTime::now()).await?;
         self.gate.peers.invalidate(id);
         tracing::warn!(device_id = %id, reason = %req.reason, "device revoked");
@@ -212,19 +216,9 @@ impl IdentityService for IdentityApi {
                     return Err(bad_proof());
                 }
                 let csr = Csr::parse_pem(&req.csr_pem)?;
-                let device = self.store.device(id).await?.ok_or_else(|| {
-                    status(
-                        Code::Unauthenticated,
-                        ErrorReason::UnknownDevice,
-                        format!("device {id} is not registered"),
-                    )
-                })?;
+                let device = self.store.device(id).await?.ok_or_else(|| unknown_device(Some(id)))?;
                 if device.status == DeviceStatus::Revoked {
-                    return Err(status(
-                        Code::Unauthenticated,
-                        ErrorReason::DeviceRevoked,
-                        format!("device {id} is revoked"),
-                    ));
+                    return Err(device_revoked(id));
                 }
                 let mut message = RENEWAL_PROOF_TAG.to_vec();
                 message.extend_from_slice(&proof.challenge);
@@ -258,6 +252,16 @@ impl IdentityService for IdentityApi {
         {
             let mut table = self.challenges.lock().map_err(|_| internal("challenge table poisoned"))?;
             table.retain(|_, (_, expires)| *expires > now);
+            // Per device, so that flooding one id cannot starve the renewals of the others.
+            if table.values().filter(|(for_id, _)| *for_id == id).count() >= MAX_CHALLENGES_PER_DEVICE {
+                return Err(status(
+                    Code::ResourceExhausted,
+                    ErrorReason::RateLimited,
+                    format!(
+                        "too many outstanding renewal challenges for device {id}; use one or wait a minute"
+                    ),
+                ));
+            }
             if table.len() >= MAX_CHALLENGES {
                 return Err(status(
                     Code::ResourceExhausted,

@@ -94,7 +94,7 @@ pub async fn serve(
         std::sync::Arc::clone(&certificate),
         node.identity.ca().certificate_der().clone(),
     )?;
-    let renewal = tokio::spawn(renew_server_certificate(node.clone(), certificate));
+    let renewal = AbortOnDrop(tokio::spawn(renew_server_certificate(node.clone(), certificate)));
     let gate = Gate {
         engine: std::sync::Arc::clone(node.policies.engine()),
         audit: node.audit.clone(),
@@ -114,6 +114,7 @@ pub async fn serve(
     let policy = PolicyServiceServer::new(policy::PolicyApi::new(
         std::sync::Arc::clone(&node.policies),
         node.core.store.clone(),
+        node.audit.clone(),
     ))
     .max_decoding_message_size(crate::policy::MAX_POLICY_TEXT_BYTES + 64 * 1024);
     let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone()))
@@ -146,7 +147,15 @@ pub async fn serve(
         .add_service(audit)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
-    renewal.abort();
-    health_reporter.set_not_serving::<VaultServiceServer<vault::VaultApi>>().await;
+    drop(renewal);
     Ok(())
+}
+
+/// Stops a background task when the server stops, however it stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -8,24 +8,23 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::CertificateDer;
-use tonic::{Code, Status};
+use tonic::Status;
 
-use super::pb::common::v1::ErrorReason;
-use super::status::{internal, status};
+use super::status::{device_revoked, internal, unknown_device};
 use crate::identity::{Device, DeviceId, DeviceStatus, Principal, ca};
 use crate::storage::Store;
-use crate::vault::Scope;
 
 /// The caller of a request, in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct Peer {
     /// Who it is.
     pub principal: Principal,
-    /// Vault scopes granted to it beyond its own (empty for anonymous).
-    pub granted: Arc<[Scope]>,
+    /// Its registry record (name, status, granted scopes), for a device.
+    pub device: Option<Arc<Device>>,
     /// Its network address, when known.
     pub address: Option<SocketAddr>,
 }
@@ -33,27 +32,32 @@ pub struct Peer {
 impl Peer {
     /// An anonymous peer at `address`.
     pub fn anonymous(address: Option<SocketAddr>) -> Self {
-        Peer { principal: Principal::Anonymous, granted: Arc::from(Vec::new()), address }
+        Peer { principal: Principal::Anonymous, device: None, address }
     }
 }
 
-/// Resolves certificates to peers, with the registry cached in memory. Every registry change
-/// made by this process goes through [`PeerResolver::invalidate`], so the cache never serves
-/// a revoked device as active.
+/// Resolves certificates to peers, with the registry cached in memory.
+///
+/// Every registry change made by this process calls [`PeerResolver::invalidate`]. A lookup
+/// that raced with a change (read the registry before the change committed, and would cache
+/// the stale row after the invalidation) is detected by a generation counter and not cached.
 #[derive(Debug, Clone)]
 pub struct PeerResolver {
     store: Store,
     cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
+    generation: Arc<AtomicU64>,
 }
 
 impl PeerResolver {
     /// A resolver over the registry in `store`.
     pub fn new(store: Store) -> Self {
-        PeerResolver { store, cache: Arc::default() }
+        PeerResolver { store, cache: Arc::default(), generation: Arc::default() }
     }
 
-    /// Forgets what is cached about `id` (call after revoking, renewing, re-granting).
+    /// Forgets what is cached about `id`. Call it after every change to the device's row
+    /// (revocation, renewal, granted scopes), once the change has committed.
     pub fn invalidate(&self, id: DeviceId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut cache) = self.cache.write() {
             cache.remove(&id);
         }
@@ -69,29 +73,15 @@ impl PeerResolver {
             return Ok(Peer::anonymous(address));
         };
         let Some(id) = ca::device_id_from_certificate(leaf.as_ref()) else {
-            return Err(status(
-                Code::Unauthenticated,
-                ErrorReason::UnknownDevice,
-                "the client certificate names no palyra device",
-            ));
+            return Err(unknown_device(None));
         };
-        let device = self.device(id).await?.ok_or_else(|| {
-            status(
-                Code::Unauthenticated,
-                ErrorReason::UnknownDevice,
-                format!("device {id} is not registered"),
-            )
-        })?;
+        let device = self.device(id).await?.ok_or_else(|| unknown_device(Some(id)))?;
         if device.status == DeviceStatus::Revoked {
-            return Err(status(
-                Code::Unauthenticated,
-                ErrorReason::DeviceRevoked,
-                format!("device {id} is revoked"),
-            ));
+            return Err(device_revoked(id));
         }
         Ok(Peer {
             principal: Principal::Device { id, role: device.role, fingerprint: device.fingerprint.clone() },
-            granted: Arc::from(device.scopes.clone()),
+            device: Some(device),
             address,
         })
     }
@@ -102,11 +92,14 @@ impl PeerResolver {
         {
             return Ok(Some(Arc::clone(device)));
         }
+        let before = self.generation.load(Ordering::SeqCst);
         let Some(device) = self.store.device(id).await.map_err(internal)? else {
             return Ok(None);
         };
         let device = Arc::new(device);
-        if let Ok(mut cache) = self.cache.write() {
+        if let Ok(mut cache) = self.cache.write()
+            && self.generation.load(Ordering::SeqCst) == before
+        {
             cache.insert(id, Arc::clone(&device));
         }
         Ok(Some(device))

@@ -8,13 +8,13 @@ use tonic::{Request, Response, Status};
 use super::authz::peer_of;
 use super::convert::timestamp;
 use super::pb::policy::v1::{self as pb, policy_service_server::PolicyService};
-use super::status::invalid_argument;
+use super::status::{internal, invalid_argument};
 use crate::identity::{IdentityError, Principal};
 use crate::policy::{
     Diagnostic, EntityRef, MAX_POLICY_TEXT_BYTES, Policies, PolicyVersion, Resource, SCHEMA_TEXT, Severity,
     Subject, parse_action_ref, parse_entity_ref,
 };
-use crate::storage::Store;
+use crate::storage::{AuditLog, Store};
 
 /// Largest `context_json` accepted by Authorize.
 const MAX_CONTEXT_BYTES: usize = 64 * 1024;
@@ -45,12 +45,14 @@ fn version_to_pb(v: &PolicyVersion) -> pb::PolicyVersion {
 pub struct PolicyApi {
     policies: Arc<Policies>,
     store: Store,
+    audit: AuditLog,
 }
 
 impl PolicyApi {
-    /// The service over `policies`, reading devices from `store` for Authorize.
-    pub fn new(policies: Arc<Policies>, store: Store) -> Self {
-        PolicyApi { policies, store }
+    /// The service over `policies`, reading devices from `store` for Authorize; changes make
+    /// the queued `audit` records durable first.
+    pub fn new(policies: Arc<Policies>, store: Store, audit: AuditLog) -> Self {
+        PolicyApi { policies, store, audit }
     }
 
     async fn policy_set(&self) -> Result<pb::PolicySet, Status> {
@@ -145,6 +147,7 @@ impl PolicyService for PolicyApi {
         let peer = peer_of(&request)?;
         let req = request.into_inner();
         check_policy_text(&req.policies)?;
+        self.audit.flush().await;
         let version = self.policies.update(&req.policies, req.expected_version, &peer.principal).await?;
         tracing::warn!(version = version.version, by = %peer.principal.label(), "policy set updated");
         Ok(Response::new(pb::UpdatePolicySetResponse { policy_set: Some(self.policy_set().await?) }))
@@ -154,7 +157,13 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<pb::ValidatePolicySetRequest>,
     ) -> Result<Response<pb::ValidatePolicySetResponse>, Status> {
-        let diagnostics = self.policies.engine().validate(&request.get_ref().policies);
+        let text = request.into_inner().policies;
+        check_policy_text(&text)?;
+        // Compiling policies takes milliseconds on a thread of its own: keep it off the async
+        // workers.
+        let engine = Arc::clone(self.policies.engine());
+        let diagnostics =
+            tokio::task::spawn_blocking(move || engine.validate(&text)).await.map_err(internal)?;
         let valid = !diagnostics.iter().any(|d| d.severity == Severity::Error);
         Ok(Response::new(pb::ValidatePolicySetResponse {
             valid,
@@ -177,6 +186,7 @@ impl PolicyService for PolicyApi {
         request: Request<pb::RollbackPolicySetRequest>,
     ) -> Result<Response<pb::RollbackPolicySetResponse>, Status> {
         let peer = peer_of(&request)?;
+        self.audit.flush().await;
         let version = self.policies.rollback(request.get_ref().version, &peer.principal).await?;
         tracing::warn!(version = version.version, restored = request.get_ref().version, by = %peer.principal.label(), "policy set rolled back");
         Ok(Response::new(pb::RollbackPolicySetResponse { policy_set: Some(self.policy_set().await?) }))

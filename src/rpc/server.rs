@@ -19,6 +19,9 @@ use tokio_rustls::server::TlsStream;
 
 /// How long a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes in progress at once; further connections wait to be accepted, so a
+/// flood of half-open connections cannot spawn unbounded tasks.
+pub const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +109,10 @@ pub fn tls_incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(256);
     let acceptor = TlsAcceptor::from(tls);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { break };
             let (tcp, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -123,6 +128,7 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

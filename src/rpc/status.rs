@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb::common::v1::ErrorReason;
-use crate::identity::IdentityError;
+use crate::identity::{DeviceId, IdentityError};
 use crate::policy::PolicyError;
 use crate::vault::VaultError;
 
@@ -41,6 +41,27 @@ pub fn invalid_argument(field: &str, message: impl std::fmt::Display) -> Status 
         format!("{field}: {message}"),
         HashMap::from([("field".to_owned(), field.to_owned())]),
     )
+}
+
+/// `UNAUTHENTICATED` + `UNKNOWN_DEVICE`: a certificate of no registered device.
+pub fn unknown_device(id: Option<DeviceId>) -> Status {
+    let message = match id {
+        Some(id) => format!("device {id} is not registered"),
+        None => "the client certificate names no palyra device".to_owned(),
+    };
+    status(Code::Unauthenticated, ErrorReason::UnknownDevice, message)
+}
+
+/// `UNAUTHENTICATED` + `DEVICE_REVOKED`.
+pub fn device_revoked(id: DeviceId) -> Status {
+    status(Code::Unauthenticated, ErrorReason::DeviceRevoked, format!("device {id} is revoked"))
+}
+
+/// A policy denial: `UNAUTHENTICATED` for an anonymous caller (a certificate might help),
+/// `PERMISSION_DENIED` for a device; reason `POLICY_DENIED`.
+pub fn policy_denied(anonymous: bool, message: impl Into<String>) -> Status {
+    let code = if anonymous { Code::Unauthenticated } else { Code::PermissionDenied };
+    status(code, ErrorReason::PolicyDenied, message)
 }
 
 /// `INTERNAL`, with the detail logged and not sent.

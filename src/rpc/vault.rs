@@ -1,13 +1,16 @@
 //! `palyra.vault.v1.VaultService` over the vault core. Each handler parses its request, asks
 //! the gate about the scope it touches (the resource check), then calls the vault.
 
+use std::collections::HashMap;
+
 use tonic::{Request, Response, Status};
 
 use super::authz::{Gate, peer_of};
-use super::convert::{page_token, parse_page_token, scope, secret_key};
+use super::convert::{Listing, page_token, parse_page_token, scope, secret_key};
 use super::pb::vault::v1::{self as pb, vault_service_server::VaultService};
+use super::status::internal;
 use crate::policy::Resource;
-use crate::vault::{SecretValue, Vault};
+use crate::vault::{Scope, SecretValue, Vault};
 
 const SERVICE: &str = "palyra.vault.v1.VaultService";
 
@@ -44,6 +47,7 @@ impl VaultService for VaultApi {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "PutSecret", &s)?;
+        self.gate.audit_before_write().await;
         let req = request.into_inner();
         let metadata = self.vault.put(&s, &k, SecretValue::new(req.value), req.expected_version).await?;
         tracing::info!(scope = %s, key = %k, version = metadata.version, "secret written");
@@ -61,8 +65,8 @@ impl VaultService for VaultApi {
         let (value, metadata) = self.vault.get(&s, &k, version).await?;
         let served = version.unwrap_or(metadata.version);
         Ok(Response::new(pb::GetSecretResponse {
-            // Moved, not copied: the only plaintext buffer goes to the transport, which
-            // encodes it into the TLS stream and frees it.
+            // Moved, not copied. The vault's buffer was zeroizing; this one belongs to prost
+            // and is freed without being wiped once encoded: a limit of the generated types.
             value: std::mem::take(&mut *value.into_inner()),
             metadata: Some(metadata.into()),
             version: served,
@@ -75,13 +79,35 @@ impl VaultService for VaultApi {
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         self.check_scope(&request, "ListSecrets", &s)?;
+        let peer = peer_of(&request)?;
         let req = request.into_inner();
-        let after = parse_page_token(&req.page_token)?;
+        let listing = Listing { scope: &s, recursive: req.recursive, include_deleted: req.include_deleted };
+        let after = parse_page_token(&listing, &req.page_token)?;
         let (page, next) =
             self.vault.list(&s, req.recursive, req.include_deleted, req.page_size as usize, after).await?;
+        // A recursive listing reaches sub-scopes the check above did not ask about (a policy may
+        // forbid `a/private` while permitting `a`): ask once per sub-scope on the page and leave
+        // out what is denied.
+        let mut allowed: HashMap<Scope, bool> = HashMap::new();
+        let mut secrets = Vec::with_capacity(page.len());
+        for metadata in page {
+            let visible = metadata.scope == s
+                || *allowed.entry(metadata.scope.clone()).or_insert_with(|| {
+                    self.gate
+                        .check(
+                            &peer,
+                            &format!("{SERVICE}/ListSecrets"),
+                            &Resource::Scope(metadata.scope.clone()),
+                        )
+                        .is_ok()
+                });
+            if visible {
+                secrets.push(metadata.into());
+            }
+        }
         Ok(Response::new(pb::ListSecretsResponse {
-            secrets: page.into_iter().map(Into::into).collect(),
-            next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
+            secrets,
+            next_page_token: next.as_ref().map(|position| page_token(&listing, position)).unwrap_or_default(),
         }))
     }
 
@@ -92,6 +118,7 @@ impl VaultService for VaultApi {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "DeleteSecret", &s)?;
+        self.gate.audit_before_write().await;
         let destroy = request.get_ref().destroy;
         let metadata = self.vault.delete(&s, &k, destroy).await?;
         tracing::info!(scope = %s, key = %k, destroy, "secret deleted");
@@ -116,8 +143,11 @@ impl VaultService for VaultApi {
         &self,
         _request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        // Admin-only at the method gate; there is no finer resource.
-        let rotation = self.vault.rotate_key().await?;
+        // Admin-only at the method gate; there is no finer resource. The rotation runs in its
+        // own task so that a client that goes away does not leave it half done.
+        self.gate.audit_before_write().await;
+        let vault = self.vault.clone();
+        let rotation = tokio::spawn(async move { vault.rotate_key().await }).await.map_err(internal)??;
         tracing::info!(generation = rotation.generation, rewrapped = rotation.rewrapped, "vault key rotated");
         Ok(Response::new(pb::RotateKeyResponse {
             generation: rotation.generation,

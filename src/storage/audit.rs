@@ -6,6 +6,7 @@
 //! WAL (and these records) durable. The thread is the only writer of the table, so it keeps
 //! the chain head in memory.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
 use ring::hmac;
@@ -24,6 +25,10 @@ enum Message {
 #[derive(Clone)]
 pub struct AuditLog {
     queue: mpsc::Sender<Message>,
+    /// Records queued and not yet appended; bounded so a flood of (anonymous) requests cannot
+    /// grow memory without limit.
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
     store: Store,
     key: Arc<hmac::Key>,
 }
@@ -36,6 +41,9 @@ impl std::fmt::Debug for AuditLog {
 
 /// Most records appended in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Most records waiting for the writer. Beyond this the log is falling behind a flood;
+/// records are dropped and counted (and the count logged) rather than exhausting memory.
+const MAX_QUEUED: usize = 100_000;
 
 impl AuditLog {
     /// Starts the audit writer for `store`, chaining with `key`. Blocking (opens a connection).
@@ -62,19 +70,34 @@ impl AuditLog {
         };
         let key = Arc::new(key);
         let (queue, rx) = mpsc::channel();
-        let writer = Writer { conn, key: Arc::clone(&key), sequence, previous };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = Writer { conn, key: Arc::clone(&key), sequence, previous, queued: Arc::clone(&queued) };
         std::thread::Builder::new()
             .name("palyra-audit-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StorageError::new(format_args!("cannot start the audit writer: {e}")))?;
-        Ok(AuditLog { queue, store: store.clone(), key })
+        Ok(AuditLog { queue, queued, dropped: Arc::default(), store: store.clone(), key })
     }
 
     /// Queues a record; returns at once.
     pub fn record(&self, entry: AuditEntry) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(dropped, "the audit log is falling behind; decisions are being dropped");
+            }
+            return;
+        }
         if self.queue.send(Message::Record(entry)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("the audit writer stopped; a decision was not recorded");
         }
+    }
+
+    /// Records dropped because the writer fell too far behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until everything queued before this call is committed.
@@ -182,6 +205,7 @@ struct Writer {
     key: Arc<hmac::Key>,
     sequence: u64,
     previous: [u8; 32],
+    queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -192,7 +216,10 @@ impl Writer {
             let mut next = Some(first);
             while let Some(message) = next {
                 match message {
-                    Message::Record(entry) => entries.push(entry),
+                    Message::Record(entry) => {
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                        entries.push(entry);
+                    }
                     Message::Flush(done) => flushes.push(done),
                 }
                 next = if entries.len() < MAX_BATCH { rx.try_recv().ok() } else { None };

@@ -191,13 +191,16 @@ fn delete(
         return Err(VaultError::NotFound { scope, key, version: None });
     };
     if metadata.deleted && !destroy {
-        return Err(VaultError::NotFound { scope, key, version: None });
+        // Deleting what is already deleted changes nothing.
+        return Ok(metadata);
     }
     let now_ms = to_millis(now);
-    conn.prepare_cached("UPDATE secrets SET deleted = 1, updated_at = ?2 WHERE object_id = ?1")
-        .map_err(StorageError::from)?
-        .execute((object_id.as_str(), now_ms))
-        .map_err(StorageError::from)?;
+    conn.prepare_cached(
+        "UPDATE secrets SET deleted = 1, updated_at = ?2, size = CASE WHEN ?3 THEN 0 ELSE size END WHERE object_id = ?1",
+    )
+    .map_err(StorageError::from)?
+    .execute((object_id.as_str(), now_ms, destroy))
+    .map_err(StorageError::from)?;
     if destroy {
         // secure_delete overwrites the freed cells, so the ciphertext and wrapped DEK are gone
         // from the database file, not just unlinked.
@@ -210,6 +213,9 @@ fn delete(
     }
     metadata.deleted = true;
     metadata.updated_at = from_millis(now_ms);
+    if destroy {
+        metadata.size = 0;
+    }
     Ok(metadata)
 }
 

@@ -299,6 +299,9 @@ impl Default for VaultConfig {
     }
 }
 
+/// Most KEK generations kept derived in memory.
+const MAX_CACHED_KEKS: usize = 64;
+
 /// KEKs by generation, derived once each.
 struct Keks {
     hierarchy: Arc<KeyHierarchy>,
@@ -313,7 +316,10 @@ impl Keks {
             return Arc::clone(kek);
         }
         let kek = Arc::new(self.hierarchy.vault_kek(generation));
-        if let Ok(mut cache) = self.cache.write() {
+        // The generation comes from stored bytes: never let tampered rows grow the cache.
+        if let Ok(mut cache) = self.cache.write()
+            && cache.len() < MAX_CACHED_KEKS
+        {
             cache.insert(generation, Arc::clone(&kek));
         }
         kek
