@@ -201,12 +201,21 @@ async fn a_recursive_listing_leaves_out_sub_scopes_the_policy_denies() {
         vault.put_secret(put(scope, "k", b"v", None)).await.unwrap();
     }
     let mut policies = PolicyServiceClient::new(operator);
-    let current = policies.get_policy_set(policy::GetPolicySetRequest {}).await.unwrap().into_inner().policy_set.unwrap();
+    let current = policies
+        .get_policy_set(policy::GetPolicySetRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap();
     let text = format!(
         "{}\n@id(\"hide-private\")\nforbid(principal, action == Palyra::Action::\"palyra.vault.v1.VaultService/ListSecrets\", resource in Palyra::Scope::\"team/private\");",
         current.policies
     );
-    policies.update_policy_set(policy::UpdatePolicySetRequest { policies: text, expected_version: None }).await.unwrap();
+    policies
+        .update_policy_set(policy::UpdatePolicySetRequest { policies: text, expected_version: None })
+        .await
+        .unwrap();
 
     let listed: Vec<String> = vault
         .list_secrets(pb::ListSecretsRequest { scope: "team".into(), recursive: true, ..Default::default() })
@@ -219,7 +228,11 @@ async fn a_recursive_listing_leaves_out_sub_scopes_the_policy_denies() {
         .collect();
     assert_eq!(listed, ["team", "team/public"]);
     let direct = vault
-        .list_secrets(pb::ListSecretsRequest { scope: "team/private".into(), recursive: true, ..Default::default() })
+        .list_secrets(pb::ListSecretsRequest {
+            scope: "team/private".into(),
+            recursive: true,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&direct), "ERROR_REASON_POLICY_DENIED");
