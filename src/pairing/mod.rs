@@ -4,7 +4,8 @@
 //!   life (expiry, attempts, single use), PIN sealing, and the `palyra://pair?...` URI;
 //! - [`handshake`] — the SPAKE2 handshake as two sans-IO state machines ([`DevicePairing`],
 //!   [`NodeSession`]), the transcript hash, HKDF confirmation keys, HMAC confirmations,
-//!   Ed25519 finish and status signatures, and bounded, panic-free decoders of every message.
+//!   Ed25519 finish and status signatures, and bounded, panic-free decoders of every message;
+//! - [`request`] — the pairing request an admin approves or rejects.
 //!
 //! What it does not do: network IO, storage or clock reads. Time is passed in as `now`; the
 //! gRPC service (`crate::rpc::pairing`) and `palyra pair` (`crate::cli::pair`) drive the
@@ -12,12 +13,14 @@
 
 pub mod code;
 pub mod handshake;
+pub mod request;
 
 pub use code::{CodeId, CodeState, PairingCode, PairingUri, Pin};
 pub use handshake::{
     DeviceName, DevicePairing, FinishMessage, NodeSession, StartMessage, StartReply, StatusPoll,
     VerifiedPairing,
 };
+pub use request::{PairingRequest, RequestState};
 
 use std::time::Duration;
 
@@ -94,6 +97,17 @@ pub enum PairingError {
     /// A sealed PIN did not open (tampered, or sealed with another key).
     #[error("a sealed pairing PIN failed its integrity check")]
     Integrity,
+    /// No pairing request has this id.
+    #[error("pairing request {0} not found")]
+    RequestNotFound(String),
+    /// The pairing request was already decided or has expired.
+    #[error("pairing request {id} is {state}, not pending")]
+    RequestNotPending {
+        /// The request.
+        id: String,
+        /// Where it stands.
+        state: &'static str,
+    },
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,
