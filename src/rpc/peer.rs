@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::CertificateDer;
+use tokio::sync::broadcast;
 use tonic::{Code, Status};
 
 use super::pb::common::v1::ErrorReason;
@@ -44,12 +45,36 @@ impl Peer {
 pub struct PeerResolver {
     store: Store,
     cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
+    revocations: broadcast::Sender<DeviceId>,
 }
+
+/// Revocations announced while a stream is open; beyond this many unread, a listener re-reads
+/// the registry instead.
+const REVOCATION_BACKLOG: usize = 64;
 
 impl PeerResolver {
     /// A resolver over the registry in `store`.
     pub fn new(store: Store) -> Self {
-        PeerResolver { store, cache: Arc::default() }
+        PeerResolver { store, cache: Arc::default(), revocations: broadcast::channel(REVOCATION_BACKLOG).0 }
+    }
+
+    /// After device `id` was revoked in the registry: forgets it and tells every open stream
+    /// of that device to end (see [`super::streams`]).
+    pub fn revoked(&self, id: DeviceId) {
+        self.invalidate(id);
+        // No receiver means no open stream: nothing to end.
+        let _ = self.revocations.send(id);
+    }
+
+    /// Revocations from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeviceId> {
+        self.revocations.subscribe()
+    }
+
+    /// Whether the registry (not the cache) says `id` is revoked or gone; an unreadable
+    /// registry counts as revoked.
+    pub async fn is_revoked(&self, id: DeviceId) -> bool {
+        !matches!(self.store.device(id).await, Ok(Some(d)) if d.status == DeviceStatus::Active)
     }
 
     /// Forgets what is cached about `id` (call after revoking, renewing, re-granting).
