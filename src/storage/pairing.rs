@@ -343,3 +343,150 @@ fn request_from_row(row: &Row<'_>) -> rusqlite::Result<Result<PairingRequest, St
         })
     })())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::identity::{DeviceIdentity, DeviceStatus};
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.db")).unwrap();
+        (dir, store)
+    }
+
+    fn code(attempts: u32) -> PairingCode {
+        PairingCode {
+            code_id: CodeId::generate().unwrap(),
+            sealed_pin: Some(vec![9; 34]),
+            role: Role::Device,
+            created_at: t0(),
+            expires_at: t0() + Duration::from_secs(600),
+            max_attempts: attempts,
+            attempts_left: attempts,
+            state: CodeState::Active,
+        }
+    }
+
+    fn request(code: &PairingCode, identity: &DeviceIdentity) -> PairingRequest {
+        PairingRequest {
+            id: ulid::Ulid::generate().to_string(),
+            code_id: code.code_id.to_string(),
+            device_name: "phone".into(),
+            fingerprint: identity.fingerprint(),
+            signing_public_key: identity.signing_public_key(),
+            agreement_public_key: identity.agreement_public_key(),
+            csr_pem: "csr".into(),
+            role: Role::Device,
+            state: RequestState::Pending,
+            created_at: t0(),
+            expires_at: t0() + crate::pairing::REQUEST_TTL,
+            decided_at: None,
+            peer_address: "127.0.0.1:5000".into(),
+            device_id: None,
+            certificate_pem: None,
+            reject_reason: String::new(),
+            scopes: Vec::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_starts_never_spend_more_than_the_attempts() {
+        let (_dir, store) = open();
+        let c = code(5);
+        store.insert_pairing_code(&c).await.unwrap();
+        let tasks: Vec<_> = (0..12)
+            .map(|_| {
+                let (store, id) = (store.clone(), c.code_id.clone());
+                tokio::spawn(async move { store.take_pairing_attempt(&id, t0()).await.unwrap().is_ok() })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += usize::from(t.await.unwrap());
+        }
+        assert_eq!(admitted, 5);
+        let stored = store.pairing_code(&c.code_id).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.sealed_pin, stored.attempts_left), (CodeState::Burned, None, 0));
+        let unknown = CodeId::parse("0000000000").unwrap();
+        assert_eq!(store.take_pairing_attempt(&unknown, t0()).await.unwrap(), Err(PairingError::CodeInvalid));
+    }
+
+    #[tokio::test]
+    async fn finishing_consumes_the_code_and_expiry_erases_pins() {
+        let (_dir, store) = open();
+        let (used, old) = (code(5), code(5));
+        store.insert_pairing_code(&used).await.unwrap();
+        store.insert_pairing_code(&old).await.unwrap();
+        let identity = DeviceIdentity::generate().unwrap();
+        let r = request(&used, &identity);
+        store.finish_pairing(&r).await.unwrap().unwrap();
+        assert_eq!(
+            store.finish_pairing(&request(&used, &identity)).await.unwrap(),
+            Err(PairingError::CodeInvalid)
+        );
+        let stored = store.pairing_code(&used.code_id).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.sealed_pin), (CodeState::Used, None));
+        assert_eq!(store.pairing_request(&r.id).await.unwrap(), Some(r.clone()));
+
+        store.expire_pairing(t0() + Duration::from_secs(600)).await.unwrap();
+        let expired = store.pairing_code(&old.code_id).await.unwrap().unwrap();
+        assert_eq!((expired.state, expired.sealed_pin), (CodeState::Expired, None));
+        // Pending requests expire after 24 hours, and cannot be decided then.
+        let late = t0() + crate::pairing::REQUEST_TTL;
+        let pending = store.pairing_requests(Some(RequestState::Pending), late).await.unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(store.pairing_requests(Some(RequestState::Expired), late).await.unwrap().len(), 1);
+        assert!(matches!(
+            store.reject_pairing(&r.id, "", late).await.unwrap(),
+            Err(PairingError::RequestNotPending { state: "expired", .. })
+        ));
+        assert_eq!(store.pairing_request(&r.id).await.unwrap().unwrap().state, RequestState::Expired);
+    }
+
+    #[tokio::test]
+    async fn approval_registers_the_device_and_keeps_the_certificate() {
+        let (_dir, store) = open();
+        let c = code(5);
+        store.insert_pairing_code(&c).await.unwrap();
+        let identity = DeviceIdentity::generate().unwrap();
+        let r = request(&c, &identity);
+        store.finish_pairing(&r).await.unwrap().unwrap();
+        let device = Device {
+            id: DeviceId::generate(),
+            name: "phone".into(),
+            fingerprint: identity.fingerprint(),
+            signing_public_key: identity.signing_public_key(),
+            role: Role::Node,
+            status: DeviceStatus::Active,
+            paired_at: t0(),
+            certificate_expires_at: t0() + Duration::from_secs(86_400),
+            revoked_at: None,
+            revoke_reason: None,
+            scopes: vec![crate::vault::Scope::parse("agents/alpha").unwrap()],
+        };
+        let approved = store.approve_pairing(&r.id, &device, "CERT", t0()).await.unwrap().unwrap();
+        assert_eq!(approved.state, RequestState::Approved);
+        assert_eq!(
+            (approved.device_id, approved.certificate_pem.as_deref()),
+            (Some(device.id), Some("CERT"))
+        );
+        assert_eq!((approved.role, approved.scopes.clone()), (Role::Node, device.scopes.clone()));
+        assert_eq!(store.device(device.id).await.unwrap(), Some(device.clone()));
+        assert!(matches!(
+            store.approve_pairing(&r.id, &device, "CERT", t0()).await.unwrap(),
+            Err(PairingError::RequestNotPending { state: "approved", .. })
+        ));
+        assert!(matches!(
+            store.reject_pairing("01ARZ3NDEKTSV4RRFFQ69G5FAV", "", t0()).await.unwrap(),
+            Err(PairingError::RequestNotFound(_))
+        ));
+    }
+}
