@@ -10,11 +10,11 @@
 //!   matrix), the engine every call is decided by, and the versioned policy store;
 //! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
 //!   rusqlite;
+//! - [`pairing`] — the pairing codes and the SPAKE2 handshake as sans-IO state machines;
 //! - [`node`] — assembles the parts from a data directory;
 //! - [`fsutil`] — private files and atomic writes.
 //!
-//! What it does not do (yet): serve gRPC or QUIC or pair devices; those land in `rpc/`,
-//! `quic/` and `pairing/`. See ARCHITECTURE.md for the map and the invariants.
+//! What it does not do (yet): the QUIC data plane (`quic/`). See ARCHITECTURE.md for the map and the invariants.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +24,7 @@ pub mod config;
 pub mod fsutil;
 pub mod identity;
 pub mod node;
+pub mod pairing;
 pub mod policy;
 pub mod rpc;
 pub mod storage;

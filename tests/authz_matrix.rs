@@ -3,7 +3,7 @@
 //! code and reason each cell must produce. Zero unexpected allows (and zero unexpected denials).
 //!
 //! "Allowed" means the call got past authorization: it may still fail for its own reasons
-//! (NOT_FOUND, UNIMPLEMENTED for the pairing service that is not served yet, ...).
+//! (NOT_FOUND, INVALID_ARGUMENT for the empty pairing messages, ...).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -265,7 +265,7 @@ fn cases() -> Vec<Case> {
                 ))
             }),
         },
-        // PairingService (its handlers land with the pairing issue: UNIMPLEMENTED once allowed)
+        // PairingService (allowed calls fail on their empty fields: INVALID_ARGUMENT, SESSION_EXPIRED)
         case!("palyra.pairing.v1.PairingService/StartPairing", public, |c, w| {
             pairing::StartPairingRequest::default()
         }),

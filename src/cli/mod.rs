@@ -10,6 +10,8 @@ mod client;
 mod devices;
 mod identity;
 mod output;
+pub mod pair;
+mod pairing;
 mod policy;
 mod serve;
 mod vault;
@@ -59,6 +61,11 @@ enum Command {
     /// Paired devices.
     #[command(subcommand)]
     Devices(devices::DevicesCommand),
+    /// Pairing codes and requests (on the node).
+    #[command(subcommand)]
+    Pairing(pairing::PairingCommand),
+    /// Pair this data dir with a node as a new device (on the joining device).
+    Pair(pair::PairArgs),
     /// Cedar policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -82,6 +89,8 @@ impl Cli {
             Command::Identity(cmd) => identity::run(&ctx, cmd).await,
             Command::Vault(cmd) => vault::run(&ctx, cmd).await,
             Command::Devices(cmd) => devices::run(&ctx, cmd).await,
+            Command::Pairing(cmd) => pairing::run(&ctx, cmd).await,
+            Command::Pair(args) => pair::run(&ctx, args).await,
             Command::Policy(cmd) => policy::run(&ctx, cmd).await,
             Command::Audit(cmd) => audit::run(&ctx, cmd).await,
         }

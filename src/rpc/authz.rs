@@ -1,7 +1,8 @@
 //! The method gate: a tower layer in front of every service (health and reflection included)
 //! that resolves the [`Peer`] and asks the policy engine `(principal, action = full method,
 //! Node)` before any handler runs. Unknown methods have no action in the schema and are denied.
-//! Handlers that touch a resource ask again with [`Gate::check`].
+//! Handlers that touch a resource ask again with [`Gate::check`]. Response bodies of device peers
+//! end when the device is revoked ([`super::streams`]).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +16,7 @@ use tower::{Layer, Service};
 
 use super::peer::{Peer, PeerResolver};
 use super::status::policy_denied;
+use super::streams;
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::identity::Principal;
 use crate::policy::{AuthzDecision, PolicyEngine, Resource, Subject};
@@ -159,6 +161,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let gate = self.gate.clone();
         Box::pin(async move {
+            // Before resolving, so a revocation racing the resolution is still seen.
+            let revocations = gate.peers.subscribe();
             let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
             let certs = info.and_then(|i| i.peer_certs());
             let address = info.and_then(|i| i.get_ref().remote_addr());
@@ -170,11 +174,27 @@ where
             if let Err(denied) = gate.check(&peer, &action, &Resource::Node) {
                 return Ok(denied.into_http());
             }
+            let device = peer.principal.device_id();
+            if let Some(authority) = request.uri().authority().map(ToString::to_string) {
+                request.extensions_mut().insert(RequestAuthority(authority));
+            }
             request.extensions_mut().insert(peer);
-            inner.call(request).await
+            let response = inner.call(request).await?;
+            Ok(match device {
+                Some(id) => {
+                    let revoked = streams::revocation_of(id, revocations, gate.peers.clone());
+                    response.map(|body| Body::new(streams::RevocableBody::new(body, revoked)))
+                }
+                None => response,
+            })
         })
     }
 }
+
+/// The `HOST:PORT` the client addressed (HTTP/2 `:authority`), put in request extensions by
+/// the gate; pairing URIs use it as the node's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestAuthority(pub String);
 
 /// The peer a handler runs for (put there by the gate).
 pub fn peer_of<T>(request: &tonic::Request<T>) -> Result<Peer, Status> {

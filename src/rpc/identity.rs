@@ -177,7 +177,7 @@ impl IdentityService for IdentityApi {
         }
         self.gate.audit_before_write().await;
         let device = self.store.revoke_device(id, &req.reason, SystemTime::now()).await?;
-        self.gate.peers.invalidate(id);
+        self.gate.peers.revoked(id);
         tracing::warn!(device_id = %id, reason = %req.reason, "device revoked");
         Ok(Response::new(pb::RevokeDeviceResponse { device: Some(device_to_pb(&device)) }))
     }

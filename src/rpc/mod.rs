@@ -2,20 +2,22 @@
 //!
 //! [`serve`] runs every service behind TLS ([`server`]) and the Cedar method gate
 //! ([`authz::GateLayer`]): Vault, Identity, Policy, Audit, `grpc.health.v1` (overall and per
-//! service) and server reflection v1 and v1alpha, so `buf curl` and grpcurl can list, describe
-//! and call everything. Handlers convert requests to domain types ([`convert`]), ask the gate
+//! service), Pairing, and server reflection v1 and v1alpha, so `buf curl` and grpcurl can
+//! list, describe and call everything. Handlers convert requests to domain types ([`convert`]), ask the gate
 //! again for the resource they touch, call the domain, and map errors in one place
-//! ([`status`]). Pairing is served by the pairing issue's service (not yet).
+//! ([`status`]). Revocation also ends a device's open streams ([`streams`]).
 
 pub mod audit;
 pub mod authz;
 pub mod convert;
 pub mod identity;
+pub mod pairing;
 pub mod pb;
 pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod status;
+pub mod streams;
 pub mod vault;
 
 use std::future::Future;
@@ -26,6 +28,7 @@ use tonic::transport::Server;
 use self::authz::{Gate, GateLayer};
 use self::pb::audit::v1::audit_service_server::AuditServiceServer;
 use self::pb::identity::v1::identity_service_server::IdentityServiceServer;
+use self::pb::pairing::v1::pairing_service_server::PairingServiceServer;
 use self::pb::policy::v1::policy_service_server::PolicyServiceServer;
 use self::pb::vault::v1::vault_service_server::VaultServiceServer;
 use self::peer::PeerResolver;
@@ -117,6 +120,15 @@ pub async fn serve(
         node.audit.clone(),
     ))
     .max_decoding_message_size(crate::policy::MAX_POLICY_TEXT_BYTES + 64 * 1024);
+    let fallback_address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let pairing = PairingServiceServer::new(pairing::PairingApi::new(
+        std::sync::Arc::clone(&node.identity),
+        node.core.store.clone(),
+        std::sync::Arc::clone(&node.core.keys),
+        gate.clone(),
+        fallback_address,
+    ))
+    .max_decoding_message_size(64 * 1024);
     let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone()))
         .max_decoding_message_size(64 * 1024);
 
@@ -125,6 +137,7 @@ pub async fn serve(
     health_reporter.set_serving::<IdentityServiceServer<identity::IdentityApi>>().await;
     health_reporter.set_serving::<PolicyServiceServer<policy::PolicyApi>>().await;
     health_reporter.set_serving::<AuditServiceServer<audit::AuditApi>>().await;
+    health_reporter.set_serving::<PairingServiceServer<pairing::PairingApi>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -145,6 +158,7 @@ pub async fn serve(
         .add_service(identity)
         .add_service(policy)
         .add_service(audit)
+        .add_service(pairing)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     drop(renewal);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::CertificateDer;
+use tokio::sync::broadcast;
 use tonic::Status;
 
 use super::status::{device_revoked, internal, unknown_device};
@@ -46,12 +47,41 @@ pub struct PeerResolver {
     store: Store,
     cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
     generation: Arc<AtomicU64>,
+    revocations: broadcast::Sender<DeviceId>,
 }
+
+/// Revocations announced while a stream is open; beyond this many unread, a listener re-reads
+/// the registry instead.
+const REVOCATION_BACKLOG: usize = 64;
 
 impl PeerResolver {
     /// A resolver over the registry in `store`.
     pub fn new(store: Store) -> Self {
-        PeerResolver { store, cache: Arc::default(), generation: Arc::default() }
+        PeerResolver {
+            store,
+            cache: Arc::default(),
+            generation: Arc::default(),
+            revocations: broadcast::channel(REVOCATION_BACKLOG).0,
+        }
+    }
+
+    /// After device `id` was revoked in the registry: forgets it and tells every open stream
+    /// of that device to end (see [`super::streams`]).
+    pub fn revoked(&self, id: DeviceId) {
+        self.invalidate(id);
+        // No receiver means no open stream: nothing to end.
+        let _ = self.revocations.send(id);
+    }
+
+    /// Revocations from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeviceId> {
+        self.revocations.subscribe()
+    }
+
+    /// Whether the registry (not the cache) says `id` is revoked or gone; an unreadable
+    /// registry counts as revoked.
+    pub async fn is_revoked(&self, id: DeviceId) -> bool {
+        !matches!(self.store.device(id).await, Ok(Some(d)) if d.status == DeviceStatus::Active)
     }
 
     /// Forgets what is cached about `id`. Call it after every change to the device's row

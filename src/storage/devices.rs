@@ -111,7 +111,7 @@ impl Store {
     }
 }
 
-fn insert(conn: &Connection, device: &Device) -> Result<(), StorageError> {
+pub(super) fn insert(conn: &Connection, device: &Device) -> Result<(), StorageError> {
     let sql =
         format!("INSERT INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     conn.prepare_cached(&sql)?.execute(params![
@@ -151,7 +151,11 @@ fn update(
 }
 
 /// The device whose `column` (`id` or `fingerprint`, both unique) equals `value`.
-fn load(conn: &Connection, column: &'static str, value: &str) -> Result<Option<Device>, StorageError> {
+pub(super) fn load(
+    conn: &Connection,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<Device>, StorageError> {
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE {column} = ?1");
     conn.prepare_cached(&sql)?.query_row([value], device_from_row).optional()?.transpose()
 }
@@ -194,12 +198,12 @@ fn status_str(status: DeviceStatus) -> &'static str {
     }
 }
 
-fn scopes_json(scopes: &[Scope]) -> Result<String, StorageError> {
+pub(super) fn scopes_json(scopes: &[Scope]) -> Result<String, StorageError> {
     let texts: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
     serde_json::to_string(&texts).map_err(StorageError::new)
 }
 
-fn parse_scopes(json: &str) -> Result<Vec<Scope>, String> {
+pub(super) fn parse_scopes(json: &str) -> Result<Vec<Scope>, String> {
     let texts: Vec<String> = serde_json::from_str(json).map_err(|e| format!("scopes: {e}"))?;
     texts.iter().map(|t| Scope::parse(t).map_err(|e| e.to_string())).collect()
 }

@@ -7,11 +7,12 @@
 //! Reads use a small pool of read-only connections on tokio's blocking threads, never on the
 //! async workers. Migrations are numbered, append-only SQL files applied at open.
 //!
-//! This module speaks domain types outward (see [`vault`], [`devices`] and [`policy`]); it does
+//! This module speaks domain types outward (see [`vault`], [`devices`], [`pairing`] and [`policy`]); it does
 //! not encrypt, authorize or decide anything.
 
 mod audit;
 mod devices;
+mod pairing;
 mod policy;
 mod vault;
 
@@ -57,6 +58,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (2, "devices", include_str!("migrations/0002_devices.sql")),
     (3, "policy", include_str!("migrations/0003_policy.sql")),
     (4, "audit", include_str!("migrations/0004_audit.sql")),
+    (5, "pairing", include_str!("migrations/0005_pairing.sql")),
 ];
 
 /// Largest number of writes committed together.

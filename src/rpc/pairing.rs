@@ -1,0 +1,540 @@
+//! `palyra.pairing.v1.PairingService`: the node's side of pairing (PROTOCOLS.md §1).
+//!
+//! Codes and requests are stored ([`crate::storage`]); handshake sessions live in memory for
+//! their 2 minutes. The handshake itself is [`crate::pairing::NodeSession`]; this file adds the
+//! wire, the rate limits (StartPairing: 1,024 per minute per node and 10 per minute per peer
+//! address; GetPairingStatus: 4 per second per request), PIN sealing with the internal seal
+//! key, and certificate issuance on approval. Nothing here logs a PIN, a key or a
+//! confirmation.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tonic::{Code, Request, Response, Status};
+
+use super::authz::{Gate, RequestAuthority, peer_of};
+use super::convert::{scope, timestamp};
+use super::pb::common::v1::ErrorReason;
+use super::pb::pairing::v1::{self as pb, pairing_service_server::PairingService};
+use super::status::{internal, invalid_argument, status, status_with};
+use crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY;
+use crate::identity::{Device, DeviceId, DeviceStatus, NodeIdentity, Role};
+use crate::pairing::code::{open_pin, seal_pin};
+use crate::pairing::handshake::{code_expiry, unix_ms};
+use crate::pairing::{
+    CodeId, CodeState, DEFAULT_ATTEMPTS, DEFAULT_CODE_TTL, FinishMessage, MAX_ATTEMPTS, NodeSession,
+    PairingCode, PairingError, PairingRequest, PairingUri, Pin, REQUEST_TTL, RequestState, StartMessage,
+    StatusPoll,
+};
+use crate::storage::Store;
+use crate::vault::KeyHierarchy;
+
+/// StartPairing calls per minute, node-wide.
+pub const STARTS_PER_MINUTE: usize = 1024;
+/// StartPairing calls per minute from one peer address.
+pub const STARTS_PER_MINUTE_PER_PEER: usize = 10;
+/// GetPairingStatus calls per second for one request.
+pub const POLLS_PER_SECOND: usize = 4;
+/// Most scopes one approval may grant.
+const MAX_GRANTED_SCOPES: usize = 64;
+/// Most requests tracked by the poll limiter before it forgets idle ones.
+const MAX_TRACKED: usize = 10_000;
+
+impl From<PairingError> for Status {
+    fn from(e: PairingError) -> Self {
+        let failed = |reason, message: String| status(Code::FailedPrecondition, reason, message);
+        match e {
+            PairingError::InvalidArgument { field, message } => invalid_argument(field, message),
+            e @ PairingError::CodeInvalid => failed(ErrorReason::PairingCodeInvalid, e.to_string()),
+            e @ PairingError::CodeExpired => failed(ErrorReason::PairingCodeExpired, e.to_string()),
+            e @ PairingError::AttemptsExhausted => {
+                failed(ErrorReason::PairingAttemptsExhausted, e.to_string())
+            }
+            e @ (PairingError::ProofInvalid | PairingError::ServerProofInvalid) => {
+                status(Code::Unauthenticated, ErrorReason::PairingProofInvalid, e.to_string())
+            }
+            e @ PairingError::SessionExpired => failed(ErrorReason::PairingSessionExpired, e.to_string()),
+            e @ PairingError::UnexpectedMessage(_) => {
+                failed(ErrorReason::PairingSessionExpired, e.to_string())
+            }
+            e @ PairingError::ClockSkew { .. } => status_with(
+                Code::FailedPrecondition,
+                ErrorReason::ClockSkew,
+                e.to_string(),
+                HashMap::from([("server_time_unix_ms".to_owned(), unix_ms(SystemTime::now()).to_string())]),
+            ),
+            e @ PairingError::RequestNotFound(_) => {
+                status(Code::NotFound, ErrorReason::NotFound, e.to_string())
+            }
+            e @ PairingError::RequestNotPending { .. } => {
+                failed(ErrorReason::PairingRequestNotPending, e.to_string())
+            }
+            e @ PairingError::CaMismatch { .. } => invalid_argument("ca_fingerprint", e),
+            e @ PairingError::Integrity => {
+                tracing::error!(error = %e, "pairing integrity failure");
+                status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
+            }
+            other => internal(other),
+        }
+    }
+}
+
+fn rate_limited(message: &str) -> Status {
+    status(Code::ResourceExhausted, ErrorReason::RateLimited, message.to_owned())
+}
+
+/// Sliding-window counters.
+#[derive(Debug, Default)]
+struct Limits {
+    starts: VecDeque<SystemTime>,
+    starts_by_peer: HashMap<IpAddr, VecDeque<SystemTime>>,
+    polls: HashMap<String, VecDeque<SystemTime>>,
+}
+
+/// Admits one event at `now` into `window` if fewer than `max` happened within `span`.
+fn admit(window: &mut VecDeque<SystemTime>, now: SystemTime, span: Duration, max: usize) -> bool {
+    while window.front().is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= span) {
+        window.pop_front();
+    }
+    if window.len() >= max {
+        return false;
+    }
+    window.push_back(now);
+    true
+}
+
+impl Limits {
+    fn admit_start(&mut self, peer: Option<IpAddr>, now: SystemTime) -> Result<(), Status> {
+        let minute = Duration::from_secs(60);
+        if let Some(ip) = peer {
+            if self.starts_by_peer.len() > MAX_TRACKED {
+                self.starts_by_peer.retain(|_, w| {
+                    w.back().is_some_and(|t| now.duration_since(*t).unwrap_or_default() < minute)
+                });
+            }
+            let window = self.starts_by_peer.entry(ip).or_default();
+            if !admit(window, now, minute, STARTS_PER_MINUTE_PER_PEER) {
+                return Err(rate_limited("too many StartPairing calls from this address; retry in a minute"));
+            }
+        }
+        if !admit(&mut self.starts, now, minute, STARTS_PER_MINUTE) {
+            return Err(rate_limited("too many StartPairing calls on this node; retry in a minute"));
+        }
+        Ok(())
+    }
+
+    fn admit_poll(&mut self, request_id: &str, now: SystemTime) -> Result<(), Status> {
+        let second = Duration::from_secs(1);
+        if self.polls.len() > MAX_TRACKED {
+            self.polls
+                .retain(|_, w| w.back().is_some_and(|t| now.duration_since(*t).unwrap_or_default() < second));
+        }
+        let window = self.polls.entry(request_id.to_owned()).or_default();
+        if !admit(window, now, second, POLLS_PER_SECOND) {
+            return Err(rate_limited("more than 4 status polls a second for this request; slow down"));
+        }
+        Ok(())
+    }
+}
+
+/// A handshake in progress.
+#[derive(Debug)]
+struct Session {
+    machine: NodeSession,
+    peer_address: String,
+}
+
+/// The pairing service.
+#[derive(Debug, Clone)]
+pub struct PairingApi {
+    node: Arc<NodeIdentity>,
+    store: Store,
+    keys: Arc<KeyHierarchy>,
+    gate: Gate,
+    /// The node's gRPC address, for pairing URIs when a request does not say which it used.
+    fallback_address: String,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    limits: Arc<Mutex<Limits>>,
+}
+
+impl PairingApi {
+    /// The service for `node`, its codes and requests in `store`, PINs sealed with `keys`.
+    pub fn new(
+        node: Arc<NodeIdentity>,
+        store: Store,
+        keys: Arc<KeyHierarchy>,
+        gate: Gate,
+        fallback_address: String,
+    ) -> Self {
+        PairingApi {
+            node,
+            store,
+            keys,
+            gate,
+            fallback_address,
+            sessions: Arc::default(),
+            limits: Arc::default(),
+        }
+    }
+
+    fn limits(&self) -> Result<std::sync::MutexGuard<'_, Limits>, Status> {
+        self.limits.lock().map_err(|_| internal("rate limiter poisoned"))
+    }
+
+    fn sessions(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Session>>, Status> {
+        self.sessions.lock().map_err(|_| internal("session table poisoned"))
+    }
+
+    fn request_to_pb(&self, r: &PairingRequest, now: SystemTime) -> pb::PairingRequest {
+        let state = r.state_at(now);
+        pb::PairingRequest {
+            request_id: r.id.clone(),
+            device_name: r.device_name.clone(),
+            fingerprint: r.fingerprint.clone(),
+            role: r.role.to_string(),
+            state: state_to_pb(state) as i32,
+            created_at: Some(timestamp(r.created_at)),
+            decided_at: match (state, r.decided_at) {
+                (RequestState::Expired, None) => Some(timestamp(r.expires_at)),
+                (_, at) => at.map(timestamp),
+            },
+            peer_address: r.peer_address.clone(),
+            device_id: r.device_id.map(|d| d.to_string()).unwrap_or_default(),
+            expires_at: Some(timestamp(r.expires_at)),
+            reject_reason: r.reject_reason.clone(),
+            scopes: r.scopes.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+fn state_to_pb(state: RequestState) -> pb::PairingState {
+    match state {
+        RequestState::Pending => pb::PairingState::Pending,
+        RequestState::Approved => pb::PairingState::Approved,
+        RequestState::Rejected => pb::PairingState::Rejected,
+        RequestState::Expired => pb::PairingState::Expired,
+    }
+}
+
+/// A role a pairing may grant: device or node, never admin.
+fn pairable_role(field: &'static str, text: &str) -> Result<Role, Status> {
+    match text.parse::<Role>() {
+        Ok(Role::Admin) => {
+            Err(invalid_argument(field, "admins are created by `palyra init`, never by pairing"))
+        }
+        Ok(role) => Ok(role),
+        Err(e) => Err(invalid_argument(field, e)),
+    }
+}
+
+fn request_id(text: &str) -> Result<String, Status> {
+    if text.len() != 26 || ulid::Ulid::from_string(text).is_err() {
+        return Err(invalid_argument("request_id", "not a ULID"));
+    }
+    Ok(text.to_ascii_uppercase())
+}
+
+#[tonic::async_trait]
+impl PairingService for PairingApi {
+    async fn create_pairing_code(
+        &self,
+        request: Request<pb::CreatePairingCodeRequest>,
+    ) -> Result<Response<pb::CreatePairingCodeResponse>, Status> {
+        let server = request
+            .extensions()
+            .get::<RequestAuthority>()
+            .map(|a| a.0.clone())
+            .filter(|a| crate::pairing::code::validate_server(a).is_ok())
+            .unwrap_or_else(|| self.fallback_address.clone());
+        let req = request.into_inner();
+        let now = SystemTime::now();
+        let ttl = req.ttl_seconds.map_or(DEFAULT_CODE_TTL, |s| Duration::from_secs(u64::from(s)));
+        let expires_at = code_expiry(now, ttl)?;
+        let role = if req.role.is_empty() { Role::Device } else { pairable_role("role", &req.role)? };
+        let max_attempts = req.max_attempts.unwrap_or(DEFAULT_ATTEMPTS);
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(invalid_argument("max_attempts", "a code allows 1 to 10 attempts"));
+        }
+        self.store.expire_pairing(now).await.map_err(internal)?;
+        let code_id = CodeId::generate()?;
+        let pin = Pin::generate()?;
+        let sealed = seal_pin(&self.keys.internal_seal_key(), &code_id, &pin)?;
+        let code = PairingCode {
+            code_id: code_id.clone(),
+            sealed_pin: Some(sealed),
+            role,
+            created_at: now,
+            expires_at,
+            max_attempts,
+            attempts_left: max_attempts,
+            state: CodeState::Active,
+        };
+        self.store.insert_pairing_code(&code).await.map_err(internal)?;
+        let uri = PairingUri {
+            server,
+            code_id: code_id.clone(),
+            pin: pin.clone(),
+            ca_fingerprint: self.node.ca().fingerprint().to_owned(),
+        };
+        tracing::info!(code_id = %code_id, role = %role, max_attempts, "pairing code created");
+        Ok(Response::new(pb::CreatePairingCodeResponse {
+            code_id: code_id.to_string(),
+            pin: pin.as_str().to_owned(),
+            uri: uri.to_uri().to_string(),
+            expires_at: Some(timestamp(expires_at)),
+            max_attempts,
+            role: role.to_string(),
+        }))
+    }
+
+    async fn start_pairing(
+        &self,
+        request: Request<pb::StartPairingRequest>,
+    ) -> Result<Response<pb::StartPairingResponse>, Status> {
+        let peer = peer_of(&request)?;
+        let now = SystemTime::now();
+        self.limits()?.admit_start(peer.address.map(|a| a.ip()), now)?;
+        let req = request.into_inner();
+        let start = StartMessage::decode(
+            &req.code_id,
+            &req.device_name,
+            &req.signing_public_key,
+            &req.agreement_public_key,
+            &req.csr_pem,
+            &req.pake_message,
+        )?;
+        let code = self.store.take_pairing_attempt(&start.code_id, now).await.map_err(internal)??;
+        let sealed = code.sealed_pin.as_deref().ok_or(PairingError::CodeInvalid)?;
+        let pin = open_pin(&self.keys.internal_seal_key(), &code.code_id, sealed)?;
+        let (machine, reply) = NodeSession::start(&code, &pin, self.node.ca().fingerprint(), start, now)?;
+        drop(pin);
+        tracing::info!(code_id = %code.code_id, attempts_left = code.attempts_left, "pairing handshake started");
+        {
+            let mut sessions = self.sessions()?;
+            sessions.retain(|_, s| !s.machine.is_expired(now));
+            let peer_address = peer.address.map(|a| a.to_string()).unwrap_or_default();
+            sessions.insert(reply.session_id.clone(), Session { machine, peer_address });
+        }
+        Ok(Response::new(pb::StartPairingResponse {
+            session_id: reply.session_id,
+            pake_message: reply.pake_message,
+            server_confirmation: reply.server_confirmation.to_vec(),
+            expires_at: Some(timestamp(reply.expires_at)),
+        }))
+    }
+
+    async fn finish_pairing(
+        &self,
+        request: Request<pb::FinishPairingRequest>,
+    ) -> Result<Response<pb::FinishPairingResponse>, Status> {
+        let req = request.into_inner();
+        let now = SystemTime::now();
+        let finish = FinishMessage::decode(&req.session_id, &req.client_confirmation, &req.signature)?;
+        // Single use: whatever happens next, the session is gone.
+        let Some(mut session) = self.sessions()?.remove(&finish.session_id) else {
+            return Err(PairingError::SessionExpired.into());
+        };
+        let code_id = session.machine.code_id().clone();
+        let verified = match session.machine.handle_finish(&finish, now) {
+            Ok(verified) => verified,
+            Err(e) => {
+                let (burned, attempts_left) =
+                    self.store.pairing_attempt_failed(&code_id).await.map_err(internal)?;
+                tracing::info!(code_id = %code_id, attempts_left, burned, "pairing proof refused");
+                if burned && e == PairingError::ProofInvalid {
+                    return Err(PairingError::AttemptsExhausted.into());
+                }
+                if e == PairingError::ProofInvalid {
+                    return Err(status_with(
+                        Code::Unauthenticated,
+                        ErrorReason::PairingProofInvalid,
+                        "the pairing proof does not verify (wrong PIN, or the handshake was altered)",
+                        HashMap::from([("attempts_left".to_owned(), attempts_left.to_string())]),
+                    ));
+                }
+                return Err(e.into());
+            }
+        };
+        let request = PairingRequest {
+            id: ulid::Ulid::generate().to_string(),
+            code_id: code_id.to_string(),
+            device_name: verified.device_name.as_str().to_owned(),
+            fingerprint: verified.fingerprint(),
+            signing_public_key: verified.signing_public_key,
+            agreement_public_key: verified.agreement_public_key,
+            csr_pem: verified.csr_pem.clone(),
+            role: verified.role,
+            state: RequestState::Pending,
+            created_at: now,
+            expires_at: now + REQUEST_TTL,
+            decided_at: None,
+            peer_address: session.peer_address,
+            device_id: None,
+            certificate_pem: None,
+            reject_reason: String::new(),
+            scopes: Vec::new(),
+        };
+        self.store.finish_pairing(&request).await.map_err(internal)??;
+        // Event `pairing.requested` belongs here.
+        tracing::info!(request_id = %request.id, fingerprint = %request.fingerprint, "pairing requested");
+        Ok(Response::new(pb::FinishPairingResponse {
+            request_id: request.id,
+            state: pb::PairingState::Pending as i32,
+        }))
+    }
+
+    async fn get_pairing_status(
+        &self,
+        request: Request<pb::GetPairingStatusRequest>,
+    ) -> Result<Response<pb::GetPairingStatusResponse>, Status> {
+        let req = request.into_inner();
+        let now = SystemTime::now();
+        let poll = StatusPoll::decode(&req.request_id, req.timestamp_unix_ms, &req.signature)?;
+        let id = request_id(&poll.request_id)?;
+        self.limits()?.admit_poll(&id, now)?;
+        let stored = self
+            .store
+            .pairing_request(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| PairingError::RequestNotFound(id.clone()))?;
+        poll.verify(&stored.signing_public_key, now)?;
+        let state = stored.state_at(now);
+        let mut response =
+            pb::GetPairingStatusResponse { state: state_to_pb(state) as i32, ..Default::default() };
+        if state == RequestState::Approved {
+            response.device_id = stored.device_id.map(|d| d.to_string()).unwrap_or_default();
+            response.certificate_pem = stored.certificate_pem.unwrap_or_default();
+            response.ca_certificate_pem = self.node.ca().certificate_pem().to_owned();
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn list_pairing_requests(
+        &self,
+        request: Request<pb::ListPairingRequestsRequest>,
+    ) -> Result<Response<pb::ListPairingRequestsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = match req.state.map(pb::PairingState::try_from) {
+            None => None,
+            Some(Ok(pb::PairingState::Pending)) => Some(RequestState::Pending),
+            Some(Ok(pb::PairingState::Approved)) => Some(RequestState::Approved),
+            Some(Ok(pb::PairingState::Rejected)) => Some(RequestState::Rejected),
+            Some(Ok(pb::PairingState::Expired)) => Some(RequestState::Expired),
+            Some(_) => return Err(invalid_argument("state", "not a pairing state (omit it for all)")),
+        };
+        let now = SystemTime::now();
+        self.store.expire_pairing(now).await.map_err(internal)?;
+        let requests = self.store.pairing_requests(filter, now).await.map_err(internal)?;
+        Ok(Response::new(pb::ListPairingRequestsResponse {
+            requests: requests.iter().map(|r| self.request_to_pb(r, now)).collect(),
+        }))
+    }
+
+    async fn approve_pairing(
+        &self,
+        request: Request<pb::ApprovePairingRequest>,
+    ) -> Result<Response<pb::ApprovePairingResponse>, Status> {
+        let approver = peer_of(&request)?.principal.label();
+        let req = request.into_inner();
+        let id = request_id(&req.request_id)?;
+        let override_role = if req.role.is_empty() { None } else { Some(pairable_role("role", &req.role)?) };
+        if req.scopes.len() > MAX_GRANTED_SCOPES {
+            return Err(invalid_argument("scopes", format!("at most {MAX_GRANTED_SCOPES} scopes")));
+        }
+        let mut scopes = Vec::with_capacity(req.scopes.len());
+        for text in &req.scopes {
+            let parsed = scope("scopes", text)?;
+            if !scopes.contains(&parsed) {
+                scopes.push(parsed);
+            }
+        }
+        let now = SystemTime::now();
+        let pending = self
+            .store
+            .pairing_request(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| PairingError::RequestNotFound(id.clone()))?;
+        let state = pending.state_at(now);
+        if state != RequestState::Pending {
+            return Err(PairingError::RequestNotPending { id, state: state.as_str() }.into());
+        }
+        let role = override_role.unwrap_or(pending.role);
+        let device_id = DeviceId::generate();
+        let issued = self.node.ca().issue_client_certificate(
+            &pending.csr_pem,
+            device_id,
+            role,
+            DEFAULT_CLIENT_CERT_VALIDITY,
+            now,
+        )?;
+        let device = Device {
+            id: device_id,
+            name: pending.device_name.clone(),
+            fingerprint: pending.fingerprint.clone(),
+            signing_public_key: pending.signing_public_key,
+            role,
+            status: DeviceStatus::Active,
+            paired_at: now,
+            certificate_expires_at: issued.not_after,
+            revoked_at: None,
+            revoke_reason: None,
+            scopes,
+        };
+        self.gate.audit_before_write().await;
+        let approved = self.store.approve_pairing(&id, &device, &issued.cert_pem, now).await??;
+        self.gate.peers.invalidate(device_id);
+        // Event `pairing.approved` belongs here.
+        tracing::info!(request_id = %id, device_id = %device_id, role = %role, approver = %approver, "pairing approved");
+        Ok(Response::new(pb::ApprovePairingResponse { request: Some(self.request_to_pb(&approved, now)) }))
+    }
+
+    async fn reject_pairing(
+        &self,
+        request: Request<pb::RejectPairingRequest>,
+    ) -> Result<Response<pb::RejectPairingResponse>, Status> {
+        let req = request.into_inner();
+        let id = request_id(&req.request_id)?;
+        if req.reason.len() > 1024 {
+            return Err(invalid_argument("reason", "longer than 1024 bytes"));
+        }
+        let now = SystemTime::now();
+        self.gate.audit_before_write().await;
+        let rejected = self.store.reject_pairing(&id, &req.reason, now).await.map_err(internal)??;
+        // Event `pairing.rejected` belongs here.
+        tracing::info!(request_id = %id, reason = %req.reason, "pairing rejected");
+        Ok(Response::new(pb::RejectPairingResponse { request: Some(self.request_to_pb(&rejected, now)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_admit_up_to_the_limit_then_slide() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut limits = Limits::default();
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        for _ in 0..STARTS_PER_MINUTE_PER_PEER {
+            assert!(limits.admit_start(Some(ip), t0).is_ok());
+        }
+        assert_eq!(limits.admit_start(Some(ip), t0).map_err(|s| s.code()), Err(Code::ResourceExhausted));
+        assert!(limits.admit_start(Some([10, 0, 0, 2].into()), t0).is_ok());
+        assert!(limits.admit_start(Some(ip), t0 + Duration::from_secs(60)).is_ok());
+        for _ in 0..POLLS_PER_SECOND {
+            assert!(limits.admit_poll("r", t0).is_ok());
+        }
+        assert!(limits.admit_poll("r", t0).is_err());
+        assert!(limits.admit_poll("r", t0 + Duration::from_secs(1)).is_ok());
+        let mut node_wide = Limits::default();
+        for i in 0..STARTS_PER_MINUTE {
+            let ip: IpAddr = [10, 1, (i / 256) as u8, (i % 256) as u8].into();
+            assert!(node_wide.admit_start(Some(ip), t0).is_ok());
+        }
+        assert!(node_wide.admit_start(Some([10, 9, 9, 9].into()), t0).is_err());
+    }
+}
