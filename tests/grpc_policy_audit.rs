@@ -255,9 +255,7 @@ async fn renewal_over_mtls_and_with_a_proof() {
         .challenge;
     let (_, csr_pem) = generate_tls_key_and_csr(phone.id).unwrap();
     let csr_der = palyra::identity::ca::Csr::parse_pem(&csr_pem).unwrap().der().to_vec();
-    let mut message = palyra::rpc::identity::RENEWAL_PROOF_TAG.to_vec();
-    message.extend_from_slice(&challenge);
-    message.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &csr_der).as_ref());
+    let message = palyra::identity::renewal_proof_message(&challenge, &csr_der);
     let proof = identity::RenewalProof {
         device_id: phone.id.to_string(),
         challenge: challenge.clone(),
@@ -281,9 +279,7 @@ async fn renewal_over_mtls_and_with_a_proof() {
         .unwrap()
         .into_inner()
         .challenge;
-    let mut message = palyra::rpc::identity::RENEWAL_PROOF_TAG.to_vec();
-    message.extend_from_slice(&challenge);
-    message.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &csr_der).as_ref());
+    let message = palyra::identity::renewal_proof_message(&challenge, &csr_der);
     let proof =
         identity::RenewalProof { challenge, signature: phone.identity.sign(&message).to_vec(), ..proof };
     let renewed = anon

@@ -1,11 +1,16 @@
 //! gRPC channel to the node with the operator's (or a paired device's) client certificate.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::output::{CliError, Context};
 use crate::config::Layout;
+use crate::fsutil;
+use crate::identity::ca::{Csr, certificate_validity_pem, csr_for_key};
+use crate::identity::{DeviceId, DeviceIdentity, renewal_proof_message};
+use crate::rpc::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
 /// A channel authenticated with the credentials in the data dir: `operator/` on the node
 /// itself, `client/` on a paired device.
@@ -18,7 +23,104 @@ pub async fn connect(ctx: &Context) -> Result<Channel, CliError> {
             CliError::new(format!("no client credentials in {}", ctx.data_dir.display()))
                 .hint("run `palyra init` on the node, or `palyra pair` on a device, or pass --data-dir")
         })?;
+    renew_if_due(&ctx.server, &dir).await?;
     channel(&ctx.server, &dir).await
+}
+
+/// Renews the certificate in `dir` when two thirds of its lifetime have passed (over mTLS),
+/// or after it expired (anonymously, with an Ed25519 proof over a fresh server challenge —
+/// only a paired device's `client/` holds the identity key for that). The TLS key stays; only
+/// `cert.pem` is replaced, atomically. A renewal that fails while the certificate is still
+/// valid is reported and the command goes on.
+pub async fn renew_if_due(server: &str, dir: &Path) -> Result<(), CliError> {
+    let cert_path = dir.join("cert.pem");
+    let cert = fsutil::read_private(&cert_path).map_err(|e| CliError::new(e.to_string()))?;
+    let Some((not_before, not_after)) = certificate_validity_pem(&cert) else {
+        return Err(CliError::new(format!("{} is not a certificate", cert_path.display())));
+    };
+    let now = SystemTime::now();
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let age = now.duration_since(not_before).unwrap_or_default();
+    if age < lifetime * 2 / 3 {
+        return Ok(());
+    }
+    let expired = now >= not_after;
+    let renewed =
+        if expired { renew_with_proof(server, dir).await } else { renew_over_mtls(server, dir).await };
+    match renewed {
+        Ok(cert_pem) => {
+            fsutil::write_private_atomic(&cert_path, cert_pem.as_bytes(), true)
+                .map_err(|e| CliError::new(e.to_string()))?;
+            eprintln!("renewed this device's certificate");
+            Ok(())
+        }
+        Err(e) if !expired => {
+            eprintln!("warning: could not renew this device's certificate yet: {e}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn read_text(dir: &Path, name: &str) -> Result<zeroize::Zeroizing<String>, CliError> {
+    let bytes = fsutil::read_private(&dir.join(name)).map_err(|e| CliError::new(e.to_string()))?;
+    String::from_utf8(bytes)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| CliError::new(format!("{} is not text", dir.join(name).display())))
+}
+
+/// The device id the certificate in `dir` was issued to.
+fn certificate_device_id(dir: &Path) -> Result<DeviceId, CliError> {
+    let cert = fsutil::read_private(&dir.join("cert.pem")).map_err(|e| CliError::new(e.to_string()))?;
+    pem_device_id(&cert).ok_or_else(|| CliError::new("the certificate names no palyra device"))
+}
+
+fn pem_device_id(cert_pem: &[u8]) -> Option<DeviceId> {
+    let parsed = pem::parse(cert_pem).ok()?;
+    crate::identity::ca::device_id_from_certificate(parsed.contents())
+}
+
+async fn renew_over_mtls(server: &str, dir: &Path) -> Result<String, CliError> {
+    let id = certificate_device_id(dir)?;
+    let csr_pem = csr_for_key(id, &read_text(dir, "key.pem")?).map_err(|e| CliError::new(e.to_string()))?;
+    let mut client = IdentityServiceClient::new(channel(server, dir).await?);
+    let response = client.renew_certificate(pb::RenewCertificateRequest { csr_pem, proof: None }).await?;
+    Ok(response.into_inner().certificate_pem)
+}
+
+async fn renew_with_proof(server: &str, dir: &Path) -> Result<String, CliError> {
+    let id = certificate_device_id(dir)?;
+    let identity_bytes = fsutil::read_private(&dir.join("identity.key")).map_err(|e| {
+        CliError::new(format!(
+            "the certificate expired and cannot be renewed without the device identity: {e}"
+        ))
+        .hint("pair this device again")
+    })?;
+    let identity = DeviceIdentity::from_bytes(&zeroize::Zeroizing::new(identity_bytes))
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let csr_pem = csr_for_key(id, &read_text(dir, "key.pem")?).map_err(|e| CliError::new(e.to_string()))?;
+    let csr = Csr::parse_pem(&csr_pem).map_err(|e| CliError::new(e.to_string()))?;
+
+    // No valid client certificate: server-authenticated TLS only, with the node CA pinned.
+    let ca = fsutil::read_private(&dir.join("ca.pem")).map_err(|e| CliError::new(e.to_string()))?;
+    let anonymous = Channel::from_shared(server.to_owned())
+        .map_err(|e| CliError::new(format!("bad --server {server:?}: {e}")))?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        .map_err(|e| CliError::new(format!("tls: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| CliError::new(format!("cannot connect to {server}: {e}")))?;
+    let mut client = IdentityServiceClient::new(anonymous);
+    let challenge = client
+        .get_renewal_challenge(pb::GetRenewalChallengeRequest { device_id: id.to_string() })
+        .await?
+        .into_inner()
+        .challenge;
+    let signature = identity.sign(&renewal_proof_message(&challenge, csr.der())).to_vec();
+    let proof = pb::RenewalProof { device_id: id.to_string(), challenge, signature };
+    let response =
+        client.renew_certificate(pb::RenewCertificateRequest { csr_pem, proof: Some(proof) }).await?;
+    Ok(response.into_inner().certificate_pem)
 }
 
 /// A channel to `server` with `ca.pem`, `cert.pem` and `key.pem` from `dir`.

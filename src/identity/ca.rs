@@ -451,10 +451,27 @@ impl Csr {
 /// init` makes for the operator and what a joining device sends when pairing or renewing.
 pub fn generate_tls_key_and_csr(device_id: DeviceId) -> Result<(Zeroizing<String>, String), IdentityError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let csr = csr_for(device_id, &key)?;
+    Ok((Zeroizing::new(key.serialize_pem()), csr))
+}
+
+/// A CSR (PEM) for an existing TLS key (PKCS#8 PEM): renewing without changing the key, so
+/// only the certificate file has to be replaced.
+pub fn csr_for_key(device_id: DeviceId, key_pem: &str) -> Result<String, IdentityError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    csr_for(device_id, &key)
+}
+
+fn csr_for(device_id: DeviceId, key: &KeyPair) -> Result<String, IdentityError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = name(&device_id.to_string(), None);
-    let csr = params.serialize_request(&key)?;
-    Ok((Zeroizing::new(key.serialize_pem()), csr.pem()?))
+    Ok(params.serialize_request(key)?.pem()?)
+}
+
+/// The validity window (not before, not after) of the first certificate in a PEM text.
+pub fn certificate_validity_pem(pem_bytes: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let parsed = pem::parse(pem_bytes).ok()?;
+    validity_of(parsed.contents()).ok()
 }
 
 /// The device named by a client certificate's `palyra://device/<id>` URI SAN. `None` when the
@@ -668,8 +685,7 @@ fn first_certificate(text: &str) -> Result<CertificateDer<'static>, IdentityErro
 /// The expiry of a PEM certificate (the first certificate in `pem_bytes`), or `None` when it
 /// does not parse.
 pub fn certificate_not_after_pem(pem_bytes: &[u8]) -> Option<SystemTime> {
-    let parsed = pem::parse(pem_bytes).ok()?;
-    validity_of(parsed.contents()).ok().map(|(_, not_after)| not_after)
+    certificate_validity_pem(pem_bytes).map(|(_, not_after)| not_after)
 }
 
 fn validity_of(cert_der: &[u8]) -> Result<(SystemTime, SystemTime), IdentityError> {

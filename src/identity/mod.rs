@@ -189,6 +189,20 @@ impl Principal {
     }
 }
 
+/// Domain tag of the renewal proof signature.
+pub const RENEWAL_PROOF_TAG: &[u8] = b"palyra-renewal-v1/proof";
+
+/// What a device signs with its Ed25519 key to renew an expired certificate anonymously:
+/// `"palyra-renewal-v1/proof" ‖ challenge ‖ SHA-256(CSR DER)` (identity.proto, RenewalProof),
+/// binding the proof to the server's fresh challenge and to this request's CSR.
+pub fn renewal_proof_message(challenge: &[u8], csr_der: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(RENEWAL_PROOF_TAG.len() + challenge.len() + 32);
+    message.extend_from_slice(RENEWAL_PROOF_TAG);
+    message.extend_from_slice(challenge);
+    message.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, csr_der).as_ref());
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

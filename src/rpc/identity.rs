@@ -17,7 +17,8 @@ use super::peer::Peer;
 use super::status::{device_revoked, internal, invalid_argument, status, unknown_device};
 use crate::identity::ca::{Csr, DEFAULT_CLIENT_CERT_VALIDITY};
 use crate::identity::{
-    Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, verify_signature,
+    Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, renewal_proof_message,
+    verify_signature,
 };
 use crate::policy::Resource;
 use crate::storage::Store;
@@ -29,8 +30,6 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 const MAX_CHALLENGES: usize = 10_000;
 /// Most outstanding challenges for one device id.
 const MAX_CHALLENGES_PER_DEVICE: usize = 4;
-/// Domain tag of the renewal proof signature.
-pub const RENEWAL_PROOF_TAG: &[u8] = b"palyra-renewal-v1/proof";
 
 /// A device as the wire shows it.
 pub fn device_to_pb(d: &Device) -> pb::Device {
@@ -220,9 +219,7 @@ impl IdentityService for IdentityApi {
                 if device.status == DeviceStatus::Revoked {
                     return Err(device_revoked(id));
                 }
-                let mut message = RENEWAL_PROOF_TAG.to_vec();
-                message.extend_from_slice(&proof.challenge);
-                message.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, csr.der()).as_ref());
+                let message = renewal_proof_message(&proof.challenge, csr.der());
                 if !verify_signature(&device.signing_public_key, &message, &proof.signature) {
                     return Err(bad_proof());
                 }
