@@ -18,9 +18,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod fsutil;
 pub mod identity;
 pub mod node;

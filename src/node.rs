@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::access::PeerResolver;
 use crate::config::Layout;
+use crate::events::EventLog;
 use crate::fsutil::{self, FsError};
 use crate::identity::ca::generate_tls_key_and_csr;
 use crate::identity::{
@@ -236,6 +238,10 @@ pub struct Node {
     pub audit: AuditLog,
     /// The operator device (role admin) created by `init`.
     pub operator: DeviceId,
+    /// The event log and its live fan-out.
+    pub events: EventLog,
+    /// Certificates → peers, shared by the gRPC and QUIC edges (one cache to invalidate).
+    pub peers: PeerResolver,
 }
 
 /// Why a node could not be initialised or started.
@@ -287,7 +293,9 @@ impl Node {
         let audit_key = core.keys.audit_chain_key();
         let audit =
             blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
-        Ok(Node { core, identity, policies, audit, operator })
+        let events = EventLog::new(core.store.clone());
+        let peers = PeerResolver::new(core.store.clone());
+        Ok(Node { core, identity, policies, audit, operator, events, peers })
     }
 }
 

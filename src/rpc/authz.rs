@@ -3,9 +3,7 @@
 //! Node)` before any handler runs. Unknown methods have no action in the schema and are denied.
 //! Handlers that touch a resource ask again with [`Gate::check`].
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -14,79 +12,49 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use super::pb::common::v1::ErrorReason;
-use super::peer::{Peer, PeerResolver};
+use super::peer::Peer;
 use super::status::status;
-use crate::audit::{AuditDecision, AuditEntry};
 use crate::identity::Principal;
-use crate::policy::{AuthzDecision, PolicyEngine, Resource};
-use crate::storage::AuditLog;
+use crate::policy::Resource;
 
-/// What every authorization needs: the engine, the audit log and the peer resolver.
-#[derive(Debug, Clone)]
-pub struct Gate {
-    /// The one policy engine.
-    pub engine: Arc<PolicyEngine>,
-    /// Where decisions are recorded.
-    pub audit: AuditLog,
-    /// Certificates → peers.
-    pub peers: PeerResolver,
-}
+pub use crate::access::Gate;
 
-/// Health checks are not audited: load balancers poll them constantly.
-fn audited(action: &str) -> bool {
-    !action.starts_with("grpc.health.v1.")
-}
-
-impl Gate {
+/// The gate's gRPC face: a denial as a status.
+pub trait GateExt {
     /// Decides `action` on `resource` for `peer`, records the decision, and returns the
     /// denial status (`UNAUTHENTICATED` for anonymous, `PERMISSION_DENIED` otherwise, reason
     /// `POLICY_DENIED`) when it is not allowed.
-    pub fn check(&self, peer: &Peer, action: &str, resource: &Resource) -> Result<(), Status> {
+    fn check(&self, peer: &Peer, action: &str, resource: &Resource) -> Result<(), Status>;
+
+    /// [`GateExt::check`] with a Cedar context.
+    fn check_with(
+        &self,
+        peer: &Peer,
+        action: &str,
+        resource: &Resource,
+        context: Option<&serde_json::Value>,
+    ) -> Result<(), Status>;
+}
+
+impl GateExt for Gate {
+    fn check(&self, peer: &Peer, action: &str, resource: &Resource) -> Result<(), Status> {
         self.check_with(peer, action, resource, None)
     }
 
-    /// [`Gate::check`] with a Cedar context.
-    pub fn check_with(
+    fn check_with(
         &self,
         peer: &Peer,
         action: &str,
         resource: &Resource,
         context: Option<&serde_json::Value>,
     ) -> Result<(), Status> {
-        let decision = self.engine.authorize(&peer.principal, &peer.granted, action, resource, context);
-        if audited(action) {
-            self.audit.record(AuditEntry {
-                at: SystemTime::now(),
-                principal: peer.principal.label(),
-                action: action.to_owned(),
-                resource: resource.to_string(),
-                decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
-                reason: reason_text(&decision),
-            });
-        }
-        if decision.allow {
-            return Ok(());
-        }
-        tracing::info!(principal = %peer.principal.label(), action, resource = %resource, explanation = %decision.explanation, "denied");
-        let code = match peer.principal {
-            Principal::Anonymous => Code::Unauthenticated,
-            Principal::Device { .. } => Code::PermissionDenied,
-        };
-        let message = match peer.principal {
-            Principal::Anonymous => format!("{action} requires a paired device's client certificate"),
-            Principal::Device { .. } => {
-                format!("{} may not call {action} on {resource}", peer.principal.label())
-            }
-        };
-        Err(status(code, ErrorReason::PolicyDenied, message))
-    }
-}
-
-fn reason_text(decision: &AuthzDecision) -> String {
-    if decision.determining_policies.is_empty() {
-        decision.explanation.clone()
-    } else {
-        decision.determining_policies.join(",")
+        self.decide(peer, action, resource, context).map_err(|denied| {
+            let code = match peer.principal {
+                Principal::Anonymous => Code::Unauthenticated,
+                Principal::Device { .. } => Code::PermissionDenied,
+            };
+            status(code, ErrorReason::PolicyDenied, denied.message)
+        })
     }
 }
 
@@ -141,7 +109,7 @@ where
             let address = info.and_then(|i| i.get_ref().remote_addr());
             let peer = match gate.peers.resolve(certs.as_deref().map(|c| c.as_slice()), address).await {
                 Ok(peer) => peer,
-                Err(refused) => return Ok(refused.into_http()),
+                Err(refused) => return Ok(Status::from(refused).into_http()),
             };
             let action = request.uri().path().trim_start_matches('/').to_owned();
             if let Err(denied) = gate.check(&peer, &action, &Resource::Node) {

@@ -28,7 +28,6 @@ use self::pb::audit::v1::audit_service_server::AuditServiceServer;
 use self::pb::identity::v1::identity_service_server::IdentityServiceServer;
 use self::pb::policy::v1::policy_service_server::PolicyServiceServer;
 use self::pb::vault::v1::vault_service_server::VaultServiceServer;
-use self::peer::PeerResolver;
 use crate::node::Node;
 
 /// Why the gRPC server stopped with an error.
@@ -69,7 +68,7 @@ pub async fn serve(
     let gate = Gate {
         engine: std::sync::Arc::clone(node.policies.engine()),
         audit: node.audit.clone(),
-        peers: PeerResolver::new(node.core.store.clone()),
+        peers: node.peers.clone(),
     };
     let limit = max_message_bytes(node);
 

@@ -1,114 +1,23 @@
-//! Who is on the other end of a connection: the typed [`Peer`], resolved once per request from
-//! the client certificate rustls verified and the device registry.
+//! Who is on the other end of a gRPC connection: the typed [`Peer`] from [`crate::access`],
+//! resolved once per request from the client certificate rustls verified and the registry.
 //!
-//! rustls has already checked that a presented certificate chains to the node CA (with the
-//! client-auth EKU). Here the certificate's `palyra://device/<id>` SAN is mapped to the
-//! registry: unknown → `UNAUTHENTICATED` + `UNKNOWN_DEVICE`; revoked → `UNAUTHENTICATED` +
-//! `DEVICE_REVOKED`; no certificate → [`Principal::Anonymous`].
+//! Unknown → `UNAUTHENTICATED` + `UNKNOWN_DEVICE`; revoked → `UNAUTHENTICATED` +
+//! `DEVICE_REVOKED`; no certificate → [`crate::identity::Principal::Anonymous`].
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-
-use rustls_pki_types::CertificateDer;
 use tonic::{Code, Status};
+
+pub use crate::access::{Peer, PeerResolver};
+use crate::access::Refusal;
 
 use super::pb::common::v1::ErrorReason;
 use super::status::{internal, status};
-use crate::identity::{Device, DeviceId, DeviceStatus, Principal, ca};
-use crate::storage::Store;
-use crate::vault::Scope;
 
-/// The caller of a request, in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// Who it is.
-    pub principal: Principal,
-    /// Vault scopes granted to it beyond its own (empty for anonymous).
-    pub granted: Arc<[Scope]>,
-    /// Its network address, when known.
-    pub address: Option<SocketAddr>,
-}
-
-impl Peer {
-    /// An anonymous peer at `address`.
-    pub fn anonymous(address: Option<SocketAddr>) -> Self {
-        Peer { principal: Principal::Anonymous, granted: Arc::from(Vec::new()), address }
-    }
-}
-
-/// Resolves certificates to peers, with the registry cached in memory. Every registry change
-/// made by this process goes through [`PeerResolver::invalidate`], so the cache never serves
-/// a revoked device as active.
-#[derive(Debug, Clone)]
-pub struct PeerResolver {
-    store: Store,
-    cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
-}
-
-impl PeerResolver {
-    /// A resolver over the registry in `store`.
-    pub fn new(store: Store) -> Self {
-        PeerResolver { store, cache: Arc::default() }
-    }
-
-    /// Forgets what is cached about `id` (call after revoking, renewing, re-granting).
-    pub fn invalidate(&self, id: DeviceId) {
-        if let Ok(mut cache) = self.cache.write() {
-            cache.remove(&id);
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::UnknownDevice(message) => status(Code::Unauthenticated, ErrorReason::UnknownDevice, message),
+            e @ Refusal::Revoked(_) => status(Code::Unauthenticated, ErrorReason::DeviceRevoked, e.to_string()),
+            Refusal::Internal(detail) => internal(detail),
         }
-    }
-
-    /// The peer presenting `certs` (leaf first), or the status that refuses it.
-    pub async fn resolve(
-        &self,
-        certs: Option<&[CertificateDer<'static>]>,
-        address: Option<SocketAddr>,
-    ) -> Result<Peer, Status> {
-        let Some(leaf) = certs.and_then(|c| c.first()) else {
-            return Ok(Peer::anonymous(address));
-        };
-        let Some(id) = ca::device_id_from_certificate(leaf.as_ref()) else {
-            return Err(status(
-                Code::Unauthenticated,
-                ErrorReason::UnknownDevice,
-                "the client certificate names no palyra device",
-            ));
-        };
-        let device = self.device(id).await?.ok_or_else(|| {
-            status(
-                Code::Unauthenticated,
-                ErrorReason::UnknownDevice,
-                format!("device {id} is not registered"),
-            )
-        })?;
-        if device.status == DeviceStatus::Revoked {
-            return Err(status(
-                Code::Unauthenticated,
-                ErrorReason::DeviceRevoked,
-                format!("device {id} is revoked"),
-            ));
-        }
-        Ok(Peer {
-            principal: Principal::Device { id, role: device.role, fingerprint: device.fingerprint.clone() },
-            granted: Arc::from(device.scopes.clone()),
-            address,
-        })
-    }
-
-    async fn device(&self, id: DeviceId) -> Result<Option<Arc<Device>>, Status> {
-        if let Ok(cache) = self.cache.read()
-            && let Some(device) = cache.get(&id)
-        {
-            return Ok(Some(Arc::clone(device)));
-        }
-        let Some(device) = self.store.device(id).await.map_err(internal)? else {
-            return Ok(None);
-        };
-        let device = Arc::new(device);
-        if let Ok(mut cache) = self.cache.write() {
-            cache.insert(id, Arc::clone(&device));
-        }
-        Ok(Some(device))
     }
 }
