@@ -111,7 +111,9 @@ impl NewEvent {
 #[non_exhaustive]
 pub enum EventsError {
     /// The asked-for starting point has been pruned.
-    #[error("events after sequence {since} are no longer retained; the oldest available is {oldest_available}")]
+    #[error(
+        "events after sequence {since} are no longer retained; the oldest available is {oldest_available}"
+    )]
     Truncated {
         /// The requested starting point.
         since: u64,
@@ -319,7 +321,10 @@ impl Subscription {
                 None => self.catching_up = false,
                 Some(first) if first.sequence != self.last + 1 => {
                     // Pruned while this subscriber was behind.
-                    return Err(EventsError::Truncated { since: self.last, oldest_available: first.sequence });
+                    return Err(EventsError::Truncated {
+                        since: self.last,
+                        oldest_available: first.sequence,
+                    });
                 }
                 Some(_) => self.backlog.extend(page.into_iter().map(Arc::new)),
             }

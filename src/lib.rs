@@ -27,6 +27,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod node;
 pub mod policy;
+pub mod quic;
 pub mod rpc;
 pub mod storage;
 pub mod vault;

@@ -9,6 +9,7 @@ mod audit;
 mod client;
 mod devices;
 mod identity;
+mod node;
 mod output;
 mod policy;
 mod serve;
@@ -65,6 +66,9 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The QUIC data plane of a node: health, event stream.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 impl Cli {
@@ -84,6 +88,7 @@ impl Cli {
             Command::Devices(cmd) => devices::run(&ctx, cmd).await,
             Command::Policy(cmd) => policy::run(&ctx, cmd).await,
             Command::Audit(cmd) => audit::run(&ctx, cmd).await,
+            Command::Node(cmd) => node::run(&ctx, cmd).await,
         }
     }
 }

@@ -6,8 +6,8 @@
 
 use tonic::{Code, Status};
 
-pub use crate::access::{Peer, PeerResolver};
 use crate::access::Refusal;
+pub use crate::access::{Peer, PeerResolver};
 
 use super::pb::common::v1::ErrorReason;
 use super::status::{internal, status};
@@ -15,8 +15,12 @@ use super::status::{internal, status};
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::UnknownDevice(message) => status(Code::Unauthenticated, ErrorReason::UnknownDevice, message),
-            e @ Refusal::Revoked(_) => status(Code::Unauthenticated, ErrorReason::DeviceRevoked, e.to_string()),
+            Refusal::UnknownDevice(message) => {
+                status(Code::Unauthenticated, ErrorReason::UnknownDevice, message)
+            }
+            e @ Refusal::Revoked(_) => {
+                status(Code::Unauthenticated, ErrorReason::DeviceRevoked, e.to_string())
+            }
             Refusal::Internal(detail) => internal(detail),
         }
     }

@@ -86,7 +86,8 @@ pub(crate) fn last_sequence(conn: &Connection) -> Result<u64, StorageError> {
 
 fn bounds(conn: &Connection) -> Result<EventBounds, StorageError> {
     let last = last_sequence(conn)?;
-    let oldest: Option<i64> = conn.prepare_cached("SELECT min(sequence) FROM events")?.query_row([], |r| r.get(0))?;
+    let oldest: Option<i64> =
+        conn.prepare_cached("SELECT min(sequence) FROM events")?.query_row([], |r| r.get(0))?;
     let oldest = oldest.and_then(|o| u64::try_from(o).ok()).unwrap_or(last + 1);
     Ok(EventBounds { oldest, last })
 }

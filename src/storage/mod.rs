@@ -314,7 +314,12 @@ fn in_savepoint<T, E: From<StorageError>>(
     }
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>, hub: crate::events::EventHub, mut published: u64) {
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    hub: crate::events::EventHub,
+    mut published: u64,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);

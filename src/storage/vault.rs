@@ -6,7 +6,9 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::{StorageError, Store, events, from_millis, to_millis};
-use crate::events::{NewEvent, VAULT_KEY_ROTATED, VAULT_SECRET_DELETED, VAULT_SECRET_DESTROYED, VAULT_SECRET_WRITTEN};
+use crate::events::{
+    NewEvent, VAULT_KEY_ROTATED, VAULT_SECRET_DELETED, VAULT_SECRET_DESTROYED, VAULT_SECRET_WRITTEN,
+};
 use crate::vault::{
     Binding, BlobBackend, BoxFuture, ListQuery, ObjectId, PutRecord, RewrapFn, RewrapProgress, Scope, SealFn,
     SecretKey, SecretMetadata, SecretVersion, StoredVersion, VaultError,
@@ -225,7 +227,11 @@ fn delete(
     metadata.deleted = true;
     metadata.updated_at = from_millis(now_ms);
     let kind = if destroy { VAULT_SECRET_DESTROYED } else { VAULT_SECRET_DELETED };
-    events::append(conn, &secret_event(kind, &metadata.scope, &metadata.key, metadata.version), from_millis(now_ms))?;
+    events::append(
+        conn,
+        &secret_event(kind, &metadata.scope, &metadata.key, metadata.version),
+        from_millis(now_ms),
+    )?;
     Ok(metadata)
 }
 
