@@ -143,7 +143,7 @@ impl EventHub {
 
     /// Publishes a committed event (call only after its transaction is durable, in sequence
     /// order).
-    pub fn publish(&self, event: Event) {
+    pub(crate) fn publish(&self, event: Event) {
         // No receiver is not an error: nobody is following right now.
         let _ = self.tx.send(Arc::new(event));
     }

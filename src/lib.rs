@@ -10,11 +10,16 @@
 //!   matrix), the engine every call is decided by, and the versioned policy store;
 //! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
 //!   rusqlite;
+//! - [`events`] — the event log: changes and their events commit together, replay + live
+//!   subscriptions that never skip an event;
+//! - [`access`] — certificate → peer, and the one Cedar gate with its audit record, shared by
+//!   the edges;
+//! - [`rpc`] — the gRPC edge (tonic, mTLS); [`quic`] — the QUIC data plane (quinn, mTLS);
 //! - [`node`] — assembles the parts from a data directory;
 //! - [`fsutil`] — private files and atomic writes.
 //!
-//! What it does not do (yet): serve gRPC or QUIC or pair devices; those land in `rpc/`,
-//! `quic/` and `pairing/`. See ARCHITECTURE.md for the map and the invariants.
+//! What it does not do (yet): pair devices; that lands in `pairing/`. See ARCHITECTURE.md for
+//! the map and the invariants.
 
 #![forbid(unsafe_code)]
 

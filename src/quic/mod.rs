@@ -95,7 +95,7 @@ impl Default for QuicConfig {
 }
 
 /// Converts a committed event to its wire form.
-pub(crate) fn event_to_pb(event: &crate::events::Event) -> pb::Event {
+pub fn event_to_pb(event: &crate::events::Event) -> pb::Event {
     let since_epoch = event.at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     pb::Event {
         sequence: event.sequence,
@@ -110,7 +110,7 @@ pub(crate) fn event_to_pb(event: &crate::events::Event) -> pb::Event {
 }
 
 /// Converts a received event to the domain type.
-pub(crate) fn event_from_pb(event: pb::Event) -> crate::events::Event {
+pub fn event_from_pb(event: pb::Event) -> crate::events::Event {
     let at = event.at.map_or(std::time::UNIX_EPOCH, |t| {
         std::time::UNIX_EPOCH
             + Duration::from_secs(u64::try_from(t.seconds).unwrap_or(0))

@@ -30,6 +30,8 @@ use crate::storage::Store;
 /// Handshakes of over-limit connections run at most this many at once (each only to deliver
 /// the `connection limit` close); beyond that they are refused without a handshake.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Longest method name recorded or echoed.
+const MAX_METHOD_CHARS: usize = 64;
 /// Bytes of event frames gathered before a write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -370,16 +372,14 @@ async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: Se
     };
     // Nothing more is read from this stream.
     drop(frames);
-    let method = request.method.as_str();
-    // Every decision is recorded, unknown methods included (the engine denies them).
+    // Every decision is recorded, unknown methods included (the engine denies them), with the
+    // method name bounded so a peer cannot bloat the audit log.
+    let method: String = request.method.chars().take(MAX_METHOD_CHARS).collect();
+    let method = method.as_str();
     let decision = shared.gate.decide(&peer, method, &Resource::Node, None);
     if method != METHOD_HEALTH && method != METHOD_STREAM_EVENTS {
-        let shown: String = method.chars().take(64).collect();
-        return finish_with(
-            send,
-            error_frame(codes::UNSUPPORTED_METHOD, format!("unknown method {shown:?}"), 0),
-        )
-        .await;
+        let message = format!("unknown method {method:?}");
+        return finish_with(send, error_frame(codes::UNSUPPORTED_METHOD, message, 0)).await;
     }
     if let Err(denied) = decision {
         return finish_with(send, error_frame(codes::PERMISSION_DENIED, denied.message, 0)).await;
