@@ -68,3 +68,33 @@ pub fn encode(message: &impl Message, buf: &mut BytesMut) {
     // Cannot fail: the buffer was just reserved.
     let _ = message.encode(buf);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quic::pb;
+
+    async fn read_bytes(bytes: &[u8], max: usize) -> Result<Option<pb::Request>, FrameError> {
+        let mut frames = FramedRead::new(bytes, codec(max));
+        read::<pb::Request, _>(&mut frames, max).await
+    }
+
+    #[tokio::test]
+    async fn round_trips_and_checks_the_length_before_the_body() -> Result<(), FrameError> {
+        let request =
+            pb::Request { method: "node.health".into(), since_sequence: 7, kinds: vec!["a".into()] };
+        let mut buf = BytesMut::new();
+        encode(&request, &mut buf);
+        assert_eq!(&buf[..4], &(request.encoded_len() as u32).to_be_bytes());
+        assert_eq!(read_bytes(&buf, 1024).await?, Some(request));
+        assert_eq!(read_bytes(&[], 1024).await?, None);
+        // A header announcing more than the maximum fails at once, with no body sent.
+        assert!(matches!(read_bytes(&u32::MAX.to_be_bytes(), 1024).await, Err(FrameError::BadLength { .. })));
+        assert!(matches!(read_bytes(&1025u32.to_be_bytes(), 1024).await, Err(FrameError::BadLength { .. })));
+        assert!(matches!(read_bytes(&0u32.to_be_bytes(), 1024).await, Err(FrameError::BadLength { .. })));
+        // Undecodable and truncated input are errors, never panics.
+        assert!(matches!(read_bytes(&[0, 0, 0, 2, 0xff, 0xff], 1024).await, Err(FrameError::Undecodable(_))));
+        assert!(read_bytes(&[0, 0, 0, 9, 1], 1024).await.is_err());
+        Ok(())
+    }
+}

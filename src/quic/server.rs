@@ -30,6 +30,8 @@ use crate::storage::Store;
 /// Handshakes of over-limit connections run at most this many at once (each only to deliver
 /// the `connection limit` close); beyond that they are refused without a handshake.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Time a client has to send its request frame on a new stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest method name recorded or echoed.
 const MAX_METHOD_CHARS: usize = 64;
 /// Bytes of event frames gathered before a write.
@@ -353,7 +355,12 @@ async fn finish_with(mut send: SendStream, response: pb::Response) {
 async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: SendStream, recv: RecvStream) {
     let max = shared.config.max_frame;
     let mut frames = FramedRead::new(recv, frame::codec(max));
-    let request = match frame::read::<pb::Request, _>(&mut frames, max).await {
+    let Ok(read) =
+        tokio::time::timeout(REQUEST_TIMEOUT, frame::read::<pb::Request, _>(&mut frames, max)).await
+    else {
+        return finish_with(send, error_frame(codes::INVALID_REQUEST, "no Request frame in time", 0)).await;
+    };
+    let request = match read {
         Ok(Some(request)) => request,
         Ok(None) => {
             return finish_with(send, error_frame(codes::INVALID_REQUEST, "expected one Request frame", 0))
