@@ -457,3 +457,85 @@ async fn since_older_than_retention_gets_events_truncated() {
     client.close().await;
     node.stop().await;
 }
+
+/// Writes `creds` for `node` as a paired data dir keeps them: `client/{ca,cert,key}.pem`.
+fn save_client_credentials(data_dir: &std::path::Path, node: &QuicNode, creds: &Creds) {
+    let dir = data_dir.join("client");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), node.test.node.identity.ca().certificate_pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), &creds.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &creds.key_pem).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+// The CLI runs as a child process; the nodes are served by this runtime's other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_one_follows_the_other_with_the_cli() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let a = QuicNode::start(QuicConfig::default()).await;
+    let b = TestNode::start().await;
+    // B paired with A as a node (what `pairing approve --role node` leaves in B's data dir).
+    let b_on_a = a.test.add_device(Role::Node, "node-b", &[]).await;
+    save_client_credentials(&b.data_dir(), &a, &b_on_a);
+    let bin = env!("CARGO_BIN_EXE_palyra");
+    let peer = a.addr.to_string();
+
+    let run = |mut command: Command| async move {
+        tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
+    };
+    let mut command = Command::new(bin);
+    command.arg("--data-dir").arg(b.data_dir()).args(["--json", "node", "health", "--peer", &peer]);
+    let out = run(command).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(health["device_id"], a.test.node.identity.id().to_string());
+
+    // On A itself the operator's credentials are used.
+    let mut command = Command::new(bin);
+    command.arg("--data-dir").arg(a.test.data_dir()).args(["node", "health", "--peer", &peer]);
+    let out = run(command).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let since = a.test.node.events.last_sequence().await.unwrap();
+    let mut follower = Command::new(bin)
+        .arg("--data-dir")
+        .arg(b.data_dir())
+        .args(["--json", "node", "events", "--peer", &peer, "--since", &since.to_string()])
+        .args(["--kind", "vault.secret.written"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.write("agents/alpha", "db-password").await;
+    a.test
+        .node
+        .core
+        .vault
+        .delete(&Scope::parse("agents/alpha").unwrap(), &SecretKey::parse("db-password").unwrap(), false)
+        .await
+        .unwrap();
+    a.write("agents/alpha", "api-token").await;
+    let stdout = follower.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout).lines().take(2).map(|l| l.unwrap()).collect::<Vec<_>>()
+    });
+    let lines =
+        tokio::time::timeout(Duration::from_secs(20), lines).await.expect("two events in time").unwrap();
+    follower.kill().unwrap();
+    let _ = follower.wait();
+    let events: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["sequence"], since + 1);
+    assert_eq!(events[0]["subject"], "agents/alpha/db-password");
+    assert_eq!(events[1]["sequence"], since + 3, "the deletion is filtered out");
+    assert_eq!(events[1]["kind"], "vault.secret.written");
+    assert_eq!(events[1]["attributes"]["key"], "api-token");
+    b.stop().await;
+    a.stop().await;
+}
