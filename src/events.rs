@@ -250,6 +250,7 @@ impl EventLog {
             kinds,
             backlog: VecDeque::new(),
             catching_up: true,
+            from_oldest: since == 0,
         })
     }
 }
@@ -265,6 +266,9 @@ pub struct Subscription {
     backlog: VecDeque<Arc<Event>>,
     /// Reading from the database until it has nothing newer.
     catching_up: bool,
+    /// Asked for "everything retained" and nothing read yet: pruning meanwhile only moves the
+    /// start.
+    from_oldest: bool,
 }
 
 impl Subscription {
@@ -317,9 +321,10 @@ impl Subscription {
         }
         if self.catching_up {
             let page = self.store.events_after(self.last, PAGE).await?;
+            let from_oldest = std::mem::take(&mut self.from_oldest);
             match page.first() {
                 None => self.catching_up = false,
-                Some(first) if first.sequence != self.last + 1 => {
+                Some(first) if first.sequence != self.last + 1 && !from_oldest => {
                     // Pruned while this subscriber was behind.
                     return Err(EventsError::Truncated {
                         since: self.last,
