@@ -539,3 +539,25 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn revoking_over_grpc_cuts_the_quic_connection_off() {
+    use palyra::rpc::pb::identity::v1::RevokeDeviceRequest;
+    use palyra::rpc::pb::identity::v1::identity_service_client::IdentityServiceClient;
+
+    let node = QuicNode::start(QuicConfig::default()).await;
+    let peer = node.test.add_device(Role::Node, "peer", &[]).await;
+    let client = node.client(&peer).await;
+    client.health().await.unwrap();
+    let mut operator = IdentityServiceClient::new(node.test.operator().await);
+    let revoked_at = Instant::now();
+    operator
+        .revoke_device(RevokeDeviceRequest { device_id: peer.id.to_string(), reason: "stolen".into() })
+        .await
+        .unwrap();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(1), client.closed()).await.expect("closed within a second");
+    assert!(matches!(closed, ClientError::Closed { code: 0x3, .. }), "{closed}");
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    node.stop().await;
+}
