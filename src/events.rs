@@ -298,7 +298,14 @@ impl Subscription {
                     }
                 }
                 Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => self.catching_up = true,
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    tracing::debug!(
+                        missed,
+                        after = self.last,
+                        "subscriber fell behind the live buffer; catching up from the database"
+                    );
+                    self.catching_up = true;
+                }
                 Err(broadcast::error::TryRecvError::Closed) => return Err(EventsError::Closed),
             }
         }
@@ -340,7 +347,12 @@ impl Subscription {
         }
         match self.live.recv().await {
             Ok(event) => Ok(self.accept_live(event)),
-            Err(broadcast::error::RecvError::Lagged(_)) => {
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(
+                    missed,
+                    after = self.last,
+                    "subscriber fell behind the live buffer; catching up from the database"
+                );
                 self.catching_up = true;
                 Ok(None)
             }

