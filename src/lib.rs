@@ -11,21 +11,29 @@
 //! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
 //!   rusqlite;
 //! - [`pairing`] — the pairing codes and the SPAKE2 handshake as sans-IO state machines;
+//! - [`events`] — the event log: changes and their events commit together, replay + live
+//!   subscriptions that never skip an event;
+//! - [`access`] — certificate → peer, and the one Cedar gate with its audit record, shared by
+//!   the edges;
+//! - [`rpc`] — the gRPC edge (tonic, mTLS); [`quic`] — the QUIC data plane (quinn, mTLS);
 //! - [`node`] — assembles the parts from a data directory;
 //! - [`fsutil`] — private files and atomic writes.
 //!
-//! What it does not do (yet): the QUIC data plane (`quic/`). See ARCHITECTURE.md for the map and the invariants.
+//! See ARCHITECTURE.md for the map and the invariants.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod fsutil;
 pub mod identity;
 pub mod node;
 pub mod pairing;
 pub mod policy;
+pub mod quic;
 pub mod rpc;
 pub mod storage;
 pub mod vault;

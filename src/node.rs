@@ -12,7 +12,10 @@ use std::time::SystemTime;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::access::PeerResolver;
+
 use crate::config::Layout;
+use crate::events::EventLog;
 use crate::fsutil::{self, FsError};
 use crate::identity::ca::generate_tls_key_and_csr;
 use crate::identity::{
@@ -240,6 +243,10 @@ pub struct Node {
     pub operator: DeviceId,
     /// Extra names of the server certificate.
     server_names: Arc<[String]>,
+    /// The event log and its live fan-out.
+    pub events: EventLog,
+    /// Certificates → peers, shared by the gRPC and QUIC edges (one cache to invalidate).
+    pub peers: PeerResolver,
 }
 
 /// Why a node could not be initialised or started.
@@ -290,7 +297,9 @@ impl Node {
         let audit_key = core.keys.audit_chain_key();
         let audit =
             blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
-        Ok(Node { core, identity, policies, audit, operator, server_names: Arc::from(names) })
+        let events = EventLog::new(core.store.clone());
+        let peers = PeerResolver::new(core.store.clone());
+        Ok(Node { core, identity, policies, audit, operator, events, peers, server_names: Arc::from(names) })
     }
 
     /// The server certificate chain and key to serve at `now`: re-issued (and stored) when the

@@ -9,6 +9,7 @@ mod audit;
 mod client;
 mod devices;
 mod identity;
+mod node;
 mod output;
 pub mod pair;
 mod pairing;
@@ -72,6 +73,9 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The QUIC data plane of a node: health, event stream.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 impl Cli {
@@ -93,6 +97,7 @@ impl Cli {
             Command::Pair(args) => pair::run(&ctx, args).await,
             Command::Policy(cmd) => policy::run(&ctx, cmd).await,
             Command::Audit(cmd) => audit::run(&ctx, cmd).await,
+            Command::Node(cmd) => node::run(&ctx, cmd).await,
         }
     }
 }

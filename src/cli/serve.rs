@@ -32,10 +32,12 @@ pub(super) struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:7443].
     #[arg(long, env = "PALYRA_GRPC_ADDR", value_name = "ADDR")]
     grpc_addr: Option<SocketAddr>,
-    /// QUIC listen address [default: 127.0.0.1:7444] (reserved: the QUIC data plane is not
-    /// served yet).
+    /// QUIC data-plane listen address, UDP [default: 127.0.0.1:7444].
     #[arg(long, env = "PALYRA_QUIC_ADDR", value_name = "ADDR")]
     quic_addr: Option<SocketAddr>,
+    /// Concurrent QUIC connections at most; the next is closed with code 0x1.
+    #[arg(long, value_name = "N", default_value_t = crate::quic::DEFAULT_MAX_CONNECTIONS)]
+    quic_max_connections: usize,
 }
 
 /// Settings after flags, environment and file are combined.
@@ -131,17 +133,43 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
             .hint("is another palyra already running? use --grpc-addr")
     })?;
     let bound = listener.local_addr().map_err(|e| CliError::new(e.to_string()))?;
+    let quic_config = crate::quic::QuicConfig {
+        addr: s.quic_addr,
+        max_connections: args.quic_max_connections.max(1),
+        ..Default::default()
+    };
+    let quic = crate::quic::QuicServer::bind(&node, quic_config).map_err(|e| {
+        CliError::new(e.to_string()).hint("is another palyra already running? use --quic-addr")
+    })?;
+    let quic_bound = quic.local_addr().map_err(|e| CliError::new(e.to_string()))?;
+    let retention = node.events.spawn_retention(std::time::Duration::from_secs(60));
     let out = summary(ctx, &node);
-    tracing::info!(grpc = %bound, quic_reserved = %s.quic_addr, node_id = %out.node_id, "palyra is serving");
+    tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
     if !ctx.json {
         eprintln!(
-            "palyra node {} serving gRPC on https://{bound}\n  operator credentials: {}\n  try: palyra --data-dir {} identity show",
+            "palyra node {} serving gRPC on https://{bound} and QUIC on {quic_bound}/udp\n  operator credentials: {}\n  try: palyra --data-dir {} identity show",
             out.node_id,
             out.operator_credentials,
             ctx.data_dir.display()
         );
     }
-    crate::rpc::serve(&node, listener, shutdown_signal()).await.map_err(|e| CliError::new(e.to_string()))?;
+    // One signal stops both: gRPC drains in-flight calls, QUIC closes its connections.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let quic_task = tokio::spawn(quic.run(stopped()));
+    let grpc = crate::rpc::serve(&node, listener, async {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let grpc_result = grpc.await;
+    let _ = quic_task.await;
+    retention.abort();
+    grpc_result.map_err(|e| CliError::new(e.to_string()))?;
     node.audit.flush().await;
     node.core.store.close();
     tracing::info!("palyra stopped");

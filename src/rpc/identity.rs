@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use ring::rand::SecureRandom;
 use tonic::{Code, Request, Response, Status};
 
-use super::authz::{Gate, peer_of};
+use super::authz::{Gate, GateExt, peer_of};
 use super::convert::{device_id, timestamp};
 use super::pb::common::v1::ErrorReason;
 use super::pb::identity::v1::{self as pb, identity_service_server::IdentityService};

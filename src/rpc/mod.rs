@@ -31,7 +31,6 @@ use self::pb::identity::v1::identity_service_server::IdentityServiceServer;
 use self::pb::pairing::v1::pairing_service_server::PairingServiceServer;
 use self::pb::policy::v1::policy_service_server::PolicyServiceServer;
 use self::pb::vault::v1::vault_service_server::VaultServiceServer;
-use self::peer::PeerResolver;
 use crate::node::Node;
 
 /// Why the gRPC server stopped with an error.
@@ -101,7 +100,7 @@ pub async fn serve(
     let gate = Gate {
         engine: std::sync::Arc::clone(node.policies.engine()),
         audit: node.audit.clone(),
-        peers: PeerResolver::new(node.core.store.clone()),
+        peers: node.peers.clone(),
     };
     let limit = max_message_bytes(node);
 

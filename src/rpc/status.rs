@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb::common::v1::ErrorReason;
+use crate::access::Refusal;
 use crate::identity::{DeviceId, IdentityError};
 use crate::policy::PolicyError;
 use crate::vault::VaultError;
@@ -62,6 +63,16 @@ pub fn device_revoked(id: DeviceId) -> Status {
 pub fn policy_denied(anonymous: bool, message: impl Into<String>) -> Status {
     let code = if anonymous { Code::Unauthenticated } else { Code::PermissionDenied };
     status(code, ErrorReason::PolicyDenied, message)
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::UnknownDevice(id) => unknown_device(id),
+            Refusal::Revoked(id) => device_revoked(id),
+            Refusal::Internal(detail) => internal(detail),
+        }
+    }
 }
 
 /// `INTERNAL`, with the detail logged and not sent.

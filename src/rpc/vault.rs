@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tonic::{Request, Response, Status};
 
-use super::authz::{Gate, peer_of};
+use super::authz::{Gate, GateExt, peer_of};
 use super::convert::{Listing, page_token, parse_page_token, scope, secret_key};
 use super::pb::vault::v1::{self as pb, vault_service_server::VaultService};
 use super::status::internal;

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{StorageError, Store, from_millis, to_millis};
+use super::{StorageError, Store, events, from_millis, to_millis};
+use crate::events::{DEVICE_RENEWED, DEVICE_REVOKED, NewEvent};
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, Role};
 use crate::vault::Scope;
 
@@ -69,6 +70,13 @@ impl Store {
                 "UPDATE devices SET status = 'revoked', revoked_at = ?2, revoke_reason = ?3 WHERE id = ?1",
                 params![id.to_string(), to_millis(now), reason],
             )?;
+            events::append(
+                c,
+                &NewEvent::new(DEVICE_REVOKED, id.to_string())
+                    .with("device_id", id)
+                    .with("role", device.role.as_str()),
+                now,
+            )?;
             load(c, "id", &id.to_string())?.ok_or(IdentityError::NotFound(id))
         })
         .await
@@ -89,6 +97,13 @@ impl Store {
             if changed == 0 {
                 return Err(IdentityError::NotFound(id));
             }
+            events::append(
+                c,
+                &NewEvent::new(DEVICE_RENEWED, id.to_string())
+                    .with("device_id", id)
+                    .with("expires_at_unix_ms", to_millis(expires_at)),
+                SystemTime::now(),
+            )?;
             Ok(())
         })
         .await

@@ -76,6 +76,13 @@ impl Store {
             .map_err(StorageError::from)?
             .execute((sql_version(version)?, text, updated_at, &updated_by))
             .map_err(StorageError::from)?;
+            super::events::append(
+                c,
+                &crate::events::NewEvent::new(crate::events::POLICY_UPDATED, format!("policy/{version}"))
+                    .with("version", version)
+                    .with("updated_by", &updated_by),
+                now,
+            )?;
             Ok(PolicyVersion { version, updated_at: from_millis(updated_at), updated_by })
         })
         .await

@@ -5,7 +5,10 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use super::{StorageError, Store, from_millis, to_millis};
+use super::{StorageError, Store, events, from_millis, to_millis};
+use crate::events::{
+    NewEvent, VAULT_KEY_ROTATED, VAULT_SECRET_DELETED, VAULT_SECRET_DESTROYED, VAULT_SECRET_WRITTEN,
+};
 use crate::vault::{
     Binding, BlobBackend, BoxFuture, ListQuery, ObjectId, PutRecord, RewrapFn, RewrapProgress, Scope, SealFn,
     SecretKey, SecretMetadata, SecretVersion, StoredVersion, VaultError,
@@ -100,6 +103,11 @@ fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetad
     .map_err(StorageError::from)?
     .execute((record.object_id.as_str(), version as i64, now, record.size, generation, envelope))
     .map_err(StorageError::from)?;
+    events::append(
+        conn,
+        &secret_event(VAULT_SECRET_WRITTEN, &record.scope, &record.key, version),
+        from_millis(now),
+    )?;
     Ok(SecretMetadata {
         scope: record.scope,
         key: record.key,
@@ -110,6 +118,14 @@ fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetad
         deleted: false,
         size: record.size,
     })
+}
+
+/// A vault event: subject `scope/key`, never the value.
+fn secret_event(kind: &'static str, scope: &Scope, key: &SecretKey, version: u64) -> NewEvent {
+    NewEvent::new(kind, format!("{}/{}", scope.as_str(), key.as_str()))
+        .with("scope", scope.as_str())
+        .with("key", key.as_str())
+        .with("version", version)
 }
 
 fn get(
@@ -213,6 +229,12 @@ fn delete(
     }
     metadata.deleted = true;
     metadata.updated_at = from_millis(now_ms);
+    let kind = if destroy { VAULT_SECRET_DESTROYED } else { VAULT_SECRET_DELETED };
+    events::append(
+        conn,
+        &secret_event(kind, &metadata.scope, &metadata.key, metadata.version),
+        from_millis(now_ms),
+    )?;
     if destroy {
         metadata.size = 0;
     }
@@ -259,6 +281,11 @@ fn begin_rotation(conn: &Connection) -> Result<u32, VaultError> {
         .map_err(StorageError::from)?
         .execute([next.to_string()])
         .map_err(StorageError::from)?;
+    events::append(
+        conn,
+        &NewEvent::new(VAULT_KEY_ROTATED, format!("generation/{next}")).with("generation", next),
+        SystemTime::now(),
+    )?;
     Ok(next)
 }
 

@@ -1,0 +1,249 @@
+//! Who is calling and may they: the part of authorization shared by the gRPC and QUIC edges.
+//!
+//! [`PeerResolver`] maps a client certificate that rustls has verified against the node CA to
+//! a typed [`Peer`] through the device registry (unknown or revoked → [`Refusal`]).
+//! [`Gate::decide`] asks the one [`PolicyEngine`] `(principal, action, resource)` and records
+//! the decision in the audit log. The edges only translate: `rpc/` turns a refusal or denial
+//! into a `tonic::Status`, `quic/` into a connection close or an `Error` frame.
+//!
+//! This module knows no transport and no SQL.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+use tokio::sync::broadcast;
+
+use crate::audit::{AuditDecision, AuditEntry};
+use crate::identity::{Device, DeviceId, DeviceStatus, Principal, ca};
+use crate::policy::{AuthzDecision, PolicyEngine, Resource, Subject};
+use crate::storage::{AuditLog, Store};
+
+/// The caller of a request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Who it is.
+    pub principal: Principal,
+    /// Its registry record (name, status, granted scopes), for a device.
+    pub device: Option<Arc<Device>>,
+    /// Its network address, when known.
+    pub address: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// An anonymous peer at `address`.
+    pub fn anonymous(address: Option<SocketAddr>) -> Self {
+        Peer { principal: Principal::Anonymous, device: None, address }
+    }
+}
+
+/// Why a verified certificate does not make a peer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The certificate names no registered device (`None`: names no device at all).
+    #[error("{}", match .0 { Some(id) => format!("device {id} is not registered"), None => "the client certificate names no palyra device".to_owned() })]
+    UnknownDevice(Option<DeviceId>),
+    /// The device is revoked.
+    #[error("device {0} is revoked")]
+    Revoked(DeviceId),
+    /// The registry could not be read (detail logged).
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Revocations a slow subscriber may miss before it re-checks the registry instead.
+const REVOCATION_BACKLOG: usize = 64;
+
+/// Resolves certificates to peers, with the registry cached in memory.
+///
+/// Every registry change made by this process calls [`PeerResolver::invalidate`] (revocations
+/// [`PeerResolver::revoked`], which also ends the device's open gRPC streams). A lookup that
+/// raced with a change — read the registry before the change committed, and would cache the
+/// stale row after the invalidation — is detected by a generation counter and not cached.
+#[derive(Debug, Clone)]
+pub struct PeerResolver {
+    store: Store,
+    cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
+    generation: Arc<AtomicU64>,
+    revocations: broadcast::Sender<DeviceId>,
+}
+
+impl PeerResolver {
+    /// A resolver over the registry in `store`.
+    pub fn new(store: Store) -> Self {
+        PeerResolver {
+            store,
+            cache: Arc::default(),
+            generation: Arc::default(),
+            revocations: broadcast::channel(REVOCATION_BACKLOG).0,
+        }
+    }
+
+    /// Forgets what is cached about `id`. Call it after every change to the device's row
+    /// (revocation, renewal, granted scopes), once the change has committed.
+    pub fn invalidate(&self, id: DeviceId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&id);
+        }
+    }
+
+    /// After device `id` was revoked in the registry: forgets it and tells every open stream
+    /// of that device to end (see `rpc::streams`).
+    pub fn revoked(&self, id: DeviceId) {
+        self.invalidate(id);
+        // No receiver means no open stream: nothing to end.
+        let _ = self.revocations.send(id);
+    }
+
+    /// Revocations from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeviceId> {
+        self.revocations.subscribe()
+    }
+
+    /// Whether the registry (not the cache) says `id` is revoked or gone; an unreadable
+    /// registry counts as revoked.
+    pub async fn is_revoked(&self, id: DeviceId) -> bool {
+        !matches!(self.store.device(id).await, Ok(Some(d)) if d.status == DeviceStatus::Active)
+    }
+
+    /// The peer presenting `certs` (leaf first; already verified against the node CA), or why
+    /// it is refused. No certificate → anonymous.
+    pub async fn resolve(
+        &self,
+        certs: Option<&[CertificateDer<'static>]>,
+        address: Option<SocketAddr>,
+    ) -> Result<Peer, Refusal> {
+        let Some(leaf) = certs.and_then(|c| c.first()) else {
+            return Ok(Peer::anonymous(address));
+        };
+        let Some(id) = ca::device_id_from_certificate(leaf.as_ref()) else {
+            return Err(Refusal::UnknownDevice(None));
+        };
+        let device = self.device(id).await?.ok_or(Refusal::UnknownDevice(Some(id)))?;
+        if device.status == DeviceStatus::Revoked {
+            return Err(Refusal::Revoked(id));
+        }
+        Ok(Peer {
+            principal: Principal::Device { id, role: device.role, fingerprint: device.fingerprint.clone() },
+            device: Some(device),
+            address,
+        })
+    }
+
+    async fn device(&self, id: DeviceId) -> Result<Option<Arc<Device>>, Refusal> {
+        if let Ok(cache) = self.cache.read()
+            && let Some(device) = cache.get(&id)
+        {
+            return Ok(Some(Arc::clone(device)));
+        }
+        let before = self.generation.load(Ordering::SeqCst);
+        let Some(device) = self.store.device(id).await.map_err(|e| Refusal::Internal(e.to_string()))? else {
+            return Ok(None);
+        };
+        let device = Arc::new(device);
+        if let Ok(mut cache) = self.cache.write()
+            && self.generation.load(Ordering::SeqCst) == before
+        {
+            cache.insert(id, Arc::clone(&device));
+        }
+        Ok(Some(device))
+    }
+}
+
+/// A denied call: what to tell the caller.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    /// Lower-case explanation naming the principal, action and resource; no policy text.
+    pub message: String,
+}
+
+/// What every authorization needs: the engine, the audit log and the peer resolver.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The one policy engine.
+    pub engine: Arc<PolicyEngine>,
+    /// Where decisions are recorded.
+    pub audit: AuditLog,
+    /// Certificates → peers.
+    pub peers: PeerResolver,
+}
+
+/// Health checks are not audited: load balancers poll them constantly.
+fn audited(action: &str) -> bool {
+    !action.starts_with("grpc.health.v1.")
+}
+
+impl Gate {
+    /// Decides `action` on `resource` for `peer` (with an optional Cedar context) and records
+    /// the decision. The subject is the peer's registry record, so live decisions see the same
+    /// name, status and granted scopes as PolicyService.Authorize does.
+    pub fn decide(
+        &self,
+        peer: &Peer,
+        action: &str,
+        resource: &Resource,
+        context: Option<&serde_json::Value>,
+    ) -> Result<(), Denied> {
+        let subject = match &peer.device {
+            Some(device) => Subject::device(device),
+            None => Subject::Anonymous,
+        };
+        let decision = self.engine.authorize_subject(&subject, action, resource, context);
+        // Method names come from the request: record and echo a bounded prefix.
+        let action = bounded(action);
+        if audited(&action) {
+            self.audit.record(AuditEntry {
+                at: SystemTime::now(),
+                principal: peer.principal.label(),
+                action: action.clone(),
+                resource: resource.to_string(),
+                decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
+                reason: reason_text(&decision),
+            });
+        }
+        if decision.allow {
+            return Ok(());
+        }
+        tracing::info!(principal = %peer.principal.label(), action, resource = %resource, explanation = %decision.explanation, "denied");
+        let message = match peer.principal {
+            Principal::Anonymous => format!("{action} requires a paired device's client certificate"),
+            Principal::Device { .. } => {
+                format!("{} may not call {action} on {resource}", peer.principal.label())
+            }
+        };
+        Err(Denied { message })
+    }
+
+    /// Makes the audit records queued so far durable with the next write: a handler that
+    /// changes state calls it after its checks, so the change's commit (`synchronous=FULL`)
+    /// also makes its audit record durable, and no write survives without its record.
+    pub async fn audit_before_write(&self) {
+        self.audit.flush().await;
+    }
+}
+
+/// At most 200 bytes of `action`, cut at a character boundary.
+fn bounded(action: &str) -> String {
+    const MAX: usize = 200;
+    if action.len() <= MAX {
+        return action.to_owned();
+    }
+    let mut end = MAX;
+    while !action.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &action[..end])
+}
+
+fn reason_text(decision: &AuthzDecision) -> String {
+    if decision.determining_policies.is_empty() {
+        decision.explanation.clone()
+    } else {
+        decision.determining_policies.join(",")
+    }
+}

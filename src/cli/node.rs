@@ -1,0 +1,171 @@
+//! `palyra node health|events --peer HOST:PORT`: the QUIC data plane of another node (or this
+//! one), with the data dir's device credentials: `client/` (this data dir paired with that
+//! node) or `operator/` (the node itself), whichever that node's CA accepts; `--credentials`
+//! picks a directory.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::output::{CliError, Context, time};
+use crate::config::Layout;
+use crate::events::Event;
+use crate::quic::client::{ClientTls, QuicClient};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum NodeCommand {
+    /// Ask a node's data plane whether it is serving.
+    Health {
+        /// The node's QUIC address.
+        #[arg(long, value_name = "HOST:PORT")]
+        peer: String,
+        /// Directory with ca.pem, cert.pem and key.pem [default: client/, else operator/].
+        #[arg(long, value_name = "DIR")]
+        credentials: Option<PathBuf>,
+    },
+    /// Follow a node's event log until Ctrl-C (one line per event, JSON lines with --json).
+    Events {
+        /// The node's QUIC address.
+        #[arg(long, value_name = "HOST:PORT")]
+        peer: String,
+        /// Only events after this sequence (0 = everything retained).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Only this kind, e.g. vault.secret.written (repeatable).
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Directory with ca.pem, cert.pem and key.pem [default: client/, else operator/].
+        #[arg(long, value_name = "DIR")]
+        credentials: Option<PathBuf>,
+    },
+}
+
+pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError> {
+    match cmd {
+        NodeCommand::Health { peer, credentials } => {
+            let client = connect(ctx, &peer, credentials.as_deref()).await?;
+            let health = client.health().await.map_err(|e| CliError::new(e.to_string()))?;
+            client.close().await;
+            #[derive(Serialize)]
+            struct Out {
+                status: String,
+                device_id: String,
+                version: String,
+                uptime_seconds: u64,
+            }
+            let out = Out {
+                status: health.status,
+                device_id: health.device_id,
+                version: health.version,
+                uptime_seconds: health.uptime_seconds,
+            };
+            ctx.print(&out, || {
+                format!(
+                    "{} node {} version {} up {}s",
+                    out.status, out.device_id, out.version, out.uptime_seconds
+                )
+            })
+        }
+        NodeCommand::Events { peer, since, kinds, credentials } => {
+            let client = connect(ctx, &peer, credentials.as_deref()).await?;
+            let mut events =
+                client.stream_events(since, kinds).await.map_err(|e| CliError::new(e.to_string()))?;
+            loop {
+                let next = tokio::select! {
+                    next = events.next() => next,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                match next {
+                    Ok(Some(event)) => print_event(ctx, &event)?,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(CliError::new(e.to_string())
+                            .hint("with events_truncated, resume with --since <oldest available - 1>"));
+                    }
+                }
+            }
+            client.close().await;
+            Ok(())
+        }
+    }
+}
+
+fn print_event(ctx: &Context, event: &Event) -> Result<(), CliError> {
+    let pb = crate::quic::event_to_pb(event);
+    let at = time(pb.at.as_ref());
+    if ctx.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            sequence: u64,
+            at: String,
+            kind: &'a str,
+            subject: &'a str,
+            attributes: &'a std::collections::BTreeMap<String, String>,
+        }
+        let line = serde_json::to_string(&Out {
+            sequence: event.sequence,
+            at,
+            kind: &event.kind,
+            subject: &event.subject,
+            attributes: &event.attributes,
+        })
+        .map_err(|e| CliError::new(e.to_string()))?;
+        println!("{line}");
+    } else {
+        let attributes: Vec<String> = event.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{:>8} {at} {:<24} {} {}", event.sequence, event.kind, event.subject, attributes.join(" "));
+    }
+    Ok(())
+}
+
+fn resolve(peer: &str) -> Result<(SocketAddr, String), CliError> {
+    let addr = peer
+        .to_socket_addrs()
+        .map_err(|e| {
+            CliError::new(format!("bad --peer {peer:?}: {e}")).hint("use HOST:PORT, e.g. 127.0.0.1:7444")
+        })?
+        .next()
+        .ok_or_else(|| CliError::new(format!("--peer {peer:?} resolves to no address")))?;
+    let host = peer.rsplit_once(':').map_or(peer, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok((addr, host))
+}
+
+fn credentials(dir: &Path) -> Result<ClientTls, CliError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
+    };
+    ClientTls::from_pem(&read("ca.pem")?, &read("cert.pem")?, &read("key.pem")?)
+        .map_err(|e| CliError::new(format!("credentials in {}: {e}", dir.display())))
+}
+
+/// Connects with the given credentials, else with the first of `client/` and `operator/` that
+/// the peer accepts (a node paired with another keeps that node's credentials in `client/`).
+async fn connect(ctx: &Context, peer: &str, explicit: Option<&Path>) -> Result<QuicClient, CliError> {
+    let (addr, host) = resolve(peer)?;
+    let layout = Layout::new(&ctx.data_dir);
+    let dirs: Vec<PathBuf> = match explicit {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => [layout.client_dir(), layout.operator_dir()]
+            .into_iter()
+            .filter(|d| d.join("cert.pem").exists())
+            .collect(),
+    };
+    if dirs.is_empty() {
+        return Err(CliError::new(format!("no device credentials in {}", ctx.data_dir.display())).hint(
+            "pair this data dir with the node (`palyra pair ... ` with role node), or pass --credentials",
+        ));
+    }
+    let mut last = None;
+    for dir in dirs {
+        match QuicClient::connect(addr, &host, credentials(&dir)?).await {
+            Ok(client) => return Ok(client),
+            Err(e) => last = Some(format!("{e} (with {})", dir.display())),
+        }
+    }
+    Err(CliError::new(format!("cannot connect to {peer}: {}", last.unwrap_or_default()))
+        .hint("is `palyra serve` running there (QUIC on --quic-addr), and is this data dir paired with it?"))
+}

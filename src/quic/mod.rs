@@ -1,0 +1,126 @@
+//! The QUIC data plane (`palyra-node/1`, PROTOCOLS.md §2): the only module that knows quinn.
+//!
+//! [`server::QuicServer`] serves `node.health` and `node.stream_events` to peers that present a
+//! client certificate from the node's CA (required) and are active in the registry; each call
+//! is authorized by the one Cedar engine through [`crate::access::Gate`] and audited like a
+//! gRPC call. [`client::QuicClient`] is the other side, used by the CLI and tests. Frames are a
+//! 4-byte big-endian length and a `palyra.node.v1` protobuf message ([`frame`]).
+//!
+//! It does not decide access itself, know SQL, or hold events: it streams what
+//! [`crate::events::EventLog`] delivers.
+
+pub mod client;
+pub mod frame;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use client::{ClientError, QuicClient};
+pub use server::{QuicError, QuicServer, serve};
+
+/// The generated `palyra.node.v1` messages.
+pub use crate::rpc::pb::node::v1 as pb;
+
+/// The ALPN protocol id of the data plane.
+pub const ALPN: &[u8] = b"palyra-node/1";
+/// Application close code: too many connections.
+pub const CLOSE_CONNECTION_LIMIT: u32 = 0x1;
+/// Application close code: the certificate names no registered device.
+pub const CLOSE_UNKNOWN_DEVICE: u32 = 0x2;
+/// Application close code: the device is (or was just) revoked.
+pub const CLOSE_DEVICE_REVOKED: u32 = 0x3;
+/// Application close code: the node is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0x0;
+
+/// The methods of `palyra-node/1`; each is also its Cedar action id.
+pub const METHOD_HEALTH: &str = "node.health";
+/// Replay then follow the event log.
+pub const METHOD_STREAM_EVENTS: &str = "node.stream_events";
+
+/// `Error.code` values.
+pub mod codes {
+    /// The frame length was 0 or above the maximum.
+    pub const FRAME_TOO_LARGE: &str = "frame_too_large";
+    /// The frame did not decode as a `Request`.
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    /// Not a method of this protocol.
+    pub const UNSUPPORTED_METHOD: &str = "unsupported_method";
+    /// The policy denies this device the method.
+    pub const PERMISSION_DENIED: &str = "permission_denied";
+    /// `since_sequence` is older than retention.
+    pub const EVENTS_TRUNCATED: &str = "events_truncated";
+    /// Something failed on the node.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// Default listen address.
+pub const DEFAULT_ADDR: &str = crate::config::DEFAULT_QUIC_ADDR;
+/// Default largest frame (1 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
+/// Default connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Settings of the QUIC endpoint.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// Where to listen (UDP).
+    pub addr: SocketAddr,
+    /// Concurrent connections at most; the next one is closed with code 0x1.
+    pub max_connections: usize,
+    /// Largest frame accepted, in bytes.
+    pub max_frame: usize,
+    /// Concurrent bidirectional streams per connection.
+    pub max_streams: u32,
+    /// Time a client has to finish the handshake.
+    pub handshake_timeout: Duration,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval (keeps quiet event streams open).
+    pub keep_alive: Duration,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_frame: DEFAULT_MAX_FRAME,
+            max_streams: 32,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Converts a committed event to its wire form.
+pub fn event_to_pb(event: &crate::events::Event) -> pb::Event {
+    let since_epoch = event.at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    pb::Event {
+        sequence: event.sequence,
+        at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
+        }),
+        kind: event.kind.clone(),
+        subject: event.subject.clone(),
+        attributes: event.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// Converts a received event to the domain type.
+pub fn event_from_pb(event: pb::Event) -> crate::events::Event {
+    let at = event.at.map_or(std::time::UNIX_EPOCH, |t| {
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(t.seconds).unwrap_or(0))
+            + Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0))
+    });
+    crate::events::Event {
+        sequence: event.sequence,
+        at,
+        kind: event.kind,
+        subject: event.subject,
+        attributes: event.attributes.into_iter().collect(),
+    }
+}

@@ -1,0 +1,467 @@
+//! The QUIC endpoint: TLS with a required client certificate, the connection limit, one task
+//! per connection and per stream, and revocation that cuts connections off.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio_util::codec::FramedRead;
+
+use super::frame::{self, FrameError};
+use super::{
+    ALPN, CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_SHUTDOWN, CLOSE_UNKNOWN_DEVICE, METHOD_HEALTH,
+    METHOD_STREAM_EVENTS, QuicConfig, codes, event_to_pb, pb,
+};
+use crate::access::{Gate, Peer, Refusal};
+use crate::events::{DEVICE_REVOKED, EventLog, EventsError};
+use crate::identity::{DeviceId, DeviceStatus, Principal};
+use crate::node::Node;
+use crate::policy::Resource;
+use crate::storage::Store;
+
+/// Handshakes of over-limit connections run at most this many at once (each only to deliver
+/// the `connection limit` close); beyond that they are refused without a handshake.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Time a client has to send its request frame on a new stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest method name recorded or echoed.
+const MAX_METHOD_CHARS: usize = 64;
+/// Bytes of event frames gathered before a write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Why the QUIC endpoint could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicError {
+    /// TLS could not be configured.
+    #[error("quic tls setup: {0}")]
+    Tls(String),
+    /// The server key could not be read.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}/udp: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// What connection and stream tasks share.
+#[derive(Debug)]
+struct Shared {
+    gate: Gate,
+    events: EventLog,
+    store: Store,
+    node_id: String,
+    started: Instant,
+    config: QuicConfig,
+    slots: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    /// Open connections by device, for revocation.
+    connections: Mutex<HashMap<DeviceId, HashMap<usize, Connection>>>,
+}
+
+/// A bound QUIC endpoint, not yet serving.
+#[derive(Debug)]
+pub struct QuicServer {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+}
+
+/// Binds and serves until `shutdown` completes.
+pub async fn serve(
+    node: &Node,
+    config: QuicConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), QuicError> {
+    QuicServer::bind(node, config)?.run(shutdown).await;
+    Ok(())
+}
+
+/// rustls for the data plane: TLS 1.3 only (QUIC), the node's server certificate, a client
+/// certificate **required** and verified against the node CA, no 0-RTT, ALPN `palyra-node/1`.
+fn tls_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca: CertificateDer<'static>,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, QuicError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca).map_err(|e| QuicError::Tls(format!("node CA: {e}")))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .build()
+        .map_err(|e| QuicError::Tls(format!("client verifier: {e}")))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| QuicError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| QuicError::Tls(format!("server certificate: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))
+}
+
+pub(super) fn transport(config: &QuicConfig) -> Result<quinn::TransportConfig, QuicError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| QuicError::Tls(e.to_string()))?,
+        ))
+        .keep_alive_interval(Some(config.keep_alive));
+    Ok(transport)
+}
+
+impl QuicServer {
+    /// Binds `config.addr` with the node's certificate. Must run inside a tokio runtime.
+    pub fn bind(node: &Node, config: QuicConfig) -> Result<Self, QuicError> {
+        let crypto = tls_config(
+            node.identity.server_cert_chain(),
+            node.identity.server_private_key()?,
+            node.identity.ca().certificate_der().clone(),
+        )?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(transport(&config)?));
+        let endpoint = Endpoint::server(server, config.addr)
+            .map_err(|e| QuicError::Bind { addr: config.addr, error: e.to_string() })?;
+        let shared = Arc::new(Shared {
+            gate: Gate {
+                engine: Arc::clone(node.policies.engine()),
+                audit: node.audit.clone(),
+                peers: node.peers.clone(),
+            },
+            events: node.events.clone(),
+            store: node.core.store.clone(),
+            node_id: node.identity.id().to_string(),
+            started: Instant::now(),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+            config,
+            connections: Mutex::new(HashMap::new()),
+        });
+        Ok(QuicServer { endpoint, shared })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection and waits (briefly) for
+    /// the peers to acknowledge.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let watcher = tokio::spawn(watch_revocations(Arc::clone(&self.shared)));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    self.admit(incoming);
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        watcher.abort();
+        self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("quic endpoint stopped");
+    }
+
+    /// Takes a connection slot before any handshake work; without one the connection only
+    /// completes its handshake to be told `connection limit`.
+    fn admit(&self, incoming: Incoming) {
+        let shared = Arc::clone(&self.shared);
+        match Arc::clone(&shared.slots).try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(connection(shared, incoming, slot));
+            }
+            Err(_) => match Arc::clone(&shared.refusals).try_acquire_owned() {
+                Ok(refusing) => {
+                    tokio::spawn(refuse(shared, incoming, refusing));
+                }
+                Err(_) => incoming.refuse(),
+            },
+        }
+    }
+}
+
+/// Closes an over-limit connection with code 0x1: an application close can only reach the
+/// client under 1-RTT keys, so the handshake is completed first.
+async fn refuse(shared: Arc<Shared>, incoming: Incoming, _refusing: OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    tracing::warn!(%remote, limit = shared.config.max_connections, "quic connection refused: connection limit");
+    let Ok(connecting) = incoming.accept() else { return };
+    if let Ok(Ok(conn)) = tokio::time::timeout(shared.config.handshake_timeout, connecting).await {
+        conn.close(VarInt::from_u32(CLOSE_CONNECTION_LIMIT), b"connection limit");
+        // Stay until the close is sent.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    }
+}
+
+async fn connection(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "quic accept failed");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(shared.config.handshake_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "quic handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "quic handshake timed out");
+            return;
+        }
+    };
+    let certs = conn.peer_identity().and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let peer = match shared.gate.peers.resolve(certs.as_deref().map(Vec::as_slice), Some(remote)).await {
+        Ok(peer) => peer,
+        Err(refusal) => {
+            let (code, reason): (u32, &[u8]) = match refusal {
+                Refusal::Revoked(_) => (CLOSE_DEVICE_REVOKED, b"device revoked"),
+                Refusal::UnknownDevice(_) => (CLOSE_UNKNOWN_DEVICE, b"unknown device"),
+                Refusal::Internal(ref detail) => {
+                    tracing::error!(error = %detail, "cannot resolve a quic peer");
+                    (CLOSE_UNKNOWN_DEVICE, b"internal error")
+                }
+            };
+            tracing::info!(%remote, %refusal, "quic connection refused");
+            conn.close(VarInt::from_u32(code), reason);
+            return;
+        }
+    };
+    // rustls required a certificate, so the peer is a device.
+    let Principal::Device { id, .. } = peer.principal else {
+        conn.close(VarInt::from_u32(CLOSE_UNKNOWN_DEVICE), b"client certificate required");
+        return;
+    };
+    register(&shared, id, &conn);
+    // A revocation committed before the registration was not seen by the watcher: check the
+    // registry itself (not the cache) once more.
+    if let Ok(Some(device)) = shared.store.device(id).await
+        && device.status == DeviceStatus::Revoked
+    {
+        conn.close(VarInt::from_u32(CLOSE_DEVICE_REVOKED), b"device revoked");
+    }
+    tracing::debug!(%remote, device_id = %id, "quic connection");
+    let peer = Arc::new(peer);
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(stream(Arc::clone(&shared), Arc::clone(&peer), conn.clone(), send, recv));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, device_id = %id, reason = %e, "quic connection ended");
+                break;
+            }
+        }
+    }
+    unregister(&shared, id, &conn);
+}
+
+fn register(shared: &Shared, id: DeviceId, conn: &Connection) {
+    if let Ok(mut all) = shared.connections.lock() {
+        all.entry(id).or_default().insert(conn.stable_id(), conn.clone());
+    }
+}
+
+fn unregister(shared: &Shared, id: DeviceId, conn: &Connection) {
+    if let Ok(mut all) = shared.connections.lock()
+        && let Some(of_device) = all.get_mut(&id)
+    {
+        of_device.remove(&conn.stable_id());
+        if of_device.is_empty() {
+            all.remove(&id);
+        }
+    }
+}
+
+fn cut_off(shared: &Shared, id: DeviceId) {
+    shared.gate.peers.invalidate(id);
+    let conns = shared.connections.lock().ok().and_then(|mut all| all.remove(&id)).unwrap_or_default();
+    for conn in conns.into_values() {
+        tracing::info!(device_id = %id, "closing the quic connection of a revoked device");
+        conn.close(VarInt::from_u32(CLOSE_DEVICE_REVOKED), b"device revoked");
+    }
+}
+
+/// Closes the connections of each device revoked, as soon as its `device.revoked` event is
+/// committed; after missing events (lag), re-checks every connected device in the registry.
+async fn watch_revocations(shared: Arc<Shared>) {
+    let mut live = shared.store.event_hub().subscribe();
+    loop {
+        match live.recv().await {
+            Ok(event) if event.kind == DEVICE_REVOKED => {
+                if let Ok(id) = DeviceId::parse(&event.subject) {
+                    cut_off(&shared, id);
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let connected: Vec<DeviceId> =
+                    shared.connections.lock().map(|all| all.keys().copied().collect()).unwrap_or_default();
+                for id in connected {
+                    if let Ok(Some(device)) = shared.store.device(id).await
+                        && device.status == DeviceStatus::Revoked
+                    {
+                        cut_off(&shared, id);
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn error_frame(code: &str, message: impl Into<String>, oldest_available_sequence: u64) -> pb::Response {
+    pb::Response {
+        body: Some(pb::response::Body::Error(pb::Error {
+            code: code.to_owned(),
+            message: message.into(),
+            oldest_available_sequence,
+        })),
+    }
+}
+
+/// Writes `response` as the last frame and finishes the stream.
+async fn finish_with(mut send: SendStream, response: pb::Response) {
+    let mut buf = BytesMut::new();
+    frame::encode(&response, &mut buf);
+    if send.write_all(&buf).await.is_ok() {
+        let _ = send.finish();
+        // Let the peer read the tail before the stream is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}
+
+async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: SendStream, recv: RecvStream) {
+    let max = shared.config.max_frame;
+    let mut frames = FramedRead::new(recv, frame::codec(max));
+    let Ok(read) =
+        tokio::time::timeout(REQUEST_TIMEOUT, frame::read::<pb::Request, _>(&mut frames, max)).await
+    else {
+        return finish_with(send, error_frame(codes::INVALID_REQUEST, "no Request frame in time", 0)).await;
+    };
+    let request = match read {
+        Ok(Some(request)) => request,
+        Ok(None) => {
+            return finish_with(send, error_frame(codes::INVALID_REQUEST, "expected one Request frame", 0))
+                .await;
+        }
+        Err(e @ FrameError::BadLength { .. }) => {
+            return finish_with(send, error_frame(codes::FRAME_TOO_LARGE, e.to_string(), 0)).await;
+        }
+        Err(e @ FrameError::Undecodable(_)) | Err(e @ FrameError::Truncated) => {
+            return finish_with(send, error_frame(codes::INVALID_REQUEST, e.to_string(), 0)).await;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "quic stream failed before its request");
+            return;
+        }
+    };
+    // Nothing more is read from this stream.
+    drop(frames);
+    // Every decision is recorded, unknown methods included (the engine denies them), with the
+    // method name bounded so a peer cannot bloat the audit log.
+    let method: String = request.method.chars().take(MAX_METHOD_CHARS).collect();
+    let method = method.as_str();
+    let decision = shared.gate.decide(&peer, method, &Resource::Node, None);
+    if method != METHOD_HEALTH && method != METHOD_STREAM_EVENTS {
+        let message = format!("unknown method {method:?}");
+        return finish_with(send, error_frame(codes::UNSUPPORTED_METHOD, message, 0)).await;
+    }
+    if let Err(denied) = decision {
+        return finish_with(send, error_frame(codes::PERMISSION_DENIED, denied.message, 0)).await;
+    }
+    if method == METHOD_HEALTH {
+        let health = pb::HealthResponse {
+            status: "ok".to_owned(),
+            device_id: shared.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: shared.started.elapsed().as_secs(),
+        };
+        return finish_with(send, pb::Response { body: Some(pb::response::Body::Health(health)) }).await;
+    }
+    stream_events(&shared, &conn, send, request).await;
+}
+
+async fn stream_events(shared: &Shared, conn: &Connection, mut send: SendStream, request: pb::Request) {
+    let mut subscription = match shared.events.subscribe(request.since_sequence, request.kinds).await {
+        Ok(subscription) => subscription,
+        Err(EventsError::Truncated { oldest_available, .. }) => {
+            let message = format!(
+                "events after {} are no longer retained; resume from {}",
+                request.since_sequence,
+                oldest_available.saturating_sub(1)
+            );
+            return finish_with(send, error_frame(codes::EVENTS_TRUNCATED, message, oldest_available)).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start an event stream");
+            return finish_with(send, error_frame(codes::INTERNAL, "internal error", 0)).await;
+        }
+    };
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    loop {
+        let first = tokio::select! {
+            next = subscription.next() => next,
+            _ = conn.closed() => return,
+        };
+        let mut outcome = first.map(|event| frame::encode(&pb_response(&event), &mut buf));
+        // Gather what is ready into one write.
+        while outcome.is_ok() && buf.len() < WRITE_BATCH {
+            match subscription.next_ready().await {
+                Ok(Some(event)) => frame::encode(&pb_response(&event), &mut buf),
+                Ok(None) => break,
+                Err(e) => outcome = Err(e),
+            }
+        }
+        if !buf.is_empty() {
+            if send.write_all(&buf).await.is_err() {
+                return; // the client stopped reading or went away
+            }
+            buf.clear();
+        }
+        match outcome {
+            Ok(()) => {}
+            Err(EventsError::Truncated { since, oldest_available }) => {
+                let message = format!(
+                    "fell behind retention after {since}; resume from {}",
+                    oldest_available.saturating_sub(1)
+                );
+                return finish_with(send, error_frame(codes::EVENTS_TRUNCATED, message, oldest_available))
+                    .await;
+            }
+            Err(EventsError::Closed) => {
+                let _ = send.finish();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event stream failed");
+                return finish_with(send, error_frame(codes::INTERNAL, "internal error", 0)).await;
+            }
+        }
+    }
+}
+
+fn pb_response(event: &crate::events::Event) -> pb::Response {
+    pb::Response { body: Some(pb::response::Body::Event(event_to_pb(event))) }
+}
