@@ -59,6 +59,8 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (3, "policy", include_str!("migrations/0003_policy.sql")),
     (4, "audit", include_str!("migrations/0004_audit.sql")),
     (5, "pairing", include_str!("migrations/0005_pairing.sql")),
+    // 6 is the events work, landing separately.
+    (7, "pairing_sessions", include_str!("migrations/0007_pairing_sessions.sql")),
 ];
 
 /// Largest number of writes committed together.
