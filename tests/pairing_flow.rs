@@ -14,7 +14,7 @@ use common::{TestNode, private_tempdir, reason};
 use palyra::cli::pair::{PairEvent, PairOptions, PairWith, Paired, pair};
 use palyra::identity::ca::generate_tls_key_and_csr;
 use palyra::identity::{DeviceIdentity, Role};
-use palyra::pairing::handshake::StatusPoll;
+use palyra::pairing::handshake::{StartReply, StatusPoll};
 use palyra::pairing::{CodeId, CodeState, DeviceName, DevicePairing, PairingUri, Pin};
 use palyra::rpc::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
 use palyra::rpc::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
@@ -539,4 +539,172 @@ async fn revocation_ends_open_streams_within_a_second() {
     );
     // Another device's stream stays open.
     assert!(tokio::time::timeout(Duration::from_millis(300), other.message()).await.is_err());
+}
+
+/// A device driven by hand (as `palyra pair` does it), between StartPairing and FinishPairing.
+struct HandPairing {
+    identity: DeviceIdentity,
+    key_pem: String,
+    machine: DevicePairing,
+    reply: pb::StartPairingResponse,
+}
+
+async fn start_by_hand(node: &TestNode, code: &pb::CreatePairingCodeResponse) -> HandPairing {
+    let identity = DeviceIdentity::generate().unwrap();
+    let (key_pem, csr_pem) = generate_tls_key_and_csr(identity.id()).unwrap();
+    let (machine, start) = DevicePairing::start(
+        &identity,
+        CodeId::parse(&code.code_id).unwrap(),
+        &Pin::parse(&code.pin).unwrap(),
+        node.node.identity.ca().fingerprint(),
+        DeviceName::parse("tablet").unwrap(),
+        &csr_pem,
+    )
+    .unwrap();
+    let reply = PairingServiceClient::new(node.channel(None).await)
+        .start_pairing(pb::StartPairingRequest {
+            code_id: code.code_id.clone(),
+            device_name: "tablet".into(),
+            signing_public_key: start.signing_public_key.to_vec(),
+            agreement_public_key: start.agreement_public_key.to_vec(),
+            csr_pem,
+            pake_message: start.pake_message.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    HandPairing { identity, key_pem: key_pem.to_string(), machine, reply }
+}
+
+impl HandPairing {
+    /// Checks the node's confirmation and returns the FinishPairing request.
+    fn finish(&mut self) -> pb::FinishPairingRequest {
+        let r = &self.reply;
+        let reply = StartReply::decode(
+            &r.session_id,
+            &r.pake_message,
+            &r.server_confirmation,
+            SystemTime::now() + Duration::from_secs(60),
+        )
+        .unwrap();
+        let finish = self.machine.handle_reply(&self.identity, &reply, SystemTime::now()).unwrap();
+        pb::FinishPairingRequest {
+            session_id: finish.session_id,
+            client_confirmation: finish.client_confirmation.to_vec(),
+            signature: finish.signature.to_vec(),
+        }
+    }
+}
+
+/// The node's database, opened beside it (WAL: concurrent access is fine).
+fn db(node: &TestNode) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(node.node.core.store.path()).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c
+}
+
+fn stored_sessions(node: &TestNode) -> i64 {
+    db(node).query_row("SELECT count(*) FROM pairing_sessions", [], |r| r.get(0)).unwrap()
+}
+
+/// Issue 4: a handshake started before a restart finishes after it; the device is approved and
+/// works; the session is single use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_restart_and_is_single_use() {
+    let node = TestNode::start().await;
+    let code = new_code(&node, "").await;
+    let mut device = start_by_hand(&node, &code).await;
+    let finish = device.finish();
+    // At rest the session is sealed: neither the expected confirmation nor the name shows.
+    let sealed: Vec<u8> = db(&node)
+        .query_row(
+            "SELECT sealed_state FROM pairing_sessions WHERE session_id = ?1",
+            [&device.reply.session_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!sealed.windows(32).any(|w| w == finish.client_confirmation.as_slice()));
+    assert!(!sealed.windows(6).any(|w| w == b"tablet"));
+
+    let data = node.data_dir();
+    let (dir, old) = node.stop().await;
+    old.core.store.close();
+    drop(old);
+    let node = TestNode::start_in(dir, &data).await;
+
+    let mut client = PairingServiceClient::new(node.channel(None).await);
+    let done = client.finish_pairing(finish.clone()).await.unwrap().into_inner();
+    assert_eq!(done.state(), pb::PairingState::Pending);
+    assert_eq!(stored_sessions(&node), 0);
+    // A replay of the successful finish is refused.
+    let replay = client.finish_pairing(finish).await.unwrap_err();
+    assert_eq!(
+        (replay.code(), reason(&replay).as_str()),
+        (Code::FailedPrecondition, "ERROR_REASON_PAIRING_SESSION_EXPIRED")
+    );
+
+    let approved = approve(&node, &done.request_id, &["agents/alpha"]).await;
+    let poll = StatusPoll::sign(&device.identity, &done.request_id, SystemTime::now());
+    let status = client
+        .get_pairing_status(pb::GetPairingStatusRequest {
+            request_id: done.request_id.clone(),
+            timestamp_unix_ms: poll.timestamp_unix_ms,
+            signature: poll.signature.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (status.state(), status.device_id.as_str()),
+        (pb::PairingState::Approved, approved.device_id.as_str())
+    );
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&status.ca_certificate_pem))
+        .identity(Identity::from_pem(&status.certificate_pem, &device.key_pem));
+    let channel = Channel::from_shared(node.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let who = IdentityServiceClient::new(channel.clone())
+        .who_am_i(pbi::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((who.device_id.as_str(), who.role.as_str()), (approved.device_id.as_str(), "device"));
+    VaultServiceClient::new(channel).put_secret(put("agents/alpha", "after-restart")).await.unwrap();
+}
+
+/// An expired session is refused (and gone), even if its sealed state says otherwise; a sealed
+/// state moved to another session's row does not open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_moved_sessions_are_refused() {
+    let node = TestNode::start().await;
+    let code = new_code(&node, "").await;
+    let mut late = start_by_hand(&node, &code).await;
+    db(&node)
+        .execute("UPDATE pairing_sessions SET expires_at = 1 WHERE session_id = ?1", [&late.reply.session_id])
+        .unwrap();
+    let mut client = PairingServiceClient::new(node.channel(None).await);
+    let err = client.finish_pairing(late.finish()).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::FailedPrecondition, "ERROR_REASON_PAIRING_SESSION_EXPIRED")
+    );
+    assert_eq!(stored_sessions(&node), 0);
+
+    // Expired rows are pruned by the next start.
+    let mut a = start_by_hand(&node, &code).await;
+    db(&node).execute("UPDATE pairing_sessions SET expires_at = 1", []).unwrap();
+    let mut b = start_by_hand(&node, &code).await;
+    assert_eq!(stored_sessions(&node), 1);
+    let err = client.finish_pairing(a.finish()).await.unwrap_err();
+    assert_eq!(reason(&err), "ERROR_REASON_PAIRING_SESSION_EXPIRED");
+
+    // b's sealed state put under another session id: refused as an integrity failure, and the
+    // row is gone.
+    let moved = "0123456789abcdef0123456789abcdef";
+    db(&node).execute("UPDATE pairing_sessions SET session_id = ?1", [moved]).unwrap();
+    let err = client
+        .finish_pairing(pb::FinishPairingRequest { session_id: moved.into(), ..b.finish() })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::DataLoss, "ERROR_REASON_INTEGRITY"));
+    assert_eq!(stored_sessions(&node), 0);
 }

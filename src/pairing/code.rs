@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use ring::aead;
 use ring::rand::{SecureRandom, SystemRandom};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::PairingError;
 use crate::identity::Role;
@@ -130,14 +130,7 @@ impl fmt::Debug for Pin {
 /// Seals `pin` under `key` (the node's internal seal key), bound to `code_id`: random nonce ‖
 /// ciphertext ‖ tag.
 pub fn seal_pin(key: &aead::LessSafeKey, code_id: &CodeId, pin: &Pin) -> Result<Vec<u8>, PairingError> {
-    let mut nonce = [0u8; aead::NONCE_LEN];
-    SystemRandom::new().fill(&mut nonce).map_err(|_| PairingError::Random)?;
-    let mut buffer = pin.as_str().as_bytes().to_vec();
-    key.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aad(code_id), &mut buffer)
-        .map_err(|_| PairingError::Random)?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&buffer);
-    Ok(out)
+    seal(key, PIN_AAD, code_id.as_str(), pin.as_str().as_bytes())
 }
 
 /// Opens a PIN sealed by [`seal_pin`] for the same `code_id`.
@@ -145,17 +138,63 @@ pub fn open_pin(key: &aead::LessSafeKey, code_id: &CodeId, sealed: &[u8]) -> Res
     if sealed.len() != aead::NONCE_LEN + PIN_LEN + key.algorithm().tag_len() {
         return Err(PairingError::Integrity);
     }
-    let (nonce, body) = sealed.split_at(aead::NONCE_LEN);
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| PairingError::Integrity)?;
-    let mut buffer = Zeroizing::new(body.to_vec());
-    let plain = key.open_in_place(nonce, aad(code_id), &mut buffer).map_err(|_| PairingError::Integrity)?;
-    let text = std::str::from_utf8(plain).map_err(|_| PairingError::Integrity)?;
+    let plain = open(key, PIN_AAD, code_id.as_str(), sealed)?;
+    let text = std::str::from_utf8(&plain).map_err(|_| PairingError::Integrity)?;
     Pin::parse(text).map_err(|_| PairingError::Integrity)
 }
 
-fn aad(code_id: &CodeId) -> aead::Aad<Vec<u8>> {
-    let mut aad = PIN_AAD.to_vec();
-    aad.extend_from_slice(code_id.as_str().as_bytes());
+/// Seals `plain` under `key` with AAD `domain ‖ binding`: random nonce ‖ ciphertext ‖ tag.
+/// The domain keeps one kind of sealed value from passing for another; the binding (a code
+/// id, a session id) keeps a sealed value from being moved to another row.
+pub(crate) fn seal(
+    key: &aead::LessSafeKey,
+    domain: &[u8],
+    binding: &str,
+    plain: &[u8],
+) -> Result<Vec<u8>, PairingError> {
+    let mut nonce = [0u8; aead::NONCE_LEN];
+    SystemRandom::new().fill(&mut nonce).map_err(|_| PairingError::Random)?;
+    let mut out = Vec::with_capacity(aead::NONCE_LEN + plain.len() + key.algorithm().tag_len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plain);
+    let sealed = key.seal_in_place_separate_tag(
+        aead::Nonce::assume_unique_for_key(nonce),
+        aad(domain, binding),
+        &mut out[aead::NONCE_LEN..],
+    );
+    let Ok(tag) = sealed else {
+        out.zeroize();
+        return Err(PairingError::Random);
+    };
+    out.extend_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+/// Opens a value sealed by [`seal`] with the same `domain` and `binding`; any mismatch or
+/// alteration is [`PairingError::Integrity`]. The plaintext is zeroized when dropped.
+pub(crate) fn open(
+    key: &aead::LessSafeKey,
+    domain: &[u8],
+    binding: &str,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, PairingError> {
+    if sealed.len() < aead::NONCE_LEN + key.algorithm().tag_len() {
+        return Err(PairingError::Integrity);
+    }
+    let (nonce, body) = sealed.split_at(aead::NONCE_LEN);
+    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| PairingError::Integrity)?;
+    let mut buffer = Zeroizing::new(body.to_vec());
+    let len = key
+        .open_in_place(nonce, aad(domain, binding), &mut buffer)
+        .map_err(|_| PairingError::Integrity)?
+        .len();
+    buffer.truncate(len);
+    Ok(buffer)
+}
+
+fn aad(domain: &[u8], binding: &str) -> aead::Aad<Vec<u8>> {
+    let mut aad = domain.to_vec();
+    aad.extend_from_slice(binding.as_bytes());
     aead::Aad::from(aad)
 }
 

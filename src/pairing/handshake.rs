@@ -38,7 +38,7 @@ pub const PAKE_MESSAGE_LEN: usize = 33;
 /// Longest device name, in characters.
 pub const MAX_DEVICE_NAME_CHARS: usize = 64;
 /// Longest session id accepted.
-const MAX_SESSION_ID_LEN: usize = 64;
+pub(super) const MAX_SESSION_ID_LEN: usize = 64;
 
 /// A device's human-readable name: 1..64 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ fn pake(field: &'static str, bytes: &[u8]) -> Result<Vec<u8>, PairingError> {
     Ok(bytes.to_vec())
 }
 
-fn session_id(text: &str) -> Result<String, PairingError> {
+pub(super) fn session_id(text: &str) -> Result<String, PairingError> {
     if text.is_empty() || text.len() > MAX_SESSION_ID_LEN || !text.bytes().all(|b| b.is_ascii_alphanumeric())
     {
         return Err(PairingError::invalid("session_id", "not a session id returned by StartPairing"));
@@ -444,21 +444,22 @@ impl VerifiedPairing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NodeState {
+pub(super) enum NodeState {
     AwaitingFinish,
     Finished,
     Failed,
 }
 
 /// The node's side of one handshake session.
+/// Its durable form (sealed, versioned) is [`super::session`].
 pub struct NodeSession {
-    state: NodeState,
-    session_id: String,
-    start: StartMessage,
-    role: Role,
-    transcript: [u8; 32],
-    expected_client_confirmation: zeroize::Zeroizing<[u8; 32]>,
-    expires_at: SystemTime,
+    pub(super) state: NodeState,
+    pub(super) session_id: String,
+    pub(super) start: StartMessage,
+    pub(super) role: Role,
+    pub(super) transcript: [u8; 32],
+    pub(super) expected_client_confirmation: zeroize::Zeroizing<[u8; 32]>,
+    pub(super) expires_at: SystemTime,
 }
 
 impl fmt::Debug for NodeSession {

@@ -5,15 +5,19 @@
 //! - [`handshake`] — the SPAKE2 handshake as two sans-IO state machines ([`DevicePairing`],
 //!   [`NodeSession`]), the transcript hash, HKDF confirmation keys, HMAC confirmations,
 //!   Ed25519 finish and status signatures, and bounded, panic-free decoders of every message;
+//! - [`session`] — a node's handshake session between StartPairing and FinishPairing as a
+//!   versioned, bounded byte encoding, sealed under the node's internal seal key and bound
+//!   to the session id, so sessions survive a restart;
 //! - [`request`] — the pairing request an admin approves or rejects.
 //!
 //! What it does not do: network IO, storage or clock reads. Time is passed in as `now`; the
 //! gRPC service (`crate::rpc::pairing`) and `palyra pair` (`crate::cli::pair`) drive the
-//! machines, the database keeps codes and requests (`crate::storage`).
+//! machines, the database keeps codes, sealed sessions and requests (`crate::storage`).
 
 pub mod code;
 pub mod handshake;
 pub mod request;
+pub mod session;
 
 pub use code::{CodeId, CodeState, PairingCode, PairingUri, Pin};
 pub use handshake::{
@@ -21,6 +25,7 @@ pub use handshake::{
     VerifiedPairing,
 };
 pub use request::{PairingRequest, RequestState};
+pub use session::{open_session, seal_session};
 
 use std::time::Duration;
 
@@ -94,8 +99,9 @@ pub enum PairingError {
         /// What the node presented.
         actual: String,
     },
-    /// A sealed PIN did not open (tampered, or sealed with another key).
-    #[error("a sealed pairing PIN failed its integrity check")]
+    /// A sealed PIN or session did not open or decode (tampered, moved to another row, or
+    /// sealed with another key).
+    #[error("a sealed pairing value failed its integrity check")]
     Integrity,
     /// No pairing request has this id.
     #[error("pairing request {0} not found")]

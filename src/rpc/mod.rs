@@ -120,6 +120,10 @@ pub async fn serve(
     ))
     .max_decoding_message_size(crate::policy::MAX_POLICY_TEXT_BYTES + 64 * 1024);
     let fallback_address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Pairing sessions (and codes, requests) that expired while the node was down go now.
+    if let Err(e) = node.core.store.expire_pairing(std::time::SystemTime::now()).await {
+        tracing::warn!(error = %e, "could not prune expired pairing state at startup");
+    }
     let pairing = PairingServiceServer::new(pairing::PairingApi::new(
         std::sync::Arc::clone(&node.identity),
         node.core.store.clone(),

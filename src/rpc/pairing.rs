@@ -1,11 +1,13 @@
 //! `palyra.pairing.v1.PairingService`: the node's side of pairing (PROTOCOLS.md §1).
 //!
-//! Codes and requests are stored ([`crate::storage`]); handshake sessions live in memory for
-//! their 2 minutes. The handshake itself is [`crate::pairing::NodeSession`]; this file adds the
-//! wire, the rate limits (StartPairing: 1,024 per minute per node and 10 per minute per peer
-//! address; GetPairingStatus: 4 per second per request), PIN sealing with the internal seal
-//! key, and certificate issuance on approval. Nothing here logs a PIN, a key or a
-//! confirmation.
+//! Codes, handshake sessions and requests are stored ([`crate::storage`]), so all three survive
+//! a restart: a session is sealed ([`crate::pairing::seal_session`]) and stored by
+//! StartPairing, and taken out (deleted, single use) by FinishPairing before it is checked.
+//! The handshake itself is [`crate::pairing::NodeSession`]; this file adds the wire, the rate
+//! limits, in memory (StartPairing: 1,024 per minute per node and 10 per minute per peer
+//! address; GetPairingStatus: 4 per second per request), PIN and session sealing with the
+//! internal seal key, and certificate issuance on approval. Nothing here logs a PIN, a key or
+//! a confirmation.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -26,7 +28,7 @@ use crate::pairing::handshake::{code_expiry, unix_ms};
 use crate::pairing::{
     CodeId, CodeState, DEFAULT_ATTEMPTS, DEFAULT_CODE_TTL, FinishMessage, MAX_ATTEMPTS, NodeSession,
     PairingCode, PairingError, PairingRequest, PairingUri, Pin, REQUEST_TTL, RequestState, StartMessage,
-    StatusPoll,
+    StatusPoll, open_session, seal_session,
 };
 use crate::storage::Store;
 use crate::vault::KeyHierarchy;
@@ -139,13 +141,6 @@ impl Limits {
     }
 }
 
-/// A handshake in progress.
-#[derive(Debug)]
-struct Session {
-    machine: NodeSession,
-    peer_address: String,
-}
-
 /// The pairing service.
 #[derive(Debug, Clone)]
 pub struct PairingApi {
@@ -155,7 +150,6 @@ pub struct PairingApi {
     gate: Gate,
     /// The node's gRPC address, for pairing URIs when a request does not say which it used.
     fallback_address: String,
-    sessions: Arc<Mutex<HashMap<String, Session>>>,
     limits: Arc<Mutex<Limits>>,
 }
 
@@ -168,23 +162,11 @@ impl PairingApi {
         gate: Gate,
         fallback_address: String,
     ) -> Self {
-        PairingApi {
-            node,
-            store,
-            keys,
-            gate,
-            fallback_address,
-            sessions: Arc::default(),
-            limits: Arc::default(),
-        }
+        PairingApi { node, store, keys, gate, fallback_address, limits: Arc::default() }
     }
 
     fn limits(&self) -> Result<std::sync::MutexGuard<'_, Limits>, Status> {
         self.limits.lock().map_err(|_| internal("rate limiter poisoned"))
-    }
-
-    fn sessions(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Session>>, Status> {
-        self.sessions.lock().map_err(|_| internal("session table poisoned"))
     }
 
     fn request_to_pb(&self, r: &PairingRequest, now: SystemTime) -> pb::PairingRequest {
@@ -310,13 +292,17 @@ impl PairingService for PairingApi {
         let pin = open_pin(&self.keys.internal_seal_key(), &code.code_id, sealed)?;
         let (machine, reply) = NodeSession::start(&code, &pin, self.node.ca().fingerprint(), start, now)?;
         drop(pin);
+        // The attempt is already spent (committed) above; the session is stored, in its own
+        // transaction, before the reply leaves. If this fails or the node dies in between, the
+        // device gets an error or no answer and has only lost that attempt: fail closed.
+        let peer_address = peer.address.map(|a| a.to_string()).unwrap_or_default();
+        let sealed = seal_session(&self.keys.internal_seal_key(), &machine, &peer_address)?;
+        drop(machine);
+        self.store
+            .insert_pairing_session(&reply.session_id, sealed, reply.expires_at, now)
+            .await
+            .map_err(internal)?;
         tracing::info!(code_id = %code.code_id, attempts_left = code.attempts_left, "pairing handshake started");
-        {
-            let mut sessions = self.sessions()?;
-            sessions.retain(|_, s| !s.machine.is_expired(now));
-            let peer_address = peer.address.map(|a| a.to_string()).unwrap_or_default();
-            sessions.insert(reply.session_id.clone(), Session { machine, peer_address });
-        }
         Ok(Response::new(pb::StartPairingResponse {
             session_id: reply.session_id,
             pake_message: reply.pake_message,
@@ -332,12 +318,17 @@ impl PairingService for PairingApi {
         let req = request.into_inner();
         let now = SystemTime::now();
         let finish = FinishMessage::decode(&req.session_id, &req.client_confirmation, &req.signature)?;
-        // Single use: whatever happens next, the session is gone.
-        let Some(mut session) = self.sessions()?.remove(&finish.session_id) else {
+        // Single use: the session is deleted as it is taken, so whatever happens next (and
+        // whatever concurrent Finish calls do) it is gone. Expired sessions are not returned.
+        let Some(sealed) =
+            self.store.take_pairing_session(&finish.session_id, now).await.map_err(internal)?
+        else {
             return Err(PairingError::SessionExpired.into());
         };
-        let code_id = session.machine.code_id().clone();
-        let verified = match session.machine.handle_finish(&finish, now) {
+        let (mut machine, peer_address) =
+            open_session(&self.keys.internal_seal_key(), &finish.session_id, &sealed)?;
+        let code_id = machine.code_id().clone();
+        let verified = match machine.handle_finish(&finish, now) {
             Ok(verified) => verified,
             Err(e) => {
                 let (burned, attempts_left) =
@@ -370,7 +361,7 @@ impl PairingService for PairingApi {
             created_at: now,
             expires_at: now + REQUEST_TTL,
             decided_at: None,
-            peer_address: session.peer_address,
+            peer_address,
             device_id: None,
             certificate_pem: None,
             reject_reason: String::new(),

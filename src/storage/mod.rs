@@ -62,6 +62,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (4, "audit", include_str!("migrations/0004_audit.sql")),
     (5, "pairing", include_str!("migrations/0005_pairing.sql")),
     (6, "events", include_str!("migrations/0006_events.sql")),
+    (7, "pairing_sessions", include_str!("migrations/0007_pairing_sessions.sql")),
 ];
 
 /// Largest number of writes committed together.

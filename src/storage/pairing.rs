@@ -1,7 +1,9 @@
-//! Pairing codes and requests (`pairing_codes`, `pairing_requests`) as `Store` methods
-//! speaking [`crate::pairing`] types. The rules (attempts, expiry, single use) are the domain's
-//! ([`PairingCode::take_attempt`] and friends); here they run inside one write transaction so
-//! concurrent starts cannot spend the same attempt twice. Never sees a PIN in the clear.
+//! Pairing codes, handshake sessions and requests (`pairing_codes`, `pairing_sessions`,
+//! `pairing_requests`) as `Store` methods speaking [`crate::pairing`] types. The rules
+//! (attempts, expiry, single use) are the domain's ([`PairingCode::take_attempt`] and
+//! friends); here they run inside one write transaction so concurrent starts cannot spend the
+//! same attempt twice and concurrent finishes cannot take the same session twice. Never sees a
+//! PIN or a session's state in the clear (both arrive sealed).
 
 use std::time::SystemTime;
 
@@ -86,6 +88,48 @@ impl Store {
         .await
     }
 
+    /// Stores a handshake session (its state sealed by the caller) until `expires_at`, and
+    /// prunes sessions expired at `now`.
+    pub async fn insert_pairing_session(
+        &self,
+        session_id: &str,
+        sealed_state: Vec<u8>,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) -> Result<(), StorageError> {
+        let (id, expires_at, now) = (session_id.to_owned(), to_millis(expires_at), to_millis(now));
+        self.write(move |c| {
+            prune_sessions(c, now)?;
+            c.prepare_cached(
+                "INSERT INTO pairing_sessions (session_id, sealed_state, expires_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, sealed_state, expires_at])?;
+            Ok::<_, StorageError>(())
+        })
+        .await
+    }
+
+    /// Takes session `session_id` out: deletes it and returns its sealed state if it was
+    /// there and unexpired at `now`. One transaction on the single writer, so of concurrent
+    /// takes at most one gets it; an expired session is deleted and not returned.
+    pub async fn take_pairing_session(
+        &self,
+        session_id: &str,
+        now: SystemTime,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let (id, now) = (session_id.to_owned(), to_millis(now));
+        self.write(move |c| {
+            let taken: Option<(Vec<u8>, i64)> = c
+                .prepare_cached(
+                    "DELETE FROM pairing_sessions WHERE session_id = ?1 RETURNING sealed_state, expires_at",
+                )?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok::<_, StorageError>(taken.and_then(|(sealed, expires_at)| (expires_at > now).then_some(sealed)))
+        })
+        .await
+    }
+
     /// The pairing request `id`, if any.
     pub async fn pairing_request(&self, id: &str) -> Result<Option<PairingRequest>, StorageError> {
         let id = id.to_owned();
@@ -115,11 +159,12 @@ impl Store {
         Ok(all.into_iter().filter(|r| state.is_none_or(|s| r.state_at(now) == s)).collect())
     }
 
-    /// Records what time has decided: codes past their expiry lose their PIN, pending
-    /// requests past theirs become EXPIRED.
+    /// Records what time has decided: codes past their expiry lose their PIN, handshake
+    /// sessions past theirs are deleted, pending requests past theirs become EXPIRED.
     pub async fn expire_pairing(&self, now: SystemTime) -> Result<(), StorageError> {
         let now = to_millis(now);
         self.write(move |c| {
+            prune_sessions(c, now)?;
             c.prepare_cached(
                 "UPDATE pairing_codes SET state = 'expired', sealed_pin = NULL \
                  WHERE state = 'active' AND expires_at <= ?1",
@@ -198,6 +243,12 @@ impl Store {
         })
         .await
     }
+}
+
+/// Deletes handshake sessions expired at `now` (unix ms).
+fn prune_sessions(c: &Connection, now: i64) -> Result<(), StorageError> {
+    c.prepare_cached("DELETE FROM pairing_sessions WHERE expires_at <= ?1")?.execute([now])?;
+    Ok(())
 }
 
 /// The request `id` if it is pending at `now`; an expiry found here is recorded.
