@@ -217,6 +217,20 @@ async fn pair_by_code_then_use_own_scope_only() {
         (refused.code(), reason(&refused).as_str()),
         (Code::Unauthenticated, "ERROR_REASON_DEVICE_REVOKED")
     );
+
+    // Every step is in the event log, in order, and no PIN in any of it.
+    let mut subscription = node.node.events.subscribe(0, Vec::new()).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = subscription.next_ready().await.unwrap() {
+        assert!(!format!("{event:?}").contains(&again.pin), "a PIN reached the event log");
+        seen.push(event.kind.clone());
+    }
+    let pairing: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|k| k.starts_with("pairing.") || *k == "device.revoked")
+        .collect();
+    assert_eq!(pairing, ["pairing.requested", "pairing.approved", "device.revoked"], "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,6 +506,9 @@ async fn a_rejected_request_never_yields_a_certificate() {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "ERROR_REASON_CLOCK_SKEW");
+
+    let mut subscription = node.node.events.subscribe(0, vec!["pairing.rejected".into()]).await.unwrap();
+    assert!(subscription.next_ready().await.unwrap().is_some(), "the rejection is in the event log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,7 +368,6 @@ impl PairingService for PairingApi {
             scopes: Vec::new(),
         };
         self.store.finish_pairing(&request).await.map_err(internal)??;
-        // Event `pairing.requested` belongs here.
         tracing::info!(request_id = %request.id, fingerprint = %request.fingerprint, "pairing requested");
         Ok(Response::new(pb::FinishPairingResponse {
             request_id: request.id,
@@ -478,7 +477,6 @@ impl PairingService for PairingApi {
         self.gate.audit_before_write().await;
         let approved = self.store.approve_pairing(&id, &device, &issued.cert_pem, now).await??;
         self.gate.peers.invalidate(device_id);
-        // Event `pairing.approved` belongs here.
         tracing::info!(request_id = %id, device_id = %device_id, role = %role, approver = %approver, "pairing approved");
         Ok(Response::new(pb::ApprovePairingResponse { request: Some(self.request_to_pb(&approved, now)) }))
     }
@@ -495,7 +493,6 @@ impl PairingService for PairingApi {
         let now = SystemTime::now();
         self.gate.audit_before_write().await;
         let rejected = self.store.reject_pairing(&id, &req.reason, now).await.map_err(internal)??;
-        // Event `pairing.rejected` belongs here.
         tracing::info!(request_id = %id, reason = %req.reason, "pairing rejected");
         Ok(Response::new(pb::RejectPairingResponse { request: Some(self.request_to_pb(&rejected, now)) }))
     }

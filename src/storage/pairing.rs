@@ -5,6 +5,8 @@
 //! same attempt twice and concurrent finishes cannot take the same session twice. Never sees a
 //! PIN or a session's state in the clear (both arrive sealed).
 
+use super::events;
+use crate::events::{NewEvent, PAIRING_APPROVED, PAIRING_REJECTED, PAIRING_REQUESTED};
 use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -83,6 +85,11 @@ impl Store {
             code.consume();
             save_code(c, &code, false)?;
             insert_request(c, &request)?;
+            let event = NewEvent::new(PAIRING_REQUESTED, request.id.clone())
+                .with("device_name", &request.device_name)
+                .with("fingerprint", &request.fingerprint)
+                .with("role", request.role.as_str());
+            events::append(c, &event, request.created_at)?;
             Ok(Ok(()))
         })
         .await
@@ -217,6 +224,12 @@ impl Store {
                 scopes_json(&device.scopes)?
             ])
             .map_err(StorageError::from)?;
+            let scopes: Vec<&str> = device.scopes.iter().map(|s| s.as_str()).collect();
+            let event = NewEvent::new(PAIRING_APPROVED, id.clone())
+                .with("device_id", device.id)
+                .with("role", device.role.as_str())
+                .with("scopes", scopes.join(","));
+            events::append(c, &event, now)?;
             Ok(load_request(c, &id)?.ok_or(PairingError::RequestNotFound(id)))
         })
         .await
@@ -239,6 +252,7 @@ impl Store {
                  WHERE id = ?1",
             )?
             .execute(params![id, to_millis(now), reason])?;
+            events::append(c, &NewEvent::new(PAIRING_REJECTED, id.clone()), now)?;
             Ok(load_request(c, &id)?.ok_or(PairingError::RequestNotFound(id)))
         })
         .await
