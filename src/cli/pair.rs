@@ -148,9 +148,12 @@ pub async fn pair(
 
     // Step 1: the node's CA, checked before anything else is sent.
     let node = dangerous_fetch_node_identity(&server).await?;
-    let ca_der = pem::parse(&node.ca_certificate_pem)
-        .map_err(|e| CliError::new(format!("the node sent an unreadable CA certificate: {e}")))?;
-    let ca_fingerprint = certificate_fingerprint(ca_der.contents());
+    // Exactly one certificate, re-encoded: what is fingerprinted is all that is ever trusted
+    // (a second PEM block appended by someone in between would otherwise become a root too).
+    let ca_pem = single_certificate(&node.ca_certificate_pem)?;
+    let ca_fingerprint = certificate_fingerprint(
+        &pem::parse(&ca_pem).map_err(|e| CliError::new(e.to_string()))?.into_contents(),
+    );
     match expected_ca {
         Some(expected) if expected == ca_fingerprint => {}
         Some(expected) => {
@@ -168,7 +171,7 @@ pub async fn pair(
         }
     }
     progress(PairEvent::CaPinned(ca_fingerprint.clone()));
-    let channel = pinned_channel(&server, &node.ca_certificate_pem).await?;
+    let channel = pinned_channel(&server, &ca_pem).await?;
     let mut client = PairingServiceClient::new(channel);
 
     // Step 2–3: the handshake.
@@ -272,19 +275,32 @@ fn store(
     ca_fingerprint: &str,
     fingerprint: String,
 ) -> Result<Paired, CliError> {
-    let ca = pem::parse(&status.ca_certificate_pem)
-        .map_err(|e| CliError::new(format!("the node sent an unreadable CA certificate: {e}")))?;
+    let ca_pem = single_certificate(&status.ca_certificate_pem)?;
+    let ca = pem::parse(&ca_pem).map_err(|e| CliError::new(e.to_string()))?;
     if certificate_fingerprint(ca.contents()) != ca_fingerprint {
         return Err(CliError::new("the node's CA changed during pairing; not storing anything"));
     }
-    fsutil::write_private_atomic(&dir.join("ca.pem"), status.ca_certificate_pem.as_bytes(), true)
-        .map_err(fs_error)?;
+    fsutil::write_private_atomic(&dir.join("ca.pem"), ca_pem.as_bytes(), true).map_err(fs_error)?;
     fsutil::write_private_atomic(&dir.join("device_id"), status.device_id.as_bytes(), true)
         .map_err(fs_error)?;
     // Last: its presence means "paired".
     fsutil::write_private_atomic(&dir.join("cert.pem"), status.certificate_pem.as_bytes(), false)
         .map_err(fs_error)?;
     Ok(Paired { device_id: status.device_id.clone(), fingerprint, dir: dir.to_path_buf() })
+}
+
+/// The one certificate in `text`, re-encoded as PEM. Anything else — no certificate, several
+/// blocks, another PEM type — is refused: a pinned CA is exactly one certificate.
+fn single_certificate(text: &str) -> Result<String, CliError> {
+    let blocks = pem::parse_many(text)
+        .map_err(|e| CliError::new(format!("the node sent an unreadable CA certificate: {e}")))?;
+    match blocks.as_slice() {
+        [only] if only.tag() == "CERTIFICATE" => Ok(pem::encode(only)),
+        _ => Err(CliError::new(format!(
+            "the node sent {} PEM blocks where exactly one CA certificate belongs; refusing to trust it",
+            blocks.len()
+        ))),
+    }
 }
 
 fn fs_error(e: fsutil::FsError) -> CliError {
@@ -487,4 +503,25 @@ pub(super) async fn run(ctx: &Context, args: PairArgs) -> Result<(), CliError> {
             )
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_ca_is_exactly_one_certificate() {
+        let now = SystemTime::now();
+        let ca = crate::identity::DeviceCa::create(crate::identity::DeviceId::generate(), now).expect("ca");
+        let other =
+            crate::identity::DeviceCa::create(crate::identity::DeviceId::generate(), now).expect("ca");
+        let one = single_certificate(ca.certificate_pem()).expect("one certificate");
+        assert_eq!(pem::parse(&one).expect("pem").into_contents(), ca.certificate_der().as_ref());
+        let smuggled = format!("{}{}", ca.certificate_pem(), other.certificate_pem());
+        assert!(single_certificate(&smuggled).is_err(), "a second CA appended in transit is refused");
+        assert!(single_certificate("").is_err());
+        assert!(
+            single_certificate("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
+        );
+    }
 }
