@@ -95,22 +95,46 @@ struct Limits {
     polls: HashMap<String, VecDeque<SystemTime>>,
 }
 
-/// Admits one event at `now` into `window` if fewer than `max` happened within `span`.
-fn admit(window: &mut VecDeque<SystemTime>, now: SystemTime, span: Duration, max: usize) -> bool {
+/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (one host usually owns a
+/// whole /64, and would otherwise get a fresh limit per address).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+    }
+}
+
+/// Whether `window` has room for one more event at `now` (fewer than `max` within `span`),
+/// forgetting the events older than `span`.
+fn has_room(window: &mut VecDeque<SystemTime>, now: SystemTime, span: Duration, max: usize) -> bool {
     while window.front().is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= span) {
         window.pop_front();
     }
-    if window.len() >= max {
-        return false;
+    window.len() < max
+}
+
+/// Admits one event at `now` into `window` if fewer than `max` happened within `span`.
+fn admit(window: &mut VecDeque<SystemTime>, now: SystemTime, span: Duration, max: usize) -> bool {
+    let room = has_room(window, now, span, max);
+    if room {
+        window.push_back(now);
     }
-    window.push_back(now);
-    true
+    room
 }
 
 impl Limits {
     fn admit_start(&mut self, peer: Option<IpAddr>, now: SystemTime) -> Result<(), Status> {
         let minute = Duration::from_secs(60);
-        if let Some(ip) = peer {
+        // The node-wide limit first, without spending it: a refused start must not grow the
+        // per-address table, which therefore holds at most STARTS_PER_MINUTE live entries.
+        if !has_room(&mut self.starts, now, minute, STARTS_PER_MINUTE) {
+            return Err(rate_limited("too many StartPairing calls on this node; retry in a minute"));
+        }
+        if let Some(ip) = peer.map(address_key) {
             if self.starts_by_peer.len() > MAX_TRACKED {
                 self.starts_by_peer.retain(|_, w| {
                     w.back().is_some_and(|t| now.duration_since(*t).unwrap_or_default() < minute)
@@ -121,9 +145,7 @@ impl Limits {
                 return Err(rate_limited("too many StartPairing calls from this address; retry in a minute"));
             }
         }
-        if !admit(&mut self.starts, now, minute, STARTS_PER_MINUTE) {
-            return Err(rate_limited("too many StartPairing calls on this node; retry in a minute"));
-        }
+        self.starts.push_back(now);
         Ok(())
     }
 
@@ -383,7 +405,6 @@ impl PairingService for PairingApi {
         let now = SystemTime::now();
         let poll = StatusPoll::decode(&req.request_id, req.timestamp_unix_ms, &req.signature)?;
         let id = request_id(&poll.request_id)?;
-        self.limits()?.admit_poll(&id, now)?;
         let stored = self
             .store
             .pairing_request(&id)
@@ -391,6 +412,8 @@ impl PairingService for PairingApi {
             .map_err(internal)?
             .ok_or_else(|| PairingError::RequestNotFound(id.clone()))?;
         poll.verify(&stored.signing_public_key, now)?;
+        // Charged only for polls signed by the device: nobody else can use up its budget.
+        self.limits()?.admit_poll(&id, now)?;
         let state = stored.state_at(now);
         let mut response =
             pb::GetPairingStatusResponse { state: state_to_pb(state) as i32, ..Default::default() };
@@ -524,5 +547,31 @@ mod tests {
             assert!(node_wide.admit_start(Some(ip), t0).is_ok());
         }
         assert!(node_wide.admit_start(Some([10, 9, 9, 9].into()), t0).is_err());
+    }
+
+    #[test]
+    fn refused_starts_do_not_grow_the_address_table_and_ipv6_counts_by_64() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut limits = Limits::default();
+        for i in 0..STARTS_PER_MINUTE {
+            let ip: IpAddr = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into();
+            assert!(limits.admit_start(Some(ip), t0).is_ok());
+        }
+        let tracked = limits.starts_by_peer.len();
+        for i in 0..5_000u32 {
+            let ip: IpAddr = std::net::Ipv4Addr::from(0x0b00_0000 + i).into();
+            assert!(limits.admit_start(Some(ip), t0).is_err());
+        }
+        assert_eq!(limits.starts_by_peer.len(), tracked, "refused starts must not be tracked");
+
+        let mut limits = Limits::default();
+        for i in 0..STARTS_PER_MINUTE_PER_PEER {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().expect("ip");
+            assert!(limits.admit_start(Some(ip), t0).is_ok());
+        }
+        let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().expect("ip");
+        assert!(limits.admit_start(Some(same_64), t0).is_err(), "one /64 is one address");
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(limits.admit_start(Some(other_64), t0).is_ok());
     }
 }
