@@ -321,6 +321,23 @@ async fn an_undecodable_frame_and_an_unknown_method_get_error_frames() {
     }
     assert!(replies.next_reply().await.unwrap().is_none());
 
+    // A stream that ends inside its frame: the header promises 100 bytes, 10 arrive.
+    let mut bytes = 100u32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 10]);
+    let mut replies = client.send_raw(&bytes).await.unwrap();
+    match replies.next_reply().await.unwrap() {
+        Some(Reply::Error(e)) => assert_eq!(e.code, "invalid_request"),
+        other => panic!("truncated: {other:?}"),
+    }
+
+    // A request header announcing far more than a Request can be is refused from the header,
+    // even below max_frame (1 MiB by default), so no large buffer is reserved.
+    let mut replies = client.send_raw(&(512 * 1024u32).to_be_bytes()).await.unwrap();
+    match replies.next_reply().await.unwrap() {
+        Some(Reply::Error(e)) => assert_eq!(e.code, "frame_too_large"),
+        other => panic!("oversized request: {other:?}"),
+    }
+
     use prost::Message;
     let request = palyra::quic::pb::Request { method: "node.reboot".into(), ..Default::default() };
     let body = request.encode_to_vec();

@@ -54,7 +54,14 @@ where
         Some(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
             Err(FrameError::BadLength { max: max_frame })
         }
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        // tokio-util reports a stream that ends inside a frame as an `Other` error "bytes
+        // remaining on stream" (its default `decode_eof`), not as UnexpectedEof.
+        Some(Err(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof
+                || (e.kind() == std::io::ErrorKind::Other && e.to_string().contains("bytes remaining")) =>
+        {
+            Err(FrameError::Truncated)
+        }
         Some(Err(e)) => Err(FrameError::Io(e.to_string())),
     }
 }

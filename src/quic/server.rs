@@ -352,8 +352,13 @@ async fn finish_with(mut send: SendStream, response: pb::Response) {
     }
 }
 
+/// Largest request frame read: a `Request` is a method name, a sequence and a few kinds.
+const MAX_REQUEST_FRAME: usize = 64 * 1024;
+
 async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: SendStream, recv: RecvStream) {
-    let max = shared.config.max_frame;
+    // A Request is a few hundred bytes: the codec reserves a frame's full length as soon as it
+    // reads the header, so requests get a small cap of their own, whatever max_frame allows.
+    let max = shared.config.max_frame.min(MAX_REQUEST_FRAME);
     let mut frames = FramedRead::new(recv, frame::codec(max));
     let Ok(read) =
         tokio::time::timeout(REQUEST_TIMEOUT, frame::read::<pb::Request, _>(&mut frames, max)).await
