@@ -120,6 +120,14 @@ pub enum EventsError {
         /// The oldest sequence still stored.
         oldest_available: u64,
     },
+    /// The asked-for starting point is beyond the newest event.
+    #[error("since_sequence {since} is ahead of the event log (its newest sequence is {last})")]
+    AheadOfLog {
+        /// The requested starting point.
+        since: u64,
+        /// The newest sequence assigned.
+        last: u64,
+    },
     /// The node is shutting down.
     #[error("the event log is closed")]
     Closed,
@@ -239,6 +247,9 @@ impl EventLog {
             bounds.oldest.saturating_sub(1)
         } else if since.saturating_add(1) < bounds.oldest {
             return Err(EventsError::Truncated { since, oldest_available: bounds.oldest });
+        } else if since > bounds.last {
+            // A subscriber "ahead" of the log would silently drop live events up to `since`.
+            return Err(EventsError::AheadOfLog { since, last: bounds.last });
         } else {
             since
         };

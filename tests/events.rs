@@ -146,3 +146,32 @@ async fn retention_prunes_and_reports_the_oldest_available_and_sequences_are_nev
     let next = node.events.append(NewEvent::new("device.renewed", "next")).await.unwrap();
     assert_eq!(next.sequence, last + 1);
 }
+
+#[tokio::test]
+async fn pruning_by_age_removes_a_prefix_never_a_hole_and_a_start_ahead_of_the_log_is_refused() {
+    let dir = common::private_tempdir();
+    let node = open(&dir.path().join("n")).await;
+    let store = node.core.store.clone();
+    let now = std::time::SystemTime::now();
+    let old = now - Duration::from_secs(10 * 24 * 3600);
+    // Handlers stamp `at` before their write is queued: times are not monotonic in sequence.
+    let mut sequences = Vec::new();
+    for at in [old, now, old, now, now] {
+        sequences.push(store.append_event(NewEvent::new("device.renewed", "d"), at).await.unwrap().sequence);
+    }
+    let log = EventLog::new(store.clone())
+        .with_retention(Retention { max_events: 1_000, max_age: Duration::from_secs(7 * 24 * 3600) });
+    log.prune().await.unwrap();
+    let left: Vec<u64> = store.events_after(0, 100).await.unwrap().iter().map(|e| e.sequence).collect();
+    let newest_old = sequences[2];
+    assert!(left.iter().all(|&s| s > newest_old), "everything up to the newest old event goes: {left:?}");
+    assert!(left.windows(2).all(|w| w[1] == w[0] + 1), "what is left has no hole: {left:?}");
+    assert_eq!(left.last(), sequences.last());
+
+    let last = node.events.last_sequence().await.unwrap();
+    match node.events.subscribe(last + 10, Vec::new()).await {
+        Err(EventsError::AheadOfLog { since, .. }) => assert_eq!(since, last + 10),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(node.events.subscribe(last, Vec::new()).await.is_ok(), "exactly at the end is fine");
+}

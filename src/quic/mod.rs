@@ -30,6 +30,8 @@ pub const CLOSE_CONNECTION_LIMIT: u32 = 0x1;
 pub const CLOSE_UNKNOWN_DEVICE: u32 = 0x2;
 /// Application close code: the device is (or was just) revoked.
 pub const CLOSE_DEVICE_REVOKED: u32 = 0x3;
+/// Application close code: the node could not check the device (an internal error, logged).
+pub const CLOSE_INTERNAL: u32 = 0x4;
 /// Application close code: the node is shutting down.
 pub const CLOSE_SHUTDOWN: u32 = 0x0;
 
@@ -111,16 +113,45 @@ pub fn event_to_pb(event: &crate::events::Event) -> pb::Event {
 
 /// Converts a received event to the domain type.
 pub fn event_from_pb(event: pb::Event) -> crate::events::Event {
-    let at = event.at.map_or(std::time::UNIX_EPOCH, |t| {
-        std::time::UNIX_EPOCH
-            + Duration::from_secs(u64::try_from(t.seconds).unwrap_or(0))
-            + Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0))
-    });
+    // Untrusted: a peer may send any numbers; out-of-range times become the epoch.
+    let at = event
+        .at
+        .and_then(|t| {
+            let secs = Duration::from_secs(u64::try_from(t.seconds).ok()?);
+            let nanos = Duration::from_nanos(u64::try_from(t.nanos).ok()?.min(999_999_999));
+            std::time::UNIX_EPOCH.checked_add(secs)?.checked_add(nanos)
+        })
+        .unwrap_or(std::time::UNIX_EPOCH);
     crate::events::Event {
         sequence: event.sequence,
         at,
         kind: event.kind,
         subject: event.subject,
         attributes: event.attributes.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod wire_time_tests {
+    use super::*;
+
+    #[test]
+    fn hostile_event_times_do_not_panic() {
+        for (seconds, nanos) in
+            [(i64::MAX, 999_999_999), (i64::MAX, i32::MAX), (-1, -1), (0, i32::MIN), (i64::MIN, 5)]
+        {
+            let event =
+                pb::Event { at: Some(prost_types::Timestamp { seconds, nanos }), ..Default::default() };
+            let _ = event_from_pb(event);
+        }
+        let now = std::time::SystemTime::now();
+        let round = event_from_pb(event_to_pb(&crate::events::Event {
+            sequence: 1,
+            at: now,
+            kind: "k".into(),
+            subject: "s".into(),
+            attributes: Default::default(),
+        }));
+        assert_eq!(round.at, now);
     }
 }

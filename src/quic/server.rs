@@ -17,8 +17,8 @@ use tokio_util::codec::FramedRead;
 
 use super::frame::{self, FrameError};
 use super::{
-    ALPN, CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_SHUTDOWN, CLOSE_UNKNOWN_DEVICE, METHOD_HEALTH,
-    METHOD_STREAM_EVENTS, QuicConfig, codes, event_to_pb, pb,
+    ALPN, CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_INTERNAL, CLOSE_SHUTDOWN, CLOSE_UNKNOWN_DEVICE,
+    METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, codes, event_to_pb, pb,
 };
 use crate::access::{Gate, Peer, Refusal};
 use crate::events::{DEVICE_REVOKED, EventLog, EventsError};
@@ -163,7 +163,9 @@ impl QuicServer {
     /// Serves until `shutdown` completes, then closes every connection and waits (briefly) for
     /// the peers to acknowledge.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let watcher = tokio::spawn(watch_revocations(Arc::clone(&self.shared)));
+        // Subscribed here, before any connection is accepted, so no revocation falls between.
+        let live = self.shared.store.event_hub().subscribe();
+        let watcher = tokio::spawn(watch_revocations(Arc::clone(&self.shared), live));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -240,7 +242,7 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
                 Refusal::UnknownDevice(_) => (CLOSE_UNKNOWN_DEVICE, b"unknown device"),
                 Refusal::Internal(ref detail) => {
                     tracing::error!(error = %detail, "cannot resolve a quic peer");
-                    (CLOSE_UNKNOWN_DEVICE, b"internal error")
+                    (CLOSE_INTERNAL, b"internal error")
                 }
             };
             tracing::info!(%remote, %refusal, "quic connection refused");
@@ -256,10 +258,14 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
     register(&shared, id, &conn);
     // A revocation committed before the registration was not seen by the watcher: check the
     // registry itself (not the cache) once more.
-    if let Ok(Some(device)) = shared.store.device(id).await
-        && device.status == DeviceStatus::Revoked
-    {
-        conn.close(VarInt::from_u32(CLOSE_DEVICE_REVOKED), b"device revoked");
+    match shared.store.device(id).await {
+        Ok(Some(device)) if device.status == DeviceStatus::Active => {}
+        Ok(_) => conn.close(VarInt::from_u32(CLOSE_DEVICE_REVOKED), b"device revoked"),
+        // Cannot tell: refuse rather than keep a possibly revoked device connected.
+        Err(e) => {
+            tracing::error!(error = %e, "cannot re-check a connecting device");
+            conn.close(VarInt::from_u32(CLOSE_INTERNAL), b"internal error");
+        }
     }
     tracing::debug!(%remote, device_id = %id, "quic connection");
     let peer = Arc::new(peer);
@@ -305,8 +311,7 @@ fn cut_off(shared: &Shared, id: DeviceId) {
 
 /// Closes the connections of each device revoked, as soon as its `device.revoked` event is
 /// committed; after missing events (lag), re-checks every connected device in the registry.
-async fn watch_revocations(shared: Arc<Shared>) {
-    let mut live = shared.store.event_hub().subscribe();
+async fn watch_revocations(shared: Arc<Shared>, mut live: broadcast::Receiver<Arc<crate::events::Event>>) {
     loop {
         match live.recv().await {
             Ok(event) if event.kind == DEVICE_REVOKED => {
@@ -418,6 +423,9 @@ async fn stream_events(shared: &Shared, conn: &Connection, mut send: SendStream,
                 oldest_available.saturating_sub(1)
             );
             return finish_with(send, error_frame(codes::EVENTS_TRUNCATED, message, oldest_available)).await;
+        }
+        Err(e @ EventsError::AheadOfLog { .. }) => {
+            return finish_with(send, error_frame(codes::INVALID_REQUEST, e.to_string(), 0)).await;
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start an event stream");

@@ -154,8 +154,14 @@ impl Store {
         self.write(move |c| {
             let last = last_sequence(c)?;
             let keep_from = i64::try_from(last.saturating_sub(max_events)).unwrap_or(i64::MAX);
+            // Only ever a prefix: `at` is taken by the handler before its write is queued, so it
+            // is not monotonic in sequence, and deleting by age alone could cut a hole in the
+            // middle of the log. Everything up to the newest event older than the cutoff goes.
             let removed = c
-                .prepare_cached("DELETE FROM events WHERE sequence <= ?1 OR at < ?2")?
+                .prepare_cached(
+                    "DELETE FROM events WHERE sequence <= max(?1, \
+                     coalesce((SELECT max(sequence) FROM events WHERE at < ?2), 0))",
+                )?
                 .execute((keep_from, cutoff))?;
             Ok(removed as u64)
         })
