@@ -69,7 +69,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"palyra serve exited with {proc.returncode}:\n{log.read_text()}")
-            if (data / "operator" / "key.pem").exists():
+            if all((data / "operator" / f).exists() for f in ("ca.pem", "cert.pem", "key.pem")):
                 try:
                     with node.operator() as c:
                         c.whoami()

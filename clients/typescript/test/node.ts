@@ -67,7 +67,7 @@ export async function startNode(): Promise<TestNode> {
     if (child.exitCode !== null) {
       throw new Error(`palyra serve exited with ${child.exitCode}:\n${log}`);
     }
-    if (existsSync(join(dataDir, "operator", "key.pem"))) {
+    if (["ca.pem", "cert.pem", "key.pem"].every((f) => existsSync(join(dataDir, "operator", f)))) {
       const client = connect({ server: url, dataDir });
       try {
         await client.whoAmI();
