@@ -31,7 +31,7 @@ from spake2 import SPAKE2_A
 
 from ._proto.palyra.identity.v1 import identity_pb2, identity_pb2_grpc
 from ._proto.palyra.pairing.v1 import pairing_pb2, pairing_pb2_grpc
-from .client import DEFAULT_SERVER, _target
+from .client import DEFAULT_SERVER, _target, default_data_dir
 from .errors import PalyraError, _ErrorInterceptor
 
 PROTOCOL = b"palyra-pairing-v1"
@@ -153,14 +153,14 @@ def pair(
     code: str | None = None,
     pin: str | None = None,
     name: str,
-    data_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
     ca_fingerprint: str | None = None,
     confirm_ca: Callable[[str], bool] | None = None,
     on_pending: Callable[[str, str], None] | None = None,
     wait_seconds: float = 600.0,
     poll_interval: float = 1.0,
 ) -> Paired:
-    """Pairs the device whose data dir is ``data_dir`` with a node, by ``uri`` (from a QR code
+    """Pairs the device whose data dir is ``data_dir`` (default: the CLI's) with a node, by ``uri`` (from a QR code
     or ``palyra pairing code``) or by ``code`` and ``pin`` (then with ``server``).
 
     The node's CA is checked before anything is sent: against the URI's ``ca``; by code, against
@@ -169,7 +169,7 @@ def pair(
     until the operator approves (returns), rejects or lets it expire (:class:`PairingFailed`),
     or ``wait_seconds`` pass.
     """
-    client_dir = Path(data_dir) / "client"
+    client_dir = (Path(data_dir) if data_dir is not None else default_data_dir()) / "client"
     if (client_dir / "cert.pem").exists():
         raise PairingFailed(f"this data dir is already paired ({client_dir})")
     if uri is not None:
