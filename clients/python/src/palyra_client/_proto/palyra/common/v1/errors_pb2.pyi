@@ -1,0 +1,52 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_ARGUMENT: _ClassVar[ErrorReason]
+    ERROR_REASON_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_VERSION_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_INTEGRITY: _ClassVar[ErrorReason]
+    ERROR_REASON_POLICY_DENIED: _ClassVar[ErrorReason]
+    ERROR_REASON_DEVICE_REVOKED: _ClassVar[ErrorReason]
+    ERROR_REASON_UNKNOWN_DEVICE: _ClassVar[ErrorReason]
+    ERROR_REASON_PAIRING_CODE_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_PAIRING_CODE_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_PAIRING_ATTEMPTS_EXHAUSTED: _ClassVar[ErrorReason]
+    ERROR_REASON_PAIRING_PROOF_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_RATE_LIMITED: _ClassVar[ErrorReason]
+    ERROR_REASON_POLICY_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_LOCKOUT: _ClassVar[ErrorReason]
+    ERROR_REASON_VALUE_TOO_LARGE: _ClassVar[ErrorReason]
+    ERROR_REASON_PAIRING_SESSION_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_PAIRING_REQUEST_NOT_PENDING: _ClassVar[ErrorReason]
+    ERROR_REASON_CLOCK_SKEW: _ClassVar[ErrorReason]
+    ERROR_REASON_RENEWAL_PROOF_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_UNAVAILABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason
+ERROR_REASON_NOT_FOUND: ErrorReason
+ERROR_REASON_VERSION_CONFLICT: ErrorReason
+ERROR_REASON_INTEGRITY: ErrorReason
+ERROR_REASON_POLICY_DENIED: ErrorReason
+ERROR_REASON_DEVICE_REVOKED: ErrorReason
+ERROR_REASON_UNKNOWN_DEVICE: ErrorReason
+ERROR_REASON_PAIRING_CODE_INVALID: ErrorReason
+ERROR_REASON_PAIRING_CODE_EXPIRED: ErrorReason
+ERROR_REASON_PAIRING_ATTEMPTS_EXHAUSTED: ErrorReason
+ERROR_REASON_PAIRING_PROOF_INVALID: ErrorReason
+ERROR_REASON_RATE_LIMITED: ErrorReason
+ERROR_REASON_POLICY_INVALID: ErrorReason
+ERROR_REASON_LOCKOUT: ErrorReason
+ERROR_REASON_VALUE_TOO_LARGE: ErrorReason
+ERROR_REASON_PAIRING_SESSION_EXPIRED: ErrorReason
+ERROR_REASON_PAIRING_REQUEST_NOT_PENDING: ErrorReason
+ERROR_REASON_CLOCK_SKEW: ErrorReason
+ERROR_REASON_RENEWAL_PROOF_INVALID: ErrorReason
+ERROR_REASON_UNAVAILABLE: ErrorReason
+ERROR_REASON_INTERNAL: ErrorReason
