@@ -24,7 +24,7 @@ use super::status::{internal, invalid_argument, status, status_with};
 use crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY;
 use crate::identity::{Device, DeviceId, DeviceStatus, NodeIdentity, Role};
 use crate::pairing::code::{open_pin, seal_pin};
-use crate::pairing::handshake::{code_expiry, unix_ms};
+use crate::pairing::handshake::code_expiry;
 use crate::pairing::{
     CodeId, CodeState, DEFAULT_ATTEMPTS, DEFAULT_CODE_TTL, FinishMessage, MAX_ATTEMPTS, NodeSession,
     PairingCode, PairingError, PairingRequest, PairingUri, Pin, REQUEST_TTL, RequestState, StartMessage,
@@ -43,45 +43,6 @@ pub const POLLS_PER_SECOND: usize = 4;
 const MAX_GRANTED_SCOPES: usize = 64;
 /// Most requests tracked by the poll limiter before it forgets idle ones.
 const MAX_TRACKED: usize = 10_000;
-
-impl From<PairingError> for Status {
-    fn from(e: PairingError) -> Self {
-        let failed = |reason, message: String| status(Code::FailedPrecondition, reason, message);
-        match e {
-            PairingError::InvalidArgument { field, message } => invalid_argument(field, message),
-            e @ PairingError::CodeInvalid => failed(ErrorReason::PairingCodeInvalid, e.to_string()),
-            e @ PairingError::CodeExpired => failed(ErrorReason::PairingCodeExpired, e.to_string()),
-            e @ PairingError::AttemptsExhausted => {
-                failed(ErrorReason::PairingAttemptsExhausted, e.to_string())
-            }
-            e @ (PairingError::ProofInvalid | PairingError::ServerProofInvalid) => {
-                status(Code::Unauthenticated, ErrorReason::PairingProofInvalid, e.to_string())
-            }
-            e @ PairingError::SessionExpired => failed(ErrorReason::PairingSessionExpired, e.to_string()),
-            e @ PairingError::UnexpectedMessage(_) => {
-                failed(ErrorReason::PairingSessionExpired, e.to_string())
-            }
-            e @ PairingError::ClockSkew { .. } => status_with(
-                Code::FailedPrecondition,
-                ErrorReason::ClockSkew,
-                e.to_string(),
-                HashMap::from([("server_time_unix_ms".to_owned(), unix_ms(SystemTime::now()).to_string())]),
-            ),
-            e @ PairingError::RequestNotFound(_) => {
-                status(Code::NotFound, ErrorReason::NotFound, e.to_string())
-            }
-            e @ PairingError::RequestNotPending { .. } => {
-                failed(ErrorReason::PairingRequestNotPending, e.to_string())
-            }
-            e @ PairingError::CaMismatch { .. } => invalid_argument("ca_fingerprint", e),
-            e @ PairingError::Integrity => {
-                tracing::error!(error = %e, "pairing integrity failure");
-                status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
-            }
-            other => internal(other),
-        }
-    }
-}
 
 fn rate_limited(message: &str) -> Status {
     status(Code::ResourceExhausted, ErrorReason::RateLimited, message.to_owned())

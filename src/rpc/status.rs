@@ -5,6 +5,7 @@
 //! Internal failures are logged here with their detail and sent as a bare "internal error".
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -12,6 +13,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::pb::common::v1::ErrorReason;
 use crate::access::Refusal;
 use crate::identity::{DeviceId, IdentityError};
+use crate::pairing::PairingError;
+use crate::pairing::handshake::unix_ms;
 use crate::policy::PolicyError;
 use crate::vault::VaultError;
 
@@ -143,6 +146,45 @@ impl From<PolicyError> for Status {
             e @ PolicyError::NotFound(_) => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
             e @ PolicyError::InvalidEntityRef { .. } => {
                 status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string())
+            }
+            other => internal(other),
+        }
+    }
+}
+
+impl From<PairingError> for Status {
+    fn from(e: PairingError) -> Self {
+        let failed = |reason, message: String| status(Code::FailedPrecondition, reason, message);
+        match e {
+            PairingError::InvalidArgument { field, message } => invalid_argument(field, message),
+            e @ PairingError::CodeInvalid => failed(ErrorReason::PairingCodeInvalid, e.to_string()),
+            e @ PairingError::CodeExpired => failed(ErrorReason::PairingCodeExpired, e.to_string()),
+            e @ PairingError::AttemptsExhausted => {
+                failed(ErrorReason::PairingAttemptsExhausted, e.to_string())
+            }
+            e @ (PairingError::ProofInvalid | PairingError::ServerProofInvalid) => {
+                status(Code::Unauthenticated, ErrorReason::PairingProofInvalid, e.to_string())
+            }
+            e @ PairingError::SessionExpired => failed(ErrorReason::PairingSessionExpired, e.to_string()),
+            e @ PairingError::UnexpectedMessage(_) => {
+                failed(ErrorReason::PairingSessionExpired, e.to_string())
+            }
+            e @ PairingError::ClockSkew { .. } => status_with(
+                Code::FailedPrecondition,
+                ErrorReason::ClockSkew,
+                e.to_string(),
+                HashMap::from([("server_time_unix_ms".to_owned(), unix_ms(SystemTime::now()).to_string())]),
+            ),
+            e @ PairingError::RequestNotFound(_) => {
+                status(Code::NotFound, ErrorReason::NotFound, e.to_string())
+            }
+            e @ PairingError::RequestNotPending { .. } => {
+                failed(ErrorReason::PairingRequestNotPending, e.to_string())
+            }
+            e @ PairingError::CaMismatch { .. } => invalid_argument("ca_fingerprint", e),
+            e @ PairingError::Integrity => {
+                tracing::error!(error = %e, "pairing integrity failure");
+                status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
             }
             other => internal(other),
         }
