@@ -37,7 +37,6 @@ fn palyra(data: &Path, server: &str, args: &[&str], stdin: Option<&[u8]>) -> Out
 
 struct Server {
     child: Child,
-    log: std::path::PathBuf,
 }
 
 impl Drop for Server {
@@ -73,7 +72,7 @@ fn serve(data: &Path, log: &Path) -> (Server, String) {
         assert!(started.elapsed() < Duration::from_secs(30), "palyra serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (Server { child, log: log.to_owned() }, url)
+    (Server { child }, url)
 }
 
 /// Every file under `dir`, as bytes.
