@@ -533,3 +533,108 @@ async fn a_device_can_be_granted_the_token_of_one_profile() {
     assert_eq!(manage.code(), Code::PermissionDenied);
     node.stop().await;
 }
+
+/// Runs the `palyra` binary against `node` with the operator's credentials.
+async fn palyra(node: &TestNode, args: &[&str]) -> std::process::Output {
+    let mut command = cli_command(node, args);
+    tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
+}
+
+fn cli_command(node: &TestNode, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_palyra"));
+    command
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .arg("--server")
+        .arg(node.url())
+        .args(args)
+        .env("PALYRA_LOG", "off");
+    command
+}
+
+fn stdout_ok(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_logs_in_through_the_loopback_redirect_and_prints_tokens() {
+    let node = TestNode::start().await;
+    let provider = Provider::start().await;
+    let key_file = node.dir.path().join("key.txt");
+    std::fs::write(&key_file, "sk-cli-key\n").unwrap();
+    let key_path = key_file.to_str().unwrap();
+    stdout_ok(
+        &palyra(&node, &["auth", "add", "openai", "--provider", "openai", "--api-key-file", key_path]).await,
+    );
+    assert_eq!(stdout_ok(&palyra(&node, &["auth", "token", "openai"]).await).trim(), "sk-cli-key");
+
+    let authorize_url = format!("http://{}/authorize", provider.addr);
+    let token_url = provider.token_url();
+    let added = palyra(
+        &node,
+        &[
+            "auth",
+            "add",
+            "example",
+            "--provider",
+            "example",
+            "--oauth2",
+            "--client-id",
+            "palyra-test",
+            "--authorize-url",
+            &authorize_url,
+            "--token-url",
+            &token_url,
+            "--scope",
+            "models.read",
+            "--scope",
+            "models.write",
+        ],
+    )
+    .await;
+    assert!(stdout_ok(&added).contains("palyra auth login example"));
+
+    // `login` prints the URL on stderr and waits for the provider's redirect on 127.0.0.1.
+    let mut login = cli_command(&node, &["auth", "login", "example"]);
+    login
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        loop {
+            let line = lines.next().expect("login printed no URL").unwrap();
+            if let Some(at) = line.find("http://") {
+                return line[at..].trim().to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (state, code) = provider.authorize(&url);
+    let redirect = reqwest::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    let page = reqwest::get(format!("{redirect}?code={code}&state={state}")).await.unwrap();
+    assert!(page.status().is_success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(stdout_ok(&output).contains("authorized example"));
+    assert_eq!(stdout_ok(&palyra(&node, &["auth", "token", "example"]).await).trim(), "access-1");
+
+    let listed = stdout_ok(&palyra(&node, &["--json", "auth", "list"]).await);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains("sk-cli") && !listed.to_string().contains("access-1"));
+    stdout_ok(&palyra(&node, &["auth", "remove", "openai"]).await);
+    let gone = palyra(&node, &["auth", "token", "openai"]).await;
+    assert_eq!(gone.status.code(), Some(1));
+    node.stop().await;
+}
