@@ -336,6 +336,7 @@ async fn full_authorization_then_refresh_on_expiry_with_rotation() {
         .unwrap()
         .into_inner();
     let (state, code) = provider.authorize(&started.authorize_url);
+    let (state_text, code_text) = (state.clone(), code.clone());
     let profile = auth
         .complete_authorization(pb::CompleteAuthorizationRequest { state: state.clone(), code: code.clone() })
         .await
@@ -361,7 +362,29 @@ async fn full_authorization_then_refresh_on_expiry_with_rotation() {
     assert_eq!(provider.with(|s| s.refreshes), 1);
     // The provider rotated the refresh token: only the newest one is valid.
     assert_eq!(provider.with(|s| s.refresh_tokens.iter().cloned().collect::<Vec<_>>()), vec!["refresh-2"]);
-    node.stop().await;
+    let (dir, _node) = node.stop().await;
+
+    // Tokens, the code and the state are nowhere in the data dir in the clear (database, WAL,
+    // identity files): tokens are sealed in the vault, the state is kept hashed.
+    let needles = ["access-1", "access-2", "refresh-1", "refresh-2", code_text.as_str(), state_text.as_str()];
+    let mut stack = vec![dir.path().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += 1;
+        for needle in needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} found in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(scanned > 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
