@@ -467,6 +467,26 @@ async fn a_revoked_refresh_token_marks_the_profile_for_reauthorization() {
     provider.with(|s| s.expires_in = 3600);
     assert_eq!(login(&mut auth, "example", &provider).await.status(), pb::AuthProfileStatus::Ready);
     assert_eq!(token(&mut auth, "example").await.unwrap(), format!("access-{}", issued + 1));
+    auth.revoke_profile(pb::RevokeProfileRequest { name: "example".into() }).await.unwrap();
+    auth.delete_profile(pb::DeleteProfileRequest { name: "example".into() }).await.unwrap();
+
+    // Each change committed with its event; no event carries a token.
+    let events = node.node.core.store.events_after(0, 10_000).await.unwrap();
+    let kinds: Vec<&str> =
+        events.iter().filter(|e| e.kind.starts_with("auth.")).map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "auth.profile.created",
+            "auth.profile.authorized",
+            "auth.profile.reauthorization_required",
+            "auth.profile.authorized",
+            "auth.profile.revoked",
+            "auth.profile.deleted",
+        ]
+    );
+    assert!(events.iter().all(|e| e.subject == "example" || !e.kind.starts_with("auth.")));
+    assert!(!format!("{events:?}").contains("access-") && !format!("{events:?}").contains("refresh-"));
     node.stop().await;
 }
 
@@ -626,15 +646,18 @@ async fn the_cli_adds_logs_in_through_the_loopback_redirect_and_prints_tokens() 
         .stderr(std::process::Stdio::piped());
     let mut child = login.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
+    // Read stderr to its end in the background: a closed pipe would fail the CLI's later writes.
+    let (found, url) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        loop {
-            let line = lines.next().expect("login printed no URL").unwrap();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(at) = line.find("http://") {
-                return line[at..].trim().to_owned();
+                let _ = found.send(line[at..].trim().to_owned());
             }
         }
+    });
+    let url = tokio::task::spawn_blocking(move || {
+        url.recv_timeout(Duration::from_secs(30)).expect("login printed no URL")
     })
     .await
     .unwrap();

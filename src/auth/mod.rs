@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::events::{AUTH_PROFILE_AUTHORIZED, AUTH_PROFILE_REAUTHORIZATION_REQUIRED, AUTH_PROFILE_REVOKED};
 use crate::storage::{StorageError, Store};
 use crate::vault::{Scope, SecretKey, SecretValue, Vault, VaultError};
 
@@ -653,7 +654,7 @@ impl AuthProfiles {
                     token_type: tokens.token_type.clone(),
                     expires_at_ms: tokens.expires_in.map(|s| ms(now) + s.saturating_mul(1000)),
                 };
-                self.store_tokens(&name, &set).await?;
+                self.store_tokens(&name, &set, Some(AUTH_PROFILE_AUTHORIZED)).await?;
                 tracing::info!(profile = %name, "auth profile authorized");
                 self.get(&name).await
             }
@@ -662,12 +663,28 @@ impl AuthProfiles {
                     "the provider refused the authorization code{}",
                     if description.is_empty() { String::new() } else { format!(": {description}") }
                 );
-                self.store.set_auth_status(&name, profile.status, None, &reason, SystemTime::now()).await?;
+                self.store
+                    .set_auth_status(
+                        &name,
+                        profile.status,
+                        profile.access_expires_at,
+                        &reason,
+                        None,
+                        SystemTime::now(),
+                    )
+                    .await?;
                 Err(AuthError::NeedsAuthorization { name, again: false, reason })
             }
             Err(e) => {
                 self.store
-                    .set_auth_status(&name, profile.status, None, &e.to_string(), SystemTime::now())
+                    .set_auth_status(
+                        &name,
+                        profile.status,
+                        profile.access_expires_at,
+                        &e.to_string(),
+                        None,
+                        SystemTime::now(),
+                    )
                     .await?;
                 Err(e)
             }
@@ -711,7 +728,14 @@ impl AuthProfiles {
         if set.refresh_token.is_empty() {
             let reason = "its access token expired and the provider gave no refresh token".to_owned();
             self.store
-                .set_auth_status(name, ProfileStatus::NeedsReauthorization, None, &reason, SystemTime::now())
+                .set_auth_status(
+                    name,
+                    ProfileStatus::NeedsReauthorization,
+                    None,
+                    &reason,
+                    Some(AUTH_PROFILE_REAUTHORIZATION_REQUIRED),
+                    SystemTime::now(),
+                )
                 .await?;
             return Err(AuthError::NeedsAuthorization { name: name.clone(), again: true, reason });
         }
@@ -730,7 +754,7 @@ impl AuthProfiles {
                     },
                     expires_at_ms: tokens.expires_in.map(|s| ms(now) + s.saturating_mul(1000)),
                 };
-                self.store_tokens(name, &new).await?;
+                self.store_tokens(name, &new, None).await?;
                 tracing::info!(profile = %name, "auth profile token refreshed");
                 Ok(new.to_access_token())
             }
@@ -746,6 +770,7 @@ impl AuthProfiles {
                         ProfileStatus::NeedsReauthorization,
                         None,
                         &reason,
+                        Some(AUTH_PROFILE_REAUTHORIZATION_REQUIRED),
                         SystemTime::now(),
                     )
                     .await?;
@@ -759,6 +784,7 @@ impl AuthProfiles {
                         profile.status,
                         profile.access_expires_at,
                         &e.to_string(),
+                        None,
                         SystemTime::now(),
                     )
                     .await?;
@@ -773,7 +799,14 @@ impl AuthProfiles {
         let _flight = self.flight(name).await;
         self.destroy_secrets(&profile).await?;
         self.store
-            .set_auth_status(name, ProfileStatus::NeedsAuthorization, None, "revoked", SystemTime::now())
+            .set_auth_status(
+                name,
+                ProfileStatus::NeedsAuthorization,
+                None,
+                "revoked",
+                Some(AUTH_PROFILE_REVOKED),
+                SystemTime::now(),
+            )
             .await?;
         tracing::info!(profile = %name, "auth profile revoked");
         self.get(name).await
@@ -804,11 +837,17 @@ impl AuthProfiles {
         AuthError::NeedsAuthorization { name: profile.name.clone(), again, reason }
     }
 
-    async fn store_tokens(&self, name: &ProfileName, set: &TokenSet) -> Result<(), AuthError> {
+    /// Seals the token set in the vault and marks the profile READY (with `event`).
+    async fn store_tokens(
+        &self,
+        name: &ProfileName,
+        set: &TokenSet,
+        event: Option<&'static str>,
+    ) -> Result<(), AuthError> {
         let bytes = serde_json::to_vec(set).map_err(|e| AuthError::Internal(e.to_string()))?;
         self.vault.put(&name.scope(), &secret_key(TOKEN)?, SecretValue::new(bytes), None).await?;
         self.store
-            .set_auth_status(name, ProfileStatus::Ready, set.expires_at(), "", SystemTime::now())
+            .set_auth_status(name, ProfileStatus::Ready, set.expires_at(), "", event, SystemTime::now())
             .await?;
         Ok(())
     }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -321,15 +321,17 @@ async fn login(
         .start_authorization(pb::StartAuthorizationRequest { name: args.name.clone(), redirect_uri })
         .await?
         .into_inner();
-    // The prompt goes to stderr so that `--json` output stays one JSON document.
-    eprintln!("open this URL in a browser and approve the access:\n\n  {}\n", started.authorize_url);
-    eprintln!(
-        "{}",
-        if args.paste {
-            "then paste the URL you are redirected to (or just the code) here:"
-        } else {
-            "waiting for the redirect (or paste the redirect URL or the code here)..."
-        }
+    // The prompt goes to stderr so that `--json` output stays one JSON document; a closed
+    // stderr is no reason to give up the login.
+    let next = if args.paste {
+        "then paste the URL you are redirected to (or just the code) here:"
+    } else {
+        "waiting for the redirect (or paste the redirect URL or the code here)..."
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "open this URL in a browser and approve the access:\n\n  {}\n\n{next}",
+        started.authorize_url
     );
     std::thread::spawn(move || {
         let mut line = String::new();

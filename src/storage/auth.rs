@@ -6,8 +6,9 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{StorageError, Store, from_millis, to_millis};
+use super::{StorageError, Store, events, from_millis, to_millis};
 use crate::auth::{OAuth2Config, PendingAuthorization, Profile, ProfileKind, ProfileName, ProfileStatus};
+use crate::events::{AUTH_PROFILE_CREATED, AUTH_PROFILE_DELETED, NewEvent};
 
 const COLUMNS: &str = "name, provider, kind, client_id, authorize_url, token_url, scopes, redirect_uri, \
      status, created_at, updated_at, access_expires_at, last_error";
@@ -43,6 +44,15 @@ impl Store {
                     p.access_expires_at.map(to_millis),
                     p.last_error,
                 ])?;
+            if inserted == 1 {
+                events::append(
+                    c,
+                    &NewEvent::new(AUTH_PROFILE_CREATED, p.name.as_str())
+                        .with("kind", p.kind.as_str())
+                        .with("provider", &p.provider),
+                    p.created_at,
+                )?;
+            }
             Ok::<_, StorageError>(inserted == 1)
         })
         .await
@@ -81,18 +91,23 @@ impl Store {
         self.write(move |c| {
             c.prepare_cached("DELETE FROM auth_pending WHERE profile = ?1")?.execute([&name])?;
             let deleted = c.prepare_cached("DELETE FROM auth_profiles WHERE name = ?1")?.execute([&name])?;
+            if deleted == 1 {
+                events::append(c, &NewEvent::new(AUTH_PROFILE_DELETED, name.as_str()), SystemTime::now())?;
+            }
             Ok::<_, StorageError>(deleted == 1)
         })
         .await
     }
 
-    /// Records a profile's status, access-token expiry and last error.
+    /// Records a profile's status, access-token expiry and last error, and with `event` (one
+    /// of the `auth.profile.*` kinds) the event of that change, in the same transaction.
     pub async fn set_auth_status(
         &self,
         name: &ProfileName,
         status: ProfileStatus,
         access_expires_at: Option<SystemTime>,
         last_error: &str,
+        event: Option<&'static str>,
         now: SystemTime,
     ) -> Result<(), StorageError> {
         let name = name.as_str().to_owned();
@@ -103,6 +118,9 @@ impl Store {
                  WHERE name = ?1",
             )?
             .execute(params![name, status.as_str(), access_expires_at.map(to_millis), last_error, to_millis(now)])?;
+            if let Some(kind) = event {
+                events::append(c, &NewEvent::new(kind, name.as_str()).with("status", status.as_str()), now)?;
+            }
             Ok::<_, StorageError>(())
         })
         .await
