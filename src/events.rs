@@ -43,6 +43,16 @@ pub const DEVICE_REVOKED: &str = "device.revoked";
 pub const DEVICE_RENEWED: &str = "device.renewed";
 /// A new policy version was installed (attribute version).
 pub const POLICY_UPDATED: &str = "policy.updated";
+/// An auth profile was created (`subject` = profile name; attributes kind, provider).
+pub const AUTH_PROFILE_CREATED: &str = "auth.profile.created";
+/// An auth profile was deleted, its secrets destroyed.
+pub const AUTH_PROFILE_DELETED: &str = "auth.profile.deleted";
+/// An OAuth 2.0 profile completed an authorization and holds tokens.
+pub const AUTH_PROFILE_AUTHORIZED: &str = "auth.profile.authorized";
+/// The provider refused a profile's refresh token (`invalid_grant`): it needs a new login.
+pub const AUTH_PROFILE_REAUTHORIZATION_REQUIRED: &str = "auth.profile.reauthorization_required";
+/// A profile's key or tokens were revoked (destroyed); the profile stays.
+pub const AUTH_PROFILE_REVOKED: &str = "auth.profile.revoked";
 
 /// Every kind this build emits.
 pub const KINDS: &[&str] = &[
@@ -56,6 +66,11 @@ pub const KINDS: &[&str] = &[
     DEVICE_REVOKED,
     DEVICE_RENEWED,
     POLICY_UPDATED,
+    AUTH_PROFILE_CREATED,
+    AUTH_PROFILE_DELETED,
+    AUTH_PROFILE_AUTHORIZED,
+    AUTH_PROFILE_REAUTHORIZATION_REQUIRED,
+    AUTH_PROFILE_REVOKED,
 ];
 
 /// Events kept at most, by default.

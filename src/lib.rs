@@ -2,6 +2,8 @@
 //!
 //! One binary that keeps a node's secrets and decides who may touch them:
 //!
+//! - [`auth`] — auth profiles: API keys and OAuth 2.0 grants (PKCE, single-flight refresh)
+//!   for external providers, their secrets sealed in the vault;
 //! - [`vault`] — scoped, versioned secrets, envelope-encrypted (ChaCha20-Poly1305, HKDF
 //!   sub-keys), the root key in the OS keychain or a 0600 key file;
 //! - [`identity`] — the node's Ed25519/X25519 identity, the sealed identity store, the device
@@ -25,6 +27,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -247,6 +247,8 @@ pub struct Node {
     pub events: EventLog,
     /// Certificates → peers, shared by the gRPC and QUIC edges (one cache to invalidate).
     pub peers: PeerResolver,
+    /// Auth profiles (their refresh locks are shared by every caller of this node).
+    pub auth: crate::auth::AuthProfiles,
 }
 
 /// Why a node could not be initialised or started.
@@ -268,6 +270,9 @@ pub enum InitError {
     /// The database failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The auth profiles' HTTP client could not be built.
+    #[error("auth profiles: {0}")]
+    Auth(String),
 }
 
 impl Node {
@@ -299,7 +304,19 @@ impl Node {
             blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
         let events = EventLog::new(core.store.clone());
         let peers = PeerResolver::new(core.store.clone());
-        Ok(Node { core, identity, policies, audit, operator, events, peers, server_names: Arc::from(names) })
+        let auth = crate::auth::AuthProfiles::new(core.store.clone(), core.vault.clone())
+            .map_err(|e| InitError::Auth(e.to_string()))?;
+        Ok(Node {
+            core,
+            identity,
+            policies,
+            audit,
+            operator,
+            events,
+            peers,
+            auth,
+            server_names: Arc::from(names),
+        })
     }
 
     /// The server certificate chain and key to serve at `now`: re-issued (and stored) when the

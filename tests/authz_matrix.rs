@@ -174,6 +174,7 @@ macro_rules! case {
 
 fn cases() -> Vec<Case> {
     use pb::audit::v1 as audit;
+    use pb::auth::v1 as auth;
     use pb::identity::v1 as identity;
     use pb::pairing::v1 as pairing;
     use pb::policy::v1 as policy;
@@ -419,6 +420,49 @@ fn cases() -> Vec<Case> {
         case!("palyra.audit.v1.AuditService/VerifyAuditLog", admin_only, |c, w| {
             audit::VerifyAuditLogRequest {}
         }),
+        // AuthProfileService: admin only. GetAccessToken passes the gate for devices, whose
+        // resource check then finds no policy granting them the profile.
+        case!("palyra.auth.v1.AuthProfileService/CreateProfile", admin_only, |c, w| {
+            // No kind: allowed callers get INVALID_ARGUMENT, nothing is created.
+            auth::CreateProfileRequest { name: "matrix".into(), ..Default::default() }
+        }),
+        case!("palyra.auth.v1.AuthProfileService/ListProfiles", admin_only, |c, w| {
+            auth::ListProfilesRequest {}
+        }),
+        case!("palyra.auth.v1.AuthProfileService/GetProfile", admin_only, |c, w| {
+            auth::GetProfileRequest { name: "matrix".into() }
+        }),
+        case!("palyra.auth.v1.AuthProfileService/DeleteProfile", admin_only, |c, w| {
+            auth::DeleteProfileRequest { name: "matrix".into() }
+        }),
+        case!("palyra.auth.v1.AuthProfileService/StartAuthorization", admin_only, |c, w| {
+            auth::StartAuthorizationRequest { name: "matrix".into(), redirect_uri: String::new() }
+        }),
+        case!("palyra.auth.v1.AuthProfileService/CompleteAuthorization", admin_only, |c, w| {
+            auth::CompleteAuthorizationRequest { state: "nope".into(), code: "nope".into() }
+        }),
+        case!("palyra.auth.v1.AuthProfileService/GetAccessToken", admin_only, |c, w| {
+            auth::GetAccessTokenRequest { name: "matrix".into() }
+        }),
+        case!("palyra.auth.v1.AuthProfileService/RevokeProfile", admin_only, |c, w| {
+            auth::RevokeProfileRequest { name: "matrix".into() }
+        }),
+        // The reserved scope of auth profiles: no vault call reaches it, the admin's included.
+        Case {
+            name: "palyra.vault.v1.VaultService/GetSecret (reserved palyra/auth scope)",
+            expect: nobody,
+            call: Box::new(|_, _, ch| {
+                Box::pin(unary(
+                    ch,
+                    "/palyra.vault.v1.VaultService/GetSecret",
+                    vault::GetSecretRequest {
+                        scope: "palyra/auth/matrix".into(),
+                        key: "token".into(),
+                        version: 0,
+                    },
+                ))
+            }),
+        },
         // Methods no schema knows: denied for everyone, admin included.
         case!("palyra.vault.v1.VaultService/ExportEverything", nobody, |c, w| vault::RotateKeyRequest {}),
         case!("evil.v1.Backdoor/Open", nobody, |c, w| vault::RotateKeyRequest {}),

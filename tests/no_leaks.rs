@@ -159,6 +159,18 @@ fn no_secret_reaches_a_log_the_database_or_an_event() {
         &["vault", "put", &format!("devices/{}", device_id.trim()), "token", "--value-stdin"],
         Some(device_value.as_bytes()),
     );
+    // An auth profile's API key: sealed in the vault, handed out only by `auth token`.
+    let api_key = format!("AUTH-CANARY-{}", palyra::identity::DeviceId::generate());
+    palyra(
+        &node,
+        &url,
+        &["auth", "add", "canary", "--provider", "test", "--api-key-stdin"],
+        Some(api_key.as_bytes()),
+    );
+    let token = palyra(&node, &url, &["auth", "token", "canary"], None);
+    assert_eq!(String::from_utf8_lossy(&token.stdout).trim(), api_key);
+    let listed = palyra(&node, &url, &["--json", "auth", "list"], None);
+    assert!(!contains(&listed.stdout, api_key.as_bytes()), "auth list prints no key");
     palyra(&node, &url, &["vault", "rotate-key"], None);
     palyra(&node, &url, &["audit", "verify"], None);
     drop(server);
@@ -171,6 +183,7 @@ fn no_secret_reaches_a_log_the_database_or_an_event() {
     let secrets: Vec<(&str, Vec<u8>)> = vec![
         ("secret value", value.clone().into_bytes()),
         ("device secret value", device_value.clone().into_bytes()),
+        ("auth profile API key", api_key.clone().into_bytes()),
         ("pin", pin.clone().into_bytes()),
         ("root key", root_key.clone()),
         ("root key (hex)", hex::encode(&root_key).into_bytes()),

@@ -6,6 +6,7 @@
 //! and what to do.
 
 mod audit;
+mod auth;
 mod client;
 mod devices;
 mod identity;
@@ -76,6 +77,9 @@ enum Command {
     /// The QUIC data plane of a node: health, event stream.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Auth profiles: API keys and OAuth 2.0 logins for external providers.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 impl Cli {
@@ -98,6 +102,7 @@ impl Cli {
             Command::Policy(cmd) => policy::run(&ctx, cmd).await,
             Command::Audit(cmd) => audit::run(&ctx, cmd).await,
             Command::Node(cmd) => node::run(&ctx, cmd).await,
+            Command::Auth(cmd) => auth::run(&ctx, cmd).await,
         }
     }
 }

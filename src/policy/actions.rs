@@ -76,6 +76,23 @@ pub const LIST_AUDIT_RECORDS: &str = "palyra.audit.v1.AuditService/ListAuditReco
 /// AuditService.VerifyAuditLog.
 pub const VERIFY_AUDIT_LOG: &str = "palyra.audit.v1.AuditService/VerifyAuditLog";
 
+/// AuthProfileService.CreateProfile.
+pub const CREATE_PROFILE: &str = "palyra.auth.v1.AuthProfileService/CreateProfile";
+/// AuthProfileService.ListProfiles.
+pub const LIST_PROFILES: &str = "palyra.auth.v1.AuthProfileService/ListProfiles";
+/// AuthProfileService.GetProfile.
+pub const GET_PROFILE: &str = "palyra.auth.v1.AuthProfileService/GetProfile";
+/// AuthProfileService.DeleteProfile.
+pub const DELETE_PROFILE: &str = "palyra.auth.v1.AuthProfileService/DeleteProfile";
+/// AuthProfileService.StartAuthorization.
+pub const START_AUTHORIZATION: &str = "palyra.auth.v1.AuthProfileService/StartAuthorization";
+/// AuthProfileService.CompleteAuthorization.
+pub const COMPLETE_AUTHORIZATION: &str = "palyra.auth.v1.AuthProfileService/CompleteAuthorization";
+/// AuthProfileService.GetAccessToken (resource check: `Resource::Profile`).
+pub const GET_ACCESS_TOKEN: &str = "palyra.auth.v1.AuthProfileService/GetAccessToken";
+/// AuthProfileService.RevokeProfile.
+pub const REVOKE_PROFILE: &str = "palyra.auth.v1.AuthProfileService/RevokeProfile";
+
 /// QUIC `node.health`.
 pub const NODE_HEALTH: &str = "node.health";
 /// QUIC `node.stream_events`.
@@ -119,10 +136,29 @@ pub const ALL: &[&str] = &[
     ROLLBACK_POLICY_SET,
     LIST_AUDIT_RECORDS,
     VERIFY_AUDIT_LOG,
+    CREATE_PROFILE,
+    LIST_PROFILES,
+    GET_PROFILE,
+    DELETE_PROFILE,
+    START_AUTHORIZATION,
+    COMPLETE_AUTHORIZATION,
+    GET_ACCESS_TOKEN,
+    REVOKE_PROFILE,
     NODE_HEALTH,
     NODE_STREAM_EVENTS,
 ];
 
 /// The action groups of the schema.
-pub const GROUPS: &[&str] =
-    &["public", "reflection", "self", "admin", "quic", "vault", "vault.read", "vault.write"];
+pub const GROUPS: &[&str] = &[
+    "public",
+    "reflection",
+    "self",
+    "admin",
+    "quic",
+    "vault",
+    "vault.read",
+    "vault.write",
+    "auth",
+    "auth.manage",
+    "auth.token",
+];

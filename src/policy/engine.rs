@@ -76,7 +76,7 @@ struct ActionInfo {
     uid: EntityUid,
     /// Its entity, with its groups as (closed) ancestors.
     entity: ast::Entity,
-    /// Which resource kinds the schema allows it (Node, Scope, Device).
+    /// Which resource kinds the schema allows it (Node, Scope, Device, Profile).
     resources: [bool; RESOURCE_KINDS],
 }
 
@@ -185,7 +185,7 @@ impl PolicyEngine {
                 .ok_or_else(|| PolicyError::Schema(format!("action {id} is not in the schema")))?;
             let allowed: Vec<&EntityTypeName> =
                 schema.resources_for_action(&uid).map(Iterator::collect).unwrap_or_default();
-            let resources = [0, 1, 2].map(|kind| allowed.contains(&types.resource_type(kind)));
+            let resources = [0, 1, 2, 3].map(|kind| allowed.contains(&types.resource_type(kind)));
             actions.insert(id, ActionInfo { index, uid, entity, resources });
         }
         let validator = Validator::new(schema.clone());
@@ -869,8 +869,16 @@ mod tests {
             Admin => true,
             _ if public.contains(&action) => true,
             Anonymous => action == RENEW_CERTIFICATE,
-            _ if [REFLECTION_V1, REFLECTION_V1ALPHA, GET_DEVICE, RENEW_CERTIFICATE, NODE_HEALTH]
-                .contains(&action) =>
+            // GetAccessToken: every device passes the gate; the Profile check decides.
+            _ if [
+                REFLECTION_V1,
+                REFLECTION_V1ALPHA,
+                GET_DEVICE,
+                RENEW_CERTIFICATE,
+                NODE_HEALTH,
+                GET_ACCESS_TOKEN,
+            ]
+            .contains(&action) =>
             {
                 true
             }

@@ -15,6 +15,7 @@ use cedar_policy_core::entities as core_entities;
 use cedar_policy_core::extensions::Extensions;
 
 use super::{PolicyError, quote};
+use crate::auth::ProfileName;
 use crate::identity::{Device, DeviceId, DeviceStatus, Principal, Role};
 use crate::vault::Scope;
 
@@ -34,6 +35,8 @@ pub enum Resource {
     Scope(Scope),
     /// A device: the resource check of GetDevice and RenewCertificate.
     Device(DeviceId),
+    /// An auth profile: the resource check of AuthProfileService.GetAccessToken.
+    Profile(ProfileName),
 }
 
 /// The principal as the engine sees it: a [`Principal`] plus what policies may read about it.
@@ -98,6 +101,8 @@ pub enum EntityRef {
     Node,
     /// `Palyra::Scope::"<scope>"`.
     Scope(Scope),
+    /// `Palyra::Profile::"<name>"`.
+    Profile(ProfileName),
 }
 
 /// Reads an entity uid given as text, as PolicyService.Authorize receives them:
@@ -116,8 +121,9 @@ pub fn parse_entity_ref(text: &str) -> Result<EntityRef, PolicyError> {
         "Palyra::Node" if id == NODE_ID => Ok(EntityRef::Node),
         "Palyra::Node" => Err(err(format!("this node is Palyra::Node::\"{NODE_ID}\""))),
         "Palyra::Scope" => Scope::parse(id).map(EntityRef::Scope).map_err(|e| err(e.to_string())),
+        "Palyra::Profile" => ProfileName::parse(id).map(EntityRef::Profile).map_err(|e| err(e.to_string())),
         other => Err(err(format!(
-            "unknown entity type {}: use Palyra::Device, Palyra::Anonymous, Palyra::Node or Palyra::Scope",
+            "unknown entity type {}: use Palyra::Device, Palyra::Anonymous, Palyra::Node, Palyra::Scope or Palyra::Profile",
             quote(other)
         ))),
     }
@@ -167,8 +173,8 @@ pub fn principal_uid(principal: &Principal) -> String {
 
 /// The principal kinds policies are sliced by: a principal's type and, for a device, its role.
 pub(crate) const PRINCIPAL_KINDS: usize = 4;
-/// The resource kinds policies are sliced by: Node, Scope, Device.
-pub(crate) const RESOURCE_KINDS: usize = 3;
+/// The resource kinds policies are sliced by: Node, Scope, Device, Profile.
+pub(crate) const RESOURCE_KINDS: usize = 4;
 
 impl Subject<'_> {
     /// 0 Anonymous, then one per role.
@@ -183,12 +189,13 @@ impl Subject<'_> {
 }
 
 impl Resource {
-    /// 0 Node, 1 Scope, 2 Device.
+    /// 0 Node, 1 Scope, 2 Device, 3 Profile.
     pub(crate) fn kind(&self) -> usize {
         match self {
             Resource::Node => 0,
             Resource::Scope(_) => 1,
             Resource::Device(_) => 2,
+            Resource::Profile(_) => 3,
         }
     }
 }
@@ -201,6 +208,7 @@ pub(crate) struct Types {
     anonymous: EntityTypeName,
     node: EntityTypeName,
     scope: EntityTypeName,
+    profile: EntityTypeName,
 }
 
 impl Types {
@@ -215,6 +223,7 @@ impl Types {
             anonymous: parse("Palyra::Anonymous")?,
             node: parse("Palyra::Node")?,
             scope: parse("Palyra::Scope")?,
+            profile: parse("Palyra::Profile")?,
         })
     }
 
@@ -231,7 +240,8 @@ impl Types {
         match kind {
             0 => &self.node,
             1 => &self.scope,
-            _ => &self.device,
+            2 => &self.device,
+            _ => &self.profile,
         }
     }
 
@@ -259,6 +269,7 @@ impl Types {
             Resource::Node => self.uid(&self.node, NODE_ID),
             Resource::Scope(scope) => self.uid(&self.scope, scope.as_str()),
             Resource::Device(id) => self.device_uid(*id),
+            Resource::Profile(name) => self.uid(&self.profile, name.as_str()),
         }
     }
 
@@ -310,7 +321,9 @@ impl Types {
         }
         out.push(action.clone());
         match resource {
-            Resource::Node => out.push(ast::Entity::with_uid(resource_uid.clone().into())),
+            Resource::Node | Resource::Profile(_) => {
+                out.push(ast::Entity::with_uid(resource_uid.clone().into()))
+            }
             Resource::Scope(scope) => out.push(self.scope_entity(scope, resource_uid)),
             Resource::Device(_) => {}
         }
@@ -351,6 +364,7 @@ impl std::fmt::Display for Resource {
             Resource::Node => f.write_str("Node"),
             Resource::Scope(scope) => write!(f, "Scope:{scope}"),
             Resource::Device(id) => write!(f, "Device:{id}"),
+            Resource::Profile(name) => write!(f, "Profile:{name}"),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The gRPC edge: the only module that knows tonic and the generated `pb` types.
 //!
 //! [`serve`] runs every service behind TLS ([`server`]) and the Cedar method gate
-//! ([`authz::GateLayer`]): Vault, Identity, Policy, Audit, `grpc.health.v1` (overall and per
+//! ([`authz::GateLayer`]): Vault, Identity, Policy, Audit, AuthProfile, `grpc.health.v1` (overall and per
 //! service), Pairing, and server reflection v1 and v1alpha, so `buf curl` and grpcurl can
 //! list, describe and call everything. Handlers convert requests to domain types ([`convert`]), ask the gate
 //! again for the resource they touch, call the domain, and map errors in one place
 //! ([`status`]). Revocation also ends a device's open streams ([`streams`]).
 
 pub mod audit;
+pub mod auth;
 pub mod authz;
 pub mod convert;
 pub mod identity;
@@ -27,6 +28,7 @@ use tonic::transport::Server;
 
 use self::authz::{Gate, GateLayer};
 use self::pb::audit::v1::audit_service_server::AuditServiceServer;
+use self::pb::auth::v1::auth_profile_service_server::AuthProfileServiceServer;
 use self::pb::identity::v1::identity_service_server::IdentityServiceServer;
 use self::pb::pairing::v1::pairing_service_server::PairingServiceServer;
 use self::pb::policy::v1::policy_service_server::PolicyServiceServer;
@@ -135,12 +137,16 @@ pub async fn serve(
     let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone()))
         .max_decoding_message_size(64 * 1024);
 
+    let auth = AuthProfileServiceServer::new(auth::AuthApi::new(node.auth.clone(), gate.clone()))
+        .max_decoding_message_size(256 * 1024);
+
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<VaultServiceServer<vault::VaultApi>>().await;
     health_reporter.set_serving::<IdentityServiceServer<identity::IdentityApi>>().await;
     health_reporter.set_serving::<PolicyServiceServer<policy::PolicyApi>>().await;
     health_reporter.set_serving::<AuditServiceServer<audit::AuditApi>>().await;
     health_reporter.set_serving::<PairingServiceServer<pairing::PairingApi>>().await;
+    health_reporter.set_serving::<AuthProfileServiceServer<auth::AuthApi>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -162,6 +168,7 @@ pub async fn serve(
         .add_service(policy)
         .add_service(audit)
         .add_service(pairing)
+        .add_service(auth)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     drop(renewal);

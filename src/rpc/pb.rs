@@ -45,6 +45,13 @@ pub mod audit {
     }
 }
 
+/// `palyra.auth.v1`: AuthProfileService.
+pub mod auth {
+    pub mod v1 {
+        tonic::include_proto!("palyra.auth.v1");
+    }
+}
+
 /// `palyra.node.v1`: the QUIC data plane's messages.
 pub mod node {
     pub mod v1 {

@@ -86,6 +86,7 @@ impl PolicyService for PolicyApi {
             EntityRef::Node => Resource::Node,
             EntityRef::Scope(scope) => Resource::Scope(scope),
             EntityRef::Device(id) => Resource::Device(id),
+            EntityRef::Profile(name) => Resource::Profile(name),
             EntityRef::Anonymous => {
                 return Err(invalid_argument("resource", "the anonymous principal is not a resource"));
             }
@@ -118,7 +119,7 @@ impl PolicyService for PolicyApi {
                 let device = self.store.device(id).await?.ok_or(IdentityError::NotFound(id))?;
                 engine.authorize_subject(&Subject::device(&device), action, &resource, context.as_ref())
             }
-            EntityRef::Node | EntityRef::Scope(_) => {
+            EntityRef::Node | EntityRef::Scope(_) | EntityRef::Profile(_) => {
                 return Err(invalid_argument(
                     "principal",
                     "a principal is a Palyra::Device or Palyra::Anonymous",

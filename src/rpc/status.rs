@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb::common::v1::ErrorReason;
 use crate::access::Refusal;
+use crate::auth::AuthError;
 use crate::identity::{DeviceId, IdentityError};
 use crate::pairing::PairingError;
 use crate::pairing::handshake::unix_ms;
@@ -186,6 +187,48 @@ impl From<PairingError> for Status {
                 tracing::error!(error = %e, "pairing integrity failure");
                 status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
             }
+            other => internal(other),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidArgument { field, message } => invalid_argument(field, message),
+            e @ AuthError::NotFound(_) => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
+            e @ AuthError::AlreadyExists(_) => {
+                status(Code::AlreadyExists, ErrorReason::InvalidArgument, e.to_string())
+            }
+            e @ AuthError::WrongKind { .. } => {
+                status(Code::FailedPrecondition, ErrorReason::InvalidArgument, e.to_string())
+            }
+            e @ AuthError::StateInvalid => {
+                status(Code::FailedPrecondition, ErrorReason::AuthStateInvalid, e.to_string())
+            }
+            AuthError::NeedsAuthorization { ref name, .. } => {
+                let profile = name.to_string();
+                status_with(
+                    Code::FailedPrecondition,
+                    ErrorReason::AuthReauthorizationRequired,
+                    e.to_string(),
+                    HashMap::from([("profile".to_owned(), profile)]),
+                )
+            }
+            e @ AuthError::InvalidGrant { .. } => {
+                status(Code::FailedPrecondition, ErrorReason::AuthReauthorizationRequired, e.to_string())
+            }
+            AuthError::Provider { status: http, ref error, .. } => {
+                let mut metadata = HashMap::new();
+                if let Some(http) = http {
+                    metadata.insert("provider_status".to_owned(), http.to_string());
+                }
+                if let Some(error) = error {
+                    metadata.insert("provider_error".to_owned(), error.clone());
+                }
+                status_with(Code::Unavailable, ErrorReason::AuthProviderUnavailable, e.to_string(), metadata)
+            }
+            AuthError::Vault(v) => v.into(),
             other => internal(other),
         }
     }

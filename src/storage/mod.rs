@@ -11,6 +11,7 @@
 //! not encrypt, authorize or decide anything.
 
 mod audit;
+mod auth;
 mod devices;
 pub(crate) mod events;
 mod pairing;
@@ -38,7 +39,7 @@ pub struct StorageError {
 }
 
 impl StorageError {
-    fn new(message: impl fmt::Display) -> Self {
+    pub(crate) fn new(message: impl fmt::Display) -> Self {
         StorageError { message: message.to_string().into() }
     }
 
@@ -63,6 +64,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (5, "pairing", include_str!("migrations/0005_pairing.sql")),
     (6, "events", include_str!("migrations/0006_events.sql")),
     (7, "pairing_sessions", include_str!("migrations/0007_pairing_sessions.sql")),
+    (8, "auth_profiles", include_str!("migrations/0008_auth_profiles.sql")),
 ];
 
 /// Largest number of writes committed together.

@@ -18,6 +18,7 @@ import * as grpc from "@grpc/grpc-js";
 import { ErrorInfo } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
 import { AuditServiceClient } from "./gen/palyra/audit/v1/audit";
+import { AuthProfileServiceClient } from "./gen/palyra/auth/v1/auth";
 import { ErrorReason, errorReasonFromJSON } from "./gen/palyra/common/v1/errors";
 import { IdentityServiceClient, WhoAmIResponse } from "./gen/palyra/identity/v1/identity";
 import { PairingServiceClient } from "./gen/palyra/pairing/v1/pairing";
@@ -29,6 +30,7 @@ import {
 } from "./gen/palyra/vault/v1/vault";
 
 export * as audit from "./gen/palyra/audit/v1/audit";
+export * as auth from "./gen/palyra/auth/v1/auth";
 export * as common from "./gen/palyra/common/v1/errors";
 export * as identity from "./gen/palyra/identity/v1/identity";
 export * as pairing from "./gen/palyra/pairing/v1/pairing";
@@ -135,6 +137,7 @@ export class Palyra {
   readonly pairing: PairingServiceClient;
   readonly policy: PolicyServiceClient;
   readonly audit: AuditServiceClient;
+  readonly auth: AuthProfileServiceClient;
 
   constructor(
     readonly target: string,
@@ -147,6 +150,7 @@ export class Palyra {
     this.pairing = new PairingServiceClient(target, credentials, options);
     this.policy = new PolicyServiceClient(target, credentials, options);
     this.audit = new AuditServiceClient(target, credentials, options);
+    this.auth = new AuthProfileServiceClient(target, credentials, options);
   }
 
   close(): void {

@@ -15,6 +15,7 @@ no asyncio variant.
 """
 
 from ._proto.palyra.audit.v1 import audit_pb2
+from ._proto.palyra.auth.v1 import auth_pb2
 from ._proto.palyra.identity.v1 import identity_pb2
 from ._proto.palyra.pairing.v1 import pairing_pb2
 from ._proto.palyra.policy.v1 import policy_pb2
@@ -33,6 +34,7 @@ __all__ = [
     "PairingUri",
     "PalyraError",
     "audit_pb2",
+    "auth_pb2",
     "connect",
     "credentials_dir",
     "default_data_dir",

@@ -151,6 +151,25 @@ export enum ErrorReason {
    * sent; report it with the time of the call.
    */
   ERROR_REASON_INTERNAL = 21,
+  /**
+   * ERROR_REASON_AUTH_REAUTHORIZATION_REQUIRED - FAILED_PRECONDITION: an OAuth 2.0 auth profile has no usable grant: it was never
+   * authorized, it was revoked, or the provider refused its refresh token (`invalid_grant`).
+   * Metadata `profile` names it. Run `palyra auth login NAME` (StartAuthorization +
+   * CompleteAuthorization) again.
+   */
+  ERROR_REASON_AUTH_REAUTHORIZATION_REQUIRED = 22,
+  /**
+   * ERROR_REASON_AUTH_STATE_INVALID - FAILED_PRECONDITION: CompleteAuthorization's state is unknown, already used or older than
+   * its 10-minute lifetime. Start again with StartAuthorization.
+   */
+  ERROR_REASON_AUTH_STATE_INVALID = 23,
+  /**
+   * ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE - UNAVAILABLE: an auth profile's provider (its OAuth 2.0 token endpoint) failed or could not
+   * be reached. Metadata `provider_status` holds the provider's HTTP status (absent when it
+   * could not be reached) and `provider_error` its OAuth error code when it sent one. Safe to
+   * retry with backoff.
+   */
+  ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE = 24,
   UNRECOGNIZED = -1,
 }
 
@@ -222,6 +241,15 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 21:
     case "ERROR_REASON_INTERNAL":
       return ErrorReason.ERROR_REASON_INTERNAL;
+    case 22:
+    case "ERROR_REASON_AUTH_REAUTHORIZATION_REQUIRED":
+      return ErrorReason.ERROR_REASON_AUTH_REAUTHORIZATION_REQUIRED;
+    case 23:
+    case "ERROR_REASON_AUTH_STATE_INVALID":
+      return ErrorReason.ERROR_REASON_AUTH_STATE_INVALID;
+    case 24:
+    case "ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE":
+      return ErrorReason.ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -275,6 +303,12 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_UNAVAILABLE";
     case ErrorReason.ERROR_REASON_INTERNAL:
       return "ERROR_REASON_INTERNAL";
+    case ErrorReason.ERROR_REASON_AUTH_REAUTHORIZATION_REQUIRED:
+      return "ERROR_REASON_AUTH_REAUTHORIZATION_REQUIRED";
+    case ErrorReason.ERROR_REASON_AUTH_STATE_INVALID:
+      return "ERROR_REASON_AUTH_STATE_INVALID";
+    case ErrorReason.ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE:
+      return "ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

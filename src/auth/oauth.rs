@@ -1,0 +1,183 @@
+//! The OAuth 2.0 token endpoint client (RFC 6749 §4.1.3 code exchange with the PKCE verifier,
+//! §6 refresh): reqwest over rustls with the process's ring provider, connect and total
+//! timeouts, no redirects, bounded responses. The only code that knows reqwest.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use zeroize::Zeroize;
+
+use super::{AuthError, OAuth2Config};
+
+/// Connecting to a token endpoint gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole token request gives up after this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest token response read.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Longest provider error text quoted in an error.
+const MAX_QUOTED: usize = 200;
+
+/// What a token endpoint returned. Secrets are wiped on drop; `Debug` prints none.
+#[derive(Deserialize, Default)]
+pub struct TokenResponse {
+    /// The access token.
+    pub access_token: String,
+    /// Its type ("Bearer").
+    #[serde(default)]
+    pub token_type: String,
+    /// Seconds until the access token expires, when the provider says.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// A (new) refresh token, when the provider sends one.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+impl Drop for TokenResponse {
+    fn drop(&mut self) {
+        self.access_token.zeroize();
+        if let Some(r) = self.refresh_token.as_mut() {
+            r.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An OAuth error response body (RFC 6749 §5.2).
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// A client of token endpoints.
+#[derive(Debug, Clone)]
+pub struct TokenClient {
+    http: reqwest::Client,
+}
+
+impl TokenClient {
+    /// A client with the timeouts above. Uses the process's rustls provider (ring), installing
+    /// it if nothing is installed yet.
+    pub fn new() -> Result<Self, AuthError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("palyra/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AuthError::Internal(format!("http client: {e}")))?;
+        Ok(TokenClient { http })
+    }
+
+    /// Exchanges an authorization code and its PKCE verifier for tokens.
+    pub async fn exchange_code(
+        &self,
+        config: &OAuth2Config,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<TokenResponse, AuthError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("client_id", config.client_id.as_str()),
+            ("code_verifier", verifier),
+        ];
+        self.post(config, &form).await
+    }
+
+    /// Refreshes with a refresh token.
+    pub async fn refresh(
+        &self,
+        config: &OAuth2Config,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, AuthError> {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", config.client_id.as_str()),
+        ];
+        self.post(config, &form).await
+    }
+
+    async fn post(&self, config: &OAuth2Config, form: &[(&str, &str)]) -> Result<TokenResponse, AuthError> {
+        let unreachable = |e: reqwest::Error| AuthError::Provider {
+            status: None,
+            error: None,
+            message: format!(
+                "token endpoint {} {}",
+                config.token_url,
+                if e.is_timeout() { "timed out" } else { "could not be reached" }
+            ),
+        };
+        let mut response = self
+            .http
+            .post(&config.token_url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let mut body = zeroize::Zeroizing::new(Vec::new());
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(AuthError::Provider {
+                    status: Some(status.as_u16()),
+                    error: None,
+                    message: format!("token endpoint response is larger than {MAX_RESPONSE_BYTES} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            return serde_json::from_slice::<TokenResponse>(&body)
+                .ok()
+                .filter(|t| !t.access_token.is_empty())
+                .ok_or_else(|| AuthError::Provider {
+                    status: Some(status.as_u16()),
+                    error: None,
+                    message: "token endpoint returned no access_token".into(),
+                });
+        }
+        let parsed = serde_json::from_slice::<ErrorBody>(&body).ok();
+        match parsed {
+            Some(e) if e.error == "invalid_grant" => Err(AuthError::InvalidGrant {
+                description: e.error_description.map(|d| bounded(&d)).unwrap_or_default(),
+            }),
+            other => {
+                let error = other.as_ref().map(|e| bounded(&e.error));
+                let description =
+                    other.and_then(|e| e.error_description).map(|d| format!(": {}", bounded(&d)));
+                Err(AuthError::Provider {
+                    status: Some(status.as_u16()),
+                    message: format!(
+                        "token endpoint answered {}{}{}",
+                        status.as_u16(),
+                        error.as_deref().map(|e| format!(" {e}")).unwrap_or_default(),
+                        description.unwrap_or_default()
+                    ),
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// Provider text, bounded and without control characters.
+fn bounded(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(MAX_QUOTED).collect()
+}
