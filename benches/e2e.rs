@@ -105,11 +105,16 @@ fn fmt_value(v: f64, unit: &str) -> String {
     format!("{n} {unit}")
 }
 
+/// (in flight, GetSecret req/s, GetSecret p99 ms, bare req/s, bare p99 ms).
+type UnaryPoint = (usize, f64, f64, f64, f64);
+/// A chart panel: its title and the (GetSecret, bare) values it plots.
+type Panel = (&'static str, fn(&UnaryPoint) -> (f64, f64));
+
 #[derive(Debug, Default)]
 struct Report {
     rows: Vec<Row>,
-    /// (in flight, GetSecret req/s, p99 ms, echo req/s, p99 ms) for the chart.
-    unary: Vec<(usize, f64, f64, f64, f64)>,
+    /// The chart's points.
+    unary: Vec<UnaryPoint>,
 }
 
 impl Report {
@@ -213,7 +218,7 @@ impl Report {
             2.0 * W,
             H + 30.0
         ));
-        let panels: [(&str, fn(&(usize, f64, f64, f64, f64)) -> (f64, f64)); 2] =
+        let panels: [Panel; 2] =
             [("throughput (requests/s)", |u| (u.1, u.3)), ("p99 latency (ms)", |u| (u.2, u.4))];
         for (p, (title, pick)) in panels.iter().enumerate() {
             let ox = p as f64 * W;
@@ -478,7 +483,7 @@ struct Unary {
     get_p50_at_1_us: f64,
 }
 
-async fn unary(report: &mut Report, s: &Sizing) -> Unary {
+async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     println!(
         "\n(1) unary over mTLS: VaultService/GetSecret (1 KiB) vs a bare tonic service, same TLS, same client"
     );
@@ -541,6 +546,9 @@ async fn unary(report: &mut Report, s: &Sizing) -> Unary {
         report.unary.push((in_flight, g.rate, g.ms(0.99), e.rate, e.ms(0.99)));
     }
 
+    if !durable {
+        return Unary { get_p50_at_1_us: p50_at_1 };
+    }
     println!("\n(2) durable writes: PutSecret over gRPC (synchronous=FULL, group commit) vs bare rusqlite");
     let put = |client: VaultServiceClient<Channel>, tag: &'static str| -> Call {
         Arc::new(move |i| {
@@ -1218,7 +1226,7 @@ fn main() {
     runtime.block_on(async {
         let mut get_p50 = f64::NAN;
         if wants(1) || wants(2) || wants(3) {
-            get_p50 = unary(&mut report, &sizing).await.get_p50_at_1_us;
+            get_p50 = unary(&mut report, &sizing, wants(2)).await.get_p50_at_1_us;
         }
         if wants(3) {
             authorization(&mut report, &sizing, get_p50);
