@@ -6,90 +6,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use palyra::identity::{DeviceId, Principal, Role};
-use palyra::policy::{DEFAULT_POLICIES, PolicyEngine, Resource, actions};
-use palyra::vault::Scope;
+use palyra::identity::DeviceId;
+use palyra::policy::PolicyEngine;
+use support::policy::{GENERATED, Workload, anchored_policies, per_device_policies, unsliceable_policies};
 
-const GENERATED: usize = 1000;
+mod support;
+
 const SAMPLES: usize = 20_000;
 
-/// One decision of each kind a request makes: the method gate, then the vault resource check
-/// (the costlier one: principal, role, Node, a three-scope chain, two granted scopes).
-struct Workload {
-    principal: Principal,
-    granted: Vec<Scope>,
-    own: Resource,
-}
-
-impl Workload {
-    fn new(id: DeviceId) -> Self {
-        Workload {
-            principal: Principal::Device { id, role: Role::Device, fingerprint: "ab".repeat(32) },
-            granted: vec![Scope::parse("agents/alpha").unwrap(), Scope::parse("connectors/slack").unwrap()],
-            own: Resource::Scope(Scope::parse(&format!("devices/{id}/apps/mail")).unwrap()),
-        }
-    }
-
-    fn gate(&self, engine: &PolicyEngine) -> bool {
-        engine.authorize(&self.principal, &self.granted, actions::GET_SECRET, &Resource::Node, None).allow
-    }
-
-    fn resource(&self, engine: &PolicyEngine) -> bool {
-        engine.authorize(&self.principal, &self.granted, actions::GET_SECRET, &self.own, None).allow
-    }
-}
-
-/// The defaults plus one policy per generated device.
-fn per_device_policies(ids: &[DeviceId]) -> String {
-    let mut text = DEFAULT_POLICIES.to_owned();
-    for (i, id) in ids.iter().enumerate() {
-        text.push_str(&format!(
-            "\n@id(\"device-{i}\")\npermit (principal == Palyra::Device::\"{id}\", action in Palyra::Action::\"vault.read\", resource in Palyra::Scope::\"shared/team-{i}\");\n"
-        ));
-    }
-    text
-}
-
-/// The defaults plus policies anchored at one vault scope each.
-fn anchored_policies() -> String {
-    let mut text = DEFAULT_POLICIES.to_owned();
-    for i in 0..GENERATED {
-        text.push_str(&format!(
-            "\n@id(\"team-{i}\")\npermit (principal is Palyra::Device, action in Palyra::Action::\"vault.read\", resource in Palyra::Scope::\"shared/team-{i}\")\nwhen {{ principal.name == \"member-{i}\" }};\n"
-        ));
-    }
-    text
-}
-
-/// The defaults plus policies whose scope says nothing: every vault decision evaluates them.
-fn unsliceable_policies() -> String {
-    let mut text = DEFAULT_POLICIES.to_owned();
-    for i in 0..GENERATED {
-        text.push_str(&format!(
-            "\n@id(\"team-{i}\")\npermit (principal, action, resource is Palyra::Scope)\nwhen {{ resource in Palyra::Scope::\"shared/team-{i}\" && principal is Palyra::Device && principal.name == \"member-{i}\" }};\n"
-        ));
-    }
-    text
-}
-
 /// The median of `SAMPLES` timed calls (after a warm-up), in nanoseconds.
-fn p50(mut decide: impl FnMut() -> bool) -> f64 {
-    for _ in 0..2_000 {
-        black_box(decide());
-    }
-    let mut nanos: Vec<u64> = (0..SAMPLES)
-        .map(|_| {
-            let start = Instant::now();
-            black_box(decide());
-            start.elapsed().as_nanos() as u64
-        })
-        .collect();
-    nanos.sort_unstable();
-    nanos[nanos.len() / 2] as f64
+fn p50(decide: impl FnMut() -> bool) -> f64 {
+    support::policy::sample(SAMPLES, decide).value_at_quantile(0.5) as f64
 }
 
 fn decisions(c: &mut Criterion) {

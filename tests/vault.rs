@@ -138,6 +138,11 @@ async fn listing_pages_and_recursion() {
     assert!(next.is_none());
     let (with_deleted, _) = node.vault.list(&scope("a"), false, true, 0, None).await.unwrap();
     assert_eq!(with_deleted.len(), 3);
+    // A flat listing resumes after its cursor.
+    let (first, next) = node.vault.list(&scope("a/b"), false, false, 2, None).await.unwrap();
+    let (rest, end) = node.vault.list(&scope("a/b"), false, false, 2, next).await.unwrap();
+    assert_eq!(first.iter().chain(&rest).map(|m| m.key.as_str()).collect::<Vec<_>>(), ["k0", "k1", "k2"]);
+    assert!(end.is_none());
 
     // Recursive listing covers a, a/b, a/b/c — and not the siblings a-b, a.b, ab.
     let mut seen = Vec::new();

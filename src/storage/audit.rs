@@ -48,11 +48,12 @@ const MAX_QUEUED: usize = 100_000;
 impl AuditLog {
     /// Starts the audit writer for `store`, chaining with `key`. Blocking (opens a connection).
     pub fn start(store: &Store, key: hmac::Key) -> Result<Self, StorageError> {
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             store.path(),
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
+        super::wait_briefly_when_busy(&mut conn)?;
         let head: Option<(i64, String)> = conn
             .query_row("SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))

@@ -108,7 +108,7 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         restrict_mode(path);
-        configure_writer(&conn)?;
+        configure_writer(&mut conn)?;
         migrate(&mut conn)?;
         let published = events::last_sequence(&conn)?;
         let hub = crate::events::EventHub::default();
@@ -255,7 +255,7 @@ fn restrict_mode(path: &Path) {
     let _ = path;
 }
 
-fn configure_writer(conn: &Connection) -> Result<(), StorageError> {
+fn configure_writer(conn: &mut Connection) -> Result<(), StorageError> {
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StorageError::new(format_args!("cannot enable WAL mode (got {mode})")));
@@ -266,7 +266,23 @@ fn configure_writer(conn: &Connection) -> Result<(), StorageError> {
          PRAGMA secure_delete = ON;
          PRAGMA busy_timeout = 5000;",
     )?;
+    wait_briefly_when_busy(conn)?;
     conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// The two writers of the database (this writer and the audit writer) take turns on SQLite's
+/// write lock for short transactions. SQLite's own busy handler sleeps 1, 2, 5, 10 … 100 ms
+/// between tries, so each collision cost the other writer milliseconds (and a PutSecret its
+/// audit flush). Retry every few tens of microseconds instead, backing off to 1 ms, for about
+/// as long as `busy_timeout = 5000` allowed.
+pub(crate) fn wait_briefly_when_busy(conn: &mut Connection) -> Result<(), StorageError> {
+    fn retry(attempt: i32) -> bool {
+        let attempt = u64::try_from(attempt).unwrap_or(0);
+        std::thread::sleep(Duration::from_micros((20 * (attempt + 1)).min(1000)));
+        attempt < 5_500
+    }
+    conn.busy_handler(Some(retry))?;
     Ok(())
 }
 

@@ -165,22 +165,35 @@ fn get(
 }
 
 fn list(conn: &Connection, query: ListQuery) -> Result<Vec<SecretMetadata>, VaultError> {
+    // Rows come after the cursor and at or after (scope, ''): every key sorts after ''. Starting
+    // the cursor there lets SQLite seek straight to the page instead of scanning everything
+    // before it, so a page costs the same at any depth and with any number of secrets.
+    let floor = (query.scope.as_str().to_owned(), String::new());
     let (after_scope, after_key) = query
         .after
         .as_ref()
-        .map_or((String::new(), String::new()), |(s, k)| (s.as_str().to_owned(), k.as_str().to_owned()));
-    // Sub-scopes of `a` are `a/...`: the range ['a/', 'a0') — '0' follows '/' in ASCII — and not
-    // siblings such as `a-b` or `a.b`.
-    let scope_filter = if query.recursive {
-        "(scope = ?1 OR (scope >= ?1 || '/' AND scope < ?1 || '0'))"
+        .map(|(s, k)| (s.as_str().to_owned(), k.as_str().to_owned()))
+        .map_or(floor.clone(), |after| after.max(floor));
+    let sql = if query.recursive {
+        // Sub-scopes of `a` are `a/...`: the range ['a/', 'a0') — '0' follows '/' in ASCII — and
+        // not siblings such as `a-b` or `a.b`. The row-value bound is the index range's start.
+        format!(
+            "SELECT {METADATA_COLUMNS} FROM secrets s
+             WHERE (scope, key) > (?3, ?4) AND scope < ?1 || '0' AND (scope = ?1 OR scope >= ?1 || '/')
+               AND (?2 OR deleted = 0)
+             ORDER BY scope, key LIMIT ?5"
+        )
     } else {
-        "scope = ?1"
+        if after_scope != query.scope.as_str() {
+            // The cursor is past this scope.
+            return Ok(Vec::new());
+        }
+        format!(
+            "SELECT {METADATA_COLUMNS} FROM secrets s
+             WHERE scope = ?1 AND ?3 = ?1 AND key > ?4 AND (?2 OR deleted = 0)
+             ORDER BY scope, key LIMIT ?5"
+        )
     };
-    let sql = format!(
-        "SELECT {METADATA_COLUMNS} FROM secrets s
-         WHERE {scope_filter} AND (?2 OR deleted = 0) AND (scope, key) > (?3, ?4)
-         ORDER BY scope, key LIMIT ?5"
-    );
     let mut stmt = conn.prepare_cached(&sql).map_err(StorageError::from)?;
     let rows = stmt
         .query_map(
