@@ -90,7 +90,27 @@ fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A 6-digit PIN as it would appear if disclosed (`pin=123456`, `"123456"`, `pin: 123456`):
+/// not inside a longer run of digits or hex (fingerprints, hashes) and not a timestamp's
+/// microseconds (`.123456Z`). Trace logs are full of digit runs; a bare search would match one
+/// by chance now and then.
+fn find_standalone(haystack: &[u8], pin: &[u8]) -> Option<usize> {
+    let hexish = |b: u8| b.is_ascii_hexdigit();
+    (0..haystack.len().saturating_sub(pin.len() - 1)).find(|&at| {
+        &haystack[at..at + pin.len()] == pin
+            && (at == 0 || !(hexish(haystack[at - 1]) || haystack[at - 1] == b'.'))
+            && haystack.get(at + pin.len()).is_none_or(|&b| !hexish(b))
+    })
 }
 
 /// The base64 body of a PEM file (what would show if a key were printed).
@@ -209,8 +229,15 @@ fn no_secret_reaches_a_log_the_database_or_an_event() {
     let mut leaks = Vec::new();
     for (what, secret) in &secrets {
         for (path, bytes) in &places {
-            if contains(bytes, secret) {
-                leaks.push(format!("{what} found in {}", path.display()));
+            let found = if *what == "pin" { find_standalone(bytes, secret) } else { find(bytes, secret) };
+            if let Some(at) = found {
+                let from = at.saturating_sub(60);
+                let to = (at + secret.len() + 60).min(bytes.len());
+                leaks.push(format!(
+                    "{what} found in {}: …{}…",
+                    path.display(),
+                    String::from_utf8_lossy(&bytes[from..to]).escape_debug()
+                ));
             }
         }
     }
