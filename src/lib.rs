@@ -26,13 +26,16 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod events;
 pub mod fsutil;
 pub mod identity;
+pub mod login;
 pub mod node;
 pub mod pairing;
 pub mod policy;
