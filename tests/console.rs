@@ -176,6 +176,13 @@ async fn every_post_needs_the_csrf_token_and_a_same_origin() {
     let mut evil = no_origin.clone();
     evil.insert("origin", HeaderValue::from_static("http://evil.example"));
     assert_eq!(c.post(evil, "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
+    // `Origin: null` (what a browser sends under no-referrer) only with Sec-Fetch-Site.
+    let mut null_origin = no_origin.clone();
+    null_origin.insert("origin", HeaderValue::from_static("null"));
+    assert_eq!(c.post(null_origin.clone(), "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
+    let mut null_cross = null_origin.clone();
+    null_cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+    assert_eq!(c.post(null_cross, "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
     let mut cross_site = c.same_origin(&b.cookie);
     cross_site.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
     assert_eq!(c.post(cross_site, "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
@@ -190,9 +197,12 @@ async fn every_post_needs_the_csrf_token_and_a_same_origin() {
         .unwrap();
     assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
     assert!(!c.audited(actions::CREATE_PAIRING_CODE, AuditDecision::Allow).await, "nothing got through");
-    // Everything right: a code, shown with its QR image.
+    // Everything right: a code, shown with its QR image; also as a browser sends it.
     let (status, _) = c.post(c.same_origin(&b.cookie), "/pair/code", &good).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    let mut browser = null_origin;
+    browser.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+    assert_eq!(c.post(browser, "/pair/code", &good).await.0, StatusCode::SEE_OTHER);
     assert!(c.audited(actions::CREATE_PAIRING_CODE, AuditDecision::Allow).await);
 }
 

@@ -189,8 +189,9 @@ async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// Host on every request (DNS rebinding); on every POST a same-origin `Origin` (and
-/// `Sec-Fetch-Site`, when sent). The CSRF token is checked by [`Operator::check_csrf`].
+/// Host on every request (DNS rebinding); on every POST a same-origin `Origin` (or
+/// `Origin: null` with `Sec-Fetch-Site: same-origin`), and `Sec-Fetch-Site` same-origin
+/// whenever it is sent. The CSRF token is checked by [`Operator::check_csrf`].
 async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
@@ -204,8 +205,12 @@ async fn guard(State(app): State<App>, request: Request, next: Next) -> Response
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok()).unwrap_or("");
-        let same_origin = !host.is_empty() && origin.eq_ignore_ascii_case(&format!("http://{host}"));
         let site = headers.get("sec-fetch-site").and_then(|h| h.to_str().ok());
+        // Under `Referrer-Policy: no-referrer` browsers send `Origin: null` with a form POST;
+        // then `Sec-Fetch-Site` (set by the browser, never by a page) must say same-origin.
+        let same_origin = !host.is_empty()
+            && (origin.eq_ignore_ascii_case(&format!("http://{host}"))
+                || (origin == "null" && site == Some("same-origin")));
         if !same_origin || site.is_some_and(|s| s != "same-origin") {
             tracing::warn!(origin, host, "console: cross-origin request refused");
             return Failure::new(
