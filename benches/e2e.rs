@@ -877,7 +877,15 @@ impl Child {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_palyra"))
             .arg("--data-dir")
             .arg(data)
-            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}"), "--quic-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--grpc-addr",
+                &format!("127.0.0.1:{port}"),
+                "--quic-addr",
+                "127.0.0.1:0",
+                "--console-addr",
+                "127.0.0.1:0",
+            ])
             .env("PALYRA_KEY_BACKEND", "file")
             .env("PALYRA_LOG", "warn")
             .stdout(std::process::Stdio::null())

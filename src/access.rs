@@ -124,6 +124,12 @@ impl PeerResolver {
         let Some(id) = ca::device_id_from_certificate(leaf.as_ref()) else {
             return Err(Refusal::UnknownDevice(None));
         };
+        self.resolve_device(id, address).await
+    }
+
+    /// The peer acting as registered device `id` (authenticated by other means than a
+    /// certificate: the console's session), or why it is refused.
+    pub async fn resolve_device(&self, id: DeviceId, address: Option<SocketAddr>) -> Result<Peer, Refusal> {
         let device = self.device(id).await?.ok_or(Refusal::UnknownDevice(Some(id)))?;
         if device.status == DeviceStatus::Revoked {
             return Err(Refusal::Revoked(id));

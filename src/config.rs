@@ -15,6 +15,8 @@ use crate::node::KeyBackendChoice;
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
 /// Default QUIC listen address.
 pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:7444";
+/// Default web console listen address (plain HTTP, loopback).
+pub const DEFAULT_CONSOLE_ADDR: &str = "127.0.0.1:7445";
 /// Largest config file accepted.
 pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
@@ -32,6 +34,20 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     /// Largest secret value in bytes.
     pub max_value_bytes: Option<usize>,
+    /// The operator web console (`[console]`).
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `[console]` of `palyra.toml`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Whether `serve` runs the console (default true).
+    pub enabled: Option<bool>,
+    /// Its listen address (default 127.0.0.1:7445).
+    pub addr: Option<SocketAddr>,
+    /// Allow a non-loopback address (plain HTTP: anyone on the path sees the session cookie).
+    pub allow_remote: Option<bool>,
 }
 
 /// Why the configuration could not be loaded.
@@ -162,6 +178,9 @@ mod tests {
             key_backend = "file"
             server_names = ["node.local"]
             max_value_bytes = 1024
+            [console]
+            addr = "127.0.0.1:7500"
+            enabled = true
         "#;
         let c = FileConfig::parse(text, Path::new("palyra.toml"))?;
         assert_eq!(
@@ -169,6 +188,7 @@ mod tests {
             Some("127.0.0.1:9000".parse().map_err(|_| ConfigError::Value("addr".into()))?)
         );
         assert_eq!(c.max_value_bytes, Some(1024));
+        assert_eq!(c.console.and_then(|c| c.addr).map(|a| a.port()), Some(7500));
         Ok(())
     }
 
@@ -180,6 +200,7 @@ mod tests {
             ("key_backend = \"tpm\"", "unknown key backend"),
             ("max_value_bytes = 0", "max_value_bytes"),
             ("[[[", "palyra.toml"),
+            ("[console]\nremote = true", "unknown field"),
         ];
         for (text, want) in cases {
             let err = FileConfig::parse(text, Path::new("palyra.toml"))

@@ -17,7 +17,11 @@
 //!   subscriptions that never skip an event;
 //! - [`access`] — certificate → peer, and the one Cedar gate with its audit record, shared by
 //!   the edges;
+//! - [`admin`] — the operator's pairing and revocation actions, shared by the gRPC services
+//!   and the console;
 //! - [`rpc`] — the gRPC edge (tonic, mTLS); [`quic`] — the QUIC data plane (quinn, mTLS);
+//! - [`console`] — the operator web console (axum, loopback HTTP), signed in with one-time
+//!   links ([`login`]) and decided by the same gate;
 //! - [`node`] — assembles the parts from a data directory;
 //! - [`fsutil`] — private files and atomic writes.
 //!
@@ -26,13 +30,16 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod events;
 pub mod fsutil;
 pub mod identity;
+pub mod login;
 pub mod node;
 pub mod pairing;
 pub mod policy;

@@ -249,6 +249,9 @@ pub struct Node {
     pub peers: PeerResolver,
     /// Auth profiles (their refresh locks are shared by every caller of this node).
     pub auth: crate::auth::AuthProfiles,
+    /// Console login tokens and sessions (in memory), shared by the gRPC edge that issues
+    /// tokens and the console that redeems them.
+    pub logins: crate::login::Logins,
 }
 
 /// Why a node could not be initialised or started.
@@ -315,6 +318,7 @@ impl Node {
             events,
             peers,
             auth,
+            logins: crate::login::Logins::default(),
             server_names: Arc::from(names),
         })
     }

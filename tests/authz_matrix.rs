@@ -447,6 +447,11 @@ fn cases() -> Vec<Case> {
         case!("palyra.auth.v1.AuthProfileService/RevokeProfile", admin_only, |c, w| {
             auth::RevokeProfileRequest { name: "matrix".into() }
         }),
+        // ConsoleService: admin only (the test node serves no console, so the admin gets
+        // FAILED_PRECONDITION + CONSOLE_DISABLED past the gate).
+        case!("palyra.console.v1.ConsoleService/CreateLoginToken", admin_only, |c, w| {
+            pb::console::v1::CreateLoginTokenRequest {}
+        }),
         // The reserved scope of auth profiles: no vault call reaches it, the admin's included.
         Case {
             name: "palyra.vault.v1.VaultService/GetSecret (reserved palyra/auth scope)",

@@ -59,6 +59,8 @@ fn serve(data: &Path, log: &Path) -> (Server, String) {
             &format!("127.0.0.1:{port}"),
             "--quic-addr",
             &format!("127.0.0.1:{quic}"),
+            "--console-addr",
+            "127.0.0.1:0",
         ])
         .env("PALYRA_LOG", "trace")
         .env("PALYRA_KEY_BACKEND", "file")

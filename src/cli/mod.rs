@@ -8,6 +8,7 @@
 mod audit;
 mod auth;
 mod client;
+mod console;
 mod devices;
 mod identity;
 mod node;
@@ -80,6 +81,8 @@ enum Command {
     /// Auth profiles: API keys and OAuth 2.0 logins for external providers.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Print (and open) a one-time login link for the web console of a running node.
+    Console(console::ConsoleArgs),
 }
 
 impl Cli {
@@ -103,6 +106,7 @@ impl Cli {
             Command::Audit(cmd) => audit::run(&ctx, cmd).await,
             Command::Node(cmd) => node::run(&ctx, cmd).await,
             Command::Auth(cmd) => auth::run(&ctx, cmd).await,
+            Command::Console(args) => console::run(&ctx, args).await,
         }
     }
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::output::{CliError, Context};
-use crate::config::{DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR, FileConfig, Layout};
+use crate::config::{DEFAULT_CONSOLE_ADDR, DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR, FileConfig, Layout};
 use crate::node::{KeyBackendChoice, Node, NodeOptions};
 use crate::vault::VaultConfig;
 
@@ -38,6 +38,16 @@ pub(super) struct ServeArgs {
     /// Concurrent QUIC connections at most; the next is closed with code 0x1.
     #[arg(long, value_name = "N", default_value_t = crate::quic::DEFAULT_MAX_CONNECTIONS)]
     quic_max_connections: usize,
+    /// Web console listen address, plain HTTP [default: 127.0.0.1:7445]; loopback only unless
+    /// --console-allow-remote (or `console.allow_remote = true`).
+    #[arg(long, env = "PALYRA_CONSOLE_ADDR", value_name = "ADDR")]
+    console_addr: Option<SocketAddr>,
+    /// Allow a non-loopback console address (plain HTTP: the session cookie crosses the network).
+    #[arg(long)]
+    console_allow_remote: bool,
+    /// Do not run the web console.
+    #[arg(long)]
+    no_console: bool,
 }
 
 /// Settings after flags, environment and file are combined.
@@ -45,6 +55,30 @@ struct Settings {
     options: NodeOptions,
     grpc_addr: SocketAddr,
     quic_addr: SocketAddr,
+    file: FileConfig,
+}
+
+/// Where the console listens (`None`: disabled), after flags and file; a non-loopback
+/// address is refused unless remote access is allowed explicitly.
+fn console_addr(file: &FileConfig, args: &ServeArgs) -> Result<Option<(SocketAddr, bool)>, CliError> {
+    let console = file.console.clone().unwrap_or_default();
+    if args.no_console || console.enabled == Some(false) {
+        return Ok(None);
+    }
+    let addr = match args.console_addr.or(console.addr) {
+        Some(addr) => addr,
+        None => DEFAULT_CONSOLE_ADDR.parse::<SocketAddr>().map_err(|e| CliError::new(e.to_string()))?,
+    };
+    let allow_remote = args.console_allow_remote || console.allow_remote == Some(true);
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(CliError::new(format!(
+            "the console address {addr} is not a loopback address; the console speaks plain HTTP"
+        ))
+        .hint(
+            "use 127.0.0.1 or ::1, or pass --console-allow-remote (console.allow_remote = true) knowingly",
+        ));
+    }
+    Ok(Some((addr, allow_remote)))
 }
 
 fn settings(
@@ -84,6 +118,7 @@ fn settings(
             Some(addr) => addr,
             None => default_addr(DEFAULT_QUIC_ADDR)?,
         },
+        file,
     })
 }
 
@@ -127,6 +162,7 @@ fn summary(ctx: &Context, node: &Node) -> InitOut {
 
 pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
     let s = settings(ctx, &args.init, args.grpc_addr, args.quic_addr)?;
+    let console = console_addr(&s.file, &args)?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
     let listener = tokio::net::TcpListener::bind(s.grpc_addr).await.map_err(|e| {
         CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr))
@@ -142,12 +178,30 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         CliError::new(e.to_string()).hint("is another palyra already running? use --quic-addr")
     })?;
     let quic_bound = quic.local_addr().map_err(|e| CliError::new(e.to_string()))?;
+    let console_listener = match console {
+        Some((addr, allow_remote)) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CliError::new(format!("cannot listen on {addr} for the console: {e}"))
+                    .hint("is another palyra already running? use --console-addr or --no-console")
+            })?;
+            Some((listener, allow_remote))
+        }
+        None => None,
+    };
+    let console_bound = match &console_listener {
+        Some((l, _)) => Some(l.local_addr().map_err(|e| CliError::new(e.to_string()))?),
+        None => None,
+    };
     let retention = node.events.spawn_retention(std::time::Duration::from_secs(60));
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
     if !ctx.json {
+        let console_line = match console_bound {
+            Some(addr) => format!("\n  web console: http://{addr} (sign in with: palyra console)"),
+            None => String::new(),
+        };
         eprintln!(
-            "palyra node {} serving gRPC on https://{bound} and QUIC on {quic_bound}/udp\n  operator credentials: {}\n  try: palyra --data-dir {} identity show",
+            "palyra node {} serving gRPC on https://{bound} and QUIC on {quic_bound}/udp{console_line}\n  operator credentials: {}\n  try: palyra --data-dir {} identity show",
             out.node_id,
             out.operator_credentials,
             ctx.data_dir.display()
@@ -162,12 +216,24 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         }
     };
     let quic_task = tokio::spawn(quic.run(stopped()));
+    let console_task = console_listener.map(|(listener, allow_remote)| {
+        let options = crate::console::ConsoleOptions { allow_remote, grpc_server: bound.to_string() };
+        let (node, stop) = (node.clone(), stopped());
+        tokio::spawn(async move { crate::console::serve(&node, listener, options, stop).await })
+    });
     let grpc = crate::rpc::serve(&node, listener, async {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let grpc_result = grpc.await;
     let _ = quic_task.await;
+    if let Some(task) = console_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the console stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "the console task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     retention.abort();
     grpc_result.map_err(|e| CliError::new(e.to_string()))?;
     node.audit.flush().await;

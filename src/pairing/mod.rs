@@ -120,7 +120,8 @@ pub enum PairingError {
 }
 
 impl PairingError {
-    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+    /// An `InvalidArgument` naming `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         PairingError::InvalidArgument { field, message: message.into() }
     }
 }

@@ -93,6 +93,9 @@ pub const GET_ACCESS_TOKEN: &str = "palyra.auth.v1.AuthProfileService/GetAccessT
 /// AuthProfileService.RevokeProfile.
 pub const REVOKE_PROFILE: &str = "palyra.auth.v1.AuthProfileService/RevokeProfile";
 
+/// ConsoleService.CreateLoginToken.
+pub const CREATE_LOGIN_TOKEN: &str = "palyra.console.v1.ConsoleService/CreateLoginToken";
+
 /// QUIC `node.health`.
 pub const NODE_HEALTH: &str = "node.health";
 /// QUIC `node.stream_events`.
@@ -144,6 +147,7 @@ pub const ALL: &[&str] = &[
     COMPLETE_AUTHORIZATION,
     GET_ACCESS_TOKEN,
     REVOKE_PROFILE,
+    CREATE_LOGIN_TOKEN,
     NODE_HEALTH,
     NODE_STREAM_EVENTS,
 ];

@@ -15,6 +15,7 @@ use super::pb::common::v1::ErrorReason;
 use super::pb::identity::v1::{self as pb, identity_service_server::IdentityService};
 use super::peer::Peer;
 use super::status::{device_revoked, internal, invalid_argument, status, unknown_device};
+use crate::admin::Admin;
 use crate::identity::ca::{Csr, DEFAULT_CLIENT_CERT_VALIDITY};
 use crate::identity::{
     Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, renewal_proof_message,
@@ -56,6 +57,7 @@ pub struct IdentityApi {
     node: Arc<NodeIdentity>,
     store: Store,
     gate: Gate,
+    admin: Admin,
     challenges: Arc<Mutex<Challenges>>,
 }
 
@@ -63,9 +65,10 @@ pub struct IdentityApi {
 type Challenges = HashMap<[u8; 32], (DeviceId, SystemTime)>;
 
 impl IdentityApi {
-    /// The service for `node`, with its registry in `store`.
-    pub fn new(node: Arc<NodeIdentity>, store: Store, gate: Gate) -> Self {
-        IdentityApi { node, store, gate, challenges: Arc::default() }
+    /// The service for `node`, with its registry in `store`; the operator's actions through
+    /// `admin`.
+    pub fn new(node: Arc<NodeIdentity>, store: Store, gate: Gate, admin: Admin) -> Self {
+        IdentityApi { node, store, gate, admin, challenges: Arc::default() }
     }
 
     fn check_device(&self, peer: &Peer, method: &str, id: DeviceId) -> Result<(), Status> {
@@ -163,21 +166,7 @@ impl IdentityService for IdentityApi {
         let peer = peer_of(&request)?;
         let req = request.into_inner();
         let id = device_id("device_id", &req.device_id)?;
-        if req.reason.len() > 1024 {
-            return Err(invalid_argument("reason", "longer than 1024 bytes"));
-        }
-        self.check_device(&peer, "RevokeDevice", id)?;
-        if peer.principal.device_id() == Some(id) {
-            return Err(status(
-                Code::FailedPrecondition,
-                ErrorReason::Lockout,
-                "refusing to revoke the device making the call: you would lock yourself out",
-            ));
-        }
-        self.gate.audit_before_write().await;
-        let device = self.store.revoke_device(id, &req.reason, SystemTime::now()).await?;
-        self.gate.peers.revoked(id);
-        tracing::warn!(device_id = %id, reason = %req.reason, "device revoked");
+        let device = self.admin.revoke_device(&peer, id, &req.reason).await?;
         Ok(Response::new(pb::RevokeDeviceResponse { device: Some(device_to_pb(&device)) }))
     }
 

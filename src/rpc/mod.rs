@@ -1,7 +1,7 @@
 //! The gRPC edge: the only module that knows tonic and the generated `pb` types.
 //!
 //! [`serve`] runs every service behind TLS ([`server`]) and the Cedar method gate
-//! ([`authz::GateLayer`]): Vault, Identity, Policy, Audit, AuthProfile, `grpc.health.v1` (overall and per
+//! ([`authz::GateLayer`]): Vault, Identity, Policy, Audit, AuthProfile, Console, `grpc.health.v1` (overall and per
 //! service), Pairing, and server reflection v1 and v1alpha, so `buf curl` and grpcurl can
 //! list, describe and call everything. Handlers convert requests to domain types ([`convert`]), ask the gate
 //! again for the resource they touch, call the domain, and map errors in one place
@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod console;
 pub mod convert;
 pub mod identity;
 pub mod pairing;
@@ -29,6 +30,7 @@ use tonic::transport::Server;
 use self::authz::{Gate, GateLayer};
 use self::pb::audit::v1::audit_service_server::AuditServiceServer;
 use self::pb::auth::v1::auth_profile_service_server::AuthProfileServiceServer;
+use self::pb::console::v1::console_service_server::ConsoleServiceServer;
 use self::pb::identity::v1::identity_service_server::IdentityServiceServer;
 use self::pb::pairing::v1::pairing_service_server::PairingServiceServer;
 use self::pb::policy::v1::policy_service_server::PolicyServiceServer;
@@ -109,10 +111,17 @@ pub async fn serve(
     let vault = VaultServiceServer::new(vault::VaultApi::new(node.core.vault.clone(), gate.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let admin = crate::admin::Admin::new(
+        std::sync::Arc::clone(&node.identity),
+        node.core.store.clone(),
+        std::sync::Arc::clone(&node.core.keys),
+        gate.clone(),
+    );
     let identity = IdentityServiceServer::new(identity::IdentityApi::new(
         std::sync::Arc::clone(&node.identity),
         node.core.store.clone(),
         gate.clone(),
+        admin,
     ))
     .max_decoding_message_size(256 * 1024);
     let policy = PolicyServiceServer::new(policy::PolicyApi::new(
@@ -140,6 +149,9 @@ pub async fn serve(
     let auth = AuthProfileServiceServer::new(auth::AuthApi::new(node.auth.clone(), gate.clone()))
         .max_decoding_message_size(256 * 1024);
 
+    let console = ConsoleServiceServer::new(console::ConsoleApi::new(node.logins.clone()))
+        .max_decoding_message_size(4 * 1024);
+
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<VaultServiceServer<vault::VaultApi>>().await;
     health_reporter.set_serving::<IdentityServiceServer<identity::IdentityApi>>().await;
@@ -147,6 +159,7 @@ pub async fn serve(
     health_reporter.set_serving::<AuditServiceServer<audit::AuditApi>>().await;
     health_reporter.set_serving::<PairingServiceServer<pairing::PairingApi>>().await;
     health_reporter.set_serving::<AuthProfileServiceServer<auth::AuthApi>>().await;
+    health_reporter.set_serving::<ConsoleServiceServer<console::ConsoleApi>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -169,6 +182,7 @@ pub async fn serve(
         .add_service(audit)
         .add_service(pairing)
         .add_service(auth)
+        .add_service(console)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     drop(renewal);

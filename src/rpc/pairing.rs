@@ -17,17 +17,15 @@ use std::time::{Duration, SystemTime};
 use tonic::{Code, Request, Response, Status};
 
 use super::authz::{Gate, RequestAuthority, peer_of};
-use super::convert::{scope, timestamp};
+use super::convert::timestamp;
 use super::pb::common::v1::ErrorReason;
 use super::pb::pairing::v1::{self as pb, pairing_service_server::PairingService};
 use super::status::{internal, invalid_argument, status, status_with};
-use crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY;
-use crate::identity::{Device, DeviceId, DeviceStatus, NodeIdentity, Role};
-use crate::pairing::code::{open_pin, seal_pin};
-use crate::pairing::handshake::code_expiry;
+use crate::admin::{Admin, request_id};
+use crate::identity::NodeIdentity;
+use crate::pairing::code::open_pin;
 use crate::pairing::{
-    CodeId, CodeState, DEFAULT_ATTEMPTS, DEFAULT_CODE_TTL, FinishMessage, MAX_ATTEMPTS, NodeSession,
-    PairingCode, PairingError, PairingRequest, PairingUri, Pin, REQUEST_TTL, RequestState, StartMessage,
+    FinishMessage, NodeSession, PairingError, PairingRequest, REQUEST_TTL, RequestState, StartMessage,
     StatusPoll, open_session, seal_session,
 };
 use crate::storage::Store;
@@ -39,8 +37,6 @@ pub const STARTS_PER_MINUTE: usize = 1024;
 pub const STARTS_PER_MINUTE_PER_PEER: usize = 10;
 /// GetPairingStatus calls per second for one request.
 pub const POLLS_PER_SECOND: usize = 4;
-/// Most scopes one approval may grant.
-const MAX_GRANTED_SCOPES: usize = 64;
 /// Most requests tracked by the poll limiter before it forgets idle ones.
 const MAX_TRACKED: usize = 10_000;
 
@@ -130,7 +126,7 @@ pub struct PairingApi {
     node: Arc<NodeIdentity>,
     store: Store,
     keys: Arc<KeyHierarchy>,
-    gate: Gate,
+    admin: Admin,
     /// The node's gRPC address, for pairing URIs when a request does not say which it used.
     fallback_address: String,
     limits: Arc<Mutex<Limits>>,
@@ -145,7 +141,8 @@ impl PairingApi {
         gate: Gate,
         fallback_address: String,
     ) -> Self {
-        PairingApi { node, store, keys, gate, fallback_address, limits: Arc::default() }
+        let admin = Admin::new(Arc::clone(&node), store.clone(), Arc::clone(&keys), gate);
+        PairingApi { node, store, keys, admin, fallback_address, limits: Arc::default() }
     }
 
     fn limits(&self) -> Result<std::sync::MutexGuard<'_, Limits>, Status> {
@@ -183,24 +180,6 @@ fn state_to_pb(state: RequestState) -> pb::PairingState {
     }
 }
 
-/// A role a pairing may grant: device or node, never admin.
-fn pairable_role(field: &'static str, text: &str) -> Result<Role, Status> {
-    match text.parse::<Role>() {
-        Ok(Role::Admin) => {
-            Err(invalid_argument(field, "admins are created by `palyra init`, never by pairing"))
-        }
-        Ok(role) => Ok(role),
-        Err(e) => Err(invalid_argument(field, e)),
-    }
-}
-
-fn request_id(text: &str) -> Result<String, Status> {
-    if text.len() != 26 || ulid::Ulid::from_string(text).is_err() {
-        return Err(invalid_argument("request_id", "not a ULID"));
-    }
-    Ok(text.to_ascii_uppercase())
-}
-
 #[tonic::async_trait]
 impl PairingService for PairingApi {
     async fn create_pairing_code(
@@ -214,43 +193,15 @@ impl PairingService for PairingApi {
             .filter(|a| crate::pairing::code::validate_server(a).is_ok())
             .unwrap_or_else(|| self.fallback_address.clone());
         let req = request.into_inner();
-        let now = SystemTime::now();
-        let ttl = req.ttl_seconds.map_or(DEFAULT_CODE_TTL, |s| Duration::from_secs(u64::from(s)));
-        let expires_at = code_expiry(now, ttl)?;
-        let role = if req.role.is_empty() { Role::Device } else { pairable_role("role", &req.role)? };
-        let max_attempts = req.max_attempts.unwrap_or(DEFAULT_ATTEMPTS);
-        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
-            return Err(invalid_argument("max_attempts", "a code allows 1 to 10 attempts"));
-        }
-        self.store.expire_pairing(now).await.map_err(internal)?;
-        let code_id = CodeId::generate()?;
-        let pin = Pin::generate()?;
-        let sealed = seal_pin(&self.keys.internal_seal_key(), &code_id, &pin)?;
-        let code = PairingCode {
-            code_id: code_id.clone(),
-            sealed_pin: Some(sealed),
-            role,
-            created_at: now,
-            expires_at,
-            max_attempts,
-            attempts_left: max_attempts,
-            state: CodeState::Active,
-        };
-        self.store.insert_pairing_code(&code).await.map_err(internal)?;
-        let uri = PairingUri {
-            server,
-            code_id: code_id.clone(),
-            pin: pin.clone(),
-            ca_fingerprint: self.node.ca().fingerprint().to_owned(),
-        };
-        tracing::info!(code_id = %code_id, role = %role, max_attempts, "pairing code created");
+        let ttl = req.ttl_seconds.map(|s| Duration::from_secs(u64::from(s)));
+        let code = self.admin.create_pairing_code(&req.role, ttl, req.max_attempts, server).await?;
         Ok(Response::new(pb::CreatePairingCodeResponse {
-            code_id: code_id.to_string(),
-            pin: pin.as_str().to_owned(),
-            uri: uri.to_uri().to_string(),
-            expires_at: Some(timestamp(expires_at)),
-            max_attempts,
-            role: role.to_string(),
+            code_id: code.uri.code_id.to_string(),
+            pin: code.uri.pin.as_str().to_owned(),
+            uri: code.uri.to_uri().to_string(),
+            expires_at: Some(timestamp(code.expires_at)),
+            max_attempts: code.max_attempts,
+            role: code.role.to_string(),
         }))
     }
 
@@ -400,8 +351,7 @@ impl PairingService for PairingApi {
             Some(_) => return Err(invalid_argument("state", "not a pairing state (omit it for all)")),
         };
         let now = SystemTime::now();
-        self.store.expire_pairing(now).await.map_err(internal)?;
-        let requests = self.store.pairing_requests(filter, now).await.map_err(internal)?;
+        let requests = self.admin.pairing_requests(filter).await?;
         Ok(Response::new(pb::ListPairingRequestsResponse {
             requests: requests.iter().map(|r| self.request_to_pb(r, now)).collect(),
         }))
@@ -411,58 +361,12 @@ impl PairingService for PairingApi {
         &self,
         request: Request<pb::ApprovePairingRequest>,
     ) -> Result<Response<pb::ApprovePairingResponse>, Status> {
-        let approver = peer_of(&request)?.principal.label();
+        let approver = peer_of(&request)?;
         let req = request.into_inner();
-        let id = request_id(&req.request_id)?;
-        let override_role = if req.role.is_empty() { None } else { Some(pairable_role("role", &req.role)?) };
-        if req.scopes.len() > MAX_GRANTED_SCOPES {
-            return Err(invalid_argument("scopes", format!("at most {MAX_GRANTED_SCOPES} scopes")));
-        }
-        let mut scopes = Vec::with_capacity(req.scopes.len());
-        for text in &req.scopes {
-            let parsed = scope("scopes", text)?;
-            if !scopes.contains(&parsed) {
-                scopes.push(parsed);
-            }
-        }
-        let now = SystemTime::now();
-        let pending = self
-            .store
-            .pairing_request(&id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| PairingError::RequestNotFound(id.clone()))?;
-        let state = pending.state_at(now);
-        if state != RequestState::Pending {
-            return Err(PairingError::RequestNotPending { id, state: state.as_str() }.into());
-        }
-        let role = override_role.unwrap_or(pending.role);
-        let device_id = DeviceId::generate();
-        let issued = self.node.ca().issue_client_certificate(
-            &pending.csr_pem,
-            device_id,
-            role,
-            DEFAULT_CLIENT_CERT_VALIDITY,
-            now,
-        )?;
-        let device = Device {
-            id: device_id,
-            name: pending.device_name.clone(),
-            fingerprint: pending.fingerprint.clone(),
-            signing_public_key: pending.signing_public_key,
-            role,
-            status: DeviceStatus::Active,
-            paired_at: now,
-            certificate_expires_at: issued.not_after,
-            revoked_at: None,
-            revoke_reason: None,
-            scopes,
-        };
-        self.gate.audit_before_write().await;
-        let approved = self.store.approve_pairing(&id, &device, &issued.cert_pem, now).await??;
-        self.gate.peers.invalidate(device_id);
-        tracing::info!(request_id = %id, device_id = %device_id, role = %role, approver = %approver, "pairing approved");
-        Ok(Response::new(pb::ApprovePairingResponse { request: Some(self.request_to_pb(&approved, now)) }))
+        let approved = self.admin.approve_pairing(&approver, &req.request_id, &req.role, &req.scopes).await?;
+        Ok(Response::new(pb::ApprovePairingResponse {
+            request: Some(self.request_to_pb(&approved, SystemTime::now())),
+        }))
     }
 
     async fn reject_pairing(
@@ -470,15 +374,10 @@ impl PairingService for PairingApi {
         request: Request<pb::RejectPairingRequest>,
     ) -> Result<Response<pb::RejectPairingResponse>, Status> {
         let req = request.into_inner();
-        let id = request_id(&req.request_id)?;
-        if req.reason.len() > 1024 {
-            return Err(invalid_argument("reason", "longer than 1024 bytes"));
-        }
-        let now = SystemTime::now();
-        self.gate.audit_before_write().await;
-        let rejected = self.store.reject_pairing(&id, &req.reason, now).await.map_err(internal)??;
-        tracing::info!(request_id = %id, reason = %req.reason, "pairing rejected");
-        Ok(Response::new(pb::RejectPairingResponse { request: Some(self.request_to_pb(&rejected, now)) }))
+        let rejected = self.admin.reject_pairing(&req.request_id, &req.reason).await?;
+        Ok(Response::new(pb::RejectPairingResponse {
+            request: Some(self.request_to_pb(&rejected, SystemTime::now())),
+        }))
     }
 }
 

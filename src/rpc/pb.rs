@@ -52,6 +52,13 @@ pub mod auth {
     }
 }
 
+/// `palyra.console.v1`: ConsoleService.
+pub mod console {
+    pub mod v1 {
+        tonic::include_proto!("palyra.console.v1");
+    }
+}
+
 /// `palyra.node.v1`: the QUIC data plane's messages.
 pub mod node {
     pub mod v1 {

@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb::common::v1::ErrorReason;
 use crate::access::Refusal;
+use crate::admin::AdminError;
 use crate::auth::AuthError;
 use crate::identity::{DeviceId, IdentityError};
 use crate::pairing::PairingError;
@@ -188,6 +189,20 @@ impl From<PairingError> for Status {
                 status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
             }
             other => internal(other),
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Pairing(e) => e.into(),
+            AdminError::Identity(e) => e.into(),
+            AdminError::Denied(denied) => policy_denied(false, denied.message),
+            e @ AdminError::SelfRevocation => {
+                status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string())
+            }
+            AdminError::Internal(detail) => internal(detail),
         }
     }
 }

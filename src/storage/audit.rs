@@ -133,6 +133,27 @@ impl AuditLog {
             .await
     }
 
+    /// The newest `limit` records, newest first, optionally filtered (exact principal and
+    /// action).
+    pub async fn recent(
+        &self,
+        limit: usize,
+        principal: Option<String>,
+        action: Option<String>,
+    ) -> Result<Vec<AuditRecord>, StorageError> {
+        self.store
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT sequence, at, principal, action, resource, decision, reason, hash FROM audit
+                     WHERE (?1 IS NULL OR principal = ?1) AND (?2 IS NULL OR action = ?2)
+                     ORDER BY sequence DESC LIMIT ?3",
+                )?;
+                let rows = stmt.query_map((principal, action, limit as i64), row_to_record)?;
+                rows.map(|r| r.map_err(StorageError::from).and_then(|(rec, _)| rec)).collect()
+            })
+            .await
+    }
+
     /// Re-computes the whole chain.
     pub async fn verify(&self) -> Result<Verification, StorageError> {
         self.flush().await;

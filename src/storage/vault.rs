@@ -421,4 +421,22 @@ impl BlobBackend for SqliteBlobBackend {
     fn pending_rewrap(&self) -> BoxFuture<'_, Result<u64, VaultError>> {
         Box::pin(self.store.read(pending_rewrap))
     }
+
+    fn scopes(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Scope>, VaultError>> {
+        Box::pin(self.store.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT DISTINCT scope FROM secrets WHERE deleted = 0 ORDER BY scope LIMIT ?1",
+                )
+                .map_err(StorageError::from)?;
+            let rows =
+                stmt.query_map([limit as i64], |r| r.get::<_, String>(0)).map_err(StorageError::from)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let text = row.map_err(StorageError::from)?;
+                out.push(Scope::parse(&text).map_err(StorageError::corrupt)?);
+            }
+            Ok(out)
+        }))
+    }
 }

@@ -284,6 +284,8 @@ pub trait BlobBackend: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'_, Result<RewrapProgress, VaultError>>;
     /// Envelopes not yet at the current generation (an interrupted rotation).
     fn pending_rewrap(&self) -> BoxFuture<'_, Result<u64, VaultError>>;
+    /// The scopes holding a live secret, in order, at most `limit`.
+    fn scopes(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Scope>, VaultError>>;
 }
 
 /// Vault settings.
@@ -445,6 +447,12 @@ impl Vault {
         destroy: bool,
     ) -> Result<SecretMetadata, VaultError> {
         self.backend.delete(scope.clone(), key.clone(), destroy, SystemTime::now()).await
+    }
+
+    /// The scopes that hold at least one live secret, in order, at most `limit` (for a
+    /// browsable tree; never values).
+    pub async fn scopes(&self, limit: usize) -> Result<Vec<Scope>, VaultError> {
+        self.backend.scopes(limit).await
     }
 
     /// Metadata and every version's summary.

@@ -58,7 +58,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     env = dict(os.environ, PALYRA_KEY_BACKEND="file")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(binary), "--data-dir", str(data), "serve", "--grpc-addr", f"127.0.0.1:{port}"],
+            [str(binary), "--data-dir", str(data), "serve", "--grpc-addr", f"127.0.0.1:{port}",
+             "--console-addr", "127.0.0.1:0"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -20,6 +20,7 @@ import { Status } from "./gen/google/rpc/status";
 import { AuditServiceClient } from "./gen/palyra/audit/v1/audit";
 import { AuthProfileServiceClient } from "./gen/palyra/auth/v1/auth";
 import { ErrorReason, errorReasonFromJSON } from "./gen/palyra/common/v1/errors";
+import { ConsoleServiceClient } from "./gen/palyra/console/v1/console";
 import { IdentityServiceClient, WhoAmIResponse } from "./gen/palyra/identity/v1/identity";
 import { PairingServiceClient } from "./gen/palyra/pairing/v1/pairing";
 import { PolicyServiceClient } from "./gen/palyra/policy/v1/policy";
@@ -32,6 +33,7 @@ import {
 export * as audit from "./gen/palyra/audit/v1/audit";
 export * as auth from "./gen/palyra/auth/v1/auth";
 export * as common from "./gen/palyra/common/v1/errors";
+export * as console from "./gen/palyra/console/v1/console";
 export * as identity from "./gen/palyra/identity/v1/identity";
 export * as pairing from "./gen/palyra/pairing/v1/pairing";
 export * as policy from "./gen/palyra/policy/v1/policy";
@@ -138,6 +140,7 @@ export class Palyra {
   readonly policy: PolicyServiceClient;
   readonly audit: AuditServiceClient;
   readonly auth: AuthProfileServiceClient;
+  readonly console: ConsoleServiceClient;
 
   constructor(
     readonly target: string,
@@ -151,6 +154,7 @@ export class Palyra {
     this.policy = new PolicyServiceClient(target, credentials, options);
     this.audit = new AuditServiceClient(target, credentials, options);
     this.auth = new AuthProfileServiceClient(target, credentials, options);
+    this.console = new ConsoleServiceClient(target, credentials, options);
   }
 
   close(): void {

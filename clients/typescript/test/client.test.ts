@@ -82,7 +82,7 @@ test("an anonymous call is denied with its code and reason", async () => {
 /** Every service that proto/ defines, read from the generated service definitions. */
 function protoServices(): string[] {
   const names = new Set<string>();
-  for (const module of [gen.audit, gen.auth, gen.identity, gen.pairing, gen.policy, gen.vault]) {
+  for (const module of [gen.audit, gen.auth, gen.console, gen.identity, gen.pairing, gen.policy, gen.vault]) {
     for (const value of Object.values(module)) {
       if (value && typeof value === "object") {
         for (const method of Object.values(value as Record<string, unknown>)) {
@@ -110,7 +110,7 @@ test("server reflection lists every Palyra service", async () => {
     stream.end();
     const listed = (response.listServicesResponse?.service ?? []).map((s) => s.name);
     const expected = protoServices();
-    assert.equal(expected.length, 6, `services found in the generated code: ${expected}`);
+    assert.equal(expected.length, 7, `services found in the generated code: ${expected}`);
     assert.deepEqual(listed.filter((n) => n.startsWith("palyra.")).sort(), expected);
     assert.ok(listed.includes("grpc.health.v1.Health"), `${listed}`);
   } finally {

@@ -48,7 +48,7 @@ export async function startNode(): Promise<TestNode> {
   const port = await freePort();
   const url = `https://127.0.0.1:${port}`;
   let log = "";
-  const child: ChildProcess = spawn(binary, ["--data-dir", dataDir, "serve", "--grpc-addr", `127.0.0.1:${port}`], {
+  const child: ChildProcess = spawn(binary, ["--data-dir", dataDir, "serve", "--grpc-addr", `127.0.0.1:${port}`, "--console-addr", "127.0.0.1:0"], {
     env: { ...process.env, PALYRA_KEY_BACKEND: "file" },
     stdio: ["ignore", "pipe", "pipe"],
   });

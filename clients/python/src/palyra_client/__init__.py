@@ -16,6 +16,7 @@ no asyncio variant.
 
 from ._proto.palyra.audit.v1 import audit_pb2
 from ._proto.palyra.auth.v1 import auth_pb2
+from ._proto.palyra.console.v1 import console_pb2
 from ._proto.palyra.identity.v1 import identity_pb2
 from ._proto.palyra.pairing.v1 import pairing_pb2
 from ._proto.palyra.policy.v1 import policy_pb2
@@ -36,6 +37,7 @@ __all__ = [
     "audit_pb2",
     "auth_pb2",
     "connect",
+    "console_pb2",
     "credentials_dir",
     "default_data_dir",
     "identity_pb2",

@@ -10,6 +10,7 @@ import grpc
 
 from ._proto.palyra.audit.v1 import audit_pb2_grpc
 from ._proto.palyra.auth.v1 import auth_pb2_grpc
+from ._proto.palyra.console.v1 import console_pb2_grpc
 from ._proto.palyra.identity.v1 import identity_pb2, identity_pb2_grpc
 from ._proto.palyra.pairing.v1 import pairing_pb2_grpc
 from ._proto.palyra.policy.v1 import policy_pb2_grpc
@@ -59,7 +60,7 @@ def _pem(value: PathOrPem) -> bytes:
 
 class Client:
     """A connection to a node: the generated stubs (``vault``, ``identity``, ``pairing``,
-    ``policy``, ``audit``, ``auth``) on one mTLS channel, plus a few helpers. Every failed call raises
+    ``policy``, ``audit``, ``auth``, ``console``) on one mTLS channel, plus a few helpers. Every failed call raises
     :class:`palyra_client.PalyraError`. Use it as a context manager, or call :meth:`close`."""
 
     def __init__(self, channel: grpc.Channel) -> None:
@@ -71,6 +72,7 @@ class Client:
         self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.auth = auth_pb2_grpc.AuthProfileServiceStub(self.channel)
+        self.console = console_pb2_grpc.ConsoleServiceStub(self.channel)
 
     def close(self) -> None:
         self._raw.close()

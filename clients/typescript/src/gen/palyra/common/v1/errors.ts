@@ -170,6 +170,11 @@ export enum ErrorReason {
    * retry with backoff.
    */
   ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE = 24,
+  /**
+   * ERROR_REASON_CONSOLE_DISABLED - FAILED_PRECONDITION: ConsoleService.CreateLoginToken on a node that does not serve the web
+   * console (`console.enabled = false` or `palyra serve --no-console`).
+   */
+  ERROR_REASON_CONSOLE_DISABLED = 25,
   UNRECOGNIZED = -1,
 }
 
@@ -250,6 +255,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 24:
     case "ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE":
       return ErrorReason.ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE;
+    case 25:
+    case "ERROR_REASON_CONSOLE_DISABLED":
+      return ErrorReason.ERROR_REASON_CONSOLE_DISABLED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -309,6 +317,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_AUTH_STATE_INVALID";
     case ErrorReason.ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE:
       return "ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE";
+    case ErrorReason.ERROR_REASON_CONSOLE_DISABLED:
+      return "ERROR_REASON_CONSOLE_DISABLED";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

@@ -1,0 +1,384 @@
+//! The operator web console: the only module that knows axum and HTML.
+//!
+//! `palyra serve` runs it on `--console-addr` (default `http://127.0.0.1:7445`, loopback only
+//! unless `console.allow_remote`). An operator logs in with a one-time link from
+//! `palyra console` (tokens and sessions: [`crate::login`]); the session cookie is HTTP-only,
+//! SameSite=Strict and bound to the operator device, which is re-resolved through the
+//! [`PeerResolver`](crate::access::PeerResolver) on every request (a revoked device loses its
+//! session). Every page and action asks the one [`Gate`] with the action of the gRPC call it
+//! stands for (`palyra.pairing.v1.PairingService/ApprovePairing`, …), so it is decided and
+//! audited exactly as that call; the operator's actions themselves are [`crate::admin`]'s, the
+//! same code the gRPC services run. Every POST needs the session's CSRF token and a same-origin
+//! `Origin`; every request needs a `Host` naming the console (DNS rebinding). Responses carry a
+//! strict Content-Security-Policy (no inline script), `no-store` and `no-referrer`.
+//!
+//! Server-rendered pages ([`pages`]) plus one small script and stylesheet embedded in the
+//! binary ([`assets`]); live updates are server-sent events from the event log.
+
+mod assets;
+mod html;
+mod pages;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::access::{Denied, Gate, Peer, Refusal};
+use crate::admin::{Admin, AdminError, CreatedCode};
+use crate::identity::DeviceId;
+use crate::login::{Logins, Session};
+use crate::node::Node;
+use crate::policy::Resource;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "palyra_session";
+/// The form field (or `x-csrf-token` header) carrying the CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+
+/// The Content-Security-Policy of every response.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// How the console is served.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    /// Accept any `Host` (the operator allowed a non-loopback address); otherwise only the
+    /// bound address and `localhost:<port>`.
+    pub allow_remote: bool,
+    /// The node's gRPC `HOST:PORT`, which pairing URIs name.
+    pub grpc_server: String,
+}
+
+/// A pairing code this console made, kept (in memory, until it expires) so its page and QR
+/// image can be shown again to the operator who made it.
+#[derive(Debug, Clone)]
+struct ShownCode {
+    owner: DeviceId,
+    code: CreatedCode,
+}
+
+#[derive(Debug, Clone)]
+struct App {
+    node: Node,
+    admin: Admin,
+    logins: Logins,
+    options: ConsoleOptions,
+    /// `HOST:PORT` values accepted in `Host` (unless `allow_remote`).
+    hosts: Arc<[String]>,
+    codes: Arc<Mutex<HashMap<String, ShownCode>>>,
+    /// Flips to true at shutdown: ends open event streams so the server can drain.
+    stopping: watch::Receiver<bool>,
+}
+
+impl App {
+    fn gate(&self) -> &Gate {
+        self.admin.gate()
+    }
+
+    fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, ShownCode>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.codes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Why the console stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsoleError {
+    /// The listener failed.
+    #[error("console server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the console on `listener` until `shutdown` completes. Records its URL in
+/// `node.logins` while it serves, so `CreateLoginToken` can hand out links.
+pub async fn serve(
+    node: &Node,
+    listener: TcpListener,
+    options: ConsoleOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ConsoleError> {
+    let bound = listener.local_addr()?;
+    let gate = Gate {
+        engine: Arc::clone(node.policies.engine()),
+        audit: node.audit.clone(),
+        peers: node.peers.clone(),
+    };
+    let admin =
+        Admin::new(Arc::clone(&node.identity), node.core.store.clone(), Arc::clone(&node.core.keys), gate);
+    let (stop_tx, stopping) = watch::channel(false);
+    let mut hosts = vec![bound.to_string(), format!("localhost:{}", bound.port())];
+    if bound.ip().is_unspecified() {
+        hosts.push(format!("127.0.0.1:{}", bound.port()));
+    }
+    let app = App {
+        node: node.clone(),
+        admin,
+        logins: node.logins.clone(),
+        options,
+        hosts: hosts.into(),
+        codes: Arc::default(),
+        stopping,
+    };
+    let url_host =
+        if bound.ip().is_unspecified() { format!("127.0.0.1:{}", bound.port()) } else { bound.to_string() };
+    node.logins.set_console_url(Some(format!("http://{url_host}")));
+    let router = router(app);
+    let logins = node.logins.clone();
+    let result = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    logins.set_console_url(None);
+    Ok(result?)
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/login", get(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/pair", get(pages::pair))
+        .route("/pair/code", post(pages::create_code))
+        .route("/pair/codes/{code_id}/qr.svg", get(pages::qr))
+        .route("/pair/requests", get(pages::pending_fragment))
+        .route("/pair/requests/{id}/approve", post(pages::approve))
+        .route("/pair/requests/{id}/reject", post(pages::reject))
+        .route("/devices", get(pages::devices))
+        .route("/devices/table", get(pages::devices_fragment))
+        .route("/devices/{id}/revoke", post(pages::revoke))
+        .route("/vault", get(pages::vault))
+        .route("/policies", get(pages::policies).post(pages::update_policies))
+        .route("/policies/validate", post(pages::validate_policies))
+        .route("/policies/rollback", post(pages::rollback_policies))
+        .route("/audit", get(pages::audit))
+        .route("/events", get(pages::events))
+        .route("/assets/console.js", get(assets::script))
+        .route("/assets/console.css", get(assets::style))
+        .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(app)
+}
+
+/// Headers on every response, errors included.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    headers.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+    response
+}
+
+/// Host on every request (DNS rebinding); on every POST a same-origin `Origin` (or
+/// `Origin: null` with `Sec-Fetch-Site: same-origin`), and `Sec-Fetch-Site` same-origin
+/// whenever it is sent. The CSRF token is checked by [`Operator::check_csrf`].
+async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !app.options.allow_remote && !app.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return Failure::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Unknown host",
+            "This console answers only to its own address.",
+        )
+        .into_response();
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let site = headers.get("sec-fetch-site").and_then(|h| h.to_str().ok());
+        // Under `Referrer-Policy: no-referrer` browsers send `Origin: null` with a form POST;
+        // then `Sec-Fetch-Site` (set by the browser, never by a page) must say same-origin.
+        let same_origin = !host.is_empty()
+            && (origin.eq_ignore_ascii_case(&format!("http://{host}"))
+                || (origin == "null" && site == Some("same-origin")));
+        if !same_origin || site.is_some_and(|s| s != "same-origin") {
+            tracing::warn!(origin, host, "console: cross-origin request refused");
+            return Failure::new(
+                StatusCode::FORBIDDEN,
+                "Cross-origin request refused",
+                "The request did not come from this console's pages.",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// An error page (or fragment) with its status.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    status: StatusCode,
+    title: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: StatusCode, title: &'static str, message: impl Into<String>) -> Self {
+        Failure { status, title, message: message.into() }
+    }
+
+    fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "console: internal error");
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            "Something failed on the node; its log has the details.",
+        )
+    }
+
+    fn signed_out() -> Self {
+        Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in",
+            "Run `palyra console` on the node for a one-time login link.",
+        )
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, html::page_plain(self.title, &self.message)).into_response()
+    }
+}
+
+impl From<Denied> for Failure {
+    fn from(denied: Denied) -> Self {
+        Failure::new(StatusCode::FORBIDDEN, "Denied by policy", denied.message)
+    }
+}
+
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Self {
+        use crate::pairing::PairingError;
+        match e {
+            AdminError::Denied(denied) => denied.into(),
+            AdminError::Pairing(PairingError::RequestNotFound(_))
+            | AdminError::Identity(crate::identity::IdentityError::NotFound(_)) => {
+                Failure::new(StatusCode::NOT_FOUND, "Not found", e.to_string())
+            }
+            AdminError::Pairing(
+                e @ (PairingError::InvalidArgument { .. } | PairingError::RequestNotPending { .. }),
+            ) => Failure::new(StatusCode::BAD_REQUEST, "Refused", e.to_string()),
+            e @ AdminError::SelfRevocation => Failure::new(StatusCode::CONFLICT, "Refused", e.to_string()),
+            AdminError::Identity(e @ crate::identity::IdentityError::AlreadyExists(_)) => {
+                Failure::new(StatusCode::CONFLICT, "Refused", e.to_string())
+            }
+            other => Failure::internal(other),
+        }
+    }
+}
+
+impl From<crate::policy::PolicyError> for Failure {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        use crate::policy::PolicyError;
+        match e {
+            e
+            @ (PolicyError::Invalid { .. } | PolicyError::Lockout | PolicyError::VersionConflict { .. }) => {
+                Failure::new(StatusCode::BAD_REQUEST, "Refused", e.to_string())
+            }
+            e @ PolicyError::NotFound(_) => Failure::new(StatusCode::NOT_FOUND, "Not found", e.to_string()),
+            other => Failure::internal(other),
+        }
+    }
+}
+
+impl From<crate::vault::VaultError> for Failure {
+    fn from(e: crate::vault::VaultError) -> Self {
+        use crate::vault::VaultError;
+        match e {
+            e @ (VaultError::InvalidName(_) | VaultError::InvalidArgument(_)) => {
+                Failure::new(StatusCode::BAD_REQUEST, "Refused", e.to_string())
+            }
+            e @ VaultError::NotFound { .. } => {
+                Failure::new(StatusCode::NOT_FOUND, "Not found", e.to_string())
+            }
+            other => Failure::internal(other),
+        }
+    }
+}
+
+/// The signed-in operator of a request: its session and its peer (re-resolved from the
+/// registry, so a revoked or deleted device is refused).
+#[derive(Debug, Clone)]
+struct Operator {
+    session: Session,
+    peer: Peer,
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl Operator {
+    /// The operator of the request, or [`Failure::signed_out`].
+    async fn of(app: &App, headers: &HeaderMap, address: SocketAddr) -> Result<Operator, Failure> {
+        let Some(id) = cookie(headers, SESSION_COOKIE) else {
+            return Err(Failure::signed_out());
+        };
+        let Some(session) = app.logins.session(id, SystemTime::now()) else {
+            return Err(Failure::signed_out());
+        };
+        match app.gate().peers.resolve_device(session.device, Some(address)).await {
+            Ok(peer) => Ok(Operator { session, peer }),
+            Err(Refusal::Internal(detail)) => Err(Failure::internal(detail)),
+            Err(refusal) => {
+                tracing::warn!(device_id = %session.device, %refusal, "console: session of a revoked or unknown device ended");
+                app.logins.end_sessions_of(session.device);
+                Err(Failure::signed_out())
+            }
+        }
+    }
+
+    /// The method gate: `action` on the node, recorded in the audit log.
+    fn may(&self, app: &App, action: &str) -> Result<(), Failure> {
+        self.may_on(app, action, &Resource::Node)
+    }
+
+    /// `action` on `resource`, recorded in the audit log.
+    fn may_on(&self, app: &App, action: &str, resource: &Resource) -> Result<(), Failure> {
+        Ok(app.gate().decide(&self.peer, action, resource, None)?)
+    }
+
+    /// Refuses a state change whose form lacks this session's CSRF token.
+    fn check_csrf(&self, sent: Option<&str>) -> Result<(), Failure> {
+        let expected = self.session.csrf.expose().as_bytes();
+        match sent {
+            Some(sent) if bool::from(sent.as_bytes().ct_eq(expected)) => Ok(()),
+            _ => Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "Form expired",
+                "The form's CSRF token is missing or wrong: reload the page and try again.",
+            )),
+        }
+    }
+}
+
+/// The client address axum recorded.
+type Client = ConnectInfo<SocketAddr>;

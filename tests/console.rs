@@ -1,0 +1,378 @@
+//! The web console over real HTTP against a node in-process: login links (missing, used,
+//! expired), sessions (revocation ends them), CSRF and Origin/Host checks, security headers,
+//! every page and action decided by Cedar and audited like its gRPC call, and no secret
+//! value in any vault page.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use common::TestNode;
+use palyra::audit::AuditDecision;
+use palyra::console::{CSP, ConsoleOptions};
+use palyra::identity::Role;
+use palyra::policy::{DEFAULT_POLICIES, actions};
+use palyra::rpc::pb::console::v1::{CreateLoginTokenRequest, console_service_client::ConsoleServiceClient};
+use palyra::vault::{Scope, SecretKey, SecretValue};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue};
+use tokio::sync::oneshot;
+
+struct Console {
+    node: TestNode,
+    addr: SocketAddr,
+    http: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+/// A signed-in browser: its session cookie and the CSRF token of its pages.
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+impl Console {
+    async fn start() -> Console {
+        let node = TestNode::start().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let serving = node.node.clone();
+        let options = ConsoleOptions { allow_remote: false, grpc_server: node.addr.to_string() };
+        tokio::spawn(async move {
+            palyra::console::serve(&serving, listener, options, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        while node.node.logins.console_url().is_none() {
+            tokio::task::yield_now().await;
+        }
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Console { node, addr, http, _stop: tx }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A login link, asked for over mTLS with the operator's certificate, as `palyra console` does.
+    async fn login_url(&self) -> String {
+        let mut client = ConsoleServiceClient::new(self.node.operator().await);
+        client.create_login_token(CreateLoginTokenRequest {}).await.unwrap().into_inner().login_url
+    }
+
+    async fn sign_in(&self) -> Browser {
+        let url = self.login_url().await;
+        let response = self.http.get(url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let set = response.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let page = self.get_with(&cookie, "/pair").await;
+        assert_eq!(page.0, StatusCode::OK, "{}", page.1);
+        let csrf = csrf_of(&page.1);
+        Browser { cookie, csrf }
+    }
+
+    async fn get_with(&self, cookie: &str, path: &str) -> (StatusCode, String) {
+        let response = self.http.get(self.url(path)).header("cookie", cookie).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    fn same_origin(&self, cookie: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_str(cookie).unwrap());
+        h.insert("origin", HeaderValue::from_str(&format!("http://{}", self.addr)).unwrap());
+        h
+    }
+
+    async fn post(&self, headers: HeaderMap, path: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+        let response = self.http.post(self.url(path)).headers(headers).form(form).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// Whether the audit log holds a decision on `action` by the operator.
+    async fn audited(&self, action: &str, decision: AuditDecision) -> bool {
+        let node = &self.node.node;
+        node.audit.flush().await;
+        let principal = format!("device:{}", node.operator);
+        let records = node.audit.recent(100, Some(principal), Some(action.to_owned())).await.unwrap();
+        records.iter().any(|r| r.entry.decision == decision)
+    }
+}
+
+fn csrf_of(page: &str) -> String {
+    let start = page.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn login_links_are_single_use_and_short_lived() {
+    let c = Console::start().await;
+    // No session: every page refuses.
+    assert_eq!(c.get_with("", "/pair").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(c.get_with("palyra_session=forged", "/devices").await.0, StatusCode::UNAUTHORIZED);
+    // No token, a wrong token.
+    assert_eq!(c.http.get(c.url("/login")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let wrong = c.url(&format!("/login?token={}", "0".repeat(64)));
+    assert_eq!(c.http.get(wrong).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // A good token signs in once, with a strict cookie, and redirects away from the token.
+    let url = c.login_url().await;
+    assert!(url.starts_with(&format!("http://{}/login?token=", c.addr)), "{url}");
+    let first = c.http.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    assert_eq!(first.headers()["location"], "/pair");
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    // Used: refused.
+    assert_eq!(c.http.get(&url).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // Expired: a token issued 61 s ago is refused.
+    let old = SystemTime::now() - Duration::from_secs(61);
+    let (token, _) = c.node.node.logins.issue_token(c.node.node.operator, old).unwrap();
+    let expired = c.url(&format!("/login?token={}", token.expose()));
+    assert_eq!(c.http.get(expired).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // The session works, and logout ends it.
+    let session = cookie.split(';').next().unwrap();
+    let (status, page) = c.get_with(session, "/pair").await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = csrf_of(&page);
+    assert_eq!(c.post(c.same_origin(session), "/logout", &[("csrf", &csrf)]).await.0, StatusCode::OK);
+    assert_eq!(c.get_with(session, "/pair").await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_device_that_is_not_admin_gets_no_login_link() {
+    let c = Console::start().await;
+    let device = c.node.add_device(Role::Device, "phone", &[]).await;
+    let mut client = ConsoleServiceClient::new(c.node.channel(Some(&device)).await);
+    let denied = client.create_login_token(CreateLoginTokenRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn every_post_needs_the_csrf_token_and_a_same_origin() {
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    let form = |csrf: &'static str| vec![("role", "device"), ("ttl", "600"), ("csrf", csrf)];
+    // No token, a wrong token.
+    let (status, _) = c.post(c.same_origin(&b.cookie), "/pair/code", &[("role", "device")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = c.post(c.same_origin(&b.cookie), "/pair/code", &form("not-the-token")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The right token without an Origin, from another origin, or as a cross-site fetch.
+    let good = [("role", "device"), ("ttl", "600"), ("csrf", b.csrf.as_str())];
+    let mut no_origin = HeaderMap::new();
+    no_origin.insert("cookie", HeaderValue::from_str(&b.cookie).unwrap());
+    assert_eq!(c.post(no_origin.clone(), "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
+    let mut evil = no_origin.clone();
+    evil.insert("origin", HeaderValue::from_static("http://evil.example"));
+    assert_eq!(c.post(evil, "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
+    // `Origin: null` (what a browser sends under no-referrer) only with Sec-Fetch-Site.
+    let mut null_origin = no_origin.clone();
+    null_origin.insert("origin", HeaderValue::from_static("null"));
+    assert_eq!(c.post(null_origin.clone(), "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
+    let mut null_cross = null_origin.clone();
+    null_cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+    assert_eq!(c.post(null_cross, "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
+    let mut cross_site = c.same_origin(&b.cookie);
+    cross_site.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+    assert_eq!(c.post(cross_site, "/pair/code", &good).await.0, StatusCode::FORBIDDEN);
+    // A Host that is not the console (DNS rebinding) is refused even for a GET.
+    let rebound = c
+        .http
+        .get(c.url("/pair"))
+        .header("cookie", &b.cookie)
+        .header("host", "attacker.example:7445")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
+    assert!(!c.audited(actions::CREATE_PAIRING_CODE, AuditDecision::Allow).await, "nothing got through");
+    // Everything right: a code, shown with its QR image; also as a browser sends it.
+    let (status, _) = c.post(c.same_origin(&b.cookie), "/pair/code", &good).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let mut browser = null_origin;
+    browser.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+    assert_eq!(c.post(browser, "/pair/code", &good).await.0, StatusCode::SEE_OTHER);
+    assert!(c.audited(actions::CREATE_PAIRING_CODE, AuditDecision::Allow).await);
+}
+
+#[tokio::test]
+async fn responses_carry_the_security_headers() {
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    for (cookie, path) in [(b.cookie.as_str(), "/pair"), ("", "/pair"), ("", "/assets/console.js")] {
+        let r = c.http.get(c.url(path)).header("cookie", cookie).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["content-security-policy"], CSP, "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
+    let (_, page) = c.get_with(&b.cookie, "/pair").await;
+    assert!(
+        !page.contains("<script>") && !page.contains("onclick") && !page.contains("style="),
+        "no inline code"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_operator_loses_its_session() {
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    let node = &c.node.node;
+    node.core.store.revoke_device(node.operator, "lost laptop", SystemTime::now()).await.unwrap();
+    node.peers.revoked(node.operator);
+    assert_eq!(c.get_with(&b.cookie, "/devices").await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    let node = &c.node.node;
+    let phone = c.node.add_device(Role::Device, "phone", &[]).await;
+    let phone_id = phone.id.to_string();
+    let request_id = ulid::Ulid::generate().to_string();
+    let operator = palyra::identity::Principal::Device {
+        id: node.operator,
+        role: Role::Admin,
+        fingerprint: String::new(),
+    };
+    enum Call {
+        Get(String),
+        Post(String, Vec<(&'static str, String)>),
+    }
+    let csrf = || ("csrf", b.csrf.clone());
+    let cases: Vec<(&str, &str, Call)> = vec![
+        (actions::LIST_PAIRING_REQUESTS, "resource", Call::Get("/pair".into())),
+        (actions::LIST_PAIRING_REQUESTS, "resource", Call::Get("/pair/requests".into())),
+        (
+            actions::CREATE_PAIRING_CODE,
+            "resource",
+            Call::Post("/pair/code".into(), vec![csrf(), ("role", "device".into())]),
+        ),
+        (
+            actions::APPROVE_PAIRING,
+            "resource",
+            Call::Post(format!("/pair/requests/{request_id}/approve"), vec![csrf()]),
+        ),
+        (
+            actions::REJECT_PAIRING,
+            "resource",
+            Call::Post(format!("/pair/requests/{request_id}/reject"), vec![csrf()]),
+        ),
+        (actions::LIST_DEVICES, "resource", Call::Get("/devices".into())),
+        (actions::REVOKE_DEVICE, "resource", Call::Post(format!("/devices/{phone_id}/revoke"), vec![csrf()])),
+        // The resource check of RevokeDevice (on the device), shared with the gRPC service.
+        (
+            actions::REVOKE_DEVICE,
+            "resource is Palyra::Device",
+            Call::Post(format!("/devices/{phone_id}/revoke"), vec![csrf()]),
+        ),
+        (actions::LIST_SECRETS, "resource", Call::Get("/vault".into())),
+        // The resource check of ListSecrets on a scope.
+        (
+            actions::LIST_SECRETS,
+            "resource in Palyra::Scope::\"agents\"",
+            Call::Get("/vault?scope=agents/alpha".into()),
+        ),
+        (
+            actions::GET_SECRET_METADATA,
+            "resource in Palyra::Scope::\"agents\"",
+            Call::Get("/vault?scope=agents/alpha&key=TOKEN".into()),
+        ),
+        (actions::GET_POLICY_SET, "resource", Call::Get("/policies".into())),
+        (actions::LIST_POLICY_VERSIONS, "resource", Call::Get("/policies".into())),
+        (
+            actions::VALIDATE_POLICY_SET,
+            "resource",
+            Call::Post("/policies/validate".into(), vec![csrf(), ("policies", String::new())]),
+        ),
+        (
+            actions::ROLLBACK_POLICY_SET,
+            "resource",
+            Call::Post("/policies/rollback".into(), vec![csrf(), ("version", "1".into())]),
+        ),
+        (actions::LIST_AUDIT_RECORDS, "resource", Call::Get("/audit".into())),
+        (actions::VERIFY_AUDIT_LOG, "resource", Call::Get("/audit".into())),
+        (actions::NODE_STREAM_EVENTS, "resource", Call::Get("/events".into())),
+    ];
+    node.core
+        .vault
+        .put(
+            &Scope::parse("agents/alpha").unwrap(),
+            &SecretKey::parse("TOKEN").unwrap(),
+            SecretValue::new(b"v".to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    // UpdatePolicySet cannot be forbidden to the operator: the lockout guard refuses such a
+    // policy set (tests/grpc_policy_audit.rs). Every other action can.
+    for (action, resource, call) in cases {
+        let policy = format!(
+            "{DEFAULT_POLICIES}\n@id(\"console-test-forbid\")\nforbid (principal, action == Palyra::Action::\"{action}\", {resource});\n"
+        );
+        node.policies.update(&policy, None, &operator).await.unwrap();
+        let (status, page) = match &call {
+            Call::Get(path) => c.get_with(&b.cookie, path).await,
+            Call::Post(path, form) => {
+                let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                c.post(c.same_origin(&b.cookie), path, &form).await
+            }
+        };
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action} ({resource}): {page}");
+        assert!(page.contains("Denied by policy") && page.contains("may not call"), "{action}: {page}");
+        assert!(c.audited(action, AuditDecision::Deny).await, "{action} ({resource}) audited as denied");
+        node.policies.update(DEFAULT_POLICIES, None, &operator).await.unwrap();
+    }
+    // The phone was never revoked by a refused request.
+    let phone = node.core.store.device(phone.id).await.unwrap().unwrap();
+    assert_eq!(phone.status, palyra::identity::DeviceStatus::Active);
+}
+
+#[tokio::test]
+async fn vault_pages_show_metadata_never_values() {
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    let vault = &c.node.node.core.vault;
+    let canary = "canary-value-7f3a9c";
+    for (scope, key) in
+        [("agents/alpha", "OPENAI_API_KEY"), ("agents/beta", "DB_PASSWORD"), ("connectors/slack", "BOT")]
+    {
+        let (s, k) = (Scope::parse(scope).unwrap(), SecretKey::parse(key).unwrap());
+        vault.put(&s, &k, SecretValue::new(canary.as_bytes().to_vec()), None).await.unwrap();
+        vault.put(&s, &k, SecretValue::new(format!("{canary}-v2").into_bytes()), None).await.unwrap();
+    }
+    let pages = [
+        "/vault",
+        "/vault?scope=agents",
+        "/vault?scope=agents/alpha",
+        "/vault?scope=agents/alpha&key=OPENAI_API_KEY",
+        "/vault?scope=connectors/slack&key=BOT",
+    ];
+    for path in pages {
+        let (status, page) = c.get_with(&b.cookie, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!page.contains("canary"), "{path} shows a value");
+        assert!(!page.contains(&hex::encode(canary)), "{path} shows a value in hex");
+    }
+    let (_, tree) = c.get_with(&b.cookie, "/vault").await;
+    assert!(tree.contains(">alpha<") && tree.contains(">slack<"), "{tree}");
+    let (_, detail) = c.get_with(&b.cookie, "/vault?scope=agents/alpha&key=OPENAI_API_KEY").await;
+    assert!(detail.contains("Latest version</dt><dd>2"), "{detail}");
+    // The reserved scope stays out of the tree (auth-reserved-scope forbids even the operator).
+    let (status, _) = c.get_with(&b.cookie, "/vault?scope=palyra").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
