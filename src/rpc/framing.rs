@@ -203,7 +203,7 @@ mod tests {
             Err(FramingError::TooLarge { size: u64::from(u32::MAX), limit: 100 })
         );
         assert_eq!(run(unary, &[&[1, 0, 0, 0, 1, 0]]), Err(FramingError::Compressed { flag: 1 }));
-        assert_eq!(run(unary, &[&[9]]), Err(FramingError::Compressed { flag: 9 }));
+        assert_eq!(run(unary, &[&[9, 0, 0, 0, 1]]), Err(FramingError::Compressed { flag: 9 }));
         assert_eq!(run(unary, &[]), Err(FramingError::MessageCount("none")));
         let two = [message(1), message(1)].concat();
         assert_eq!(run(unary, &[&two]), Err(FramingError::MessageCount("more than one")));
