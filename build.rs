@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Malformed requests are INVALID_ARGUMENT, not tonic-prost's INTERNAL (src/rpc/codec.rs).
+        .codec_path("crate::rpc::codec::Codec")
         .file_descriptor_set_path(out_dir.join("palyra_descriptor.bin"))
         .compile_with_config(config, &files, &[root.to_path_buf(), well_known])?;
     Ok(())

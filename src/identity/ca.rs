@@ -379,6 +379,14 @@ impl Csr {
                 pem_text.len()
             )));
         }
+        // One block, or which one is "the" request depends on the parser that reads it: ours
+        // takes the first CSR, another might take the last or refuse.
+        let blocks = pem_text.matches("-----BEGIN ").count();
+        if blocks > 1 {
+            return Err(invalid_csr(format!(
+                "the text holds {blocks} PEM blocks; send exactly one CERTIFICATE REQUEST"
+            )));
+        }
         let der = CertificateSigningRequestDer::from_pem_slice(pem_text.as_bytes()).map_err(|e| match e {
             PemError::NoItemsFound => invalid_csr("no PEM CERTIFICATE REQUEST block found"),
             _ => invalid_csr("malformed PEM"),
@@ -1047,6 +1055,11 @@ mod tests {
         );
         let trailing = [&good_der[..], &[0u8]].concat();
         assert!(reason(&pem_block("CERTIFICATE REQUEST", &trailing)).contains("trailing bytes"));
+        // Two requests, or a request beside another block: ambiguous, refused.
+        let two = format!("{good}{good}");
+        assert!(reason(&two).contains("2 PEM blocks"), "{}", reason(&two));
+        let beside = format!("{}{good}", pem_block("PRIVATE KEY", b"whatever"));
+        assert!(reason(&beside).contains("2 PEM blocks"));
         let oversized = format!("{good}{}", " ".repeat(MAX_CSR_PEM_LEN));
         assert!(reason(&oversized).contains("limit is 16384"));
         Ok(())

@@ -11,6 +11,7 @@ use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
+use super::framing::FramedRequest;
 use super::peer::Peer;
 use super::status::policy_denied;
 use super::streams;
@@ -57,19 +58,20 @@ impl GateExt for Gate {
 #[derive(Debug, Clone)]
 pub struct GateLayer {
     gate: Gate,
+    limits: super::MessageLimits,
 }
 
 impl GateLayer {
-    /// A layer deciding with `gate`.
-    pub fn new(gate: Gate) -> Self {
-        GateLayer { gate }
+    /// A layer deciding with `gate`; request bodies that pass are framed by `limits`.
+    pub fn new(gate: Gate, limits: super::MessageLimits) -> Self {
+        GateLayer { gate, limits }
     }
 }
 
 impl<S> Layer<S> for GateLayer {
     type Service = GateService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        GateService { inner, gate: self.gate.clone() }
+        GateService { inner, gate: self.gate.clone(), limits: self.limits }
     }
 }
 
@@ -78,6 +80,7 @@ impl<S> Layer<S> for GateLayer {
 pub struct GateService<S> {
     inner: S,
     gate: Gate,
+    limits: super::MessageLimits,
 }
 
 impl<S> Service<http::Request<Body>> for GateService<S>
@@ -98,6 +101,7 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let gate = self.gate.clone();
+        let framing = self.limits.framing(request.uri().path());
         Box::pin(async move {
             let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
             let certs = info.and_then(|i| i.peer_certs());
@@ -117,6 +121,9 @@ where
                 request.extensions_mut().insert(RequestAuthority(authority));
             }
             request.extensions_mut().insert(peer);
+            // Only requests the gate let through are read, and their framing is checked as
+            // they are (a bad prefix never reaches tonic's decoder).
+            let request = request.map(|body| Body::new(FramedRequest::new(body, framing)));
             let response = inner.call(request).await?;
             // A device's response stream ends within a second of its revocation.
             Ok(match device {

@@ -10,8 +10,10 @@
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod codec;
 pub mod console;
 pub mod convert;
+pub mod framing;
 pub mod identity;
 pub mod pairing;
 pub mod pb;
@@ -55,9 +57,40 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Largest request message, whatever the vault's value limit (plus room for the other fields).
-fn max_message_bytes(node: &Node) -> usize {
-    node.core.vault.config().max_value_len.max(1024 * 1024) + 64 * 1024
+/// The largest request message of each service: checked from its gRPC prefix by the gate
+/// ([`framing`]) and given to tonic as its decoding limit too.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// VaultService: the vault's value limit (at least 1 MiB) plus room for the other fields.
+    pub vault: usize,
+}
+
+impl MessageLimits {
+    /// IdentityService and AuthProfileService (CSRs and certificates are a few KiB).
+    pub const IDENTITY: usize = 256 * 1024;
+    /// PolicyService: the largest policy text plus room for the other fields.
+    pub const POLICY: usize = crate::policy::MAX_POLICY_TEXT_BYTES + 64 * 1024;
+    /// Pairing, audit, health, reflection, and anything else (a few hundred bytes each).
+    pub const SMALL: usize = 64 * 1024;
+
+    /// The limits of `node`.
+    pub fn of(node: &Node) -> Self {
+        MessageLimits { vault: node.core.vault.config().max_value_len.max(1024 * 1024) + 64 * 1024 }
+    }
+
+    /// What a request to `path` (`/package.Service/Method`) may carry.
+    pub fn framing(&self, path: &str) -> framing::Framing {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        let max_message = match service {
+            "palyra.vault.v1.VaultService" => self.vault,
+            "palyra.identity.v1.IdentityService" | "palyra.auth.v1.AuthProfileService" => Self::IDENTITY,
+            "palyra.policy.v1.PolicyService" => Self::POLICY,
+            _ => Self::SMALL,
+        };
+        // Reflection is the one service whose requests are a stream.
+        let unary = !service.starts_with("grpc.reflection.");
+        framing::Framing { max_message, unary }
+    }
 }
 
 /// How often the server certificate's due date is checked.
@@ -106,7 +139,8 @@ pub async fn serve(
         audit: node.audit.clone(),
         peers: node.peers.clone(),
     };
-    let limit = max_message_bytes(node);
+    let limits = MessageLimits::of(node);
+    let limit = limits.vault;
 
     let vault = VaultServiceServer::new(vault::VaultApi::new(node.core.vault.clone(), gate.clone()))
         .max_decoding_message_size(limit)
@@ -123,13 +157,13 @@ pub async fn serve(
         gate.clone(),
         admin,
     ))
-    .max_decoding_message_size(256 * 1024);
+    .max_decoding_message_size(MessageLimits::IDENTITY);
     let policy = PolicyServiceServer::new(policy::PolicyApi::new(
         std::sync::Arc::clone(&node.policies),
         node.core.store.clone(),
         node.audit.clone(),
     ))
-    .max_decoding_message_size(crate::policy::MAX_POLICY_TEXT_BYTES + 64 * 1024);
+    .max_decoding_message_size(MessageLimits::POLICY);
     let fallback_address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     // Pairing sessions (and codes, requests) that expired while the node was down go now.
     if let Err(e) = node.core.store.expire_pairing(std::time::SystemTime::now()).await {
@@ -142,15 +176,15 @@ pub async fn serve(
         gate.clone(),
         fallback_address,
     ))
-    .max_decoding_message_size(64 * 1024);
+    .max_decoding_message_size(MessageLimits::SMALL);
     let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone()))
-        .max_decoding_message_size(64 * 1024);
+        .max_decoding_message_size(MessageLimits::SMALL);
 
     let auth = AuthProfileServiceServer::new(auth::AuthApi::new(node.auth.clone(), gate.clone()))
-        .max_decoding_message_size(256 * 1024);
+        .max_decoding_message_size(MessageLimits::IDENTITY);
 
     let console = ConsoleServiceServer::new(console::ConsoleApi::new(node.logins.clone()))
-        .max_decoding_message_size(4 * 1024);
+        .max_decoding_message_size(MessageLimits::SMALL);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<VaultServiceServer<vault::VaultApi>>().await;
@@ -172,7 +206,7 @@ pub async fn serve(
 
     let incoming = server::tls_incoming(listener, tls);
     Server::builder()
-        .layer(GateLayer::new(gate))
+        .layer(GateLayer::new(gate, limits))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

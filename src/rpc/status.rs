@@ -49,6 +49,61 @@ pub fn invalid_argument(field: &str, message: impl std::fmt::Display) -> Status 
     )
 }
 
+/// `INVALID_ARGUMENT`: a request message that is not protobuf of its type (prost says which
+/// field and why, e.g. `GetSecretRequest.scope: invalid string value: data is not UTF-8
+/// encoded`). Used by the codec, [`super::codec`].
+pub fn undecodable_request(e: &prost::DecodeError) -> Status {
+    status(Code::InvalidArgument, ErrorReason::InvalidArgument, format!("malformed request message: {e}"))
+}
+
+/// How a request body broke gRPC's message framing (checked by [`super::framing`] before tonic
+/// reads a message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FramingError {
+    /// The compressed-flag byte is set, but this node accepts no compression.
+    #[error("compressed request messages are not accepted (compressed-flag {flag}; send them uncompressed)")]
+    Compressed {
+        /// The flag byte as sent.
+        flag: u8,
+    },
+    /// The length prefix announces more than the method accepts.
+    #[error("the request message is {size} bytes; this method accepts at most {limit}")]
+    TooLarge {
+        /// The announced length.
+        size: u64,
+        /// The method's limit.
+        limit: usize,
+    },
+    /// The body ended inside a length prefix or a message.
+    #[error("the request ended inside a message: {announced} bytes announced, {arrived} arrived")]
+    Truncated {
+        /// Bytes the prefix announced (5 when it ended inside the prefix itself).
+        announced: u64,
+        /// Bytes that arrived.
+        arrived: u64,
+    },
+    /// A unary method got no message, or more than one.
+    #[error("a call to this method carries exactly one request message; got {0}")]
+    MessageCount(&'static str),
+}
+
+impl From<FramingError> for Status {
+    fn from(e: FramingError) -> Self {
+        match e {
+            // Over the limit is "too large", whatever the method: the reason clients already
+            // handle for a vault value over the limit, with the limit in `metadata.limit`.
+            FramingError::TooLarge { limit, .. } => status_with(
+                Code::InvalidArgument,
+                ErrorReason::ValueTooLarge,
+                e.to_string(),
+                HashMap::from([("limit".to_owned(), limit.to_string())]),
+            ),
+            other => status(Code::InvalidArgument, ErrorReason::InvalidArgument, other.to_string()),
+        }
+    }
+}
+
 /// `UNAUTHENTICATED` + `UNKNOWN_DEVICE`: a certificate of no registered device.
 pub fn unknown_device(id: Option<DeviceId>) -> Status {
     let message = match id {
@@ -93,9 +148,12 @@ impl From<VaultError> for Status {
                 status(Code::InvalidArgument, ErrorReason::InvalidArgument, name.to_string())
             }
             VaultError::InvalidArgument(m) => status(Code::InvalidArgument, ErrorReason::InvalidArgument, m),
-            e @ VaultError::ValueTooLarge { .. } => {
-                status(Code::InvalidArgument, ErrorReason::ValueTooLarge, e.to_string())
-            }
+            e @ VaultError::ValueTooLarge { max, .. } => status_with(
+                Code::InvalidArgument,
+                ErrorReason::ValueTooLarge,
+                e.to_string(),
+                HashMap::from([("limit".to_owned(), max.to_string())]),
+            ),
             e @ VaultError::NotFound { .. } => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
             VaultError::VersionConflict { actual, ref scope, ref key, expected } => status_with(
                 Code::FailedPrecondition,

@@ -105,6 +105,9 @@ fn check_segment(segment: &str) -> Result<(), String> {
     let Some(&first) = bytes.first() else {
         return Err("empty segment (two '/' in a row)".into());
     };
+    if segment == "." || segment == ".." {
+        return Err(format!("{segment:?} is not a segment: scopes have no relative paths"));
+    }
     if bytes.len() > MAX_SEGMENT_LEN {
         return Err(format!("longer than {MAX_SEGMENT_LEN} bytes"));
     }
@@ -257,6 +260,8 @@ mod tests {
             ("a/B", "lower-case"),
             ("a/.hidden", "start with"),
             ("a/b..c", "'..'"),
+            ("a/../b", "no relative paths"),
+            ("a/.", "no relative paths"),
             ("a/b c", "not allowed"),
             ("a/\0", "start with"),
             ("a/é", "start with"),
