@@ -29,7 +29,8 @@ TOKEN_RULES = [
     ("google api key", re.compile(rb"\bAIza[0-9A-Za-z_-]{35}\b")),
     ("openai/anthropic key", re.compile(rb"\bsk-(ant-|proj-)?[A-Za-z0-9_-]{32,}\b")),
     ("json web token", re.compile(rb"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")),
-    ("openssh private key", re.compile(rb"-----BEGIN OPENSSH PRIVATE KEY-----")),
+    # Split so that this file does not match itself.
+    ("openssh private key", re.compile(rb"-----BEGIN OPENSSH " + rb"PRIVATE KEY-----")),
 ]
 PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+ )?PRIVATE KEY-----")
 BASE64_LINE = re.compile(rb"^[\s\"'`]*[A-Za-z0-9+/]{40,}={0,2}")
