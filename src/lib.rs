@@ -19,7 +19,7 @@
 //!   the edges;
 //! - [`rpc`] — the gRPC edge (tonic, mTLS); [`quic`] — the QUIC data plane (quinn, mTLS);
 //! - [`node`] — assembles the parts from a data directory;
-//! - [`fsutil`] — private files and atomic writes.
+//! - [`fsutil`] — private files and atomic writes; [`limits`] — the open-files limit.
 //!
 //! See ARCHITECTURE.md for the map and the invariants.
 
@@ -33,6 +33,7 @@ pub mod config;
 pub mod events;
 pub mod fsutil;
 pub mod identity;
+pub mod limits;
 pub mod node;
 pub mod pairing;
 pub mod policy;
