@@ -225,6 +225,15 @@ fn proc_status(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process used so far, in seconds (USER_HZ = 100, as on Linux).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
 }
@@ -658,6 +667,7 @@ async fn run(opts: Options) -> bool {
     // The measured window.
     let rss_before = proc_status(pid, "VmRSS");
     let done_ops = Arc::new(AtomicU64::new(0));
+    let cpu_before = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
     let start = Instant::now();
     let deadline = start + opts.duration;
     measuring.store(true, Ordering::Relaxed);
@@ -707,6 +717,10 @@ async fn run(opts: Options) -> bool {
         totals.write_latency.as_mut().unwrap().add(f.write_latency.unwrap()).unwrap();
     }
     let window = start.elapsed().as_secs_f64();
+    let cpu = (
+        (cpu_seconds(&pid.to_string()) - cpu_before.0) / window,
+        (cpu_seconds("self") - cpu_before.1) / window,
+    );
     measuring.store(false, Ordering::Relaxed);
     progress.abort();
     let rss_end = proc_status(pid, "VmRSS");
@@ -807,6 +821,12 @@ async fn run(opts: Options) -> bool {
         rss_end as f64 / 1024.0,
         peak_fds.load(Ordering::Relaxed),
         threads
+    );
+    println!(
+        "  cpu      server {:.2} cores, this tool {:.2} cores (of {}), averaged over the window",
+        cpu.0,
+        cpu.1,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!("  audit    chain {audit_line}");
     println!("  server   log: {warnings} warnings, {log_errors} errors; exit on SIGTERM: {exit}");
