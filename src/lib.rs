@@ -23,7 +23,7 @@
 //! - [`console`] — the operator web console (axum, loopback HTTP), signed in with one-time
 //!   links ([`login`]) and decided by the same gate;
 //! - [`node`] — assembles the parts from a data directory;
-//! - [`fsutil`] — private files and atomic writes.
+//! - [`fsutil`] — private files and atomic writes; [`limits`] — the open-files limit.
 //!
 //! See ARCHITECTURE.md for the map and the invariants.
 
@@ -39,6 +39,7 @@ pub mod console;
 pub mod events;
 pub mod fsutil;
 pub mod identity;
+pub mod limits;
 pub mod login;
 pub mod node;
 pub mod pairing;

@@ -1270,7 +1270,15 @@ impl Served {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palyra"))
             .arg("--data-dir")
             .arg(&data)
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--quic-addr",
+                "127.0.0.1:0",
+                "--console-addr",
+                "127.0.0.1:0",
+            ])
             .env("PALYRA_KEY_BACKEND", "file")
             .env("PALYRA_LOG", "error")
             .stdout(std::process::Stdio::null())

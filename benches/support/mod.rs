@@ -9,7 +9,7 @@ pub mod quic;
 use std::time::{Duration, SystemTime};
 
 use palyra::identity::ca::generate_tls_key_and_csr;
-use palyra::identity::{Device, DeviceIdentity, DeviceStatus, Role};
+use palyra::identity::{Device, DeviceId, DeviceIdentity, DeviceStatus, Role};
 use palyra::node::Node;
 use palyra::vault::Scope;
 
@@ -27,6 +27,7 @@ pub fn private_tempdir() -> tempfile::TempDir {
 /// Client TLS material of a registered device.
 #[derive(Debug, Clone)]
 pub struct Creds {
+    pub id: DeviceId,
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -60,5 +61,5 @@ pub async fn register_device(node: &Node, role: Role, scopes: &[&str]) -> Creds 
         })
         .await
         .unwrap();
-    Creds { cert_pem: issued.cert_pem, key_pem: key_pem.to_string() }
+    Creds { id, cert_pem: issued.cert_pem, key_pem: key_pem.to_string() }
 }

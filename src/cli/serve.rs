@@ -163,6 +163,15 @@ fn summary(ctx: &Context, node: &Node) -> InitOut {
 pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
     let s = settings(ctx, &args.init, args.grpc_addr, args.quic_addr)?;
     let console = console_addr(&s.file, &args)?;
+    // A descriptor per connection: a soft limit of 1,024 would refuse clients well before
+    // the thousand the node is built to hold.
+    match crate::limits::raise_open_files_limit() {
+        Ok(limit) if limit.before != limit.after => {
+            tracing::info!(before = ?limit.before, after = ?limit.after, "open files limit raised");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
     let listener = tokio::net::TcpListener::bind(s.grpc_addr).await.map_err(|e| {
         CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr))
