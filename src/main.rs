@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,6 +18,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "palyra=info,warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: logs piped to a file or a collector stay
+        // plain text, and NO_COLOR (no-color.org) turns it off everywhere.
+        .with_ansi(
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
 
     let cli = Cli::parse();
