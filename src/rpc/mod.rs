@@ -93,6 +93,18 @@ impl MessageLimits {
     }
 }
 
+/// The longest a call may take, from its headers to its response (every RPC is unary and
+/// answers in milliseconds; GetAccessToken's provider call has its own 30 s bound). It also
+/// ends requests whose body never finishes arriving, which would otherwise hold their buffer
+/// for as long as the connection lives.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Requests in flight on one connection: what a half-sent request can hold is bounded by its
+/// method's message limit, so this bounds a connection's buffers too.
+const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// HTTP/2 pings find connections whose peer vanished without closing them.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How often the server certificate's due date is checked.
 const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
 
@@ -206,6 +218,10 @@ pub async fn serve(
 
     let incoming = server::tls_incoming(listener, tls);
     Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(GateLayer::new(gate, limits))
         .add_service(health)
         .add_service(reflection_v1)
