@@ -471,10 +471,6 @@ fn secret_key(name: &str) -> Result<SecretKey, AuthError> {
     SecretKey::parse(name).map_err(|e| AuthError::Internal(e.to_string()))
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
-}
-
 impl AuthProfiles {
     /// The profiles in `store`, their secrets in `vault`.
     pub fn new(store: Store, vault: Vault) -> Result<Self, AuthError> {
@@ -652,7 +648,7 @@ impl AuthProfiles {
                     access_token: tokens.access_token.clone(),
                     refresh_token: tokens.refresh_token.clone().unwrap_or_default(),
                     token_type: tokens.token_type.clone(),
-                    expires_at_ms: tokens.expires_in.map(|s| ms(now) + s.saturating_mul(1000)),
+                    expires_at_ms: tokens.expires_at_ms(now),
                 };
                 self.store_tokens(&name, &set, Some(AUTH_PROFILE_AUTHORIZED)).await?;
                 tracing::info!(profile = %name, "auth profile authorized");
@@ -752,7 +748,7 @@ impl AuthProfiles {
                     } else {
                         tokens.token_type.clone()
                     },
-                    expires_at_ms: tokens.expires_in.map(|s| ms(now) + s.saturating_mul(1000)),
+                    expires_at_ms: tokens.expires_at_ms(now),
                 };
                 self.store_tokens(name, &new, None).await?;
                 tracing::info!(profile = %name, "auth profile token refreshed");
@@ -909,7 +905,13 @@ mod tests {
         let now = SystemTime::now();
         let at = |secs: u64| {
             let mut set = TokenSet::default();
-            set.expires_at_ms = Some(ms(now) + secs * 1000);
+            let tokens = oauth::TokenResponse {
+                access_token: String::new(),
+                token_type: String::new(),
+                expires_in: Some(secs),
+                refresh_token: None,
+            };
+            set.expires_at_ms = tokens.expires_at_ms(now);
             set
         };
         assert!(!at(30).fresh_at(now));

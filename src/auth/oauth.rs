@@ -2,7 +2,7 @@
 //! §6 refresh): reqwest over rustls with the process's ring provider, connect and total
 //! timeouts, no redirects, bounded responses. The only code that knows reqwest.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use zeroize::Zeroize;
@@ -41,6 +41,19 @@ impl Drop for TokenResponse {
             r.zeroize();
         }
     }
+}
+
+impl TokenResponse {
+    /// When the access token expires, in Unix milliseconds, for a response received at `now`
+    /// (`None` when the provider did not say).
+    pub fn expires_at_ms(&self, now: SystemTime) -> Option<u64> {
+        self.expires_in.map(|s| unix_ms(now) + s.saturating_mul(1000))
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -143,36 +156,42 @@ impl TokenClient {
             }
             body.extend_from_slice(&chunk);
         }
-        if status.is_success() {
-            return serde_json::from_slice::<TokenResponse>(&body)
-                .ok()
-                .filter(|t| !t.access_token.is_empty())
-                .ok_or_else(|| AuthError::Provider {
-                    status: Some(status.as_u16()),
-                    error: None,
-                    message: "token endpoint returned no access_token".into(),
-                });
-        }
-        let parsed = serde_json::from_slice::<ErrorBody>(&body).ok();
-        match parsed {
-            Some(e) if e.error == "invalid_grant" => Err(AuthError::InvalidGrant {
-                description: e.error_description.map(|d| bounded(&d)).unwrap_or_default(),
-            }),
-            other => {
-                let error = other.as_ref().map(|e| bounded(&e.error));
-                let description =
-                    other.and_then(|e| e.error_description).map(|d| format!(": {}", bounded(&d)));
-                Err(AuthError::Provider {
-                    status: Some(status.as_u16()),
-                    message: format!(
-                        "token endpoint answered {}{}{}",
-                        status.as_u16(),
-                        error.as_deref().map(|e| format!(" {e}")).unwrap_or_default(),
-                        description.unwrap_or_default()
-                    ),
-                    error,
-                })
-            }
+        parse_token_response(status.as_u16(), &body)
+    }
+}
+
+/// Reads a token endpoint's answer (RFC 6749 §5.1 and §5.2) from its status and body: the
+/// tokens of a 2xx with a non-empty `access_token`, else the provider's error, bounded. Pure:
+/// the body is untrusted input and this is its only parser.
+pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, AuthError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice::<TokenResponse>(body)
+            .ok()
+            .filter(|t| !t.access_token.is_empty())
+            .ok_or_else(|| AuthError::Provider {
+                status: Some(status),
+                error: None,
+                message: "token endpoint returned no access_token".into(),
+            });
+    }
+    let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+    match parsed {
+        Some(e) if e.error == "invalid_grant" => Err(AuthError::InvalidGrant {
+            description: e.error_description.map(|d| bounded(&d)).unwrap_or_default(),
+        }),
+        other => {
+            let error = other.as_ref().map(|e| bounded(&e.error));
+            let description = other.and_then(|e| e.error_description).map(|d| format!(": {}", bounded(&d)));
+            Err(AuthError::Provider {
+                status: Some(status),
+                message: format!(
+                    "token endpoint answered {}{}{}",
+                    status,
+                    error.as_deref().map(|e| format!(" {e}")).unwrap_or_default(),
+                    description.unwrap_or_default()
+                ),
+                error,
+            })
         }
     }
 }
