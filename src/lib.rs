@@ -32,6 +32,8 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod node;
 pub mod pairing;
