@@ -205,6 +205,11 @@ fn parse_url(field: &'static str, text: &str) -> Result<reqwest::Url, AuthError>
     if text.len() > MAX_URL {
         return Err(AuthError::invalid(field, format!("longer than {MAX_URL} bytes")));
     }
+    // The URL parser drops surrounding spaces and tabs or newlines anywhere; the text is kept
+    // and shown as given, so what is validated must be what will be called.
+    if text.trim() != text || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(AuthError::invalid(field, "no spaces or control characters"));
+    }
     reqwest::Url::parse(text).map_err(|e| AuthError::invalid(field, format!("not a URL: {e}")))
 }
 
@@ -898,6 +903,24 @@ mod tests {
         assert!(endpoint("f", "https://user:pw@example.com/token").is_err());
         assert!(endpoint("f", "ftp://example.com").is_err());
         assert!(endpoint("f", "not a url").is_err());
+    }
+
+    /// fuzz/corpus/auth/regression-url-with-spaces: an endpoint with surrounding spaces (or a
+    /// tab or newline inside) was accepted, because the URL parser drops them, and stored and
+    /// shown as sent.
+    #[test]
+    fn fuzz_regression_oauth_url_with_spaces_or_controls() {
+        for bad in [
+            "   http://127.0.0.1:8080/token ",
+            "https://auth.example.com/tok\ten",
+            "https://auth.exa\nmple.com/token",
+            "https://auth.example.com/token\r",
+            "https://auth.example.com/a b",
+        ] {
+            assert!(endpoint("f", bad).is_err(), "{bad:?}");
+            assert!(redirect_uri("f", bad).is_err(), "{bad:?}");
+        }
+        assert!(endpoint("f", "https://auth.example.com/token?a=b%20c").is_ok());
     }
 
     #[test]
