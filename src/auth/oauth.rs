@@ -165,16 +165,15 @@ impl TokenClient {
 /// the body is untrusted input and this is its only parser.
 pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, AuthError> {
     if (200..300).contains(&status) {
-        return serde_json::from_slice::<TokenResponse>(body)
-            .ok()
-            .filter(|t| !t.access_token.is_empty())
-            .ok_or_else(|| AuthError::Provider {
+        return json_object::<TokenResponse>(body).filter(|t| !t.access_token.is_empty()).ok_or_else(|| {
+            AuthError::Provider {
                 status: Some(status),
                 error: None,
                 message: "token endpoint returned no access_token".into(),
-            });
+            }
+        });
     }
-    let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+    let parsed = json_object::<ErrorBody>(body);
     match parsed {
         Some(e) if e.error == "invalid_grant" => Err(AuthError::InvalidGrant {
             description: e.error_description.map(|d| bounded(&d)).unwrap_or_default(),
@@ -196,7 +195,41 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, A
     }
 }
 
+/// A JSON object (RFC 6749 §5.1, §5.2) read as `T`. serde also reads a struct from a JSON
+/// array of its fields in order, which no token endpoint sends: only an object is accepted.
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    let object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).ok()?;
+    serde_json::from_value(serde_json::Value::Object(object)).ok()
+}
+
 /// Provider text, bounded and without control characters.
 fn bounded(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(MAX_QUOTED).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fuzz/corpus/auth/regression-token-as-json-array: `["expires_in"]` from a token endpoint
+    /// was read as a token response (serde fills a struct from an array of its fields), with
+    /// the access token "expires_in".
+    #[test]
+    fn fuzz_regression_token_response_as_a_json_array() {
+        assert!(parse_token_response(271, br#"["expires_in"]"#).is_err());
+        assert!(parse_token_response(200, br#"["at-1", "Bearer", 3600, "rt-1"]"#).is_err());
+        assert!(matches!(
+            parse_token_response(400, br#"["invalid_grant", "gone"]"#),
+            Err(AuthError::Provider { error: None, .. })
+        ));
+        let tokens = parse_token_response(200, br#"{"access_token":"at-1","expires_in":60}"#);
+        assert_eq!(
+            tokens.map(|t| (t.access_token.clone(), t.expires_in)).ok(),
+            Some(("at-1".to_owned(), Some(60)))
+        );
+        assert!(matches!(
+            parse_token_response(400, br#"{"error":"invalid_grant"}"#),
+            Err(AuthError::InvalidGrant { .. })
+        ));
+    }
 }
