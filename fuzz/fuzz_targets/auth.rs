@@ -8,7 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palyra::auth::oauth::parse_token_response;
+use std::time::{Duration, UNIX_EPOCH};
+
+use palyra::auth::oauth::{MAX_EXPIRES_IN_SECS, parse_token_response};
 use palyra::auth::{AuthError, OAuth2Config, ProfileName};
 use palyra::pairing::handshake::unix_ms;
 use palyra_fuzz::{Fields, now};
@@ -31,6 +33,8 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(format!("{tokens:?}"), shown);
                     if let Some(at) = tokens.expires_at_ms(now()) {
                         assert!(at >= unix_ms(now()), "a token that expired before it arrived");
+                        assert!(at <= unix_ms(now()) + MAX_EXPIRES_IN_SECS * 1000);
+                        let _ = UNIX_EPOCH + Duration::from_millis(at);
                     }
                 }
                 Err(AuthError::InvalidGrant { description }) => {

