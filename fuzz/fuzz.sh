@@ -2,7 +2,7 @@
 # Builds and runs the libFuzzer targets of fuzz/ on a stable Rust toolchain, with plain cargo:
 # the same coverage instrumentation cargo-fuzz asks rustc for (SanitizerCoverage through
 # -Cpasses=sancov-module and LLVM options, all stable flags), without its nightly-only
-# sanitizer flags. `cargo fuzz run -s none TARGET` works too (see README.md).
+# sanitizer flags. `cargo fuzz run -O -s none --codegen-units 16 TARGET` works too (README.md).
 #
 #   fuzz/fuzz.sh build                      build every target (release profile of fuzz/Cargo.toml)
 #   fuzz/fuzz.sh list                       the targets
@@ -26,7 +26,7 @@ WORK="${FUZZ_WORK:-$CARGO_TARGET_DIR/work}"
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 BIN_DIR="$CARGO_TARGET_DIR/$TRIPLE/release"
 
-# Exactly the flags `cargo fuzz build -s none --codegen-units 16` passes (cargo-fuzz 0.13,
+# Exactly the flags `cargo fuzz build -O -s none --codegen-units 16` passes (cargo-fuzz 0.13,
 # project.rs), in its order, so the two share one build in fuzz/target: SanitizerCoverage
 # counters, the PC table, comparison tracing, stack depth, cfg(fuzzing). Debug assertions and
 # overflow checks come from the release profile in fuzz/Cargo.toml. `--target` keeps these
