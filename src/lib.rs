@@ -38,6 +38,8 @@ pub mod config;
 pub mod console;
 pub mod events;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod limits;
 pub mod login;

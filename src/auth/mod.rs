@@ -205,6 +205,11 @@ fn parse_url(field: &'static str, text: &str) -> Result<reqwest::Url, AuthError>
     if text.len() > MAX_URL {
         return Err(AuthError::invalid(field, format!("longer than {MAX_URL} bytes")));
     }
+    // The URL parser drops surrounding spaces and tabs or newlines anywhere; the text is kept
+    // and shown as given, so what is validated must be what will be called.
+    if text.trim() != text || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(AuthError::invalid(field, "no spaces or control characters"));
+    }
     reqwest::Url::parse(text).map_err(|e| AuthError::invalid(field, format!("not a URL: {e}")))
 }
 
@@ -471,10 +476,6 @@ fn secret_key(name: &str) -> Result<SecretKey, AuthError> {
     SecretKey::parse(name).map_err(|e| AuthError::Internal(e.to_string()))
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
-}
-
 impl AuthProfiles {
     /// The profiles in `store`, their secrets in `vault`.
     pub fn new(store: Store, vault: Vault) -> Result<Self, AuthError> {
@@ -652,7 +653,7 @@ impl AuthProfiles {
                     access_token: tokens.access_token.clone(),
                     refresh_token: tokens.refresh_token.clone().unwrap_or_default(),
                     token_type: tokens.token_type.clone(),
-                    expires_at_ms: tokens.expires_in.map(|s| ms(now) + s.saturating_mul(1000)),
+                    expires_at_ms: tokens.expires_at_ms(now),
                 };
                 self.store_tokens(&name, &set, Some(AUTH_PROFILE_AUTHORIZED)).await?;
                 tracing::info!(profile = %name, "auth profile authorized");
@@ -752,7 +753,7 @@ impl AuthProfiles {
                     } else {
                         tokens.token_type.clone()
                     },
-                    expires_at_ms: tokens.expires_in.map(|s| ms(now) + s.saturating_mul(1000)),
+                    expires_at_ms: tokens.expires_at_ms(now),
                 };
                 self.store_tokens(name, &new, None).await?;
                 tracing::info!(profile = %name, "auth profile token refreshed");
@@ -904,12 +905,36 @@ mod tests {
         assert!(endpoint("f", "not a url").is_err());
     }
 
+    /// fuzz/corpus/auth/regression-url-with-spaces: an endpoint with surrounding spaces (or a
+    /// tab or newline inside) was accepted, because the URL parser drops them, and stored and
+    /// shown as sent.
+    #[test]
+    fn fuzz_regression_oauth_url_with_spaces_or_controls() {
+        for bad in [
+            "   http://127.0.0.1:8080/token ",
+            "https://auth.example.com/tok\ten",
+            "https://auth.exa\nmple.com/token",
+            "https://auth.example.com/token\r",
+            "https://auth.example.com/a b",
+        ] {
+            assert!(endpoint("f", bad).is_err(), "{bad:?}");
+            assert!(redirect_uri("f", bad).is_err(), "{bad:?}");
+        }
+        assert!(endpoint("f", "https://auth.example.com/token?a=b%20c").is_ok());
+    }
+
     #[test]
     fn freshness_keeps_a_minute_of_margin() {
         let now = SystemTime::now();
         let at = |secs: u64| {
             let mut set = TokenSet::default();
-            set.expires_at_ms = Some(ms(now) + secs * 1000);
+            let tokens = oauth::TokenResponse {
+                access_token: String::new(),
+                token_type: String::new(),
+                expires_in: Some(secs),
+                refresh_token: None,
+            };
+            set.expires_at_ms = tokens.expires_at_ms(now);
             set
         };
         assert!(!at(30).fresh_at(now));

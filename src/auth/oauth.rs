@@ -2,7 +2,7 @@
 //! §6 refresh): reqwest over rustls with the process's ring provider, connect and total
 //! timeouts, no redirects, bounded responses. The only code that knows reqwest.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use zeroize::Zeroize;
@@ -41,6 +41,24 @@ impl Drop for TokenResponse {
             r.zeroize();
         }
     }
+}
+
+/// Longest token lifetime taken from a provider (ten years); a longer `expires_in` is cut to it.
+pub const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 60 * 60;
+
+impl TokenResponse {
+    /// When the access token expires, in Unix milliseconds, for a response received at `now`
+    /// (`None` when the provider did not say). The provider's `expires_in` is any JSON number
+    /// up to 2^64 - 1: it is capped at [`MAX_EXPIRES_IN_SECS`] so the sum cannot overflow
+    /// and the time stays one every platform's `SystemTime` can hold.
+    pub fn expires_at_ms(&self, now: SystemTime) -> Option<u64> {
+        self.expires_in.map(|s| unix_ms(now).saturating_add(s.min(MAX_EXPIRES_IN_SECS) * 1000))
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -143,41 +161,99 @@ impl TokenClient {
             }
             body.extend_from_slice(&chunk);
         }
-        if status.is_success() {
-            return serde_json::from_slice::<TokenResponse>(&body)
-                .ok()
-                .filter(|t| !t.access_token.is_empty())
-                .ok_or_else(|| AuthError::Provider {
-                    status: Some(status.as_u16()),
-                    error: None,
-                    message: "token endpoint returned no access_token".into(),
-                });
-        }
-        let parsed = serde_json::from_slice::<ErrorBody>(&body).ok();
-        match parsed {
-            Some(e) if e.error == "invalid_grant" => Err(AuthError::InvalidGrant {
-                description: e.error_description.map(|d| bounded(&d)).unwrap_or_default(),
-            }),
-            other => {
-                let error = other.as_ref().map(|e| bounded(&e.error));
-                let description =
-                    other.and_then(|e| e.error_description).map(|d| format!(": {}", bounded(&d)));
-                Err(AuthError::Provider {
-                    status: Some(status.as_u16()),
-                    message: format!(
-                        "token endpoint answered {}{}{}",
-                        status.as_u16(),
-                        error.as_deref().map(|e| format!(" {e}")).unwrap_or_default(),
-                        description.unwrap_or_default()
-                    ),
-                    error,
-                })
+        parse_token_response(status.as_u16(), &body)
+    }
+}
+
+/// Reads a token endpoint's answer (RFC 6749 §5.1 and §5.2) from its status and body: the
+/// tokens of a 2xx with a non-empty `access_token`, else the provider's error, bounded. Pure:
+/// the body is untrusted input and this is its only parser.
+pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, AuthError> {
+    if (200..300).contains(&status) {
+        return json_object::<TokenResponse>(body).filter(|t| !t.access_token.is_empty()).ok_or_else(|| {
+            AuthError::Provider {
+                status: Some(status),
+                error: None,
+                message: "token endpoint returned no access_token".into(),
             }
+        });
+    }
+    let parsed = json_object::<ErrorBody>(body);
+    match parsed {
+        Some(e) if e.error == "invalid_grant" => Err(AuthError::InvalidGrant {
+            description: e.error_description.map(|d| bounded(&d)).unwrap_or_default(),
+        }),
+        other => {
+            let error = other.as_ref().map(|e| bounded(&e.error));
+            let description = other.and_then(|e| e.error_description).map(|d| format!(": {}", bounded(&d)));
+            Err(AuthError::Provider {
+                status: Some(status),
+                message: format!(
+                    "token endpoint answered {}{}{}",
+                    status,
+                    error.as_deref().map(|e| format!(" {e}")).unwrap_or_default(),
+                    description.unwrap_or_default()
+                ),
+                error,
+            })
         }
     }
+}
+
+/// A JSON object (RFC 6749 §5.1, §5.2) read as `T`. serde also reads a struct from a JSON
+/// array of its fields in order, which no token endpoint sends: only an object is accepted.
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    let object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).ok()?;
+    serde_json::from_value(serde_json::Value::Object(object)).ok()
 }
 
 /// Provider text, bounded and without control characters.
 fn bounded(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(MAX_QUOTED).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fuzz/corpus/auth/regression-token-as-json-array: `["expires_in"]` from a token endpoint
+    /// was read as a token response (serde fills a struct from an array of its fields), with
+    /// the access token "expires_in".
+    #[test]
+    fn fuzz_regression_token_response_as_a_json_array() {
+        assert!(parse_token_response(271, br#"["expires_in"]"#).is_err());
+        assert!(parse_token_response(200, br#"["at-1", "Bearer", 3600, "rt-1"]"#).is_err());
+        assert!(matches!(
+            parse_token_response(400, br#"["invalid_grant", "gone"]"#),
+            Err(AuthError::Provider { error: None, .. })
+        ));
+        let tokens = parse_token_response(200, br#"{"access_token":"at-1","expires_in":60}"#);
+        assert_eq!(
+            tokens.map(|t| (t.access_token.clone(), t.expires_in)).ok(),
+            Some(("at-1".to_owned(), Some(60)))
+        );
+        assert!(matches!(
+            parse_token_response(400, br#"{"error":"invalid_grant"}"#),
+            Err(AuthError::InvalidGrant { .. })
+        ));
+    }
+
+    /// fuzz/corpus/auth/regression-expires-in-max: `"expires_in": 18446744073709551615` made
+    /// `now_ms + expires_in * 1000` (saturating multiply, plain add) overflow: a panic in a
+    /// debug build, a token "expired" in 1970 (a refresh on every call) in a release build.
+    /// Found reading the code while writing the auth fuzz target; 5.8 million executions of
+    /// the target did not reach it, so the input is now a seed.
+    #[test]
+    fn regression_huge_expires_in_overflowed_the_expiry() {
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let now_ms = 1_800_000_000_000;
+        for huge in [u64::MAX, u64::MAX / 1000, u64::MAX / 1000 - 1_000_000, MAX_EXPIRES_IN_SECS + 1] {
+            let body = format!(r#"{{"access_token":"at","expires_in":{huge}}}"#);
+            let tokens = parse_token_response(200, body.as_bytes()).map_err(|e| e.to_string());
+            let at = tokens.map(|t| t.expires_at_ms(now));
+            assert_eq!(at, Ok(Some(now_ms + MAX_EXPIRES_IN_SECS * 1000)), "expires_in {huge}");
+        }
+        let tokens = parse_token_response(200, br#"{"access_token":"at","expires_in":3600}"#);
+        assert_eq!(tokens.map(|t| t.expires_at_ms(now)).ok(), Some(Some(now_ms + 3_600_000)));
+    }
 }

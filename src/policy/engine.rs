@@ -137,6 +137,9 @@ pub(crate) struct Prepared {
     compiled: Compiled,
 }
 
+/// A policy text compiled without slicing (see [`PolicyEngine::unsliced`]).
+pub(crate) struct Unsliced(Compiled);
+
 /// The policy set in force.
 #[derive(Debug)]
 struct Active {
@@ -457,6 +460,31 @@ impl PolicyEngine {
             Slices::Sliced(keys().map(slice_of).collect())
         };
         Compiled { slices, by_principal }
+    }
+
+    /// The policy set in force evaluated whole: no slices, no per-principal sets. The
+    /// reference the slicing is checked against (the unit tests, the policy fuzz target).
+    pub(crate) fn unsliced(&self) -> Option<Unsliced> {
+        let text = self.current().text.clone();
+        let parsed = PolicySet::from_str(&text).ok()?;
+        let set = assign_ids(&parsed, &text, &mut Vec::new());
+        let mut whole = Box::<Slice>::default();
+        for policy in set.policies() {
+            add(&mut whole.general, policy);
+        }
+        Some(Unsliced(Compiled { slices: Slices::Whole(whole), by_principal: HashMap::new() }))
+    }
+
+    /// Decides as [`Self::authorize_subject`] does, with `set` evaluated whole.
+    pub(crate) fn decide_unsliced(
+        &self,
+        set: &Unsliced,
+        subject: &Subject<'_>,
+        action: &str,
+        resource: &Resource,
+        context: Option<&serde_json::Value>,
+    ) -> AuthzDecision {
+        self.decide(&set.0, subject, action, resource, context)
     }
 
     /// Whether a policy's scope can match a request of this action, principal kind and
@@ -1259,19 +1287,6 @@ mod tests {
         Ok(())
     }
 
-    impl PolicyEngine {
-        /// The same text, evaluated whole: no slices, no per-principal sets.
-        fn compile_whole(&self, text: &str) -> Compiled {
-            let parsed = PolicySet::from_str(text).unwrap_or_else(|e| panic!("{e}"));
-            let set = assign_ids(&parsed, text, &mut Vec::new());
-            let mut whole = Box::<Slice>::default();
-            for policy in set.policies() {
-                add(&mut whole.general, policy);
-            }
-            Compiled { slices: Slices::Whole(whole), by_principal: HashMap::new() }
-        }
-    }
-
     #[test]
     fn slicing_never_changes_a_decision() {
         let engine = engine();
@@ -1302,7 +1317,7 @@ mod tests {
         assert!(diagnostics.iter().all(|d| d.severity == Severity::Warning), "{diagnostics:?}");
         engine.install(&text, 2).unwrap_or_else(|e| panic!("{e}"));
         let sliced = engine.current();
-        let whole = engine.compile_whole(&text);
+        let whole = engine.unsliced().unwrap_or_else(|| panic!("the installed text parses")).0;
         let Slices::Sliced(slices) = &sliced.compiled.slices else { panic!("the set must be sliced") };
         assert!(slices.iter().any(|s| !s.anchored.is_empty()));
         assert!(!sliced.compiled.by_principal.is_empty());

@@ -42,6 +42,7 @@ mod entities;
 mod manager;
 
 pub use diagnostics::{Diagnostic, MAX_NESTING, MAX_OPERATORS, MAX_POLICY_TEXT_BYTES, Severity};
+pub(crate) use engine::Unsliced;
 pub use engine::{AuthzDecision, PolicyEngine};
 pub use entities::{EntityRef, Resource, Subject, parse_action_ref, parse_entity_ref, principal_uid};
 pub use manager::{Policies, UPDATED_BY_INIT, UPDATED_BY_RESET};

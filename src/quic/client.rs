@@ -8,7 +8,7 @@ use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 
 use super::frame::{self, FrameError};
 use super::{ALPN, DEFAULT_MAX_FRAME, METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, event_from_pb, pb};
@@ -256,7 +256,7 @@ fn remote(e: pb::Error) -> ClientError {
 /// The frames the node sends on one stream.
 #[derive(Debug)]
 pub struct Replies {
-    frames: FramedRead<RecvStream, LengthDelimitedCodec>,
+    frames: FramedRead<RecvStream, frame::FrameCodec>,
     max_frame: usize,
     conn: Connection,
 }

@@ -5,7 +5,9 @@
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec, length_delimited::LengthDelimitedCodecError};
+use tokio_util::codec::{
+    Decoder, FramedRead, LengthDelimitedCodec, length_delimited::LengthDelimitedCodecError,
+};
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -29,17 +31,52 @@ pub enum FrameError {
 }
 
 /// The codec for frames of at most `max_frame` bytes.
-pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
+pub fn codec(max_frame: usize) -> FrameCodec {
+    let inner = LengthDelimitedCodec::builder()
         .big_endian()
         .length_field_length(4)
         .max_frame_length(max_frame)
-        .new_codec()
+        .new_codec();
+    FrameCodec { inner, in_frame: false }
+}
+
+/// tokio-util's length-delimited codec, plus the one thing it does not tell: that a stream
+/// ended inside a frame after its header. The inner codec takes the header out of the buffer
+/// as soon as it has read it, so its own end-of-stream check finds the buffer empty and
+/// reports a clean end, and a frame cut after its header would pass for the end of the stream.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    /// A header has been read and its body has not been returned yet.
+    in_frame: bool,
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        let before = buf.len();
+        let frame = self.inner.decode(buf)?;
+        // The inner codec only shrinks the buffer without returning a frame when it takes a header.
+        self.in_frame = frame.is_none() && (self.in_frame || buf.len() < before);
+        Ok(frame)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() && !self.in_frame => Ok(None),
+            None => {
+                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the stream ended inside a frame"))
+            }
+        }
+    }
 }
 
 /// Reads one message of type `M` from `frames`; `Ok(None)` at a clean end of stream.
 pub async fn read<M, R>(
-    frames: &mut FramedRead<R, LengthDelimitedCodec>,
+    frames: &mut FramedRead<R, FrameCodec>,
     max_frame: usize,
 ) -> Result<Option<M>, FrameError>
 where
@@ -54,14 +91,8 @@ where
         Some(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
             Err(FrameError::BadLength { max: max_frame })
         }
-        // tokio-util reports a stream that ends inside a frame as an `Other` error "bytes
-        // remaining on stream" (its default `decode_eof`), not as UnexpectedEof.
-        Some(Err(e))
-            if e.kind() == std::io::ErrorKind::UnexpectedEof
-                || (e.kind() == std::io::ErrorKind::Other && e.to_string().contains("bytes remaining")) =>
-        {
-            Err(FrameError::Truncated)
-        }
+        // A stream that ends inside a header or a body (FrameCodec::decode_eof).
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
         Some(Err(e)) => Err(FrameError::Io(e.to_string())),
     }
 }
@@ -101,7 +132,22 @@ mod tests {
         assert!(matches!(read_bytes(&0u32.to_be_bytes(), 1024).await, Err(FrameError::BadLength { .. })));
         // Undecodable and truncated input are errors, never panics.
         assert!(matches!(read_bytes(&[0, 0, 0, 2, 0xff, 0xff], 1024).await, Err(FrameError::Undecodable(_))));
-        assert!(read_bytes(&[0, 0, 0, 9, 1], 1024).await.is_err());
+        assert!(matches!(read_bytes(&[0, 0, 0, 9, 1], 1024).await, Err(FrameError::Truncated)));
+        assert!(matches!(read_bytes(&[0, 0], 1024).await, Err(FrameError::Truncated)));
         Ok(())
+    }
+
+    /// fuzz/corpus/quic_frame/regression-cut-after-header: a stream that ends right after a
+    /// frame's header read as a clean end of stream (the inner codec had consumed the header),
+    /// so a client would take a cut-off event stream for a finished one.
+    #[tokio::test]
+    async fn fuzz_regression_stream_cut_after_a_frame_header() {
+        assert!(matches!(read_bytes(&[0, 0, 0, 0xf8], 1024).await, Err(FrameError::Truncated)));
+        let mut whole_then_header = BytesMut::new();
+        encode(&pb::Request { method: "node.health".into(), ..Default::default() }, &mut whole_then_header);
+        whole_then_header.extend_from_slice(&[0, 0, 0, 3]);
+        let mut frames = FramedRead::new(&whole_then_header[..], codec(1024));
+        assert!(matches!(read::<pb::Request, _>(&mut frames, 1024).await, Ok(Some(_))));
+        assert!(matches!(read::<pb::Request, _>(&mut frames, 1024).await, Err(FrameError::Truncated)));
     }
 }
