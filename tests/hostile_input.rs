@@ -1267,39 +1267,19 @@ impl Served {
     fn start() -> Served {
         let dir = common::private_tempdir();
         let data = dir.path().join("node");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palyra"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--quic-addr",
-                "127.0.0.1:0",
-                "--console-addr",
-                "127.0.0.1:0",
-            ])
-            .env("PALYRA_KEY_BACKEND", "file")
-            .env("PALYRA_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = common::serve_command(&data, "error").spawn().unwrap();
         let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         // Reads the address line, then keeps draining so the child never blocks on stderr.
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving gRPC on https://").nth(1) {
-                    let grpc = rest.split_whitespace().next().unwrap_or_default().to_owned();
-                    let quic =
-                        rest.split("QUIC on ").nth(1).unwrap_or_default().trim_end_matches("/udp").to_owned();
-                    let _ = tx.send((grpc, quic));
+                if let Some(addrs) = common::parse_serving(&line) {
+                    let _ = tx.send(addrs);
                 }
             }
         });
         let (grpc, quic) = rx.recv_timeout(GUARD).expect("palyra serve prints its addresses");
-        Served { child, grpc: grpc.parse().unwrap(), quic: quic.trim().parse().unwrap(), _dir: dir, data }
+        Served { child, grpc, quic, _dir: dir, data }
     }
 
     /// (VmRSS, VmHWM) in MiB.

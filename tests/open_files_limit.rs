@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
@@ -31,24 +30,7 @@ fn the_library_and_serve_raise_the_soft_limit_to_the_hard_one() {
     setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: hard }).unwrap();
 
     let tmp = common::private_tempdir();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .arg("--data-dir")
-        .arg(tmp.path().join("node"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-            "--console-addr",
-            "127.0.0.1:0",
-        ])
-        .env("PALYRA_KEY_BACKEND", "file")
-        .env("PALYRA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::serve_command(&tmp.path().join("node"), "warn").spawn().unwrap();
     // Serving means it got past the start, where the limit is raised.
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let serving = stderr.lines().map_while(Result::ok).any(|l| l.contains("serving gRPC on"));

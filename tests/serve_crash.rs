@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,25 +66,7 @@ struct Served {
 /// Starts `palyra serve`; returns it with its addresses once it announces them, or `None` if
 /// it did not get that far (it was killed while starting, by `kill_at`).
 fn spawn_serve(data: &Path, kill_at: Option<Duration>) -> Option<Served> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-            "--console-addr",
-            "127.0.0.1:0",
-        ])
-        .env("PALYRA_KEY_BACKEND", "file")
-        .env("PALYRA_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::serve_command(data, "warn").spawn().unwrap();
     if let Some(delay) = kill_at {
         std::thread::sleep(delay);
         child.kill().unwrap();
@@ -98,7 +80,7 @@ fn spawn_serve(data: &Path, kill_at: Option<Duration>) -> Option<Served> {
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addrs) = parse_serving(&line) {
+            if let Some(addrs) = common::parse_serving(&line) {
                 let _ = tx.send(Ok(addrs));
             } else {
                 seen.push(line);
@@ -110,14 +92,6 @@ fn spawn_serve(data: &Path, kill_at: Option<Duration>) -> Option<Served> {
         Ok((grpc, quic)) => Some(Served { child, grpc, quic }),
         Err(output) => panic!("palyra serve exited before serving: {:?}\n{output}", child.wait()),
     }
-}
-
-/// `palyra node … serving gRPC on https://ADDR and QUIC on ADDR/udp`.
-fn parse_serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.split("serving gRPC on https://").nth(1)?;
-    let (grpc, rest) = rest.split_once(" and QUIC on ")?;
-    let quic = rest.split_whitespace().next()?.strip_suffix("/udp")?;
-    Some((grpc.parse().ok()?, quic.parse().ok()?))
 }
 
 fn operator_file(data: &Path, name: &str) -> String {

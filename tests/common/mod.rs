@@ -157,3 +157,31 @@ pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
 }
+
+/// `palyra serve` as a child process on `data`: every listener on a free loopback port, the
+/// file key backend, log level `log`, stdin and stdout closed, stderr piped (the caller must
+/// keep reading it, e.g. with [`parse_serving`] on each line, or the child blocks).
+pub fn serve_command(data: &Path, log: &str) -> std::process::Command {
+    use std::process::Stdio;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_palyra"));
+    command
+        .arg("--data-dir")
+        .arg(data)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
+        .args(["--console-addr", "127.0.0.1:0"])
+        .env("PALYRA_KEY_BACKEND", "file")
+        .env("PALYRA_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The gRPC and QUIC addresses from serve's `… serving gRPC on https://ADDR and QUIC on
+/// ADDR/udp` line, or `None` for any other line.
+pub fn parse_serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.split("serving gRPC on https://").nth(1)?;
+    let (grpc, rest) = rest.split_once(" and QUIC on ")?;
+    let quic = rest.split_whitespace().next()?.strip_suffix("/udp")?;
+    Some((grpc.parse().ok()?, quic.parse().ok()?))
+}
