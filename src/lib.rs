@@ -49,4 +49,5 @@ pub mod policy;
 pub mod quic;
 pub mod rpc;
 pub mod storage;
+pub mod unix_time;
 pub mod vault;

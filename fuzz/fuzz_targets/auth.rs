@@ -12,7 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use palyra::auth::oauth::{MAX_EXPIRES_IN_SECS, parse_token_response};
 use palyra::auth::{AuthError, OAuth2Config, ProfileName};
-use palyra::pairing::handshake::unix_ms;
+use palyra::unix_time::unix_ms;
 use palyra_fuzz::{Fields, now};
 
 fuzz_target!(|data: &[u8]| {

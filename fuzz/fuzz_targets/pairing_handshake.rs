@@ -19,7 +19,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use palyra::identity::ca::{Csr, generate_tls_key_and_csr};
 use palyra::identity::{DeviceIdentity, Role};
-use palyra::pairing::handshake::unix_ms;
+use palyra::unix_time::unix_ms;
 use palyra::pairing::{
     CodeId, CodeState, DeviceName, DevicePairing, FinishMessage, NodeSession, PairingCode, PairingError, Pin,
     StartMessage, StartReply, StatusPoll, open_session, seal_session,

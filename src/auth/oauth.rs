@@ -2,7 +2,9 @@
 //! §6 refresh): reqwest over rustls with the process's ring provider, connect and total
 //! timeouts, no redirects, bounded responses. The only code that knows reqwest.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use crate::unix_time::unix_ms;
 
 use serde::Deserialize;
 use zeroize::Zeroize;
@@ -54,11 +56,6 @@ impl TokenResponse {
     pub fn expires_at_ms(&self, now: SystemTime) -> Option<u64> {
         self.expires_in.map(|s| unix_ms(now).saturating_add(s.min(MAX_EXPIRES_IN_SECS) * 1000))
     }
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -245,7 +242,7 @@ mod tests {
     /// the target did not reach it, so the input is now a seed.
     #[test]
     fn regression_huge_expires_in_overflowed_the_expiry() {
-        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let now_ms = 1_800_000_000_000;
         for huge in [u64::MAX, u64::MAX / 1000, u64::MAX / 1000 - 1_000_000, MAX_EXPIRES_IN_SECS + 1] {
             let body = format!(r#"{{"access_token":"at","expires_in":{huge}}}"#);

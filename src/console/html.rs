@@ -40,11 +40,6 @@ pub(super) fn time(t: Option<SystemTime>) -> String {
     )
 }
 
-/// Milliseconds since the Unix epoch.
-pub(super) fn unix_ms(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis()
-}
-
 /// The console's sections: path and label.
 const NAV: [(&str, &str); 5] = [
     ("/pair", "Pair"),

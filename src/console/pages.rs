@@ -15,12 +15,13 @@ use axum::{Form, extract::ConnectInfo};
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::html::{esc, page, page_plain, time, unix_ms};
+use super::html::{esc, page, page_plain, time};
 use super::{App, Client, Failure, Operator, SESSION_COOKIE, ShownCode, cookie};
 use crate::identity::{DeviceId, DeviceStatus, Role};
 use crate::login::SESSION_LIFETIME;
 use crate::pairing::{PairingRequest, RequestState};
 use crate::policy::{Diagnostic, MAX_POLICY_TEXT_BYTES, Resource, Severity, actions};
+use crate::unix_time::unix_ms;
 use crate::vault::{Scope, SecretKey};
 
 type Page = Result<Response, Failure>;

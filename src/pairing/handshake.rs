@@ -9,7 +9,9 @@
 //! (gRPC, fuzzers) hand untrusted bytes straight to it.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use crate::unix_time::unix_ms;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hkdf, hmac};
@@ -266,11 +268,6 @@ impl StatusPoll {
         m.extend_from_slice(&timestamp_unix_ms.to_be_bytes());
         m
     }
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The transcript hash `T`: SHA-256 over each field as a 4-byte big-endian length and its
@@ -600,7 +597,7 @@ mod tests {
     const CA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn t0() -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+        std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
     struct Setup {

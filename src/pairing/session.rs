@@ -28,9 +28,10 @@ use zeroize::Zeroizing;
 
 use super::PairingError;
 use super::code::{open, seal};
-use super::handshake::{NodeSession, NodeState, StartMessage, session_id, unix_ms};
+use super::handshake::{NodeSession, NodeState, StartMessage, session_id};
 use crate::identity::Role;
 use crate::identity::ca::MAX_CSR_PEM_LEN;
+use crate::unix_time::unix_ms;
 
 /// The encoding's version byte.
 pub const SESSION_STATE_VERSION: u8 = 1;

@@ -16,8 +16,8 @@ use crate::admin::AdminError;
 use crate::auth::AuthError;
 use crate::identity::{DeviceId, IdentityError};
 use crate::pairing::PairingError;
-use crate::pairing::handshake::unix_ms;
 use crate::policy::PolicyError;
+use crate::unix_time::unix_ms;
 use crate::vault::VaultError;
 
 /// The `ErrorInfo.domain` of every Palyra error.
