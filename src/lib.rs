@@ -43,6 +43,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod limits;
 pub mod login;
+pub mod net_limits;
 pub mod node;
 pub mod pairing;
 pub mod policy;

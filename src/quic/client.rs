@@ -99,11 +99,13 @@ pub struct ClientOptions {
     pub max_frame: usize,
     /// Per-stream receive window in bytes (flow control): small values make a slow reader.
     pub stream_receive_window: Option<u32>,
+    /// The local address to send from (default: any address, port 0).
+    pub local_addr: Option<SocketAddr>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { max_frame: DEFAULT_MAX_FRAME, stream_receive_window: None }
+        ClientOptions { max_frame: DEFAULT_MAX_FRAME, stream_receive_window: None, local_addr: None }
     }
 }
 
@@ -163,9 +165,12 @@ impl QuicClient {
             transport.stream_receive_window(VarInt::from_u32(window));
         }
         client.transport_config(Arc::new(transport));
-        let local: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|e| ClientError::Connect(format!("{e}")))?;
+        let local: SocketAddr = match options.local_addr {
+            Some(local) => local,
+            None => if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+                .parse()
+                .map_err(|e| ClientError::Connect(format!("{e}")))?,
+        };
         let mut endpoint = Endpoint::client(local).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(client);
         ServerName::try_from(server_name.to_owned())

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use client::{ClientError, QuicClient};
-pub use server::{QuicError, QuicServer, serve};
+pub use server::{QuicError, QuicLoad, QuicServer, QuicStats, serve};
 
 /// The generated `palyra.node.v1` messages.
 pub use crate::rpc::pb::node::v1 as pb;
@@ -62,19 +62,47 @@ pub const DEFAULT_ADDR: &str = crate::config::DEFAULT_QUIC_ADDR;
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 /// Default connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default connections of one address (an IPv6 /64) at most.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+/// Default handshakes in progress at most (a budget of their own, apart from connections).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// Default handshakes in progress from one address at most.
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// When a connecting client must first prove it receives packets at its address (a QUIC Retry:
+/// one more round trip, no state kept on the node until the client returns the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressValidation {
+    /// Every connection (the default): per-address budgets then count addresses that answered,
+    /// not spoofed ones.
+    #[default]
+    Always,
+    /// Only while at least half the handshake budget is in use.
+    UnderLoad,
+}
 
 /// Settings of the QUIC endpoint.
 #[derive(Debug, Clone)]
 pub struct QuicConfig {
     /// Where to listen (UDP).
     pub addr: SocketAddr,
-    /// Concurrent connections at most; the next one is closed with code 0x1.
+    /// Concurrent connections at most; the next one is closed with code 0x1. A slot is taken
+    /// only once the handshake is done and the device is known.
     pub max_connections: usize,
+    /// Concurrent connections of one address (IPv6: its /64) at most; also code 0x1.
+    pub max_connections_per_address: usize,
+    /// Handshakes in progress at most; beyond that a new connection is refused at once.
+    pub max_handshakes: usize,
+    /// Handshakes in progress from one address at most.
+    pub max_handshakes_per_address: usize,
+    /// When clients must validate their address with a Retry first.
+    pub address_validation: AddressValidation,
     /// Largest frame accepted, in bytes.
     pub max_frame: usize,
     /// Concurrent bidirectional streams per connection.
     pub max_streams: u32,
-    /// Time a client has to finish the handshake.
+    /// Time a client has to finish the handshake (and the node to know the device): a
+    /// handshake still in progress then is dropped and its budget freed.
     pub handshake_timeout: Duration,
     /// A connection silent this long is closed.
     pub idle_timeout: Duration,
@@ -87,9 +115,13 @@ impl Default for QuicConfig {
         QuicConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7444)),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            address_validation: AddressValidation::Always,
             max_frame: DEFAULT_MAX_FRAME,
             max_streams: 32,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
         }

@@ -1,9 +1,11 @@
-//! The QUIC endpoint: TLS with a required client certificate, the connection limit, one task
-//! per connection and per stream, and revocation that cuts connections off.
+//! The QUIC endpoint: TLS with a required client certificate, address validation (Retry),
+//! a budget for handshakes in progress apart from the connection slots (both total and per
+//! address), one task per connection and per stream, and revocation that cuts connections off.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,24 +14,27 @@ use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::codec::FramedRead;
 
 use super::frame::{self, FrameError};
 use super::{
-    ALPN, CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_INTERNAL, CLOSE_SHUTDOWN, CLOSE_UNKNOWN_DEVICE,
-    METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, codes, event_to_pb, pb,
+    ALPN, AddressValidation, CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_INTERNAL, CLOSE_SHUTDOWN,
+    CLOSE_UNKNOWN_DEVICE, METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, codes, event_to_pb, pb,
 };
 use crate::access::{Gate, Peer, Refusal};
 use crate::events::{DEVICE_REVOKED, EventLog, EventsError};
 use crate::identity::{DeviceId, DeviceStatus, Principal};
+use crate::net_limits::{AddressBudget, AddressPermit, BudgetStats, Full};
 use crate::node::Node;
 use crate::policy::Resource;
 use crate::storage::Store;
 
-/// Handshakes of over-limit connections run at most this many at once (each only to deliver
-/// the `connection limit` close); beyond that they are refused without a handshake.
-const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Connection attempts quinn holds before the accept loop sees them (each is handled at once:
+/// a Retry, a refusal or a handshake task), and the bytes it buffers for them.
+const MAX_INCOMING: usize = 4096;
+const INCOMING_BUFFER: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
 /// Time a client has to send its request frame on a new stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest method name recorded or echoed.
@@ -66,10 +71,40 @@ struct Shared {
     node_id: String,
     started: Instant,
     config: QuicConfig,
-    slots: Arc<Semaphore>,
-    refusals: Arc<Semaphore>,
+    load: QuicLoad,
     /// Open connections by device, for revocation.
     connections: Mutex<HashMap<DeviceId, HashMap<usize, Connection>>>,
+}
+
+/// The endpoint's budgets: handshakes in progress and established connections, each total
+/// and per address, and the Retries sent. Cheap to clone; for logs, tests and benches.
+#[derive(Debug, Clone)]
+pub struct QuicLoad {
+    handshakes: AddressBudget,
+    connections: AddressBudget,
+    retries: Arc<AtomicU64>,
+}
+
+/// A snapshot of [`QuicLoad`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicStats {
+    /// Handshakes in progress, and those refused for want of budget.
+    pub handshakes: BudgetStats,
+    /// Established connections, and those closed with `connection limit`.
+    pub connections: BudgetStats,
+    /// Retry packets sent (address validation).
+    pub retries: u64,
+}
+
+impl QuicLoad {
+    /// What the endpoint holds now and has refused since it started.
+    pub fn stats(&self) -> QuicStats {
+        QuicStats {
+            handshakes: self.handshakes.stats(),
+            connections: self.connections.stats(),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A bound QUIC endpoint, not yet serving.
@@ -134,7 +169,11 @@ impl QuicServer {
             node.identity.ca().certificate_der().clone(),
         )?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport(&config)?));
+        server
+            .transport_config(Arc::new(transport(&config)?))
+            .max_incoming(MAX_INCOMING)
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
         let endpoint = Endpoint::server(server, config.addr)
             .map_err(|e| QuicError::Bind { addr: config.addr, error: e.to_string() })?;
         let shared = Arc::new(Shared {
@@ -147,12 +186,20 @@ impl QuicServer {
             store: node.core.store.clone(),
             node_id: node.identity.id().to_string(),
             started: Instant::now(),
-            slots: Arc::new(Semaphore::new(config.max_connections)),
-            refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+            load: QuicLoad {
+                handshakes: AddressBudget::new(config.max_handshakes, config.max_handshakes_per_address),
+                connections: AddressBudget::new(config.max_connections, config.max_connections_per_address),
+                retries: Arc::new(AtomicU64::new(0)),
+            },
             config,
             connections: Mutex::new(HashMap::new()),
         });
         Ok(QuicServer { endpoint, shared })
+    }
+
+    /// Its budgets (live: keep the handle to watch them while it serves).
+    pub fn load(&self) -> QuicLoad {
+        self.shared.load.clone()
     }
 
     /// The bound address.
@@ -182,60 +229,70 @@ impl QuicServer {
         tracing::info!("quic endpoint stopped");
     }
 
-    /// Takes a connection slot before any handshake work; without one the connection only
-    /// completes its handshake to be told `connection limit`.
+    /// Sends a Retry to an address not yet validated (when validation applies), then takes a
+    /// handshake permit: no task and no handshake state for an attempt beyond its address's
+    /// share or the total, which is refused at once. Connection slots come after the handshake.
     fn admit(&self, incoming: Incoming) {
-        let shared = Arc::clone(&self.shared);
-        match Arc::clone(&shared.slots).try_acquire_owned() {
-            Ok(slot) => {
-                tokio::spawn(connection(shared, incoming, slot));
-            }
-            Err(_) => match Arc::clone(&shared.refusals).try_acquire_owned() {
-                Ok(refusing) => {
-                    tokio::spawn(refuse(shared, incoming, refusing));
+        let shared = &self.shared;
+        let remote = incoming.remote_address();
+        let incoming = if incoming.remote_address_validated() {
+            incoming
+        } else {
+            let validate = match shared.config.address_validation {
+                AddressValidation::Always => true,
+                AddressValidation::UnderLoad => {
+                    shared.load.handshakes.stats().held.saturating_mul(2) >= shared.config.max_handshakes
                 }
-                Err(_) => incoming.refuse(),
-            },
+            };
+            if !validate {
+                incoming
+            } else {
+                match incoming.retry() {
+                    Ok(()) => {
+                        shared.load.retries.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    // Unvalidated yet not retryable cannot happen (quinn guarantees it); refuse.
+                    Err(e) => return e.into_incoming().refuse(),
+                }
+            }
+        };
+        match shared.load.handshakes.try_acquire(remote.ip()) {
+            Ok(permit) => {
+                tokio::spawn(connection(Arc::clone(shared), incoming, permit));
+            }
+            Err(full) => {
+                let budget = match full {
+                    Full::PerAddress => "handshakes per address",
+                    Full::Total => "handshakes",
+                };
+                tracing::debug!(%remote, budget, "quic connection refused: handshake budget spent");
+                incoming.refuse();
+            }
         }
     }
 }
 
-/// Closes an over-limit connection with code 0x1: an application close can only reach the
-/// client under 1-RTT keys, so the handshake is completed first.
-async fn refuse(shared: Arc<Shared>, incoming: Incoming, _refusing: OwnedSemaphorePermit) {
-    let remote = incoming.remote_address();
-    tracing::warn!(%remote, limit = shared.config.max_connections, "quic connection refused: connection limit");
-    let Ok(connecting) = incoming.accept() else { return };
-    if let Ok(Ok(conn)) = tokio::time::timeout(shared.config.handshake_timeout, connecting).await {
-        conn.close(VarInt::from_u32(CLOSE_CONNECTION_LIMIT), b"connection limit");
-        // Stay until the close is sent.
-        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-    }
-}
-
-async fn connection(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemaphorePermit) {
+/// The handshake, then the registry: who the peer is, or `None` (closed with the reason).
+async fn establish(shared: &Shared, incoming: Incoming) -> Option<(Connection, Peer)> {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {
             tracing::debug!(%remote, error = %e, "quic accept failed");
-            return;
+            return None;
         }
     };
-    let conn = match tokio::time::timeout(shared.config.handshake_timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
+    let conn = match connecting.await {
+        Ok(conn) => conn,
+        Err(e) => {
             tracing::debug!(%remote, error = %e, "quic handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "quic handshake timed out");
-            return;
+            return None;
         }
     };
     let certs = conn.peer_identity().and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok());
-    let peer = match shared.gate.peers.resolve(certs.as_deref().map(Vec::as_slice), Some(remote)).await {
-        Ok(peer) => peer,
+    match shared.gate.peers.resolve(certs.as_deref().map(Vec::as_slice), Some(remote)).await {
+        Ok(peer) => Some((conn, peer)),
         Err(refusal) => {
             let (code, reason): (u32, &[u8]) = match refusal {
                 Refusal::Revoked(_) => (CLOSE_DEVICE_REVOKED, b"device revoked"),
@@ -247,6 +304,43 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
             };
             tracing::info!(%remote, %refusal, "quic connection refused");
             conn.close(VarInt::from_u32(code), reason);
+            None
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, incoming: Incoming, handshake: AddressPermit) {
+    let remote = incoming.remote_address();
+    // The handshake and the registry lookup hold the handshake permit, for handshake_timeout at
+    // most: dropping an unfinished `Connecting` closes it and frees its state.
+    let established =
+        tokio::time::timeout(shared.config.handshake_timeout, establish(&shared, incoming)).await;
+    drop(handshake);
+    let (conn, peer) = match established {
+        Ok(Some(pair)) => pair,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%remote, "quic handshake timed out");
+            return;
+        }
+    };
+    // A slot only for a finished handshake of a known device; the close can reach the client
+    // now that 1-RTT keys exist.
+    let _slot = match shared.load.connections.try_acquire(remote.ip()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            let reason: &[u8] = match full {
+                Full::PerAddress => b"connection limit per address",
+                Full::Total => b"connection limit",
+            };
+            tracing::warn!(
+                %remote,
+                limit = shared.config.max_connections,
+                per_address = shared.config.max_connections_per_address,
+                "quic connection refused: {}",
+                String::from_utf8_lossy(reason)
+            );
+            conn.close(VarInt::from_u32(CLOSE_CONNECTION_LIMIT), reason);
             return;
         }
     };
