@@ -36,6 +36,58 @@ pub struct FileConfig {
     pub max_value_bytes: Option<usize>,
     /// The operator web console (`[console]`).
     pub console: Option<ConsoleConfig>,
+    /// The gRPC listener's connection budgets and timeouts (`[grpc]`).
+    pub grpc: Option<GrpcConfig>,
+}
+
+/// `[grpc]` of `palyra.toml`: connection budgets and timeouts (defaults in
+/// [`crate::rpc::server::GrpcLimits`]).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Connections at most, TLS handshakes in progress included (1..=65536, default 512).
+    pub max_connections: Option<usize>,
+    /// Connections of one address (IPv6: its /64) at most (1..=max_connections, default 64).
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds a client has to finish its TLS handshake (1..=60, default 10).
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds an anonymous connection (no client certificate) may stay with no request in
+    /// flight (1..=3600, default 30).
+    pub anonymous_idle_timeout_secs: Option<u64>,
+}
+
+impl GrpcConfig {
+    /// The limits this section sets over the defaults.
+    pub fn limits(&self) -> crate::rpc::server::GrpcLimits {
+        let mut limits = crate::rpc::server::GrpcLimits::default();
+        if let Some(n) = self.max_connections {
+            limits.max_connections = n;
+        }
+        if let Some(n) = self.max_connections_per_address {
+            limits.max_connections_per_address = n;
+        }
+        if let Some(s) = self.handshake_timeout_secs {
+            limits.handshake_timeout = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = self.anonymous_idle_timeout_secs {
+            limits.anonymous_idle_timeout = std::time::Duration::from_secs(s);
+        }
+        limits
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let within = |name: &str, v: Option<u64>, lo: u64, hi: u64| match v {
+            Some(v) if v < lo || v > hi => Err(format!("grpc.{name} must be between {lo} and {hi}")),
+            _ => Ok(()),
+        };
+        let as_u64 = |v: Option<usize>| v.map(|v| u64::try_from(v).unwrap_or(u64::MAX));
+        within("max_connections", as_u64(self.max_connections), 1, 65_536)?;
+        let total = self.max_connections.unwrap_or(crate::rpc::server::DEFAULT_MAX_CONNECTIONS);
+        let total = u64::try_from(total).unwrap_or(u64::MAX);
+        within("max_connections_per_address", as_u64(self.max_connections_per_address), 1, total)?;
+        within("handshake_timeout_secs", self.handshake_timeout_secs, 1, 60)?;
+        within("anonymous_idle_timeout_secs", self.anonymous_idle_timeout_secs, 1, 3600)
+    }
 }
 
 /// `[console]` of `palyra.toml`.
@@ -97,6 +149,9 @@ impl FileConfig {
                 path: path.to_path_buf(),
                 message: "max_value_bytes must be between 1 and 16777216".into(),
             });
+        }
+        if let Some(grpc) = &config.grpc {
+            grpc.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         }
         Ok(config)
     }
@@ -181,6 +236,10 @@ mod tests {
             [console]
             addr = "127.0.0.1:7500"
             enabled = true
+            [grpc]
+            max_connections = 100
+            max_connections_per_address = 10
+            anonymous_idle_timeout_secs = 5
         "#;
         let c = FileConfig::parse(text, Path::new("palyra.toml"))?;
         assert_eq!(
@@ -189,6 +248,9 @@ mod tests {
         );
         assert_eq!(c.max_value_bytes, Some(1024));
         assert_eq!(c.console.and_then(|c| c.addr).map(|a| a.port()), Some(7500));
+        let limits = c.grpc.unwrap_or_default().limits();
+        assert_eq!((limits.max_connections, limits.max_connections_per_address), (100, 10));
+        assert_eq!(limits.anonymous_idle_timeout, std::time::Duration::from_secs(5));
         Ok(())
     }
 
@@ -201,6 +263,14 @@ mod tests {
             ("max_value_bytes = 0", "max_value_bytes"),
             ("[[[", "palyra.toml"),
             ("[console]\nremote = true", "unknown field"),
+            ("[grpc]\nmax_connection = 5", "unknown field"),
+            ("[grpc]\nmax_connections = 0", "grpc.max_connections"),
+            (
+                "[grpc]\nmax_connections = 8\nmax_connections_per_address = 9",
+                "grpc.max_connections_per_address",
+            ),
+            ("[grpc]\nanonymous_idle_timeout_secs = 0", "grpc.anonymous_idle_timeout_secs"),
+            ("[grpc]\nhandshake_timeout_secs = 61", "grpc.handshake_timeout_secs"),
         ];
         for (text, want) in cases {
             let err = FileConfig::parse(text, Path::new("palyra.toml"))

@@ -230,7 +230,9 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         let (node, stop) = (node.clone(), stopped());
         tokio::spawn(async move { crate::console::serve(&node, listener, options, stop).await })
     });
-    let grpc = crate::rpc::serve(&node, listener, async {
+    let grpc_limits = s.file.grpc.clone().unwrap_or_default().limits();
+    let grpc_load = crate::rpc::server::GrpcLoad::new(&grpc_limits);
+    let grpc = crate::rpc::serve_with(&node, listener, &grpc_limits, grpc_load, async {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });

@@ -101,9 +101,6 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Requests in flight on one connection: what a half-sent request can hold is bounded by its
 /// method's message limit, so this bounds a connection's buffers too.
 const MAX_CONCURRENT_STREAMS: u32 = 128;
-/// HTTP/2 pings find connections whose peer vanished without closing them.
-const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How often the server certificate's due date is checked.
 const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
@@ -131,10 +128,23 @@ async fn renew_server_certificate(node: Node, certificate: std::sync::Arc<server
 }
 
 /// Serves the node's gRPC API on `listener` until `shutdown` completes, then drains in-flight
-/// requests and returns.
+/// requests and returns. Default [`server::GrpcLimits`].
 pub async fn serve(
     node: &Node,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let limits = server::GrpcLimits::default();
+    serve_with(node, listener, &limits, server::GrpcLoad::new(&limits), shutdown).await
+}
+
+/// [`serve`] with `limits`; `load` (made with [`server::GrpcLoad::new`] from the same limits)
+/// is the live connection budget, for whoever wants to watch it.
+pub async fn serve_with(
+    node: &Node,
+    listener: TcpListener,
+    limits: &server::GrpcLimits,
+    load: server::GrpcLoad,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let certificate = server::ServerCertificate::new(
@@ -151,8 +161,8 @@ pub async fn serve(
         audit: node.audit.clone(),
         peers: node.peers.clone(),
     };
-    let limits = MessageLimits::of(node);
-    let limit = limits.vault;
+    let message_limits = MessageLimits::of(node);
+    let limit = message_limits.vault;
 
     let vault = VaultServiceServer::new(vault::VaultApi::new(node.core.vault.clone(), gate.clone()))
         .max_decoding_message_size(limit)
@@ -216,13 +226,16 @@ pub async fn serve(
     let reflection_v1alpha =
         reflection().build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let incoming = server::tls_incoming(listener, tls);
+    let idle = server::IdleTable::default();
+    let incoming = server::tls_incoming(listener, tls, limits, load, idle.clone());
+    // HTTP/2 pings find connections whose peer vanished without closing them.
     Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .layer(GateLayer::new(gate, limits))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(server::IdleLayer::new(idle))
+        .layer(GateLayer::new(gate, message_limits))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
