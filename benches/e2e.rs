@@ -453,7 +453,19 @@ impl VaultService for Echo {
 async fn serve_echo(node: &Node, canned: pb::GetSecretResponse) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming = server::tls_incoming(listener, node_tls(node));
+    // The bench's clients all come from 127.0.0.1: no per-address share in the way.
+    let limits = server::GrpcLimits {
+        max_connections_per_address: 65_536,
+        max_connections: 65_536,
+        ..Default::default()
+    };
+    let incoming = server::tls_incoming(
+        listener,
+        node_tls(node),
+        &limits,
+        server::GrpcLoad::new(&limits),
+        Default::default(),
+    );
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(VaultServiceServer::new(Echo(canned)))

@@ -45,9 +45,9 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
-    /// Connections at most, TLS handshakes in progress included (1..=65536, default 512).
+    /// Connections at most, TLS handshakes in progress included (1..=65536, default 1024).
     pub max_connections: Option<usize>,
-    /// Connections of one address (IPv6: its /64) at most (1..=max_connections, default 64).
+    /// Connections of one address (IPv6: its /64) at most (1..=max_connections, default 128).
     pub max_connections_per_address: Option<usize>,
     /// Seconds a client has to finish its TLS handshake (1..=60, default 10).
     pub handshake_timeout_secs: Option<u64>,

@@ -36,9 +36,9 @@ use tokio_rustls::server::TlsStream;
 /// How long a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default connections at most (handshakes in progress included).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default connections of one address (IPv6: its /64) at most, handshakes included.
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 /// Default time an anonymous connection may stay with no request in flight.
 pub const DEFAULT_ANONYMOUS_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default HTTP/2 keepalive: a ping after this long without frames from the peer...
