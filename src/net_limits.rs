@@ -88,13 +88,13 @@ impl AddressBudget {
         let key = address_key(ip);
         let mut counts = self.inner.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mine = counts.by_address.get(&key).copied().unwrap_or(0);
-        if mine >= self.inner.per_address {
-            self.inner.refused_per_address.fetch_add(1, Ordering::Relaxed);
-            return Err(Full::PerAddress);
-        }
         if counts.held >= self.inner.total {
             self.inner.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err(Full::Total);
+        }
+        if mine >= self.inner.per_address {
+            self.inner.refused_per_address.fetch_add(1, Ordering::Relaxed);
+            return Err(Full::PerAddress);
         }
         counts.held += 1;
         counts.by_address.insert(key, mine + 1);
@@ -165,14 +165,23 @@ mod tests {
         // Another address in the same /64 is the same address.
         let v6 = budget.try_acquire(ip("2001:db8::1"));
         assert!(v6.is_ok());
-        assert!(budget.try_acquire(ip("2001:db8::2")).is_ok());
-        assert_eq!(budget.try_acquire(ip("2001:db8::3")).err(), Some(Full::PerAddress));
+        let v6_again = budget.try_acquire(ip("2001:db8::2"));
+        assert!(v6_again.is_ok());
+        // The total is spent now, whatever the address.
         assert_eq!(budget.try_acquire(ip("127.0.0.2")).err(), Some(Full::Total));
         drop(held);
-        assert!(budget.try_acquire(a).is_ok(), "released on drop");
+        assert_eq!(budget.try_acquire(ip("2001:db8::3")).err(), Some(Full::PerAddress));
+        let back = budget.try_acquire(a);
+        assert!(back.is_ok(), "released on drop");
         let stats = budget.stats();
         assert_eq!((stats.refused_per_address, stats.refused_total), (2, 1));
         drop(v6);
         assert_eq!(budget.held_by(ip("2001:db8::9")), 1);
+        assert_eq!(budget.stats().held, 2);
+        drop((v6_again, back));
+        assert_eq!(
+            budget.stats(),
+            BudgetStats { refused_total: 1, refused_per_address: 2, ..Default::default() }
+        );
     }
 }
