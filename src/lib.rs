@@ -46,6 +46,7 @@ pub mod login;
 pub mod node;
 pub mod pairing;
 pub mod policy;
+pub mod ratelimit;
 pub mod quic;
 pub mod rpc;
 pub mod storage;
