@@ -3,8 +3,8 @@
 //! a signed challenge after).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use ring::rand::SecureRandom;
@@ -22,6 +22,7 @@ use crate::identity::{
     Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, renewal_proof_message,
     verify_signature,
 };
+use crate::pairing::DeviceName;
 use crate::policy::Resource;
 use crate::ratelimit::{AddressLimiter, Refused, address_key};
 use crate::storage::Store;
@@ -46,7 +47,7 @@ const MAX_CHALLENGE_PEERS: usize = 4_096;
 pub fn device_to_pb(d: &Device) -> pb::Device {
     pb::Device {
         device_id: d.id.to_string(),
-        name: d.name.clone(),
+        name: DeviceName::shown(&d.name),
         fingerprint: d.fingerprint.clone(),
         role: d.role.to_string(),
         status: match d.status {

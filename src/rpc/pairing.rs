@@ -25,12 +25,13 @@ use super::pb::pairing::v1::{self as pb, pairing_service_server::PairingService}
 use super::status::{internal, invalid_argument, status, status_with};
 use crate::admin::{Admin, request_id};
 use crate::identity::NodeIdentity;
+use crate::pairing::DeviceName;
 use crate::pairing::code::open_pin;
-use crate::ratelimit::{AddressLimiter, Refused};
 use crate::pairing::{
     FinishMessage, NodeSession, PairingError, PairingRequest, REQUEST_TTL, RequestState, StartMessage,
     StatusPoll, open_session, seal_session,
 };
+use crate::ratelimit::{AddressLimiter, Refused};
 use crate::storage::Store;
 use crate::vault::KeyHierarchy;
 
@@ -114,7 +115,9 @@ fn peer_refused(what: &str, refused: Refused) -> Status {
             "too many {what} calls from this address; retry in {} s",
             wait.as_secs().max(1)
         )),
-        Refused::Table => rate_limited(&format!("too many addresses calling {what} at once; retry in a minute")),
+        Refused::Table => {
+            rate_limited(&format!("too many addresses calling {what} at once; retry in a minute"))
+        }
     }
 }
 
@@ -190,7 +193,7 @@ impl PairingApi {
         let state = r.state_at(now);
         pb::PairingRequest {
             request_id: r.id.clone(),
-            device_name: r.device_name.clone(),
+            device_name: DeviceName::shown(&r.device_name),
             fingerprint: r.fingerprint.clone(),
             role: r.role.to_string(),
             state: state_to_pb(state) as i32,
@@ -365,7 +368,11 @@ impl PairingService for PairingApi {
         let poll = StatusPoll::decode(&req.request_id, req.timestamp_unix_ms, &req.signature)?;
         let id = request_id(&poll.request_id)?;
         // Each poll costs a read (and a signature check); per address, before either.
-        self.limits()?.admit_anonymous_from(peer.address.map(|a| a.ip()), "GetPairingStatus", Instant::now())?;
+        self.limits()?.admit_anonymous_from(
+            peer.address.map(|a| a.ip()),
+            "GetPairingStatus",
+            Instant::now(),
+        )?;
         let stored = self
             .store
             .pairing_request(&id)
