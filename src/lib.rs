@@ -48,6 +48,7 @@ pub mod node;
 pub mod pairing;
 pub mod policy;
 pub mod quic;
+pub mod ratelimit;
 pub mod rpc;
 pub mod storage;
 pub mod unix_time;

@@ -37,33 +37,9 @@ pub const FINISH_TAG: &[u8] = b"palyra-pairing-v1/finish";
 pub const STATUS_TAG: &[u8] = b"palyra-pairing-v1/status";
 /// A SPAKE2 (Ed25519 group) message: a side byte and a 32-byte element.
 pub const PAKE_MESSAGE_LEN: usize = 33;
-/// Longest device name, in characters.
-pub const MAX_DEVICE_NAME_CHARS: usize = 64;
+pub use super::name::{DeviceName, MAX_DEVICE_NAME_CHARS};
 /// Longest session id accepted.
 pub(super) const MAX_SESSION_ID_LEN: usize = 64;
-
-/// A device's human-readable name: 1..64 characters, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceName(String);
-
-impl DeviceName {
-    /// Parses a name.
-    pub fn parse(text: &str) -> Result<Self, PairingError> {
-        let chars = text.chars().take(MAX_DEVICE_NAME_CHARS + 1).count();
-        if chars == 0 || chars > MAX_DEVICE_NAME_CHARS {
-            return Err(PairingError::invalid("device_name", "a device name has 1 to 64 characters"));
-        }
-        if text.chars().any(char::is_control) {
-            return Err(PairingError::invalid("device_name", "a device name has no control characters"));
-        }
-        Ok(DeviceName(text.to_owned()))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 fn key32(field: &'static str, bytes: &[u8]) -> Result<[u8; 32], PairingError> {
     bytes
@@ -126,7 +102,7 @@ impl StartMessage {
         pake_message: &[u8],
     ) -> Result<Self, PairingError> {
         let code_id = CodeId::parse(code_id)?;
-        let device_name = DeviceName::parse(device_name)?;
+        let device_name = DeviceName::parse_exact(device_name)?;
         let signing_public_key = key32("signing_public_key", signing_public_key)?;
         let agreement_public_key = key32("agreement_public_key", agreement_public_key)?;
         if csr_pem.len() > MAX_CSR_PEM_LEN {

@@ -16,6 +16,7 @@
 
 pub mod code;
 pub mod handshake;
+pub mod name;
 pub mod request;
 pub mod session;
 

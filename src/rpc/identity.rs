@@ -3,8 +3,9 @@
 //! a signed challenge after).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ring::rand::SecureRandom;
 use tonic::{Code, Request, Response, Status};
@@ -21,22 +22,32 @@ use crate::identity::{
     Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, renewal_proof_message,
     verify_signature,
 };
+use crate::pairing::DeviceName;
 use crate::policy::Resource;
+use crate::ratelimit::{AddressLimiter, Refused, address_key};
 use crate::storage::Store;
 
 const SERVICE: &str = "palyra.identity.v1.IdentityService";
 /// How long a renewal challenge may be used.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// Most outstanding challenges; beyond this, new ones are refused until old ones expire.
+/// Filling it takes [`MAX_CHALLENGES`] / ([`CHALLENGES_BURST_PER_PEER`] + one TTL of refill)
+/// = 625 addresses (IPv6: /64s) at once.
 const MAX_CHALLENGES: usize = 10_000;
-/// Most outstanding challenges for one device id.
+/// Most outstanding challenges for one device id asked for from one address.
 const MAX_CHALLENGES_PER_DEVICE: usize = 4;
+/// GetRenewalChallenge calls one address (IPv6: one /64) may make at once...
+const CHALLENGES_BURST_PER_PEER: u32 = 8;
+/// ...and then one per this period (8 a minute).
+const CHALLENGE_REFILL: Duration = Duration::from_millis(7_500);
+/// Most addresses the challenge limiter tracks.
+const MAX_CHALLENGE_PEERS: usize = 4_096;
 
 /// A device as the wire shows it.
 pub fn device_to_pb(d: &Device) -> pb::Device {
     pb::Device {
         device_id: d.id.to_string(),
-        name: d.name.clone(),
+        name: DeviceName::shown(&d.name),
         fingerprint: d.fingerprint.clone(),
         role: d.role.to_string(),
         status: match d.status {
@@ -61,8 +72,88 @@ pub struct IdentityApi {
     challenges: Arc<Mutex<Challenges>>,
 }
 
-/// Outstanding renewal challenges: challenge → (device it was issued for, expiry).
-type Challenges = HashMap<[u8; 32], (DeviceId, SystemTime)>;
+/// An outstanding renewal challenge.
+#[derive(Debug, Clone, Copy)]
+struct Challenge {
+    /// The device it was issued for.
+    device: DeviceId,
+    /// The rate-limit key of the address that asked for it.
+    asked_from: Option<IpAddr>,
+    expires: SystemTime,
+}
+
+/// Outstanding renewal challenges and who may ask for more.
+///
+/// GetRenewalChallenge is anonymous (a device whose certificate expired has nothing else), so
+/// its table is charged to the caller's address, never to the device named: the id is parsed
+/// first (free), then the address's bucket is charged, and only challenges for a registered
+/// device are kept (others get a challenge that is not stored, which no proof can
+/// redeem, so the answer does not say whether the id exists). Per device, the cap counts only
+/// the challenges one address asked for, so naming a victim's id from elsewhere cannot lock
+/// the victim out. Expired challenges are dropped on every call.
+#[derive(Debug)]
+struct Challenges {
+    table: HashMap<[u8; 32], Challenge>,
+    by_peer: AddressLimiter,
+}
+
+impl Default for Challenges {
+    fn default() -> Self {
+        Challenges {
+            table: HashMap::new(),
+            by_peer: AddressLimiter::new(CHALLENGES_BURST_PER_PEER, CHALLENGE_REFILL, MAX_CHALLENGE_PEERS),
+        }
+    }
+}
+
+fn too_many(message: String) -> Status {
+    status(Code::ResourceExhausted, ErrorReason::RateLimited, message)
+}
+
+impl Challenges {
+    /// Charges one GetRenewalChallenge to `peer`.
+    fn admit(&mut self, peer: Option<IpAddr>, now: Instant) -> Result<(), Status> {
+        let Some(ip) = peer else { return Ok(()) };
+        self.by_peer.admit(ip, now).map_err(|refused| match refused {
+            Refused::Address(wait) => too_many(format!(
+                "too many renewal challenges asked for from this address; retry in {} s",
+                wait.as_secs().max(1)
+            )),
+            Refused::Table => {
+                too_many("too many addresses asking for renewal challenges; retry in a minute".to_owned())
+            }
+        })
+    }
+
+    /// Stores `challenge` for `device`, asked for from `peer`, unless a cap is reached.
+    fn insert(
+        &mut self,
+        challenge: [u8; 32],
+        device: DeviceId,
+        peer: Option<IpAddr>,
+        now: SystemTime,
+    ) -> Result<(), Status> {
+        self.table.retain(|_, c| c.expires > now);
+        let asked_from = peer.map(address_key);
+        let same = self.table.values().filter(|c| c.device == device && c.asked_from == asked_from).count();
+        if same >= MAX_CHALLENGES_PER_DEVICE {
+            return Err(too_many(format!(
+                "too many outstanding renewal challenges for device {device} from this address; use one or wait a minute"
+            )));
+        }
+        if self.table.len() >= MAX_CHALLENGES {
+            return Err(too_many("too many outstanding renewal challenges; retry in a minute".to_owned()));
+        }
+        self.table.insert(challenge, Challenge { device, asked_from, expires: now + CHALLENGE_TTL });
+        Ok(())
+    }
+
+    /// Takes `challenge` out (single use); whether it was issued for `device` and is fresh.
+    fn redeem(&mut self, challenge: &[u8], device: DeviceId, now: SystemTime) -> bool {
+        let Ok(key) = <[u8; 32]>::try_from(challenge) else { return false };
+        matches!(self.table.remove(&key), Some(c) if c.device == device && c.expires > now)
+    }
+}
 
 impl IdentityApi {
     /// The service for `node`, with its registry in `store`; the operator's actions through
@@ -71,15 +162,18 @@ impl IdentityApi {
         IdentityApi { node, store, gate, admin, challenges: Arc::default() }
     }
 
+    fn challenges(&self) -> Result<std::sync::MutexGuard<'_, Challenges>, Status> {
+        self.challenges.lock().map_err(|_| internal("challenge table poisoned"))
+    }
+
     fn check_device(&self, peer: &Peer, method: &str, id: DeviceId) -> Result<(), Status> {
         self.gate.check(peer, &format!("{SERVICE}/{method}"), &Resource::Device(id))
     }
 
     /// Takes a challenge out of the table (single use) if it was issued for `id` and is fresh.
     fn redeem(&self, challenge: &[u8], id: DeviceId, now: SystemTime) -> bool {
-        let Ok(key) = <[u8; 32]>::try_from(challenge) else { return false };
-        let Ok(mut table) = self.challenges.lock() else { return false };
-        matches!(table.remove(&key), Some((for_id, expires)) if for_id == id && expires > now)
+        let Ok(mut challenges) = self.challenges.lock() else { return false };
+        challenges.redeem(challenge, id, now)
     }
 
     async fn issue(
@@ -228,34 +322,20 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::GetRenewalChallengeRequest>,
     ) -> Result<Response<pb::GetRenewalChallengeResponse>, Status> {
+        let peer = peer_of(&request)?.address.map(|a| a.ip());
         let id = device_id("device_id", &request.get_ref().device_id)?;
         let now = SystemTime::now();
+        self.challenges()?.admit(peer, Instant::now())?;
         let mut challenge = [0u8; 32];
         ring::rand::SystemRandom::new()
             .fill(&mut challenge)
             .map_err(|_| internal("random generator failed"))?;
         let expires = now + CHALLENGE_TTL;
-        {
-            let mut table = self.challenges.lock().map_err(|_| internal("challenge table poisoned"))?;
-            table.retain(|_, (_, expires)| *expires > now);
-            // Per device, so that flooding one id cannot starve the renewals of the others.
-            if table.values().filter(|(for_id, _)| *for_id == id).count() >= MAX_CHALLENGES_PER_DEVICE {
-                return Err(status(
-                    Code::ResourceExhausted,
-                    ErrorReason::RateLimited,
-                    format!(
-                        "too many outstanding renewal challenges for device {id}; use one or wait a minute"
-                    ),
-                ));
-            }
-            if table.len() >= MAX_CHALLENGES {
-                return Err(status(
-                    Code::ResourceExhausted,
-                    ErrorReason::RateLimited,
-                    "too many outstanding renewal challenges; retry in a minute",
-                ));
-            }
-            table.insert(challenge, (id, expires));
+        // Only a registered device gets a stored challenge (a revoked one too, so that its
+        // renewal is told it is revoked); any other id gets one that nothing redeems
+        // (RenewCertificate then refuses the proof as for a wrong challenge).
+        if self.store.device(id).await?.is_some() {
+            self.challenges()?.insert(challenge, id, peer, now)?;
         }
         Ok(Response::new(pb::GetRenewalChallengeResponse {
             challenge: challenge.to_vec(),

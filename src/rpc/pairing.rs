@@ -4,15 +4,17 @@
 //! a restart: a session is sealed ([`crate::pairing::seal_session`]) and stored by
 //! StartPairing, and taken out (deleted, single use) by FinishPairing before it is checked.
 //! The handshake itself is [`crate::pairing::NodeSession`]; this file adds the wire, the rate
-//! limits, in memory (StartPairing: 1,024 per minute per node and 10 per minute per peer
-//! address; GetPairingStatus: 4 per second per request), PIN and session sealing with the
-//! internal seal key, and certificate issuance on approval. Nothing here logs a PIN, a key or
+//! limits, in memory (StartPairing: 10 a minute per peer address, charged only once the
+//! request validates, and 1,024 a minute per node on codes that exist; FinishPairing and
+//! GetPairingStatus: 10 a second per peer address; GetPairingStatus also 4 a second per
+//! request; peer addresses by [`crate::ratelimit`], IPv6 by /64), PIN and session sealing with
+//! the internal seal key, and certificate issuance on approval. Nothing here logs a PIN, a key or
 //! a confirmation.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tonic::{Code, Request, Response, Status};
 
@@ -23,44 +25,68 @@ use super::pb::pairing::v1::{self as pb, pairing_service_server::PairingService}
 use super::status::{internal, invalid_argument, status, status_with};
 use crate::admin::{Admin, request_id};
 use crate::identity::NodeIdentity;
+use crate::pairing::DeviceName;
 use crate::pairing::code::open_pin;
 use crate::pairing::{
     FinishMessage, NodeSession, PairingError, PairingRequest, REQUEST_TTL, RequestState, StartMessage,
     StatusPoll, open_session, seal_session,
 };
+use crate::ratelimit::{AddressLimiter, Refused};
 use crate::storage::Store;
 use crate::vault::KeyHierarchy;
 
-/// StartPairing calls per minute, node-wide.
+/// StartPairing calls per minute, node-wide, on codes that exist.
 pub const STARTS_PER_MINUTE: usize = 1024;
-/// StartPairing calls per minute from one peer address.
-pub const STARTS_PER_MINUTE_PER_PEER: usize = 10;
+/// StartPairing calls per minute from one peer address (IPv6: one /64), the burst allowed.
+pub const STARTS_PER_MINUTE_PER_PEER: u32 = 10;
 /// GetPairingStatus calls per second for one request.
 pub const POLLS_PER_SECOND: usize = 4;
+/// FinishPairing and GetPairingStatus calls from one peer address, the burst allowed; then
+/// [`ANON_CALLS_PER_SECOND_PER_PEER`] a second.
+pub const ANON_CALLS_BURST_PER_PEER: u32 = 40;
+/// FinishPairing and GetPairingStatus calls per second from one peer address, sustained.
+pub const ANON_CALLS_PER_SECOND_PER_PEER: u32 = 10;
 /// Most requests tracked by the poll limiter before it forgets idle ones.
 const MAX_TRACKED: usize = 10_000;
+/// Most peer addresses tracked by each per-address limiter.
+const MAX_TRACKED_PEERS: usize = 4_096;
 
 fn rate_limited(message: &str) -> Status {
     status(Code::ResourceExhausted, ErrorReason::RateLimited, message.to_owned())
 }
 
-/// Sliding-window counters.
-#[derive(Debug, Default)]
+/// The rate limits of the anonymous pairing calls, in memory.
+///
+/// StartPairing is charged in this order, each step only if the previous admitted it: the
+/// request decodes and validates (free: garbage spends nobody's budget), then the caller's
+/// address bucket, then the code must exist (one read; an unknown code is refused as any
+/// unusable code is), then the node-wide window. So a flood from one address spends only that
+/// address's bucket, and a flood of made-up codes from many addresses never reaches the
+/// node-wide window, which is left to bound the real handshakes (SPAKE2 and a stored session
+/// each) on codes an attacker would have to know.
+#[derive(Debug)]
 struct Limits {
     starts: VecDeque<SystemTime>,
-    starts_by_peer: HashMap<IpAddr, VecDeque<SystemTime>>,
+    starts_by_peer: AddressLimiter,
+    anon_by_peer: AddressLimiter,
     polls: HashMap<String, VecDeque<SystemTime>>,
 }
 
-/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (one host usually owns a
-/// whole /64, and would otherwise get a fresh limit per address).
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            IpAddr::V6(octets.into())
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            starts: VecDeque::new(),
+            starts_by_peer: AddressLimiter::new(
+                STARTS_PER_MINUTE_PER_PEER,
+                Duration::from_secs(60) / STARTS_PER_MINUTE_PER_PEER,
+                MAX_TRACKED_PEERS,
+            ),
+            anon_by_peer: AddressLimiter::new(
+                ANON_CALLS_BURST_PER_PEER,
+                Duration::from_secs(1) / ANON_CALLS_PER_SECOND_PER_PEER,
+                MAX_TRACKED_PEERS,
+            ),
+            polls: HashMap::new(),
         }
     }
 }
@@ -83,27 +109,41 @@ fn admit(window: &mut VecDeque<SystemTime>, now: SystemTime, span: Duration, max
     room
 }
 
+fn peer_refused(what: &str, refused: Refused) -> Status {
+    match refused {
+        Refused::Address(wait) => rate_limited(&format!(
+            "too many {what} calls from this address; retry in {} s",
+            wait.as_secs().max(1)
+        )),
+        Refused::Table => {
+            rate_limited(&format!("too many addresses calling {what} at once; retry in a minute"))
+        }
+    }
+}
+
 impl Limits {
-    fn admit_start(&mut self, peer: Option<IpAddr>, now: SystemTime) -> Result<(), Status> {
-        let minute = Duration::from_secs(60);
-        // The node-wide limit first, without spending it: a refused start must not grow the
-        // per-address table, which therefore holds at most STARTS_PER_MINUTE live entries.
-        if !has_room(&mut self.starts, now, minute, STARTS_PER_MINUTE) {
+    /// Charges a (validated) StartPairing to its peer address.
+    fn admit_start_from(&mut self, peer: Option<IpAddr>, now: Instant) -> Result<(), Status> {
+        match peer {
+            Some(ip) => self.starts_by_peer.admit(ip, now).map_err(|r| peer_refused("StartPairing", r)),
+            None => Ok(()),
+        }
+    }
+
+    /// Charges a StartPairing on a code that exists to the node-wide window.
+    fn admit_start_node_wide(&mut self, now: SystemTime) -> Result<(), Status> {
+        if !admit(&mut self.starts, now, Duration::from_secs(60), STARTS_PER_MINUTE) {
             return Err(rate_limited("too many StartPairing calls on this node; retry in a minute"));
         }
-        if let Some(ip) = peer.map(address_key) {
-            if self.starts_by_peer.len() > MAX_TRACKED {
-                self.starts_by_peer.retain(|_, w| {
-                    w.back().is_some_and(|t| now.duration_since(*t).unwrap_or_default() < minute)
-                });
-            }
-            let window = self.starts_by_peer.entry(ip).or_default();
-            if !admit(window, now, minute, STARTS_PER_MINUTE_PER_PEER) {
-                return Err(rate_limited("too many StartPairing calls from this address; retry in a minute"));
-            }
-        }
-        self.starts.push_back(now);
         Ok(())
+    }
+
+    /// Charges a (decoded) FinishPairing or GetPairingStatus to its peer address.
+    fn admit_anonymous_from(&mut self, peer: Option<IpAddr>, what: &str, now: Instant) -> Result<(), Status> {
+        match peer {
+            Some(ip) => self.anon_by_peer.admit(ip, now).map_err(|r| peer_refused(what, r)),
+            None => Ok(()),
+        }
     }
 
     fn admit_poll(&mut self, request_id: &str, now: SystemTime) -> Result<(), Status> {
@@ -153,7 +193,7 @@ impl PairingApi {
         let state = r.state_at(now);
         pb::PairingRequest {
             request_id: r.id.clone(),
-            device_name: r.device_name.clone(),
+            device_name: DeviceName::shown(&r.device_name),
             fingerprint: r.fingerprint.clone(),
             role: r.role.to_string(),
             state: state_to_pb(state) as i32,
@@ -211,8 +251,8 @@ impl PairingService for PairingApi {
     ) -> Result<Response<pb::StartPairingResponse>, Status> {
         let peer = peer_of(&request)?;
         let now = SystemTime::now();
-        self.limits()?.admit_start(peer.address.map(|a| a.ip()), now)?;
         let req = request.into_inner();
+        // Validation first, free of charge: garbage must not spend anyone's budget.
         let start = StartMessage::decode(
             &req.code_id,
             &req.device_name,
@@ -221,6 +261,13 @@ impl PairingService for PairingApi {
             &req.csr_pem,
             &req.pake_message,
         )?;
+        self.limits()?.admit_start_from(peer.address.map(|a| a.ip()), Instant::now())?;
+        // An unknown code is refused before the node-wide window, so made-up codes (from any
+        // number of addresses) cannot use it up; the answer is the one for any unusable code.
+        if self.store.pairing_code(&start.code_id).await.map_err(internal)?.is_none() {
+            return Err(PairingError::CodeInvalid.into());
+        }
+        self.limits()?.admit_start_node_wide(now)?;
         let code = self.store.take_pairing_attempt(&start.code_id, now).await.map_err(internal)??;
         let sealed = code.sealed_pin.as_deref().ok_or(PairingError::CodeInvalid)?;
         let pin = open_pin(&self.keys.internal_seal_key(), &code.code_id, sealed)?;
@@ -249,9 +296,11 @@ impl PairingService for PairingApi {
         &self,
         request: Request<pb::FinishPairingRequest>,
     ) -> Result<Response<pb::FinishPairingResponse>, Status> {
+        let peer = peer_of(&request)?;
         let req = request.into_inner();
         let now = SystemTime::now();
         let finish = FinishMessage::decode(&req.session_id, &req.client_confirmation, &req.signature)?;
+        self.limits()?.admit_anonymous_from(peer.address.map(|a| a.ip()), "FinishPairing", Instant::now())?;
         // Single use: the session is deleted as it is taken, so whatever happens next (and
         // whatever concurrent Finish calls do) it is gone. Expired sessions are not returned.
         let Some(sealed) =
@@ -313,10 +362,17 @@ impl PairingService for PairingApi {
         &self,
         request: Request<pb::GetPairingStatusRequest>,
     ) -> Result<Response<pb::GetPairingStatusResponse>, Status> {
+        let peer = peer_of(&request)?;
         let req = request.into_inner();
         let now = SystemTime::now();
         let poll = StatusPoll::decode(&req.request_id, req.timestamp_unix_ms, &req.signature)?;
         let id = request_id(&poll.request_id)?;
+        // Each poll costs a read (and a signature check); per address, before either.
+        self.limits()?.admit_anonymous_from(
+            peer.address.map(|a| a.ip()),
+            "GetPairingStatus",
+            Instant::now(),
+        )?;
         let stored = self
             .store
             .pairing_request(&id)
@@ -386,52 +442,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows_admit_up_to_the_limit_then_slide() {
+    fn starts_are_charged_per_address_then_node_wide() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let i0 = Instant::now();
         let mut limits = Limits::default();
         let ip: IpAddr = [10, 0, 0, 1].into();
         for _ in 0..STARTS_PER_MINUTE_PER_PEER {
-            assert!(limits.admit_start(Some(ip), t0).is_ok());
+            assert!(limits.admit_start_from(Some(ip), i0).is_ok());
         }
-        assert_eq!(limits.admit_start(Some(ip), t0).map_err(|s| s.code()), Err(Code::ResourceExhausted));
-        assert!(limits.admit_start(Some([10, 0, 0, 2].into()), t0).is_ok());
-        assert!(limits.admit_start(Some(ip), t0 + Duration::from_secs(60)).is_ok());
+        assert_eq!(limits.admit_start_from(Some(ip), i0).map_err(|s| s.code()), Err(Code::ResourceExhausted));
+        assert!(limits.admit_start_from(Some([10, 0, 0, 2].into()), i0).is_ok());
+        assert!(limits.admit_start_from(Some(ip), i0 + Duration::from_secs(6)).is_ok());
         for _ in 0..POLLS_PER_SECOND {
             assert!(limits.admit_poll("r", t0).is_ok());
         }
         assert!(limits.admit_poll("r", t0).is_err());
         assert!(limits.admit_poll("r", t0 + Duration::from_secs(1)).is_ok());
-        let mut node_wide = Limits::default();
-        for i in 0..STARTS_PER_MINUTE {
-            let ip: IpAddr = [10, 1, (i / 256) as u8, (i % 256) as u8].into();
-            assert!(node_wide.admit_start(Some(ip), t0).is_ok());
+        for _ in 0..STARTS_PER_MINUTE {
+            assert!(limits.admit_start_node_wide(t0).is_ok());
         }
-        assert!(node_wide.admit_start(Some([10, 9, 9, 9].into()), t0).is_err());
+        assert!(limits.admit_start_node_wide(t0).is_err());
+        assert!(limits.admit_start_node_wide(t0 + Duration::from_secs(60)).is_ok());
     }
 
     #[test]
-    fn refused_starts_do_not_grow_the_address_table_and_ipv6_counts_by_64() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    fn anonymous_calls_are_bounded_per_address() {
+        let i0 = Instant::now();
         let mut limits = Limits::default();
-        for i in 0..STARTS_PER_MINUTE {
-            let ip: IpAddr = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into();
-            assert!(limits.admit_start(Some(ip), t0).is_ok());
+        let ip: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        for _ in 0..ANON_CALLS_BURST_PER_PEER {
+            assert!(limits.admit_anonymous_from(Some(ip), "GetPairingStatus", i0).is_ok());
         }
-        let tracked = limits.starts_by_peer.len();
-        for i in 0..5_000u32 {
-            let ip: IpAddr = std::net::Ipv4Addr::from(0x0b00_0000 + i).into();
-            assert!(limits.admit_start(Some(ip), t0).is_err());
-        }
-        assert_eq!(limits.starts_by_peer.len(), tracked, "refused starts must not be tracked");
-
-        let mut limits = Limits::default();
-        for i in 0..STARTS_PER_MINUTE_PER_PEER {
-            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().expect("ip");
-            assert!(limits.admit_start(Some(ip), t0).is_ok());
-        }
-        let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().expect("ip");
-        assert!(limits.admit_start(Some(same_64), t0).is_err(), "one /64 is one address");
-        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
-        assert!(limits.admit_start(Some(other_64), t0).is_ok());
+        let same_64: IpAddr = "2001:db8:1:2::2".parse().expect("ip");
+        assert!(limits.admit_anonymous_from(Some(same_64), "GetPairingStatus", i0).is_err());
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(limits.admit_anonymous_from(Some(other), "FinishPairing", i0).is_ok());
     }
 }
