@@ -100,6 +100,31 @@ pub struct ConsoleConfig {
     pub addr: Option<SocketAddr>,
     /// Allow a non-loopback address (plain HTTP: anyone on the path sees the session cookie).
     pub allow_remote: Option<bool>,
+    /// Seconds a client has to send a request's head (and a form its body); an idle
+    /// keep-alive connection is closed after it too (default 10, 1..=600).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Connections held at once, all addresses together (default 128, 1..=65536).
+    pub max_connections: Option<usize>,
+    /// Connections held at once from one IPv4 address or IPv6 /64 (default 32, at most
+    /// `max_connections`).
+    pub max_connections_per_address: Option<usize>,
+}
+
+impl ConsoleConfig {
+    /// Refuses out-of-range limits, saying which.
+    fn check(&self) -> Result<(), String> {
+        if self.header_read_timeout_secs.is_some_and(|s| s == 0 || s > 600) {
+            return Err("console.header_read_timeout_secs must be between 1 and 600".into());
+        }
+        if self.max_connections.is_some_and(|n| n == 0 || n > 65_536) {
+            return Err("console.max_connections must be between 1 and 65536".into());
+        }
+        let total = self.max_connections.unwrap_or(crate::console::DEFAULT_MAX_CONNECTIONS);
+        if self.max_connections_per_address.is_some_and(|n| n == 0 || n > total) {
+            return Err(format!("console.max_connections_per_address must be between 1 and {total}"));
+        }
+        Ok(())
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -143,6 +168,9 @@ impl FileConfig {
             backend
                 .parse::<KeyBackendChoice>()
                 .map_err(|m| ConfigError::Invalid { path: path.to_path_buf(), message: m })?;
+        }
+        if let Some(console) = &config.console {
+            console.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         }
         if config.max_value_bytes.is_some_and(|n| n == 0 || n > 16 * 1024 * 1024) {
             return Err(ConfigError::Invalid {
@@ -236,6 +264,9 @@ mod tests {
             [console]
             addr = "127.0.0.1:7500"
             enabled = true
+            header_read_timeout_secs = 5
+            max_connections = 64
+            max_connections_per_address = 16
             [grpc]
             max_connections = 100
             max_connections_per_address = 10
@@ -271,6 +302,12 @@ mod tests {
             ),
             ("[grpc]\nanonymous_idle_timeout_secs = 0", "grpc.anonymous_idle_timeout_secs"),
             ("[grpc]\nhandshake_timeout_secs = 61", "grpc.handshake_timeout_secs"),
+            ("[console]\nheader_read_timeout_secs = 0", "header_read_timeout_secs"),
+            ("[console]\nmax_connections = 0", "max_connections"),
+            (
+                "[console]\nmax_connections = 8\nmax_connections_per_address = 9",
+                "max_connections_per_address",
+            ),
         ];
         for (text, want) in cases {
             let err = FileConfig::parse(text, Path::new("palyra.toml"))

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use common::TestNode;
 use palyra::audit::AuditDecision;
-use palyra::console::{CSP, ConsoleOptions};
+use palyra::console::{Access, CSP, ConsoleLimits, ConsoleOptions, ROUTES, Verb};
 use palyra::identity::Role;
 use palyra::policy::{DEFAULT_POLICIES, actions};
 use palyra::rpc::pb::console::v1::{CreateLoginTokenRequest, console_service_client::ConsoleServiceClient};
@@ -25,7 +25,8 @@ struct Console {
     node: TestNode,
     addr: SocketAddr,
     http: reqwest::Client,
-    _stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A signed-in browser: its session cookie and the CSRF token of its pages.
@@ -36,13 +37,17 @@ struct Browser {
 
 impl Console {
     async fn start() -> Console {
+        Console::start_with(ConsoleLimits::default()).await
+    }
+
+    async fn start_with(limits: ConsoleLimits) -> Console {
         let node = TestNode::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let serving = node.node.clone();
-        let options = ConsoleOptions { allow_remote: false, grpc_server: node.addr.to_string() };
-        tokio::spawn(async move {
+        let options = ConsoleOptions { allow_remote: false, grpc_server: node.addr.to_string(), limits };
+        let serving = tokio::spawn(async move {
             palyra::console::serve(&serving, listener, options, async {
                 let _ = rx.await;
             })
@@ -53,7 +58,7 @@ impl Console {
             tokio::task::yield_now().await;
         }
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Console { node, addr, http, _stop: tx }
+        Console { node, addr, http, stop: Some(tx), serving: Some(serving) }
     }
 
     fn url(&self, path: &str) -> String {
@@ -68,6 +73,10 @@ impl Console {
 
     async fn sign_in(&self) -> Browser {
         let url = self.login_url().await;
+        self.sign_in_at(&url).await
+    }
+
+    async fn sign_in_at(&self, url: &str) -> Browser {
         let response = self.http.get(url).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         let set = response.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
@@ -97,9 +106,14 @@ impl Console {
 
     /// Whether the audit log holds a decision on `action` by the operator.
     async fn audited(&self, action: &str, decision: AuditDecision) -> bool {
+        self.audited_by(&format!("device:{}", self.node.node.operator), action, decision).await
+    }
+
+    /// Whether the audit log holds a decision on `action` by `principal`.
+    async fn audited_by(&self, principal: &str, action: &str, decision: AuditDecision) -> bool {
         let node = &self.node.node;
         node.audit.flush().await;
-        let principal = format!("device:{}", node.operator);
+        let principal = principal.to_owned();
         let records = node.audit.recent(100, Some(principal), Some(action.to_owned())).await.unwrap();
         records.iter().any(|r| r.entry.decision == decision)
     }
@@ -290,7 +304,7 @@ async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
         (
             actions::GET_SECRET_METADATA,
             "resource in Palyra::Scope::\"agents\"",
-            Call::Get("/vault?scope=agents/alpha&key=TOKEN".into()),
+            Call::Get("/vault/secret?scope=agents/alpha&key=TOKEN".into()),
         ),
         (actions::GET_POLICY_SET, "resource", Call::Get("/policies".into())),
         (actions::LIST_POLICY_VERSIONS, "resource", Call::Get("/policies".into())),
@@ -359,8 +373,8 @@ async fn vault_pages_show_metadata_never_values() {
         "/vault",
         "/vault?scope=agents",
         "/vault?scope=agents/alpha",
-        "/vault?scope=agents/alpha&key=OPENAI_API_KEY",
-        "/vault?scope=connectors/slack&key=BOT",
+        "/vault/secret?scope=agents/alpha&key=OPENAI_API_KEY",
+        "/vault/secret?scope=connectors/slack&key=BOT",
     ];
     for path in pages {
         let (status, page) = c.get_with(&b.cookie, path).await;
@@ -370,9 +384,323 @@ async fn vault_pages_show_metadata_never_values() {
     }
     let (_, tree) = c.get_with(&b.cookie, "/vault").await;
     assert!(tree.contains(">alpha<") && tree.contains(">slack<"), "{tree}");
-    let (_, detail) = c.get_with(&b.cookie, "/vault?scope=agents/alpha&key=OPENAI_API_KEY").await;
+    let (_, detail) = c.get_with(&b.cookie, "/vault/secret?scope=agents/alpha&key=OPENAI_API_KEY").await;
     assert!(detail.contains("Latest version</dt><dd>2"), "{detail}");
     // The reserved scope stays out of the tree (auth-reserved-scope forbids even the operator).
     let (status, _) = c.get_with(&b.cookie, "/vault?scope=palyra").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+const SCHEMA: &str = include_str!("../src/policy/schema.cedarschema");
+
+/// A concrete path of a route pattern: each `{param}` a fresh id nothing is named by.
+fn concrete(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(
+            |segment| {
+                if segment.starts_with('{') { ulid::Ulid::generate().to_string() } else { segment.to_owned() }
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn the_route_table_is_the_router_and_decides_before_every_handler() {
+    // The table itself: one entry per method and path, real action ids, public routes explicit.
+    let mut seen = std::collections::HashSet::new();
+    let (mut public, mut session) = (Vec::new(), Vec::new());
+    for route in ROUTES {
+        assert!(
+            seen.insert((route.method, route.path)),
+            "{} {} has two entries",
+            route.method.as_str(),
+            route.path
+        );
+        match route.access {
+            Access::Public => public.push((route.method, route.path)),
+            Access::Session => session.push((route.method, route.path)),
+            Access::Gate(list) => {
+                assert!(!list.is_empty(), "{}", route.path);
+                for action in list {
+                    assert!(actions::ALL.contains(action), "{}: {action} is not an action", route.path);
+                    assert!(
+                        SCHEMA.contains(&format!("\"{action}\"")),
+                        "{}: {action} is not in the schema",
+                        route.path
+                    );
+                }
+            }
+        }
+    }
+    public.sort_unstable_by_key(|(_, p)| *p);
+    assert_eq!(
+        public,
+        [
+            (Verb::Get, "/"),
+            (Verb::Get, "/assets/console.css"),
+            (Verb::Get, "/assets/console.js"),
+            (Verb::Get, "/login")
+        ],
+        "only the assets, the login link and the redirect of / are public"
+    );
+    assert_eq!(session, [(Verb::Post, "/logout")], "only signing out needs a session and no action");
+
+    let c = Console::start().await;
+    let node = &c.node.node;
+    // A second admin signs in; policies forbid it one action at a time (the lockout guard judges
+    // the operator who stores them, who keeps every right).
+    let admin = c.node.add_device(Role::Admin, "second-admin", &[]).await;
+    let (token, _) = node.logins.issue_token(admin.id, SystemTime::now()).unwrap();
+    let b = c.sign_in_at(&c.url(&format!("/login?token={}", token.expose()))).await;
+    let principal = format!("device:{}", admin.id);
+    let operator = palyra::identity::Principal::Device {
+        id: node.operator,
+        role: Role::Admin,
+        fingerprint: String::new(),
+    };
+
+    // A path the table does not name, and every method the table does not name on a path it
+    // does, are refused before any handler (and decided by nobody: no audit record).
+    node.audit.flush().await;
+    let records_before = node.audit.recent(10_000, None, None).await.unwrap().len();
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    for path in ["/nope", "/pair/", "/devices/x", "/assets/other.js", "/vault/secret/x"] {
+        for method in methods {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let r = c.http.request(m, c.url(path)).headers(c.same_origin(&b.cookie)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        }
+    }
+    let mut refused_methods = 0;
+    for route in ROUTES {
+        let path = concrete(route.path);
+        for method in methods {
+            if ROUTES.iter().any(|r| r.path == route.path && r.method.as_str() == method) {
+                continue;
+            }
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let r = c.http.request(m, c.url(&path)).headers(c.same_origin(&b.cookie)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            refused_methods += 1;
+        }
+    }
+    node.audit.flush().await;
+    assert_eq!(
+        node.audit.recent(10_000, None, None).await.unwrap().len(),
+        records_before,
+        "nothing was decided"
+    );
+
+    // Each action of each gated route, forbidden to this admin, is refused by the layer with its
+    // audit record — before the handler, which would have refused these requests otherwise
+    // (ids that name nothing, forms without their fields: 404, 400 or 422).
+    let mut denials = 0;
+    for route in ROUTES {
+        let Access::Gate(list) = route.access else { continue };
+        let path = concrete(route.path);
+        for action in list {
+            let policy = format!(
+                "{DEFAULT_POLICIES}\n@id(\"route-table-forbid\")\nforbid (principal == Palyra::Device::\"{}\", action == Palyra::Action::\"{action}\", resource);\n",
+                admin.id
+            );
+            node.policies.update(&policy, None, &operator).await.unwrap();
+            let (status, page) = match route.method {
+                Verb::Get => c.get_with(&b.cookie, &path).await,
+                Verb::Post => c.post(c.same_origin(&b.cookie), &path, &[("csrf", b.csrf.as_str())]).await,
+            };
+            assert_eq!(status, StatusCode::FORBIDDEN, "{} {path} ({action}): {page}", route.method.as_str());
+            assert!(
+                page.contains("Denied by policy") && page.contains("may not call"),
+                "{path} {action}: {page}"
+            );
+            assert!(
+                c.audited_by(&principal, action, AuditDecision::Deny).await,
+                "{path}: {action} audited as denied"
+            );
+            denials += 1;
+        }
+    }
+    node.policies.update(DEFAULT_POLICIES, None, &operator).await.unwrap();
+    // Allowed again, the same requests reach their handlers (which refuse the made-up input).
+    let (status, _) = c.post(c.same_origin(&b.cookie), "/pair/code", &[("csrf", b.csrf.as_str())]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "the handler's own refusal, after the gate");
+    println!(
+        "route table: {} routes ({} public, {} session-only), {refused_methods} method/path pairs outside the table refused, {denials} gate denials before the handler",
+        ROUTES.len(),
+        public.len(),
+        session.len()
+    );
+}
+
+#[tokio::test]
+async fn a_form_larger_than_its_route_allows_is_refused_unread() {
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    let reason = "x".repeat(64 * 1024);
+    let id = ulid::Ulid::generate().to_string();
+    let form = [("csrf", b.csrf.as_str()), ("reason", reason.as_str())];
+    let (status, _) = c.post(c.same_origin(&b.cookie), &format!("/pair/requests/{id}/reject"), &form).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!c.audited(actions::REJECT_PAIRING, AuditDecision::Allow).await, "refused before the gate");
+}
+
+// --- Connection limits ------------------------------------------------------------------------
+
+/// A TCP connection to the console from `local` (another loopback address is another peer).
+async fn connect_from(local: &str, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{local}:0").parse().unwrap())?;
+    socket.connect(to).await
+}
+
+/// Sends a GET of the stylesheet and reads the response head: its status, or `None` when the
+/// connection was closed or reset instead.
+async fn status_on(stream: &mut tokio::net::TcpStream, host: SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = format!("GET /assets/console.css HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Reads until the server closes the connection (a guard ends a test that would hang).
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut all = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the console never closed the connection (no header-read timeout)");
+    all
+}
+
+#[tokio::test]
+async fn a_half_sent_request_and_an_idle_connection_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let timeout = Duration::from_millis(500);
+    let c =
+        Console::start_with(ConsoleLimits { header_read_timeout: timeout, ..ConsoleLimits::default() }).await;
+    // A request head that never ends.
+    let mut half = connect_from("127.0.0.1", c.addr).await.unwrap();
+    half.write_all(format!("GET /pair HTTP/1.1\r\nhost: {}\r\nx-slow: ", c.addr).as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = until_closed(&mut half).await;
+    println!(
+        "half-sent request: closed after {:?} (timeout {timeout:?}), answered {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&answer).lines().next()
+    );
+    // A connection that never sends anything.
+    let mut silent = connect_from("127.0.0.1", c.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    until_closed(&mut silent).await;
+    println!("silent connection: closed after {:?}", started.elapsed());
+    // A keep-alive connection, served once, then idle.
+    let mut idle = connect_from("127.0.0.1", c.addr).await.unwrap();
+    assert_eq!(status_on(&mut idle, c.addr).await, Some(200));
+    let started = std::time::Instant::now();
+    until_closed(&mut idle).await;
+    println!("idle keep-alive connection: closed after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn one_address_flooding_the_console_does_not_lock_out_another() {
+    let limits = ConsoleLimits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections: 24,
+        max_connections_per_address: 8,
+    };
+    let c = Console::start_with(limits).await;
+    // 127.0.0.1 opens 20 connections and asks on each: the first 8 are served and held
+    // (keep-alive), the rest are refused.
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        flood.push(connect_from("127.0.0.1", c.addr).await.unwrap());
+    }
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for mut stream in flood {
+        match status_on(&mut stream, c.addr).await {
+            Some(200) => held.push(stream),
+            _ => refused += 1,
+        }
+    }
+    println!(
+        "127.0.0.1: {} connections held, {refused} refused (cap {})",
+        held.len(),
+        limits.max_connections_per_address
+    );
+    assert_eq!(held.len(), limits.max_connections_per_address, "the per-address cap holds");
+    assert_eq!(refused, 20 - limits.max_connections_per_address);
+
+    // Another address is served while 127.0.0.1 is at its cap.
+    let mut other = connect_from("127.0.0.2", c.addr).await.unwrap();
+    assert_eq!(status_on(&mut other, c.addr).await, Some(200), "127.0.0.2 is served");
+    held.push(other);
+
+    // More addresses fill the total cap; then even a new address is refused.
+    let mut more_refused = 0;
+    for n in 3..=6 {
+        for _ in 0..limits.max_connections_per_address {
+            let mut stream = connect_from(&format!("127.0.0.{n}"), c.addr).await.unwrap();
+            match status_on(&mut stream, c.addr).await {
+                Some(200) => held.push(stream),
+                _ => more_refused += 1,
+            }
+        }
+    }
+    println!(
+        "total: {} connections held, {more_refused} refused over the total cap {}",
+        held.len(),
+        limits.max_connections
+    );
+    assert_eq!(held.len(), limits.max_connections, "the total cap holds");
+    let mut late = connect_from("127.0.0.7", c.addr).await.unwrap();
+    assert_ne!(status_on(&mut late, c.addr).await, Some(200), "over the total cap");
+
+    // Closed connections give their slots back.
+    drop(held);
+    let mut served = false;
+    for _ in 0..100 {
+        let mut again = connect_from("127.0.0.1", c.addr).await.unwrap();
+        if status_on(&mut again, c.addr).await == Some(200) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "slots come back when connections close");
+}
+
+#[tokio::test]
+async fn shutdown_ends_event_streams_and_drains() {
+    let mut c = Console::start().await;
+    let b = c.sign_in().await;
+    let mut events = c.http.get(c.url("/events")).header("cookie", &b.cookie).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let _ = c.stop.take().unwrap().send(());
+    let serving = c.serving.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), serving).await.expect("the console drained").unwrap();
+    // The stream ended cleanly (no error, no more data).
+    while let Some(chunk) = events.chunk().await.unwrap() {
+        assert!(String::from_utf8_lossy(&chunk).starts_with(':'), "only keep-alive comments");
+    }
+    assert!(c.node.node.logins.console_url().is_none());
 }

@@ -58,6 +58,21 @@ struct Settings {
     file: FileConfig,
 }
 
+/// The console's connection limits: the file's `[console]` values over the defaults.
+fn console_limits(file: &FileConfig) -> crate::console::ConsoleLimits {
+    let console = file.console.clone().unwrap_or_default();
+    let defaults = crate::console::ConsoleLimits::default();
+    crate::console::ConsoleLimits {
+        header_read_timeout: console
+            .header_read_timeout_secs
+            .map_or(defaults.header_read_timeout, std::time::Duration::from_secs),
+        max_connections: console.max_connections.unwrap_or(defaults.max_connections),
+        max_connections_per_address: console
+            .max_connections_per_address
+            .unwrap_or(defaults.max_connections_per_address),
+    }
+}
+
 /// Where the console listens (`None`: disabled), after flags and file; a non-loopback
 /// address is refused unless remote access is allowed explicitly.
 fn console_addr(file: &FileConfig, args: &ServeArgs) -> Result<Option<(SocketAddr, bool)>, CliError> {
@@ -226,7 +241,8 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     };
     let quic_task = tokio::spawn(quic.run(stopped()));
     let console_task = console_listener.map(|(listener, allow_remote)| {
-        let options = crate::console::ConsoleOptions { allow_remote, grpc_server: bound.to_string() };
+        let limits = console_limits(&s.file);
+        let options = crate::console::ConsoleOptions { allow_remote, grpc_server: bound.to_string(), limits };
         let (node, stop) = (node.clone(), stopped());
         tokio::spawn(async move { crate::console::serve(&node, listener, options, stop).await })
     });

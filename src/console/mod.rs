@@ -18,6 +18,13 @@
 mod assets;
 mod html;
 mod pages;
+mod routes;
+mod server;
+
+pub use routes::{Access, ROUTES, Route, Verb};
+pub use server::{
+    ConsoleLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,11 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -59,6 +66,8 @@ pub struct ConsoleOptions {
     pub allow_remote: bool,
     /// The node's gRPC `HOST:PORT`, which pairing URIs name.
     pub grpc_server: String,
+    /// Bounds on connections and on how long a request may take to arrive.
+    pub limits: ConsoleLimits,
 }
 
 /// A pairing code this console made, kept (in memory, until it expires) so its page and QR
@@ -135,41 +144,30 @@ pub async fn serve(
     let url_host =
         if bound.ip().is_unspecified() { format!("127.0.0.1:{}", bound.port()) } else { bound.to_string() };
     node.logins.set_console_url(Some(format!("http://{url_host}")));
+    let limits = app.options.limits;
     let router = router(app);
     let logins = node.logins.clone();
-    let result = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
+    let stop = stop_tx.subscribe();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    server::run(listener, router, limits, stop).await;
     logins.set_console_url(None);
-    Ok(result?)
+    Ok(())
 }
 
+/// The router, built from [`ROUTES`]: each entry's handler on its method and path, every
+/// request (the fallback's too) through the Host/Origin guard and then
+/// [`routes::authorize`], which refuses whatever the table does not name.
 fn router(app: App) -> Router {
-    Router::new()
-        .route("/", get(pages::home))
-        .route("/login", get(pages::login))
-        .route("/logout", post(pages::logout))
-        .route("/pair", get(pages::pair))
-        .route("/pair/code", post(pages::create_code))
-        .route("/pair/codes/{code_id}/qr.svg", get(pages::qr))
-        .route("/pair/requests", get(pages::pending_fragment))
-        .route("/pair/requests/{id}/approve", post(pages::approve))
-        .route("/pair/requests/{id}/reject", post(pages::reject))
-        .route("/devices", get(pages::devices))
-        .route("/devices/table", get(pages::devices_fragment))
-        .route("/devices/{id}/revoke", post(pages::revoke))
-        .route("/vault", get(pages::vault))
-        .route("/policies", get(pages::policies).post(pages::update_policies))
-        .route("/policies/validate", post(pages::validate_policies))
-        .route("/policies/rollback", post(pages::rollback_policies))
-        .route("/audit", get(pages::audit))
-        .route("/events", get(pages::events))
-        .route("/assets/console.js", get(assets::script))
-        .route("/assets/console.css", get(assets::style))
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, route.method_router());
+    }
+    router
         .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), routes::authorize))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .layer(middleware::from_fn(security_headers))
         .with_state(app)
@@ -356,7 +354,8 @@ impl Operator {
         }
     }
 
-    /// The method gate: `action` on the node, recorded in the audit log.
+    /// The method gate (asked only by [`routes::authorize`]): `action` on the node, recorded
+    /// in the audit log.
     fn may(&self, app: &App, action: &str) -> Result<(), Failure> {
         self.may_on(app, action, &Resource::Node)
     }
@@ -380,5 +379,16 @@ impl Operator {
     }
 }
 
-/// The client address axum recorded.
-type Client = ConnectInfo<SocketAddr>;
+/// A handler's operator, as [`routes::authorize`] found and authorized it; a handler of a
+/// public route that asks for one gets an internal error (fail closed).
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Failure> {
+        parts
+            .extensions
+            .get::<Operator>()
+            .cloned()
+            .ok_or_else(|| Failure::internal("a console handler ran without an authorized operator"))
+    }
+}
