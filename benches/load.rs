@@ -182,6 +182,9 @@ fn spawn_server(data: &Path, max_quic: usize) -> Server {
             "127.0.0.1:0",
         ])
         .args(["--quic-max-connections", &max_quic.to_string()])
+        // Every client and peer of the bench comes from 127.0.0.1.
+        .args(["--quic-max-connections-per-address", &max_quic.to_string()])
+        .args(["--grpc-max-connections", "65536", "--grpc-max-connections-per-address", "65536"])
         .env("PALYRA_KEY_BACKEND", "file")
         .env("PALYRA_LOG", "warn")
         .env("NO_COLOR", "1")

@@ -38,6 +38,16 @@ pub(super) struct ServeArgs {
     /// Concurrent QUIC connections at most; the next is closed with code 0x1.
     #[arg(long, value_name = "N", default_value_t = crate::quic::DEFAULT_MAX_CONNECTIONS)]
     quic_max_connections: usize,
+    /// Concurrent QUIC connections of one address (IPv6: its /64) at most.
+    #[arg(long, value_name = "N", default_value_t = crate::quic::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    quic_max_connections_per_address: usize,
+    /// gRPC connections at most, TLS handshakes included [default: 1024, or `grpc.max_connections`].
+    #[arg(long, value_name = "N")]
+    grpc_max_connections: Option<usize>,
+    /// gRPC connections of one address (IPv6: its /64) at most [default: 128, or
+    /// `grpc.max_connections_per_address`].
+    #[arg(long, value_name = "N")]
+    grpc_max_connections_per_address: Option<usize>,
     /// Web console listen address, plain HTTP [default: 127.0.0.1:7445]; loopback only unless
     /// --console-allow-remote (or `console.allow_remote = true`).
     #[arg(long, env = "PALYRA_CONSOLE_ADDR", value_name = "ADDR")]
@@ -196,6 +206,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     let quic_config = crate::quic::QuicConfig {
         addr: s.quic_addr,
         max_connections: args.quic_max_connections.max(1),
+        max_connections_per_address: args.quic_max_connections_per_address.max(1),
         ..Default::default()
     };
     let quic = crate::quic::QuicServer::bind(&node, quic_config).map_err(|e| {
@@ -246,7 +257,13 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         let (node, stop) = (node.clone(), stopped());
         tokio::spawn(async move { crate::console::serve(&node, listener, options, stop).await })
     });
-    let grpc_limits = s.file.grpc.clone().unwrap_or_default().limits();
+    let mut grpc_limits = s.file.grpc.clone().unwrap_or_default().limits();
+    if let Some(n) = args.grpc_max_connections {
+        grpc_limits.max_connections = n.max(1);
+    }
+    if let Some(n) = args.grpc_max_connections_per_address {
+        grpc_limits.max_connections_per_address = n.max(1);
+    }
     let grpc_load = crate::rpc::server::GrpcLoad::new(&grpc_limits);
     let grpc = crate::rpc::serve_with(&node, listener, &grpc_limits, grpc_load, async {
         shutdown_signal().await;
