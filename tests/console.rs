@@ -704,3 +704,31 @@ async fn shutdown_ends_event_streams_and_drains() {
     }
     assert!(c.node.node.logins.console_url().is_none());
 }
+
+#[tokio::test]
+async fn event_streams_per_operator_are_bounded() {
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    let cap = palyra::console::MAX_EVENT_STREAMS_PER_OPERATOR;
+    let mut open = Vec::new();
+    for _ in 0..cap {
+        let r = c.http.get(c.url("/events")).header("cookie", &b.cookie).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        open.push(r);
+    }
+    let over = c.http.get(c.url("/events")).header("cookie", &b.cookie).send().await.unwrap();
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    println!("event streams: {} open, the next refused", open.len());
+    // A closed stream gives its slot back (once its task sees the close).
+    drop(open.pop());
+    let mut reopened = false;
+    for _ in 0..100 {
+        let r = c.http.get(c.url("/events")).header("cookie", &b.cookie).send().await.unwrap();
+        if r.status() == StatusCode::OK {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "a slot comes back when a stream closes");
+}

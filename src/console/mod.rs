@@ -6,7 +6,8 @@
 //! SameSite=Strict and bound to the operator device, which is re-resolved through the
 //! [`PeerResolver`](crate::access::PeerResolver) on every request (a revoked device loses its
 //! session). Every page and action asks the one [`Gate`] with the action of the gRPC call it
-//! stands for (`palyra.pairing.v1.PairingService/ApprovePairing`, …), so it is decided and
+//! stands for (`palyra.pairing.v1.PairingService/ApprovePairing`, …), named once in
+//! [`ROUTES`] and asked by one layer before the handler runs, so it is decided and
 //! audited exactly as that call; the operator's actions themselves are [`crate::admin`]'s, the
 //! same code the gRPC services run. Every POST needs the session's CSRF token and a same-origin
 //! `Origin`; every request needs a `Host` naming the console (DNS rebinding). Responses carry a
@@ -87,6 +88,8 @@ struct App {
     /// `HOST:PORT` values accepted in `Host` (unless `allow_remote`).
     hosts: Arc<[String]>,
     codes: Arc<Mutex<HashMap<String, ShownCode>>>,
+    /// Open event streams per operator device (at most [`MAX_EVENT_STREAMS_PER_OPERATOR`]).
+    streams: Arc<Mutex<HashMap<DeviceId, usize>>>,
     /// Flips to true at shutdown: ends open event streams so the server can drain.
     stopping: watch::Receiver<bool>,
 }
@@ -99,6 +102,60 @@ impl App {
     fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, ShownCode>> {
         // The map stays consistent whatever panicked while holding it.
         self.codes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Event streams one operator device may hold open at once (a page holds one; a browser
+/// holds at most 6 connections per origin, so this is several browsers' worth).
+pub const MAX_EVENT_STREAMS_PER_OPERATOR: usize = 16;
+/// Pairing codes kept for showing again (the codes themselves live in the store either way).
+const MAX_SHOWN_CODES: usize = 64;
+
+/// An open event stream of `device`; dropping it gives the slot back.
+#[derive(Debug)]
+struct StreamSlot {
+    streams: Arc<Mutex<HashMap<DeviceId, usize>>>,
+    device: DeviceId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = streams.get_mut(&self.device) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                streams.remove(&self.device);
+            }
+        }
+    }
+}
+
+impl App {
+    /// A slot for one more event stream of `device`, or `None` at the cap.
+    fn stream_slot(&self, device: DeviceId) -> Option<StreamSlot> {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = streams.entry(device).or_insert(0);
+        if *n >= MAX_EVENT_STREAMS_PER_OPERATOR {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot { streams: Arc::clone(&self.streams), device })
+    }
+
+    /// Keeps `code` for showing again: expired ones are dropped, and at the cap the one that
+    /// expires first.
+    fn keep_code(&self, id: String, shown: ShownCode) {
+        let now = SystemTime::now();
+        let mut codes = self.codes();
+        codes.retain(|_, c| c.code.expires_at > now);
+        while codes.len() >= MAX_SHOWN_CODES {
+            let Some(first) = codes.iter().min_by_key(|(_, c)| c.code.expires_at).map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            codes.remove(&first);
+        }
+        codes.insert(id, shown);
     }
 }
 
@@ -139,6 +196,7 @@ pub async fn serve(
         options,
         hosts: hosts.into(),
         codes: Arc::default(),
+        streams: Arc::default(),
         stopping,
     };
     let url_host =

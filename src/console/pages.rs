@@ -214,7 +214,7 @@ pub(super) async fn create_code(State(app): State<App>, op: Operator, Form(form)
     let ttl = form.ttl.map(Duration::from_secs);
     let code = app.admin.create_pairing_code(&form.role, ttl, None, app.options.grpc_server.clone()).await?;
     let id = code.uri.code_id.to_string();
-    app.codes().insert(id.clone(), ShownCode { owner: op.session.device, code });
+    app.keep_code(id.clone(), ShownCode { owner: op.session.device, code });
     Ok(see_other(&format!("/pair?code={id}")))
 }
 
@@ -748,12 +748,23 @@ const SESSION_RECHECK: Duration = Duration::from_secs(15);
 /// session, on the operator's revocation, and at shutdown.
 pub(super) async fn events(State(app): State<App>, op: Operator, headers: HeaderMap) -> Page {
     let session_id = cookie(&headers, SESSION_COOKIE).unwrap_or_default().to_owned();
+    let Some(slot) = app.stream_slot(op.session.device) else {
+        return Err(Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many live pages",
+            format!(
+                "At most {} pages of one operator get live updates at once; close some.",
+                super::MAX_EVENT_STREAMS_PER_OPERATOR
+            ),
+        ));
+    };
     let since = app.node.events.last_sequence().await.map_err(Failure::internal)?;
     let mut subscription = app.node.events.subscribe(since, Vec::new()).await.map_err(Failure::internal)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let device = op.session.device;
     let mut stopping = app.stopping.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let mut recheck = tokio::time::interval(SESSION_RECHECK);
         let stop = async move {
             let _ = stopping.wait_for(|s| *s).await;
