@@ -395,3 +395,102 @@ async fn the_server_certificate_is_renewed_when_due() {
     );
     node.stop().await;
 }
+
+/// Issue 15, findings 1 and 2 over the wire: the reported forbid (`action in [GetSecret]`)
+/// applies to GetSecret; a forbid naming a device in the upper-case spelling of its ULID is
+/// refused with INVALID_ARGUMENT and the literal's position (it used to be accepted and never
+/// apply); an overflowing device id is INVALID_ARGUMENT wherever a device id is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbids_apply_and_never_matching_literals_are_refused() {
+    let node = TestNode::start().await;
+    let mut client = PolicyServiceClient::new(node.operator().await);
+    let current =
+        client.get_policy_set(policy::GetPolicySetRequest {}).await.unwrap().into_inner().policy_set.unwrap();
+    let phone = node.add_device(Role::Device, "phone", &["x"]).await;
+    let mut phone_vault = VaultServiceClient::new(node.channel(Some(&phone)).await);
+    let put = vault::PutSecretRequest {
+        scope: "x".into(),
+        key: "k".into(),
+        value: b"v".to_vec(),
+        expected_version: None,
+    };
+    phone_vault.put_secret(put).await.unwrap();
+    let get = vault::GetSecretRequest { scope: "x".into(), key: "k".into(), version: 0 };
+    phone_vault.get_secret(get.clone()).await.unwrap();
+
+    // The reported forbid.
+    let forbid = format!(
+        "{}\n@id(\"no-x\")\nforbid (principal, action in [Palyra::Action::\"palyra.vault.v1.VaultService/GetSecret\"], resource == Palyra::Scope::\"x\");",
+        current.policies
+    );
+    client
+        .update_policy_set(policy::UpdatePolicySetRequest {
+            policies: forbid.clone(),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    let denied = phone_vault.get_secret(get.clone()).await.unwrap_err();
+    assert_eq!(
+        (denied.code(), reason(&denied).as_str()),
+        (Code::PermissionDenied, "ERROR_REASON_POLICY_DENIED")
+    );
+    let explain = client
+        .authorize(policy::AuthorizeRequest {
+            principal: format!("Palyra::Device::\"{}\"", phone.id),
+            action: "palyra.vault.v1.VaultService/GetSecret".into(),
+            resource: "Palyra::Scope::\"x\"".into(),
+            context_json: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(explain.determining_policies, ["no-x"]);
+
+    // The same device in the upper-case spelling: refused, with where.
+    let upper = phone.id.to_string().to_uppercase();
+    let text = format!(
+        "{forbid}\n@id(\"no-phone\")\nforbid (principal == Palyra::Device::\"{upper}\", action, resource);"
+    );
+    let refused = client
+        .update_policy_set(policy::UpdatePolicySetRequest { policies: text.clone(), expected_version: None })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::InvalidArgument, "ERROR_REASON_POLICY_INVALID")
+    );
+    let line = text.lines().count();
+    assert!(refused.message().contains(&format!("at {line}:")), "{}", refused.message());
+    assert!(refused.message().contains(&phone.id.to_string()), "{}", refused.message());
+    let v = client
+        .validate_policy_set(policy::ValidatePolicySetRequest { policies: text })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.valid);
+    assert!(v.diagnostics.iter().any(|d| d.line as usize == line && d.column > 0), "{:?}", v.diagnostics);
+
+    // An overflowing spelling of the phone's id is refused where ids are read.
+    let text = phone.id.to_string();
+    let overflow = format!("{}{}", char::from(text.as_bytes()[0] + 8), &text[1..]);
+    let authorize = client
+        .authorize(policy::AuthorizeRequest {
+            principal: format!("Palyra::Device::\"{overflow}\""),
+            action: "palyra.vault.v1.VaultService/GetSecret".into(),
+            resource: "Palyra::Scope::\"x\"".into(),
+            context_json: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(authorize.code(), Code::InvalidArgument);
+    assert!(authorize.message().contains("overflows"), "{}", authorize.message());
+    let mut identity = IdentityServiceClient::new(node.operator().await);
+    let get_device =
+        identity.get_device(identity::GetDeviceRequest { device_id: overflow.clone() }).await.unwrap_err();
+    assert_eq!(get_device.code(), Code::InvalidArgument, "{}", get_device.message());
+    // The upper-case spelling reads as the canonical id.
+    let found =
+        identity.get_device(identity::GetDeviceRequest { device_id: upper }).await.unwrap().into_inner();
+    assert_eq!(found.device.unwrap().device_id, phone.id.to_string());
+}

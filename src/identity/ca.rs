@@ -496,7 +496,9 @@ pub fn device_id_from_certificate(cert_der: &[u8]) -> Option<DeviceId> {
             if found.is_some() {
                 return None;
             }
-            found = Some(DeviceId::parse(id).ok()?);
+            // The node wrote this SAN from a `DeviceId`: anything but the canonical spelling
+            // was not written by it.
+            found = Some(DeviceId::parse_canonical(id).ok()?);
         }
     }
     found

@@ -28,8 +28,14 @@ use std::time::SystemTime;
 
 use crate::vault::Scope;
 
-/// A device's id: a ULID, shown in lower case (it appears in vault scopes, which are lower
-/// case). Parsing accepts either case.
+/// A device's id: a ULID, written in lower case (it appears in vault scopes, which are lower
+/// case, and in Cedar entity uids, which compare as text).
+///
+/// One id has one spelling. [`DeviceId::parse`] reads either case into the same value, whose
+/// [`Display`](fmt::Display) is the canonical (lower-case) form; it refuses a first character
+/// above `7`, which the ULID decoder would silently truncate to the same 128 bits as another
+/// spelling. [`DeviceId::parse_canonical`] accepts the canonical spelling only, for text that
+/// is compared as text (policy literals, certificate SANs the node issued).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceId(ulid::Ulid);
 
@@ -39,12 +45,31 @@ impl DeviceId {
         DeviceId(ulid::Ulid::generate())
     }
 
-    /// Parses the 26-character text form.
+    /// Parses the 26-character text form, in either case. The result prints in the canonical
+    /// form, whatever the spelling read.
     pub fn parse(text: &str) -> Result<Self, InvalidDeviceId> {
         if text.len() != 26 {
             return Err(InvalidDeviceId(format!("a device id has 26 characters, got {}", text.len())));
         }
-        ulid::Ulid::from_string(text).map(DeviceId).map_err(|e| InvalidDeviceId(format!("not a ULID: {e}")))
+        let ulid = ulid::Ulid::from_string(text).map_err(|e| InvalidDeviceId(format!("not a ULID: {e}")))?;
+        // 26 base-32 characters hold 130 bits and a ULID has 128: the decoder drops the top
+        // two bits, so `8…`–`z…` would be other spellings of the ids starting `0`–`7`.
+        match text.as_bytes()[0] {
+            b'0'..=b'7' => Ok(DeviceId(ulid)),
+            first => Err(InvalidDeviceId(format!(
+                "the first character is {:?}, and a device id starts with 0-7 (a larger one overflows 128 bits)",
+                char::from(first)
+            ))),
+        }
+    }
+
+    /// Parses the canonical spelling only: what [`DeviceId::parse`] accepts, in lower case.
+    pub fn parse_canonical(text: &str) -> Result<Self, InvalidDeviceId> {
+        let id = DeviceId::parse(text)?;
+        if id.to_string() != text {
+            return Err(InvalidDeviceId(format!("device ids are written in lower case: {id}")));
+        }
+        Ok(id)
     }
 
     /// The device's own vault scope, `devices/<id>`.
@@ -214,9 +239,34 @@ mod tests {
         assert_eq!(text, text.to_lowercase());
         assert_eq!(DeviceId::parse(&text), Ok(id));
         assert_eq!(DeviceId::parse(&text.to_uppercase()), Ok(id));
+        assert_eq!(DeviceId::parse(&text.to_uppercase()).map(|id| id.to_string()), Ok(text.clone()));
+        assert_eq!(DeviceId::parse_canonical(&text), Ok(id));
+        let upper = DeviceId::parse_canonical(&text.to_uppercase()).unwrap_err().to_string();
+        assert!(upper.contains("lower case") && upper.contains(&text), "{upper}");
         assert!(DeviceId::parse("short").is_err());
         assert!(DeviceId::parse(&"!".repeat(26)).is_err());
+        assert!(DeviceId::parse(&format!("{}\u{e9}", &text[..24])).is_err());
         assert_eq!(id.own_scope().as_str(), format!("devices/{text}"));
+    }
+
+    #[test]
+    fn one_id_has_one_spelling() {
+        // The largest ULID, and every first character above 7 that would alias an id.
+        assert!(DeviceId::parse("7zzzzzzzzzzzzzzzzzzzzzzzzz").is_ok());
+        let id = DeviceId::generate();
+        let text = id.to_string();
+        let first = text.as_bytes()[0];
+        for alias in ["8", "9", "a", "g", "z", "Z"] {
+            let spelled = format!("{alias}{}", &text[1..]);
+            let e = DeviceId::parse(&spelled).unwrap_err().to_string();
+            assert!(e.contains("starts with 0-7") && e.contains("overflows"), "{spelled}: {e}");
+        }
+        // Every accepted spelling of one id prints the same.
+        for spelled in
+            [text.clone(), text.to_uppercase(), format!("{}{}", char::from(first), &text[1..].to_uppercase())]
+        {
+            assert_eq!(DeviceId::parse(&spelled).map(|d| d.to_string()), Ok(text.clone()));
+        }
     }
 
     #[test]

@@ -511,8 +511,10 @@ impl PolicyEngine {
         let action_ok = match &shape.action {
             ActionConstraint::Any => true,
             ActionConstraint::Eq(uid) => *uid == action.uid,
+            // `action in [A, G]` matches A itself and every member of G: `in` is reflexive,
+            // `is_ancestor_of` is not.
             ActionConstraint::In(uids) => {
-                uids.iter().any(|g| self.action_entities.is_ancestor_of(g, &action.uid))
+                uids.iter().any(|g| *g == action.uid || self.action_entities.is_ancestor_of(g, &action.uid))
             }
         };
         let resource_type = self.types.resource_type(resource);
@@ -573,8 +575,8 @@ impl ScopeShape {
 enum Applies {
     /// Exactly one principal.
     One(PrincipalKey),
-    /// No principal the engine ever builds (e.g. a device id not in its lower-case form,
-    /// which the validation lint warns about).
+    /// No principal the engine ever builds (e.g. a device id not in its canonical form, which
+    /// validation refuses).
     Nobody,
     /// Possibly many.
     Many,
@@ -590,9 +592,9 @@ fn principal_key(policy: &Policy) -> Applies {
     let id = uid.id().unescaped();
     match uid.type_name().to_string().as_str() {
         // Nothing is `in` a device (a device's only parents are roles) or in Anonymous.
-        "Palyra::Device" => match DeviceId::parse(id) {
-            Ok(device) if device.to_string() == id => Applies::One(PrincipalKey::Device(device)),
-            _ => Applies::Nobody,
+        "Palyra::Device" => match DeviceId::parse_canonical(id) {
+            Ok(device) => Applies::One(PrincipalKey::Device(device)),
+            Err(_) => Applies::Nobody,
         },
         "Palyra::Anonymous" if id == ANONYMOUS_ID => Applies::One(PrincipalKey::Anonymous),
         "Palyra::Anonymous" => Applies::Nobody,
@@ -714,42 +716,64 @@ fn nth_annotation(text: &str, id: &str, n: usize) -> Option<usize> {
     None
 }
 
-/// Warnings for entity literals that can never match an entity the engine builds: device ids
-/// not in their lower-case form, scopes outside the scope grammar, other Node or Anonymous ids,
-/// unknown roles.
+/// Errors for entity literals, anywhere in a policy (scope, `when`, `unless`), that can never
+/// equal an entity the engine builds: a device id not in its canonical spelling, a scope or a
+/// profile name outside its grammar, another Node or Anonymous id, an unknown role. Cedar
+/// compares uids as text, so such a literal silently never matches: a forbid written with
+/// the upper-case spelling of a device id would be accepted and never apply.
 fn lint(set: &PolicySet, text: &str, diagnostics: &mut Vec<Diagnostic>) {
     let mut policies: Vec<&Policy> = set.policies().collect();
     policies.sort_by_key(|p| p.id().to_string());
     for policy in policies {
-        for uid in policy.entity_literals() {
-            let id = uid.id().unescaped();
-            let problem = match uid.type_name().to_string().as_str() {
-                "Palyra::Device" => match DeviceId::parse(id) {
-                    Ok(device) if device.to_string() == id => None,
-                    Ok(device) => {
-                        Some(format!("device ids are lower case: write Palyra::Device::\"{device}\""))
-                    }
-                    Err(e) => Some(e.to_string()),
-                },
-                "Palyra::Scope" => Scope::parse(id).err().map(|e| e.to_string()),
-                "Palyra::Node" => {
-                    (id != NODE_ID).then(|| format!("this node is Palyra::Node::\"{NODE_ID}\""))
-                }
-                "Palyra::Anonymous" => (id != ANONYMOUS_ID)
-                    .then(|| format!("the anonymous principal is Palyra::Anonymous::\"{ANONYMOUS_ID}\"")),
-                "Palyra::Role" => (!matches!(id, "admin" | "device" | "node"))
-                    .then(|| "roles are Palyra::Role::\"admin\", \"device\" and \"node\"".to_owned()),
-                _ => None,
-            };
-            if let Some(problem) = problem {
-                let offset = text.find(&cedar_string(id));
-                diagnostics.push(
-                    Diagnostic::warning(format!("{uid} never matches: {problem}"))
-                        .in_policy(policy.id().to_string())
-                        .at(text, offset),
-                );
+        let ast: &ast::Policy = policy.as_ref();
+        let condition = ast.condition();
+        let mut reported = std::collections::HashSet::new();
+        for expr in condition.subexpressions() {
+            let ast::ExprKind::Lit(ast::Literal::EntityUID(uid)) = expr.expr_kind() else { continue };
+            let uid = EntityUid::from(uid.as_ref().clone());
+            let Some(problem) = literal_problem(&uid) else { continue };
+            // Scope constraints carry the location of the whole constraint, conditions that
+            // of the literal; either way the first character of the literal is found from
+            // there (or, without a location, its first occurrence in the text).
+            let quoted = cedar_string(uid.id().unescaped());
+            let from = expr.source_loc().map(|loc| loc.span.offset()).filter(|&at| at <= text.len());
+            let offset = from
+                .and_then(|at| text.get(at..).and_then(|rest| rest.find(&quoted)).map(|found| at + found))
+                .or(from)
+                .or_else(|| text.find(&quoted));
+            if !reported.insert((uid.to_string(), offset)) {
+                continue;
             }
+            diagnostics.push(
+                Diagnostic::error(format!("{uid} never matches: {problem}"))
+                    .in_policy(policy.id().to_string())
+                    .at(text, offset),
+            );
         }
+    }
+}
+
+/// Why an entity literal can never equal an entity the engine builds, if it cannot.
+fn literal_problem(uid: &EntityUid) -> Option<String> {
+    let id = uid.id().unescaped();
+    match uid.type_name().to_string().as_str() {
+        "Palyra::Device" => match DeviceId::parse(id) {
+            Ok(device) if device.to_string() == id => None,
+            Ok(device) => Some(format!("device ids are lower case: write Palyra::Device::\"{device}\"")),
+            Err(e) => Some(e.to_string()),
+        },
+        "Palyra::Scope" => match Scope::parse(id) {
+            Ok(scope) if scope.as_str() == id => None,
+            Ok(scope) => Some(format!("scopes are written Palyra::Scope::{}", cedar_string(scope.as_str()))),
+            Err(e) => Some(e.to_string()),
+        },
+        "Palyra::Profile" => crate::auth::ProfileName::parse(id).err().map(|e| e.to_string()),
+        "Palyra::Node" => (id != NODE_ID).then(|| format!("this node is Palyra::Node::\"{NODE_ID}\"")),
+        "Palyra::Anonymous" => (id != ANONYMOUS_ID)
+            .then(|| format!("the anonymous principal is Palyra::Anonymous::\"{ANONYMOUS_ID}\"")),
+        "Palyra::Role" => (!matches!(id, "admin" | "device" | "node"))
+            .then(|| "roles are Palyra::Role::\"admin\", \"device\" and \"node\"".to_owned()),
+        _ => None,
     }
 }
 
@@ -1167,19 +1191,111 @@ mod tests {
         assert_eq!(d.explanation, "permitted by named");
     }
 
+    /// The position of the first occurrence of `needle` on its line, 1-based.
+    fn position_of(text: &str, needle: &str, nth: usize) -> (u32, u32) {
+        let offset =
+            text.match_indices(needle).nth(nth).map(|(at, _)| at).unwrap_or_else(|| panic!("{needle}"));
+        crate::policy::diagnostics::line_column(text, offset)
+    }
+
     #[test]
-    fn literals_that_can_never_match_are_warned_about() {
+    fn literals_that_can_never_match_are_errors_with_their_position() {
         let engine = engine();
         let id = DeviceId::generate();
-        let upper = id.to_string().to_uppercase();
-        let text = format!(
-            "permit (principal == Palyra::Device::\"{upper}\", action, resource);\npermit (principal, action, resource == Palyra::Scope::\"Agents\");\npermit (principal, action, resource == Palyra::Node::\"remote\");"
+        let (lower, upper) = (id.to_string(), id.to_string().to_uppercase());
+        let overflow = format!("{}{}", char::from(lower.as_bytes()[0] + 8), &lower[1..]);
+        // Every literal that compares as text and never equals what the engine builds: in a
+        // principal or resource scope, an action list's neighbour, and `when`/`unless`.
+        let cases = [
+            (format!("forbid (principal == Palyra::Device::\"{upper}\", action, resource);"), upper.clone(), "lower case"),
+            (format!("forbid (principal in Palyra::Device::\"{overflow}\", action, resource);"), overflow.clone(), "overflows"),
+            (
+                format!("forbid (principal, action, resource) when {{ principal == Palyra::Device::\"{upper}\" }};"),
+                upper.clone(),
+                "lower case",
+            ),
+            (
+                format!("forbid (principal, action, resource is Palyra::Scope)\n  unless {{ resource has owner && resource.owner == Palyra::Device::\"{upper}\" }};"),
+                upper.clone(),
+                "lower case",
+            ),
+            (
+                format!("forbid (principal, action, resource is Palyra::Scope) when {{ resource has owner && resource.owner == Palyra::Device::\"{upper}\" }};"),
+                upper.clone(),
+                "lower case",
+            ),
+            ("forbid (principal, action, resource == Palyra::Scope::\"Agents\");".to_owned(), "Agents".to_owned(), "invalid scope"),
+            ("forbid (principal, action, resource in Palyra::Scope::\"palyra/\");".to_owned(), "palyra/".to_owned(), "invalid scope"),
+            (
+                "forbid (principal, action, resource) when { resource in [Palyra::Scope::\"a\", Palyra::Scope::\"a//b\"] };".to_owned(),
+                "a//b".to_owned(),
+                "invalid scope",
+            ),
+            ("forbid (principal, action, resource == Palyra::Node::\"remote\");".to_owned(), "remote".to_owned(), "Palyra::Node::\"local\""),
+            ("forbid (principal == Palyra::Anonymous::\"bob\", action, resource);".to_owned(), "bob".to_owned(), "anonymous"),
+            ("forbid (principal in Palyra::Role::\"Admin\", action, resource);".to_owned(), "Admin".to_owned(), "roles are"),
+            ("forbid (principal, action, resource == Palyra::Profile::\"GitHub\");".to_owned(), "GitHub".to_owned(), "profile name"),
+        ];
+        for (policy, literal, want) in &cases {
+            // A line of padding before, so that positions are checked past the first line.
+            let text = format!("{DEFAULT_POLICIES}\n{policy}\n");
+            let d = engine.validate(&text);
+            let errors: Vec<&Diagnostic> = d.iter().filter(|d| d.severity == Severity::Error).collect();
+            assert_eq!(errors.len(), 1, "{policy}: {d:?}");
+            let e = errors[0];
+            assert!(e.message.contains("never matches") && e.message.contains(want), "{policy}: {e}");
+            let quoted = format!("\"{literal}\"");
+            assert_eq!((e.line, e.column), position_of(&text, &quoted, 0), "{policy}: {e}");
+            assert!(matches!(engine.install(&text, 2), Err(PolicyError::Invalid { .. })), "{policy}");
+        }
+        // The canonical spellings are fine, and the suggestion names it.
+        let d =
+            engine.validate(&format!("permit (principal == Palyra::Device::\"{upper}\", action, resource);"));
+        assert!(d[0].message.contains(&format!("Palyra::Device::\"{lower}\"")), "{d:?}");
+        let ok = format!(
+            "permit (principal == Palyra::Device::\"{lower}\", action, resource in Palyra::Scope::\"devices/{lower}/x\") when {{ resource in Palyra::Scope::\"palyra\" || resource == Palyra::Profile::\"github\" }};"
         );
-        let d = engine.validate(&text);
-        assert_eq!(d.len(), 3, "{d:?}");
-        assert!(d.iter().all(|d| d.severity == Severity::Warning && d.line > 0), "{d:?}");
-        assert!(d[0].message.contains(&id.to_string()), "{d:?}");
-        assert!(engine.install(&text, 2).is_ok(), "warnings do not reject");
+        assert!(engine.validate(&ok).is_empty(), "{:?}", engine.validate(&ok));
+        assert_eq!(engine.active().0, 1);
+    }
+
+    #[test]
+    fn a_forbid_of_one_action_in_a_list_applies_to_that_action() -> TestResult {
+        // The reported forbid: `action in [A]` names A itself; slicing used to leave it out of
+        // A's slice (`in` was read as "strict ancestor"), so it never applied.
+        let engine = engine();
+        let text = format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-x\") forbid (principal, action in [Palyra::Action::\"{GET_SECRET}\"], resource == Palyra::Scope::\"x\");\n@id(\"no-y\") forbid (principal, action in [Palyra::Action::\"{GET_SECRET}\", Palyra::Action::\"{PUT_SECRET}\"], resource in Palyra::Scope::\"y\");\n@id(\"no-z\") forbid (principal, action in Palyra::Action::\"{LIST_SECRETS}\", resource);"
+        );
+        engine.install(&text, 2)?;
+        let admin = device(Role::Admin);
+        let cases = [
+            (GET_SECRET, "x", Some("no-x")),
+            (GET_SECRET, "x/a", None),
+            (GET_SECRET, "y/a", Some("no-y")),
+            (PUT_SECRET, "y", Some("no-y")),
+            (PUT_SECRET, "x", None),
+            (LIST_SECRETS, "q", Some("no-z")),
+        ];
+        for (action, at, forbidden) in cases {
+            let d = engine.authorize(&admin, &[], action, &Resource::Scope(scope(at)), None);
+            match forbidden {
+                Some(id) => assert_eq!(
+                    (d.allow, d.determining_policies.clone()),
+                    (false, vec![id.to_owned()]),
+                    "{action} {at}"
+                ),
+                None => assert!(d.allow, "{action} {at}: {d:?}"),
+            }
+        }
+        // The gate too (resource Node): `action in [RotateKey]` forbids RotateKey.
+        engine.install(
+            &format!("{DEFAULT_POLICIES}\n@id(\"no-rotate\") forbid (principal, action in [Palyra::Action::\"{ROTATE_KEY}\"], resource);"),
+            3,
+        )?;
+        let d = engine.authorize(&admin, &[], ROTATE_KEY, &Resource::Node, None);
+        assert_eq!(d.determining_policies, vec!["no-rotate".to_owned()]);
+        Ok(())
     }
 
     #[test]
@@ -1308,10 +1424,12 @@ mod tests {
 @id("action-list") permit (principal in Palyra::Role::"device", action in [Palyra::Action::"vault.read", Palyra::Action::"quic"], resource in Palyra::Scope::"devices");
 @id("resource-in-own") permit (principal, action, resource in Palyra::Scope::"devices/{b_id}/shared");
 @id("errs") forbid (principal, action == Palyra::Action::"{WHO_AM_I}", resource) when {{ 9223372036854775807 + 1 > 0 }};
-@id("never") permit (principal == Palyra::Device::"{upper}", action, resource);
+@id("self-list") forbid (principal, action in [Palyra::Action::"{GET_SECRET}"], resource == Palyra::Scope::"agents/alpha");
+@id("self-list-2") permit (principal, action in [Palyra::Action::"{WHO_AM_I}", Palyra::Action::"quic"], resource);
+@id("nobody") permit (principal == Palyra::Device::"{unknown}", action, resource);
 @id("anywhere") permit (principal, action in Palyra::Action::"admin", resource) when {{ principal is Palyra::Device && principal.fingerprint == "x" }};
 "#,
-            upper = a_id.to_string().to_uppercase(),
+            unknown = DeviceId::generate(),
         );
         let diagnostics = engine.validate(&text);
         assert!(diagnostics.iter().all(|d| d.severity == Severity::Warning), "{diagnostics:?}");

@@ -350,11 +350,12 @@ impl Types {
     }
 }
 
-/// The device that owns a scope: the id in `devices/<id>/…`, when it is a device id.
+/// The device that owns a scope: the id in `devices/<id>/…`, when it is a device id in its
+/// canonical spelling (scopes are lower case; an overflowing `8…`–`z…` segment names no one).
 fn owner_of(scope: &str) -> Option<DeviceId> {
     let rest = scope.strip_prefix("devices/")?;
     let segment = rest.split('/').next()?;
-    DeviceId::parse(segment).ok()
+    DeviceId::parse_canonical(segment).ok()
 }
 
 impl std::fmt::Display for Resource {
@@ -379,6 +380,11 @@ mod tests {
         let upper = id.to_string().to_uppercase();
         assert_eq!(parse_entity_ref(&format!("Palyra::Device::\"{upper}\""))?, EntityRef::Device(id));
         assert_eq!(parse_entity_ref(&format!("Palyra::Device::\"{id}\""))?, EntityRef::Device(id));
+        // Either case reads as the one canonical id; what reaches Cedar is its lower-case uid.
+        let EntityRef::Device(read) = parse_entity_ref(&format!("Palyra::Device::\"{upper}\""))? else {
+            return Err(PolicyError::Schema("a device".into()));
+        };
+        assert_eq!(read.to_string(), id.to_string());
         assert_eq!(parse_entity_ref("Palyra::Anonymous::\"anonymous\"")?, EntityRef::Anonymous);
         assert_eq!(parse_entity_ref(" Palyra::Node::\"local\" ")?, EntityRef::Node);
         assert_eq!(
@@ -392,6 +398,8 @@ mod tests {
     fn entity_refs_refuse_with_a_reason() {
         let cases = [
             ("Palyra::Device::\"nope\"", "device id"),
+            ("Palyra::Device::\"81j9zq8x7c6v5b4n3m2k1j0h9a\"", "overflows 128 bits"),
+            ("Palyra::Device::\"Z1J9ZQ8X7C6V5B4N3M2K1J0H9A\"", "overflows 128 bits"),
             ("Palyra::Anonymous::\"bob\"", "Palyra::Anonymous::\"anonymous\""),
             ("Palyra::Node::\"other\"", "Palyra::Node::\"local\""),
             ("Palyra::Scope::\"A/B\"", "invalid scope"),
@@ -429,6 +437,13 @@ mod tests {
         assert_eq!(owner_of("devices"), None);
         assert_eq!(owner_of("devices/not-a-ulid"), None);
         assert_eq!(owner_of(&format!("agents/{id}")), None);
+        // The spelling that overflows 128 bits to the same id owns nothing (it used to make
+        // `id` the owner of a second subtree, `devices/8…`).
+        let text = id.to_string();
+        let first = char::from(text.as_bytes()[0] + 8);
+        let alias = format!("devices/{first}{}", &text[1..]);
+        assert!(Scope::parse(&alias).is_ok(), "a valid scope");
+        assert_eq!(owner_of(&alias), None);
     }
 
     #[test]
