@@ -17,21 +17,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// The rate-limit key of an address: IPv4 as is (IPv4-mapped IPv6 as the IPv4 address), other
-/// IPv6 by its /64.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::V6(octets.into())
-            }
-        },
-    }
-}
+use crate::net_limits::address_key;
 
 /// Why [`AddressLimiter::admit`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,9 +22,10 @@ use crate::identity::{
     Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, renewal_proof_message,
     verify_signature,
 };
+use crate::net_limits::address_key;
 use crate::pairing::DeviceName;
 use crate::policy::Resource;
-use crate::ratelimit::{AddressLimiter, Refused, address_key};
+use crate::ratelimit::{AddressLimiter, Refused};
 use crate::storage::Store;
 
 const SERVICE: &str = "palyra.identity.v1.IdentityService";
