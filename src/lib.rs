@@ -37,6 +37,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod datadir_lock;
 pub mod events;
 pub mod fsutil;
 #[doc(hidden)]
