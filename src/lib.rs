@@ -23,6 +23,7 @@
 //! - [`console`] — the operator web console (axum, loopback HTTP), signed in with one-time
 //!   links ([`login`]) and decided by the same gate;
 //! - [`node`] — assembles the parts from a data directory;
+//! - [`integrity`] — the row MACs of the rows that decide what is served;
 //! - [`fsutil`] — private files and atomic writes; [`limits`] — the open-files limit.
 //!
 //! See ARCHITECTURE.md for the map and the invariants.
@@ -36,11 +37,13 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod datadir_lock;
 pub mod events;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod integrity;
 pub mod limits;
 pub mod login;
 pub mod net_limits;

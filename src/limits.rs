@@ -51,3 +51,62 @@ pub fn raise_open_files_limit() -> std::io::Result<OpenFilesLimit> {
 pub fn raise_open_files_limit() -> std::io::Result<OpenFilesLimit> {
     Ok(OpenFilesLimit { before: None, after: None })
 }
+
+/// What [`harden_process`] managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hardening {
+    /// RLIMIT_CORE is 0 (soft and hard): no core file can be written.
+    pub core_dumps_off: bool,
+    /// PR_SET_DUMPABLE is 0: no core, no ptrace attach by the same user, `/proc/<pid>/*`
+    /// (mem, environ, maps) owned by root (Linux only).
+    pub not_dumpable: bool,
+}
+
+/// Keeps key material out of core files and away from same-user debuggers: sets RLIMIT_CORE
+/// to 0 (soft and hard, so nothing in the process can raise it again) and, on Linux, marks the
+/// process not dumpable. `palyra serve` calls it first thing; a failure is logged, not fatal.
+#[cfg(unix)]
+pub fn harden_process() -> Hardening {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let core_dumps_off = match setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot turn core dumps off (RLIMIT_CORE)");
+            false
+        }
+    };
+    #[cfg(target_os = "linux")]
+    let not_dumpable =
+        match rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot mark the process not dumpable (PR_SET_DUMPABLE)");
+                false
+            }
+        };
+    #[cfg(not(target_os = "linux"))]
+    let not_dumpable = false;
+    Hardening { core_dumps_off, not_dumpable }
+}
+
+/// Keeps key material out of core files (nothing to do where there are no rlimits).
+#[cfg(not(unix))]
+pub fn harden_process() -> Hardening {
+    Hardening { core_dumps_off: false, not_dumpable: false }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn harden_process_turns_core_dumps_off_and_clears_dumpable() {
+        // Runs in the test process (nextest: one process per test), which it leaves hardened.
+        let done = super::harden_process();
+        assert_eq!(done, super::Hardening { core_dumps_off: true, not_dumpable: true });
+        let core = rustix::process::getrlimit(rustix::process::Resource::Core);
+        assert_eq!((core.current, core.maximum), (Some(0), Some(0)));
+        assert_eq!(
+            rustix::process::dumpable_behavior().ok(),
+            Some(rustix::process::DumpableBehavior::NotDumpable)
+        );
+    }
+}

@@ -134,6 +134,9 @@ impl NodeCore {
         let (root, key_backend) = unlock(&store, data_dir, options.key_backend).await?;
         let keys = Arc::new(KeyHierarchy::new(&root));
         drop(root);
+        // Before anything is read or served: rows are checked from here on (and MAC'd once on
+        // the first open after migration 0009).
+        store.authenticate_rows(crate::integrity::RowMac::new(&keys)).await?;
         let vault =
             Vault::new(Arc::new(SqliteBlobBackend::new(store.clone())), Arc::clone(&keys), options.vault);
         let pending = vault.resume_rotation().await.map_err(|e| NodeError::Internal(e.to_string()))?;

@@ -54,27 +54,56 @@ pub(super) enum PolicyCommand {
     Reset,
 }
 
+/// `palyra policy reset`: takes the data dir's lock (refused while `palyra serve` runs), opens
+/// the node's core (the root key: the new version gets its row MAC), installs the defaults and
+/// appends an audit record through the same hash chain as every other decision.
+async fn reset(ctx: &Context) -> Result<u64, CliError> {
+    let db = ctx.data_dir.join("palyra.db");
+    if !db.exists() {
+        return Err(CliError::new(format!("no node database at {}", db.display())).hint("check --data-dir"));
+    }
+    let _lock = crate::datadir_lock::DataDirLock::acquire(&ctx.data_dir, "palyra policy reset")
+        .map_err(|e| CliError::new(e.to_string()).hint("stop `palyra serve` first: reset is offline"))?;
+    let core = crate::node::NodeCore::open(&ctx.data_dir, crate::node::NodeOptions::default())
+        .await
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let store = core.store.clone();
+    let audit_key = core.keys.audit_chain_key();
+    let audit = tokio::task::spawn_blocking(move || crate::storage::AuditLog::start(&store, audit_key))
+        .await
+        .map_err(|e| CliError::new(e.to_string()))?
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let version = crate::policy::Policies::reset_to_defaults(&core.store)
+        .await
+        .map_err(|e| CliError::new(e.to_string()))?
+        .version;
+    audit.record(crate::audit::AuditEntry {
+        at: std::time::SystemTime::now(),
+        principal: RESET_PRINCIPAL.to_owned(),
+        action: crate::policy::UPDATED_BY_RESET.to_owned(),
+        resource: "Node".to_owned(),
+        decision: crate::audit::AuditDecision::Allow,
+        reason: format!(
+            "default policies installed as version {version} (offline, pid {})",
+            std::process::id()
+        ),
+    });
+    audit.flush().await;
+    core.store.close();
+    Ok(version)
+}
+
+/// The principal of the audit record of an offline reset: whoever can run it on the node's
+/// machine with access to the data dir and the root key.
+const RESET_PRINCIPAL: &str = "local-operator";
+
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
 }
 
 pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliError> {
     if let PolicyCommand::Reset = cmd {
-        let db = ctx.data_dir.join("palyra.db");
-        if !db.exists() {
-            return Err(
-                CliError::new(format!("no node database at {}", db.display())).hint("check --data-dir")
-            );
-        }
-        let store = tokio::task::spawn_blocking(move || crate::storage::Store::open(&db))
-            .await
-            .map_err(|e| CliError::new(e.to_string()))?
-            .map_err(|e| CliError::new(e.to_string()))?;
-        let version = crate::policy::Policies::reset_to_defaults(&store)
-            .await
-            .map_err(|e| CliError::new(e.to_string()))?
-            .version;
-        store.close();
+        let version = reset(ctx).await?;
         #[derive(Serialize)]
         struct Out {
             version: u64,

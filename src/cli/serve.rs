@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::output::{CliError, Context};
 use crate::config::{DEFAULT_CONSOLE_ADDR, DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR, FileConfig, Layout};
+use crate::datadir_lock::DataDirLock;
 use crate::node::{KeyBackendChoice, Node, NodeOptions};
 use crate::vault::VaultConfig;
 
@@ -161,8 +162,17 @@ struct InitOut {
     operator_credentials: String,
 }
 
+/// Takes the data dir's exclusive lock for `command` (creating the data dir if needed).
+fn lock(ctx: &Context, command: &str) -> Result<DataDirLock, CliError> {
+    crate::fsutil::ensure_private_dir(&ctx.data_dir).map_err(open_error)?;
+    DataDirLock::acquire(&ctx.data_dir, command).map_err(|e| {
+        CliError::new(e.to_string()).hint("one palyra serve per data dir; use another --data-dir")
+    })
+}
+
 pub(super) async fn init(ctx: &Context, args: InitArgs) -> Result<(), CliError> {
     let s = settings(ctx, &args, None, None)?;
+    let _lock = lock(ctx, "palyra init")?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
     let out = summary(ctx, &node);
     node.core.store.close();
@@ -188,6 +198,13 @@ fn summary(ctx: &Context, node: &Node) -> InitOut {
 pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
     let s = settings(ctx, &args.init, args.grpc_addr, args.quic_addr)?;
     let console = console_addr(&s.file, &args)?;
+    // Before the root key is read: no core file, no same-user ptrace, root-only /proc files.
+    let hardening = crate::limits::harden_process();
+    tracing::info!(
+        core_dumps_off = hardening.core_dumps_off,
+        not_dumpable = hardening.not_dumpable,
+        "key material kept out of core dumps; pages are not mlocked (no safe mlock of a region)"
+    );
     // A descriptor per connection: a soft limit of 1,024 would refuse clients well before
     // the thousand the node is built to hold.
     match crate::limits::raise_open_files_limit() {
@@ -197,6 +214,9 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
+    // Before anything in the data dir is opened: a second node would fight the first over the
+    // database (its audit appends fail). Held until the process exits.
+    let _lock = lock(ctx, "palyra serve")?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
     let listener = tokio::net::TcpListener::bind(s.grpc_addr).await.map_err(|e| {
         CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr))

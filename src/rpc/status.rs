@@ -135,6 +135,13 @@ impl From<Refusal> for Status {
     }
 }
 
+/// A database row that failed its MAC or contradicts another row (`crate::integrity`): DATA_LOSS
+/// + INTEGRITY, naming the row (ids and versions only, never a value).
+fn row_integrity(e: &crate::storage::StorageError) -> Status {
+    tracing::error!(error = %e, "a database row failed its integrity check");
+    status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
+}
+
 /// `INTERNAL`, with the detail logged and not sent.
 pub fn internal(detail: impl std::fmt::Display) -> Status {
     tracing::error!(error = %detail, "internal error");
@@ -165,6 +172,7 @@ impl From<VaultError> for Status {
                 tracing::error!(error = %e, "stored secret failed its integrity check");
                 status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
             }
+            VaultError::Storage(e) if e.is_integrity() => row_integrity(&e),
             other => internal(other),
         }
     }
@@ -185,6 +193,7 @@ impl From<IdentityError> for Status {
                 tracing::error!(error = %e, "identity integrity failure");
                 status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
             }
+            IdentityError::Storage(e) if e.is_integrity() => row_integrity(&e),
             other => internal(other),
         }
     }
@@ -204,6 +213,7 @@ impl From<PolicyError> for Status {
             ),
             e @ PolicyError::Lockout => status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string()),
             e @ PolicyError::NotFound(_) => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
+            PolicyError::Storage(e) if e.is_integrity() => row_integrity(&e),
             e @ PolicyError::InvalidEntityRef { .. } => {
                 status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string())
             }

@@ -8,28 +8,36 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{StorageError, Store, events, from_millis, to_millis};
 use crate::events::{DEVICE_RENEWED, DEVICE_REVOKED, NewEvent};
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, Role};
+use crate::integrity::{Field, RowMac, Table};
 use crate::vault::Scope;
 
 /// Columns of `devices`, in the order [`device_from_row`] reads them.
 const COLUMNS: &str = "id, name, fingerprint, signing_public_key, role, status, paired_at, \
                        certificate_expires_at, revoked_at, revoke_reason, scopes";
+/// [`COLUMNS`] and the row's MAC (`crate::integrity`), which covers every one of them: the
+/// peer resolver trusts id, fingerprint, role, status and scopes; renewal trusts the signing
+/// key; the approver reads the name.
+const COLUMNS_MAC: &str = "id, name, fingerprint, signing_public_key, role, status, paired_at, \
+                       certificate_expires_at, revoked_at, revoke_reason, scopes, mac";
 
 impl Store {
     /// Registers `device`. [`IdentityError::AlreadyExists`] if its id or fingerprint is taken
     /// (a revoked device's key cannot come back under a new id).
     pub async fn insert_device(&self, device: &Device) -> Result<(), IdentityError> {
         let device = device.clone();
+        let mac = self.row_mac();
         self.write(move |c| {
-            if load(c, "id", &device.id.to_string())?.is_some() {
+            let mac = mac.as_deref();
+            if load(c, "id", &device.id.to_string(), mac)?.is_some() {
                 return Err(IdentityError::AlreadyExists(format!("device {}", device.id)));
             }
-            if load(c, "fingerprint", &device.fingerprint)?.is_some() {
+            if load(c, "fingerprint", &device.fingerprint, mac)?.is_some() {
                 return Err(IdentityError::AlreadyExists(format!(
                     "a device with fingerprint {}",
                     device.fingerprint
                 )));
             }
-            insert(c, &device)?;
+            insert(c, &device, mac)?;
             Ok(())
         })
         .await
@@ -37,18 +45,21 @@ impl Store {
 
     /// The device `id`, if registered.
     pub async fn device(&self, id: DeviceId) -> Result<Option<Device>, IdentityError> {
-        self.read(move |c| Ok(load(c, "id", &id.to_string())?)).await
+        let mac = self.row_mac();
+        self.read(move |c| Ok(load(c, "id", &id.to_string(), mac.as_deref())?)).await
     }
 
     /// The device whose signing key has this fingerprint, if registered.
     pub async fn device_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Device>, IdentityError> {
         let fingerprint = fingerprint.to_owned();
-        self.read(move |c| Ok(load(c, "fingerprint", &fingerprint)?)).await
+        let mac = self.row_mac();
+        self.read(move |c| Ok(load(c, "fingerprint", &fingerprint, mac.as_deref())?)).await
     }
 
     /// Every registered device, revoked ones included, oldest pairing first.
     pub async fn devices(&self) -> Result<Vec<Device>, IdentityError> {
-        self.read(|c| Ok(list(c)?)).await
+        let mac = self.row_mac();
+        self.read(move |c| Ok(list(c, mac.as_deref())?)).await
     }
 
     /// Revokes device `id` and returns it. Revoking a revoked device changes nothing (the
@@ -60,8 +71,10 @@ impl Store {
         now: SystemTime,
     ) -> Result<Device, IdentityError> {
         let reason = reason.to_owned();
+        let mac = self.row_mac();
         self.write(move |c| {
-            let device = load(c, "id", &id.to_string())?.ok_or(IdentityError::NotFound(id))?;
+            let mac = mac.as_deref();
+            let device = load(c, "id", &id.to_string(), mac)?.ok_or(IdentityError::NotFound(id))?;
             if device.status == DeviceStatus::Revoked {
                 return Ok(device);
             }
@@ -70,6 +83,7 @@ impl Store {
                 "UPDATE devices SET status = 'revoked', revoked_at = ?2, revoke_reason = ?3 WHERE id = ?1",
                 params![id.to_string(), to_millis(now), reason],
             )?;
+            remac(c, id, mac)?;
             events::append(
                 c,
                 &NewEvent::new(DEVICE_REVOKED, id.to_string())
@@ -77,7 +91,7 @@ impl Store {
                     .with("role", device.role.as_str()),
                 now,
             )?;
-            load(c, "id", &id.to_string())?.ok_or(IdentityError::NotFound(id))
+            load(c, "id", &id.to_string(), mac)?.ok_or(IdentityError::NotFound(id))
         })
         .await
     }
@@ -88,15 +102,17 @@ impl Store {
         id: DeviceId,
         expires_at: SystemTime,
     ) -> Result<(), IdentityError> {
+        let mac = self.row_mac();
         self.write(move |c| {
-            let changed = update(
+            let mac = mac.as_deref();
+            // Checked before it is changed: a forged row is never re-MAC'd as if sound.
+            load(c, "id", &id.to_string(), mac)?.ok_or(IdentityError::NotFound(id))?;
+            update(
                 c,
                 "UPDATE devices SET certificate_expires_at = ?2 WHERE id = ?1",
                 params![id.to_string(), to_millis(expires_at)],
             )?;
-            if changed == 0 {
-                return Err(IdentityError::NotFound(id));
-            }
+            remac(c, id, mac)?;
             events::append(
                 c,
                 &NewEvent::new(DEVICE_RENEWED, id.to_string())
@@ -111,22 +127,23 @@ impl Store {
 
     /// Replaces the vault scopes granted to device `id` beyond its own.
     pub async fn set_device_scopes(&self, id: DeviceId, scopes: Vec<Scope>) -> Result<(), IdentityError> {
+        let mac = self.row_mac();
         self.write(move |c| {
-            let changed = update(
+            let mac = mac.as_deref();
+            load(c, "id", &id.to_string(), mac)?.ok_or(IdentityError::NotFound(id))?;
+            update(
                 c,
                 "UPDATE devices SET scopes = ?2 WHERE id = ?1",
                 params![id.to_string(), scopes_json(&scopes)?],
             )?;
-            if changed == 0 {
-                return Err(IdentityError::NotFound(id));
-            }
+            remac(c, id, mac)?;
             Ok(())
         })
         .await
     }
 }
 
-pub(super) fn insert(conn: &Connection, device: &Device) -> Result<(), StorageError> {
+pub(super) fn insert(conn: &Connection, device: &Device, mac: Option<&RowMac>) -> Result<(), StorageError> {
     let sql =
         format!("INSERT INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     conn.prepare_cached(&sql)?.execute(params![
@@ -142,13 +159,91 @@ pub(super) fn insert(conn: &Connection, device: &Device) -> Result<(), StorageEr
         device.revoke_reason,
         scopes_json(&device.scopes)?,
     ])?;
+    remac(conn, device.id, mac)
+}
+
+/// The raw columns of a `devices` row, as stored, in [`COLUMNS`] order.
+type RawDevice =
+    (String, String, String, Vec<u8>, String, String, i64, i64, Option<i64>, Option<String>, String);
+
+fn raw_from_row(row: &Row<'_>) -> rusqlite::Result<RawDevice> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+    ))
+}
+
+fn device_tag(mac: &RowMac, raw: &RawDevice) -> [u8; crate::integrity::MAC_LEN] {
+    let fields = [
+        Field::Text(&raw.0),
+        Field::Text(&raw.1),
+        Field::Text(&raw.2),
+        Field::Bytes(&raw.3),
+        Field::Text(&raw.4),
+        Field::Text(&raw.5),
+        Field::Int(raw.6),
+        Field::Int(raw.7),
+        Field::OptInt(raw.8),
+        Field::OptText(raw.9.as_deref()),
+        Field::Text(&raw.10),
+    ];
+    mac.tag(Table::Devices, &fields)
+}
+
+/// Stores the MAC of device `id`'s row as it is now (after a write that checked it first).
+fn remac(conn: &Connection, id: DeviceId, mac: Option<&RowMac>) -> Result<(), StorageError> {
+    let Some(mac) = mac else { return Ok(()) };
+    let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = ?1");
+    let raw = conn.prepare_cached(&sql)?.query_row([id.to_string()], raw_from_row)?;
+    conn.prepare_cached("UPDATE devices SET mac = ?2 WHERE id = ?1")?
+        .execute(params![id.to_string(), device_tag(mac, &raw).as_slice()])?;
     Ok(())
 }
 
-fn list(conn: &Connection) -> Result<Vec<Device>, StorageError> {
-    let sql = format!("SELECT {COLUMNS} FROM devices ORDER BY paired_at, id");
+/// MACs every `devices` row that has none (the one-time backfill of migration 0009).
+pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StorageError> {
+    let sql = format!("SELECT {COLUMNS} FROM devices WHERE mac IS NULL");
+    let rows = conn.prepare_cached(&sql)?.query_map([], raw_from_row)?.collect::<Result<Vec<_>, _>>()?;
+    let mut update = conn.prepare_cached("UPDATE devices SET mac = ?2 WHERE id = ?1")?;
+    for raw in &rows {
+        update.execute(params![raw.0, device_tag(mac, raw).as_slice()])?;
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Reads a row in [`COLUMNS_MAC`] order, checking its MAC when there is a key.
+fn checked_from_row(row: &Row<'_>, mac: Option<&RowMac>) -> rusqlite::Result<Result<Device, StorageError>> {
+    if let Some(mac) = mac {
+        let raw = raw_from_row(row)?;
+        let stored: Option<Vec<u8>> = row.get(11)?;
+        let expected = device_tag(mac, &raw);
+        let sound = stored.as_deref().is_some_and(|s| {
+            s.len() == expected.len() && bool::from(subtle::ConstantTimeEq::ct_eq(s, expected.as_slice()))
+        });
+        if !sound {
+            let what = if stored.is_none() { "has no row mac" } else { "does not match its row mac" };
+            return Ok(Err(StorageError::integrity(format_args!(
+                "device {}: its registry row (role, status, keys, scopes) {what}",
+                raw.0
+            ))));
+        }
+    }
+    device_from_row(row)
+}
+
+fn list(conn: &Connection, mac: Option<&RowMac>) -> Result<Vec<Device>, StorageError> {
+    let sql = format!("SELECT {COLUMNS_MAC} FROM devices ORDER BY paired_at, id");
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([], device_from_row)?;
+    let rows = stmt.query_map([], |r| checked_from_row(r, mac))?;
     let mut devices = Vec::new();
     for row in rows {
         devices.push(row??);
@@ -170,9 +265,10 @@ pub(super) fn load(
     conn: &Connection,
     column: &'static str,
     value: &str,
+    mac: Option<&RowMac>,
 ) -> Result<Option<Device>, StorageError> {
-    let sql = format!("SELECT {COLUMNS} FROM devices WHERE {column} = ?1");
-    conn.prepare_cached(&sql)?.query_row([value], device_from_row).optional()?.transpose()
+    let sql = format!("SELECT {COLUMNS_MAC} FROM devices WHERE {column} = ?1");
+    conn.prepare_cached(&sql)?.query_row([value], |r| checked_from_row(r, mac)).optional()?.transpose()
 }
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StorageError>> {

@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::integrity::RowMac;
 use tokio::sync::{Semaphore, oneshot};
 
 /// A database failure. Cheap to clone, so one commit failure can be reported to every write
@@ -36,11 +38,23 @@ use tokio::sync::{Semaphore, oneshot};
 #[error("database error: {message}")]
 pub struct StorageError {
     message: Arc<str>,
+    integrity: bool,
 }
 
 impl StorageError {
     pub(crate) fn new(message: impl fmt::Display) -> Self {
-        StorageError { message: message.to_string().into() }
+        StorageError { message: message.to_string().into(), integrity: false }
+    }
+
+    /// A row whose MAC does not verify, or rows that contradict each other: an edit of the
+    /// database by someone without the root key. Never served as if it were sound.
+    pub(crate) fn integrity(what: impl fmt::Display) -> Self {
+        StorageError { message: format!("integrity check failed: {what}").into(), integrity: true }
+    }
+
+    /// Whether this is an integrity failure (the edges answer DATA_LOSS + INTEGRITY).
+    pub fn is_integrity(&self) -> bool {
+        self.integrity
     }
 
     /// A stored value that cannot be what this code wrote (corruption or tampering).
@@ -65,6 +79,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (6, "events", include_str!("migrations/0006_events.sql")),
     (7, "pairing_sessions", include_str!("migrations/0007_pairing_sessions.sql")),
     (8, "auth_profiles", include_str!("migrations/0008_auth_profiles.sql")),
+    (9, "row_macs", include_str!("migrations/0009_row_macs.sql")),
 ];
 
 /// Largest number of writes committed together.
@@ -89,6 +104,9 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     reader_slots: Semaphore,
     events: crate::events::EventHub,
+    /// The row-MAC key, installed once the root key is known ([`Store::authenticate_rows`]).
+    /// A store without one (store-level tests) neither writes nor checks row MACs.
+    row_mac: std::sync::OnceLock<Arc<RowMac>>,
 }
 
 impl fmt::Debug for Store {
@@ -126,8 +144,47 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 reader_slots: Semaphore::new(READERS),
                 events: hub,
+                row_mac: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Installs the row-MAC key: from now on every write of a secret, device or policy row
+    /// stores its MAC and every read checks it. On the first open after migration 0009 the
+    /// rows already there are MAC'd once (so existing data dirs keep working); returns how
+    /// many. Call it once, right after the root key is unlocked and before anything is served.
+    pub async fn authenticate_rows(&self, mac: RowMac) -> Result<u64, StorageError> {
+        let mac = Arc::new(mac);
+        let backfill_mac = Arc::clone(&mac);
+        let count = self
+            .write(move |c| {
+                let marker: Option<String> = c
+                    .prepare_cached("SELECT value FROM meta WHERE key = 'row_macs'")?
+                    .query_row([], |r| r.get(0))
+                    .optional()?;
+                if marker.as_deref() != Some("backfill") {
+                    return Ok::<_, StorageError>(0);
+                }
+                let count = vault::backfill_macs(c, &backfill_mac)?
+                    + devices::backfill_macs(c, &backfill_mac)?
+                    + policy::backfill_macs(c, &backfill_mac)?;
+                c.prepare_cached("DELETE FROM meta WHERE key = 'row_macs'")?.execute([])?;
+                Ok(count)
+            })
+            .await?;
+        if count > 0 {
+            tracing::info!(
+                rows = count,
+                "authenticated the existing secret, device and policy rows (row MACs)"
+            );
+        }
+        self.inner.row_mac.set(mac).map_err(|_| StorageError::new("the row-MAC key is already installed"))?;
+        Ok(count)
+    }
+
+    /// The row-MAC key, once installed.
+    pub(crate) fn row_mac(&self) -> Option<Arc<RowMac>> {
+        self.inner.row_mac.get().cloned()
     }
 
     /// The database file.

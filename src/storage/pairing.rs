@@ -198,18 +198,19 @@ impl Store {
         now: SystemTime,
     ) -> Result<Outcome<PairingRequest>, IdentityError> {
         let (id, device, cert) = (id.to_owned(), device.clone(), certificate_pem.to_owned());
+        let mac = self.row_mac();
         self.write(move |c| {
             let request = match pending(c, &id, now)? {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e)),
             };
-            if devices::load(c, "fingerprint", &device.fingerprint)?.is_some() {
+            if devices::load(c, "fingerprint", &device.fingerprint, mac.as_deref())?.is_some() {
                 return Err(IdentityError::AlreadyExists(format!(
                     "a device with fingerprint {}",
                     request.fingerprint
                 )));
             }
-            devices::insert(c, &device)?;
+            devices::insert(c, &device, mac.as_deref())?;
             c.prepare_cached(
                 "UPDATE pairing_requests SET state = 'approved', decided_at = ?2, device_id = ?3, \
                  certificate_pem = ?4, role = ?5, scopes = ?6 WHERE id = ?1",

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::{StorageError, Store, from_millis, to_millis};
+use crate::integrity::{Field, RowMac, Table};
 use crate::policy::{PolicyError, PolicyVersion, StoredPolicySet};
 
 const COLUMNS: &str = "version, updated_at, updated_by";
@@ -22,9 +23,50 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<PolicyVersion, Sto
         .map(|version| PolicyVersion { version, updated_at: from_millis(updated_at), updated_by }))
 }
 
-fn stored_from_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredPolicySet, StorageError>> {
+/// The columns of a policy version under its MAC: the version, its text and who stored it.
+fn policy_tag(mac: &RowMac, version: i64, text: &str, updated_at: i64, updated_by: &str) -> Vec<u8> {
+    let fields = [Field::Int(version), Field::Text(text), Field::Int(updated_at), Field::Text(updated_by)];
+    mac.tag(Table::PolicyVersions, &fields).to_vec()
+}
+
+/// Reads `{COLUMNS}, text, mac`, checking the MAC when there is a key: an inserted or edited
+/// policy version (a permissive set slipped in) is an integrity error, never the active set.
+fn stored_from_row(
+    row: &Row<'_>,
+    mac: Option<&RowMac>,
+) -> rusqlite::Result<Result<StoredPolicySet, StorageError>> {
     let text: String = row.get(3)?;
+    if let Some(mac) = mac {
+        let version: i64 = row.get(0)?;
+        let stored: Option<Vec<u8>> = row.get(4)?;
+        let tag = policy_tag(mac, version, &text, row.get(1)?, &row.get::<_, String>(2)?);
+        let sound =
+            stored.as_deref().is_some_and(|s| bool::from(subtle::ConstantTimeEq::ct_eq(s, tag.as_slice())));
+        if !sound {
+            let what = if stored.is_none() { "has no row mac" } else { "does not match its row mac" };
+            return Ok(Err(StorageError::integrity(format_args!(
+                "policy version {version} (its text) {what}"
+            ))));
+        }
+    }
     Ok(version_from_row(row)?.map(|info| StoredPolicySet { info, text }))
+}
+
+/// MACs every policy version that has none (the one-time backfill of migration 0009).
+pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StorageError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT version, text, updated_at, updated_by FROM policy_versions WHERE mac IS NULL",
+        )?
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut update = conn.prepare_cached("UPDATE policy_versions SET mac = ?2 WHERE version = ?1")?;
+    for (version, text, at, by) in &rows {
+        update.execute((version, policy_tag(mac, *version, text, *at, by)))?;
+    }
+    Ok(rows.len() as u64)
 }
 
 fn latest_version(conn: &Connection) -> Result<u64, StorageError> {
@@ -41,11 +83,15 @@ fn sql_version(version: u64) -> Result<i64, PolicyError> {
 impl Store {
     /// The newest policy version with its text, or `None` before the first one is stored.
     pub async fn latest_policy(&self) -> Result<Option<StoredPolicySet>, PolicyError> {
+        let mac = self.row_mac();
         Ok(self
-            .read(|c| {
+            .read(move |c| {
                 let sql =
-                    format!("SELECT {COLUMNS}, text FROM policy_versions ORDER BY version DESC LIMIT 1");
-                let row = c.prepare_cached(&sql)?.query_row([], stored_from_row).optional()?;
+                    format!("SELECT {COLUMNS}, text, mac FROM policy_versions ORDER BY version DESC LIMIT 1");
+                let row = c
+                    .prepare_cached(&sql)?
+                    .query_row([], |r| stored_from_row(r, mac.as_deref()))
+                    .optional()?;
                 row.transpose()
             })
             .await?)
@@ -61,6 +107,7 @@ impl Store {
         expected_version: Option<u64>,
         now: SystemTime,
     ) -> Result<PolicyVersion, PolicyError> {
+        let mac = self.row_mac();
         self.write(move |c| {
             let latest = latest_version(c)?;
             if let Some(expected) = expected_version
@@ -70,11 +117,12 @@ impl Store {
             }
             let version = latest + 1;
             let updated_at = to_millis(now);
+            let tag = mac.as_deref().map(|m| policy_tag(m, sql_version(version).unwrap_or(0), &text, updated_at, &updated_by));
             c.prepare_cached(
-                "INSERT INTO policy_versions (version, text, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO policy_versions (version, text, updated_at, updated_by, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(StorageError::from)?
-            .execute((sql_version(version)?, text, updated_at, &updated_by))
+            .execute((sql_version(version)?, text, updated_at, &updated_by, tag))
             .map_err(StorageError::from)?;
             super::events::append(
                 c,
@@ -105,11 +153,12 @@ impl Store {
 
     /// One stored version with its text; [`PolicyError::NotFound`] when there is none.
     pub async fn policy_version(&self, version: u64) -> Result<StoredPolicySet, PolicyError> {
+        let mac = self.row_mac();
         self.read(move |c| {
-            let sql = format!("SELECT {COLUMNS}, text FROM policy_versions WHERE version = ?1");
+            let sql = format!("SELECT {COLUMNS}, text, mac FROM policy_versions WHERE version = ?1");
             c.prepare_cached(&sql)
                 .map_err(StorageError::from)?
-                .query_row([sql_version(version)?], stored_from_row)
+                .query_row([sql_version(version)?], |r| stored_from_row(r, mac.as_deref()))
                 .optional()
                 .map_err(StorageError::from)?
                 .transpose()?

@@ -9,6 +9,7 @@ use super::{StorageError, Store, events, from_millis, to_millis};
 use crate::events::{
     NewEvent, VAULT_KEY_ROTATED, VAULT_SECRET_DELETED, VAULT_SECRET_DESTROYED, VAULT_SECRET_WRITTEN,
 };
+use crate::integrity::{Field, RowMac, Table};
 use crate::vault::{
     Binding, BlobBackend, BoxFuture, ListQuery, ObjectId, PutRecord, RewrapFn, RewrapProgress, Scope, SealFn,
     SecretKey, SecretMetadata, SecretVersion, StoredVersion, VaultError,
@@ -27,34 +28,126 @@ impl SqliteBlobBackend {
     }
 }
 
-/// The metadata columns of `secrets`, which every query aliases as `s`.
-const METADATA_COLUMNS: &str =
-    "s.scope, s.key, s.object_id, s.latest_version, s.created_at, s.updated_at, s.deleted, s.size";
+/// The metadata columns of `secrets`, which every query aliases as `s`: the row, its MAC, and
+/// the highest version stored for it (a latest version below that is a rollback of the row).
+const METADATA_COLUMNS: &str = "s.scope, s.key, s.object_id, s.latest_version, s.created_at, s.updated_at, s.deleted, s.size, \
+     s.mac, (SELECT max(m.version) FROM secret_versions m WHERE m.object_id = s.object_id)";
+/// How many columns [`METADATA_COLUMNS`] has.
+const METADATA_LEN: usize = 10;
 
-/// Reads the metadata columns, in [`METADATA_COLUMNS`] order, starting at column 0.
-fn metadata_from_row(row: &Row<'_>) -> rusqlite::Result<Result<SecretMetadata, StorageError>> {
+/// The columns of a `secrets` row that decide what is served, in MAC order.
+fn secret_fields<'a>(
+    object_id: &'a str,
+    scope: &'a str,
+    key: &'a str,
+    latest_version: i64,
+    deleted: bool,
+    size: i64,
+) -> [Field<'a>; 6] {
+    [
+        Field::Text(object_id),
+        Field::Text(scope),
+        Field::Text(key),
+        Field::Int(latest_version),
+        Field::Int(i64::from(deleted)),
+        Field::Int(size),
+    ]
+}
+
+/// The MAC to store with a `secrets` row (`None` without a row-MAC key).
+fn secret_mac(mac: Option<&RowMac>, m: &SecretMetadata) -> Option<Vec<u8>> {
+    mac.map(|mac| {
+        let version = i64::try_from(m.version).unwrap_or(i64::MAX);
+        let fields = secret_fields(
+            m.object_id.as_str(),
+            m.scope.as_str(),
+            m.key.as_str(),
+            version,
+            m.deleted,
+            i64::from(m.size),
+        );
+        mac.tag(Table::Secrets, &fields).to_vec()
+    })
+}
+
+/// Reads the metadata columns, in [`METADATA_COLUMNS`] order, starting at column 0, and checks
+/// the row's MAC and that no stored version is newer than its latest version.
+fn metadata_from_row(
+    row: &Row<'_>,
+    mac: Option<&RowMac>,
+) -> rusqlite::Result<Result<SecretMetadata, StorageError>> {
     let scope: String = row.get(0)?;
     let key: String = row.get(1)?;
+    let object_id: String = row.get(2)?;
     let version: i64 = row.get(3)?;
+    let deleted = row.get::<_, i64>(6)? != 0;
     let size: i64 = row.get(7)?;
+    let stored_mac: Option<Vec<u8>> = row.get(8)?;
+    let newest: Option<i64> = row.get(9)?;
+    if let Some(mac) = mac {
+        let fields = secret_fields(&object_id, &scope, &key, version, deleted, size);
+        if !mac.verify(Table::Secrets, &fields, stored_mac.as_deref()) {
+            let what = if stored_mac.is_none() { "has no row mac" } else { "does not match its row mac" };
+            return Ok(Err(StorageError::integrity(format_args!(
+                "secret {object_id} ({scope}/{key}): its row (latest version, deleted flag, size) {what}"
+            ))));
+        }
+    }
+    if let Some(newest) = newest.filter(|&n| n > version) {
+        return Ok(Err(StorageError::integrity(format_args!(
+            "secret {object_id} ({scope}/{key}): latest version {version} is below stored version {newest} (rolled back)"
+        ))));
+    }
     let parsed = (|| {
         Ok(SecretMetadata {
             scope: Scope::parse(&scope).map_err(StorageError::corrupt)?,
             key: SecretKey::parse(&key).map_err(StorageError::corrupt)?,
-            object_id: ObjectId::from_stored(row.get(2)?),
+            object_id: ObjectId::from_stored(object_id.clone()),
             version: u64::try_from(version).map_err(StorageError::corrupt)?,
             created_at: from_millis(row.get(4)?),
             updated_at: from_millis(row.get(5)?),
-            deleted: row.get::<_, i64>(6)? != 0,
+            deleted,
             size: u32::try_from(size).map_err(StorageError::corrupt)?,
         })
     })();
     Ok(parsed.map_err(|e: StorageError| e))
 }
 
-fn load_metadata(conn: &Connection, object_id: &ObjectId) -> Result<Option<SecretMetadata>, StorageError> {
+fn load_metadata(
+    conn: &Connection,
+    object_id: &ObjectId,
+    mac: Option<&RowMac>,
+) -> Result<Option<SecretMetadata>, StorageError> {
     let sql = format!("SELECT {METADATA_COLUMNS} FROM secrets s WHERE s.object_id = ?1");
-    conn.prepare_cached(&sql)?.query_row([object_id.as_str()], metadata_from_row).optional()?.transpose()
+    conn.prepare_cached(&sql)?
+        .query_row([object_id.as_str()], |r| metadata_from_row(r, mac))
+        .optional()?
+        .transpose()
+}
+
+/// MACs every `secrets` row that has none (the one-time backfill of migration 0009).
+pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StorageError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT object_id, scope, key, latest_version, deleted, size FROM secrets WHERE mac IS NULL",
+        )?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)? != 0,
+                r.get::<_, i64>(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut update = conn.prepare_cached("UPDATE secrets SET mac = ?2 WHERE object_id = ?1")?;
+    for (object_id, scope, key, version, deleted, size) in &rows {
+        let tag = mac.tag(Table::Secrets, &secret_fields(object_id, scope, key, *version, *deleted, *size));
+        update.execute((object_id, tag.as_slice()))?;
+    }
+    Ok(rows.len() as u64)
 }
 
 fn current_generation(conn: &Connection) -> Result<u32, StorageError> {
@@ -64,9 +157,14 @@ fn current_generation(conn: &Connection) -> Result<u32, StorageError> {
     text.parse().map_err(|_| StorageError::corrupt("kek_generation"))
 }
 
-fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetadata, VaultError> {
+fn put(
+    conn: &Connection,
+    record: PutRecord,
+    seal: SealFn,
+    mac: Option<&RowMac>,
+) -> Result<SecretMetadata, VaultError> {
     let generation = current_generation(conn)?;
-    let existing = load_metadata(conn, &record.object_id)?;
+    let existing = load_metadata(conn, &record.object_id, mac)?;
     let live = existing.as_ref().filter(|m| !m.deleted).map_or(0, |m| m.version);
     if let Some(expected) = record.expected_version
         && expected != live
@@ -81,10 +179,20 @@ fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetad
     let version = existing.as_ref().map_or(0, |m| m.version) + 1;
     let envelope = seal(version, generation)?;
     let now = to_millis(record.now);
+    let written = SecretMetadata {
+        scope: record.scope.clone(),
+        key: record.key.clone(),
+        object_id: record.object_id.clone(),
+        version,
+        created_at: existing.as_ref().map_or(from_millis(now), |m| m.created_at),
+        updated_at: from_millis(now),
+        deleted: false,
+        size: record.size,
+    };
     conn.prepare_cached(
-        "INSERT INTO secrets (object_id, scope, key, latest_version, created_at, updated_at, deleted, size)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, ?6)
-         ON CONFLICT (object_id) DO UPDATE SET latest_version = ?4, updated_at = ?5, deleted = 0, size = ?6",
+        "INSERT INTO secrets (object_id, scope, key, latest_version, created_at, updated_at, deleted, size, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, ?6, ?7)
+         ON CONFLICT (object_id) DO UPDATE SET latest_version = ?4, updated_at = ?5, deleted = 0, size = ?6, mac = ?7",
     )
     .map_err(StorageError::from)?
     .execute((
@@ -94,6 +202,7 @@ fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetad
         version as i64,
         now,
         record.size,
+        secret_mac(mac, &written),
     ))
     .map_err(StorageError::from)?;
     conn.prepare_cached(
@@ -108,16 +217,7 @@ fn put(conn: &Connection, record: PutRecord, seal: SealFn) -> Result<SecretMetad
         &secret_event(VAULT_SECRET_WRITTEN, &record.scope, &record.key, version),
         from_millis(now),
     )?;
-    Ok(SecretMetadata {
-        scope: record.scope,
-        key: record.key,
-        object_id: record.object_id,
-        version,
-        created_at: existing.map_or(from_millis(now), |m| m.created_at),
-        updated_at: from_millis(now),
-        deleted: false,
-        size: record.size,
-    })
+    Ok(written)
 }
 
 /// A vault event: subject `scope/key`, never the value.
@@ -133,6 +233,7 @@ fn get(
     scope: Scope,
     key: SecretKey,
     version: Option<u64>,
+    mac: Option<&RowMac>,
 ) -> Result<StoredVersion, VaultError> {
     let object_id = ObjectId::new(&scope, &key);
     let not_found = || VaultError::NotFound { scope: scope.clone(), key: key.clone(), version };
@@ -146,7 +247,11 @@ fn get(
         .prepare_cached(&sql)
         .map_err(StorageError::from)?
         .query_row((object_id.as_str(), requested), |row| {
-            Ok((metadata_from_row(row)?, row.get::<_, i64>(8)?, row.get::<_, Option<Vec<u8>>>(9)?))
+            Ok((
+                metadata_from_row(row, mac)?,
+                row.get::<_, i64>(METADATA_LEN)?,
+                row.get::<_, Option<Vec<u8>>>(METADATA_LEN + 1)?,
+            ))
         })
         .optional()
         .map_err(StorageError::from)?;
@@ -164,7 +269,11 @@ fn get(
     })
 }
 
-fn list(conn: &Connection, query: ListQuery) -> Result<Vec<SecretMetadata>, VaultError> {
+fn list(
+    conn: &Connection,
+    query: ListQuery,
+    mac: Option<&RowMac>,
+) -> Result<Vec<SecretMetadata>, VaultError> {
     // Rows come after the cursor and at or after (scope, ''): every key sorts after ''. Starting
     // the cursor there lets SQLite seek straight to the page instead of scanning everything
     // before it, so a page costs the same at any depth and with any number of secrets.
@@ -198,7 +307,7 @@ fn list(conn: &Connection, query: ListQuery) -> Result<Vec<SecretMetadata>, Vaul
     let rows = stmt
         .query_map(
             (query.scope.as_str(), query.include_deleted, after_scope, after_key, query.limit as i64),
-            metadata_from_row,
+            |r| metadata_from_row(r, mac),
         )
         .map_err(StorageError::from)?;
     let mut out = Vec::new();
@@ -214,9 +323,10 @@ fn delete(
     key: SecretKey,
     destroy: bool,
     now: SystemTime,
+    mac: Option<&RowMac>,
 ) -> Result<SecretMetadata, VaultError> {
     let object_id = ObjectId::new(&scope, &key);
-    let Some(mut metadata) = load_metadata(conn, &object_id)? else {
+    let Some(mut metadata) = load_metadata(conn, &object_id, mac)? else {
         return Err(VaultError::NotFound { scope, key, version: None });
     };
     if metadata.deleted && !destroy {
@@ -224,11 +334,16 @@ fn delete(
         return Ok(metadata);
     }
     let now_ms = to_millis(now);
+    let mut written = metadata.clone();
+    written.deleted = true;
+    if destroy {
+        written.size = 0;
+    }
     conn.prepare_cached(
-        "UPDATE secrets SET deleted = 1, updated_at = ?2, size = CASE WHEN ?3 THEN 0 ELSE size END WHERE object_id = ?1",
+        "UPDATE secrets SET deleted = 1, updated_at = ?2, size = CASE WHEN ?3 THEN 0 ELSE size END, mac = ?4 WHERE object_id = ?1",
     )
     .map_err(StorageError::from)?
-    .execute((object_id.as_str(), now_ms, destroy))
+    .execute((object_id.as_str(), now_ms, destroy, secret_mac(mac, &written)))
     .map_err(StorageError::from)?;
     if destroy {
         // secure_delete overwrites the freed cells, so the ciphertext and wrapped DEK are gone
@@ -258,9 +373,10 @@ fn history(
     conn: &Connection,
     scope: Scope,
     key: SecretKey,
+    mac: Option<&RowMac>,
 ) -> Result<(SecretMetadata, Vec<SecretVersion>), VaultError> {
     let object_id = ObjectId::new(&scope, &key);
-    let Some(metadata) = load_metadata(conn, &object_id)? else {
+    let Some(metadata) = load_metadata(conn, &object_id, mac)? else {
         return Err(VaultError::NotFound { scope, key, version: None });
     };
     let mut stmt = conn
@@ -370,7 +486,8 @@ fn pending_rewrap(conn: &Connection) -> Result<u64, VaultError> {
 
 impl BlobBackend for SqliteBlobBackend {
     fn put(&self, record: PutRecord, seal: SealFn) -> BoxFuture<'_, Result<SecretMetadata, VaultError>> {
-        Box::pin(self.store.write(move |c| put(c, record, seal)))
+        let mac = self.store.row_mac();
+        Box::pin(self.store.write(move |c| put(c, record, seal, mac.as_deref())))
     }
 
     fn get(
@@ -379,11 +496,13 @@ impl BlobBackend for SqliteBlobBackend {
         key: SecretKey,
         version: Option<u64>,
     ) -> BoxFuture<'_, Result<StoredVersion, VaultError>> {
-        Box::pin(self.store.read(move |c| get(c, scope, key, version)))
+        let mac = self.store.row_mac();
+        Box::pin(self.store.read(move |c| get(c, scope, key, version, mac.as_deref())))
     }
 
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SecretMetadata>, VaultError>> {
-        Box::pin(self.store.read(move |c| list(c, query)))
+        let mac = self.store.row_mac();
+        Box::pin(self.store.read(move |c| list(c, query, mac.as_deref())))
     }
 
     fn delete(
@@ -393,7 +512,8 @@ impl BlobBackend for SqliteBlobBackend {
         destroy: bool,
         now: SystemTime,
     ) -> BoxFuture<'_, Result<SecretMetadata, VaultError>> {
-        Box::pin(self.store.write(move |c| delete(c, scope, key, destroy, now)))
+        let mac = self.store.row_mac();
+        Box::pin(self.store.write(move |c| delete(c, scope, key, destroy, now, mac.as_deref())))
     }
 
     fn history(
@@ -401,7 +521,8 @@ impl BlobBackend for SqliteBlobBackend {
         scope: Scope,
         key: SecretKey,
     ) -> BoxFuture<'_, Result<(SecretMetadata, Vec<SecretVersion>), VaultError>> {
-        Box::pin(self.store.read(move |c| history(c, scope, key)))
+        let mac = self.store.row_mac();
+        Box::pin(self.store.read(move |c| history(c, scope, key, mac.as_deref())))
     }
 
     fn begin_rotation(&self) -> BoxFuture<'_, Result<u32, VaultError>> {

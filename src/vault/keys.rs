@@ -215,6 +215,17 @@ impl KeyHierarchy {
         hmac::Key::from(okm)
     }
 
+    /// The HMAC key of the row MACs (`crate::integrity`): secrets, devices, policy versions.
+    #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
+    pub fn row_mac_key(&self) -> hmac::Key {
+        let okm = self
+            .prk
+            .expand(&[b"palyra row mac"], hmac::HMAC_SHA256)
+            // Invariant: an HMAC-SHA256 key is one block, far below HKDF's limit.
+            .expect("hkdf output length is fixed and valid");
+        hmac::Key::from(okm)
+    }
+
     #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
     fn aead_key(&self, info: &[&[u8]]) -> aead::LessSafeKey {
         let okm = self

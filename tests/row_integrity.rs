@@ -1,0 +1,204 @@
+//! Edits of `palyra.db` by someone without the root key (finding 4a): a secret's latest version
+//! rolled back or its deleted flag flipped, a device's status or role changed, a policy version
+//! slipped in. Each is an integrity error (DATA_LOSS + INTEGRITY naming the row), never the old
+//! or edited value; a data dir from before the row MACs keeps working (backfill at open).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{TestNode, private_tempdir, reason};
+use palyra::identity::{DeviceStatus, Role};
+use palyra::node::{KeyBackendChoice, Node, NodeOptions};
+use palyra::vault::{ObjectId, Scope, SecretKey, SecretValue, VaultError};
+use tonic::Code;
+
+fn names(scope: &str, key: &str) -> (Scope, SecretKey, String) {
+    let (scope, key) = (Scope::parse(scope).unwrap(), SecretKey::parse(key).unwrap());
+    let id = ObjectId::new(&scope, &key).as_str().to_owned();
+    (scope, key, id)
+}
+
+fn attacker(data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data.join("palyra.db")).unwrap()
+}
+
+fn assert_integrity(err: VaultError, names: &str) {
+    let text = err.to_string();
+    let status = tonic::Status::from(err);
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::DataLoss, "ERROR_REASON_INTEGRITY"),
+        "{text}"
+    );
+    assert!(text.contains("integrity check failed") && text.contains(names), "{text}");
+    eprintln!("refused: {}", status.message());
+}
+
+async fn open(data: &Path) -> Result<Node, palyra::node::InitError> {
+    Node::open(data, NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_or_undeleted_secret_is_an_integrity_error() {
+    let node = TestNode::start().await;
+    let vault = &node.node.core.vault;
+    let data = node.data_dir();
+    let (scope, key, id) = names("team/app", "token");
+    vault.put(&scope, &key, SecretValue::new(b"old".to_vec()), None).await.unwrap();
+    let db = attacker(&data);
+    let old_row: (i64, Vec<u8>) = db
+        .query_row("SELECT latest_version, mac FROM secrets WHERE object_id = ?1", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    vault.put(&scope, &key, SecretValue::new(b"new".to_vec()), None).await.unwrap();
+
+    // latest_version 2 → 1, the MAC left as it is.
+    db.execute("UPDATE secrets SET latest_version = 1 WHERE object_id = ?1", [&id]).unwrap();
+    assert_integrity(vault.get(&scope, &key, None).await.unwrap_err(), &id);
+    // The row's own earlier state, MAC and all (a replay): caught by the stored version 2.
+    db.execute(
+        "UPDATE secrets SET latest_version = ?2, mac = ?3 WHERE object_id = ?1",
+        (&id, old_row.0, &old_row.1),
+    )
+    .unwrap();
+    let err = vault.get(&scope, &key, None).await.unwrap_err();
+    assert!(err.to_string().contains("below stored version 2"), "{err}");
+    assert_integrity(err, &id);
+    // A row without a MAC is no better than a wrong one.
+    db.execute("UPDATE secrets SET latest_version = 2, mac = NULL WHERE object_id = ?1", [&id]).unwrap();
+    assert_integrity(vault.get(&scope, &key, None).await.unwrap_err(), &id);
+    db.execute("UPDATE secrets SET mac = NULL WHERE object_id = ?1", [&id]).unwrap();
+
+    // Deleted, then undeleted by flipping the flag.
+    let (scope, key, id) = names("team/app", "gone");
+    vault.put(&scope, &key, SecretValue::new(b"x".to_vec()), None).await.unwrap();
+    vault.delete(&scope, &key, false).await.unwrap();
+    assert!(matches!(vault.get(&scope, &key, None).await, Err(VaultError::NotFound { .. })));
+    db.execute("UPDATE secrets SET deleted = 0 WHERE object_id = ?1", [&id]).unwrap();
+    assert_integrity(vault.get(&scope, &key, None).await.unwrap_err(), &id);
+    // Listing and history check the rows too.
+    let listed = vault.list(&scope, true, true, 0, None).await.unwrap_err();
+    assert_integrity(listed, "integrity");
+    assert_integrity(vault.history(&scope, &key).await.unwrap_err(), &id);
+    // A write on a forged row is refused, not re-MAC'd as if sound.
+    assert_integrity(vault.put(&scope, &key, SecretValue::new(b"y".to_vec()), None).await.unwrap_err(), &id);
+
+    // An envelope moved to another version's row fails its AAD (the version is bound).
+    let (scope, key, id) = names("team/app", "swap");
+    vault.put(&scope, &key, SecretValue::new(b"one".to_vec()), None).await.unwrap();
+    vault.put(&scope, &key, SecretValue::new(b"two".to_vec()), None).await.unwrap();
+    db.execute(
+        "UPDATE secret_versions SET envelope = (SELECT envelope FROM secret_versions WHERE object_id = ?1 AND version = 1)
+         WHERE object_id = ?1 AND version = 2",
+        [&id],
+    )
+    .unwrap();
+    assert!(matches!(vault.get(&scope, &key, None).await, Err(VaultError::Integrity { version: 2, .. })));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_device_row_is_refused() {
+    let node = TestNode::start().await;
+    let data = node.data_dir();
+    let phone = node.add_device(Role::Device, "phone", &[]).await;
+    let tablet = node.add_device(Role::Device, "tablet", &[]).await;
+    node.node.core.store.revoke_device(phone.id, "lost", std::time::SystemTime::now()).await.unwrap();
+    node.node.peers.revoked(phone.id);
+    let db = attacker(&data);
+    db.execute(
+        "UPDATE devices SET status = 'active', revoked_at = NULL, revoke_reason = NULL WHERE id = ?1",
+        [phone.id.to_string()],
+    )
+    .unwrap();
+    db.execute("UPDATE devices SET role = 'admin' WHERE id = ?1", [tablet.id.to_string()]).unwrap();
+    for id in [phone.id, tablet.id] {
+        let err = node.node.core.store.device(id).await.unwrap_err();
+        let text = err.to_string();
+        let status = tonic::Status::from(err);
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::DataLoss, "ERROR_REASON_INTEGRITY"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("device {id}")), "{text}");
+        // The peer resolver refuses it: neither the revoked device nor the promoted one is let in.
+        assert!(node.node.peers.resolve_device(id, None).await.is_err());
+    }
+    // Over mTLS: the undeleted device gets no answer but a refusal.
+    let mut client = palyra::rpc::pb::identity::v1::identity_service_client::IdentityServiceClient::new(
+        node.channel(Some(&tablet)).await,
+    );
+    let refused = client.list_devices(palyra::rpc::pb::identity::v1::ListDevicesRequest::default()).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let _ = DeviceStatus::Active;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_version_slipped_in_fails_the_start() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    let node = open(&data).await.unwrap();
+    let current = node.policies.current().await.unwrap();
+    node.core.store.close();
+    drop(node);
+    let db = attacker(&data);
+    db.execute(
+        "INSERT INTO policy_versions (version, text, updated_at, updated_by) VALUES (?1, ?2, 0, 'palyra init')",
+        (current.info.version as i64 + 1, "permit (principal, action, resource);"),
+    )
+    .unwrap();
+    let err = open(&data).await.unwrap_err().to_string();
+    assert!(err.contains("integrity check failed") && err.contains("policy version 2"), "{err}");
+    eprintln!("refused: {err}");
+    // Its text edited in place: the same.
+    db.execute("DELETE FROM policy_versions WHERE version = 2", []).unwrap();
+    db.execute(
+        "UPDATE policy_versions SET text = 'permit (principal, action, resource);' WHERE version = 1",
+        [],
+    )
+    .unwrap();
+    let err = open(&data).await.unwrap_err().to_string();
+    assert!(err.contains("policy version 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    let node = open(&data).await.unwrap();
+    let (scope, key, id) = names("team/app", "token");
+    node.core.vault.put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
+    node.core.store.close();
+    drop(node);
+    // Turn it into a database written before migration 0009.
+    let db = attacker(&data);
+    db.execute_batch(
+        "ALTER TABLE secrets DROP COLUMN mac; ALTER TABLE devices DROP COLUMN mac;
+         ALTER TABLE policy_versions DROP COLUMN mac; DELETE FROM meta WHERE key = 'row_macs';
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    drop(db);
+    let node = open(&data).await.unwrap();
+    let (value, _) = node.core.vault.get(&scope, &key, None).await.unwrap();
+    assert_eq!(value.expose(), b"v");
+    let db = attacker(&data);
+    let unmacd: i64 = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM secrets WHERE mac IS NULL) + (SELECT count(*) FROM devices WHERE mac IS NULL)
+                  + (SELECT count(*) FROM policy_versions WHERE mac IS NULL)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unmacd, 0);
+    // Once: from now on an edit is caught.
+    db.execute("UPDATE secrets SET deleted = 1 WHERE object_id = ?1", [&id]).unwrap();
+    assert_integrity(node.core.vault.get(&scope, &key, None).await.unwrap_err(), &id);
+}
