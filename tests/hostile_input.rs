@@ -1002,7 +1002,7 @@ async fn anonymous_from(node: &TestNode, n: u8) -> Channel {
 }
 
 /// Pairing: garbage, wrong lengths, oversized messages, a bad SPAKE2 element, replays, and the
-/// rate limit that garbage cannot dodge.
+/// rate limit that garbage does not spend.
 async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel) {
     const GROUP: &str = "pairing messages";
     let invalid = "ERROR_REASON_INVALID_ARGUMENT";
@@ -1234,14 +1234,26 @@ async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel
     );
     tally.one(GROUP);
 
-    // Garbage still spends the address's starts: the 11th in a minute is rate limited.
+    // Garbage spends nothing (it is refused before any limit is charged, so it cannot lock out
+    // a real device at the same address); valid-looking starts on a made-up code spend the
+    // address's starts: the 11th in a minute is rate limited.
     let mut flood = PairingServiceClient::new(anonymous_from(node, 62).await);
-    for _ in 0..10 {
+    for _ in 0..30 {
         let result = flood.start_pairing(start("ABCDEFGHJK", vec![1; 3])).await;
         refused_as(result, Code::InvalidArgument, invalid, &["pake_message"], "garbage start");
         tally.one(GROUP);
     }
-    let result = flood.start_pairing(start("ABCDEFGHJK", vec![1; 3])).await;
+    for _ in 0..10 {
+        refused_as(
+            flood.start_pairing(start("ABCDEFGHJK", vec![1; 33])).await,
+            Code::FailedPrecondition,
+            "ERROR_REASON_PAIRING_CODE_INVALID",
+            &[],
+            "start on a made-up code",
+        );
+        tally.one(GROUP);
+    }
+    let result = flood.start_pairing(start("ABCDEFGHJK", vec![1; 33])).await;
     refused_as(
         result,
         Code::ResourceExhausted,

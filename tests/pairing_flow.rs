@@ -515,11 +515,27 @@ async fn a_rejected_request_never_yields_a_certificate() {
 async fn starts_are_rate_limited_per_address() {
     let node = TestNode::start().await;
     let mut client = PairingServiceClient::new(node.channel(None).await);
-    for _ in 0..10 {
+    // Garbage is refused before any limit is charged: it spends nothing.
+    for _ in 0..30 {
         let err = client.start_pairing(pb::StartPairingRequest::default()).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }
-    let err = client.start_pairing(pb::StartPairingRequest::default()).await.unwrap_err();
+    // Well-formed starts (here on a made-up code) spend the address's 10 a minute.
+    let identity = DeviceIdentity::generate().unwrap();
+    let (_, csr_pem) = generate_tls_key_and_csr(identity.id()).unwrap();
+    let well_formed = pb::StartPairingRequest {
+        code_id: "ABCDEFGHJK".into(),
+        device_name: "phone".into(),
+        signing_public_key: identity.signing_public_key().to_vec(),
+        agreement_public_key: identity.agreement_public_key().to_vec(),
+        csr_pem,
+        pake_message: vec![0; 33],
+    };
+    for _ in 0..10 {
+        let err = client.start_pairing(well_formed.clone()).await.unwrap_err();
+        assert_eq!(reason(&err), "ERROR_REASON_PAIRING_CODE_INVALID");
+    }
+    let err = client.start_pairing(well_formed).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::ResourceExhausted, "ERROR_REASON_RATE_LIMITED"));
 }
 
