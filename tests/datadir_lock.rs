@@ -63,7 +63,9 @@ fn a_second_serve_and_an_online_reset_are_refused_and_an_offline_reset_is_audite
     assert_eq!(core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(), ["0", "0"], "{core}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let locked = status.lines().find(|l| l.starts_with("VmLck")).unwrap_or("VmLck: n/a");
-    eprintln!("serve child: {core}; {locked} (no mlock: see the report)");
+    eprintln!("serve child: {core}; {locked}");
+    let vm_lck_kb: u64 = locked.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(vm_lck_kb > 0, "the serve child locks its key pages: {locked}");
 
     first.kill().unwrap();
     first.wait().unwrap();

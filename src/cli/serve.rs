@@ -203,7 +203,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     tracing::info!(
         core_dumps_off = hardening.core_dumps_off,
         not_dumpable = hardening.not_dumpable,
-        "key material kept out of core dumps; pages are not mlocked (no safe mlock of a region)"
+        "key material kept out of core dumps"
     );
     // A descriptor per connection: a soft limit of 1,024 would refuse clients well before
     // the thousand the node is built to hold.
@@ -218,6 +218,14 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     // database (its audit appends fail). Held until the process exits.
     let _lock = lock(ctx, "palyra serve")?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
+    match crate::vault::locked_pages() {
+        (locked, 0) => tracing::info!(locked, "key pages locked in RAM (mlock)"),
+        (locked, refused) => tracing::warn!(
+            locked,
+            refused,
+            "some key pages are not locked in RAM: the memory-lock limit (ulimit -l) is spent, so they may be swapped"
+        ),
+    }
     let listener = tokio::net::TcpListener::bind(s.grpc_addr).await.map_err(|e| {
         CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr))
             .hint("is another palyra already running? use --grpc-addr")

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ring::rand::SecureRandom;
 use ring::{aead, hkdf, hmac};
@@ -15,8 +16,9 @@ use zeroize::Zeroizing;
 
 use crate::fsutil::{self, FsError};
 
-/// The node's 32-byte root key. Zeroized on drop; `Debug` never shows it.
-pub struct RootKey(Zeroizing<[u8; 32]>);
+/// The node's 32-byte root key. Zeroized on drop, on a page of its own locked in RAM where
+/// the memory-lock limit allows ([`Locked`]); `Debug` never shows it.
+pub struct RootKey(Locked<Zeroizing<[u8; 32]>>);
 
 impl RootKey {
     /// Length of the root key in bytes.
@@ -24,19 +26,23 @@ impl RootKey {
 
     /// A fresh key from the system's CSPRNG.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        ring::rand::SystemRandom::new().fill(bytes.as_mut()).map_err(|_| KeyError::Random)?;
+        let mut bytes = Locked::new(Zeroizing::new([0u8; 32]));
+        ring::rand::SystemRandom::new().fill(bytes.get_mut().as_mut()).map_err(|_| KeyError::Random)?;
         Ok(RootKey(bytes))
     }
 
     /// Wraps key bytes read from a provider.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        RootKey(Zeroizing::new(bytes))
+        let mut key = Locked::new(Zeroizing::new([0u8; 32]));
+        **key.get_mut() = bytes;
+        let mut bytes = bytes;
+        zeroize::Zeroize::zeroize(&mut bytes);
+        RootKey(key)
     }
 
     /// The key bytes, for providers that store them.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        self.0.get()
     }
 }
 
@@ -44,6 +50,54 @@ impl fmt::Debug for RootKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RootKey([redacted])")
     }
+}
+
+/// A value on a heap page of its own, locked in RAM (`mlock`) where `RLIMIT_MEMLOCK` allows,
+/// so key material is not written to swap. The page alignment keeps one value per page: an
+/// unlock when one value is dropped never unlocks another's page. A refused lock (the limit
+/// is spent) is counted, not an error: [`locked_pages`] reports both for the serve log.
+pub struct Locked<T> {
+    // Dropped before the guard: the value (zeroizing itself) goes while its page is locked.
+    value: Box<PageAligned<T>>,
+    _lock: Option<region::LockGuard>,
+}
+
+#[repr(align(4096))]
+struct PageAligned<T>(T);
+
+static PAGES_LOCKED: AtomicU64 = AtomicU64::new(0);
+static PAGES_NOT_LOCKED: AtomicU64 = AtomicU64::new(0);
+
+impl<T> Locked<T> {
+    /// Moves `value` onto its own page and locks the page.
+    pub fn new(value: T) -> Self {
+        let value = Box::new(PageAligned(value));
+        let lock = region::lock(&value.0 as *const T, std::mem::size_of::<T>().max(1)).ok();
+        let counter = if lock.is_some() { &PAGES_LOCKED } else { &PAGES_NOT_LOCKED };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Locked { value, _lock: lock }
+    }
+
+    /// The value.
+    pub fn get(&self) -> &T {
+        &self.value.0
+    }
+
+    /// The value, to fill in place.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.value.0
+    }
+}
+
+impl<T> fmt::Debug for Locked<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Locked([redacted])")
+    }
+}
+
+/// Key pages locked in RAM since start, and those whose lock the memory-lock limit refused.
+pub fn locked_pages() -> (u64, u64) {
+    (PAGES_LOCKED.load(Ordering::Relaxed), PAGES_NOT_LOCKED.load(Ordering::Relaxed))
 }
 
 /// Where a node's root key lives. Recorded in the database on first start.
@@ -171,7 +225,8 @@ const HKDF_SALT: &[u8] = b"palyra.root-key.v1";
 ///
 /// Each purpose has its own `info` label, so no two purposes ever share a key.
 pub struct KeyHierarchy {
-    prk: hkdf::Prk,
+    /// The extracted key every purpose key is expanded from, on a locked page like the root key.
+    prk: Locked<hkdf::Prk>,
 }
 
 impl fmt::Debug for KeyHierarchy {
@@ -184,7 +239,7 @@ impl KeyHierarchy {
     /// Extracts the pseudo-random key from the root key.
     pub fn new(root: &RootKey) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT);
-        KeyHierarchy { prk: salt.extract(root.as_bytes()) }
+        KeyHierarchy { prk: Locked::new(salt.extract(root.as_bytes())) }
     }
 
     /// The vault key-encryption key of `generation`.
@@ -208,6 +263,7 @@ impl KeyHierarchy {
     pub fn audit_chain_key(&self) -> hmac::Key {
         let okm = self
             .prk
+            .get()
             .expand(&[b"palyra audit chain"], hmac::HMAC_SHA256)
             // Invariant: expand only fails when the output is longer than 255 hash blocks;
             // an HMAC-SHA256 key is one block.
@@ -220,6 +276,7 @@ impl KeyHierarchy {
     pub fn row_mac_key(&self) -> hmac::Key {
         let okm = self
             .prk
+            .get()
             .expand(&[b"palyra row mac"], hmac::HMAC_SHA256)
             // Invariant: an HMAC-SHA256 key is one block, far below HKDF's limit.
             .expect("hkdf output length is fixed and valid");
@@ -230,6 +287,7 @@ impl KeyHierarchy {
     fn aead_key(&self, info: &[&[u8]]) -> aead::LessSafeKey {
         let okm = self
             .prk
+            .get()
             .expand(info, &aead::CHACHA20_POLY1305)
             // Invariant: 32 bytes is far below HKDF-SHA256's 8160-byte limit.
             .expect("hkdf output length is fixed and valid");
@@ -240,6 +298,40 @@ impl KeyHierarchy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The root key and the hierarchy's PRK sit on locked pages of their own, when the
+    /// memory-lock limit has room for two pages (as root, or the usual 8 MiB default).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn key_pages_are_locked_in_ram_when_the_limit_allows() {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+        if limit.is_some_and(|bytes| bytes < 64 * 1024) {
+            eprintln!("RLIMIT_MEMLOCK is {limit:?}: too small to check");
+            return;
+        }
+        let (locked_before, _) = locked_pages();
+        let key = RootKey::from_bytes([7; 32]);
+        let hierarchy = KeyHierarchy::new(&key);
+        let (locked_after, _) = locked_pages();
+        assert!(locked_after >= locked_before + 2, "{locked_before} -> {locked_after}");
+        // Other tests only add locked pages while this one holds its two.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let vm_lck_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        eprintln!("VmLck with a root key and a hierarchy alive: {vm_lck_kb} kB");
+        assert!(vm_lck_kb >= 8, "VmLck {vm_lck_kb} kB");
+        // The pinned copies derive what unpinned bytes would.
+        let expected = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&[7; 32]);
+        let tag = |prk: &hkdf::Prk| {
+            let okm = prk.expand(&[b"probe"], hmac::HMAC_SHA256).map(hmac::Key::from);
+            okm.map(|k| hmac::sign(&k, b"x").as_ref().to_vec()).unwrap_or_default()
+        };
+        assert_eq!(tag(hierarchy.prk.get()), tag(&expected));
+        assert_eq!(key.as_bytes(), &[7; 32]);
+    }
 
     #[test]
     fn debug_never_shows_key_material() -> Result<(), KeyError> {

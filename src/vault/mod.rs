@@ -21,7 +21,7 @@ use ring::aead::LessSafeKey;
 use zeroize::Zeroizing;
 
 pub use envelope::{Binding, EnvelopeError};
-pub use keys::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, RootKey};
+pub use keys::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, Locked, RootKey, locked_pages};
 pub use scope::{NameError, ObjectId, Scope, SecretKey};
 
 use crate::storage::StorageError;
