@@ -98,7 +98,7 @@ impl Console {
     /// Whether the audit log holds a decision on `action` by the operator.
     async fn audited(&self, action: &str, decision: AuditDecision) -> bool {
         let node = &self.node.node;
-        node.audit.flush().await;
+        node.audit.flush().await.unwrap();
         let principal = format!("device:{}", node.operator);
         let records = node.audit.recent(100, Some(principal), Some(action.to_owned())).await.unwrap();
         records.iter().any(|r| r.entry.decision == decision)

@@ -173,6 +173,12 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
+    // A node must not keep appending to a chain whose end does not match its seal: records
+    // were removed (or the head was deleted or edited) while it was down.
+    if let Some(problem) = node.audit.integrity() {
+        return Err(CliError::new(format!("the audit log failed its integrity check: {problem}; refusing to serve"))
+            .hint("someone with write access to palyra.db changed the audit log; keep this data dir for investigation and restore palyra.db from a backup"));
+    }
     let listener = tokio::net::TcpListener::bind(s.grpc_addr).await.map_err(|e| {
         CliError::new(format!("cannot listen on {}: {e}", s.grpc_addr))
             .hint("is another palyra already running? use --grpc-addr")
@@ -245,7 +251,9 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     }
     retention.abort();
     grpc_result.map_err(|e| CliError::new(e.to_string()))?;
-    node.audit.flush().await;
+    if let Err(e) = node.audit.flush().await {
+        tracing::error!(error = %e, "audit records queued at shutdown could not be appended");
+    }
     node.core.store.close();
     tracing::info!("palyra stopped");
     Ok(())
