@@ -569,7 +569,7 @@ async fn run(opts: Options) -> bool {
     seed_secrets(&node, &clients_creds).await;
     let since = node.events.last_sequence().await.unwrap();
     let ca_pem = node.identity.ca().certificate_pem().to_owned();
-    node.audit.flush().await;
+    node.audit.flush().await.unwrap();
     node.core.store.close();
     drop(node);
     println!(

@@ -164,8 +164,30 @@ impl PeerResolver {
 /// A denied call: what to tell the caller.
 #[derive(Debug, Clone)]
 pub struct Denied {
+    /// Why it was refused.
+    pub kind: DenialKind,
     /// Lower-case explanation naming the principal, action and resource; no policy text.
     pub message: String,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DenialKind {
+    /// The policy engine denied it (and the denial is recorded).
+    Policy,
+    /// The audit log cannot record it (appends failing, or its integrity check failed at
+    /// start): a call that would go unrecorded is refused.
+    AuditUnavailable,
+    /// An anonymous caller's address is over its rate of audited calls: refused without a
+    /// record (a summary record counts them).
+    RateLimited,
+}
+
+impl Denied {
+    fn audit_unavailable(e: crate::storage::AuditUnavailable) -> Self {
+        Denied { kind: DenialKind::AuditUnavailable, message: e.0 }
+    }
 }
 
 /// What every authorization needs: the engine, the audit log and the peer resolver.
@@ -199,18 +221,33 @@ impl Gate {
             Some(device) => Subject::device(device),
             None => Subject::Anonymous,
         };
+        let audited = audited(action);
+        // Anonymous callers are bounded per address before they cost a record (or a policy
+        // evaluation); authenticated callers never are.
+        if audited
+            && matches!(peer.principal, Principal::Anonymous)
+            && !self.audit.admit_anonymous(peer.address)
+        {
+            return Err(Denied {
+                kind: DenialKind::RateLimited,
+                message: "too many anonymous calls from this address; slow down".to_owned(),
+            });
+        }
         let decision = self.engine.authorize_subject(&subject, action, resource, context);
         // Method names come from the request: record and echo a bounded prefix.
         let action = bounded(action);
-        if audited(&action) {
-            self.audit.record(AuditEntry {
-                at: SystemTime::now(),
-                principal: peer.principal.label(),
-                action: action.clone(),
-                resource: resource.to_string(),
-                decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
-                reason: reason_text(&decision),
-            });
+        if audited {
+            // No record, no call: an unrecordable decision refuses (fail closed).
+            self.audit
+                .record(AuditEntry {
+                    at: SystemTime::now(),
+                    principal: peer.principal.label(),
+                    action: action.clone(),
+                    resource: resource.to_string(),
+                    decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
+                    reason: reason_text(&decision),
+                })
+                .map_err(Denied::audit_unavailable)?;
         }
         if decision.allow {
             return Ok(());
@@ -222,14 +259,15 @@ impl Gate {
                 format!("{} may not call {action} on {resource}", peer.principal.label())
             }
         };
-        Err(Denied { message })
+        Err(Denied { kind: DenialKind::Policy, message })
     }
 
     /// Makes the audit records queued so far durable with the next write: a handler that
     /// changes state calls it after its checks, so the change's commit (`synchronous=FULL`)
-    /// also makes its audit record durable, and no write survives without its record.
-    pub async fn audit_before_write(&self) {
-        self.audit.flush().await;
+    /// also makes its audit record durable, and no write survives without its record. An
+    /// error when the records could not be appended: the write must not happen.
+    pub async fn audit_before_write(&self) -> Result<(), Denied> {
+        self.audit.flush().await.map_err(Denied::audit_unavailable)
     }
 }
 

@@ -223,7 +223,7 @@ impl Admin {
             revoke_reason: None,
             scopes: granted,
         };
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(AdminError::Denied)?;
         let approved = self.store.approve_pairing(&id, &device, &issued.cert_pem, now).await??;
         self.gate.peers.invalidate(device_id);
         let approver = approver.principal.label();
@@ -236,7 +236,7 @@ impl Admin {
         let id = request_id(id)?;
         reason(why)?;
         let now = SystemTime::now();
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(AdminError::Denied)?;
         let rejected = self.store.reject_pairing(&id, why, now).await??;
         tracing::info!(request_id = %id, reason = %why, "pairing rejected");
         Ok(rejected)
@@ -252,7 +252,7 @@ impl Admin {
         if caller.principal.device_id() == Some(id) {
             return Err(AdminError::SelfRevocation);
         }
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(AdminError::Denied)?;
         let device = self.store.revoke_device(id, why, SystemTime::now()).await?;
         self.gate.peers.revoked(id);
         tracing::warn!(device_id = %id, reason = %why, "device revoked");

@@ -305,9 +305,10 @@ impl Node {
         let operator = ensure_operator(&core.store, &identity, &operator_identity, &layout).await?;
         let policies = Arc::new(Policies::load_or_init(core.store.clone()).await?);
         let store = core.store.clone();
-        let audit_key = core.keys.audit_chain_key();
+        let (audit_key, head_key) = (core.keys.audit_chain_key(), core.keys.audit_head_key());
         let audit =
-            blocking_init(move || AuditLog::start(&store, audit_key).map_err(InitError::from)).await?;
+            blocking_init(move || AuditLog::start(&store, audit_key, head_key).map_err(InitError::from))
+                .await?;
         let events = EventLog::new(core.store.clone());
         let peers = PeerResolver::new(core.store.clone());
         let auth = crate::auth::AuthProfiles::new(core.store.clone(), core.vault.clone())

@@ -112,7 +112,7 @@ impl Console {
     /// Whether the audit log holds a decision on `action` by `principal`.
     async fn audited_by(&self, principal: &str, action: &str, decision: AuditDecision) -> bool {
         let node = &self.node.node;
-        node.audit.flush().await;
+        node.audit.flush().await.unwrap();
         let principal = principal.to_owned();
         let records = node.audit.recent(100, Some(principal), Some(action.to_owned())).await.unwrap();
         records.iter().any(|r| r.entry.decision == decision)
@@ -463,7 +463,7 @@ async fn the_route_table_is_the_router_and_decides_before_every_handler() {
 
     // A path the table does not name, and every method the table does not name on a path it
     // does, are refused before any handler (and decided by nobody: no audit record).
-    node.audit.flush().await;
+    node.audit.flush().await.unwrap();
     let records_before = node.audit.recent(10_000, None, None).await.unwrap().len();
     let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
     for path in ["/nope", "/pair/", "/devices/x", "/assets/other.js", "/vault/secret/x"] {
@@ -486,7 +486,7 @@ async fn the_route_table_is_the_router_and_decides_before_every_handler() {
             refused_methods += 1;
         }
     }
-    node.audit.flush().await;
+    node.audit.flush().await.unwrap();
     assert_eq!(
         node.audit.recent(10_000, None, None).await.unwrap().len(),
         records_before,

@@ -411,7 +411,7 @@ async fn a_device_role_may_ask_health_but_not_stream_events() {
         other => panic!("expected permission_denied, got {other:?}"),
     }
     // Both decisions are in the audit log.
-    node.test.node.audit.flush().await;
+    node.test.node.audit.flush().await.unwrap();
     let records = node.test.node.audit.list(0, 1000, Some(format!("device:{}", app.id)), None).await.unwrap();
     let decisions: Vec<(String, String)> =
         records.iter().map(|r| (r.entry.action.clone(), r.entry.decision.as_str().to_owned())).collect();

@@ -85,19 +85,30 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
                 ok: bool,
                 records_checked: u64,
                 first_bad_sequence: Option<u64>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                problem: Option<String>,
             }
             let out = Out {
                 ok: v.ok,
                 records_checked: v.records_checked,
                 first_bad_sequence: v.first_bad_sequence,
+                problem: v.problem.clone(),
             };
-            ctx.print(&out, || match v.first_bad_sequence {
-                None => format!("audit chain ok: {} records checked", v.records_checked),
-                Some(bad) => {
-                    format!("AUDIT CHAIN BROKEN at record {bad} ({} records checked)", v.records_checked)
-                }
+            ctx.print(&out, || match (v.ok, v.first_bad_sequence) {
+                (true, _) => format!("audit chain ok: {} records checked", v.records_checked),
+                (false, bad) => format!(
+                    "AUDIT CHAIN BROKEN at record {} ({} records checked): {}",
+                    bad.unwrap_or_default(),
+                    v.records_checked,
+                    v.problem.as_deref().unwrap_or("no detail")
+                ),
             })?;
-            if v.ok { Ok(()) } else { Err(CliError::new("the audit log failed verification")) }
+            if v.ok {
+                Ok(())
+            } else {
+                let problem = v.problem.unwrap_or_else(|| "the chain does not verify".to_owned());
+                Err(CliError::new(format!("the audit log failed verification: {problem}")))
+            }
         }
     }
 }

@@ -68,16 +68,24 @@ async fn reset(ctx: &Context) -> Result<u64, CliError> {
         .await
         .map_err(|e| CliError::new(e.to_string()))?;
     let store = core.store.clone();
-    let audit_key = core.keys.audit_chain_key();
-    let audit = tokio::task::spawn_blocking(move || crate::storage::AuditLog::start(&store, audit_key))
-        .await
-        .map_err(|e| CliError::new(e.to_string()))?
-        .map_err(|e| CliError::new(e.to_string()))?;
+    let (audit_key, head_key) = (core.keys.audit_chain_key(), core.keys.audit_head_key());
+    let audit =
+        tokio::task::spawn_blocking(move || crate::storage::AuditLog::start(&store, audit_key, head_key))
+            .await
+            .map_err(|e| CliError::new(e.to_string()))?
+            .map_err(|e| CliError::new(e.to_string()))?;
+    // The reset is recorded in the chain, so it runs only where a record can be appended.
+    if let Some(problem) = audit.integrity() {
+        return Err(CliError::new(format!(
+            "the audit log failed its integrity check: {problem}; not resetting"
+        ))
+        .hint("restore palyra.db from a backup"));
+    }
     let version = crate::policy::Policies::reset_to_defaults(&core.store)
         .await
         .map_err(|e| CliError::new(e.to_string()))?
         .version;
-    audit.record(crate::audit::AuditEntry {
+    let recorded = audit.record(crate::audit::AuditEntry {
         at: std::time::SystemTime::now(),
         principal: RESET_PRINCIPAL.to_owned(),
         action: crate::policy::UPDATED_BY_RESET.to_owned(),
@@ -88,8 +96,17 @@ async fn reset(ctx: &Context) -> Result<u64, CliError> {
             std::process::id()
         ),
     });
-    audit.flush().await;
+    let recorded = match recorded {
+        Ok(()) => audit.flush().await,
+        Err(e) => Err(e),
+    };
     core.store.close();
+    recorded.map_err(|e| {
+        CliError::new(format!(
+            "default policies installed as version {version}, but its audit record failed: {e}"
+        ))
+        .hint("run `palyra audit verify`")
+    })?;
     Ok(version)
 }
 

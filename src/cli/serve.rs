@@ -218,6 +218,12 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     // database (its audit appends fail). Held until the process exits.
     let _lock = lock(ctx, "palyra serve")?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
+    // A node must not keep appending to a chain whose end does not match its seal: records
+    // were removed (or the head was deleted or edited) while it was down.
+    if let Some(problem) = node.audit.integrity() {
+        return Err(CliError::new(format!("the audit log failed its integrity check: {problem}; refusing to serve"))
+            .hint("someone with write access to palyra.db changed the audit log; keep this data dir for investigation and restore palyra.db from a backup"));
+    }
     match crate::vault::locked_pages() {
         (locked, 0) => tracing::info!(locked, "key pages locked in RAM (mlock)"),
         (locked, refused) => tracing::warn!(
@@ -308,7 +314,9 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     }
     retention.abort();
     grpc_result.map_err(|e| CliError::new(e.to_string()))?;
-    node.audit.flush().await;
+    if let Err(e) = node.audit.flush().await {
+        tracing::error!(error = %e, "audit records queued at shutdown could not be appended");
+    }
     node.core.store.close();
     tracing::info!("palyra stopped");
     Ok(())

@@ -43,7 +43,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::access::{Denied, Gate, Peer, Refusal};
+use crate::access::{DenialKind, Denied, Gate, Peer, Refusal};
 use crate::admin::{Admin, AdminError, CreatedCode};
 use crate::identity::DeviceId;
 use crate::login::{Logins, Session};
@@ -319,7 +319,15 @@ impl IntoResponse for Failure {
 
 impl From<Denied> for Failure {
     fn from(denied: Denied) -> Self {
-        Failure::new(StatusCode::FORBIDDEN, "Denied by policy", denied.message)
+        match denied.kind {
+            DenialKind::AuditUnavailable => {
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, "Audit log unavailable", denied.message)
+            }
+            DenialKind::RateLimited => {
+                Failure::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests", denied.message)
+            }
+            _ => Failure::new(StatusCode::FORBIDDEN, "Denied by policy", denied.message),
+        }
     }
 }
 

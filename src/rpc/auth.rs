@@ -117,7 +117,7 @@ impl AuthProfileService for AuthApi {
         request: Request<pb::CreateProfileRequest>,
     ) -> Result<Response<pb::CreateProfileResponse>, Status> {
         let new = NewProfile::try_from(request.into_inner())?;
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         let profile = self.profiles.create(new).await?;
         tracing::info!(profile = %profile.name, kind = profile.kind.as_str(), "auth profile created");
         Ok(Response::new(pb::CreateProfileResponse { profile: Some(profile.into()) }))
@@ -147,7 +147,7 @@ impl AuthProfileService for AuthApi {
         request: Request<pb::DeleteProfileRequest>,
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
         let n = name(&request.get_ref().name)?;
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         self.profiles.delete(&n).await?;
         tracing::info!(profile = %n, "auth profile deleted");
         Ok(Response::new(pb::DeleteProfileResponse {}))
@@ -158,7 +158,7 @@ impl AuthProfileService for AuthApi {
         request: Request<pb::StartAuthorizationRequest>,
     ) -> Result<Response<pb::StartAuthorizationResponse>, Status> {
         let n = name(&request.get_ref().name)?;
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         let redirect = request.get_ref().redirect_uri.clone();
         let started = self.profiles.start_authorization(&n, Some(&redirect)).await?;
         Ok(Response::new(pb::StartAuthorizationResponse {
@@ -172,7 +172,7 @@ impl AuthProfileService for AuthApi {
         &self,
         request: Request<pb::CompleteAuthorizationRequest>,
     ) -> Result<Response<pb::CompleteAuthorizationResponse>, Status> {
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         let req = request.into_inner();
         let profile = self.profiles.complete_authorization(&req.state, &req.code).await?;
         Ok(Response::new(pb::CompleteAuthorizationResponse { profile: Some(profile.into()) }))
@@ -200,7 +200,7 @@ impl AuthProfileService for AuthApi {
         request: Request<pb::RevokeProfileRequest>,
     ) -> Result<Response<pb::RevokeProfileResponse>, Status> {
         let n = name(&request.get_ref().name)?;
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         let profile = self.profiles.revoke(&n).await?;
         Ok(Response::new(pb::RevokeProfileResponse { profile: Some(profile.into()) }))
     }

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::framing::FramedRequest;
 use super::peer::Peer;
-use super::status::policy_denied;
+use super::status::denied;
 use super::streams;
 use crate::identity::Principal;
 use crate::policy::Resource;
@@ -24,7 +24,8 @@ pub use crate::access::Gate;
 pub trait GateExt {
     /// Decides `action` on `resource` for `peer`, records the decision, and returns the
     /// denial status (`UNAUTHENTICATED` for anonymous, `PERMISSION_DENIED` otherwise, reason
-    /// `POLICY_DENIED`) when it is not allowed.
+    /// `POLICY_DENIED`) when it is not allowed; `UNAVAILABLE` when the audit log cannot record
+    /// it, `RESOURCE_EXHAUSTED` for an anonymous address over its audit rate.
     fn check(&self, peer: &Peer, action: &str, resource: &Resource) -> Result<(), Status>;
 
     /// [`GateExt::check`] with a Cedar context.
@@ -50,7 +51,7 @@ impl GateExt for Gate {
         context: Option<&serde_json::Value>,
     ) -> Result<(), Status> {
         self.decide(peer, action, resource, context)
-            .map_err(|denied| policy_denied(matches!(peer.principal, Principal::Anonymous), denied.message))
+            .map_err(|d| denied(matches!(peer.principal, Principal::Anonymous), d))
     }
 }
 

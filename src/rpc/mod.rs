@@ -55,6 +55,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The audit log's sealed head does not match its table: the node does not serve on it.
+    #[error("the audit log failed its integrity check: {0}; refusing to serve")]
+    AuditIntegrity(crate::audit::HeadMismatch),
 }
 
 /// The largest request message of each service: checked from its gRPC prefix by the gate
@@ -147,6 +150,9 @@ pub async fn serve_with(
     load: server::GrpcLoad,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    if let Some(problem) = node.audit.integrity() {
+        return Err(ServeError::AuditIntegrity(problem));
+    }
     let certificate = server::ServerCertificate::new(
         node.identity.server_cert_chain(),
         node.identity.server_private_key()?,
@@ -216,6 +222,7 @@ pub async fn serve_with(
     health_reporter.set_serving::<PairingServiceServer<pairing::PairingApi>>().await;
     health_reporter.set_serving::<AuthProfileServiceServer<auth::AuthApi>>().await;
     health_reporter.set_serving::<ConsoleServiceServer<console::ConsoleApi>>().await;
+    let audit_health = AbortOnDrop(tokio::spawn(follow_audit_health(node.audit.clone(), health_reporter)));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -249,7 +256,54 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     drop(renewal);
+    drop(audit_health);
     Ok(())
+}
+
+/// How often summaries of anonymous floods whose window closed are written.
+const ANONYMOUS_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every service (and the overall status `""`) is NOT_SERVING while the audit log cannot
+/// record: its calls are refused (UNAVAILABLE), so a load balancer should route elsewhere.
+/// SERVING again once appends succeed. Also writes the summaries of anonymous floods.
+async fn follow_audit_health(
+    audit: crate::storage::AuditLog,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    use tonic_health::ServingStatus;
+    const SERVICES: [&str; 8] = [
+        "",
+        "palyra.vault.v1.VaultService",
+        "palyra.identity.v1.IdentityService",
+        "palyra.policy.v1.PolicyService",
+        "palyra.audit.v1.AuditService",
+        "palyra.pairing.v1.PairingService",
+        "palyra.auth.v1.AuthProfileService",
+        "palyra.console.v1.ConsoleService",
+    ];
+    let mut healthy = audit.health();
+    let mut sweep = tokio::time::interval(ANONYMOUS_SWEEP);
+    loop {
+        let status =
+            if *healthy.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for service in SERVICES {
+            reporter.set_service_status(service, status).await;
+        }
+        if status == ServingStatus::NotServing {
+            tracing::error!("health: NOT_SERVING while the audit log cannot record");
+        }
+        loop {
+            tokio::select! {
+                changed = healthy.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = sweep.tick() => audit.sweep_anonymous(),
+            }
+        }
+    }
 }
 
 /// Stops a background task when the server stops, however it stops.

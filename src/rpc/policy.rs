@@ -148,7 +148,7 @@ impl PolicyService for PolicyApi {
         let peer = peer_of(&request)?;
         let req = request.into_inner();
         check_policy_text(&req.policies)?;
-        self.audit.flush().await;
+        self.audit.flush().await?;
         let version = self.policies.update(&req.policies, req.expected_version, &peer.principal).await?;
         tracing::warn!(version = version.version, by = %peer.principal.label(), "policy set updated");
         Ok(Response::new(pb::UpdatePolicySetResponse { policy_set: Some(self.policy_set().await?) }))
@@ -187,7 +187,7 @@ impl PolicyService for PolicyApi {
         request: Request<pb::RollbackPolicySetRequest>,
     ) -> Result<Response<pb::RollbackPolicySetResponse>, Status> {
         let peer = peer_of(&request)?;
-        self.audit.flush().await;
+        self.audit.flush().await?;
         let version = self.policies.rollback(request.get_ref().version, &peer.principal).await?;
         tracing::warn!(version = version.version, restored = request.get_ref().version, by = %peer.principal.label(), "policy set rolled back");
         Ok(Response::new(pb::RollbackPolicySetResponse { policy_set: Some(self.policy_set().await?) }))

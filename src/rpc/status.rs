@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb::common::v1::ErrorReason;
-use crate::access::Refusal;
+use crate::access::{DenialKind, Denied, Refusal};
 use crate::admin::AdminError;
 use crate::auth::AuthError;
 use crate::identity::{DeviceId, IdentityError};
@@ -123,6 +123,23 @@ pub fn device_revoked(id: DeviceId) -> Status {
 pub fn policy_denied(anonymous: bool, message: impl Into<String>) -> Status {
     let code = if anonymous { Code::Unauthenticated } else { Code::PermissionDenied };
     status(code, ErrorReason::PolicyDenied, message)
+}
+
+/// A refusal of the gate: a policy denial ([`policy_denied`]), `UNAVAILABLE` + `UNAVAILABLE`
+/// when the audit log cannot record the call, `RESOURCE_EXHAUSTED` + `RATE_LIMITED` for an
+/// anonymous address over its rate of audited calls.
+pub fn denied(anonymous: bool, denied: Denied) -> Status {
+    match denied.kind {
+        DenialKind::AuditUnavailable => status(Code::Unavailable, ErrorReason::Unavailable, denied.message),
+        DenialKind::RateLimited => status(Code::ResourceExhausted, ErrorReason::RateLimited, denied.message),
+        _ => policy_denied(anonymous, denied.message),
+    }
+}
+
+impl From<crate::storage::AuditUnavailable> for Status {
+    fn from(e: crate::storage::AuditUnavailable) -> Self {
+        status(Code::Unavailable, ErrorReason::Unavailable, e.0)
+    }
 }
 
 impl From<Refusal> for Status {
@@ -266,7 +283,7 @@ impl From<AdminError> for Status {
         match e {
             AdminError::Pairing(e) => e.into(),
             AdminError::Identity(e) => e.into(),
-            AdminError::Denied(denied) => policy_denied(false, denied.message),
+            AdminError::Denied(d) => denied(false, d),
             e @ AdminError::SelfRevocation => {
                 status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string())
             }

@@ -47,7 +47,7 @@ impl VaultService for VaultApi {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "PutSecret", &s)?;
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         let req = request.into_inner();
         let metadata = self.vault.put(&s, &k, SecretValue::new(req.value), req.expected_version).await?;
         tracing::info!(scope = %s, key = %k, version = metadata.version, "secret written");
@@ -118,7 +118,7 @@ impl VaultService for VaultApi {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "DeleteSecret", &s)?;
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         let destroy = request.get_ref().destroy;
         let metadata = self.vault.delete(&s, &k, destroy).await?;
         tracing::info!(scope = %s, key = %k, destroy, "secret deleted");
@@ -145,7 +145,7 @@ impl VaultService for VaultApi {
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
         // Admin-only at the method gate; there is no finer resource. The rotation runs in its
         // own task so that a client that goes away does not leave it half done.
-        self.gate.audit_before_write().await;
+        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
         let vault = self.vault.clone();
         let rotation = tokio::spawn(async move { vault.rotate_key().await }).await.map_err(internal)??;
         tracing::info!(generation = rotation.generation, rewrapped = rotation.rewrapped, "vault key rotated");

@@ -18,7 +18,7 @@ mod pairing;
 mod policy;
 mod vault;
 
-pub use audit::AuditLog;
+pub use audit::{AuditLog, AuditUnavailable};
 pub use events::EventBounds;
 pub use vault::SqliteBlobBackend;
 
@@ -80,6 +80,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (7, "pairing_sessions", include_str!("migrations/0007_pairing_sessions.sql")),
     (8, "auth_profiles", include_str!("migrations/0008_auth_profiles.sql")),
     (9, "row_macs", include_str!("migrations/0009_row_macs.sql")),
+    (10, "audit_head", include_str!("migrations/0010_audit_head.sql")),
 ];
 
 /// Largest number of writes committed together.

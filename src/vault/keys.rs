@@ -283,6 +283,19 @@ impl KeyHierarchy {
         hmac::Key::from(okm)
     }
 
+    /// The HMAC key that seals the audit chain head kept outside the audit table.
+    #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
+    pub fn audit_head_key(&self) -> hmac::Key {
+        let okm = self
+            .prk
+            .get()
+            .expand(&[b"palyra audit head"], hmac::HMAC_SHA256)
+            // Invariant: expand only fails when the output is longer than 255 hash blocks;
+            // an HMAC-SHA256 key is one block.
+            .expect("hkdf output length is fixed and valid");
+        hmac::Key::from(okm)
+    }
+
     #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
     fn aead_key(&self, info: &[&[u8]]) -> aead::LessSafeKey {
         let okm = self

@@ -147,7 +147,7 @@ impl TestNode {
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
-        self.node.audit.flush().await;
+        let _ = self.node.audit.flush().await;
         (self.dir, self.node)
     }
 }
