@@ -184,6 +184,8 @@ fn spawn_server(data: &Path, max_quic: usize) -> Server {
         .args(["--quic-max-connections", &max_quic.to_string()])
         // Every client and peer of the bench comes from 127.0.0.1.
         .args(["--quic-max-connections-per-address", &max_quic.to_string()])
+        // All the bench's peers come from 127.0.0.1 and set up 64 connections at once.
+        .args(["--quic-max-handshakes", "256", "--quic-max-handshakes-per-address", "256"])
         .args(["--grpc-max-connections", "65536", "--grpc-max-connections-per-address", "65536"])
         .env("PALYRA_KEY_BACKEND", "file")
         .env("PALYRA_LOG", "warn")

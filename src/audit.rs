@@ -309,15 +309,9 @@ impl Default for AnonymousRate {
 /// The address bucket of `ip`: an IPv4 address alone, an IPv6 address by its /64 (one host
 /// usually holds a whole /64). IPv4-mapped IPv6 addresses count as IPv4.
 pub fn address_bucket(ip: IpAddr) -> String {
-    match ip {
+    match crate::net_limits::address_key(ip) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
     }
 }
 

@@ -176,12 +176,12 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     node.core.vault.put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
     node.core.store.close();
     drop(node);
-    // Turn it into a database written before migration 0009.
+    // Turn it into a database written before migration 0009 (and so before 0010's audit head).
     let db = attacker(&data);
     db.execute_batch(
         "ALTER TABLE secrets DROP COLUMN mac; ALTER TABLE devices DROP COLUMN mac;
          ALTER TABLE policy_versions DROP COLUMN mac; DELETE FROM meta WHERE key = 'row_macs';
-         PRAGMA user_version = 8;",
+         DROP TABLE audit_head; PRAGMA user_version = 8;",
     )
     .unwrap();
     drop(db);

@@ -42,6 +42,12 @@ pub(super) struct ServeArgs {
     /// Concurrent QUIC connections of one address (IPv6: its /64) at most.
     #[arg(long, value_name = "N", default_value_t = crate::quic::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
     quic_max_connections_per_address: usize,
+    /// QUIC handshakes in progress at most (each has 5 s to finish); the next is refused.
+    #[arg(long, value_name = "N", default_value_t = crate::quic::DEFAULT_MAX_HANDSHAKES)]
+    quic_max_handshakes: usize,
+    /// QUIC handshakes in progress from one address (IPv6: its /64) at most.
+    #[arg(long, value_name = "N", default_value_t = crate::quic::DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)]
+    quic_max_handshakes_per_address: usize,
     /// gRPC connections at most, TLS handshakes included [default: 1024, or `grpc.max_connections`].
     #[arg(long, value_name = "N")]
     grpc_max_connections: Option<usize>,
@@ -241,6 +247,8 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         addr: s.quic_addr,
         max_connections: args.quic_max_connections.max(1),
         max_connections_per_address: args.quic_max_connections_per_address.max(1),
+        max_handshakes: args.quic_max_handshakes.max(1),
+        max_handshakes_per_address: args.quic_max_handshakes_per_address.max(1),
         ..Default::default()
     };
     let quic = crate::quic::QuicServer::bind(&node, quic_config).map_err(|e| {

@@ -20,7 +20,7 @@ use super::html::{esc, page, page_plain, time};
 use super::{App, Failure, Operator, SESSION_COOKIE, ShownCode, cookie};
 use crate::identity::{DeviceId, DeviceStatus, Role};
 use crate::login::SESSION_LIFETIME;
-use crate::pairing::{PairingRequest, RequestState};
+use crate::pairing::{DeviceName, PairingRequest, RequestState};
 use crate::policy::{Diagnostic, MAX_POLICY_TEXT_BYTES, Resource, Severity, actions};
 use crate::unix_time::unix_ms;
 use crate::vault::{Scope, SecretKey};
@@ -190,7 +190,7 @@ placeholder=\"agents/alpha, connectors/slack\" autocomplete=\"off\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
 <label for=\"reason-{id}\">Reason</label><input id=\"reason-{id}\" name=\"reason\" maxlength=\"1024\">\
 <button type=\"submit\" class=\"danger\">Reject</button></form></li>",
-        name = esc(&r.device_name),
+        name = esc(&DeviceName::shown(&r.device_name)),
         fp = esc(&r.fingerprint),
         role = r.role,
         peer = esc(if r.peer_address.is_empty() { "—" } else { &r.peer_address }),
@@ -319,7 +319,7 @@ async fn devices_table(app: &App, op: &Operator, highlight: Option<&str>) -> Res
 <label for=\"reason-{id}\" class=\"sr-only\">Reason for revoking {name}</label>\
 <input id=\"reason-{id}\" name=\"reason\" placeholder=\"reason\" maxlength=\"1024\">\
 <button type=\"submit\" class=\"danger\">Revoke {name}</button></form>",
-                name = esc(&d.name),
+                name = esc(&DeviceName::shown(&d.name)),
             )
         };
         let mark = if highlight == Some(id.as_str()) { " class=\"new\"" } else { "" };
@@ -328,7 +328,7 @@ async fn devices_table(app: &App, op: &Operator, highlight: Option<&str>) -> Res
             "<tr{mark} data-device=\"{id}\" data-status=\"{state}\"><th scope=\"row\">{name}<br><code class=\"small\">{id}</code>\
 <br><code class=\"small fingerprint\">{fp}</code></th><td>{role}</td><td>{status}</td><td>{expires}</td><td>{paired}</td><td>{action}</td></tr>",
             state = if d.status == DeviceStatus::Active { "active" } else { "revoked" },
-            name = esc(&d.name),
+            name = esc(&DeviceName::shown(&d.name)),
             fp = esc(&d.fingerprint),
             role = d.role,
             status = esc(&status),

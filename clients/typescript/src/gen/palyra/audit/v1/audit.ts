@@ -139,9 +139,17 @@ export interface VerifyAuditLogResponse {
   recordsChecked: string;
   /**
    * The sequence of the first record that does not verify (or the first missing sequence);
-   * set only when ok is false.
+   * set only when ok is false. When records were removed from the end, the first removed one.
    */
-  firstBadSequence?: string | undefined;
+  firstBadSequence?:
+    | string
+    | undefined;
+  /**
+   * What is wrong, in words, when ok is false: e.g. "audit records 91 to 100 were removed from
+   * the end of the log (...)", "the sealed audit head is missing (it was deleted)", or a record
+   * that does not follow the chain. Unset when ok is true.
+   */
+  problem?: string | undefined;
 }
 
 function createBaseAuditRecord(): AuditRecord {
@@ -568,7 +576,7 @@ export const VerifyAuditLogRequest: MessageFns<VerifyAuditLogRequest> = {
 };
 
 function createBaseVerifyAuditLogResponse(): VerifyAuditLogResponse {
-  return { ok: false, recordsChecked: "0", firstBadSequence: undefined };
+  return { ok: false, recordsChecked: "0", firstBadSequence: undefined, problem: undefined };
 }
 
 export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
@@ -581,6 +589,9 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
     }
     if (message.firstBadSequence !== undefined) {
       writer.uint32(24).uint64(message.firstBadSequence);
+    }
+    if (message.problem !== undefined) {
+      writer.uint32(34).string(message.problem);
     }
     return writer;
   },
@@ -622,6 +633,14 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
             message.firstBadSequence = reader.uint64().toString();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.problem = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -647,6 +666,7 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
         : isSet(object.first_bad_sequence)
         ? globalThis.String(object.first_bad_sequence)
         : undefined,
+      problem: isSet(object.problem) ? globalThis.String(object.problem) : undefined,
     };
   },
 
@@ -661,6 +681,9 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
     if (message.firstBadSequence !== undefined) {
       obj.firstBadSequence = message.firstBadSequence;
     }
+    if (message.problem !== undefined) {
+      obj.problem = message.problem;
+    }
     return obj;
   },
 
@@ -672,6 +695,7 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
     message.ok = object.ok ?? false;
     message.recordsChecked = object.recordsChecked ?? "0";
     message.firstBadSequence = object.firstBadSequence ?? undefined;
+    message.problem = object.problem ?? undefined;
     return message;
   },
 };
@@ -699,8 +723,10 @@ export const AuditServiceService = {
     responseDeserialize: (value: Buffer): ListAuditRecordsResponse => ListAuditRecordsResponse.decode(value),
   },
   /**
-   * Recomputes the hash chain over the whole log and reports the first record that does not
-   * match. A broken chain is reported in the response, not as an error.
+   * Recomputes the hash chain over the whole log, compares its end with the sealed chain head
+   * kept outside the log (so records removed from the end, or all of them, are detected too)
+   * and reports the first record that does not match. A broken chain is reported in the
+   * response (ok false, with first_bad_sequence and problem), not as an error.
    */
   verifyAuditLog: {
     path: "/palyra.audit.v1.AuditService/VerifyAuditLog" as const,
@@ -722,8 +748,10 @@ export interface AuditServiceServer extends UntypedServiceImplementation {
    */
   listAuditRecords: handleUnaryCall<ListAuditRecordsRequest, ListAuditRecordsResponse>;
   /**
-   * Recomputes the hash chain over the whole log and reports the first record that does not
-   * match. A broken chain is reported in the response, not as an error.
+   * Recomputes the hash chain over the whole log, compares its end with the sealed chain head
+   * kept outside the log (so records removed from the end, or all of them, are detected too)
+   * and reports the first record that does not match. A broken chain is reported in the
+   * response (ok false, with first_bad_sequence and problem), not as an error.
    */
   verifyAuditLog: handleUnaryCall<VerifyAuditLogRequest, VerifyAuditLogResponse>;
 }
@@ -749,8 +777,10 @@ export interface AuditServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListAuditRecordsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Recomputes the hash chain over the whole log and reports the first record that does not
-   * match. A broken chain is reported in the response, not as an error.
+   * Recomputes the hash chain over the whole log, compares its end with the sealed chain head
+   * kept outside the log (so records removed from the end, or all of them, are detected too)
+   * and reports the first record that does not match. A broken chain is reported in the
+   * response (ok false, with first_bad_sequence and problem), not as an error.
    */
   verifyAuditLog(
     request: VerifyAuditLogRequest,

@@ -62,11 +62,13 @@ class VerifyAuditLogRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VerifyAuditLogResponse(_message.Message):
-    __slots__ = ("ok", "records_checked", "first_bad_sequence")
+    __slots__ = ("ok", "records_checked", "first_bad_sequence", "problem")
     OK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     records_checked: int
     first_bad_sequence: int
-    def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ...) -> None: ...
+    problem: str
+    def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...

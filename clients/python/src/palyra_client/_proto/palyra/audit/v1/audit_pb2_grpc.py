@@ -64,8 +64,10 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAuditLog(self, request, context):
-        """Recomputes the hash chain over the whole log and reports the first record that does not
-        match. A broken chain is reported in the response, not as an error.
+        """Recomputes the hash chain over the whole log, compares its end with the sealed chain head
+        kept outside the log (so records removed from the end, or all of them, are detected too)
+        and reports the first record that does not match. A broken chain is reported in the
+        response (ok false, with first_bad_sequence and problem), not as an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
