@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::{TestNode, reason};
@@ -18,7 +17,7 @@ use palyra::rpc::pb::audit::v1::{self as audit, audit_service_client::AuditServi
 use palyra::rpc::pb::identity::v1::{self as identity, identity_service_client::IdentityServiceClient};
 use palyra::rpc::pb::vault::v1::{self as vault, vault_service_client::VaultServiceClient};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -213,21 +212,13 @@ async fn a_failing_append_fails_closed_flips_health_and_recovers() {
         .unwrap()
         .into_inner()
         .records;
-    assert_eq!(puts.len(), 1, "the record of the refused write was kept and appended");
+    // The method gate's record, and the scope check's when it was queued before the writer met
+    // the fault (a race the test does not fix): kept and appended, none lost.
+    assert!(
+        (1..=2).contains(&puts.len()),
+        "the records of the refused write were kept and appended: {puts:?}"
+    );
     node.stop().await;
-}
-
-async fn anonymous_from(node: &TestNode, last_octet: u8) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(node.node.identity.ca().certificate_pem()));
-    Channel::from_shared(node.url())
-        .unwrap()
-        .local_address(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last_octet))))
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,8 +227,8 @@ async fn an_anonymous_flood_is_bounded_per_address_and_summed_up() {
     let operator = node.operator().await;
     let mut ops = IdentityServiceClient::new(operator.clone());
     let me = ops.who_am_i(identity::WhoAmIRequest {}).await.unwrap().into_inner().device_id;
-    let mut flood = IdentityServiceClient::new(anonymous_from(&node, 1).await);
-    let mut other = IdentityServiceClient::new(anonymous_from(&node, 2).await);
+    let mut flood = IdentityServiceClient::new(node.anonymous_from(1).await);
+    let mut other = IdentityServiceClient::new(node.anonymous_from(2).await);
 
     let started = Instant::now();
     let (mut denied, mut limited, mut operator_calls) = (0u64, 0u64, 1u64);

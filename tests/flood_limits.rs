@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use common::{TestNode, reason};
 use palyra::identity::ca::{Csr, generate_tls_key_and_csr};
 use palyra::identity::{DeviceId, DeviceIdentity, Role, renewal_proof_message};
@@ -17,21 +15,6 @@ use palyra::pairing::{CodeId, DeviceName, DevicePairing, Pin};
 use palyra::rpc::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
 use palyra::rpc::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-/// An anonymous channel from loopback address 127.0.0.`n`.
-async fn anonymous_from(node: &TestNode, n: u8) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(node.node.identity.ca().certificate_pem()));
-    Channel::from_shared(node.url())
-        .unwrap()
-        .local_address(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))))
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 /// (admitted, refused as rate limited, refused otherwise).
 #[derive(Debug, Default)]
@@ -65,7 +48,7 @@ async fn a_renewal_challenge_flood_from_one_address_does_not_deny_another() {
 
     // 127.0.0.1 names the victim's id over and over (the old per-device cap of 4 locked the
     // victim out for a minute), then made-up ids (the old node-wide table of 10,000).
-    let mut flood = IdentityServiceClient::new(anonymous_from(&node, 1).await);
+    let mut flood = IdentityServiceClient::new(node.anonymous_from(1).await);
     let mut named = Count::default();
     for _ in 0..200 {
         named.add(flood.get_renewal_challenge(challenge_for(phone.id)).await);
@@ -77,7 +60,7 @@ async fn a_renewal_challenge_flood_from_one_address_does_not_deny_another() {
     // A crowd of other addresses each naming the victim too.
     let mut crowd = Count::default();
     for n in 10..40 {
-        let mut c = IdentityServiceClient::new(anonymous_from(&node, n).await);
+        let mut c = IdentityServiceClient::new(node.anonymous_from(n).await);
         for _ in 0..20 {
             crowd.add(c.get_renewal_challenge(challenge_for(phone.id)).await);
         }
@@ -91,7 +74,7 @@ async fn a_renewal_challenge_flood_from_one_address_does_not_deny_another() {
     assert!(named.limited > 0 && made_up.limited > 0, "the flooding address is limited");
 
     // The device, from 127.0.0.2, still gets a challenge and renews with it.
-    let mut anon = IdentityServiceClient::new(anonymous_from(&node, 2).await);
+    let mut anon = IdentityServiceClient::new(node.anonymous_from(2).await);
     let challenge = anon
         .get_renewal_challenge(challenge_for(phone.id))
         .await
@@ -147,7 +130,7 @@ async fn pairing_start_floods_and_garbage_do_not_deny_another_address() {
     let (_, csr) = generate_tls_key_and_csr(ids.id()).unwrap();
 
     // 127.0.0.1: garbage, then valid-looking starts on a made-up code.
-    let mut flood = PairingServiceClient::new(anonymous_from(&node, 1).await);
+    let mut flood = PairingServiceClient::new(node.anonymous_from(1).await);
     let mut garbage = Count::default();
     // 50: under the anonymous audit burst of one address (100), which every anonymous call
     // spends, garbage included (it is audited); the pairing budget is what this counts.
@@ -170,7 +153,7 @@ async fn pairing_start_floods_and_garbage_do_not_deny_another_address() {
     // (which made-up codes used to spend).
     let mut crowd = Count::default();
     for n in 100..210 {
-        let mut c = PairingServiceClient::new(anonymous_from(&node, n).await);
+        let mut c = PairingServiceClient::new(node.anonymous_from(n).await);
         for _ in 0..10 {
             crowd.add(c.start_pairing(start_request("ABCDEFGHJK", "v", &ids, &csr, vec![0; 33])).await);
         }
@@ -182,7 +165,7 @@ async fn pairing_start_floods_and_garbage_do_not_deny_another_address() {
 
     // The real device at 127.0.0.2 first sends garbage of its own (a bad name, a bad element):
     // free of charge, so it can still start.
-    let mut device = PairingServiceClient::new(anonymous_from(&node, 2).await);
+    let mut device = PairingServiceClient::new(node.anonymous_from(2).await);
     for _ in 0..30 {
         let err = device
             .start_pairing(start_request("ABCDEFGHJK", "bad\u{202e}name", &ids, &csr, vec![0; 7]))

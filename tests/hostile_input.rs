@@ -15,7 +15,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -964,7 +964,7 @@ async fn csr_intake(tally: &mut Tally, node: &TestNode) {
     // loopback address (127.0.0.0/8 is all loopback on Linux).
     let ids = DeviceIdentity::generate().unwrap();
     for (i, (case, csr, words)) in csrs.iter().enumerate() {
-        let mut pairing = PairingServiceClient::new(anonymous_from(node, 10 + i as u8).await);
+        let mut pairing = PairingServiceClient::new(node.anonymous_from(10 + i as u8).await);
         let result = pairing.start_pairing(start_request("ABCDEFGHJK", &ids, csr.clone(), vec![0; 33])).await;
         refused_as(result, Code::InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT", &["csr_pem", words], case);
         tally.one(GROUP);
@@ -985,20 +985,6 @@ fn start_request(
         csr_pem,
         pake_message,
     }
-}
-
-/// An anonymous channel from loopback address 127.0.0.`n`.
-async fn anonymous_from(node: &TestNode, n: u8) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(node.node.identity.ca().certificate_pem()));
-    Channel::from_shared(node.url())
-        .unwrap()
-        .local_address(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))))
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// Pairing: garbage, wrong lengths, oversized messages, a bad SPAKE2 element, replays, and the
@@ -1029,7 +1015,7 @@ async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel
         ("agreement key of 33 bytes", long_key, "agreement_public_key"),
     ];
     for (i, (case, request, field)) in cases.into_iter().enumerate() {
-        let mut pairing = PairingServiceClient::new(anonymous_from(node, 40 + i as u8).await);
+        let mut pairing = PairingServiceClient::new(node.anonymous_from(40 + i as u8).await);
         let status =
             refused_as(pairing.start_pairing(request).await, Code::InvalidArgument, invalid, &[field], case);
         assert_eq!(metadata_of(&status).get("field").map(String::as_str), Some(field), "{case}");
@@ -1037,7 +1023,7 @@ async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel
     }
     // Over the pairing message limit (64 KiB): refused from the prefix, before the handler (so
     // it does not even spend a start).
-    let mut pairing = PairingServiceClient::new(anonymous_from(node, 60).await);
+    let mut pairing = PairingServiceClient::new(node.anonymous_from(60).await);
     let status = pairing.start_pairing(start("ABCDEFGHJK", vec![0; 100 * 1024])).await.unwrap_err();
     refused(
         &status,
@@ -1161,7 +1147,7 @@ async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel
         }
     };
     let code = new_code(&mut admin).await;
-    let mut pairing = PairingServiceClient::new(anonymous_from(node, 61).await);
+    let mut pairing = PairingServiceClient::new(node.anonymous_from(61).await);
     let reply = pairing.start_pairing(start(&code.code_id, vec![0xff; 33])).await.unwrap().into_inner();
     let result = pairing
         .finish_pairing(pbp::FinishPairingRequest {
@@ -1237,7 +1223,7 @@ async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel
     // Garbage spends nothing (it is refused before any limit is charged, so it cannot lock out
     // a real device at the same address); valid-looking starts on a made-up code spend the
     // address's starts: the 11th in a minute is rate limited.
-    let mut flood = PairingServiceClient::new(anonymous_from(node, 62).await);
+    let mut flood = PairingServiceClient::new(node.anonymous_from(62).await);
     for _ in 0..30 {
         let result = flood.start_pairing(start("ABCDEFGHJK", vec![1; 3])).await;
         refused_as(result, Code::InvalidArgument, invalid, &["pake_message"], "garbage start");

@@ -91,6 +91,21 @@ impl TestNode {
         Channel::from_shared(self.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
     }
 
+    /// An anonymous channel from loopback address 127.0.0.`last_octet` (another peer address
+    /// for the per-address limits; 127.0.0.1 is the usual one).
+    pub async fn anonymous_from(&self, last_octet: u8) -> Channel {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.node.identity.ca().certificate_pem()));
+        Channel::from_shared(self.url())
+            .unwrap()
+            .local_address(Some(std::net::Ipv4Addr::new(127, 0, 0, last_octet).into()))
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// The operator's channel, from the files `init` wrote.
     pub async fn operator(&self) -> Channel {
         let dir = self.data_dir().join("operator");
