@@ -25,7 +25,7 @@ use cedar_policy::{
     RestrictedExpression, Schema,
 };
 use palyra::identity::{DeviceId, DeviceStatus, Role};
-use palyra::policy::actions::{ALL, RENEW_CERTIFICATE, RENEWAL_PROOF};
+use palyra::policy::actions::{ALL, GROUPS, RENEW_CERTIFICATE, RENEWAL_PROOF};
 use palyra::policy::{DEFAULT_POLICIES, PolicyEngine, PolicyError, Resource, SCHEMA_TEXT, Severity, Subject};
 use palyra::vault::Scope;
 use proptest::prelude::*;
@@ -40,19 +40,6 @@ const DEVICES: [&str; 3] =
 const ALIAS_OF_A: &str = "81j9zq8x7c6v5b4n3m2k1j0h9a";
 const ROLES: [&str; 3] = ["admin", "device", "node"];
 const PROFILES: [&str; 2] = ["github", "mail"];
-const GROUPS: [&str; 11] = [
-    "public",
-    "reflection",
-    "self",
-    "admin",
-    "quic",
-    "vault",
-    "vault.read",
-    "vault.write",
-    "auth",
-    "auth.manage",
-    "auth.token",
-];
 
 fn scopes() -> Vec<String> {
     let [a, b, _] = DEVICES;

@@ -259,37 +259,27 @@ impl KeyHierarchy {
     }
 
     /// The HMAC key of the audit hash chain.
-    #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
     pub fn audit_chain_key(&self) -> hmac::Key {
-        let okm = self
-            .prk
-            .get()
-            .expand(&[b"palyra audit chain"], hmac::HMAC_SHA256)
-            // Invariant: expand only fails when the output is longer than 255 hash blocks;
-            // an HMAC-SHA256 key is one block.
-            .expect("hkdf output length is fixed and valid");
-        hmac::Key::from(okm)
+        self.hmac_key(b"palyra audit chain")
     }
 
     /// The HMAC key of the row MACs (`crate::integrity`): secrets, devices, policy versions.
-    #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
     pub fn row_mac_key(&self) -> hmac::Key {
-        let okm = self
-            .prk
-            .get()
-            .expand(&[b"palyra row mac"], hmac::HMAC_SHA256)
-            // Invariant: an HMAC-SHA256 key is one block, far below HKDF's limit.
-            .expect("hkdf output length is fixed and valid");
-        hmac::Key::from(okm)
+        self.hmac_key(b"palyra row mac")
     }
 
     /// The HMAC key that seals the audit chain head kept outside the audit table.
-    #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
     pub fn audit_head_key(&self) -> hmac::Key {
+        self.hmac_key(b"palyra audit head")
+    }
+
+    #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
+    fn hmac_key(&self, info: &[u8]) -> hmac::Key {
+        let info = [info];
         let okm = self
             .prk
             .get()
-            .expand(&[b"palyra audit head"], hmac::HMAC_SHA256)
+            .expand(&info, hmac::HMAC_SHA256)
             // Invariant: expand only fails when the output is longer than 255 hash blocks;
             // an HMAC-SHA256 key is one block.
             .expect("hkdf output length is fixed and valid");
