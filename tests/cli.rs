@@ -5,19 +5,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use common::palyra;
 
-fn palyra(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env("PALYRA_KEY_BACKEND", "file")
-        .env("PALYRA_LOG", "off")
-        .output()
-        .unwrap()
-}
+use std::process::{Command, Output};
 
 fn json(output: &Output) -> serde_json::Value {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

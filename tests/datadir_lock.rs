@@ -5,20 +5,11 @@
 
 mod common;
 
+use common::palyra;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output};
-
-fn palyra(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env("PALYRA_KEY_BACKEND", "file")
-        .env("PALYRA_LOG", "off")
-        .output()
-        .unwrap()
-}
+use std::process::Child;
 
 /// Starts `palyra serve` on `data` and waits until it serves; stderr keeps being drained.
 fn serve(data: &Path) -> Child {

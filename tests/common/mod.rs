@@ -173,6 +173,18 @@ pub fn reason(status: &tonic::Status) -> String {
     status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
 }
 
+/// Runs the `palyra` binary on `data` with the file key backend and no log, to completion.
+pub fn palyra(data: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_palyra"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env("PALYRA_KEY_BACKEND", "file")
+        .env("PALYRA_LOG", "off")
+        .output()
+        .unwrap()
+}
+
 /// `palyra serve` as a child process on `data`: every listener on a free loopback port, the
 /// file key backend, log level `log`, stdin and stdout closed, stderr piped (the caller must
 /// keep reading it, e.g. with [`parse_serving`] on each line, or the child blocks).
