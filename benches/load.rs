@@ -614,7 +614,12 @@ async fn run(opts: Options) -> bool {
         let (tls, addr, gate) = (peer_tls(&ca_pem, creds), server.quic, Arc::clone(&gate));
         connecting.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            QuicClient::connect(addr, "localhost", tls).await
+            let client = QuicClient::connect(addr, "localhost", tls).await?;
+            // The client is connected once its Finished is sent; the node takes the connection
+            // slot when it has read it. One round trip makes sure the slot is held before the
+            // limit is tested below.
+            client.health().await?;
+            Ok::<_, ClientError>(client)
         });
     }
     let mut peers = tokio::task::JoinSet::new();

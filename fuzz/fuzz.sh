@@ -4,7 +4,8 @@
 # -Cpasses=sancov-module and LLVM options, all stable flags), without its nightly-only
 # sanitizer flags. `cargo fuzz run -O -s none --codegen-units 16 TARGET` works too (README.md).
 #
-#   fuzz/fuzz.sh build                      build every target (release profile of fuzz/Cargo.toml)
+#   fuzz/fuzz.sh build                      build every target (release profile of fuzz/Cargo.toml;
+#                                           FUZZ_OPT_LEVEL=1 builds faster, runs slower)
 #   fuzz/fuzz.sh list                       the targets
 #   fuzz/fuzz.sh run TARGET [ARGS...]       fuzz until stopped; ARGS go to libFuzzer
 #                                           (e.g. -max_total_time=600 -jobs=2 -workers=2)
@@ -47,7 +48,8 @@ targets() {
 
 build() {
   RUSTFLAGS="$RUSTFLAGS_FUZZ${RUSTFLAGS:+ $RUSTFLAGS}" cargo build --manifest-path "$here/Cargo.toml" \
-    --target "$TRIPLE" --release --config 'profile.release.debug="line-tables-only"' --bins "$@"
+    --target "$TRIPLE" --release --config 'profile.release.debug="line-tables-only"' \
+    --config "profile.release.opt-level=${FUZZ_OPT_LEVEL:-2}" --bins "$@"
 }
 
 # libFuzzer options every run gets: the target's dictionary if it has one, crashes kept per
