@@ -1,4 +1,4 @@
-//! The end-to-end benchmark harness: every performance target of DESIGN.md §5, each figure beside
+//! The end-to-end benchmark harness: every performance target (README.md, "Performance"), each figure beside
 //! a baseline measured in the same run, as a ratio, with its target and pass/miss.
 //!
 //! ```text
@@ -39,17 +39,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use palyra::identity::{DeviceId, DeviceIdentity, Role};
-use palyra::node::{KeyBackendChoice, Node, NodeOptions};
+use palyra::node::Node;
 use palyra::policy::PolicyEngine;
-use palyra::rpc::pb::vault::v1::vault_service_client::VaultServiceClient;
-use palyra::rpc::pb::vault::v1::vault_service_server::{VaultService, VaultServiceServer};
-use palyra::rpc::pb::vault::v1::{self as pb};
 use palyra::rpc::server;
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, Creds, DeviceKeys, NodeInternals, TestNode, palyra_bin};
 use palyra::vault::{Scope, SecretKey, SecretValue};
+use palyra::wire::pb::vault::v1::vault_service_client::VaultServiceClient;
+use palyra::wire::pb::vault::v1::vault_service_server::{VaultService, VaultServiceServer};
+use palyra::wire::pb::vault::v1::{self as pb};
 use serde_json::json;
-use support::Creds;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 // ---------------------------------------------------------------------------------------------
@@ -362,46 +363,24 @@ async fn closed_loop(in_flight: usize, warmup: Duration, duration: Duration, cal
 // ---------------------------------------------------------------------------------------------
 // Nodes and clients
 
-/// A node serving gRPC (mTLS) on loopback, in-process.
-struct Served {
-    _dir: tempfile::TempDir,
-    node: Node,
-    addr: SocketAddr,
-}
-
-async fn serve_node() -> Served {
-    let dir = support::private_tempdir();
-    let node = Node::open(
-        &dir.path().join("node"),
-        NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() },
-    )
-    .await
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serving = node.clone();
-    tokio::spawn(
-        async move { palyra::rpc::serve(&serving, listener, std::future::pending()).await.unwrap() },
-    );
-    Served { _dir: dir, node, addr }
+/// A node serving gRPC (mTLS) on loopback, in-process (until it is dropped).
+async fn serve_node() -> TestNode {
+    TestNode::start().await
 }
 
 /// The client every unary figure uses: tonic over mTLS with a device certificate.
 async fn channel(node: &Node, addr: SocketAddr, creds: &Creds) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(node.identity.ca().certificate_pem()))
-        .identity(Identity::from_pem(&creds.cert_pem, &creds.key_pem));
-    Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+    testkit::tls::channel(node, addr, Some(creds)).await
 }
 
 /// The node's own rustls server config (certificate, optional verified client certificates, h2).
 fn node_tls(node: &Node) -> Arc<rustls::ServerConfig> {
     let certificate = server::ServerCertificate::new(
-        node.identity.server_cert_chain(),
-        node.identity.server_private_key().unwrap(),
+        node.identity().server_cert_chain(),
+        node.identity().server_private_key().unwrap(),
     )
     .unwrap();
-    server::server_tls_config(certificate, node.identity.ca().certificate_der().clone()).unwrap()
+    server::server_tls_config(certificate, node.identity().ca().certificate_der().clone()).unwrap()
 }
 
 /// The bare baseline: the generated VaultService server answering GetSecret with a canned
@@ -500,7 +479,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
         "\n(1) unary over mTLS: VaultService/GetSecret (1 KiB) vs a bare tonic service, same TLS, same client"
     );
     let served = serve_node().await;
-    let creds = support::register_device(&served.node, Role::Device, &["bench"]).await;
+    let creds = testkit::mint(&served.node, Role::Device, "bench-peer", &["bench"]).await;
     let mut client = VaultServiceClient::new(channel(&served.node, served.addr, &creds).await);
     client
         .put_secret(pb::PutSecretRequest {
@@ -638,7 +617,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
 /// Inserts 1 KiB rows into a bare SQLite database with the node's durability settings (WAL,
 /// synchronous=FULL, secure_delete), `per_commit` rows per transaction, for `duration`; rows/s.
 fn rusqlite_loop(per_commit: usize, duration: Duration) -> f64 {
-    let dir = support::private_tempdir();
+    let dir = testkit::private_tempdir();
     let conn = rusqlite::Connection::open(dir.path().join("bare.db")).unwrap();
     let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).unwrap();
     conn.execute_batch(
@@ -735,13 +714,8 @@ fn authorization(report: &mut Report, s: &Sizing, get_p50_us: f64) {
 async fn quic(report: &mut Report, s: &Sizing) {
     let count = s.pick(20_000u64, 2_000);
     println!("\n(4) QUIC node.stream_events ({count} durable events) vs raw quinn, same frames");
-    let dir = support::private_tempdir();
-    let node = Node::open(
-        &dir.path().join("node"),
-        NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() },
-    )
-    .await
-    .unwrap();
+    let dir = testkit::private_tempdir();
+    let node = testkit::open_node(&dir.path().join("node")).await;
     let f = support::quic::run(&node, count, s.pick(2_000, 200)).await;
     for (subscribers, palyra, raw) in &f.rates {
         let (target, pass) =
@@ -775,7 +749,7 @@ async fn quic(report: &mut Report, s: &Sizing) {
         "≤ 2 ms",
         Some(ms(&f.palyra_latency, 0.99) <= 2.0),
     );
-    node.core.store.close();
+    node.close_db();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -786,7 +760,7 @@ async fn quic(report: &mut Report, s: &Sizing) {
 async fn fill(node: &Node, scope: &str, from: usize, to: usize) {
     let tasks: Vec<_> = (0..64)
         .map(|w| {
-            let vault = node.core.vault.clone();
+            let vault = node.vault().clone();
             let scope = Scope::parse(scope).unwrap();
             tokio::spawn(async move {
                 for i in (from + w..to).step_by(64) {
@@ -833,7 +807,7 @@ async fn scale(report: &mut Report, s: &Sizing) {
     let (small, large) = s.pick((1_000usize, 100_000usize), (1_000, 5_000));
     println!("\n(5) scale: GetSecret and ListSecrets with {small} vs {large} stored secrets");
     let served = serve_node().await;
-    let creds = support::register_device(&served.node, Role::Device, &["bench"]).await;
+    let creds = testkit::mint(&served.node, Role::Device, "bench-peer", &["bench"]).await;
     let client = VaultServiceClient::new(channel(&served.node, served.addr, &creds).await);
     let get = get_call(client.clone(), "bench/scale", "K000500");
     fill(&served.node, "bench/scale", 0, small).await;
@@ -886,9 +860,8 @@ struct Child {
 impl Child {
     fn spawn(data: &Path, port: u16) -> (Child, Instant) {
         let started = Instant::now();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_palyra"))
-            .arg("--data-dir")
-            .arg(data)
+        let child = palyra_bin!()
+            .cli(data)
             .args([
                 "serve",
                 "--grpc-addr",
@@ -898,7 +871,6 @@ impl Child {
                 "--console-addr",
                 "127.0.0.1:0",
             ])
-            .env("PALYRA_KEY_BACKEND", "file")
             .env("PALYRA_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -918,13 +890,8 @@ impl Child {
                     std::fs::read_to_string(dir.join("key.pem")),
                 )
             {
-                let tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(ca))
-                    .identity(Identity::from_pem(cert, key));
-                let endpoint = Channel::from_shared(format!("https://127.0.0.1:{port}"))
-                    .unwrap()
-                    .tls_config(tls)
-                    .unwrap();
+                let tls = Pems { ca, client: Some((cert, key)) }.tonic();
+                let endpoint = testkit::tls::endpoint(&format!("https://127.0.0.1:{port}"), tls);
                 if let Ok(ch) = endpoint.connect().await {
                     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
                     if let Ok(r) = health.check(tonic_health::pb::HealthCheckRequest::default()).await
@@ -973,7 +940,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn footprint(report: &mut Report, s: &Sizing) {
     println!("\n(6) footprint: palyra serve as a child process; full mTLS handshakes");
-    let dir = support::private_tempdir();
+    let dir = testkit::private_tempdir();
     let data = dir.path().join("node");
     // The first start initialises the data dir; the timed starts reuse it.
     let port = free_port();
@@ -997,7 +964,7 @@ async fn footprint(report: &mut Report, s: &Sizing) {
     let mut floor = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        std::process::Command::new(env!("CARGO_BIN_EXE_palyra")).arg("--version").output().unwrap();
+        palyra_bin!().command().arg("--version").output().unwrap();
         floor.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     report.add("6", "idle RSS of palyra serve", rss, "MiB", None, "≤ 40 MiB", Some(rss <= 40.0));
@@ -1015,7 +982,7 @@ async fn footprint(report: &mut Report, s: &Sizing) {
     // Full handshakes (no resumption, client certificate) against the node's accept loop, and
     // against a bare tokio-rustls accept loop with the same rustls config.
     let served = serve_node().await;
-    let creds = support::register_device(&served.node, Role::Device, &["bench"]).await;
+    let creds = testkit::mint(&served.node, Role::Device, "bench-peer", &["bench"]).await;
     let bare = {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1044,20 +1011,8 @@ async fn footprint(report: &mut Report, s: &Sizing) {
 }
 
 async fn handshakes(node: &Node, addr: SocketAddr, creds: &Creds, s: &Sizing) -> f64 {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(node.identity.ca().certificate_der().clone()).unwrap();
-    let chain =
-        CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes()).unwrap();
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
+    use rustls_pki_types::ServerName;
+    let mut config = Pems::device(node, Some(creds)).rustls();
     config.resumption = rustls::client::Resumption::disabled();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -1098,7 +1053,6 @@ fn cpu(acc: &mut Duration, f: &mut dyn FnMut()) {
 }
 
 fn pairing(report: &mut Report, s: &Sizing) {
-    use palyra::identity::ca::generate_tls_key_and_csr;
     use palyra::pairing::CodeState;
     use palyra::pairing::code::{CodeId, PairingCode, Pin};
     use palyra::pairing::handshake::{
@@ -1113,8 +1067,7 @@ fn pairing(report: &mut Report, s: &Sizing) {
     // Setup outside the measurement: identities and CSRs exist before a handshake starts.
     let setups: Vec<(DeviceIdentity, String, PairingCode)> = (0..n)
         .map(|_| {
-            let identity = DeviceIdentity::generate().unwrap();
-            let (_key, csr) = generate_tls_key_and_csr(identity.id()).unwrap();
+            let DeviceKeys { identity, csr_pem: csr, .. } = DeviceKeys::generate();
             let code = PairingCode {
                 code_id: CodeId::generate().unwrap(),
                 sealed_pin: Some(vec![0]),
@@ -1234,7 +1187,7 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     let wants = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    testkit::install_crypto_provider();
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut report = Report::default();

@@ -25,26 +25,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod support;
-
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use palyra::identity::Role;
-use palyra::node::{KeyBackendChoice, Node, NodeOptions};
+use palyra::node::Node;
 use palyra::quic::client::{ClientError, ClientTls, QuicClient};
-use palyra::rpc::pb::audit::v1::{self as pba, audit_service_client::AuditServiceClient};
-use palyra::rpc::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
-use support::Creds;
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, Creds, NodeInternals, Rng, Serving, palyra_bin};
+use palyra::wire::pb::audit::v1::{self as pba, audit_service_client::AuditServiceClient};
+use palyra::wire::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
 use tokio::sync::{Semaphore, watch};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 const KEYS_PER_CLIENT: usize = 4;
 const VALUE_LEN: usize = 200;
@@ -140,18 +138,6 @@ impl Errors {
     }
 }
 
-/// A small xorshift generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn histogram() -> Histogram<u64> {
     // Microseconds, up to 10 minutes.
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap()
@@ -169,42 +155,19 @@ struct Server {
 }
 
 fn spawn_server(data: &Path, max_quic: usize) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-            "--console-addr",
-            "127.0.0.1:0",
-        ])
+    let mut command = palyra_bin!().serve_command(data, "warn");
+    command
         .args(["--quic-max-connections", &max_quic.to_string()])
         // Every client and peer of the bench comes from 127.0.0.1.
         .args(["--quic-max-connections-per-address", &max_quic.to_string()])
         // All the bench's peers come from 127.0.0.1 and set up 64 connections at once.
         .args(["--quic-max-handshakes", "256", "--quic-max-handshakes-per-address", "256"])
         .args(["--grpc-max-connections", "65536", "--grpc-max-connections-per-address", "65536"])
-        .env("PALYRA_KEY_BACKEND", "file")
-        .env("PALYRA_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+        .env("NO_COLOR", "1");
     let log: Arc<Mutex<(Vec<String>, u64, u64)>> = Arc::default();
-    let (tx, rx) = std::sync::mpsc::channel();
     let lines = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addrs) = parse_serving(&line) {
-                let _ = tx.send(addrs);
-                continue;
-            }
+    let Serving { child, grpc, quic } =
+        testkit::spawn_serving(command, Duration::from_secs(120), move |line| {
             let mut log = lines.lock().unwrap();
             let (warn, error) = (line.contains(" WARN "), line.contains(" ERROR "));
             log.1 += u64::from(warn);
@@ -212,20 +175,8 @@ fn spawn_server(data: &Path, max_quic: usize) -> Server {
             if (warn || error) && log.0.len() < 50 {
                 log.0.push(line);
             }
-        }
-    });
-    let (grpc, quic) = rx
-        .recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("palyra serve did not start: {:?}", log.lock().unwrap().0));
+        });
     Server { child, grpc, quic, log }
-}
-
-/// `palyra node … serving gRPC on https://ADDR and QUIC on ADDR/udp`.
-fn parse_serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.split("serving gRPC on https://").nth(1)?;
-    let (grpc, rest) = rest.split_once(" and QUIC on ")?;
-    let quic = rest.split_whitespace().next()?.strip_suffix("/udp")?;
-    Some((grpc.parse().ok()?, quic.parse().ok()?))
 }
 
 /// A field of /proc/<pid>/status in KiB (VmHWM, VmRSS) or as a number (Threads).
@@ -270,7 +221,7 @@ async fn mint(node: &Node, role: Role, n: usize) -> Vec<Creds> {
         let mut batch = tokio::task::JoinSet::new();
         for _ in 0..(n - out.len()).min(64) {
             let node = node.clone();
-            batch.spawn(async move { support::register_device(&node, role, &[]).await });
+            batch.spawn(async move { testkit::mint(&node, role, "bench-peer", &[]).await });
         }
         out.extend(batch.join_all().await);
     }
@@ -278,13 +229,8 @@ async fn mint(node: &Node, role: Role, n: usize) -> Vec<Creds> {
 }
 
 async fn channel(addr: SocketAddr, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Channel, String> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .identity(Identity::from_pem(cert_pem, key_pem));
-    Channel::from_shared(format!("https://{addr}"))
-        .map_err(|e| e.to_string())?
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
+    Pems { ca: ca_pem.to_owned(), client: Some((cert_pem.to_owned(), key_pem.to_owned())) }
+        .endpoint(addr)
         .timeout(Duration::from_secs(60))
         .connect_timeout(Duration::from_secs(30))
         .connect()
@@ -320,7 +266,7 @@ async fn seed_secrets(node: &Node, clients: &[Creds]) {
     for chunk in clients.chunks(64) {
         let mut batch = tokio::task::JoinSet::new();
         for creds in chunk {
-            let (vault, scope) = (node.core.vault.clone(), scope_of(creds));
+            let (vault, scope) = (node.vault().clone(), scope_of(creds));
             batch.spawn(async move {
                 let parsed = palyra::vault::Scope::parse(&scope).unwrap();
                 for key in 0..KEYS_PER_CLIENT {
@@ -338,7 +284,7 @@ impl Client {
     fn new(vault: VaultServiceClient<Channel>, creds: &Creds, index: usize) -> Client {
         let scope = scope_of(creds);
         let known = (0..KEYS_PER_CLIENT).map(|key| Some((1, value_for(&scope, key, 0)))).collect();
-        let rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        let rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
         Client { vault, scope, known, rng, writes: 0 }
     }
 
@@ -429,9 +375,9 @@ async fn run_client(
         if let Some(pace) = &mut pace {
             pace.tick().await;
         }
-        let key = (client.rng.next() % KEYS_PER_CLIENT as u64) as usize;
+        let key = (client.rng.below(KEYS_PER_CLIENT as u64)) as usize;
         let started = Instant::now();
-        if client.rng.next() % 100 < opts.read_percent {
+        if client.rng.below(100) < opts.read_percent {
             if client.read(key, &errors).await {
                 reads.saturating_record(started.elapsed().as_micros() as u64);
                 figures.reads += 1;
@@ -530,7 +476,7 @@ fn error_kind(e: &ClientError) -> &'static str {
 }
 
 fn peer_tls(ca_pem: &str, creds: &Creds) -> ClientTls {
-    ClientTls::from_pem(ca_pem.as_bytes(), creds.cert_pem.as_bytes(), creds.key_pem.as_bytes()).unwrap()
+    Pems { ca: ca_pem.to_owned(), client: Some((creds.cert_pem.clone(), creds.key_pem.clone())) }.quic()
 }
 
 // ---- the run ---------------------------------------------------------------------------------
@@ -560,19 +506,17 @@ async fn run(opts: Options) -> bool {
     println!("  open files limit of this tool: {:?} -> {:?}", limit.before, limit.after);
 
     // Devices, minted before the server starts (as approval would register them).
-    let dir = support::private_tempdir();
+    let dir = testkit::private_tempdir();
     let data = dir.path().join("node");
     let t = Instant::now();
-    let node = Node::open(&data, NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() })
-        .await
-        .unwrap();
+    let node = testkit::open_node(&data).await;
     let clients_creds = mint(&node, Role::Device, opts.clients).await;
     let peers_creds = mint(&node, Role::Node, opts.peers + 1).await;
     seed_secrets(&node, &clients_creds).await;
-    let since = node.events.last_sequence().await.unwrap();
-    let ca_pem = node.identity.ca().certificate_pem().to_owned();
-    node.audit.flush().await.unwrap();
-    node.core.store.close();
+    let since = node.events().last_sequence().await.unwrap();
+    let ca_pem = node.identity().ca().certificate_pem().to_owned();
+    node.audit().flush().await.unwrap();
+    node.close_db();
     drop(node);
     println!(
         "  minted {} device certificates and wrote {} secrets in {:.1?}",
@@ -861,7 +805,7 @@ async fn run(opts: Options) -> bool {
 
 fn main() -> ExitCode {
     let opts = Options::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    testkit::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let ok = runtime.block_on(run(opts));
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -1,6 +1,6 @@
 //! QUIC data plane: `node.stream_events` throughput to 1 and 16 peers and publish-to-receive
 //! latency (p50/p99, hdrhistogram), each beside a raw quinn stream carrying the same frames in
-//! the same run, printed as ratios. Targets (DESIGN.md §5): ≥ 100k events/s to one peer,
+//! the same run, printed as ratios. Targets (README.md, "Performance"): ≥ 100k events/s to one peer,
 //! p99 ≤ 2 ms. Reports, does not assert. The scenario itself lives in `support/quic.rs`,
 //! shared with the end-to-end harness (`benches/e2e.rs`).
 //!
@@ -12,7 +12,7 @@
 mod support;
 
 use hdrhistogram::Histogram;
-use palyra::node::{KeyBackendChoice, Node, NodeOptions};
+use palyra::testkit::{self, NodeInternals};
 
 fn percentiles(h: &Histogram<u64>) -> (f64, f64) {
     (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0)
@@ -26,14 +26,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 2_000 } else { 100_000 });
     let latency_samples: u64 = if quick { 100 } else { 2_000 };
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    testkit::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
-        let dir = support::private_tempdir();
-        let node =
-            Node::open(&dir.path().join("node"), NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() })
-                .await
-                .unwrap();
+        let dir = testkit::private_tempdir();
+        let node = testkit::open_node(&dir.path().join("node")).await;
         let figures = support::quic::run(&node, count, latency_samples).await;
         for (subscribers, palyra, raw) in &figures.rates {
             println!(
@@ -51,6 +48,6 @@ fn main() {
             p99 / raw99.max(0.001)
         );
         println!("quic/targets: >= 100000 events/s to one peer; p99 <= 2 ms");
-        node.core.store.close();
+        node.close_db();
     });
 }

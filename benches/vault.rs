@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use palyra::node::{KeyBackendChoice, NodeCore, NodeOptions};
+use palyra::testkit;
 use palyra::vault::envelope::{self, Binding};
 use palyra::vault::{KeyHierarchy, RootKey, Scope, SecretKey, SecretValue, Vault};
 
@@ -55,14 +55,9 @@ async fn puts(vault: &Vault, writers: usize, total: usize, round: usize) -> Dura
 
 fn durable_puts(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::private_tempdir();
     let data = dir.path().join("node");
-    let node = rt
-        .block_on(NodeCore::open(
-            &data,
-            NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() },
-        ))
-        .unwrap();
+    let node = rt.block_on(testkit::open_core(&data));
     let vault = Arc::new(node.vault.clone());
 
     // The headline figure: one run of each, in the same process, as a ratio.

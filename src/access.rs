@@ -3,12 +3,17 @@
 //! [`PeerResolver`] maps a client certificate that rustls has verified against the node CA to
 //! a typed [`Peer`] through the device registry (unknown or revoked → [`Refusal`]).
 //! [`Gate::decide`] asks the one [`PolicyEngine`] `(principal, action, resource)` and records
-//! the decision in the audit log. The edges only translate: `rpc/` turns a refusal or denial
-//! into a `tonic::Status`, `quic/` into a connection close or an `Error` frame.
+//! the decision in the audit log. The edges only translate a refusal or a denial into their
+//! wire's error (`crate::wire::status` for gRPC, a connection close or an `Error` frame for
+//! QUIC).
+//!
+//! `node.rs` builds the one [`Gate`] and hands clones (shared state) to every edge. The
+//! registry is read through [`DeviceLookup`], a one-method trait the database implements.
 //!
 //! This module knows no transport and no SQL.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,10 +22,16 @@ use std::time::SystemTime;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::broadcast;
 
-use crate::audit::{AuditDecision, AuditEntry};
-use crate::identity::{Device, DeviceId, DeviceStatus, Principal, ca};
+use crate::audit::{Audit, AuditDecision, AuditEntry, AuditUnavailable};
+use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, Principal, ca};
 use crate::policy::{AuthzDecision, PolicyEngine, Resource, Subject};
-use crate::storage::{AuditLog, Store};
+use crate::store_error::BoxFuture;
+
+/// The one registry read the resolver needs: a device by id, revoked ones included.
+pub(crate) trait DeviceLookup: Send + Sync + fmt::Debug {
+    /// The registered device `id`, if any.
+    fn device(&self, id: DeviceId) -> BoxFuture<'_, Result<Option<Device>, IdentityError>>;
+}
 
 /// The caller of a request.
 #[derive(Debug, Clone)]
@@ -66,17 +77,17 @@ const REVOCATION_BACKLOG: usize = 64;
 /// stale row after the invalidation — is detected by a generation counter and not cached.
 #[derive(Debug, Clone)]
 pub struct PeerResolver {
-    store: Store,
+    devices: Arc<dyn DeviceLookup>,
     cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
     generation: Arc<AtomicU64>,
     revocations: broadcast::Sender<DeviceId>,
 }
 
 impl PeerResolver {
-    /// A resolver over the registry in `store`.
-    pub fn new(store: Store) -> Self {
+    /// A resolver over the registry `devices`.
+    pub(crate) fn new(devices: Arc<dyn DeviceLookup>) -> Self {
         PeerResolver {
-            store,
+            devices,
             cache: Arc::default(),
             generation: Arc::default(),
             revocations: broadcast::channel(REVOCATION_BACKLOG).0,
@@ -108,7 +119,13 @@ impl PeerResolver {
     /// Whether the registry (not the cache) says `id` is revoked or gone; an unreadable
     /// registry counts as revoked.
     pub async fn is_revoked(&self, id: DeviceId) -> bool {
-        !matches!(self.store.device(id).await, Ok(Some(d)) if d.status == DeviceStatus::Active)
+        !matches!(self.devices.device(id).await, Ok(Some(d)) if d.status == DeviceStatus::Active)
+    }
+
+    /// The registry's record of `id` (not the cache), revoked ones included: what
+    /// PolicyService.Authorize decides for.
+    pub async fn registered(&self, id: DeviceId) -> Result<Option<Device>, IdentityError> {
+        self.devices.device(id).await
     }
 
     /// The peer presenting `certs` (leaf first; already verified against the node CA), or why
@@ -148,7 +165,8 @@ impl PeerResolver {
             return Ok(Some(Arc::clone(device)));
         }
         let before = self.generation.load(Ordering::SeqCst);
-        let Some(device) = self.store.device(id).await.map_err(|e| Refusal::Internal(e.to_string()))? else {
+        let Some(device) = self.devices.device(id).await.map_err(|e| Refusal::Internal(e.to_string()))?
+        else {
             return Ok(None);
         };
         let device = Arc::new(device);
@@ -185,18 +203,19 @@ pub enum DenialKind {
 }
 
 impl Denied {
-    fn audit_unavailable(e: crate::storage::AuditUnavailable) -> Self {
+    fn audit_unavailable(e: AuditUnavailable) -> Self {
         Denied { kind: DenialKind::AuditUnavailable, message: e.0 }
     }
 }
 
-/// What every authorization needs: the engine, the audit log and the peer resolver.
+/// What every authorization needs: the engine, the audit log and the peer resolver. Built
+/// once (`node.rs`); clones share everything.
 #[derive(Debug, Clone)]
 pub struct Gate {
     /// The one policy engine.
     pub engine: Arc<PolicyEngine>,
     /// Where decisions are recorded.
-    pub audit: AuditLog,
+    pub audit: Audit,
     /// Certificates → peers.
     pub peers: PeerResolver,
 }

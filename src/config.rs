@@ -3,13 +3,16 @@
 //!
 //! The file is untrusted input: bounded in size, unknown keys refused, every error names the
 //! file and the line.
+//!
+//! A leaf: it parses into its own settings types and names no other module of the crate. The
+//! CLI turns them into the types of the node, the gRPC edge and the console.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use std::str::FromStr;
 
-use crate::node::KeyBackendChoice;
+use serde::Deserialize;
 
 /// Default gRPC listen address.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
@@ -19,6 +22,36 @@ pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:7444";
 pub const DEFAULT_CONSOLE_ADDR: &str = "127.0.0.1:7445";
 /// Largest config file accepted.
 pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+/// gRPC connections at most when `[grpc]` says nothing (the gRPC edge's own default; a test in
+/// `cli::serve` keeps the two equal).
+pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
+/// Console connections at most when `[console]` says nothing (the console's own default; a
+/// test in `cli::serve` keeps the two equal).
+pub const DEFAULT_CONSOLE_MAX_CONNECTIONS: usize = 128;
+
+/// Which root-key backend to use on first start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyBackendChoice {
+    /// The OS keychain if it answers, else the key file.
+    #[default]
+    Auto,
+    /// Always the key file.
+    File,
+    /// Always the OS keychain; fail if it does not answer.
+    Keychain,
+}
+
+impl FromStr for KeyBackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(KeyBackendChoice::Auto),
+            "file" => Ok(KeyBackendChoice::File),
+            "keychain" => Ok(KeyBackendChoice::Keychain),
+            other => Err(format!("unknown key backend {other:?}: use auto, file or keychain")),
+        }
+    }
+}
 
 /// The config file's contents; every field optional.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -40,8 +73,8 @@ pub struct FileConfig {
     pub grpc: Option<GrpcConfig>,
 }
 
-/// `[grpc]` of `palyra.toml`: connection budgets and timeouts (defaults in
-/// [`crate::rpc::server::GrpcLimits`]).
+/// `[grpc]` of `palyra.toml`: connection budgets and timeouts (unset: the gRPC edge's
+/// defaults).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
@@ -57,24 +90,6 @@ pub struct GrpcConfig {
 }
 
 impl GrpcConfig {
-    /// The limits this section sets over the defaults.
-    pub fn limits(&self) -> crate::rpc::server::GrpcLimits {
-        let mut limits = crate::rpc::server::GrpcLimits::default();
-        if let Some(n) = self.max_connections {
-            limits.max_connections = n;
-        }
-        if let Some(n) = self.max_connections_per_address {
-            limits.max_connections_per_address = n;
-        }
-        if let Some(s) = self.handshake_timeout_secs {
-            limits.handshake_timeout = std::time::Duration::from_secs(s);
-        }
-        if let Some(s) = self.anonymous_idle_timeout_secs {
-            limits.anonymous_idle_timeout = std::time::Duration::from_secs(s);
-        }
-        limits
-    }
-
     fn check(&self) -> Result<(), String> {
         let within = |name: &str, v: Option<u64>, lo: u64, hi: u64| match v {
             Some(v) if v < lo || v > hi => Err(format!("grpc.{name} must be between {lo} and {hi}")),
@@ -82,7 +97,7 @@ impl GrpcConfig {
         };
         let as_u64 = |v: Option<usize>| v.map(|v| u64::try_from(v).unwrap_or(u64::MAX));
         within("max_connections", as_u64(self.max_connections), 1, 65_536)?;
-        let total = self.max_connections.unwrap_or(crate::rpc::server::DEFAULT_MAX_CONNECTIONS);
+        let total = self.max_connections.unwrap_or(DEFAULT_GRPC_MAX_CONNECTIONS);
         let total = u64::try_from(total).unwrap_or(u64::MAX);
         within("max_connections_per_address", as_u64(self.max_connections_per_address), 1, total)?;
         within("handshake_timeout_secs", self.handshake_timeout_secs, 1, 60)?;
@@ -119,7 +134,7 @@ impl ConsoleConfig {
         if self.max_connections.is_some_and(|n| n == 0 || n > 65_536) {
             return Err("console.max_connections must be between 1 and 65536".into());
         }
-        let total = self.max_connections.unwrap_or(crate::console::DEFAULT_MAX_CONNECTIONS);
+        let total = self.max_connections.unwrap_or(DEFAULT_CONSOLE_MAX_CONNECTIONS);
         if self.max_connections_per_address.is_some_and(|n| n == 0 || n > total) {
             return Err(format!("console.max_connections_per_address must be between 1 and {total}"));
         }
@@ -156,6 +171,7 @@ pub enum ConfigError {
     },
     /// A value is out of range.
     #[error("{0}")]
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     Value(String),
 }
 
@@ -212,7 +228,7 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/palyra")
 }
 
-/// Where things live inside a data dir (API.md "Files in the data dir").
+/// Where things live inside a data dir (docs/storage-format.md, "Data directory").
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
@@ -225,6 +241,7 @@ impl Layout {
     }
 
     /// The data dir.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -279,9 +296,9 @@ mod tests {
         );
         assert_eq!(c.max_value_bytes, Some(1024));
         assert_eq!(c.console.and_then(|c| c.addr).map(|a| a.port()), Some(7500));
-        let limits = c.grpc.unwrap_or_default().limits();
-        assert_eq!((limits.max_connections, limits.max_connections_per_address), (100, 10));
-        assert_eq!(limits.anonymous_idle_timeout, std::time::Duration::from_secs(5));
+        let grpc = c.grpc.unwrap_or_default();
+        assert_eq!((grpc.max_connections, grpc.max_connections_per_address), (Some(100), Some(10)));
+        assert_eq!(grpc.anonymous_idle_timeout_secs, Some(5));
         Ok(())
     }
 

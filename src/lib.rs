@@ -1,58 +1,80 @@
 //! Palyra: the security control plane of a personal node.
 //!
-//! One binary that keeps a node's secrets and decides who may touch them:
+//! One binary, `palyra`, that keeps a node's secrets and decides who may touch them. This
+//! crate is that binary's library: its public surface is the composition root ([`node`]), the
+//! wire types a client needs ([`wire`]), the command line ([`cli`], which `main.rs` runs), and
+//! — behind the `testkit` feature, for this crate's own tests, benches and fuzz targets — the
+//! `testkit`. Everything else is crate-private in a default build; ARCHITECTURE.md is the
+//! map of it, bottom up:
 //!
-//! - [`auth`] — auth profiles: API keys and OAuth 2.0 grants (PKCE, single-flight refresh)
-//!   for external providers, their secrets sealed in the vault;
-//! - [`vault`] — scoped, versioned secrets, envelope-encrypted (ChaCha20-Poly1305, HKDF
-//!   sub-keys), the root key in the OS keychain or a 0600 key file;
-//! - [`identity`] — the node's Ed25519/X25519 identity, the sealed identity store, the device
-//!   CA (mTLS certificates) and the types of the device registry;
-//! - [`policy`] — Cedar: the schema, the default policies (DESIGN.md §3's authorization
-//!   matrix), the engine every call is decided by, and the versioned policy store;
-//! - [`storage`] — SQLite (WAL, `synchronous=FULL`, group commit), the only module that knows
+//! - leaves: `store_error` (what every store trait shares), `fsutil` (private files, atomic
+//!   writes), `limits` (process limits), `datadir_lock`, `net_limits` and `ratelimit` (budgets
+//!   and buckets per address), `unix_time`, `config` (`palyra.toml`, pure parsing);
+//! - domain, each with its store trait and its application service: `vault` (scoped,
+//!   versioned, envelope-encrypted secrets; the root key), `identity` (device and node keys,
+//!   the device CA, the sealed identity store), `pairing` (codes and the SPAKE2 handshake,
+//!   sans-IO; the `Pairing` service), `policy` (Cedar: schema, default policies, the engine;
+//!   the `Policies` service), `audit` (the hash chain and its sealed head; the `Audit`
+//!   service), `auth` (auth profiles; the `Profiles` service), `events` (the event log),
+//!   `integrity` (row MACs), `login` (console sign-in tokens);
+//! - services above the domain: `access` (certificate → peer, the one Cedar gate with its
+//!   audit record), `devices` (the device registry: revocation, renewal);
+//! - `storage`: SQLite, implementing the domain's store traits — the only module that knows
 //!   rusqlite;
-//! - [`pairing`] — the pairing codes and the SPAKE2 handshake as sans-IO state machines;
-//! - [`events`] — the event log: changes and their events commit together, replay + live
-//!   subscriptions that never skip an event;
-//! - [`access`] — certificate → peer, and the one Cedar gate with its audit record, shared by
-//!   the edges;
-//! - [`admin`] — the operator's pairing and revocation actions, shared by the gRPC services
-//!   and the console;
-//! - [`rpc`] — the gRPC edge (tonic, mTLS); [`quic`] — the QUIC data plane (quinn, mTLS);
-//! - [`console`] — the operator web console (axum, loopback HTTP), signed in with one-time
-//!   links ([`login`]) and decided by the same gate;
-//! - [`node`] — assembles the parts from a data directory;
-//! - [`integrity`] — the row MACs of the rows that decide what is served;
-//! - [`fsutil`] — private files and atomic writes; [`limits`] — the open-files limit.
+//! - the composition root [`node`], which builds every service once;
+//! - [`wire`]: generated protobuf/gRPC code, conversions, the one error mapping;
+//! - edges that translate and decide nothing: `rpc` (gRPC, tonic), `quic` (the QUIC data
+//!   plane, quinn), `console` (the operator web console, axum), [`cli`].
 //!
-//! See ARCHITECTURE.md for the map and the invariants.
+//! It does not: talk to any network but its own listeners and configured OAuth token
+//! endpoints, or keep state outside its data directory and the OS keychain.
 
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod admin;
-pub mod audit;
-pub mod auth;
+/// Declares crate-private modules that the `testkit` feature opens to this crate's own tests,
+/// benches and fuzz targets (white-box tests reach into the domain through them). A default
+/// build — the binary, and any other user of the library — sees only what lib.rs exports.
+macro_rules! internal_modules {
+    ($($(#[$meta:meta])* $name:ident;)*) => {$(
+        $(#[$meta])*
+        #[cfg(feature = "testkit")]
+        pub mod $name;
+        $(#[$meta])*
+        #[cfg(not(feature = "testkit"))]
+        pub(crate) mod $name;
+    )*};
+}
+
+internal_modules! {
+    access;
+    audit;
+    auth;
+    config;
+    console;
+    datadir_lock;
+    devices;
+    events;
+    fsutil;
+    identity;
+    integrity;
+    limits;
+    login;
+    net_limits;
+    pairing;
+    policy;
+    quic;
+    ratelimit;
+    rpc;
+    storage;
+    store_error;
+    unix_time;
+    vault;
+}
+
 pub mod cli;
-pub mod config;
-pub mod console;
-pub mod datadir_lock;
-pub mod events;
-pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod identity;
-pub mod integrity;
-pub mod limits;
-pub mod login;
-pub mod net_limits;
 pub mod node;
-pub mod pairing;
-pub mod policy;
-pub mod quic;
-pub mod ratelimit;
-pub mod rpc;
-pub mod storage;
-pub mod unix_time;
-pub mod vault;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod wire;

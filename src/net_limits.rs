@@ -113,6 +113,7 @@ impl AddressBudget {
     }
 
     /// Permits `ip`'s address holds now.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn held_by(&self, ip: IpAddr) -> usize {
         let counts = self.inner.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         counts.by_address.get(&address_key(ip)).copied().unwrap_or(0)

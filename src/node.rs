@@ -6,15 +6,17 @@
 //! secret); it fails with an error that says what to do.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::access::PeerResolver;
+use crate::access::{Gate, PeerResolver};
+use crate::audit::Audit;
 
+pub use crate::config::KeyBackendChoice;
 use crate::config::Layout;
+use crate::devices::{DeviceStore, Registry};
 use crate::events::EventLog;
 use crate::fsutil::{self, FsError};
 use crate::identity::ca::generate_tls_key_and_csr;
@@ -22,35 +24,13 @@ use crate::identity::{
     Device, DeviceId, DeviceIdentity, DeviceStatus, FilesystemSecretStore, IdentityError, NodeIdentity, Role,
     SecretStore,
 };
-use crate::policy::{Policies, PolicyError};
-use crate::storage::{AuditLog, SqliteBlobBackend, StorageError, Store};
+use crate::pairing::Pairing;
+use crate::policy::{Policies, PolicyError, ResetError};
+use crate::storage::{SqliteBlobBackend, Store};
+use crate::store_error::StoreError;
 use crate::vault::keychain::KeychainKeyProvider;
 use crate::vault::keys::FileKeyProvider;
 use crate::vault::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, RootKey, Vault, VaultConfig};
-
-/// Which root-key backend to use on first start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum KeyBackendChoice {
-    /// The OS keychain if it answers, else the key file.
-    #[default]
-    Auto,
-    /// Always the key file.
-    File,
-    /// Always the OS keychain; fail if it does not answer.
-    Keychain,
-}
-
-impl FromStr for KeyBackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(KeyBackendChoice::Auto),
-            "file" => Ok(KeyBackendChoice::File),
-            "keychain" => Ok(KeyBackendChoice::Keychain),
-            other => Err(format!("unknown key backend {other:?}: use auto, file or keychain")),
-        }
-    }
-}
 
 /// How to open a node.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +52,7 @@ pub enum NodeError {
     Fs(#[from] FsError),
     /// The database failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(#[from] StoreError),
     /// The root key backend failed.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -110,13 +90,13 @@ pub enum NodeError {
 #[derive(Debug, Clone)]
 pub struct NodeCore {
     /// The data directory.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// The database.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Purpose keys derived from the root key.
-    pub keys: Arc<KeyHierarchy>,
+    pub(crate) keys: Arc<KeyHierarchy>,
     /// Where the root key lives.
-    pub key_backend: KeyBackend,
+    pub(crate) key_backend: KeyBackend,
     /// The vault.
     pub vault: Vault,
 }
@@ -125,6 +105,11 @@ const META_KEY_BACKEND: &str = "key_backend";
 const META_KEY_ID: &str = "key_id";
 
 impl NodeCore {
+    /// Where the root key lives.
+    pub fn key_backend(&self) -> KeyBackend {
+        self.key_backend
+    }
+
     /// Opens the node in `data_dir`, creating the directory, database and root key on first
     /// start.
     pub async fn open(data_dir: &Path, options: NodeOptions) -> Result<Self, NodeError> {
@@ -145,6 +130,49 @@ impl NodeCore {
         }
         Ok(NodeCore { data_dir: data_dir.to_path_buf(), store, keys, key_backend, vault })
     }
+
+    /// Stops accepting writes; the database writer finishes what is queued and exits (at the
+    /// end of `init` and `serve`, so the CLI does not reach into the store).
+    pub fn close(&self) {
+        self.store.close();
+    }
+
+    /// Starts the audit service over this core's database, with its chain and head keys.
+    /// Blocking (opens the audit writer's connection).
+    fn start_audit(&self) -> Result<Audit, StoreError> {
+        let (audit_key, head_key) = (self.keys.audit_chain_key(), self.keys.audit_head_key());
+        Audit::start(Arc::new(self.store.clone()), audit_key, head_key)
+    }
+}
+
+/// Why `palyra policy reset` failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OfflineResetError {
+    /// The data dir, its database, root key or audit log could not be opened.
+    #[error("{0}")]
+    Open(String),
+    /// The reset itself failed, or went unrecorded.
+    #[error(transparent)]
+    Reset(#[from] ResetError),
+}
+
+/// `palyra policy reset` on the stopped node in `data_dir` (the caller holds the data dir's
+/// lock): opens the core (the root key: the new version gets its row MAC) and the audit log,
+/// and runs [`Policies::reset_offline`]. Returns the version stored.
+pub(crate) async fn reset_policies_offline(data_dir: &Path) -> Result<u64, OfflineResetError> {
+    let open = |e: &dyn std::fmt::Display| OfflineResetError::Open(e.to_string());
+    let core = NodeCore::open(data_dir, NodeOptions::default()).await.map_err(|e| open(&e))?;
+    let starter = core.clone();
+    let audit = tokio::task::spawn_blocking(move || starter.start_audit())
+        .await
+        .map_err(|e| open(&e))?
+        .map_err(|e| open(&e))?;
+    let outcome = Policies::reset_offline(&core.store, &audit).await;
+    // Closed once the defaults could have been stored: the next start reads them.
+    if matches!(outcome, Ok(_) | Err(ResetError::Unrecorded { .. })) {
+        core.store.close();
+    }
+    Ok(outcome?)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -235,26 +263,86 @@ const OPERATOR_IDENTITY: &str = "operator.identity";
 #[derive(Debug, Clone)]
 pub struct Node {
     /// Database, root key, vault.
-    pub core: NodeCore,
+    pub(crate) core: NodeCore,
     /// The node's identity, CA and server certificate.
-    pub identity: Arc<NodeIdentity>,
+    pub(crate) identity: Arc<NodeIdentity>,
     /// Cedar policies (engine and versions).
-    pub policies: Arc<Policies>,
+    pub(crate) policies: Arc<Policies>,
     /// The audit log.
-    pub audit: AuditLog,
+    pub(crate) audit: Audit,
     /// The operator device (role admin) created by `init`.
-    pub operator: DeviceId,
+    pub(crate) operator: DeviceId,
     /// Extra names of the server certificate.
     server_names: Arc<[String]>,
     /// The event log and its live fan-out.
-    pub events: EventLog,
+    pub(crate) events: EventLog,
     /// Certificates → peers, shared by the gRPC and QUIC edges (one cache to invalidate).
-    pub peers: PeerResolver,
+    pub(crate) peers: PeerResolver,
+    /// The device registry: listing, revocation, renewal (one renewal-challenge table for
+    /// every edge).
+    pub(crate) registry: Arc<Registry>,
+    /// The one authorization gate (engine, audit, peers), cloned into every edge.
+    pub(crate) gate: Gate,
     /// Auth profiles (their refresh locks are shared by every caller of this node).
-    pub auth: crate::auth::AuthProfiles,
+    pub(crate) auth: crate::auth::Profiles,
     /// Console login tokens and sessions (in memory), shared by the gRPC edge that issues
     /// tokens and the console that redeems them.
-    pub logins: crate::login::Logins,
+    pub(crate) logins: crate::login::Logins,
+    /// The pairing flow (codes, handshakes, requests and their approval), shared by the gRPC
+    /// edge and the console, so its rate limits are the node's, not an edge's.
+    pub(crate) pairing: Arc<Pairing>,
+}
+
+impl Node {
+    /// The node's identity, CA and server certificate.
+    pub fn identity(&self) -> &Arc<NodeIdentity> {
+        &self.identity
+    }
+
+    /// The Cedar policies (engine and versions).
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// The operator device (role admin) created by `init`.
+    pub fn operator(&self) -> DeviceId {
+        self.operator
+    }
+
+    /// The event log and its live fan-out.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Certificates → peers, shared by the edges.
+    pub fn peers(&self) -> &PeerResolver {
+        &self.peers
+    }
+
+    /// The one authorization gate.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The auth profiles.
+    pub fn auth(&self) -> &crate::auth::Profiles {
+        &self.auth
+    }
+
+    /// Console login tokens and sessions.
+    pub fn logins(&self) -> &crate::login::Logins {
+        &self.logins
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.core.vault
+    }
 }
 
 /// Why a node could not be initialised or started.
@@ -275,7 +363,7 @@ pub enum InitError {
     Fs(#[from] FsError),
     /// The database failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(#[from] StoreError),
     /// The auth profiles' HTTP client could not be built.
     #[error("auth profiles: {0}")]
     Auth(String),
@@ -303,16 +391,22 @@ impl Node {
         let (identity, operator_identity) = identity;
         let identity = Arc::new(identity);
         let operator = ensure_operator(&core.store, &identity, &operator_identity, &layout).await?;
-        let policies = Arc::new(Policies::load_or_init(core.store.clone()).await?);
-        let store = core.store.clone();
-        let (audit_key, head_key) = (core.keys.audit_chain_key(), core.keys.audit_head_key());
-        let audit =
-            blocking_init(move || AuditLog::start(&store, audit_key, head_key).map_err(InitError::from))
-                .await?;
-        let events = EventLog::new(core.store.clone());
-        let peers = PeerResolver::new(core.store.clone());
-        let auth = crate::auth::AuthProfiles::new(core.store.clone(), core.vault.clone())
+        let starter = core.clone();
+        let audit = blocking_init(move || starter.start_audit().map_err(InitError::from)).await?;
+        let policies = Arc::new(Policies::load_or_init(Arc::new(core.store.clone()), audit.clone()).await?);
+        let events = EventLog::new(Arc::new(core.store.clone()));
+        let peers = PeerResolver::new(Arc::new(core.store.clone()));
+        let gate = Gate { engine: Arc::clone(policies.engine()), audit: audit.clone(), peers: peers.clone() };
+        let registry =
+            Arc::new(Registry::new(Arc::clone(&identity), Arc::new(core.store.clone()), gate.clone()));
+        let auth = crate::auth::Profiles::new(Arc::new(core.store.clone()), core.vault.clone())
             .map_err(|e| InitError::Auth(e.to_string()))?;
+        let pairing = Arc::new(Pairing::new(
+            Arc::new(core.store.clone()),
+            Arc::clone(&identity),
+            Arc::clone(&core.keys),
+            gate.clone(),
+        ));
         Ok(Node {
             core,
             identity,
@@ -321,8 +415,11 @@ impl Node {
             operator,
             events,
             peers,
+            registry,
+            gate,
             auth,
             logins: crate::login::Logins::default(),
+            pairing,
             server_names: Arc::from(names),
         })
     }
@@ -366,7 +463,7 @@ fn ensure_operator_identity(secrets: &FilesystemSecretStore) -> Result<DeviceIde
 /// the registry entry and never overwritten; a run interrupted in between is completed by the
 /// next one.
 async fn ensure_operator(
-    store: &Store,
+    store: &dyn DeviceStore,
     node: &NodeIdentity,
     operator: &DeviceIdentity,
     layout: &Layout,
@@ -389,9 +486,9 @@ async fn ensure_operator(
         tracing::info!(device_id = %id, "created the operator's credentials in {}", dir.display());
         issued.not_after
     };
-    if store.device(id).await?.is_none() {
+    if store.get(id).await?.is_none() {
         store
-            .insert_device(&Device {
+            .insert(Device {
                 id,
                 name: "operator".to_owned(),
                 fingerprint: operator.fingerprint(),

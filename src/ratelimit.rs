@@ -101,6 +101,7 @@ impl AddressLimiter {
     }
 
     /// How many addresses the table holds now.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn tracked(&self) -> usize {
         self.buckets.len()
     }

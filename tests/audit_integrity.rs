@@ -7,15 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestNode, reason};
-use palyra::node::{KeyBackendChoice, Node, NodeOptions};
-use palyra::rpc::pb::audit::v1::{self as audit, audit_service_client::AuditServiceClient};
-use palyra::rpc::pb::identity::v1::{self as identity, identity_service_client::IdentityServiceClient};
-use palyra::rpc::pb::vault::v1::{self as vault, vault_service_client::VaultServiceClient};
+use palyra::node::Node;
+use palyra::testkit::{self, NodeInternals, TestNode, reason};
+use palyra::wire::pb::audit::v1::{self as audit, audit_service_client::AuditServiceClient};
+use palyra::wire::pb::identity::v1::{self as identity, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::vault::v1::{self as vault, vault_service_client::VaultServiceClient};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -32,11 +30,11 @@ async fn calls(node: &TestNode, n: usize) {
     for _ in 0..n {
         ids.who_am_i(identity::WhoAmIRequest {}).await.unwrap();
     }
-    node.node.audit.flush().await.unwrap();
+    node.node.audit().flush().await.unwrap();
 }
 
 async fn reopen(data: &std::path::Path) -> Node {
-    Node::open(data, NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() }).await.unwrap()
+    testkit::open_node(data).await
 }
 
 /// Stops `node`, runs `tamper` on its database, opens it again: the log must refuse to serve,
@@ -47,16 +45,16 @@ async fn tampered_offline(tamper: &str, first_bad: impl Fn(u64) -> u64, words: &
     let data = node.data_dir();
     let last: i64 = db(&node).query_row("SELECT MAX(sequence) FROM audit", [], |r| r.get(0)).unwrap();
     let (dir, stopped) = node.stop().await;
-    stopped.core.store.close();
+    stopped.close_db();
     drop(stopped);
     let changed = rusqlite::Connection::open(data.join("palyra.db")).unwrap().execute(tamper, []).unwrap();
     assert!(changed > 0, "{tamper}");
 
     let again = reopen(&data).await;
-    let problem = again.audit.integrity().expect("the tampering is found at start");
+    let problem = again.audit().integrity().expect("the tampering is found at start");
     eprintln!("{tamper}: {problem}");
     assert!(problem.to_string().contains(words), "{problem}");
-    let v = again.audit.verify().await.unwrap();
+    let v = again.audit().verify().await.unwrap();
     assert!(!v.ok, "{v:?}");
     assert_eq!(v.first_bad_sequence, Some(first_bad(last as u64)), "{v:?}");
     assert!(v.problem.as_deref().unwrap_or_default().contains(words), "{v:?}");
@@ -64,7 +62,7 @@ async fn tampered_offline(tamper: &str, first_bad: impl Fn(u64) -> u64, words: &
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let served = palyra::rpc::serve(&again, listener, async {}).await;
     assert!(matches!(served, Err(palyra::rpc::ServeError::AuditIntegrity(_))), "{served:?}");
-    assert!(again.audit.flush().await.is_err());
+    assert!(again.audit().flush().await.is_err());
     drop(dir);
 }
 
@@ -123,7 +121,7 @@ async fn removing_the_tail_of_a_live_log_is_found_and_refuses_calls() {
         .execute("DELETE FROM audit WHERE sequence > (SELECT MAX(sequence) - 2 FROM audit)", [])
         .unwrap();
     // VerifyAuditLog's check (without a new record of its own): the sealed head is ahead.
-    let v = node.node.audit.verify().await.unwrap();
+    let v = node.node.audit().verify().await.unwrap();
     assert!(!v.ok, "{v:?}");
     assert!(v.problem.as_deref().unwrap_or_default().contains("removed from the end"), "{v:?}");
     // The next append sees the table moved under it: calls fail closed.
@@ -177,7 +175,7 @@ async fn a_failing_append_fails_closed_flips_health_and_recovers() {
         async move { (health(c).await == ServingStatus::NotServing).then_some(()) }
     })
     .await;
-    let failures = node.node.audit.failed_appends();
+    let failures = node.node.audit().failed_appends();
     assert!(failures >= 1);
 
     // The fault goes: the writer's retry succeeds, and the node serves again.
@@ -192,7 +190,7 @@ async fn a_failing_append_fails_closed_flips_health_and_recovers() {
         async move { (health(c).await == ServingStatus::Serving).then_some(()) }
     })
     .await;
-    eprintln!("failed appends counted: {}", node.node.audit.failed_appends());
+    eprintln!("failed appends counted: {}", node.node.audit().failed_appends());
     // The refused write did not happen; its (allowed) decision was kept and appended on retry.
     let get = secrets
         .get_secret(vault::GetSecretRequest { scope: "apps/x".into(), key: "k".into(), version: 0 })

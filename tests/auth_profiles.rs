@@ -6,27 +6,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestNode, reason};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use palyra::auth::pkce::base64url;
 use palyra::identity::Role;
-use palyra::rpc::pb::auth::v1 as pb;
-use palyra::rpc::pb::auth::v1::auth_profile_service_client::AuthProfileServiceClient;
-use palyra::rpc::pb::policy::v1 as policy;
-use palyra::rpc::pb::policy::v1::policy_service_client::PolicyServiceClient;
-use palyra::rpc::pb::vault::v1 as vault;
-use palyra::rpc::pb::vault::v1::vault_service_client::VaultServiceClient;
+use palyra::testkit::{NodeInternals, TestNode, palyra_bin, reason};
+use palyra::wire::pb::auth::v1 as pb;
+use palyra::wire::pb::auth::v1::auth_profile_service_client::AuthProfileServiceClient;
+use palyra::wire::pb::policy::v1 as policy;
+use palyra::wire::pb::policy::v1::policy_service_client::PolicyServiceClient;
+use palyra::wire::pb::vault::v1 as vault;
+use palyra::wire::pb::vault::v1::vault_service_client::VaultServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -471,7 +469,7 @@ async fn a_revoked_refresh_token_marks_the_profile_for_reauthorization() {
     auth.delete_profile(pb::DeleteProfileRequest { name: "example".into() }).await.unwrap();
 
     // Each change committed with its event; no event carries a token.
-    let events = node.node.core.store.events_after(0, 10_000).await.unwrap();
+    let events = node.events_after(0, 10_000).await.unwrap();
     let kinds: Vec<&str> =
         events.iter().filter(|e| e.kind.starts_with("auth.")).map(|e| e.kind.as_str()).collect();
     assert_eq!(
@@ -584,14 +582,8 @@ async fn palyra(node: &TestNode, args: &[&str]) -> std::process::Output {
 }
 
 fn cli_command(node: &TestNode, args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_palyra"));
-    command
-        .arg("--data-dir")
-        .arg(node.data_dir())
-        .arg("--server")
-        .arg(node.url())
-        .args(args)
-        .env("PALYRA_LOG", "off");
+    let mut command = palyra_bin!().cli(&node.data_dir());
+    command.arg("--server").arg(node.url()).args(args);
     command
 }
 

@@ -1,4 +1,4 @@
-//! The authorization matrix of DESIGN.md §3, cell by cell, over real mTLS: every RPC of every
+//! The authorization matrix of docs/security-model.md, cell by cell, over real mTLS: every RPC of every
 //! service × {anonymous, device, another device, node, admin, revoked device}, with the status
 //! code and reason each cell must produce. Zero unexpected allows (and zero unexpected denials).
 //!
@@ -7,15 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::future::Future;
 use std::pin::Pin;
 
-use common::{Creds, TestNode, reason};
 use palyra::identity::ca::generate_tls_key_and_csr;
 use palyra::identity::{DeviceId, Role};
-use palyra::rpc::pb;
+use palyra::testkit::{Creds, TestNode, reason};
+use palyra::wire::pb;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -504,7 +502,7 @@ async fn every_rpc_for_every_principal() {
         device: node.add_device(Role::Device, "phone", &["connectors/slack"]).await,
         other: node.add_device(Role::Device, "laptop", &[]).await,
         node: node.add_device(Role::Node, "peer", &[]).await,
-        admin: node.node.operator,
+        admin: node.node.operator(),
     };
     let revoked = node.add_device(Role::Device, "stolen", &[]).await;
     let operator = node.operator().await;
@@ -552,7 +550,7 @@ async fn every_rpc_for_every_principal() {
 
     // The denials are in the audit log.
     let (_, n) = node.stop().await;
-    let denied = n.audit.list(0, 100_000, None, None).await.unwrap();
+    let denied = n.audit().list(0, 100_000, None, None).await.unwrap();
     assert!(
         denied
             .iter()

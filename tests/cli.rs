@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use std::process::Output;
 
-use common::palyra;
+use palyra::testkit::{self, Palyra, palyra_bin};
 
-use std::process::{Command, Output};
+const PALYRA: Palyra = palyra_bin!();
 
 fn json(output: &Output) -> serde_json::Value {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -16,14 +16,14 @@ fn json(output: &Output) -> serde_json::Value {
 
 #[test]
 fn init_is_idempotent_and_never_overwrites() {
-    let dir = common::private_tempdir();
+    let dir = testkit::private_tempdir();
     let data = dir.path().join("node");
-    let first = json(&palyra(&data, &["--json", "init"]));
+    let first = json(&PALYRA.run(&data, &["--json", "init"]));
     let cert = std::fs::read(data.join("operator/cert.pem")).unwrap();
     let key = std::fs::read(data.join("operator/key.pem")).unwrap();
     let ca = std::fs::read(data.join("identity/ca.pem")).unwrap();
 
-    let second = json(&palyra(&data, &["--json", "init"]));
+    let second = json(&PALYRA.run(&data, &["--json", "init"]));
     assert_eq!(first["node_id"], second["node_id"]);
     assert_eq!(first["ca_fingerprint"], second["ca_fingerprint"]);
     assert_eq!(first["operator_device_id"], second["operator_device_id"]);
@@ -54,29 +54,29 @@ fn init_is_idempotent_and_never_overwrites() {
 
 #[test]
 fn exit_codes_and_one_line_errors() {
-    let dir = common::private_tempdir();
+    let dir = testkit::private_tempdir();
     let data = dir.path().join("node");
     // Usage error: 2.
-    let usage = palyra(&data, &["vault", "put", "a", "k"]);
+    let usage = PALYRA.run(&data, &["vault", "put", "a", "k"]);
     assert_eq!(usage.status.code(), Some(2));
     // No credentials yet: 1, one line, with what to do.
-    let missing = palyra(&data, &["vault", "list", "a"]);
+    let missing = PALYRA.run(&data, &["vault", "list", "a"]);
     assert_eq!(missing.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: ") && stderr.contains("palyra init"), "{stderr}");
     // No server: 1, says what to check.
-    palyra(&data, &["init"]);
-    let down = palyra(&data, &["--server", "https://127.0.0.1:9", "identity", "show"]);
+    PALYRA.run(&data, &["init"]);
+    let down = PALYRA.run(&data, &["--server", "https://127.0.0.1:9", "identity", "show"]);
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("is `palyra serve` running"));
     // A bad config file names itself.
     std::fs::write(data.join("palyra.toml"), "grpc_adr = 1\n").unwrap();
-    let bad = palyra(&data, &["init"]);
+    let bad = PALYRA.run(&data, &["init"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("palyra.toml"));
     // --help helps.
-    let help = Command::new(env!("CARGO_BIN_EXE_palyra")).arg("--help").output().unwrap();
+    let help = PALYRA.command().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
     for word in ["serve", "vault", "policy", "audit", "--data-dir", "--json"] {
         assert!(text.contains(word), "{word} missing from --help");

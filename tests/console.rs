@@ -5,18 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use common::TestNode;
 use palyra::audit::AuditDecision;
 use palyra::console::{Access, CSP, ConsoleLimits, ConsoleOptions, ROUTES, Verb};
 use palyra::identity::Role;
 use palyra::policy::{DEFAULT_POLICIES, actions};
-use palyra::rpc::pb::console::v1::{CreateLoginTokenRequest, console_service_client::ConsoleServiceClient};
+use palyra::testkit::{NodeInternals, TestNode};
 use palyra::vault::{Scope, SecretKey, SecretValue};
+use palyra::wire::pb::console::v1::{CreateLoginTokenRequest, console_service_client::ConsoleServiceClient};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
@@ -54,7 +52,7 @@ impl Console {
             .await
             .unwrap();
         });
-        while node.node.logins.console_url().is_none() {
+        while node.node.logins().console_url().is_none() {
             tokio::task::yield_now().await;
         }
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -106,15 +104,15 @@ impl Console {
 
     /// Whether the audit log holds a decision on `action` by the operator.
     async fn audited(&self, action: &str, decision: AuditDecision) -> bool {
-        self.audited_by(&format!("device:{}", self.node.node.operator), action, decision).await
+        self.audited_by(&format!("device:{}", self.node.node.operator()), action, decision).await
     }
 
     /// Whether the audit log holds a decision on `action` by `principal`.
     async fn audited_by(&self, principal: &str, action: &str, decision: AuditDecision) -> bool {
         let node = &self.node.node;
-        node.audit.flush().await.unwrap();
+        node.audit().flush().await.unwrap();
         let principal = principal.to_owned();
-        let records = node.audit.recent(100, Some(principal), Some(action.to_owned())).await.unwrap();
+        let records = node.audit().recent(100, Some(principal), Some(action.to_owned())).await.unwrap();
         records.iter().any(|r| r.entry.decision == decision)
     }
 }
@@ -150,7 +148,7 @@ async fn login_links_are_single_use_and_short_lived() {
 
     // Expired: a token issued 61 s ago is refused.
     let old = SystemTime::now() - Duration::from_secs(61);
-    let (token, _) = c.node.node.logins.issue_token(c.node.node.operator, old).unwrap();
+    let (token, _) = c.node.node.logins().issue_token(c.node.node.operator(), old).unwrap();
     let expired = c.url(&format!("/login?token={}", token.expose()));
     assert_eq!(c.http.get(expired).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 
@@ -245,8 +243,8 @@ async fn a_revoked_operator_loses_its_session() {
     let c = Console::start().await;
     let b = c.sign_in().await;
     let node = &c.node.node;
-    node.core.store.revoke_device(node.operator, "lost laptop", SystemTime::now()).await.unwrap();
-    node.peers.revoked(node.operator);
+    node.revoke(node.operator(), "lost laptop").await.unwrap();
+    node.peers().revoked(node.operator());
     assert_eq!(c.get_with(&b.cookie, "/devices").await.0, StatusCode::UNAUTHORIZED);
 }
 
@@ -259,7 +257,7 @@ async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
     let phone_id = phone.id.to_string();
     let request_id = ulid::Ulid::generate().to_string();
     let operator = palyra::identity::Principal::Device {
-        id: node.operator,
+        id: node.operator(),
         role: Role::Admin,
         fingerprint: String::new(),
     };
@@ -322,8 +320,7 @@ async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
         (actions::VERIFY_AUDIT_LOG, "resource", Call::Get("/audit".into())),
         (actions::NODE_STREAM_EVENTS, "resource", Call::Get("/events".into())),
     ];
-    node.core
-        .vault
+    node.vault()
         .put(
             &Scope::parse("agents/alpha").unwrap(),
             &SecretKey::parse("TOKEN").unwrap(),
@@ -338,7 +335,7 @@ async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
         let policy = format!(
             "{DEFAULT_POLICIES}\n@id(\"console-test-forbid\")\nforbid (principal, action == Palyra::Action::\"{action}\", {resource});\n"
         );
-        node.policies.update(&policy, None, &operator).await.unwrap();
+        node.policies().update(&policy, None, &operator).await.unwrap();
         let (status, page) = match &call {
             Call::Get(path) => c.get_with(&b.cookie, path).await,
             Call::Post(path, form) => {
@@ -349,10 +346,10 @@ async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{action} ({resource}): {page}");
         assert!(page.contains("Denied by policy") && page.contains("may not call"), "{action}: {page}");
         assert!(c.audited(action, AuditDecision::Deny).await, "{action} ({resource}) audited as denied");
-        node.policies.update(DEFAULT_POLICIES, None, &operator).await.unwrap();
+        node.policies().update(DEFAULT_POLICIES, None, &operator).await.unwrap();
     }
     // The phone was never revoked by a refused request.
-    let phone = node.core.store.device(phone.id).await.unwrap().unwrap();
+    let phone = node.device(phone.id).await.unwrap().unwrap();
     assert_eq!(phone.status, palyra::identity::DeviceStatus::Active);
 }
 
@@ -360,7 +357,7 @@ async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
 async fn vault_pages_show_metadata_never_values() {
     let c = Console::start().await;
     let b = c.sign_in().await;
-    let vault = &c.node.node.core.vault;
+    let vault = &c.node.node.vault();
     let canary = "canary-value-7f3a9c";
     for (scope, key) in
         [("agents/alpha", "OPENAI_API_KEY"), ("agents/beta", "DB_PASSWORD"), ("connectors/slack", "BOT")]
@@ -452,19 +449,19 @@ async fn the_route_table_is_the_router_and_decides_before_every_handler() {
     // A second admin signs in; policies forbid it one action at a time (the lockout guard judges
     // the operator who stores them, who keeps every right).
     let admin = c.node.add_device(Role::Admin, "second-admin", &[]).await;
-    let (token, _) = node.logins.issue_token(admin.id, SystemTime::now()).unwrap();
+    let (token, _) = node.logins().issue_token(admin.id, SystemTime::now()).unwrap();
     let b = c.sign_in_at(&c.url(&format!("/login?token={}", token.expose()))).await;
     let principal = format!("device:{}", admin.id);
     let operator = palyra::identity::Principal::Device {
-        id: node.operator,
+        id: node.operator(),
         role: Role::Admin,
         fingerprint: String::new(),
     };
 
     // A path the table does not name, and every method the table does not name on a path it
     // does, are refused before any handler (and decided by nobody: no audit record).
-    node.audit.flush().await.unwrap();
-    let records_before = node.audit.recent(10_000, None, None).await.unwrap().len();
+    node.audit().flush().await.unwrap();
+    let records_before = node.audit().recent(10_000, None, None).await.unwrap().len();
     let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
     for path in ["/nope", "/pair/", "/devices/x", "/assets/other.js", "/vault/secret/x"] {
         for method in methods {
@@ -486,9 +483,9 @@ async fn the_route_table_is_the_router_and_decides_before_every_handler() {
             refused_methods += 1;
         }
     }
-    node.audit.flush().await.unwrap();
+    node.audit().flush().await.unwrap();
     assert_eq!(
-        node.audit.recent(10_000, None, None).await.unwrap().len(),
+        node.audit().recent(10_000, None, None).await.unwrap().len(),
         records_before,
         "nothing was decided"
     );
@@ -505,7 +502,7 @@ async fn the_route_table_is_the_router_and_decides_before_every_handler() {
                 "{DEFAULT_POLICIES}\n@id(\"route-table-forbid\")\nforbid (principal == Palyra::Device::\"{}\", action == Palyra::Action::\"{action}\", resource);\n",
                 admin.id
             );
-            node.policies.update(&policy, None, &operator).await.unwrap();
+            node.policies().update(&policy, None, &operator).await.unwrap();
             let (status, page) = match route.method {
                 Verb::Get => c.get_with(&b.cookie, &path).await,
                 Verb::Post => c.post(c.same_origin(&b.cookie), &path, &[("csrf", b.csrf.as_str())]).await,
@@ -522,7 +519,7 @@ async fn the_route_table_is_the_router_and_decides_before_every_handler() {
             denials += 1;
         }
     }
-    node.policies.update(DEFAULT_POLICIES, None, &operator).await.unwrap();
+    node.policies().update(DEFAULT_POLICIES, None, &operator).await.unwrap();
     // Allowed again, the same requests reach their handlers (which refuse the made-up input).
     let (status, _) = c.post(c.same_origin(&b.cookie), "/pair/code", &[("csrf", b.csrf.as_str())]).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "the handler's own refusal, after the gate");
@@ -702,7 +699,7 @@ async fn shutdown_ends_event_streams_and_drains() {
     while let Some(chunk) = events.chunk().await.unwrap() {
         assert!(String::from_utf8_lossy(&chunk).starts_with(':'), "only keep-alive comments");
     }
-    assert!(c.node.node.logins.console_url().is_none());
+    assert!(c.node.node.logins().console_url().is_none());
 }
 
 #[tokio::test]

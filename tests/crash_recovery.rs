@@ -12,17 +12,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palyra::node::{KeyBackendChoice, NodeCore, NodeOptions};
+use palyra::testkit::{self, NodeInternals, Rng};
 use palyra::vault::{Scope, SecretKey, SecretValue};
 
 const CHILD_ENV: &str = "PALYRA_CRASH_CHILD";
 const ROUNDS: usize = 20;
 const WRITERS: usize = 8;
 const KEYS_PER_WRITER: usize = 16;
-
-fn options() -> NodeOptions {
-    NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() }
-}
 
 /// The value acknowledged for `key` at `version`: deterministic, of varying size.
 fn expected_value(key: &str, version: u64) -> Vec<u8> {
@@ -36,7 +32,7 @@ fn expected_value(key: &str, version: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let node = NodeCore::open(Path::new(&dir), options()).await.unwrap();
+    let node = testkit::open_core(Path::new(&dir)).await;
     let scope = Scope::parse("crash").unwrap();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
@@ -72,29 +68,16 @@ async fn crash_child() {
     }
 }
 
-/// A small xorshift generator: random kill times without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = testkit::private_tempdir();
     let dir = tmp.path().join("node");
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let seed = testkit::time_seed();
     println!("crash test seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     // Highest acknowledged version per key, over all rounds.
     let mut acked: std::collections::BTreeMap<String, u64> = Default::default();
     let mut total_acks = 0usize;
@@ -113,7 +96,7 @@ async fn acknowledged_writes_survive_sigkill() {
             BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
         });
         // Kill at a random moment: sometimes while opening or migrating, mostly mid-write.
-        let delay = Duration::from_millis(20 + rng.next() % 600);
+        let delay = Duration::from_millis(20 + rng.below(600));
         let started = Instant::now();
         std::thread::sleep(delay);
         child.kill().unwrap(); // SIGKILL on Unix
@@ -138,8 +121,8 @@ async fn acknowledged_writes_survive_sigkill() {
         total_acks += round_acks;
 
         // Recover and check everything acknowledged so far, every version of it.
-        let node = NodeCore::open(&dir, options()).await.unwrap();
-        assert_eq!(node.store.integrity_check().await.unwrap(), "ok", "round {round}");
+        let node = testkit::open_core(&dir).await;
+        assert_eq!(node.integrity_check().await.unwrap(), "ok", "round {round}");
         let scope = Scope::parse("crash").unwrap();
         for (key, &version) in &acked {
             let k = SecretKey::parse(key).unwrap();
@@ -162,7 +145,7 @@ async fn acknowledged_writes_survive_sigkill() {
                 assert_eq!(value.expose(), expected_value(meta.key.as_str(), v.version).as_slice());
             }
         }
-        node.store.close();
+        node.close_db();
         println!("round {round}: killed after {killed_after:?}, {round_acks} acks");
     }
     println!("{ROUNDS} crashes survived, {total_acks} acknowledged writes checked, {rotations} rotations");

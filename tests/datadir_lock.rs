@@ -3,49 +3,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use palyra::testkit::{self, Palyra, palyra_bin};
 
-use common::palyra;
-
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::Child;
-
-/// Starts `palyra serve` on `data` and waits until it serves; stderr keeps being drained.
-fn serve(data: &Path) -> Child {
-    let mut child = common::serve_command(data, "info").spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if common::parse_serving(&line).is_some() {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(60)).expect("serve started");
-    child
-}
+const PALYRA: Palyra = palyra_bin!();
 
 #[test]
 fn a_second_serve_and_an_online_reset_are_refused_and_an_offline_reset_is_audited() {
-    let dir = common::private_tempdir();
+    let dir = testkit::private_tempdir();
     let data = dir.path().join("node");
-    let mut first = serve(&data);
+    let mut first = PALYRA.serve(&data, "info").child;
     let pid = first.id();
 
-    let second = common::serve_command(&data, "off").stderr(std::process::Stdio::piped()).output().unwrap();
+    let second = PALYRA.serve_command(&data, "off").stderr(std::process::Stdio::piped()).output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{err}");
     assert!(err.contains(&format!("pid {pid} (palyra serve)")), "{err}");
     eprintln!("second serve: {}", err.trim());
 
-    let reset = palyra(&data, &["policy", "reset"]);
+    let reset = PALYRA.run(&data, &["policy", "reset"]);
     let err = String::from_utf8_lossy(&reset.stderr);
     assert!(!reset.status.success(), "{err}");
     assert!(err.contains(&format!("pid {pid} (palyra serve)")), "{err}");
     eprintln!("online reset: {}", err.trim());
-    let init = palyra(&data, &["init"]);
+    let init = PALYRA.run(&data, &["init"]);
     assert!(!init.status.success());
 
     // Process hardening of the serving child.
@@ -62,27 +42,19 @@ fn a_second_serve_and_an_online_reset_are_refused_and_an_offline_reset_is_audite
     first.wait().unwrap();
 
     // Offline, the reset runs and leaves an audit record in the verified chain.
-    let reset = palyra(&data, &["--json", "policy", "reset"]);
+    let reset = PALYRA.run(&data, &["--json", "policy", "reset"]);
     assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
     let version =
         serde_json::from_slice::<serde_json::Value>(&reset.stdout).unwrap()["version"].as_u64().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let node = palyra::node::Node::open(
-            &data,
-            palyra::node::NodeOptions {
-                key_backend: palyra::node::KeyBackendChoice::File,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        let verification = node.audit.verify().await.unwrap();
+        let node = testkit::open_node(&data).await;
+        let verification = node.audit().verify().await.unwrap();
         assert!(verification.ok, "{verification:?}");
-        let records = node.audit.recent(10, None, Some("palyra policy reset".to_owned())).await.unwrap();
+        let records = node.audit().recent(10, None, Some("palyra policy reset".to_owned())).await.unwrap();
         assert_eq!(records.len(), 1, "{records:?}");
         assert!(records[0].entry.reason.contains(&format!("version {version}")), "{records:?}");
-        assert_eq!(node.policies.current().await.unwrap().info.version, version);
+        assert_eq!(node.policies().current().await.unwrap().info.version, version);
         eprintln!("audited: {:?}", records[0].entry);
     });
 }

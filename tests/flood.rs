@@ -6,20 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{Creds, TestNode};
 use palyra::identity::Role;
 use palyra::quic::client::{ClientOptions, ClientTls, QuicClient};
-use palyra::quic::{AddressValidation, ClientError, QuicConfig, QuicLoad, QuicServer};
+use palyra::quic::{AddressValidation, ClientError, QuicConfig, QuicLoad};
 use palyra::rpc::server::{GrpcLimits, GrpcLoad};
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, Creds, GrpcServing, QuicServing, TestNode};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
-use tokio::sync::oneshot;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 const FLOODER: &str = "127.0.0.1";
 const OTHER: &str = "127.0.0.2";
@@ -50,30 +48,23 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 // ---------------------------------------------------------------------------------------- QUIC
 
+/// A node serving QUIC with the limits under test (stopped when dropped).
 struct QuicNode {
     test: TestNode,
     addr: SocketAddr,
     load: QuicLoad,
-    stop: Option<oneshot::Sender<()>>,
+    _quic: QuicServing,
 }
 
 impl QuicNode {
     async fn start(config: QuicConfig) -> QuicNode {
         let test = TestNode::start().await;
-        let server =
-            QuicServer::bind(&test.node, QuicConfig { addr: "127.0.0.1:0".parse().unwrap(), ..config })
-                .unwrap();
-        let (addr, load) = (server.local_addr().unwrap(), server.load());
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        QuicNode { test, addr, load, stop: Some(tx) }
+        let quic = test.serve_quic(config);
+        QuicNode { addr: quic.addr, load: quic.load.clone(), test, _quic: quic }
     }
 
     fn tls(&self, creds: &Creds) -> ClientTls {
-        let ca = self.test.node.identity.ca().certificate_pem();
-        ClientTls::from_pem(ca.as_bytes(), creds.cert_pem.as_bytes(), creds.key_pem.as_bytes()).unwrap()
+        testkit::tls::quic(&self.test.node, Some(creds))
     }
 
     async fn connect_from(
@@ -84,14 +75,6 @@ impl QuicNode {
     ) -> Result<QuicClient, ClientError> {
         let options = ClientOptions { local_addr: Some(SocketAddr::new(ip(local), 0)), ..Default::default() };
         QuicClient::connect_with(to, "localhost", self.tls(creds), options).await
-    }
-}
-
-impl Drop for QuicNode {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -255,52 +238,31 @@ async fn quic_retry_cost_is_printed() {
 
 // ---------------------------------------------------------------------------------------- gRPC
 
+/// A node serving gRPC with the limits under test (stopped when dropped).
 struct GrpcNode {
     test: TestNode,
     addr: SocketAddr,
     load: GrpcLoad,
-    stop: Option<oneshot::Sender<()>>,
+    _grpc: GrpcServing,
 }
 
 impl GrpcNode {
     async fn start(limits: GrpcLimits) -> GrpcNode {
-        // The common node's own gRPC listener is not used: this one has the limits under test.
+        // The test node's own gRPC listener is not used: this one has the limits under test.
         let test = TestNode::start().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let load = GrpcLoad::new(&limits);
-        let (tx, rx) = oneshot::channel::<()>();
-        let (node, watched) = (test.node.clone(), load.clone());
-        tokio::spawn(async move {
-            palyra::rpc::serve_with(&node, listener, &limits, watched, async {
-                let _ = rx.await;
-            })
-            .await
-        });
-        GrpcNode { test, addr, load, stop: Some(tx) }
+        let grpc = GrpcServing::start_with(&test.node, limits, load.clone()).await;
+        GrpcNode { test, addr: grpc.addr, load, _grpc: grpc }
     }
 
     /// An anonymous channel from `local`, connected (TCP, TLS and HTTP/2 done).
     async fn anonymous(&self, local: &str) -> Result<Channel, tonic::transport::Error> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.test.node.identity.ca().certificate_pem()))
-            .domain_name("localhost");
-        Channel::from_shared(format!("https://{}", self.addr))
-            .unwrap()
+        let tls = Pems::device(&self.test.node, None).tonic().domain_name("localhost");
+        testkit::tls::endpoint(&format!("https://{}", self.addr), tls)
             .local_address(Some(ip(local)))
             .connect_timeout(Duration::from_secs(5))
-            .tls_config(tls)
-            .unwrap()
             .connect()
             .await
-    }
-}
-
-impl Drop for GrpcNode {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -380,17 +342,9 @@ async fn grpc_connection_flood_from_one_address_does_not_deny_another() {
     let held = node.load.stats().connections.held;
     // An operator (client certificate) connection is not subject to the idle timeout.
     let operator = {
-        let dir = node.test.data_dir().join("operator");
-        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")))
-            .identity(tonic::transport::Identity::from_pem(read("cert.pem"), read("key.pem")))
-            .domain_name("localhost");
-        Channel::from_shared(format!("https://{}", node.addr))
-            .unwrap()
+        let tls = Pems::from_dir(&node.test.data_dir().join("operator")).tonic().domain_name("localhost");
+        testkit::tls::endpoint(&format!("https://{}", node.addr), tls)
             .local_address(Some(ip("127.0.0.3")))
-            .tls_config(tls)
-            .unwrap()
             .connect()
             .await
             .unwrap()

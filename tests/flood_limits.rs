@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestNode, reason};
 use palyra::identity::ca::{Csr, generate_tls_key_and_csr};
 use palyra::identity::{DeviceId, DeviceIdentity, Role, renewal_proof_message};
 use palyra::pairing::{CodeId, DeviceName, DevicePairing, Pin};
-use palyra::rpc::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
-use palyra::rpc::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
+use palyra::testkit::{DeviceKeys, TestNode, reason};
+use palyra::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
 use tonic::Code;
 
 /// (admitted, refused as rate limited, refused otherwise).
@@ -126,8 +124,7 @@ async fn pairing_start_floods_and_garbage_do_not_deny_another_address() {
         .await
         .unwrap()
         .into_inner();
-    let ids = DeviceIdentity::generate().unwrap();
-    let (_, csr) = generate_tls_key_and_csr(ids.id()).unwrap();
+    let DeviceKeys { identity: ids, csr_pem: csr, .. } = DeviceKeys::generate();
 
     // 127.0.0.1: garbage, then valid-looking starts on a made-up code.
     let mut flood = PairingServiceClient::new(node.anonymous_from(1).await);
@@ -177,7 +174,7 @@ async fn pairing_start_floods_and_garbage_do_not_deny_another_address() {
         &ids,
         CodeId::parse(&code.code_id).unwrap(),
         &Pin::parse(&code.pin).unwrap(),
-        node.node.identity.ca().fingerprint(),
+        node.node.identity().ca().fingerprint(),
         DeviceName::parse("phone").unwrap(),
         &csr,
     )

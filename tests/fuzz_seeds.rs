@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use palyra::config::FileConfig;
@@ -25,39 +25,20 @@ use palyra::pairing::{
 };
 use palyra::policy::{PolicyEngine, Severity};
 use palyra::quic::{frame, pb};
+use palyra::testkit::fuzz::{
+    ENVELOPE_KEY, ENVELOPE_ROOT_KEY, ENVELOPE_SCOPE, ENVELOPE_VERSION, PAIRING_CA, PAIRING_CODE_ID,
+    PAIRING_PIN, SESSION_SEAL_KEY, frame, now,
+};
 use palyra::vault::envelope;
 use palyra::vault::{Binding, KeyHierarchy, RootKey, Scope, SecretKey};
 use ring::aead;
-
-/// fuzz/src/lib.rs ENVELOPE_ROOT_KEY, ENVELOPE_SCOPE, ENVELOPE_KEY, ENVELOPE_VERSION.
-const ENVELOPE_ROOT_KEY: [u8; 32] = [0x5a; 32];
-const ENVELOPE_SCOPE: &str = "agents/alpha";
-const ENVELOPE_KEY: &str = "API_KEY";
-const ENVELOPE_VERSION: u64 = 3;
-/// fuzz/src/lib.rs SESSION_SEAL_KEY.
-const SESSION_SEAL_KEY: [u8; 32] = [0x33; 32];
-const CA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus")
 }
 
-/// fuzz/src/lib.rs `frame`.
-fn frame(fields: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for field in fields {
-        out.extend_from_slice(&u16::try_from(field.len()).unwrap().to_be_bytes());
-        out.extend_from_slice(field);
-    }
-    out
-}
-
 fn with_mode(mode: u8, rest: &[u8]) -> Vec<u8> {
     [&[mode][..], rest].concat()
-}
-
-fn t0() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
 fn identity() -> DeviceIdentity {
@@ -84,13 +65,13 @@ fn session_key() -> aead::LessSafeKey {
 fn handshake() -> (DeviceIdentity, palyra::pairing::StartMessage, NodeSession, palyra::pairing::StartReply) {
     let identity = identity();
     let (_key, csr_pem) = generate_tls_key_and_csr(identity.id()).unwrap();
-    let pin = Pin::parse("482913").unwrap();
+    let pin = Pin::parse(PAIRING_PIN).unwrap();
     let mut code = PairingCode {
-        code_id: CodeId::parse("7K2M9QXR4T").unwrap(),
+        code_id: CodeId::parse(PAIRING_CODE_ID).unwrap(),
         sealed_pin: Some(vec![0]),
         role: Role::Device,
-        created_at: t0(),
-        expires_at: t0() + Duration::from_secs(600),
+        created_at: now(),
+        expires_at: now() + Duration::from_secs(600),
         max_attempts: 5,
         attempts_left: 5,
         state: CodeState::Active,
@@ -99,13 +80,13 @@ fn handshake() -> (DeviceIdentity, palyra::pairing::StartMessage, NodeSession, p
         &identity,
         code.code_id.clone(),
         &pin,
-        CA,
+        PAIRING_CA,
         DeviceName::parse("phone").unwrap(),
         &csr_pem,
     )
     .unwrap();
-    code.take_attempt(t0()).unwrap();
-    let (node, reply) = NodeSession::start(&code, &pin, CA, start.clone(), t0()).unwrap();
+    code.take_attempt(now()).unwrap();
+    let (node, reply) = NodeSession::start(&code, &pin, PAIRING_CA, start.clone(), now()).unwrap();
     (identity, start, node, reply)
 }
 
@@ -232,7 +213,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         with_mode(2, &frame(&[reply.session_id.as_bytes(), &[0x17; 32], &identity.sign(b"finish")])),
     );
     let request_id = "01J9ZQ8X7C6V5B4N3M2K1J0H9G";
-    let poll = StatusPoll::sign(&identity, request_id, t0());
+    let poll = StatusPoll::sign(&identity, request_id, now());
     add(
         "pairing_messages",
         "poll",
@@ -265,9 +246,9 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     // pairing_uri: URIs as `palyra pairing code` prints them, and their parts.
     let uri = PairingUri {
         server: "127.0.0.1:7443".into(),
-        code_id: CodeId::parse("7K2M9QXR4T").unwrap(),
-        pin: Pin::parse("482913").unwrap(),
-        ca_fingerprint: CA.into(),
+        code_id: CodeId::parse(PAIRING_CODE_ID).unwrap(),
+        pin: Pin::parse(PAIRING_PIN).unwrap(),
+        ca_fingerprint: PAIRING_CA.into(),
     };
     add("pairing_uri", "uri", uri.to_uri().as_bytes().to_vec());
     let v6 = PairingUri { server: "[::1]:7443".into(), ..uri.clone() };
@@ -293,9 +274,9 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         with_mode(0, &[&[61u8][..], ed.pem().unwrap().as_bytes()].concat()),
     );
     add("csr", "ed25519-der", with_mode(1, ed.der()));
-    let ca = DeviceCa::create(DeviceId::generate(), t0()).unwrap();
+    let ca = DeviceCa::create(DeviceId::generate(), now()).unwrap();
     let issued = ca
-        .issue_client_certificate(&p256, identity.id(), Role::Device, Duration::from_secs(86_400), t0())
+        .issue_client_certificate(&p256, identity.id(), Role::Device, Duration::from_secs(86_400), now())
         .unwrap();
     add("csr", "client-certificate", with_mode(2, &issued.cert_der));
     add("csr", "ca-certificate", with_mode(2, ca.certificate_der()));

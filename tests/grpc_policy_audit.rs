@@ -4,16 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestNode, private_tempdir, reason};
 use palyra::identity::Role;
 use palyra::identity::ca::generate_tls_key_and_csr;
-use palyra::node::{KeyBackendChoice, Node, NodeOptions};
-use palyra::rpc::pb::audit::v1::{self as audit, audit_service_client::AuditServiceClient};
-use palyra::rpc::pb::identity::v1::{self as identity, identity_service_client::IdentityServiceClient};
-use palyra::rpc::pb::policy::v1::{self as policy, policy_service_client::PolicyServiceClient};
-use palyra::rpc::pb::vault::v1::{self as vault, vault_service_client::VaultServiceClient};
+use palyra::testkit::{self, NodeInternals, TestNode, private_tempdir, reason};
+use palyra::wire::pb::audit::v1::{self as audit, audit_service_client::AuditServiceClient};
+use palyra::wire::pb::identity::v1::{self as identity, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::policy::v1::{self as policy, policy_service_client::PolicyServiceClient};
+use palyra::wire::pb::vault::v1::{self as vault, vault_service_client::VaultServiceClient};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +212,7 @@ async fn revocation_takes_effect_on_the_next_request() {
         (Code::Unauthenticated, "ERROR_REASON_DEVICE_REVOKED")
     );
     // The operator cannot revoke itself.
-    let me = node.node.operator.to_string();
+    let me = node.node.operator().to_string();
     let lockout = ops
         .revoke_device(identity::RevokeDeviceRequest { device_id: me, reason: String::new() })
         .await
@@ -237,7 +234,7 @@ async fn renewal_over_mtls_and_with_a_proof() {
         .unwrap()
         .into_inner();
     let renewed_creds =
-        common::Creds { cert_pem: renewed.certificate_pem, key_pem: key_pem.to_string(), ..phone.clone() };
+        testkit::Creds { cert_pem: renewed.certificate_pem, key_pem: key_pem.to_string(), ..phone.clone() };
     let who = IdentityServiceClient::new(node.channel(Some(&renewed_creds)).await)
         .who_am_i(identity::WhoAmIRequest {})
         .await
@@ -306,9 +303,9 @@ async fn the_server_refuses_lax_permissions_and_names_the_fix() {
     use std::os::unix::fs::PermissionsExt;
     let dir = private_tempdir();
     let data = dir.path().join("node");
-    let options = || NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() };
-    let node = Node::open(&data, options()).await.unwrap();
-    node.core.store.close();
+    let options = testkit::node_options;
+    let node = testkit::open_node(&data).await;
+    node.close_db();
     drop(node);
     for (path, mode, fix) in [
         (data.join("keys/root.key"), 0o644, "chmod 600"),
@@ -318,11 +315,11 @@ async fn the_server_refuses_lax_permissions_and_names_the_fix() {
     ] {
         let before = std::fs::metadata(&path).unwrap().permissions();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let err = Node::open(&data, options()).await.unwrap_err().to_string();
+        let err = testkit::try_open_node(&data, options()).await.unwrap_err().to_string();
         assert!(err.contains(fix) && err.contains(&*path.to_string_lossy()), "{}: {err}", path.display());
         std::fs::set_permissions(&path, before).unwrap();
     }
-    Node::open(&data, options()).await.unwrap();
+    testkit::open_node(&data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,17 +359,11 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     }
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener must be closed");
     // Everything acknowledged is there after a restart.
-    n.core.store.close();
+    n.close_db();
     drop(n);
-    let again = Node::open(
-        &dir.path().join("node"),
-        NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() },
-    )
-    .await
-    .unwrap();
+    let again = testkit::open_node(&dir.path().join("node")).await;
     let (stored, _) = again
-        .core
-        .vault
+        .vault()
         .list(&palyra::vault::Scope::parse("s").unwrap(), false, false, 100, None)
         .await
         .unwrap();
@@ -382,7 +373,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test]
 async fn the_server_certificate_is_renewed_when_due() {
     let node = TestNode::start().await;
-    let current = node.node.identity.server_certificate().cert_der.to_vec();
+    let current = node.node.identity().server_certificate().cert_der.to_vec();
     let now = std::time::SystemTime::now();
     assert!(node.node.refresh_server_certificate(&current, now).unwrap().is_none(), "not due yet");
     // With less than a third of the 90-day lifetime left, a new one is issued and kept.

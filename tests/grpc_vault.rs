@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestNode, reason};
-use palyra::rpc::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
+use palyra::testkit::{TestNode, reason};
+use palyra::wire::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
 use tonic::Code;
 
 fn put(scope: &str, key: &str, value: &[u8], expected: Option<u64>) -> pb::PutSecretRequest {
@@ -193,7 +191,7 @@ async fn a_device_reaches_its_own_subtree_and_granted_scopes_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recursive_listing_leaves_out_sub_scopes_the_policy_denies() {
-    use palyra::rpc::pb::policy::v1::{self as policy, policy_service_client::PolicyServiceClient};
+    use palyra::wire::pb::policy::v1::{self as policy, policy_service_client::PolicyServiceClient};
     let node = TestNode::start().await;
     let operator = node.operator().await;
     let mut vault = VaultServiceClient::new(operator.clone());

@@ -11,31 +11,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{Creds, TestNode, reason};
 use palyra::identity::ca::generate_tls_key_and_csr;
 use palyra::identity::{DeviceCa, DeviceId, DeviceIdentity, Role};
 use palyra::pairing::code::{CodeId, Pin};
 use palyra::pairing::handshake::{DeviceName, DevicePairing};
-use palyra::rpc::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
-use palyra::rpc::pb::pairing::v1::{self as pbp, pairing_service_client::PairingServiceClient};
-use palyra::rpc::pb::policy::v1::{self as pbpol, policy_service_client::PolicyServiceClient};
-use palyra::rpc::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, DeviceKeys, Serving, TestNode, palyra_bin, reason};
+use palyra::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::pairing::v1::{self as pbp, pairing_service_client::PairingServiceClient};
+use palyra::wire::pb::policy::v1::{self as pbpol, policy_service_client::PolicyServiceClient};
+use palyra::wire::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
 use prost::Message;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const CANARY_SCOPE: &str = "hostile/canary";
@@ -110,53 +106,11 @@ fn metadata_of(status: &Status) -> HashMap<String, String> {
 // ---------------------------------------------------------------------------------------------
 // TLS and raw HTTP/2
 
-/// Client credentials as PEM: CA, certificate, key.
-#[derive(Clone)]
-struct Pems {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-impl Pems {
-    fn operator(data: &Path) -> Pems {
-        let read = |n: &str| std::fs::read_to_string(data.join("operator").join(n)).unwrap();
-        Pems { ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") }
-    }
-
-    fn device(ca: &str, creds: &Creds) -> Pems {
-        Pems { ca: ca.to_owned(), cert: creds.cert_pem.clone(), key: creds.key_pem.clone() }
-    }
-
-    fn rustls(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(self.ca.as_bytes()).unwrap()).unwrap();
-        let chain =
-            CertificateDer::pem_slice_iter(self.cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-        let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap();
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key)
-                .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Arc::new(config)
-    }
-
-    async fn channel(&self, addr: SocketAddr) -> Channel {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca))
-            .identity(Identity::from_pem(&self.cert, &self.key));
-        Channel::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
+/// An h2 rustls client config with `pems`, for raw HTTP/2 connections.
+fn h2_tls(pems: &Pems) -> Arc<rustls::ClientConfig> {
+    let mut config = pems.rustls();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
 }
 
 async fn tls(
@@ -422,7 +376,7 @@ async fn hostile_inputs_are_refused_cleanly_and_the_node_survives() {
     let mut tally = Tally::default();
     let node = TestNode::start().await;
     let addr = node.addr;
-    let operator = Pems::operator(&node.data_dir());
+    let operator = Pems::from_dir(&node.data_dir().join("operator"));
     let channel = node.operator().await;
     write_canary(&channel).await;
 
@@ -459,7 +413,7 @@ async fn hostile_inputs_are_refused_cleanly_and_the_node_survives() {
 /// the HTTP/2 preface, unknown paths.
 async fn grpc_framing(tally: &mut Tally, addr: SocketAddr, operator: &Pems) {
     const GROUP: &str = "raw gRPC/HTTP2";
-    let config = operator.rustls();
+    let config = h2_tls(operator);
     let send = h2(addr, &config).await;
     let get = "/palyra.vault.v1.VaultService/GetSecret";
     let invalid = "ERROR_REASON_INVALID_ARGUMENT";
@@ -581,7 +535,7 @@ async fn grpc_framing(tally: &mut Tally, addr: SocketAddr, operator: &Pems) {
 /// Well-framed messages with unknown fields (accepted) and wrong-typed fields (refused).
 async fn protobuf_fields(tally: &mut Tally, addr: SocketAddr, operator: &Pems) {
     const GROUP: &str = "protobuf fields";
-    let send = h2(addr, &operator.rustls()).await;
+    let send = h2(addr, &h2_tls(operator)).await;
     let get = "/palyra.vault.v1.VaultService/GetSecret";
     let put = "/palyra.vault.v1.VaultService/PutSecret";
 
@@ -829,28 +783,29 @@ async fn policy_text(tally: &mut Tally, channel: &Channel) {
 async fn certificates(tally: &mut Tally, node: &TestNode, operator: &Pems) {
     const GROUP: &str = "TLS certificates";
     let addr = node.addr;
-    let ca_pem = node.node.identity.ca().certificate_pem().to_owned();
+    let ca_pem = node.node.identity().ca().certificate_pem().to_owned();
     let now = SystemTime::now();
     let mint = |ca: &DeviceCa, id: DeviceId, validity: Duration, at: SystemTime| {
-        let (key, csr) = generate_tls_key_and_csr(id).unwrap();
-        let issued = ca.issue_client_certificate(&csr, id, Role::Device, validity, at).unwrap();
-        Pems { ca: ca_pem.clone(), cert: issued.cert_pem, key: key.to_string() }
+        let (cert, key, _) = testkit::issue(ca, id, Role::Device, validity, at);
+        Pems { ca: ca_pem.clone(), client: Some((cert, key)) }
     };
 
     // Refused in the TLS handshake: the node's verifier sends an alert the client reads.
     let registered = node.add_device(Role::Device, "expiring", &[]).await;
     let other_ca = DeviceCa::create(DeviceId::generate(), now).unwrap();
-    let server_key = node.node.identity.server_private_key().unwrap();
+    let server_key = node.node.identity().server_private_key().unwrap();
     let server_as_client = {
         let key_der = match server_key {
             PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
             _ => panic!("server key is PKCS#8"),
         };
-        let cert_der = node.node.identity.server_cert_chain()[0].to_vec();
+        let cert_der = node.node.identity().server_cert_chain()[0].to_vec();
         Pems {
             ca: ca_pem.clone(),
-            cert: pem::encode(&pem::Pem::new("CERTIFICATE", cert_der)),
-            key: pem::encode(&pem::Pem::new("PRIVATE KEY", key_der)),
+            client: Some((
+                pem::encode(&pem::Pem::new("CERTIFICATE", cert_der)),
+                pem::encode(&pem::Pem::new("PRIVATE KEY", key_der)),
+            )),
         }
     };
     for (case, pems, alert) in [
@@ -862,7 +817,7 @@ async fn certificates(tally: &mut Tally, node: &TestNode, operator: &Pems) {
         (
             "an expired certificate of a registered device",
             mint(
-                node.node.identity.ca(),
+                node.node.identity().ca(),
                 registered.id,
                 Duration::from_secs(3600),
                 now - Duration::from_secs(2 * 86_400),
@@ -872,7 +827,7 @@ async fn certificates(tally: &mut Tally, node: &TestNode, operator: &Pems) {
         (
             "a certificate not yet valid",
             mint(
-                node.node.identity.ca(),
+                node.node.identity().ca(),
                 registered.id,
                 Duration::from_secs(3600),
                 now + Duration::from_secs(86_400),
@@ -883,7 +838,7 @@ async fn certificates(tally: &mut Tally, node: &TestNode, operator: &Pems) {
         // Its EKU is serverAuth only: webpki refuses it for client auth.
         ("the node's server certificate as a client certificate", server_as_client, "UnsupportedCertificate"),
     ] {
-        let refusal = match tls(addr, &pems.rustls()).await {
+        let refusal = match tls(addr, &h2_tls(&pems)).await {
             Err(e) => e.to_string(),
             Ok(mut stream) => {
                 // TLS 1.3: the client finishes first; the node's alert arrives on the first read.
@@ -900,7 +855,7 @@ async fn certificates(tally: &mut Tally, node: &TestNode, operator: &Pems) {
     }
 
     // Past the handshake, the registry decides: unknown and revoked devices are refused.
-    let unregistered = mint(node.node.identity.ca(), DeviceId::generate(), Duration::from_secs(3600), now);
+    let unregistered = mint(node.node.identity().ca(), DeviceId::generate(), Duration::from_secs(3600), now);
     let result =
         IdentityServiceClient::new(unregistered.channel(addr).await).who_am_i(pbi::WhoAmIRequest {}).await;
     refused_as(
@@ -912,7 +867,7 @@ async fn certificates(tally: &mut Tally, node: &TestNode, operator: &Pems) {
     );
     tally.one(GROUP);
     let revoked = node.add_device(Role::Device, "stolen", &[]).await;
-    let revoked_pems = Pems::device(&ca_pem, &revoked);
+    let revoked_pems = Pems::device(&node.node, Some(&revoked));
     let revoked_channel = revoked_pems.channel(addr).await;
     IdentityServiceClient::new(operator.channel(addr).await)
         .revoke_device(pbi::RevokeDeviceRequest {
@@ -940,9 +895,9 @@ async fn certificates(tally: &mut Tally, node: &TestNode, operator: &Pems) {
 /// CSRs through renewal (mTLS) and pairing (anonymous), and the pairing rate limit.
 async fn csr_intake(tally: &mut Tally, node: &TestNode) {
     const GROUP: &str = "CSR intake";
-    let ca_pem = node.node.identity.ca().certificate_pem().to_owned();
     let device = node.add_device(Role::Device, "renewing", &[]).await;
-    let mut identity = IdentityServiceClient::new(Pems::device(&ca_pem, &device).channel(node.addr).await);
+    let mut identity =
+        IdentityServiceClient::new(Pems::device(&node.node, Some(&device)).channel(node.addr).await);
     let csrs = bad_csrs();
     for (case, csr, words) in &csrs {
         let result = identity
@@ -992,8 +947,7 @@ fn start_request(
 async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel) {
     const GROUP: &str = "pairing messages";
     let invalid = "ERROR_REASON_INVALID_ARGUMENT";
-    let ids = DeviceIdentity::generate().unwrap();
-    let (_, csr) = generate_tls_key_and_csr(ids.id()).unwrap();
+    let DeviceKeys { identity: ids, csr_pem: csr, .. } = DeviceKeys::generate();
     let start = |code: &str, pake: Vec<u8>| start_request(code, &ids, csr.clone(), pake);
     let mut with_name = start("ABCDEFGHJK", vec![0; 33]);
     with_name.device_name = "tab\u{202e}let\0".into();
@@ -1174,7 +1128,7 @@ async fn pairing_messages(tally: &mut Tally, node: &TestNode, operator: &Channel
         &ids,
         CodeId::parse(&code.code_id).unwrap(),
         &Pin::parse(&code.pin).unwrap(),
-        node.node.identity.ca().fingerprint(),
+        node.node.identity().ca().fingerprint(),
         DeviceName::parse("replayed").unwrap(),
         &device_csr,
     )
@@ -1263,20 +1217,10 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
-        let dir = common::private_tempdir();
+        let dir = testkit::private_tempdir();
         let data = dir.path().join("node");
-        let mut child = common::serve_command(&data, "error").spawn().unwrap();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the address line, then keeps draining so the child never blocks on stderr.
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Some(addrs) = common::parse_serving(&line) {
-                    let _ = tx.send(addrs);
-                }
-            }
-        });
-        let (grpc, quic) = rx.recv_timeout(GUARD).expect("palyra serve prints its addresses");
+        let Serving { child, grpc, quic } =
+            testkit::spawn_serving(palyra_bin!().serve_command(&data, "error"), GUARD, |_| {});
         Served { child, grpc, quic, _dir: dir, data }
     }
 
@@ -1309,7 +1253,7 @@ impl Drop for Served {
 /// The hostile load where memory matters, against `palyra serve`; returns the memory figures.
 async fn serve_child_under_load(tally: &mut Tally) -> String {
     let mut served = Served::start();
-    let (addr, operator) = (served.grpc, Pems::operator(&served.data));
+    let (addr, operator) = (served.grpc, Pems::from_dir(&served.data.join("operator")));
     write_canary(&operator.channel(addr).await).await;
     assert_alive(&operator, addr, "start").await;
     let (idle, _) = served.memory();
@@ -1317,7 +1261,7 @@ async fn serve_child_under_load(tally: &mut Tally) -> String {
     // Stalled gRPC messages: 4 connections x 100 streams, each announcing 1 MiB (under the
     // vault's message limit) and sending 32 KiB of it, held open at once.
     const GROUP: &str = "memory: gRPC";
-    let config = operator.rustls();
+    let config = h2_tls(&operator);
     let put = "/palyra.vault.v1.VaultService/PutSecret";
     let (mut held, mut connections) = (Vec::new(), Vec::new());
     for _ in 0..4 {
@@ -1372,12 +1316,9 @@ async fn serve_child_under_load(tally: &mut Tally) -> String {
 /// QUIC: 1,000 streams from one peer, 32 stalled ones, 4 GiB and truncated frame headers,
 /// unknown methods; a legitimate peer is served throughout.
 async fn quic_hostile_peers(tally: &mut Tally, served: &Served, operator: &Pems) -> String {
-    use palyra::quic::client::{ClientTls, QuicClient, Reply};
+    use palyra::quic::client::{QuicClient, Reply};
     const GROUP: &str = "memory: QUIC";
-    let tls = || {
-        ClientTls::from_pem(operator.ca.as_bytes(), operator.cert.as_bytes(), operator.key.as_bytes())
-            .unwrap()
-    };
+    let tls = || operator.quic();
     let legit = QuicClient::connect(served.quic, "localhost", tls()).await.unwrap();
     let hostile = Arc::new(QuicClient::connect(served.quic, "localhost", tls()).await.unwrap());
 
@@ -1461,7 +1402,7 @@ async fn quic_hostile_peers(tally: &mut Tally, served: &Served, operator: &Pems)
 
 /// A bare quinn connection with the operator's certificate, to hold streams open by hand.
 async fn raw_quinn(served: &Served, operator: &Pems) -> quinn::Connection {
-    let mut config = (*operator.rustls()).clone();
+    let mut config = operator.rustls();
     config.alpn_protocols = vec![palyra::quic::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

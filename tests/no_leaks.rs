@@ -6,21 +6,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use palyra::testkit::{self, Palyra, palyra_bin};
+
+const PALYRA: Palyra = palyra_bin!();
+
 fn palyra(data: &Path, server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .arg("--data-dir")
-        .arg(data)
+    let mut child = PALYRA
+        .cli(data)
         .args(["--server", server])
         .args(args)
         .env("PALYRA_LOG", "trace")
-        .env("PALYRA_KEY_BACKEND", "file")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -50,9 +50,8 @@ fn serve(data: &Path, log: &Path) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let quic = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log_file = std::fs::File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .arg("--data-dir")
-        .arg(data)
+    let child = PALYRA
+        .cli(data)
         .args([
             "serve",
             "--grpc-addr",
@@ -63,7 +62,6 @@ fn serve(data: &Path, log: &Path) -> (Server, String) {
             "127.0.0.1:0",
         ])
         .env("PALYRA_LOG", "trace")
-        .env("PALYRA_KEY_BACKEND", "file")
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
         .spawn()
@@ -122,7 +120,7 @@ fn pem_body(pem_text: &str) -> String {
 
 #[test]
 fn no_secret_reaches_a_log_the_database_or_an_event() {
-    let dir = common::private_tempdir();
+    let dir = testkit::private_tempdir();
     let node = dir.path().join("node");
     let device = dir.path().join("device");
     let log = dir.path().join("serve.log");
@@ -148,7 +146,8 @@ fn no_secret_reaches_a_log_the_database_or_an_event() {
     // Its trace output goes to a file: a pipe nobody reads would fill up and stall it.
     let pair_log = dir.path().join("pair.log");
     let pair_out = std::fs::File::create(&pair_log).unwrap();
-    let mut pair = Command::new(env!("CARGO_BIN_EXE_palyra"))
+    let mut pair = PALYRA
+        .command()
         .arg("--data-dir")
         .arg(&device)
         .args(["pair", "--uri", &uri, "--name", "leak-test"])

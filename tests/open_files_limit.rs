@@ -4,11 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![cfg(target_os = "linux")]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 
+use palyra::testkit::{self, Palyra, palyra_bin};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+const PALYRA: Palyra = palyra_bin!();
 
 /// The soft and hard "Max open files" of a process, from /proc/<pid>/limits.
 fn open_files_limits(pid: u32) -> (String, String) {
@@ -29,8 +30,8 @@ fn the_library_and_serve_raise_the_soft_limit_to_the_hard_one() {
     // A low soft limit, as many systems give a process (and its children inherit).
     setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: hard }).unwrap();
 
-    let tmp = common::private_tempdir();
-    let mut child = common::serve_command(&tmp.path().join("node"), "warn").spawn().unwrap();
+    let tmp = testkit::private_tempdir();
+    let mut child = PALYRA.serve_command(&tmp.path().join("node"), "warn").spawn().unwrap();
     // Serving means it got past the start, where the limit is raised.
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let serving = stderr.lines().map_while(Result::ok).any(|l| l.contains("serving gRPC on"));

@@ -5,23 +5,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{TestNode, private_tempdir, reason};
 use palyra::cli::pair::{PairEvent, PairOptions, PairWith, Paired, pair};
-use palyra::identity::ca::generate_tls_key_and_csr;
 use palyra::identity::{DeviceIdentity, Role};
 use palyra::pairing::handshake::{StartReply, StatusPoll};
 use palyra::pairing::{CodeId, CodeState, DeviceName, DevicePairing, PairingUri, Pin};
-use palyra::rpc::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
-use palyra::rpc::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
-use palyra::rpc::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, DeviceKeys, NodeInternals, TestNode, private_tempdir, reason};
+use palyra::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
+use palyra::wire::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
 use tokio::sync::mpsc;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 async fn new_code(node: &TestNode, role: &str) -> pb::CreatePairingCodeResponse {
     PairingServiceClient::new(node.operator().await)
@@ -50,7 +48,7 @@ fn by_code(node: &TestNode, code: &pb::CreatePairingCodeResponse, pin: &str) -> 
     PairWith::Code {
         code_id: CodeId::parse(&code.code_id).unwrap(),
         pin: Pin::parse(pin).unwrap(),
-        ca_fingerprint: Some(node.node.identity.ca().fingerprint().to_owned()),
+        ca_fingerprint: Some(node.node.identity().ca().fingerprint().to_owned()),
     }
 }
 
@@ -79,11 +77,7 @@ async fn pending_request(events: &mut mpsc::UnboundedReceiver<PairEvent>) -> (St
 }
 
 async fn device_channel(node: &TestNode, dir: &Path) -> Channel {
-    let read = |n: &str| std::fs::read_to_string(dir.join("client").join(n)).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(read("cert.pem"), read("key.pem")));
-    Channel::from_shared(node.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+    testkit::tls::channel_from_dir(node.addr, &dir.join("client")).await
 }
 
 async fn approve(node: &TestNode, request_id: &str, scopes: &[&str]) -> pb::PairingRequest {
@@ -219,7 +213,7 @@ async fn pair_by_code_then_use_own_scope_only() {
     );
 
     // Every step is in the event log, in order, and no PIN in any of it.
-    let mut subscription = node.node.events.subscribe(0, Vec::new()).await.unwrap();
+    let mut subscription = node.node.events().subscribe(0, Vec::new()).await.unwrap();
     let mut seen = Vec::new();
     while let Some(event) = subscription.next_ready().await.unwrap() {
         assert!(!format!("{event:?}").contains(&again.pin), "a PIN reached the event log");
@@ -240,7 +234,7 @@ async fn pair_by_uri_and_the_code_is_single_use() {
     assert_eq!(code.role, "node");
     let uri = PairingUri::parse(&code.uri).unwrap();
     assert_eq!(uri.server, node.addr.to_string());
-    assert_eq!(uri.ca_fingerprint, node.node.identity.ca().fingerprint());
+    assert_eq!(uri.ca_fingerprint, node.node.identity().ca().fingerprint());
 
     let dir = private_tempdir();
     let data = dir.path().join("device");
@@ -285,8 +279,7 @@ async fn a_uri_with_another_ca_is_refused_before_anything_is_sent() {
         .to_string();
     assert!(err.contains("does not match"), "{err}");
     // Nothing was sent: the code still has all its attempts.
-    let stored =
-        node.node.core.store.pairing_code(&CodeId::parse(&code.code_id).unwrap()).await.unwrap().unwrap();
+    let stored = node.pairing_code(&CodeId::parse(&code.code_id).unwrap()).await.unwrap().unwrap();
     assert_eq!(stored.attempts_left, 5);
     // By code without a fingerprint, a refused confirmation stops it too.
     let with = PairWith::Code {
@@ -325,13 +318,12 @@ async fn five_wrong_pins_burn_the_code() {
     // The fifth by hand, pressing on to FinishPairing as an attacker would.
     let channel = node.channel(None).await;
     let mut client = PairingServiceClient::new(channel);
-    let identity = DeviceIdentity::generate().unwrap();
-    let (_, csr_pem) = generate_tls_key_and_csr(identity.id()).unwrap();
+    let DeviceKeys { identity, csr_pem, .. } = DeviceKeys::generate();
     let (_, start) = DevicePairing::start(
         &identity,
         CodeId::parse(&code.code_id).unwrap(),
         &Pin::parse(&bad).unwrap(),
-        node.node.identity.ca().fingerprint(),
+        node.node.identity().ca().fingerprint(),
         DeviceName::parse("mallory").unwrap(),
         &csr_pem,
     )
@@ -380,8 +372,7 @@ async fn five_wrong_pins_burn_the_code() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("ERROR_REASON_PAIRING_ATTEMPTS_EXHAUSTED"), "{err}");
-    let stored =
-        node.node.core.store.pairing_code(&CodeId::parse(&code.code_id).unwrap()).await.unwrap().unwrap();
+    let stored = node.pairing_code(&CodeId::parse(&code.code_id).unwrap()).await.unwrap().unwrap();
     assert_eq!((stored.state, stored.sealed_pin, stored.attempts_left), (CodeState::Burned, None, 0));
 }
 
@@ -390,13 +381,12 @@ async fn a_wrong_finish_reports_attempts_left() {
     let node = TestNode::start().await;
     let code = new_code(&node, "").await;
     let mut client = PairingServiceClient::new(node.channel(None).await);
-    let identity = DeviceIdentity::generate().unwrap();
-    let (_, csr_pem) = generate_tls_key_and_csr(identity.id()).unwrap();
+    let DeviceKeys { identity, csr_pem, .. } = DeviceKeys::generate();
     let (_, start) = DevicePairing::start(
         &identity,
         CodeId::parse(&code.code_id).unwrap(),
         &Pin::parse(&code.pin).unwrap(),
-        node.node.identity.ca().fingerprint(),
+        node.node.identity().ca().fingerprint(),
         DeviceName::parse("x").unwrap(),
         &csr_pem,
     )
@@ -507,7 +497,7 @@ async fn a_rejected_request_never_yields_a_certificate() {
         .unwrap_err();
     assert_eq!(reason(&err), "ERROR_REASON_CLOCK_SKEW");
 
-    let mut subscription = node.node.events.subscribe(0, vec!["pairing.rejected".into()]).await.unwrap();
+    let mut subscription = node.node.events().subscribe(0, vec!["pairing.rejected".into()]).await.unwrap();
     assert!(subscription.next_ready().await.unwrap().is_some(), "the rejection is in the event log");
 }
 
@@ -521,8 +511,7 @@ async fn starts_are_rate_limited_per_address() {
         assert_eq!(err.code(), Code::InvalidArgument);
     }
     // Well-formed starts (here on a made-up code) spend the address's 10 a minute.
-    let identity = DeviceIdentity::generate().unwrap();
-    let (_, csr_pem) = generate_tls_key_and_csr(identity.id()).unwrap();
+    let DeviceKeys { identity, csr_pem, .. } = DeviceKeys::generate();
     let well_formed = pb::StartPairingRequest {
         code_id: "ABCDEFGHJK".into(),
         device_name: "phone".into(),
@@ -583,13 +572,12 @@ struct HandPairing {
 }
 
 async fn start_by_hand(node: &TestNode, code: &pb::CreatePairingCodeResponse) -> HandPairing {
-    let identity = DeviceIdentity::generate().unwrap();
-    let (key_pem, csr_pem) = generate_tls_key_and_csr(identity.id()).unwrap();
+    let DeviceKeys { identity, key_pem, csr_pem } = DeviceKeys::generate();
     let (machine, start) = DevicePairing::start(
         &identity,
         CodeId::parse(&code.code_id).unwrap(),
         &Pin::parse(&code.pin).unwrap(),
-        node.node.identity.ca().fingerprint(),
+        node.node.identity().ca().fingerprint(),
         DeviceName::parse("tablet").unwrap(),
         &csr_pem,
     )
@@ -606,7 +594,7 @@ async fn start_by_hand(node: &TestNode, code: &pb::CreatePairingCodeResponse) ->
         .await
         .unwrap()
         .into_inner();
-    HandPairing { identity, key_pem: key_pem.to_string(), machine, reply }
+    HandPairing { identity, key_pem, machine, reply }
 }
 
 impl HandPairing {
@@ -631,7 +619,7 @@ impl HandPairing {
 
 /// The node's database, opened beside it (WAL: concurrent access is fine).
 fn db(node: &TestNode) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(node.node.core.store.path()).unwrap();
+    let c = rusqlite::Connection::open(node.db_path()).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c
 }
@@ -661,7 +649,7 @@ async fn a_session_survives_a_restart_and_is_single_use() {
 
     let data = node.data_dir();
     let (dir, old) = node.stop().await;
-    old.core.store.close();
+    old.close_db();
     drop(old);
     let node = TestNode::start_in(dir, &data).await;
 
@@ -691,10 +679,11 @@ async fn a_session_survives_a_restart_and_is_single_use() {
         (status.state(), status.device_id.as_str()),
         (pb::PairingState::Approved, approved.device_id.as_str())
     );
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&status.ca_certificate_pem))
-        .identity(Identity::from_pem(&status.certificate_pem, &device.key_pem));
-    let channel = Channel::from_shared(node.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let pems = Pems {
+        ca: status.ca_certificate_pem.clone(),
+        client: Some((status.certificate_pem.clone(), device.key_pem.clone())),
+    };
+    let channel = pems.channel(node.addr).await;
     let who = IdentityServiceClient::new(channel.clone())
         .who_am_i(pbi::WhoAmIRequest {})
         .await

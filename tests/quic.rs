@@ -4,25 +4,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Creds, TestNode};
 use palyra::events::Event;
 use palyra::identity::Role;
 use palyra::quic::client::{ClientOptions, ClientTls, QuicClient, Reply};
-use palyra::quic::{ClientError, QuicConfig, QuicServer};
+use palyra::quic::{ClientError, QuicConfig};
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, Creds, NodeInternals, QuicServing, TestNode, palyra_bin};
 use palyra::vault::{Scope, SecretKey, SecretValue};
-use tokio::sync::oneshot;
 
-/// A node serving gRPC (from the common harness) and QUIC.
+/// A node serving gRPC and QUIC (both from the testkit).
 struct QuicNode {
     test: TestNode,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    quic: QuicServing,
 }
 
 impl QuicNode {
@@ -31,25 +28,12 @@ impl QuicNode {
     }
 
     fn serve(test: TestNode, config: QuicConfig) -> QuicNode {
-        let server =
-            QuicServer::bind(&test.node, QuicConfig { addr: "127.0.0.1:0".parse().unwrap(), ..config })
-                .unwrap();
-        let addr = server.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        QuicNode { test, addr, stop: Some(tx), server: Some(server) }
+        let quic = test.serve_quic(config);
+        QuicNode { test, addr: quic.addr, quic }
     }
 
     fn tls(&self, creds: Option<&Creds>) -> ClientTls {
-        let ca = self.test.node.identity.ca().certificate_pem();
-        match creds {
-            Some(c) => {
-                ClientTls::from_pem(ca.as_bytes(), c.cert_pem.as_bytes(), c.key_pem.as_bytes()).unwrap()
-            }
-            None => ClientTls { ca: self.test.node.identity.ca().certificate_der().clone(), identity: None },
-        }
+        testkit::tls::quic(&self.test.node, creds)
     }
 
     async fn client(&self, creds: &Creds) -> QuicClient {
@@ -59,8 +43,7 @@ impl QuicNode {
     async fn write(&self, scope: &str, key: &str) {
         self.test
             .node
-            .core
-            .vault
+            .vault()
             .put(
                 &Scope::parse(scope).unwrap(),
                 &SecretKey::parse(key).unwrap(),
@@ -71,9 +54,8 @@ impl QuicNode {
             .unwrap();
     }
 
-    async fn stop(mut self) -> (tempfile::TempDir, palyra::node::Node) {
-        let _ = self.stop.take().unwrap().send(());
-        self.server.take().unwrap().await.unwrap();
+    async fn stop(self) -> (tempfile::TempDir, palyra::node::Node) {
+        self.quic.stop().await;
         self.test.stop().await
     }
 }
@@ -93,7 +75,7 @@ async fn health_answers_for_a_node_device() {
     let client = node.client(&peer).await;
     let health = client.health().await.unwrap();
     assert_eq!(health.status, "ok");
-    assert_eq!(health.device_id, node.test.node.identity.id().to_string());
+    assert_eq!(health.device_id, node.test.node.identity().id().to_string());
     assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
     client.close().await;
     node.stop().await;
@@ -103,14 +85,13 @@ async fn health_answers_for_a_node_device() {
 async fn events_after_vault_writes_arrive_in_order_and_filter_by_kind() {
     let node = QuicNode::start(QuicConfig::default()).await;
     let peer = node.test.add_device(Role::Node, "peer", &[]).await;
-    let start = node.test.node.events.last_sequence().await.unwrap();
+    let start = node.test.node.events().last_sequence().await.unwrap();
     let client = node.client(&peer).await;
     node.write("agents/alpha", "one").await;
     node.write("agents/alpha", "two").await;
     node.test
         .node
-        .core
-        .vault
+        .vault()
         .delete(&Scope::parse("agents/alpha").unwrap(), &SecretKey::parse("one").unwrap(), false)
         .await
         .unwrap();
@@ -138,7 +119,7 @@ async fn events_after_vault_writes_arrive_in_order_and_filter_by_kind() {
 async fn resume_after_reconnect_and_after_a_server_restart_loses_and_repeats_nothing() {
     let node = QuicNode::start(QuicConfig::default()).await;
     let peer = node.test.add_device(Role::Node, "peer", &[]).await;
-    let start = node.test.node.events.last_sequence().await.unwrap();
+    let start = node.test.node.events().last_sequence().await.unwrap();
     let mut seen = Vec::new();
     for i in 0..5 {
         node.write("r", &format!("k{i}")).await;
@@ -161,7 +142,7 @@ async fn resume_after_reconnect_and_after_a_server_restart_loses_and_repeats_not
     client.close().await;
     // Restart the whole node (same data dir), write more, resume again.
     let (dir, old) = node.stop().await;
-    old.core.store.close();
+    old.close_db();
     drop(old);
     let data = dir.path().join("node");
     let node = QuicNode::serve(TestNode::start_in(dir, &data).await, QuicConfig::default());
@@ -185,7 +166,7 @@ async fn resume_after_reconnect_and_after_a_server_restart_loses_and_repeats_not
 async fn a_slow_consumer_receives_every_event_of_a_burst_larger_than_the_live_buffer() {
     let node = QuicNode::start(QuicConfig::default()).await;
     let peer = node.test.add_device(Role::Node, "peer", &[]).await;
-    let start = node.test.node.events.last_sequence().await.unwrap();
+    let start = node.test.node.events().last_sequence().await.unwrap();
     // A small receive window: the server blocks on flow control while the burst is published.
     let client = QuicClient::connect_with(
         node.addr,
@@ -199,7 +180,7 @@ async fn a_slow_consumer_receives_every_event_of_a_burst_larger_than_the_live_bu
     let burst = palyra::events::DEFAULT_LIVE_BUFFER as u64 * 2;
     let mut writes = Vec::new();
     for i in 0..burst {
-        let log = node.test.node.events.clone();
+        let log = node.test.node.events().clone();
         writes.push(tokio::spawn(async move {
             log.append(palyra::events::NewEvent::new("vault.secret.written", format!("burst/{i}")))
                 .await
@@ -367,12 +348,7 @@ async fn a_client_without_a_certificate_or_with_an_unknown_one_is_refused() {
     let peer = node.test.add_device(Role::Node, "peer", &[]).await;
     let other = TestNode::start().await;
     let stranger = other.add_device(Role::Node, "stranger", &[]).await;
-    let tls = ClientTls::from_pem(
-        other.node.identity.ca().certificate_pem().as_bytes(),
-        stranger.cert_pem.as_bytes(),
-        stranger.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let tls = testkit::tls::quic(&other.node, Some(&stranger));
     // Another node's CA does not verify this node's server certificate, nor this node the
     // stranger's client certificate.
     assert!(QuicClient::connect(node.addr, "localhost", tls).await.is_err());
@@ -380,17 +356,18 @@ async fn a_client_without_a_certificate_or_with_an_unknown_one_is_refused() {
 
     // A certificate from this node's CA for a device id the registry does not know: code 0x2.
     let id = palyra::identity::DeviceIdentity::generate().unwrap().id();
-    let (key_pem, csr_pem) = palyra::identity::ca::generate_tls_key_and_csr(id).unwrap();
-    let issued = node
-        .test
-        .node
-        .identity
-        .ca()
-        .issue_client_certificate(&csr_pem, id, Role::Node, Duration::from_secs(600), SystemTime::now())
-        .unwrap();
-    let ca = node.test.node.identity.ca().certificate_pem();
-    let tls = ClientTls::from_pem(ca.as_bytes(), issued.cert_pem.as_bytes(), key_pem.to_string().as_bytes())
-        .unwrap();
+    let (cert_pem, key_pem, _) = testkit::issue(
+        node.test.node.identity().ca(),
+        id,
+        Role::Node,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    );
+    let pems = Pems {
+        ca: node.test.node.identity().ca().certificate_pem().to_owned(),
+        client: Some((cert_pem, key_pem)),
+    };
+    let tls = pems.quic();
     let unknown = match QuicClient::connect(node.addr, "localhost", tls).await {
         Err(e) => e,
         Ok(client) => client.health().await.expect_err("an unknown device was served"),
@@ -411,8 +388,9 @@ async fn a_device_role_may_ask_health_but_not_stream_events() {
         other => panic!("expected permission_denied, got {other:?}"),
     }
     // Both decisions are in the audit log.
-    node.test.node.audit.flush().await.unwrap();
-    let records = node.test.node.audit.list(0, 1000, Some(format!("device:{}", app.id)), None).await.unwrap();
+    node.test.node.audit().flush().await.unwrap();
+    let records =
+        node.test.node.audit().list(0, 1000, Some(format!("device:{}", app.id)), None).await.unwrap();
     let decisions: Vec<(String, String)> =
         records.iter().map(|r| (r.entry.action.clone(), r.entry.decision.as_str().to_owned())).collect();
     assert!(decisions.contains(&("node.health".into(), "allow".into())), "{decisions:?}");
@@ -429,7 +407,7 @@ async fn a_revoked_device_is_cut_off_within_a_second_and_refused_after() {
     let mut stream = client.stream_events(0, Vec::new()).await.unwrap();
     client.health().await.unwrap();
     let revoked_at = Instant::now();
-    node.test.node.core.store.revoke_device(peer.id, "lost", SystemTime::now()).await.unwrap();
+    node.test.revoke(peer.id, "lost").await.unwrap();
     let closed =
         tokio::time::timeout(Duration::from_secs(1), client.closed()).await.expect("closed within a second");
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
@@ -455,9 +433,9 @@ async fn since_older_than_retention_gets_events_truncated() {
     for i in 0..10 {
         node.write("t", &format!("k{i}")).await;
     }
-    let last = node.test.node.events.last_sequence().await.unwrap();
-    palyra::events::EventLog::new(node.test.node.core.store.clone())
-        .with_retention(palyra::events::Retention { max_events: 3, max_age: Duration::from_secs(3600) })
+    let last = node.test.node.events().last_sequence().await.unwrap();
+    node.test
+        .event_log_with(palyra::events::Retention { max_events: 3, max_age: Duration::from_secs(3600) })
         .prune()
         .await
         .unwrap();
@@ -480,7 +458,7 @@ async fn since_older_than_retention_gets_events_truncated() {
 fn save_client_credentials(data_dir: &std::path::Path, node: &QuicNode, creds: &Creds) {
     let dir = data_dir.join("client");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ca.pem"), node.test.node.identity.ca().certificate_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), node.test.node.identity().ca().certificate_pem()).unwrap();
     std::fs::write(dir.join("cert.pem"), &creds.cert_pem).unwrap();
     std::fs::write(dir.join("key.pem"), &creds.key_pem).unwrap();
     #[cfg(unix)]
@@ -502,7 +480,7 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
     // B paired with A as a node (what `pairing approve --role node` leaves in B's data dir).
     let b_on_a = a.test.add_device(Role::Node, "node-b", &[]).await;
     save_client_credentials(&b.data_dir(), &a, &b_on_a);
-    let bin = env!("CARGO_BIN_EXE_palyra");
+    let bin = palyra_bin!().path();
     let peer = a.addr.to_string();
 
     let run = |mut command: Command| async move {
@@ -513,7 +491,10 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
     let mut probe = Command::new(bin);
     probe.args(["node", "--help"]);
     if !run(probe).await.status.success() {
-        eprintln!("SKIPPED: {bin} has no `node` command (another worktree's build in a shared target dir)");
+        eprintln!(
+            "SKIPPED: {} has no `node` command (another worktree's build in a shared target dir)",
+            bin.display()
+        );
         return;
     }
     let mut command = Command::new(bin);
@@ -521,7 +502,7 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
     let out = run(command).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(health["device_id"], a.test.node.identity.id().to_string());
+    assert_eq!(health["device_id"], a.test.node.identity().id().to_string());
 
     // On A itself the operator's credentials are used.
     let mut command = Command::new(bin);
@@ -529,7 +510,7 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
     let out = run(command).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let since = a.test.node.events.last_sequence().await.unwrap();
+    let since = a.test.node.events().last_sequence().await.unwrap();
     let mut follower = Command::new(bin)
         .arg("--data-dir")
         .arg(b.data_dir())
@@ -542,8 +523,7 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
     a.write("agents/alpha", "db-password").await;
     a.test
         .node
-        .core
-        .vault
+        .vault()
         .delete(&Scope::parse("agents/alpha").unwrap(), &SecretKey::parse("db-password").unwrap(), false)
         .await
         .unwrap();
@@ -568,8 +548,8 @@ async fn two_nodes_one_follows_the_other_with_the_cli() {
 
 #[tokio::test]
 async fn revoking_over_grpc_cuts_the_quic_connection_off() {
-    use palyra::rpc::pb::identity::v1::RevokeDeviceRequest;
-    use palyra::rpc::pb::identity::v1::identity_service_client::IdentityServiceClient;
+    use palyra::wire::pb::identity::v1::RevokeDeviceRequest;
+    use palyra::wire::pb::identity::v1::identity_service_client::IdentityServiceClient;
 
     let node = QuicNode::start(QuicConfig::default()).await;
     let peer = node.test.add_device(Role::Node, "peer", &[]).await;

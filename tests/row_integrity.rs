@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 
-use common::{TestNode, private_tempdir, reason};
 use palyra::identity::{DeviceStatus, Role};
-use palyra::node::{KeyBackendChoice, Node, NodeOptions};
+use palyra::node::Node;
+use palyra::testkit::{self, NodeInternals, TestNode, private_tempdir, reason};
 use palyra::vault::{ObjectId, Scope, SecretKey, SecretValue, VaultError};
 use tonic::Code;
 
@@ -38,13 +36,13 @@ fn assert_integrity(err: VaultError, names: &str) {
 }
 
 async fn open(data: &Path) -> Result<Node, palyra::node::InitError> {
-    Node::open(data, NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() }).await
+    testkit::try_open_node(data, testkit::node_options()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_or_undeleted_secret_is_an_integrity_error() {
     let node = TestNode::start().await;
-    let vault = &node.node.core.vault;
+    let vault = &node.node.vault();
     let data = node.data_dir();
     let (scope, key, id) = names("team/app", "token");
     vault.put(&scope, &key, SecretValue::new(b"old".to_vec()), None).await.unwrap();
@@ -107,8 +105,8 @@ async fn an_edited_device_row_is_refused() {
     let data = node.data_dir();
     let phone = node.add_device(Role::Device, "phone", &[]).await;
     let tablet = node.add_device(Role::Device, "tablet", &[]).await;
-    node.node.core.store.revoke_device(phone.id, "lost", std::time::SystemTime::now()).await.unwrap();
-    node.node.peers.revoked(phone.id);
+    node.revoke(phone.id, "lost").await.unwrap();
+    node.node.peers().revoked(phone.id);
     let db = attacker(&data);
     db.execute(
         "UPDATE devices SET status = 'active', revoked_at = NULL, revoke_reason = NULL WHERE id = ?1",
@@ -117,7 +115,7 @@ async fn an_edited_device_row_is_refused() {
     .unwrap();
     db.execute("UPDATE devices SET role = 'admin' WHERE id = ?1", [tablet.id.to_string()]).unwrap();
     for id in [phone.id, tablet.id] {
-        let err = node.node.core.store.device(id).await.unwrap_err();
+        let err = node.device(id).await.unwrap_err();
         let text = err.to_string();
         let status = tonic::Status::from(err);
         assert_eq!(
@@ -127,13 +125,13 @@ async fn an_edited_device_row_is_refused() {
         );
         assert!(text.contains(&format!("device {id}")), "{text}");
         // The peer resolver refuses it: neither the revoked device nor the promoted one is let in.
-        assert!(node.node.peers.resolve_device(id, None).await.is_err());
+        assert!(node.node.peers().resolve_device(id, None).await.is_err());
     }
     // Over mTLS: the undeleted device gets no answer but a refusal.
-    let mut client = palyra::rpc::pb::identity::v1::identity_service_client::IdentityServiceClient::new(
+    let mut client = palyra::wire::pb::identity::v1::identity_service_client::IdentityServiceClient::new(
         node.channel(Some(&tablet)).await,
     );
-    let refused = client.list_devices(palyra::rpc::pb::identity::v1::ListDevicesRequest::default()).await;
+    let refused = client.list_devices(palyra::wire::pb::identity::v1::ListDevicesRequest::default()).await;
     assert!(refused.is_err(), "{refused:?}");
     let _ = DeviceStatus::Active;
     node.stop().await;
@@ -144,8 +142,8 @@ async fn a_policy_version_slipped_in_fails_the_start() {
     let dir = private_tempdir();
     let data = dir.path().join("node");
     let node = open(&data).await.unwrap();
-    let current = node.policies.current().await.unwrap();
-    node.core.store.close();
+    let current = node.policies().current().await.unwrap();
+    node.close_db();
     drop(node);
     let db = attacker(&data);
     db.execute(
@@ -173,8 +171,8 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     let data = dir.path().join("node");
     let node = open(&data).await.unwrap();
     let (scope, key, id) = names("team/app", "token");
-    node.core.vault.put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
-    node.core.store.close();
+    node.vault().put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
+    node.close_db();
     drop(node);
     // Turn it into a database written before migration 0009 (and so before 0010's audit head).
     let db = attacker(&data);
@@ -186,7 +184,7 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     .unwrap();
     drop(db);
     let node = open(&data).await.unwrap();
-    let (value, _) = node.core.vault.get(&scope, &key, None).await.unwrap();
+    let (value, _) = node.vault().get(&scope, &key, None).await.unwrap();
     assert_eq!(value.expose(), b"v");
     let db = attacker(&data);
     let unmacd: i64 = db
@@ -200,5 +198,5 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     assert_eq!(unmacd, 0);
     // Once: from now on an edit is caught.
     db.execute("UPDATE secrets SET deleted = 1 WHERE object_id = ?1", [&id]).unwrap();
-    assert_integrity(node.core.vault.get(&scope, &key, None).await.unwrap_err(), &id);
+    assert_integrity(node.vault().get(&scope, &key, None).await.unwrap_err(), &id);
 }

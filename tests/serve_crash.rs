@@ -15,27 +15,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::private_tempdir;
 use palyra::cli::pair::{PairEvent, PairOptions, PairWith, pair};
 use palyra::pairing::PairingUri;
-use palyra::quic::client::{ClientTls, QuicClient};
-use palyra::rpc::pb::audit::v1::{self as pba, audit_service_client::AuditServiceClient};
-use palyra::rpc::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
-use palyra::rpc::pb::pairing::v1::{self as pbp, pairing_service_client::PairingServiceClient};
-use palyra::rpc::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
+use palyra::quic::client::QuicClient;
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, Palyra, Rng, Serving, palyra_bin, private_tempdir};
+use palyra::wire::pb::audit::v1::{self as pba, audit_service_client::AuditServiceClient};
+use palyra::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::pairing::v1::{self as pbp, pairing_service_client::PairingServiceClient};
+use palyra::wire::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
 use tokio::sync::mpsc;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 const SCOPE: &str = "crash/serve";
 const WRITERS: usize = 6;
@@ -44,65 +41,21 @@ const KEYS_PER_WRITER: usize = 8;
 /// round is a new process, so a round stays under it.
 const PAIRINGS_PER_ROUND: usize = 6;
 
-/// A small xorshift generator: random kill moments and value sizes without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// `palyra serve` on ports chosen by the kernel, as announced on its stderr.
-struct Served {
-    child: Child,
-    grpc: SocketAddr,
-    quic: SocketAddr,
-}
+const PALYRA: Palyra = palyra_bin!();
 
 /// Starts `palyra serve`; returns it with its addresses once it announces them, or `None` if
 /// it did not get that far (it was killed while starting, by `kill_at`).
-fn spawn_serve(data: &Path, kill_at: Option<Duration>) -> Option<Served> {
-    let mut child = common::serve_command(data, "warn").spawn().unwrap();
-    if let Some(delay) = kill_at {
-        std::thread::sleep(delay);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        return None;
-    }
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads stderr to the end (so the child never blocks on a full pipe); passes on the
-    // "serving" line and keeps the rest for a failure message.
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addrs) = common::parse_serving(&line) {
-                let _ = tx.send(Ok(addrs));
-            } else {
-                seen.push(line);
-            }
-        }
-        let _ = tx.send(Err(seen.join("\n")));
-    });
-    match rx.recv_timeout(Duration::from_secs(120)).unwrap() {
-        Ok((grpc, quic)) => Some(Served { child, grpc, quic }),
-        Err(output) => panic!("palyra serve exited before serving: {:?}\n{output}", child.wait()),
-    }
-}
-
-fn operator_file(data: &Path, name: &str) -> String {
-    std::fs::read_to_string(data.join("operator").join(name)).unwrap()
+fn spawn_serve(data: &Path, kill_at: Option<Duration>) -> Option<Serving> {
+    let Some(delay) = kill_at else { return Some(PALYRA.serve(data, "warn")) };
+    let mut child = PALYRA.serve_command(data, "warn").spawn().unwrap();
+    std::thread::sleep(delay);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
 }
 
 async fn operator_channel(data: &Path, grpc: SocketAddr) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(operator_file(data, "ca.pem")))
-        .identity(Identity::from_pem(operator_file(data, "cert.pem"), operator_file(data, "key.pem")));
-    Channel::from_shared(format!("https://{grpc}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+    testkit::tls::channel_from_dir(grpc, &data.join("operator")).await
 }
 
 /// What the clients were told succeeded: the server replied OK before it was killed.
@@ -130,7 +83,7 @@ fn unexpected(killed: &AtomicBool, what: &str, e: impl std::fmt::Display) -> Opt
 /// Runs the workload against `served` until the kill; returns what it had acknowledged and the
 /// errors seen before the kill.
 async fn workload(
-    served: &Served,
+    served: &Serving,
     data: &Path,
     devices_dir: &Path,
     round: usize,
@@ -263,7 +216,7 @@ fn check_database_copy(data: &Path, scratch: &Path) -> u64 {
 /// Everything acknowledged so far is there, through the restarted node's APIs. Returns the
 /// number of acknowledged versions read back.
 async fn verify(
-    served: &Served,
+    served: &Serving,
     data: &Path,
     acked: &Acked,
     fresh: &BTreeSet<(String, u64)>,
@@ -325,12 +278,7 @@ async fn verify(
 
     // Events: dense from where the last check stopped to the last one on disk.
     if events.on_disk > events.checked {
-        let tls = ClientTls::from_pem(
-            operator_file(data, "ca.pem").as_bytes(),
-            operator_file(data, "cert.pem").as_bytes(),
-            operator_file(data, "key.pem").as_bytes(),
-        )
-        .unwrap();
+        let tls = Pems::from_dir(&data.join("operator")).quic();
         let quic = QuicClient::connect(served.quic, "localhost", tls).await.unwrap();
         let mut stream = quic.stream_events(events.checked, Vec::new()).await.unwrap();
         while events.checked < events.on_disk {
@@ -386,14 +334,11 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[tokio::test(flavor = "current_thread")]
 async fn serve_survives_sigkill_under_writes_rotations_and_approvals() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    testkit::install_crypto_provider();
     let rounds: usize = env_or("PALYRA_CRASH_ROUNDS", 20);
-    let seed: u64 = env_or(
-        "PALYRA_CRASH_SEED",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1,
-    );
+    let seed = testkit::seed_from_env("PALYRA_CRASH_SEED");
     println!("serve crash test: {rounds} rounds, seed {seed} (PALYRA_CRASH_SEED to replay)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let tmp = private_tempdir();
     let data: PathBuf = tmp.path().join("node");
     let devices_dir = tmp.path().join("devices");
@@ -409,8 +354,8 @@ async fn serve_survives_sigkill_under_writes_rotations_and_approvals() {
         let last = round == rounds;
         // One round in five (never the first: the operator credentials must exist) is killed
         // while starting: opening, migrating, finishing an interrupted rotation.
-        if round > 0 && !last && rng.next().is_multiple_of(5) {
-            let delay = Duration::from_millis(rng.next() % 120);
+        if round > 0 && !last && rng.next_u64().is_multiple_of(5) {
+            let delay = Duration::from_millis(rng.below(120));
             assert!(spawn_serve(&data, Some(delay)).is_none());
             events.on_disk = check_database_copy(&data, &scratch);
             startup_kills += 1;
@@ -443,7 +388,7 @@ async fn serve_survives_sigkill_under_writes_rotations_and_approvals() {
         let started = Instant::now();
         let (mut acks, tasks) =
             workload(&served, &data, &devices_dir, round, Arc::clone(&killed), Arc::clone(&errors)).await;
-        let delay = Duration::from_millis(100 + rng.next() % 900);
+        let delay = Duration::from_millis(100 + rng.below(900));
         tokio::time::sleep(delay).await;
         killed.store(true, Ordering::SeqCst);
         served.child.kill().unwrap(); // SIGKILL

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use palyra::node::{KeyBackendChoice, NodeCore, NodeOptions};
-use palyra::vault::{Scope, SecretKey, SecretValue, Vault, VaultConfig, VaultError};
+use palyra::testkit::{self, NodeInternals, private_tempdir};
+use palyra::vault::{Scope, SecretKey, SecretValue, VaultConfig, VaultError};
 
 fn scope(s: &str) -> Scope {
     Scope::parse(s).unwrap()
@@ -21,20 +22,7 @@ fn value(v: &[u8]) -> SecretValue {
 }
 
 async fn open(dir: &std::path::Path) -> NodeCore {
-    NodeCore::open(dir, NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() })
-        .await
-        .unwrap()
-}
-
-/// A temporary data dir that passes the permission check (0700).
-fn private_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    dir
+    testkit::open_core(dir).await
 }
 
 /// Direct access to the database file, as an attacker with disk access would have.
@@ -52,7 +40,7 @@ async fn versions_round_trip_and_survive_reopen() {
     assert_eq!((m1.version, m2.version), (1, 2));
     assert_eq!(m2.created_at, m1.created_at);
     assert_eq!(m2.size, 3);
-    node.store.close();
+    node.close_db();
     drop(node);
 
     let node = open(dir.path()).await;
@@ -168,11 +156,7 @@ async fn value_size_limit_is_enforced_and_configurable() {
     let err = node.vault.put(&s, &k, value(&vec![7; 64 * 1024 + 1]), None).await.unwrap_err();
     assert!(matches!(err, VaultError::ValueTooLarge { size: 65537, max: 65536 }), "{err}");
 
-    let small = Vault::new(
-        Arc::new(palyra::storage::SqliteBlobBackend::new(node.store.clone())),
-        Arc::clone(&node.keys),
-        VaultConfig { max_value_len: 10 },
-    );
+    let small = node.vault_with(VaultConfig { max_value_len: 10 });
     assert!(matches!(small.put(&s, &k, value(&[0; 11]), None).await, Err(VaultError::ValueTooLarge { .. })));
 }
 
@@ -363,7 +347,7 @@ async fn an_interrupted_rotation_leaves_everything_readable_and_is_finished_on_o
     for i in 0..10 {
         node.vault.put(&s, &key(&format!("k{i}")), value(b"v"), None).await.unwrap();
     }
-    node.store.close();
+    node.close_db();
     drop(node);
     // Simulate a crash right after the new generation was committed, before any rewrap.
     raw_db(dir.path()).execute("UPDATE meta SET value = '2' WHERE key = 'kek_generation'", []).unwrap();
@@ -382,12 +366,12 @@ async fn the_key_backend_sticks() {
     let dir = private_tempdir();
     let node = open(dir.path()).await;
     node.vault.put(&scope("a"), &key("k"), value(b"v"), None).await.unwrap();
-    assert_eq!(node.key_backend, palyra::vault::KeyBackend::File);
-    node.store.close();
+    assert_eq!(node.key_backend(), palyra::vault::KeyBackend::File);
+    node.close_db();
     drop(node);
 
     // Asking for the keychain on a node that uses the file is refused, not silently switched.
-    let err = NodeCore::open(
+    let err = testkit::try_open_core(
         dir.path(),
         NodeOptions { key_backend: KeyBackendChoice::Keychain, ..Default::default() },
     )
@@ -397,7 +381,7 @@ async fn the_key_backend_sticks() {
 
     // A missing key is an error that says what happened, never a fresh key.
     std::fs::remove_file(dir.path().join("keys/root.key")).unwrap();
-    let err = NodeCore::open(dir.path(), NodeOptions::default()).await.unwrap_err();
+    let err = testkit::try_open_core(dir.path(), NodeOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
     assert!(!dir.path().join("keys/root.key").exists(), "no new key may be created");
 }

@@ -11,9 +11,11 @@ use hdrhistogram::Histogram;
 use palyra::events::NewEvent;
 use palyra::identity::Role;
 use palyra::node::Node;
-use palyra::quic::client::{ClientTls, QuicClient};
+use palyra::quic::client::QuicClient;
 use palyra::quic::frame;
-use palyra::quic::{QuicConfig, QuicServer, pb};
+use palyra::quic::{QuicConfig, pb};
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, NodeInternals, QuicServing};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
@@ -86,14 +88,7 @@ pub fn raw_server(frames: Bytes, live: Arc<Mutex<Option<mpsc::UnboundedReceiver<
 }
 
 pub async fn raw_client(raw: &Raw) -> (quinn::Endpoint, quinn::Connection) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(raw.ca.clone()).unwrap();
-    let mut tls =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut tls = palyra::testkit::tls::rustls_config(raw.ca.clone(), None);
     tls.alpn_protocols = vec![b"raw".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -156,21 +151,20 @@ pub async fn run(node: &Node, count: u64, latency_samples: u64) -> QuicFigures {
         max_connections_per_address: palyra::quic::DEFAULT_MAX_CONNECTIONS,
         ..Default::default()
     };
-    let server = QuicServer::bind(node, config).unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
-    let creds = super::register_device(node, Role::Node, &[]).await;
-    let (cert, key) = (creds.cert_pem, creds.key_pem);
-    let ca = node.identity.ca().certificate_pem().to_owned();
-    let tls = move || ClientTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap();
+    // Served until the scenario is done (dropping it stops the server).
+    let serving = QuicServing::start(node, config);
+    let addr = serving.addr;
+    let creds = testkit::mint(node, Role::Node, "bench-peer", &[]).await;
+    let pems = Pems::device(node, Some(&creds));
+    let tls = move || pems.quic();
     let mut rates = Vec::new();
 
     // Fill the log (group commit: concurrent appends share fsyncs).
-    let start_seq = node.events.last_sequence().await.unwrap();
+    let start_seq = node.events().last_sequence().await.unwrap();
     let fill = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..64u64 {
-        let log = node.events.clone();
+        let log = node.events().clone();
         tasks.push(tokio::spawn(async move {
             for i in (w..count).step_by(64) {
                 log.append(event(i)).await.unwrap();
@@ -183,7 +177,7 @@ pub async fn run(node: &Node, count: u64, latency_samples: u64) -> QuicFigures {
     println!("quic/fill: {count} durable events in {:.2?}", fill.elapsed());
 
     // The same frames for the raw baseline.
-    let stored = node.core.store.events_after(start_seq, count as usize).await.unwrap();
+    let stored = node.events_after(start_seq, count as usize).await.unwrap();
     let mut buf = BytesMut::new();
     for e in &stored {
         let wire = palyra::quic::event_to_pb(e);
@@ -218,7 +212,7 @@ pub async fn run(node: &Node, count: u64, latency_samples: u64) -> QuicFigures {
     // Publish-to-receive latency: "published" = the moment the hub hands the committed event
     // to subscribers, stamped by a local hub receiver; "received" = decoded by the client.
     let published: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let mut hub = node.core.store.event_hub().subscribe();
+    let mut hub = node.event_hub();
     let stamps = Arc::clone(&published);
     tokio::spawn(async move {
         while let Ok(e) = hub.recv().await {
@@ -226,11 +220,11 @@ pub async fn run(node: &Node, count: u64, latency_samples: u64) -> QuicFigures {
         }
     });
     let client = QuicClient::connect(addr, "localhost", tls()).await.unwrap();
-    let tail = node.events.last_sequence().await.unwrap();
+    let tail = node.events().last_sequence().await.unwrap();
     let mut stream = client.stream_events(tail, Vec::new()).await.unwrap();
     let mut palyra_hist = Histogram::<u64>::new(3).unwrap();
     for i in 0..latency_samples {
-        let appended = node.events.append(event(i)).await.unwrap();
+        let appended = node.events().append(event(i)).await.unwrap();
         let got = stream.next().await.unwrap().unwrap();
         let received = Instant::now();
         assert_eq!(got.sequence, appended.sequence);
@@ -260,5 +254,6 @@ pub async fn run(node: &Node, count: u64, latency_samples: u64) -> QuicFigures {
         frame::read::<pb::Response, _>(&mut frames, 1 << 20).await.unwrap().unwrap();
         raw_hist.record(sent.elapsed().as_micros() as u64).unwrap();
     }
+    drop(serving);
     QuicFigures { count, rates, palyra_latency: palyra_hist, raw_latency: raw_hist }
 }

@@ -1,4 +1,4 @@
-//! The SPAKE2 pairing handshake (`src/pairing/handshake.rs`, PROTOCOLS.md §1), both sans-IO
+//! The SPAKE2 pairing handshake (`src/pairing/handshake.rs`, docs/pairing-protocol.md), both sans-IO
 //! machines driven by one structured input: which PIN and CA the device believes in, the
 //! code's state, edits a man in the middle makes to each message's wire fields, whether the
 //! node's session goes through its sealed storage form (`src/pairing/session.rs`) between the
@@ -19,18 +19,17 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use palyra::identity::ca::{Csr, generate_tls_key_and_csr};
 use palyra::identity::{DeviceIdentity, Role};
-use palyra::unix_time::unix_ms;
 use palyra::pairing::{
     CodeId, CodeState, DeviceName, DevicePairing, FinishMessage, NodeSession, PairingCode, PairingError, Pin,
     StartMessage, StartReply, StatusPoll, open_session, seal_session,
 };
-use palyra_fuzz::{SESSION_SEAL_KEY, now};
+use palyra::unix_time::unix_ms;
+use palyra_fuzz::{
+    PAIRING_CA as CA, PAIRING_CODE_ID as CODE_ID, PAIRING_PIN as NODE_PIN, SESSION_SEAL_KEY, now,
+};
 use ring::aead;
 
-const CA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const OTHER_CA: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
-const CODE_ID: &str = "7K2M9QXR4T";
-const NODE_PIN: &str = "482913";
 const SESSION_TTL_MS: u64 = 120_000;
 
 struct Fixture {

@@ -1,5 +1,5 @@
 //! Vault names from the wire (`src/vault/scope.rs`), device ids, auth profile names and the
-//! ListSecrets page token (`src/rpc/convert.rs`). Checks: parse → display → parse is the
+//! ListSecrets page token (`src/wire/convert.rs`). Checks: parse → display → parse is the
 //! identity; what parses obeys the grammar; parents, containment and object ids agree.
 
 #![no_main]
@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use palyra::auth::ProfileName;
 use palyra::identity::DeviceId;
-use palyra::rpc::convert::{Listing, page_token, parse_page_token};
+use palyra::wire::convert::{Listing, page_token, parse_page_token};
 use palyra::vault::scope::{MAX_KEY_LEN, MAX_SCOPE_SEGMENTS, MAX_SEGMENT_LEN, ObjectId};
 use palyra::vault::{Scope, SecretKey};
 

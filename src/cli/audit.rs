@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::client::connect;
 use super::output::{CliError, Context, time};
-use crate::rpc::pb::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
+use crate::wire::pb::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AuditCommand {

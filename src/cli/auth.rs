@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::client::connect;
 use super::output::{CliError, Context, time};
-use crate::rpc::pb::auth::v1::{self as pb, auth_profile_service_client::AuthProfileServiceClient};
+use crate::wire::pb::auth::v1::{self as pb, auth_profile_service_client::AuthProfileServiceClient};
 
 /// How long `login` waits for the redirect (the node forgets the state after 10 minutes).
 const LOGIN_WAIT: Duration = Duration::from_secs(10 * 60);
@@ -280,7 +280,7 @@ impl Callback {
     /// From a redirect URL, a query string, or a bare code.
     fn parse(text: &str) -> Callback {
         let text = text.trim();
-        let query = if let Ok(url) = reqwest::Url::parse(text) {
+        let query = if let Ok(url) = url::Url::parse(text) {
             url.query().map(str::to_owned)
         } else if text.contains("code=") || text.contains("error=") {
             Some(text.trim_start_matches('?').to_owned())
@@ -288,7 +288,7 @@ impl Callback {
             return Callback { code: Some(text.to_owned()), state: None, error: None };
         };
         let pairs: HashMap<String, String> = query
-            .and_then(|q| reqwest::Url::parse(&format!("http://x/?{q}")).ok())
+            .and_then(|q| url::Url::parse(&format!("http://x/?{q}")).ok())
             .map(|u| u.query_pairs().into_owned().collect())
             .unwrap_or_default();
         Callback {

@@ -10,7 +10,7 @@ use crate::config::Layout;
 use crate::fsutil;
 use crate::identity::ca::{Csr, certificate_validity_pem, csr_for_key};
 use crate::identity::{DeviceId, DeviceIdentity, renewal_proof_message};
-use crate::rpc::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
+use crate::wire::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
 /// A channel authenticated with the credentials in the data dir: `operator/` on the node
 /// itself, `client/` on a paired device.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::client::connect;
 use super::output::{CliError, Context, time};
-use crate::rpc::pb::console::v1::{self as pb, console_service_client::ConsoleServiceClient};
+use crate::wire::pb::console::v1::{self as pb, console_service_client::ConsoleServiceClient};
 
 #[derive(Debug, Args)]
 pub(super) struct ConsoleArgs {

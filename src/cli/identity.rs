@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::client::connect;
 use super::output::{CliError, Context};
-use crate::rpc::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
+use crate::wire::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum IdentityCommand {

@@ -1,7 +1,7 @@
 //! `palyra pair`: the joining device's side of pairing, as a library function ([`pair`]) that
 //! the CLI and the integration tests both call.
 //!
-//! Steps (PROTOCOLS.md §1): make the device's identity and TLS key/CSR; fetch the node's
+//! Steps (docs/pairing-protocol.md): make the device's identity and TLS key/CSR; fetch the node's
 //! identity anonymously; check the CA fingerprint (from the URI, `--ca-fingerprint`, or an
 //! interactive confirmation) and pin that CA before sending anything; run the SPAKE2
 //! handshake; wait for an admin's approval; store the credentials in `client/` of the data
@@ -28,8 +28,8 @@ use crate::identity::ca::{certificate_fingerprint, generate_tls_key_and_csr};
 use crate::pairing::code::is_fingerprint;
 use crate::pairing::handshake::{DeviceName, StartReply, StatusPoll};
 use crate::pairing::{CodeId, DevicePairing, PairingError, PairingUri, Pin};
-use crate::rpc::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
-use crate::rpc::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
+use crate::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
+use crate::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
 
 /// `palyra pair` arguments.
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::client::connect;
 use super::output::{CliError, Context, time};
-use crate::rpc::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
+use crate::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PairingCommand {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::client::connect;
 use super::output::{CliError, Context, time};
-use crate::rpc::pb::policy::v1::{self as pb, policy_service_client::PolicyServiceClient};
+use crate::wire::pb::policy::v1::{self as pb, policy_service_client::PolicyServiceClient};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PolicyCommand {
@@ -54,9 +54,9 @@ pub(super) enum PolicyCommand {
     Reset,
 }
 
-/// `palyra policy reset`: takes the data dir's lock (refused while `palyra serve` runs), opens
-/// the node's core (the root key: the new version gets its row MAC), installs the defaults and
-/// appends an audit record through the same hash chain as every other decision.
+/// `palyra policy reset`: takes the data dir's lock (refused while `palyra serve` runs), then
+/// the node installs the defaults and appends an audit record through the same hash chain as
+/// every other decision (`node::reset_policies_offline`).
 async fn reset(ctx: &Context) -> Result<u64, CliError> {
     let db = ctx.data_dir.join("palyra.db");
     if !db.exists() {
@@ -64,55 +64,23 @@ async fn reset(ctx: &Context) -> Result<u64, CliError> {
     }
     let _lock = crate::datadir_lock::DataDirLock::acquire(&ctx.data_dir, "palyra policy reset")
         .map_err(|e| CliError::new(e.to_string()).hint("stop `palyra serve` first: reset is offline"))?;
-    let core = crate::node::NodeCore::open(&ctx.data_dir, crate::node::NodeOptions::default())
-        .await
-        .map_err(|e| CliError::new(e.to_string()))?;
-    let store = core.store.clone();
-    let (audit_key, head_key) = (core.keys.audit_chain_key(), core.keys.audit_head_key());
-    let audit =
-        tokio::task::spawn_blocking(move || crate::storage::AuditLog::start(&store, audit_key, head_key))
-            .await
-            .map_err(|e| CliError::new(e.to_string()))?
-            .map_err(|e| CliError::new(e.to_string()))?;
-    // The reset is recorded in the chain, so it runs only where a record can be appended.
-    if let Some(problem) = audit.integrity() {
-        return Err(CliError::new(format!(
-            "the audit log failed its integrity check: {problem}; not resetting"
-        ))
-        .hint("restore palyra.db from a backup"));
-    }
-    let version = crate::policy::Policies::reset_to_defaults(&core.store)
-        .await
-        .map_err(|e| CliError::new(e.to_string()))?
-        .version;
-    let recorded = audit.record(crate::audit::AuditEntry {
-        at: std::time::SystemTime::now(),
-        principal: RESET_PRINCIPAL.to_owned(),
-        action: crate::policy::UPDATED_BY_RESET.to_owned(),
-        resource: "Node".to_owned(),
-        decision: crate::audit::AuditDecision::Allow,
-        reason: format!(
-            "default policies installed as version {version} (offline, pid {})",
-            std::process::id()
-        ),
-    });
-    let recorded = match recorded {
-        Ok(()) => audit.flush().await,
-        Err(e) => Err(e),
-    };
-    core.store.close();
-    recorded.map_err(|e| {
-        CliError::new(format!(
-            "default policies installed as version {version}, but its audit record failed: {e}"
-        ))
-        .hint("run `palyra audit verify`")
-    })?;
-    Ok(version)
+    crate::node::reset_policies_offline(&ctx.data_dir).await.map_err(|e| {
+        use crate::node::OfflineResetError;
+        use crate::policy::ResetError;
+        let hint = match &e {
+            OfflineResetError::Reset(ResetError::AuditIntegrity(_)) => {
+                Some("restore palyra.db from a backup")
+            }
+            OfflineResetError::Reset(ResetError::Unrecorded { .. }) => Some("run `palyra audit verify`"),
+            _ => None,
+        };
+        let error = CliError::new(e.to_string());
+        match hint {
+            Some(hint) => error.hint(hint),
+            None => error,
+        }
+    })
 }
-
-/// The principal of the audit record of an offline reset: whoever can run it on the node's
-/// machine with access to the data dir and the root key.
-const RESET_PRINCIPAL: &str = "local-operator";
 
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))

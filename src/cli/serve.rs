@@ -7,9 +7,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::output::{CliError, Context};
-use crate::config::{DEFAULT_CONSOLE_ADDR, DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR, FileConfig, Layout};
+use crate::config::{
+    DEFAULT_CONSOLE_ADDR, DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR, FileConfig, GrpcConfig, KeyBackendChoice,
+    Layout,
+};
 use crate::datadir_lock::DataDirLock;
-use crate::node::{KeyBackendChoice, Node, NodeOptions};
+use crate::node::{Node, NodeOptions};
 use crate::vault::VaultConfig;
 
 #[derive(Debug, Args)]
@@ -88,6 +91,24 @@ fn console_limits(file: &FileConfig) -> crate::console::ConsoleLimits {
             .max_connections_per_address
             .unwrap_or(defaults.max_connections_per_address),
     }
+}
+
+/// The gRPC listener's limits: the file's `[grpc]` values over the defaults.
+fn grpc_limits(grpc: &GrpcConfig) -> crate::rpc::server::GrpcLimits {
+    let mut limits = crate::rpc::server::GrpcLimits::default();
+    if let Some(n) = grpc.max_connections {
+        limits.max_connections = n;
+    }
+    if let Some(n) = grpc.max_connections_per_address {
+        limits.max_connections_per_address = n;
+    }
+    if let Some(s) = grpc.handshake_timeout_secs {
+        limits.handshake_timeout = std::time::Duration::from_secs(s);
+    }
+    if let Some(s) = grpc.anonymous_idle_timeout_secs {
+        limits.anonymous_idle_timeout = std::time::Duration::from_secs(s);
+    }
+    limits
 }
 
 /// Where the console listens (`None`: disabled), after flags and file; a non-loopback
@@ -181,7 +202,7 @@ pub(super) async fn init(ctx: &Context, args: InitArgs) -> Result<(), CliError> 
     let _lock = lock(ctx, "palyra init")?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
     let out = summary(ctx, &node);
-    node.core.store.close();
+    node.core.close();
     ctx.print(&out, || {
         format!(
             "node {} initialised in {}\nCA fingerprint   {}\nroot key         {}\noperator         {} (credentials in {})",
@@ -299,7 +320,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         let (node, stop) = (node.clone(), stopped());
         tokio::spawn(async move { crate::console::serve(&node, listener, options, stop).await })
     });
-    let mut grpc_limits = s.file.grpc.clone().unwrap_or_default().limits();
+    let mut grpc_limits = grpc_limits(&s.file.grpc.clone().unwrap_or_default());
     if let Some(n) = args.grpc_max_connections {
         grpc_limits.max_connections = n.max(1);
     }
@@ -325,7 +346,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     if let Err(e) = node.audit.flush().await {
         tracing::error!(error = %e, "audit records queued at shutdown could not be appended");
     }
-    node.core.store.close();
+    node.core.close();
     tracing::info!("palyra stopped");
     Ok(())
 }
@@ -351,4 +372,31 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The config checks `max_connections_per_address` against these defaults without naming
+    /// the edges (it is a leaf): they must stay the edges' own.
+    #[test]
+    fn the_configs_defaults_are_the_edges_defaults() {
+        assert_eq!(crate::config::DEFAULT_GRPC_MAX_CONNECTIONS, crate::rpc::server::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(crate::config::DEFAULT_CONSOLE_MAX_CONNECTIONS, crate::console::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(grpc_limits(&GrpcConfig::default()), crate::rpc::server::GrpcLimits::default());
+    }
+
+    #[test]
+    fn the_grpc_section_sets_its_limits_over_the_defaults() -> Result<(), crate::config::ConfigError> {
+        let text = "[grpc]\nmax_connections = 100\nmax_connections_per_address = 10\nanonymous_idle_timeout_secs = 5";
+        let file = FileConfig::parse(text, Path::new("palyra.toml"))?;
+        let limits = grpc_limits(&file.grpc.unwrap_or_default());
+        assert_eq!((limits.max_connections, limits.max_connections_per_address), (100, 10));
+        assert_eq!(limits.anonymous_idle_timeout, Duration::from_secs(5));
+        Ok(())
+    }
 }

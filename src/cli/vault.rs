@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::client::connect;
 use super::output::{CliError, Context, time};
-use crate::rpc::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
+use crate::wire::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum VaultCommand {

@@ -8,10 +8,11 @@
 //! session). Every page and action asks the one [`Gate`] with the action of the gRPC call it
 //! stands for (`palyra.pairing.v1.PairingService/ApprovePairing`, …), named once in
 //! [`ROUTES`] and asked by one layer before the handler runs, so it is decided and
-//! audited exactly as that call; the operator's actions themselves are [`crate::admin`]'s, the
-//! same code the gRPC services run. Every POST needs the session's CSRF token and a same-origin
-//! `Origin`; every request needs a `Host` naming the console (DNS rebinding). Responses carry a
-//! strict Content-Security-Policy (no inline script), `no-store` and `no-referrer`.
+//! audited exactly as that call; the operator's actions themselves are the node's services'
+//! ([`crate::pairing::Pairing`], …), the same code the gRPC services run. Every POST needs the
+//! session's CSRF token and a same-origin `Origin`; every request needs a `Host` naming the
+//! console (DNS rebinding). Responses carry a strict Content-Security-Policy (no inline
+//! script), `no-store` and `no-referrer`.
 //!
 //! Server-rendered pages ([`pages`]) plus one small script and stylesheet embedded in the
 //! binary ([`assets`]); live updates are server-sent events from the event log.
@@ -22,7 +23,9 @@ mod pages;
 mod routes;
 mod server;
 
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use routes::{Access, ROUTES, Route, Verb};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use server::{
     ConsoleLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
 };
@@ -44,15 +47,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::{DenialKind, Denied, Gate, Peer, Refusal};
-use crate::admin::{Admin, AdminError, CreatedCode};
 use crate::identity::DeviceId;
 use crate::login::{Logins, Session};
 use crate::node::Node;
+use crate::pairing::{CreatedCode, Pairing, ServiceError as PairingServiceError};
 use crate::policy::Resource;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "palyra_session";
 /// The form field (or `x-csrf-token` header) carrying the CSRF token.
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub const CSRF_FIELD: &str = "csrf";
 
 /// The Content-Security-Policy of every response.
@@ -82,7 +86,10 @@ struct ShownCode {
 #[derive(Debug, Clone)]
 struct App {
     node: Node,
-    admin: Admin,
+    /// The pairing flow: codes, requests, approval.
+    pairing: Arc<Pairing>,
+    /// Resource checks and audit of the pages.
+    gate: Gate,
     logins: Logins,
     options: ConsoleOptions,
     /// `HOST:PORT` values accepted in `Host` (unless `allow_remote`).
@@ -96,7 +103,7 @@ struct App {
 
 impl App {
     fn gate(&self) -> &Gate {
-        self.admin.gate()
+        &self.gate
     }
 
     fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, ShownCode>> {
@@ -177,13 +184,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ConsoleError> {
     let bound = listener.local_addr()?;
-    let gate = Gate {
-        engine: Arc::clone(node.policies.engine()),
-        audit: node.audit.clone(),
-        peers: node.peers.clone(),
-    };
-    let admin =
-        Admin::new(Arc::clone(&node.identity), node.core.store.clone(), Arc::clone(&node.core.keys), gate);
+    let gate = node.gate.clone();
     let (stop_tx, stopping) = watch::channel(false);
     let mut hosts = vec![bound.to_string(), format!("localhost:{}", bound.port())];
     if bound.ip().is_unspecified() {
@@ -191,7 +192,8 @@ pub async fn serve(
     }
     let app = App {
         node: node.clone(),
-        admin,
+        pairing: Arc::clone(&node.pairing),
+        gate,
         logins: node.logins.clone(),
         options,
         hosts: hosts.into(),
@@ -331,20 +333,40 @@ impl From<Denied> for Failure {
     }
 }
 
-impl From<AdminError> for Failure {
-    fn from(e: AdminError) -> Self {
+impl From<PairingServiceError> for Failure {
+    fn from(e: PairingServiceError) -> Self {
         use crate::pairing::PairingError;
         match e {
-            AdminError::Denied(denied) => denied.into(),
-            AdminError::Pairing(PairingError::RequestNotFound(_))
-            | AdminError::Identity(crate::identity::IdentityError::NotFound(_)) => {
+            PairingServiceError::Denied(denied) => denied.into(),
+            e @ (PairingServiceError::Pairing(PairingError::RequestNotFound(_))
+            | PairingServiceError::Identity(crate::identity::IdentityError::NotFound(_))) => {
                 Failure::new(StatusCode::NOT_FOUND, "Not found", e.to_string())
             }
-            AdminError::Pairing(
+            PairingServiceError::Pairing(
                 e @ (PairingError::InvalidArgument { .. } | PairingError::RequestNotPending { .. }),
             ) => Failure::new(StatusCode::BAD_REQUEST, "Refused", e.to_string()),
-            e @ AdminError::SelfRevocation => Failure::new(StatusCode::CONFLICT, "Refused", e.to_string()),
-            AdminError::Identity(e @ crate::identity::IdentityError::AlreadyExists(_)) => {
+            PairingServiceError::Identity(e @ crate::identity::IdentityError::AlreadyExists(_)) => {
+                Failure::new(StatusCode::CONFLICT, "Refused", e.to_string())
+            }
+            other => Failure::internal(other),
+        }
+    }
+}
+
+impl From<crate::devices::RegistryError> for Failure {
+    fn from(e: crate::devices::RegistryError) -> Self {
+        use crate::devices::RegistryError;
+        use crate::identity::IdentityError;
+        match e {
+            RegistryError::Denied { denied, .. } => denied.into(),
+            e @ RegistryError::Identity(IdentityError::NotFound(_)) => {
+                Failure::new(StatusCode::NOT_FOUND, "Not found", e.to_string())
+            }
+            e @ RegistryError::InvalidField { .. } => {
+                Failure::new(StatusCode::BAD_REQUEST, "Refused", e.to_string())
+            }
+            e
+            @ (RegistryError::SelfRevocation | RegistryError::Identity(IdentityError::AlreadyExists(_))) => {
                 Failure::new(StatusCode::CONFLICT, "Refused", e.to_string())
             }
             other => Failure::internal(other),
@@ -361,6 +383,9 @@ impl From<crate::policy::PolicyError> for Failure {
                 Failure::new(StatusCode::BAD_REQUEST, "Refused", e.to_string())
             }
             e @ PolicyError::NotFound(_) => Failure::new(StatusCode::NOT_FOUND, "Not found", e.to_string()),
+            PolicyError::AuditUnavailable(e) => {
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, "Audit log unavailable", e.0)
+            }
             other => Failure::internal(other),
         }
     }

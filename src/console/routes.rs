@@ -33,6 +33,7 @@ pub enum Verb {
 
 impl Verb {
     /// The method's name.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn as_str(self) -> &'static str {
         match self {
             Verb::Get => "GET",

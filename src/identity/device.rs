@@ -3,7 +3,7 @@
 //!
 //! The node has one ([`super::node::NodeIdentity`]), and so does every joining device. This
 //! module generates, serializes and uses the keys; it does not store them (the serialized form
-//! is sealed by a [`super::store::SecretStore`]) and it does not issue TLS certificates (TLS
+//! is sealed by a [`super::sealed::SecretStore`]) and it does not issue TLS certificates (TLS
 //! keys are ECDSA P-256, see [`super::ca`]).
 
 use std::fmt;

@@ -1,7 +1,7 @@
 //! The identity domain's one error type.
 
 use crate::fsutil::FsError;
-use crate::storage::StorageError;
+use crate::store_error::StoreError;
 
 use super::DeviceId;
 
@@ -45,7 +45,7 @@ pub enum IdentityError {
     Fs(#[from] FsError),
     /// The registry's database failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(#[from] StoreError),
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,

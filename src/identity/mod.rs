@@ -1,26 +1,29 @@
-//! Who is who: the node's device identity, the device CA, the registry of paired devices, and
+//! Who is who: the node's device identity, the device CA, the types of the paired devices, and
 //! the typed principal every request is decided for.
 //!
 //! - [`device`] — a device's Ed25519/X25519 keys ([`DeviceIdentity`]);
-//! - [`store`] — the sealed identity store ([`SecretStore`], [`FilesystemSecretStore`]);
+//! - [`sealed`] — the sealed identity store ([`SecretStore`], [`FilesystemSecretStore`]);
 //! - [`ca`] — the device CA: server and client certificates, CSR checks;
 //! - [`node`] — the node's own identity, CA and server certificate, created on first run.
 //!
-//! No tonic, no SQL, no Cedar here: the registry's rows live in `crate::storage`
-//! (`Store::insert_device` and friends), the wire forms in `crate::rpc`, the policy entities in
-//! `crate::policy`.
+//! This is the domain only: no gRPC types, no SQL, no Cedar, no gate. The registry service
+//! (listing, revocation, renewal, its store trait and its error) is `crate::devices`, which
+//! builds on these types; the wire forms and the mapping of [`IdentityError`] to statuses are
+//! in `crate::wire`, the policy entities in `crate::policy`.
 
 pub mod ca;
 pub mod device;
 mod error;
 pub mod node;
-pub mod store;
+pub mod sealed;
 
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use ca::DeviceCa;
 pub use device::{DeviceIdentity, fingerprint_of, verify_signature};
 pub use error::IdentityError;
 pub use node::NodeIdentity;
-pub use store::{FilesystemSecretStore, InMemorySecretStore, SecretStore};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use sealed::{FilesystemSecretStore, InMemorySecretStore, SecretStore};
 
 use std::fmt;
 use std::str::FromStr;
@@ -213,6 +216,10 @@ impl Principal {
         }
     }
 }
+
+/// Longest reason an operator may give for revoking a device or rejecting its pairing request
+/// (kept with the record, never shown to the device).
+pub const MAX_REASON_BYTES: usize = 1024;
 
 /// Domain tag of the renewal proof signature.
 pub const RENEWAL_PROOF_TAG: &[u8] = b"palyra-renewal-v1/proof";

@@ -16,7 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::ca::{self, DeviceCa, IssuedKeyPair};
 use super::device::DeviceIdentity;
-use super::store::SecretStore;
+use super::sealed::SecretStore;
 use super::{DeviceId, IdentityError};
 
 /// Identity-store entry of the node's [`DeviceIdentity`].
@@ -172,7 +172,7 @@ mod tests {
 
     use super::*;
     use crate::identity::ca::SERVER_CERT_VALIDITY;
-    use crate::identity::store::{FilesystemSecretStore, InMemorySecretStore};
+    use crate::identity::sealed::{FilesystemSecretStore, InMemorySecretStore};
     use crate::vault::{KeyHierarchy, RootKey};
 
     const DAY: Duration = Duration::from_secs(86_400);

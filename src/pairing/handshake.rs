@@ -1,4 +1,4 @@
-//! The pairing handshake (PROTOCOLS.md §1), both sides as sans-IO state machines.
+//! The pairing handshake (docs/pairing-protocol.md), both sides as sans-IO state machines.
 //!
 //! The device calls [`DevicePairing::start`] (→ [`StartMessage`]) and
 //! [`DevicePairing::handle_reply`] (→ [`FinishMessage`]); the node calls
@@ -37,6 +37,7 @@ pub const FINISH_TAG: &[u8] = b"palyra-pairing-v1/finish";
 pub const STATUS_TAG: &[u8] = b"palyra-pairing-v1/status";
 /// A SPAKE2 (Ed25519 group) message: a side byte and a 32-byte element.
 pub const PAKE_MESSAGE_LEN: usize = 33;
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use super::name::{DeviceName, MAX_DEVICE_NAME_CHARS};
 /// Longest session id accepted.
 pub(super) const MAX_SESSION_ID_LEN: usize = 64;
@@ -247,7 +248,7 @@ impl StatusPoll {
 }
 
 /// The transcript hash `T`: SHA-256 over each field as a 4-byte big-endian length and its
-/// bytes, in the order PROTOCOLS.md fixes.
+/// bytes, in the order docs/pairing-protocol.md ("Transcript hash") gives.
 pub fn transcript(
     code_id: &CodeId,
     ca_fingerprint: &str,

@@ -1,4 +1,4 @@
-//! Pairing: how a new device joins a node with a short PIN (PROTOCOLS.md §1).
+//! Pairing: how a new device joins a node with a short PIN (docs/pairing-protocol.md).
 //!
 //! - [`code`] — pairing codes: the random `code_id` and PIN (never a trivial one), the code's
 //!   life (expiry, attempts, single use), PIN sealing, and the `palyra://pair?...` URI;
@@ -8,24 +8,36 @@
 //! - [`session`] — a node's handshake session between StartPairing and FinishPairing as a
 //!   versioned, bounded byte encoding, sealed under the node's internal seal key and bound
 //!   to the session id, so sessions survive a restart;
-//! - [`request`] — the pairing request an admin approves or rejects.
+//! - [`name`] — [`DeviceName`](name::DeviceName): the name a device asks to be shown by, refused
+//!   when it could disguise itself (control, bidi, invisible characters), NFC, bounded;
+//! - [`request`] — the pairing request an admin approves or rejects, and the rules on the
+//!   decision (request ids, pairable roles, granted scopes, rejection reasons);
+//! - [`store`] — [`PairingStore`](store::PairingStore), what the flow needs kept (implemented
+//!   on SQLite outside this module);
+//! - [`service`] — [`Pairing`], the application service: the node's side of the flow, its rate
+//!   limits, attempt counting and audit, and the operator's approve/reject.
 //!
-//! What it does not do: network IO, storage or clock reads. Time is passed in as `now`; the
-//! gRPC service (`crate::rpc::pairing`) and `palyra pair` (`crate::cli::pair`) drive the
-//! machines, the database keeps codes, sealed sessions and requests (`crate::storage`).
+//! What it does not do: network IO, wire formats or SQL. The domain modules (all but
+//! `service`) read no clock either: time is passed in as `now`. The node's edges call
+//! [`Pairing`]; the device's side of the handshake ([`DevicePairing`]) is driven by the
+//! command-line client.
 
 pub mod code;
 pub mod handshake;
 pub mod name;
 pub mod request;
+pub(crate) mod service;
 pub mod session;
+pub(crate) mod store;
 
 pub use code::{CodeId, CodeState, PairingCode, PairingUri, Pin};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use handshake::{
     DeviceName, DevicePairing, FinishMessage, NodeSession, StartMessage, StartReply, StatusPoll,
     VerifiedPairing,
 };
 pub use request::{PairingRequest, RequestState};
+pub(crate) use service::{CreatedCode, Pairing, ServiceError};
 pub use session::{open_session, seal_session};
 
 use std::time::Duration;

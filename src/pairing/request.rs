@@ -1,9 +1,62 @@
-//! Pairing requests: what a successful handshake leaves for an admin to decide.
+//! Pairing requests: what a successful handshake leaves for an admin to decide, and the
+//! rules on an admin's decision (the request id, the role and scopes granted, the reason of a
+//! rejection).
 
 use std::time::SystemTime;
 
+use super::PairingError;
 use crate::identity::{DeviceId, Role};
 use crate::vault::Scope;
+
+/// Most scopes one approval may grant.
+pub const MAX_GRANTED_SCOPES: usize = 64;
+pub use crate::identity::MAX_REASON_BYTES;
+
+/// A pairing request id (a ULID), upper-cased.
+pub fn request_id(text: &str) -> Result<String, PairingError> {
+    if text.len() != 26 || ulid::Ulid::from_string(text).is_err() {
+        return Err(PairingError::invalid("request_id", "not a ULID"));
+    }
+    Ok(text.to_ascii_uppercase())
+}
+
+/// A role a pairing may grant: device or node, never admin. Empty → `None`.
+pub fn pairable_role(field: &'static str, text: &str) -> Result<Option<Role>, PairingError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<Role>() {
+        Ok(Role::Admin) => {
+            Err(PairingError::invalid(field, "admins are created by `palyra init`, never by pairing"))
+        }
+        Ok(role) => Ok(Some(role)),
+        Err(e) => Err(PairingError::invalid(field, e)),
+    }
+}
+
+/// The scopes an approval grants: at most [`MAX_GRANTED_SCOPES`], each a valid scope,
+/// duplicates dropped (first occurrence kept).
+pub fn granted_scopes(scopes: &[String]) -> Result<Vec<Scope>, PairingError> {
+    if scopes.len() > MAX_GRANTED_SCOPES {
+        return Err(PairingError::invalid("scopes", format!("at most {MAX_GRANTED_SCOPES} scopes")));
+    }
+    let mut granted = Vec::with_capacity(scopes.len());
+    for text in scopes {
+        let parsed = Scope::parse(text).map_err(|e| PairingError::invalid("scopes", e.to_string()))?;
+        if !granted.contains(&parsed) {
+            granted.push(parsed);
+        }
+    }
+    Ok(granted)
+}
+
+/// Refuses a rejection reason longer than [`MAX_REASON_BYTES`].
+pub fn check_reason(text: &str) -> Result<(), PairingError> {
+    if text.len() > MAX_REASON_BYTES {
+        return Err(PairingError::invalid("reason", "longer than 1024 bytes"));
+    }
+    Ok(())
+}
 
 /// Where a pairing request stands. Approved, rejected and expired are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

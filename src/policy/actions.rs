@@ -103,6 +103,7 @@ pub const NODE_STREAM_EVENTS: &str = "node.stream_events";
 
 /// The context key of RenewCertificate's anonymous path: `{"renewal_proof": true}` once the
 /// handler has verified the proof for the resource device.
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub const RENEWAL_PROOF: &str = "renewal_proof";
 
 /// Every requestable action (groups excluded).
@@ -153,6 +154,7 @@ pub const ALL: &[&str] = &[
 ];
 
 /// The action groups of the schema.
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub const GROUPS: &[&str] = &[
     "public",
     "reflection",

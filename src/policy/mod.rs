@@ -1,5 +1,5 @@
 //! Authorization: the Cedar schema, the default policies, and the one engine that decides every
-//! gRPC and QUIC call (DESIGN.md §3).
+//! gRPC and QUIC call (docs/security-model.md).
 //!
 //! - [`PolicyEngine`] holds the schema (parsed once) and the active policy set, parsed once per
 //!   install and swapped atomically; [`PolicyEngine::authorize`] decides one request in a few
@@ -7,13 +7,13 @@
 //! - [`PolicyEngine::validate`] turns Cedar's parse and strict-validation errors into
 //!   [`Diagnostic`]s with 1-based line and column, after bounding the input (size, nesting,
 //!   operators per policy).
-//! - [`Policies`] is the domain service over the engine and the store: versioned updates with
-//!   compare-and-set, the lockout guard, rollback, the offline reset.
+//! - [`Policies`] is the application service over the engine and a [`PolicyStore`]: versioned
+//!   updates with compare-and-set, the lockout guard, rollback, the offline reset.
 //! - [`parse_entity_ref`] reads the entity uids the PolicyService's `Authorize` receives as text.
 //!
 //! What it does not do: transport (the gRPC layer and the QUIC runtime call it and map
-//! [`AuthzDecision`] and [`PolicyError`] to the wire), SQL (`crate::storage::policy`), looking
-//! devices up in the registry (the caller passes what it resolved), audit records, events.
+//! [`AuthzDecision`] and [`PolicyError`] to the wire), SQL (behind [`PolicyStore`]), looking
+//! devices up in the registry (the caller passes what it resolved), events.
 //!
 //! The schema and the defaults are the files `schema.cedarschema` and `default.cedar` beside
 //! this module, embedded in the binary; tests check that they validate in strict mode and that
@@ -39,21 +39,27 @@ pub mod actions;
 mod diagnostics;
 mod engine;
 mod entities;
-mod manager;
+mod service;
+mod store;
 
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use diagnostics::{Diagnostic, MAX_NESTING, MAX_OPERATORS, MAX_POLICY_TEXT_BYTES, Severity};
 pub(crate) use engine::Unsliced;
 pub use engine::{AuthzDecision, PolicyEngine};
 pub use entities::{EntityRef, Resource, Subject, parse_action_ref, parse_entity_ref, principal_uid};
-pub use manager::{Policies, UPDATED_BY_INIT, UPDATED_BY_RESET};
+pub(crate) use service::ResetError;
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use service::{Policies, UPDATED_BY_INIT, UPDATED_BY_RESET};
+pub(crate) use store::PolicyStore;
 
 use std::time::SystemTime;
 
-use crate::storage::StorageError;
+use crate::audit::AuditUnavailable;
+use crate::store_error::StoreError;
 
 /// The Cedar schema, in the human-readable schema syntax.
 pub const SCHEMA_TEXT: &str = include_str!("schema.cedarschema");
-/// The default policies: DESIGN.md §3's authorization matrix.
+/// The default policies: the authorization matrix of docs/security-model.md.
 pub const DEFAULT_POLICIES: &str = include_str!("default.cedar");
 
 /// One stored version of the policy set, without its text.
@@ -128,7 +134,11 @@ pub enum PolicyError {
     Schema(String),
     /// The database failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(#[from] StoreError),
+    /// The audit log cannot record: a change whose authorization is not durably recorded
+    /// does not happen.
+    #[error(transparent)]
+    AuditUnavailable(#[from] AuditUnavailable),
 }
 
 /// The first error of a diagnostic list, and how many there are.

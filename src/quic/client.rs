@@ -230,6 +230,7 @@ impl QuicClient {
     }
 
     /// Resolves when the node closes the connection, with the reason.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub async fn closed(&self) -> ClientError {
         ClientError::from(self.conn.closed().await)
     }

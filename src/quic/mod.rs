@@ -1,4 +1,4 @@
-//! The QUIC data plane (`palyra-node/1`, PROTOCOLS.md §2): the only module that knows quinn.
+//! The QUIC data plane (`palyra-node/1`, docs/quic-data-plane.md): the only module that knows quinn.
 //!
 //! [`server::QuicServer`] serves `node.health` and `node.stream_events` to peers that present a
 //! client certificate from the node's CA (required) and are active in the registry; each call
@@ -16,11 +16,16 @@ pub mod server;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use client::{ClientError, QuicClient};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use server::{QuicError, QuicLoad, QuicServer, QuicStats, serve};
 
 /// The generated `palyra.node.v1` messages.
-pub use crate::rpc::pb::node::v1 as pb;
+pub use crate::wire::pb::node::v1 as pb;
+/// Events to and from `pb::Event`, converted in `wire::convert` (named here too: the benches
+/// and the CLI use them through the data plane).
+pub use crate::wire::convert::{event_from_pb, event_to_pb};
 
 /// The ALPN protocol id of the data plane.
 pub const ALPN: &[u8] = b"palyra-node/1";
@@ -40,23 +45,11 @@ pub const METHOD_HEALTH: &str = "node.health";
 /// Replay then follow the event log.
 pub const METHOD_STREAM_EVENTS: &str = "node.stream_events";
 
-/// `Error.code` values.
-pub mod codes {
-    /// The frame length was 0 or above the maximum.
-    pub const FRAME_TOO_LARGE: &str = "frame_too_large";
-    /// The frame did not decode as a `Request`.
-    pub const INVALID_REQUEST: &str = "invalid_request";
-    /// Not a method of this protocol.
-    pub const UNSUPPORTED_METHOD: &str = "unsupported_method";
-    /// The policy denies this device the method.
-    pub const PERMISSION_DENIED: &str = "permission_denied";
-    /// `since_sequence` is older than retention.
-    pub const EVENTS_TRUNCATED: &str = "events_truncated";
-    /// Something failed on the node.
-    pub const INTERNAL: &str = "internal";
-}
+/// `Error.code` values (chosen in `wire::quic`).
+pub use crate::wire::quic::codes;
 
 /// Default listen address.
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub const DEFAULT_ADDR: &str = crate::config::DEFAULT_QUIC_ADDR;
 /// Default largest frame (1 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
@@ -78,6 +71,7 @@ pub enum AddressValidation {
     #[default]
     Always,
     /// Only while at least half the handshake budget is in use.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     UnderLoad,
 }
 
@@ -125,65 +119,5 @@ impl Default for QuicConfig {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
         }
-    }
-}
-
-/// Converts a committed event to its wire form.
-pub fn event_to_pb(event: &crate::events::Event) -> pb::Event {
-    let since_epoch = event.at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    pb::Event {
-        sequence: event.sequence,
-        at: Some(prost_types::Timestamp {
-            seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
-        }),
-        kind: event.kind.clone(),
-        subject: event.subject.clone(),
-        attributes: event.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }
-}
-
-/// Converts a received event to the domain type.
-pub fn event_from_pb(event: pb::Event) -> crate::events::Event {
-    // Untrusted: a peer may send any numbers; out-of-range times become the epoch.
-    let at = event
-        .at
-        .and_then(|t| {
-            let secs = Duration::from_secs(u64::try_from(t.seconds).ok()?);
-            let nanos = Duration::from_nanos(u64::try_from(t.nanos).ok()?.min(999_999_999));
-            std::time::UNIX_EPOCH.checked_add(secs)?.checked_add(nanos)
-        })
-        .unwrap_or(std::time::UNIX_EPOCH);
-    crate::events::Event {
-        sequence: event.sequence,
-        at,
-        kind: event.kind,
-        subject: event.subject,
-        attributes: event.attributes.into_iter().collect(),
-    }
-}
-
-#[cfg(test)]
-mod wire_time_tests {
-    use super::*;
-
-    #[test]
-    fn hostile_event_times_do_not_panic() {
-        for (seconds, nanos) in
-            [(i64::MAX, 999_999_999), (i64::MAX, i32::MAX), (-1, -1), (0, i32::MIN), (i64::MIN, 5)]
-        {
-            let event =
-                pb::Event { at: Some(prost_types::Timestamp { seconds, nanos }), ..Default::default() };
-            let _ = event_from_pb(event);
-        }
-        let now = std::time::SystemTime::now();
-        let round = event_from_pb(event_to_pb(&crate::events::Event {
-            sequence: 1,
-            at: now,
-            kind: "k".into(),
-            subject: "s".into(),
-            attributes: Default::default(),
-        }));
-        assert_eq!(round.at, now);
     }
 }

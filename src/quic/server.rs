@@ -23,12 +23,12 @@ use super::{
     CLOSE_UNKNOWN_DEVICE, METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, codes, event_to_pb, pb,
 };
 use crate::access::{Gate, Peer, Refusal};
-use crate::events::{DEVICE_REVOKED, EventLog, EventsError};
+use crate::events::{DEVICE_REVOKED, EventLog};
 use crate::identity::{DeviceId, DeviceStatus, Principal};
 use crate::net_limits::{AddressBudget, AddressPermit, BudgetStats, Full};
 use crate::node::Node;
 use crate::policy::Resource;
-use crate::storage::Store;
+use crate::wire::quic::{error_frame, events_failed, events_refused};
 
 /// Connection attempts quinn holds before the accept loop sees them (each is handled at once:
 /// a Retry, a refusal or a handshake task), and the bytes it buffers for them.
@@ -67,7 +67,6 @@ pub enum QuicError {
 struct Shared {
     gate: Gate,
     events: EventLog,
-    store: Store,
     node_id: String,
     started: Instant,
     config: QuicConfig,
@@ -87,6 +86,7 @@ pub struct QuicLoad {
 
 /// A snapshot of [`QuicLoad`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub struct QuicStats {
     /// Handshakes in progress, and those refused for want of budget.
     pub handshakes: BudgetStats,
@@ -98,6 +98,7 @@ pub struct QuicStats {
 
 impl QuicLoad {
     /// What the endpoint holds now and has refused since it started.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn stats(&self) -> QuicStats {
         QuicStats {
             handshakes: self.handshakes.stats(),
@@ -115,6 +116,7 @@ pub struct QuicServer {
 }
 
 /// Binds and serves until `shutdown` completes.
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub async fn serve(
     node: &Node,
     config: QuicConfig,
@@ -177,13 +179,8 @@ impl QuicServer {
         let endpoint = Endpoint::server(server, config.addr)
             .map_err(|e| QuicError::Bind { addr: config.addr, error: e.to_string() })?;
         let shared = Arc::new(Shared {
-            gate: Gate {
-                engine: Arc::clone(node.policies.engine()),
-                audit: node.audit.clone(),
-                peers: node.peers.clone(),
-            },
+            gate: node.gate.clone(),
             events: node.events.clone(),
-            store: node.core.store.clone(),
             node_id: node.identity.id().to_string(),
             started: Instant::now(),
             load: QuicLoad {
@@ -198,6 +195,7 @@ impl QuicServer {
     }
 
     /// Its budgets (live: keep the handle to watch them while it serves).
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn load(&self) -> QuicLoad {
         self.shared.load.clone()
     }
@@ -211,7 +209,7 @@ impl QuicServer {
     /// the peers to acknowledge.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // Subscribed here, before any connection is accepted, so no revocation falls between.
-        let live = self.shared.store.event_hub().subscribe();
+        let live = self.shared.events.live();
         let watcher = tokio::spawn(watch_revocations(Arc::clone(&self.shared), live));
         tokio::pin!(shutdown);
         loop {
@@ -352,7 +350,7 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, handshake: AddressP
     register(&shared, id, &conn);
     // A revocation committed before the registration was not seen by the watcher: check the
     // registry itself (not the cache) once more.
-    match shared.store.device(id).await {
+    match shared.gate.peers.registered(id).await {
         Ok(Some(device)) if device.status == DeviceStatus::Active => {}
         Ok(_) => conn.close(VarInt::from_u32(CLOSE_DEVICE_REVOKED), b"device revoked"),
         // Cannot tell: refuse rather than keep a possibly revoked device connected.
@@ -418,7 +416,7 @@ async fn watch_revocations(shared: Arc<Shared>, mut live: broadcast::Receiver<Ar
                 let connected: Vec<DeviceId> =
                     shared.connections.lock().map(|all| all.keys().copied().collect()).unwrap_or_default();
                 for id in connected {
-                    if let Ok(Some(device)) = shared.store.device(id).await
+                    if let Ok(Some(device)) = shared.gate.peers.registered(id).await
                         && device.status == DeviceStatus::Revoked
                     {
                         cut_off(&shared, id);
@@ -427,16 +425,6 @@ async fn watch_revocations(shared: Arc<Shared>, mut live: broadcast::Receiver<Ar
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
-    }
-}
-
-fn error_frame(code: &str, message: impl Into<String>, oldest_available_sequence: u64) -> pb::Response {
-    pb::Response {
-        body: Some(pb::response::Body::Error(pb::Error {
-            code: code.to_owned(),
-            message: message.into(),
-            oldest_available_sequence,
-        })),
     }
 }
 
@@ -510,21 +498,7 @@ async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: Se
 async fn stream_events(shared: &Shared, conn: &Connection, mut send: SendStream, request: pb::Request) {
     let mut subscription = match shared.events.subscribe(request.since_sequence, request.kinds).await {
         Ok(subscription) => subscription,
-        Err(EventsError::Truncated { oldest_available, .. }) => {
-            let message = format!(
-                "events after {} are no longer retained; resume from {}",
-                request.since_sequence,
-                oldest_available.saturating_sub(1)
-            );
-            return finish_with(send, error_frame(codes::EVENTS_TRUNCATED, message, oldest_available)).await;
-        }
-        Err(e @ EventsError::AheadOfLog { .. }) => {
-            return finish_with(send, error_frame(codes::INVALID_REQUEST, e.to_string(), 0)).await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start an event stream");
-            return finish_with(send, error_frame(codes::INTERNAL, "internal error", 0)).await;
-        }
+        Err(e) => return finish_with(send, events_refused(&e, request.since_sequence)).await,
     };
     let mut buf = BytesMut::with_capacity(WRITE_BATCH);
     loop {
@@ -547,23 +521,13 @@ async fn stream_events(shared: &Shared, conn: &Connection, mut send: SendStream,
             }
             buf.clear();
         }
-        match outcome {
-            Ok(()) => {}
-            Err(EventsError::Truncated { since, oldest_available }) => {
-                let message = format!(
-                    "fell behind retention after {since}; resume from {}",
-                    oldest_available.saturating_sub(1)
-                );
-                return finish_with(send, error_frame(codes::EVENTS_TRUNCATED, message, oldest_available))
-                    .await;
-            }
-            Err(EventsError::Closed) => {
-                let _ = send.finish();
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "event stream failed");
-                return finish_with(send, error_frame(codes::INTERNAL, "internal error", 0)).await;
+        if let Err(e) = outcome {
+            match events_failed(&e) {
+                Some(frame) => return finish_with(send, frame).await,
+                None => {
+                    let _ = send.finish();
+                    return;
+                }
             }
         }
     }

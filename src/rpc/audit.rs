@@ -3,27 +3,20 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::timestamp;
-use super::pb::audit::v1::{self as pb, audit_service_server::AuditService};
-use super::status::{internal, invalid_argument};
-use crate::audit::AuditDecision;
-use crate::storage::AuditLog;
-
-/// Default and largest page of records.
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1000;
-/// Longest principal or action filter accepted.
-const MAX_FILTER_LEN: usize = 512;
+use crate::audit::Audit;
+use crate::wire::convert::AuditQuery;
+use crate::wire::pb::audit::v1::{self as pb, audit_service_server::AuditService};
+use crate::wire::status::internal;
 
 /// The audit service.
 #[derive(Debug, Clone)]
 pub struct AuditApi {
-    log: AuditLog,
+    log: Audit,
 }
 
 impl AuditApi {
     /// The service over `log`.
-    pub fn new(log: AuditLog) -> Self {
+    pub fn new(log: Audit) -> Self {
         AuditApi { log }
     }
 }
@@ -34,39 +27,13 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::ListAuditRecordsRequest>,
     ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
-        let req = request.into_inner();
-        for (field, value) in [("principal", &req.principal), ("action", &req.action)] {
-            if value.as_ref().is_some_and(|v| v.len() > MAX_FILTER_LEN) {
-                return Err(invalid_argument(field, format!("longer than {MAX_FILTER_LEN} bytes")));
-            }
-        }
-        let limit = if req.limit == 0 { DEFAULT_LIMIT } else { req.limit.min(MAX_LIMIT) };
-        // Show what was decided up to now, including decisions still in the writer's queue.
-        // A failing log still lists what is committed.
-        let _ = self.log.flush().await;
+        let query = AuditQuery::try_from(request.into_inner())?;
         let records = self
             .log
-            .list(req.since_sequence, limit as usize, req.principal, req.action)
+            .list_decided(query.since_sequence, query.limit, query.principal, query.action)
             .await
             .map_err(internal)?;
-        Ok(Response::new(pb::ListAuditRecordsResponse {
-            records: records
-                .into_iter()
-                .map(|r| pb::AuditRecord {
-                    sequence: r.sequence,
-                    at: Some(timestamp(r.entry.at)),
-                    principal: r.entry.principal,
-                    action: r.entry.action,
-                    resource: r.entry.resource,
-                    decision: match r.entry.decision {
-                        AuditDecision::Allow => pb::AuditDecision::Allow,
-                        AuditDecision::Deny => pb::AuditDecision::Deny,
-                    } as i32,
-                    reason: r.entry.reason,
-                    hash: r.hash,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(pb::ListAuditRecordsResponse { records: records.into_iter().map(Into::into).collect() }))
     }
 
     async fn verify_audit_log(
@@ -77,11 +44,6 @@ impl AuditService for AuditApi {
         if !v.ok {
             tracing::error!(first_bad_sequence = ?v.first_bad_sequence, problem = ?v.problem, "the audit log failed verification");
         }
-        Ok(Response::new(pb::VerifyAuditLogResponse {
-            ok: v.ok,
-            records_checked: v.records_checked,
-            first_bad_sequence: v.first_bad_sequence,
-            problem: v.problem,
-        }))
+        Ok(Response::new(v.into()))
     }
 }

@@ -13,10 +13,10 @@ use tower::{Layer, Service};
 
 use super::framing::FramedRequest;
 use super::peer::Peer;
-use super::status::denied;
 use super::streams;
 use crate::identity::Principal;
 use crate::policy::Resource;
+use crate::wire::status::denied;
 
 pub use crate::access::Gate;
 
@@ -36,6 +36,10 @@ pub trait GateExt {
         resource: &Resource,
         context: Option<&serde_json::Value>,
     ) -> Result<(), Status>;
+
+    /// Flushes the audit queue before a write (so the write's commit makes its decision's
+    /// record durable); `UNAVAILABLE` when the audit log cannot record.
+    fn before_write(&self) -> impl std::future::Future<Output = Result<(), Status>> + Send;
 }
 
 impl GateExt for Gate {
@@ -52,6 +56,10 @@ impl GateExt for Gate {
     ) -> Result<(), Status> {
         self.decide(peer, action, resource, context)
             .map_err(|d| denied(matches!(peer.principal, Principal::Anonymous), d))
+    }
+
+    async fn before_write(&self) -> Result<(), Status> {
+        self.audit_before_write().await.map_err(|d| denied(false, d))
     }
 }
 
@@ -91,7 +99,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = crate::vault::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = crate::store_error::BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -149,5 +157,5 @@ pub fn peer_of<T>(request: &tonic::Request<T>) -> Result<Peer, Status> {
         .extensions()
         .get::<Peer>()
         .cloned()
-        .ok_or_else(|| super::status::internal("request reached a handler without passing the gate"))
+        .ok_or_else(|| crate::wire::status::internal("request reached a handler without passing the gate"))
 }

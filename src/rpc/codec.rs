@@ -3,8 +3,8 @@
 //! It is tonic-prost's codec with one difference: a request message that does not decode (bytes
 //! that are not protobuf, a varint where a string belongs, a string that is not UTF-8) is the
 //! caller's mistake, so it is `INVALID_ARGUMENT` with a reason and prost's description of what
-//! is wrong (see [`super::status::undecodable_request`]). tonic-prost answers `INTERNAL`, as the
-//! gRPC status-code table suggests for library-generated parse errors; DESIGN.md §6 asks for
+//! is wrong (see [`crate::wire::status::undecodable_request`]). tonic-prost answers `INTERNAL`, as the
+//! gRPC status-code table suggests for library-generated parse errors; the node answers
 //! `INVALID_ARGUMENT` on every malformed input. A response that does not decode (only ever seen
 //! by a client of a broken server) stays `INTERNAL`.
 
@@ -15,7 +15,7 @@ use tonic::Status;
 use tonic::codec::{DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
 
-use super::status::undecodable_request;
+use crate::wire::status::{undecodable_request, undecodable_response};
 
 /// [`tonic::codec::Codec`] for `application/grpc+proto` with prost, encoding `T` and decoding `U`.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ impl<U: Message + Default> Decoder for MessageDecoder<U> {
             // buf lint (STANDARD) names every RPC's messages `XxxRequest` / `XxxResponse`, so the
             // type says which side this decoder runs on.
             if std::any::type_name::<U>().ends_with("Response") {
-                Status::internal(e.to_string())
+                undecodable_response(&e)
             } else {
                 undecodable_request(&e)
             }

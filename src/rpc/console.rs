@@ -3,14 +3,13 @@
 
 use std::time::SystemTime;
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::authz::peer_of;
-use super::convert::timestamp;
-use super::pb::common::v1::ErrorReason;
-use super::pb::console::v1::{self as pb, console_service_server::ConsoleService};
-use super::status::{internal, status};
-use crate::login::{LoginError, Logins};
+use crate::login::Logins;
+use crate::wire::convert::login_link;
+use crate::wire::pb::console::v1::{self as pb, console_service_server::ConsoleService};
+use crate::wire::status::internal;
 
 /// The console service.
 #[derive(Debug, Clone)]
@@ -35,19 +34,9 @@ impl ConsoleService for ConsoleApi {
         let Some(device) = peer.principal.device_id() else {
             return Err(internal("an anonymous caller passed the console login gate"));
         };
-        let (token, expires_at) =
-            self.logins.issue_token(device, SystemTime::now()).map_err(|e| match e {
-                e @ LoginError::ConsoleDisabled => {
-                    status(Code::FailedPrecondition, ErrorReason::ConsoleDisabled, e.to_string())
-                }
-                other => internal(other),
-            })?;
+        let (token, expires_at) = self.logins.issue_token(device, SystemTime::now())?;
         let console_url = self.logins.console_url().unwrap_or_default();
         tracing::info!(device_id = %device, "console login link issued");
-        Ok(Response::new(pb::CreateLoginTokenResponse {
-            login_url: format!("{console_url}/login?token={}", token.expose()),
-            expires_at: Some(timestamp(expires_at)),
-            console_url,
-        }))
+        Ok(Response::new(login_link(&token, expires_at, console_url)))
     }
 }

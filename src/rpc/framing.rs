@@ -20,7 +20,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Bytes;
 
-use super::status::FramingError;
+use crate::wire::status::FramingError;
 
 const PREFIX_LEN: usize = 5;
 

@@ -1,4 +1,5 @@
-//! The gRPC edge: the only module that knows tonic and the generated `pb` types.
+//! The gRPC edge: tonic serving every service behind TLS and the gate; the generated code and
+//! the error mapping it uses are `wire`'s.
 //!
 //! [`serve`] runs every service behind TLS ([`server`]) and the Cedar method gate
 //! ([`authz::GateLayer`]): Vault, Identity, Policy, Audit, AuthProfile, Console, `grpc.health.v1` (overall and per
@@ -12,15 +13,12 @@ pub mod auth;
 pub mod authz;
 pub mod codec;
 pub mod console;
-pub mod convert;
 pub mod framing;
 pub mod identity;
 pub mod pairing;
-pub mod pb;
 pub mod peer;
 pub mod policy;
 pub mod server;
-pub mod status;
 pub mod streams;
 pub mod vault;
 
@@ -29,15 +27,15 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
-use self::authz::{Gate, GateLayer};
-use self::pb::audit::v1::audit_service_server::AuditServiceServer;
-use self::pb::auth::v1::auth_profile_service_server::AuthProfileServiceServer;
-use self::pb::console::v1::console_service_server::ConsoleServiceServer;
-use self::pb::identity::v1::identity_service_server::IdentityServiceServer;
-use self::pb::pairing::v1::pairing_service_server::PairingServiceServer;
-use self::pb::policy::v1::policy_service_server::PolicyServiceServer;
-use self::pb::vault::v1::vault_service_server::VaultServiceServer;
+use self::authz::GateLayer;
 use crate::node::Node;
+use crate::wire::pb::audit::v1::audit_service_server::AuditServiceServer;
+use crate::wire::pb::auth::v1::auth_profile_service_server::AuthProfileServiceServer;
+use crate::wire::pb::console::v1::console_service_server::ConsoleServiceServer;
+use crate::wire::pb::identity::v1::identity_service_server::IdentityServiceServer;
+use crate::wire::pb::pairing::v1::pairing_service_server::PairingServiceServer;
+use crate::wire::pb::policy::v1::policy_service_server::PolicyServiceServer;
+use crate::wire::pb::vault::v1::vault_service_server::VaultServiceServer;
 
 /// Why the gRPC server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +130,7 @@ async fn renew_server_certificate(node: Node, certificate: std::sync::Arc<server
 
 /// Serves the node's gRPC API on `listener` until `shutdown` completes, then drains in-flight
 /// requests and returns. Default [`server::GrpcLimits`].
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub async fn serve(
     node: &Node,
     listener: TcpListener,
@@ -162,46 +161,28 @@ pub async fn serve_with(
         node.identity.ca().certificate_der().clone(),
     )?;
     let renewal = AbortOnDrop(tokio::spawn(renew_server_certificate(node.clone(), certificate)));
-    let gate = Gate {
-        engine: std::sync::Arc::clone(node.policies.engine()),
-        audit: node.audit.clone(),
-        peers: node.peers.clone(),
-    };
+    let gate = node.gate.clone();
     let message_limits = MessageLimits::of(node);
     let limit = message_limits.vault;
 
     let vault = VaultServiceServer::new(vault::VaultApi::new(node.core.vault.clone(), gate.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let admin = crate::admin::Admin::new(
-        std::sync::Arc::clone(&node.identity),
-        node.core.store.clone(),
-        std::sync::Arc::clone(&node.core.keys),
-        gate.clone(),
-    );
-    let identity = IdentityServiceServer::new(identity::IdentityApi::new(
-        std::sync::Arc::clone(&node.identity),
-        node.core.store.clone(),
-        gate.clone(),
-        admin,
-    ))
-    .max_decoding_message_size(MessageLimits::IDENTITY);
+    let identity =
+        IdentityServiceServer::new(identity::IdentityApi::new(std::sync::Arc::clone(&node.registry)))
+            .max_decoding_message_size(MessageLimits::IDENTITY);
     let policy = PolicyServiceServer::new(policy::PolicyApi::new(
         std::sync::Arc::clone(&node.policies),
-        node.core.store.clone(),
-        node.audit.clone(),
+        node.peers.clone(),
     ))
     .max_decoding_message_size(MessageLimits::POLICY);
     let fallback_address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     // Pairing sessions (and codes, requests) that expired while the node was down go now.
-    if let Err(e) = node.core.store.expire_pairing(std::time::SystemTime::now()).await {
-        tracing::warn!(error = %e, "could not prune expired pairing state at startup");
+    if let Err(e) = node.pairing.expire(std::time::SystemTime::now()).await {
+        tracing::warn!(error = ?e, "could not prune expired pairing state at startup");
     }
     let pairing = PairingServiceServer::new(pairing::PairingApi::new(
-        std::sync::Arc::clone(&node.identity),
-        node.core.store.clone(),
-        std::sync::Arc::clone(&node.core.keys),
-        gate.clone(),
+        std::sync::Arc::clone(&node.pairing),
         fallback_address,
     ))
     .max_decoding_message_size(MessageLimits::SMALL);
@@ -226,7 +207,7 @@ pub async fn serve_with(
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(crate::wire::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
@@ -266,10 +247,7 @@ const ANONYMOUS_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 /// Every service (and the overall status `""`) is NOT_SERVING while the audit log cannot
 /// record: its calls are refused (UNAVAILABLE), so a load balancer should route elsewhere.
 /// SERVING again once appends succeed. Also writes the summaries of anonymous floods.
-async fn follow_audit_health(
-    audit: crate::storage::AuditLog,
-    reporter: tonic_health::server::HealthReporter,
-) {
+async fn follow_audit_health(audit: crate::audit::Audit, reporter: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
     const SERVICES: [&str; 8] = [
         "",

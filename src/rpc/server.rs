@@ -86,6 +86,7 @@ pub struct GrpcLoad {
 
 /// A snapshot of [`GrpcLoad`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub struct GrpcStats {
     /// Connections held (handshakes included) and refused.
     pub connections: BudgetStats,
@@ -103,6 +104,7 @@ impl GrpcLoad {
     }
 
     /// What it holds now and has refused since it started.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn stats(&self) -> GrpcStats {
         GrpcStats {
             connections: self.connections.stats(),
@@ -316,7 +318,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = crate::vault::BoxFuture<'static, Result<Response, S::Error>>;
+    type Future = crate::store_error::BoxFuture<'static, Result<Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -10,14 +10,13 @@ use std::task::{Context, Poll};
 
 use http_body::{Frame, SizeHint};
 use tokio::sync::broadcast::error::RecvError;
+use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Bytes;
-use tonic::{Code, Status};
 
-use super::pb::common::v1::ErrorReason;
 use super::peer::PeerResolver;
-use super::status::status;
 use crate::identity::DeviceId;
+use crate::wire::status::stream_revoked;
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -75,11 +74,7 @@ impl http_body::Body for RevocableBody {
         }
         if this.revoked.as_mut().poll(cx).is_ready() {
             this.ended = true;
-            let revoked = status(
-                Code::Unauthenticated,
-                ErrorReason::DeviceRevoked,
-                "this device was revoked; the stream is closed",
-            );
+            let revoked = stream_revoked();
             let mut trailers = tonic::codegen::http::HeaderMap::new();
             return Poll::Ready(Some(match revoked.add_header(&mut trailers) {
                 Ok(()) => Ok(Frame::trailers(trailers)),

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 use super::authz::{Gate, GateExt, peer_of};
-use super::convert::{Listing, page_token, parse_page_token, scope, secret_key};
-use super::pb::vault::v1::{self as pb, vault_service_server::VaultService};
-use super::status::internal;
 use crate::policy::Resource;
 use crate::vault::{Scope, SecretValue, Vault};
+use crate::wire::convert::{Listing, page_token, parse_page_token, requested_version, scope, secret_key, secret_reply};
+use crate::wire::pb::vault::v1::{self as pb, vault_service_server::VaultService};
+use crate::wire::status::internal;
 
 const SERVICE: &str = "palyra.vault.v1.VaultService";
 
@@ -47,7 +47,7 @@ impl VaultService for VaultApi {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "PutSecret", &s)?;
-        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
+        self.gate.before_write().await?;
         let req = request.into_inner();
         let metadata = self.vault.put(&s, &k, SecretValue::new(req.value), req.expected_version).await?;
         tracing::info!(scope = %s, key = %k, version = metadata.version, "secret written");
@@ -61,16 +61,9 @@ impl VaultService for VaultApi {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "GetSecret", &s)?;
-        let version = Some(request.get_ref().version).filter(|&v| v != 0);
+        let version = requested_version(request.get_ref().version);
         let (value, metadata) = self.vault.get(&s, &k, version).await?;
-        let served = version.unwrap_or(metadata.version);
-        Ok(Response::new(pb::GetSecretResponse {
-            // Moved, not copied. The vault's buffer was zeroizing; this one belongs to prost
-            // and is freed without being wiped once encoded: a limit of the generated types.
-            value: std::mem::take(&mut *value.into_inner()),
-            metadata: Some(metadata.into()),
-            version: served,
-        }))
+        Ok(Response::new(secret_reply(value, metadata, version)))
     }
 
     async fn list_secrets(
@@ -118,7 +111,7 @@ impl VaultService for VaultApi {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
         self.check_scope(&request, "DeleteSecret", &s)?;
-        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
+        self.gate.before_write().await?;
         let destroy = request.get_ref().destroy;
         let metadata = self.vault.delete(&s, &k, destroy).await?;
         tracing::info!(scope = %s, key = %k, destroy, "secret deleted");
@@ -145,13 +138,10 @@ impl VaultService for VaultApi {
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
         // Admin-only at the method gate; there is no finer resource. The rotation runs in its
         // own task so that a client that goes away does not leave it half done.
-        self.gate.audit_before_write().await.map_err(|d| super::status::denied(false, d))?;
+        self.gate.before_write().await?;
         let vault = self.vault.clone();
         let rotation = tokio::spawn(async move { vault.rotate_key().await }).await.map_err(internal)??;
         tracing::info!(generation = rotation.generation, rewrapped = rotation.rewrapped, "vault key rotated");
-        Ok(Response::new(pb::RotateKeyResponse {
-            generation: rotation.generation,
-            rewrapped: rotation.rewrapped,
-        }))
+        Ok(Response::new(rotation.into()))
     }
 }

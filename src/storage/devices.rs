@@ -5,10 +5,12 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{StorageError, Store, events, from_millis, to_millis};
+use super::{Store, StoreError, events, from_millis, to_millis};
+use crate::devices::DeviceStore;
 use crate::events::{DEVICE_RENEWED, DEVICE_REVOKED, NewEvent};
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, Role};
 use crate::integrity::{Field, RowMac, Table};
+use crate::store_error::BoxFuture;
 use crate::vault::Scope;
 
 /// Columns of `devices`, in the order [`device_from_row`] reads them.
@@ -19,6 +21,16 @@ const COLUMNS: &str = "id, name, fingerprint, signing_public_key, role, status, 
 /// key; the approver reads the name.
 const COLUMNS_MAC: &str = "id, name, fingerprint, signing_public_key, role, status, paired_at, \
                        certificate_expires_at, revoked_at, revoke_reason, scopes, mac";
+
+/// The peer resolver's registry read (`crate::access`).
+impl crate::access::DeviceLookup for Store {
+    fn device(
+        &self,
+        id: DeviceId,
+    ) -> crate::store_error::BoxFuture<'_, Result<Option<Device>, IdentityError>> {
+        Box::pin(Store::device(self, id))
+    }
+}
 
 impl Store {
     /// Registers `device`. [`IdentityError::AlreadyExists`] if its id or fingerprint is taken
@@ -50,6 +62,7 @@ impl Store {
     }
 
     /// The device whose signing key has this fingerprint, if registered.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub async fn device_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Device>, IdentityError> {
         let fingerprint = fingerprint.to_owned();
         let mac = self.row_mac();
@@ -126,6 +139,7 @@ impl Store {
     }
 
     /// Replaces the vault scopes granted to device `id` beyond its own.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub async fn set_device_scopes(&self, id: DeviceId, scopes: Vec<Scope>) -> Result<(), IdentityError> {
         let mac = self.row_mac();
         self.write(move |c| {
@@ -143,7 +157,40 @@ impl Store {
     }
 }
 
-pub(super) fn insert(conn: &Connection, device: &Device, mac: Option<&RowMac>) -> Result<(), StorageError> {
+/// The registry's store trait: each method is the inherent one above (which tests call
+/// directly on `Store`).
+impl DeviceStore for Store {
+    fn insert(&self, device: Device) -> BoxFuture<'_, Result<(), IdentityError>> {
+        Box::pin(async move { Store::insert_device(self, &device).await })
+    }
+
+    fn get(&self, id: DeviceId) -> BoxFuture<'_, Result<Option<Device>, IdentityError>> {
+        Box::pin(Store::device(self, id))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Device>, IdentityError>> {
+        Box::pin(Store::devices(self))
+    }
+
+    fn revoke(
+        &self,
+        id: DeviceId,
+        reason: String,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Device, IdentityError>> {
+        Box::pin(async move { Store::revoke_device(self, id, &reason, now).await })
+    }
+
+    fn set_certificate_expiry(
+        &self,
+        id: DeviceId,
+        expires_at: SystemTime,
+    ) -> BoxFuture<'_, Result<(), IdentityError>> {
+        Box::pin(Store::set_certificate_expiry(self, id, expires_at))
+    }
+}
+
+pub(super) fn insert(conn: &Connection, device: &Device, mac: Option<&RowMac>) -> Result<(), StoreError> {
     let sql =
         format!("INSERT INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     conn.prepare_cached(&sql)?.execute(params![
@@ -200,7 +247,7 @@ fn device_tag(mac: &RowMac, raw: &RawDevice) -> [u8; crate::integrity::MAC_LEN] 
 }
 
 /// Stores the MAC of device `id`'s row as it is now (after a write that checked it first).
-fn remac(conn: &Connection, id: DeviceId, mac: Option<&RowMac>) -> Result<(), StorageError> {
+fn remac(conn: &Connection, id: DeviceId, mac: Option<&RowMac>) -> Result<(), StoreError> {
     let Some(mac) = mac else { return Ok(()) };
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = ?1");
     let raw = conn.prepare_cached(&sql)?.query_row([id.to_string()], raw_from_row)?;
@@ -210,7 +257,7 @@ fn remac(conn: &Connection, id: DeviceId, mac: Option<&RowMac>) -> Result<(), St
 }
 
 /// MACs every `devices` row that has none (the one-time backfill of migration 0009).
-pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StorageError> {
+pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE mac IS NULL");
     let rows = conn.prepare_cached(&sql)?.query_map([], raw_from_row)?.collect::<Result<Vec<_>, _>>()?;
     let mut update = conn.prepare_cached("UPDATE devices SET mac = ?2 WHERE id = ?1")?;
@@ -221,7 +268,7 @@ pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, Stor
 }
 
 /// Reads a row in [`COLUMNS_MAC`] order, checking its MAC when there is a key.
-fn checked_from_row(row: &Row<'_>, mac: Option<&RowMac>) -> rusqlite::Result<Result<Device, StorageError>> {
+fn checked_from_row(row: &Row<'_>, mac: Option<&RowMac>) -> rusqlite::Result<Result<Device, StoreError>> {
     if let Some(mac) = mac {
         let raw = raw_from_row(row)?;
         let stored: Option<Vec<u8>> = row.get(11)?;
@@ -231,7 +278,7 @@ fn checked_from_row(row: &Row<'_>, mac: Option<&RowMac>) -> rusqlite::Result<Res
         });
         if !sound {
             let what = if stored.is_none() { "has no row mac" } else { "does not match its row mac" };
-            return Ok(Err(StorageError::integrity(format_args!(
+            return Ok(Err(StoreError::integrity(format_args!(
                 "device {}: its registry row (role, status, keys, scopes) {what}",
                 raw.0
             ))));
@@ -240,7 +287,7 @@ fn checked_from_row(row: &Row<'_>, mac: Option<&RowMac>) -> rusqlite::Result<Res
     device_from_row(row)
 }
 
-fn list(conn: &Connection, mac: Option<&RowMac>) -> Result<Vec<Device>, StorageError> {
+fn list(conn: &Connection, mac: Option<&RowMac>) -> Result<Vec<Device>, StoreError> {
     let sql = format!("SELECT {COLUMNS_MAC} FROM devices ORDER BY paired_at, id");
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([], |r| checked_from_row(r, mac))?;
@@ -252,11 +299,7 @@ fn list(conn: &Connection, mac: Option<&RowMac>) -> Result<Vec<Device>, StorageE
 }
 
 /// Runs an UPDATE and returns how many rows it changed.
-fn update(
-    conn: &Connection,
-    sql: &'static str,
-    params: impl rusqlite::Params,
-) -> Result<usize, StorageError> {
+fn update(conn: &Connection, sql: &'static str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
     Ok(conn.prepare_cached(sql)?.execute(params)?)
 }
 
@@ -266,12 +309,12 @@ pub(super) fn load(
     column: &'static str,
     value: &str,
     mac: Option<&RowMac>,
-) -> Result<Option<Device>, StorageError> {
+) -> Result<Option<Device>, StoreError> {
     let sql = format!("SELECT {COLUMNS_MAC} FROM devices WHERE {column} = ?1");
     conn.prepare_cached(&sql)?.query_row([value], |r| checked_from_row(r, mac)).optional()?.transpose()
 }
 
-fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StorageError>> {
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StoreError>> {
     let id: String = row.get(0)?;
     let key: Vec<u8> = row.get(3)?;
     let role: String = row.get(4)?;
@@ -280,23 +323,23 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StorageErro
     let revoked_at: Option<i64> = row.get(8)?;
     let parsed = (|| {
         Ok(Device {
-            id: DeviceId::parse(&id).map_err(StorageError::corrupt)?,
+            id: DeviceId::parse(&id).map_err(StoreError::corrupt)?,
             name: row.get(1)?,
             fingerprint: row.get(2)?,
             signing_public_key: key.as_slice().try_into().map_err(|_| {
-                StorageError::corrupt(format!("device {id}: signing key of {} bytes", key.len()))
+                StoreError::corrupt(format!("device {id}: signing key of {} bytes", key.len()))
             })?,
-            role: role.parse::<Role>().map_err(StorageError::corrupt)?,
+            role: role.parse::<Role>().map_err(StoreError::corrupt)?,
             status: match status.as_str() {
                 "active" => DeviceStatus::Active,
                 "revoked" => DeviceStatus::Revoked,
-                other => return Err(StorageError::corrupt(format!("device {id}: status {other:?}"))),
+                other => return Err(StoreError::corrupt(format!("device {id}: status {other:?}"))),
             },
             paired_at: from_millis(row.get(6)?),
             certificate_expires_at: from_millis(row.get(7)?),
             revoked_at: revoked_at.map(from_millis),
             revoke_reason: row.get(9)?,
-            scopes: parse_scopes(&scopes).map_err(|e| StorageError::corrupt(format!("device {id}: {e}")))?,
+            scopes: parse_scopes(&scopes).map_err(|e| StoreError::corrupt(format!("device {id}: {e}")))?,
         })
     })();
     Ok(parsed)
@@ -309,9 +352,9 @@ fn status_str(status: DeviceStatus) -> &'static str {
     }
 }
 
-pub(super) fn scopes_json(scopes: &[Scope]) -> Result<String, StorageError> {
+pub(super) fn scopes_json(scopes: &[Scope]) -> Result<String, StoreError> {
     let texts: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
-    serde_json::to_string(&texts).map_err(StorageError::new)
+    serde_json::to_string(&texts).map_err(StoreError::new)
 }
 
 pub(super) fn parse_scopes(json: &str) -> Result<Vec<Scope>, String> {
@@ -422,8 +465,8 @@ mod tests {
         let phone = device("phone", Role::Device);
         store.insert_device(&phone).await?;
         // Play the attacker with write access to the database file.
-        let raw = rusqlite::Connection::open(dir.path().join("p.db")).map_err(StorageError::from)?;
-        raw.execute("UPDATE devices SET scopes = '[\"../x\"]'", []).map_err(StorageError::from)?;
+        let raw = rusqlite::Connection::open(dir.path().join("p.db")).map_err(StoreError::from)?;
+        raw.execute("UPDATE devices SET scopes = '[\"../x\"]'", []).map_err(StoreError::from)?;
         let err = store.device(phone.id).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("corrupt row"), "{err}");
         Ok(())

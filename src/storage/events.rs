@@ -1,5 +1,5 @@
 //! The `events` table: appends inside the caller's write transaction, reads after a sequence,
-//! retention. Speaks [`crate::events`] types.
+//! retention; [`EventStore`] on `Store`. Speaks [`crate::events`] types.
 //!
 //! Code that commits a change appends its event with [`append`] **inside the same write
 //! closure**, so the change and its event commit or roll back together. The sequence is the
@@ -11,23 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, Row};
 
-use super::{StorageError, Store, from_millis, to_millis};
+use super::{Store, StoreError, from_millis, to_millis};
+pub use crate::events::EventBounds;
+use crate::events::store::EventStore;
 use crate::events::{Event, EventHub, NewEvent};
-
-/// The first and last sequences of the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventBounds {
-    /// The oldest sequence still stored, or the next one to be assigned when none is.
-    pub oldest: u64,
-    /// The highest sequence ever assigned (0 before the first).
-    pub last: u64,
-}
+use crate::store_error::BoxFuture;
 
 /// Appends `event` at `now` within the current write transaction and returns it with its
 /// sequence. Call it from inside a [`Store::write`] closure, next to the change it describes.
-pub(crate) fn append(conn: &Connection, event: &NewEvent, now: SystemTime) -> Result<Event, StorageError> {
+pub(crate) fn append(conn: &Connection, event: &NewEvent, now: SystemTime) -> Result<Event, StoreError> {
     let attributes = serde_json::to_string(&event.attributes)
-        .map_err(|e| StorageError::new(format_args!("event attributes: {e}")))?;
+        .map_err(|e| StoreError::new(format_args!("event attributes: {e}")))?;
     let at = to_millis(now);
     let sequence: i64 = conn
         .prepare_cached(
@@ -35,7 +29,7 @@ pub(crate) fn append(conn: &Connection, event: &NewEvent, now: SystemTime) -> Re
         )?
         .query_row((at, event.kind, &event.subject, attributes), |r| r.get(0))?;
     Ok(Event {
-        sequence: u64::try_from(sequence).map_err(StorageError::corrupt)?,
+        sequence: u64::try_from(sequence).map_err(StoreError::corrupt)?,
         at: from_millis(at),
         kind: event.kind.to_owned(),
         subject: event.subject.clone(),
@@ -43,7 +37,7 @@ pub(crate) fn append(conn: &Connection, event: &NewEvent, now: SystemTime) -> Re
     })
 }
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, StorageError>> {
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, StoreError>> {
     let sequence: i64 = row.get(0)?;
     let at: i64 = row.get(1)?;
     let kind: String = row.get(2)?;
@@ -51,18 +45,18 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, StorageError>
     let attributes: String = row.get(4)?;
     Ok((|| {
         Ok(Event {
-            sequence: u64::try_from(sequence).map_err(StorageError::corrupt)?,
+            sequence: u64::try_from(sequence).map_err(StoreError::corrupt)?,
             at: from_millis(at),
             kind,
             subject,
             attributes: serde_json::from_str::<BTreeMap<String, String>>(&attributes)
-                .map_err(|_| StorageError::corrupt(format_args!("attributes of event {sequence}")))?,
+                .map_err(|_| StoreError::corrupt(format_args!("attributes of event {sequence}")))?,
         })
     })())
 }
 
 /// Events with a sequence above `after`, oldest first, at most `limit`.
-pub(crate) fn read_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Event>, StorageError> {
+pub(crate) fn read_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(
         "SELECT sequence, at, kind, subject, attributes FROM events WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
@@ -76,7 +70,7 @@ pub(crate) fn read_after(conn: &Connection, after: u64, limit: usize) -> Result<
 }
 
 /// The highest sequence ever assigned (from SQLite's AUTOINCREMENT counter).
-pub(crate) fn last_sequence(conn: &Connection) -> Result<u64, StorageError> {
+pub(crate) fn last_sequence(conn: &Connection) -> Result<u64, StoreError> {
     let last: Option<i64> = conn
         .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
         .query_row([], |r| r.get(0))
@@ -84,7 +78,7 @@ pub(crate) fn last_sequence(conn: &Connection) -> Result<u64, StorageError> {
     Ok(last.and_then(|l| u64::try_from(l).ok()).unwrap_or(0))
 }
 
-fn bounds(conn: &Connection) -> Result<EventBounds, StorageError> {
+fn bounds(conn: &Connection) -> Result<EventBounds, StoreError> {
     let last = last_sequence(conn)?;
     let oldest: Option<i64> =
         conn.prepare_cached("SELECT min(sequence) FROM events")?.query_row([], |r| r.get(0))?;
@@ -121,17 +115,17 @@ impl Store {
     }
 
     /// Appends `event` in its own (group-committed) transaction.
-    pub async fn append_event(&self, event: NewEvent, now: SystemTime) -> Result<Event, StorageError> {
+    pub async fn append_event(&self, event: NewEvent, now: SystemTime) -> Result<Event, StoreError> {
         self.write(move |c| append(c, &event, now)).await
     }
 
     /// Events after `after`, oldest first, at most `limit`.
-    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StorageError> {
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(move |c| read_after(c, after, limit)).await
     }
 
     /// The oldest stored and the last assigned sequence.
-    pub async fn event_bounds(&self) -> Result<EventBounds, StorageError> {
+    pub async fn event_bounds(&self) -> Result<EventBounds, StoreError> {
         self.read(|c| {
             // One snapshot for both numbers.
             c.execute_batch("BEGIN")?;
@@ -149,7 +143,7 @@ impl Store {
         max_events: u64,
         max_age: Duration,
         now: SystemTime,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<u64, StoreError> {
         let cutoff = to_millis(now.checked_sub(max_age).unwrap_or(std::time::UNIX_EPOCH));
         self.write(move |c| {
             let last = last_sequence(c)?;
@@ -166,5 +160,32 @@ impl Store {
             Ok(removed as u64)
         })
         .await
+    }
+}
+
+impl EventStore for Store {
+    fn append(&self, event: NewEvent, now: SystemTime) -> BoxFuture<'_, Result<Event, StoreError>> {
+        Box::pin(self.append_event(event, now))
+    }
+
+    fn read_after(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Event>, StoreError>> {
+        Box::pin(self.events_after(after, limit))
+    }
+
+    fn bounds(&self) -> BoxFuture<'_, Result<EventBounds, StoreError>> {
+        Box::pin(self.event_bounds())
+    }
+
+    fn prune(
+        &self,
+        max_events: u64,
+        max_age: Duration,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.prune_events(max_events, max_age, now))
+    }
+
+    fn hub(&self) -> &EventHub {
+        self.event_hub()
     }
 }

@@ -18,7 +18,7 @@ mod pairing;
 mod policy;
 mod vault;
 
-pub use audit::{AuditLog, AuditUnavailable};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use events::EventBounds;
 pub use vault::SqliteBlobBackend;
 
@@ -30,42 +30,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::integrity::RowMac;
+pub use crate::store_error::StoreError;
 use tokio::sync::{Semaphore, oneshot};
 
-/// A database failure. Cheap to clone, so one commit failure can be reported to every write
-/// of its batch.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("database error: {message}")]
-pub struct StorageError {
-    message: Arc<str>,
-    integrity: bool,
-}
-
-impl StorageError {
-    pub(crate) fn new(message: impl fmt::Display) -> Self {
-        StorageError { message: message.to_string().into(), integrity: false }
-    }
-
-    /// A row whose MAC does not verify, or rows that contradict each other: an edit of the
-    /// database by someone without the root key. Never served as if it were sound.
-    pub(crate) fn integrity(what: impl fmt::Display) -> Self {
-        StorageError { message: format!("integrity check failed: {what}").into(), integrity: true }
-    }
-
-    /// Whether this is an integrity failure (the edges answer DATA_LOSS + INTEGRITY).
-    pub fn is_integrity(&self) -> bool {
-        self.integrity
-    }
-
-    /// A stored value that cannot be what this code wrote (corruption or tampering).
-    pub(crate) fn corrupt(what: impl fmt::Display) -> Self {
-        StorageError::new(format_args!("corrupt row: {what}"))
-    }
-}
-
-impl From<rusqlite::Error> for StorageError {
+impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StorageError::new(e)
+        StoreError::new(e)
     }
 }
 
@@ -91,7 +61,7 @@ const READERS: usize = 8;
 /// A job for the writer: runs inside the batch transaction and returns what to do once the
 /// batch's commit has succeeded or failed.
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
-type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// The database: one writer thread, a pool of readers.
 #[derive(Clone)]
@@ -119,7 +89,7 @@ impl fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the database at `path`, applies pending migrations and starts
     /// the writer thread. Blocking: call it before serving, or from `spawn_blocking`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -137,7 +107,7 @@ impl Store {
         std::thread::Builder::new()
             .name("palyra-db-writer".into())
             .spawn(move || writer_loop(conn, rx, writer_hub, published))
-            .map_err(|e| StorageError::new(format_args!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::new(format_args!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -154,7 +124,7 @@ impl Store {
     /// stores its MAC and every read checks it. On the first open after migration 0009 the
     /// rows already there are MAC'd once (so existing data dirs keep working); returns how
     /// many. Call it once, right after the root key is unlocked and before anything is served.
-    pub async fn authenticate_rows(&self, mac: RowMac) -> Result<u64, StorageError> {
+    pub async fn authenticate_rows(&self, mac: RowMac) -> Result<u64, StoreError> {
         let mac = Arc::new(mac);
         let backfill_mac = Arc::clone(&mac);
         let count = self
@@ -164,7 +134,7 @@ impl Store {
                     .query_row([], |r| r.get(0))
                     .optional()?;
                 if marker.as_deref() != Some("backfill") {
-                    return Ok::<_, StorageError>(0);
+                    return Ok::<_, StoreError>(0);
                 }
                 let count = vault::backfill_macs(c, &backfill_mac)?
                     + devices::backfill_macs(c, &backfill_mac)?
@@ -179,7 +149,7 @@ impl Store {
                 "authenticated the existing secret, device and policy rows (row MACs)"
             );
         }
-        self.inner.row_mac.set(mac).map_err(|_| StorageError::new("the row-MAC key is already installed"))?;
+        self.inner.row_mac.set(mac).map_err(|_| StoreError::new("the row-MAC key is already installed"))?;
         Ok(count)
     }
 
@@ -201,7 +171,7 @@ impl Store {
     ) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<StorageError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |conn| {
@@ -216,15 +186,15 @@ impl Store {
             })
         });
         self.submit(job)?;
-        rx.await.map_err(|_| E::from(StorageError::new("the database writer stopped")))?
+        rx.await.map_err(|_| E::from(StoreError::new("the database writer stopped")))?
     }
 
-    fn submit(&self, job: Job) -> Result<(), StorageError> {
-        let jobs = self.inner.jobs.lock().map_err(|_| StorageError::new("writer queue poisoned"))?;
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self.inner.jobs.lock().map_err(|_| StoreError::new("writer queue poisoned"))?;
         jobs.as_ref()
-            .ok_or_else(|| StorageError::new("the database is closed"))?
+            .ok_or_else(|| StoreError::new("the database is closed"))?
             .send(job)
-            .map_err(|_| StorageError::new("the database writer stopped"))
+            .map_err(|_| StoreError::new("the database writer stopped"))
     }
 
     /// Runs `f` on a read-only connection on a blocking thread.
@@ -234,14 +204,14 @@ impl Store {
     ) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<StorageError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
         let _slot = self
             .inner
             .reader_slots
             .acquire()
             .await
-            .map_err(|_| E::from(StorageError::new("the database is closed")))?;
+            .map_err(|_| E::from(StoreError::new("the database is closed")))?;
         let pooled = self.inner.readers.lock().ok().and_then(|mut r| r.pop());
         let path = self.inner.path.clone();
         let (conn, result) = tokio::task::spawn_blocking(move || {
@@ -256,7 +226,7 @@ impl Store {
             (Some(conn), result)
         })
         .await
-        .map_err(|e| E::from(StorageError::new(format_args!("read task failed: {e}"))))?;
+        .map_err(|e| E::from(StoreError::new(format_args!("read task failed: {e}"))))?;
         if let (Some(conn), Ok(mut readers)) = (conn, self.inner.readers.lock()) {
             readers.push(conn);
         }
@@ -264,32 +234,33 @@ impl Store {
     }
 
     /// A value from the `meta` table.
-    pub async fn meta(&self, key: &'static str) -> Result<Option<String>, StorageError> {
+    pub async fn meta(&self, key: &'static str) -> Result<Option<String>, StoreError> {
         self.read(move |c| {
             c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
                 .query_row([key], |r| r.get(0))
                 .optional()
-                .map_err(StorageError::from)
+                .map_err(StoreError::from)
         })
         .await
     }
 
     /// Sets a `meta` value, durably.
-    pub async fn set_meta(&self, key: &'static str, value: String) -> Result<(), StorageError> {
+    pub async fn set_meta(&self, key: &'static str, value: String) -> Result<(), StoreError> {
         self.write(move |c| {
             c.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
                 .execute((key, value))?;
-            Ok::<_, StorageError>(())
+            Ok::<_, StoreError>(())
         })
         .await
     }
 
     /// Runs `PRAGMA integrity_check` and returns its verdict (`"ok"` when sound).
-    pub async fn integrity_check(&self) -> Result<String, StorageError> {
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare("PRAGMA integrity_check")?;
             let lines = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, StorageError>(lines.join("\n"))
+            Ok::<_, StoreError>(lines.join("\n"))
         })
         .await
     }
@@ -313,10 +284,10 @@ fn restrict_mode(path: &Path) {
     let _ = path;
 }
 
-fn configure_writer(conn: &mut Connection) -> Result<(), StorageError> {
+fn configure_writer(conn: &mut Connection) -> Result<(), StoreError> {
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StorageError::new(format_args!("cannot enable WAL mode (got {mode})")));
+        return Err(StoreError::new(format_args!("cannot enable WAL mode (got {mode})")));
     }
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
@@ -334,7 +305,7 @@ fn configure_writer(conn: &mut Connection) -> Result<(), StorageError> {
 /// between tries, so each collision cost the other writer milliseconds (and a PutSecret its
 /// audit flush). Retry every few tens of microseconds instead, backing off to 1 ms, for about
 /// as long as `busy_timeout = 5000` allowed.
-pub(crate) fn wait_briefly_when_busy(conn: &mut Connection) -> Result<(), StorageError> {
+pub(crate) fn wait_briefly_when_busy(conn: &mut Connection) -> Result<(), StoreError> {
     fn retry(attempt: i32) -> bool {
         let attempt = u64::try_from(attempt).unwrap_or(0);
         std::thread::sleep(Duration::from_micros((20 * (attempt + 1)).min(1000)));
@@ -344,7 +315,7 @@ pub(crate) fn wait_briefly_when_busy(conn: &mut Connection) -> Result<(), Storag
     Ok(())
 }
 
-fn open_reader(path: &Path) -> Result<Connection, StorageError> {
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -354,18 +325,18 @@ fn open_reader(path: &Path) -> Result<Connection, StorageError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > latest {
-        return Err(StorageError::new(format_args!(
+        return Err(StoreError::new(format_args!(
             "the database is at schema version {current}, newer than this build knows ({latest}); use a newer palyra"
         )));
     }
     for &(number, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)
-            .map_err(|e| StorageError::new(format_args!("migration {number:04}_{name} failed: {e}")))?;
+            .map_err(|e| StoreError::new(format_args!("migration {number:04}_{name} failed: {e}")))?;
         tx.pragma_update(None, "user_version", number)?;
         tx.commit()?;
         tracing::info!(number, name, "applied database migration");
@@ -373,7 +344,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn in_savepoint<T, E: From<StorageError>>(
+fn in_savepoint<T, E: From<StoreError>>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
@@ -422,7 +393,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) -> bool {
         return false;
     }
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(conn)).collect();
-    let commit = conn.execute_batch("COMMIT").map_err(StorageError::from);
+    let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
     if let Err(e) = &commit {
         tracing::error!(error = %e, "commit failed");
         let _ = conn.execute_batch("ROLLBACK");
@@ -459,8 +430,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn opens_in_wal_with_full_sync_and_reopens() -> Result<(), StorageError> {
-        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+    async fn opens_in_wal_with_full_sync_and_reopens() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
         let path = dir.path().join("p.db");
         let store = Store::open(&path)?;
         store.set_meta("test", "one".into()).await?;
@@ -468,7 +439,7 @@ mod tests {
             .write(|c| {
                 let mode = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
                 let sync = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-                Ok::<_, StorageError>((mode, sync))
+                Ok::<_, StoreError>((mode, sync))
             })
             .await?;
         assert_eq!(mode, "wal");
@@ -481,8 +452,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_write_does_not_undo_its_batch_mates() -> Result<(), StorageError> {
-        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+    async fn a_failing_write_does_not_undo_its_batch_mates() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
         let store = Store::open(&dir.path().join("p.db"))?;
         let mut tasks = Vec::new();
         for i in 0..50u32 {
@@ -492,7 +463,7 @@ mod tests {
                     .write(move |c| {
                         c.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [format!("job{i}")])?;
                         if i % 2 == 0 {
-                            return Err(StorageError::new("refused"));
+                            return Err(StoreError::new("refused"));
                         }
                         Ok(())
                     })
@@ -500,13 +471,13 @@ mod tests {
             }));
         }
         for (i, task) in tasks.into_iter().enumerate() {
-            let result = task.await.map_err(StorageError::new)?;
+            let result = task.await.map_err(StoreError::new)?;
             assert_eq!(result.is_ok(), i % 2 == 1);
         }
         let count: i64 = store
             .read(|c| {
                 c.query_row("SELECT count(*) FROM meta WHERE key LIKE 'job%'", [], |r| r.get(0))
-                    .map_err(StorageError::from)
+                    .map_err(StoreError::from)
             })
             .await?;
         assert_eq!(count, 25);
@@ -514,8 +485,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refuses_a_newer_schema() -> Result<(), StorageError> {
-        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+    async fn refuses_a_newer_schema() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
         let path = dir.path().join("p.db");
         Connection::open(&path)?.pragma_update(None, "user_version", 999)?;
         let err = Store::open(&path).err().map(|e| e.to_string()).unwrap_or_default();

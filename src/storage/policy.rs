@@ -8,18 +8,19 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use super::{StorageError, Store, from_millis, to_millis};
+use super::{Store, StoreError, from_millis, to_millis};
 use crate::integrity::{Field, RowMac, Table};
-use crate::policy::{PolicyError, PolicyVersion, StoredPolicySet};
+use crate::policy::{PolicyError, PolicyStore, PolicyVersion, StoredPolicySet};
+use crate::store_error::BoxFuture;
 
 const COLUMNS: &str = "version, updated_at, updated_by";
 
-fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<PolicyVersion, StorageError>> {
+fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<PolicyVersion, StoreError>> {
     let version: i64 = row.get(0)?;
     let updated_at: i64 = row.get(1)?;
     let updated_by: String = row.get(2)?;
     Ok(u64::try_from(version)
-        .map_err(|_| StorageError::corrupt(format_args!("policy version {version}")))
+        .map_err(|_| StoreError::corrupt(format_args!("policy version {version}")))
         .map(|version| PolicyVersion { version, updated_at: from_millis(updated_at), updated_by }))
 }
 
@@ -34,7 +35,7 @@ fn policy_tag(mac: &RowMac, version: i64, text: &str, updated_at: i64, updated_b
 fn stored_from_row(
     row: &Row<'_>,
     mac: Option<&RowMac>,
-) -> rusqlite::Result<Result<StoredPolicySet, StorageError>> {
+) -> rusqlite::Result<Result<StoredPolicySet, StoreError>> {
     let text: String = row.get(3)?;
     if let Some(mac) = mac {
         let version: i64 = row.get(0)?;
@@ -44,7 +45,7 @@ fn stored_from_row(
             stored.as_deref().is_some_and(|s| bool::from(subtle::ConstantTimeEq::ct_eq(s, tag.as_slice())));
         if !sound {
             let what = if stored.is_none() { "has no row mac" } else { "does not match its row mac" };
-            return Ok(Err(StorageError::integrity(format_args!(
+            return Ok(Err(StoreError::integrity(format_args!(
                 "policy version {version} (its text) {what}"
             ))));
         }
@@ -53,7 +54,7 @@ fn stored_from_row(
 }
 
 /// MACs every policy version that has none (the one-time backfill of migration 0009).
-pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StorageError> {
+pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StoreError> {
     let rows = conn
         .prepare_cached(
             "SELECT version, text, updated_at, updated_by FROM policy_versions WHERE mac IS NULL",
@@ -69,11 +70,11 @@ pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, Stor
     Ok(rows.len() as u64)
 }
 
-fn latest_version(conn: &Connection) -> Result<u64, StorageError> {
+fn latest_version(conn: &Connection) -> Result<u64, StoreError> {
     let latest: i64 = conn
         .prepare_cached("SELECT coalesce(max(version), 0) FROM policy_versions")?
         .query_row([], |r| r.get(0))?;
-    u64::try_from(latest).map_err(|_| StorageError::corrupt(format_args!("policy version {latest}")))
+    u64::try_from(latest).map_err(|_| StoreError::corrupt(format_args!("policy version {latest}")))
 }
 
 fn sql_version(version: u64) -> Result<i64, PolicyError> {
@@ -121,9 +122,9 @@ impl Store {
             c.prepare_cached(
                 "INSERT INTO policy_versions (version, text, updated_at, updated_by, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
-            .map_err(StorageError::from)?
+            .map_err(StoreError::from)?
             .execute((sql_version(version)?, text, updated_at, &updated_by, tag))
-            .map_err(StorageError::from)?;
+            .map_err(StoreError::from)?;
             super::events::append(
                 c,
                 &crate::events::NewEvent::new(crate::events::POLICY_UPDATED, format!("policy/{version}"))
@@ -140,11 +141,11 @@ impl Store {
     pub async fn policy_versions(&self) -> Result<Vec<PolicyVersion>, PolicyError> {
         self.read(|c| {
             let sql = format!("SELECT {COLUMNS} FROM policy_versions ORDER BY version DESC");
-            let mut stmt = c.prepare_cached(&sql).map_err(StorageError::from)?;
-            let rows = stmt.query_map([], version_from_row).map_err(StorageError::from)?;
+            let mut stmt = c.prepare_cached(&sql).map_err(StoreError::from)?;
+            let rows = stmt.query_map([], version_from_row).map_err(StoreError::from)?;
             let mut out = Vec::new();
             for row in rows {
-                out.push(row.map_err(StorageError::from)??);
+                out.push(row.map_err(StoreError::from)??);
             }
             Ok(out)
         })
@@ -157,14 +158,38 @@ impl Store {
         self.read(move |c| {
             let sql = format!("SELECT {COLUMNS}, text, mac FROM policy_versions WHERE version = ?1");
             c.prepare_cached(&sql)
-                .map_err(StorageError::from)?
+                .map_err(StoreError::from)?
                 .query_row([sql_version(version)?], |r| stored_from_row(r, mac.as_deref()))
                 .optional()
-                .map_err(StorageError::from)?
+                .map_err(StoreError::from)?
                 .transpose()?
                 .ok_or(PolicyError::NotFound(version))
         })
         .await
+    }
+}
+
+impl PolicyStore for Store {
+    fn latest(&self) -> BoxFuture<'_, Result<Option<StoredPolicySet>, PolicyError>> {
+        Box::pin(self.latest_policy())
+    }
+
+    fn insert_version(
+        &self,
+        text: String,
+        updated_by: String,
+        expected_version: Option<u64>,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<PolicyVersion, PolicyError>> {
+        Box::pin(self.insert_policy_version(text, updated_by, expected_version, now))
+    }
+
+    fn versions(&self) -> BoxFuture<'_, Result<Vec<PolicyVersion>, PolicyError>> {
+        Box::pin(self.policy_versions())
+    }
+
+    fn version(&self, version: u64) -> BoxFuture<'_, Result<StoredPolicySet, PolicyError>> {
+        Box::pin(self.policy_version(version))
     }
 }
 
@@ -178,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn versions_count_from_one_with_compare_and_set() -> Result<(), PolicyError> {
-        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
         let store = Store::open(&dir.path().join("p.db"))?;
         assert_eq!(store.latest_policy().await?, None);
         assert!(matches!(store.policy_version(1).await, Err(PolicyError::NotFound(1))));
@@ -207,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_compare_and_set_lets_exactly_one_win() -> Result<(), PolicyError> {
-        let dir = tempfile::tempdir().map_err(StorageError::new)?;
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
         let store = Store::open(&dir.path().join("p.db"))?;
         store.insert_policy_version("base".into(), "init".into(), Some(0), at(1)).await?;
         let mut tasks = Vec::new();
@@ -219,7 +244,7 @@ mod tests {
         }
         let mut wins = 0;
         for task in tasks {
-            match task.await.map_err(StorageError::new)? {
+            match task.await.map_err(StoreError::new)? {
                 Ok(v) => {
                     wins += 1;
                     assert_eq!(v.version, 2);

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use super::{StorageError, Store, events, from_millis, to_millis};
+use super::{Store, StoreError, events, from_millis, to_millis};
 use crate::events::{
     NewEvent, VAULT_KEY_ROTATED, VAULT_SECRET_DELETED, VAULT_SECRET_DESTROYED, VAULT_SECRET_WRITTEN,
 };
@@ -75,7 +75,7 @@ fn secret_mac(mac: Option<&RowMac>, m: &SecretMetadata) -> Option<Vec<u8>> {
 fn metadata_from_row(
     row: &Row<'_>,
     mac: Option<&RowMac>,
-) -> rusqlite::Result<Result<SecretMetadata, StorageError>> {
+) -> rusqlite::Result<Result<SecretMetadata, StoreError>> {
     let scope: String = row.get(0)?;
     let key: String = row.get(1)?;
     let object_id: String = row.get(2)?;
@@ -88,36 +88,36 @@ fn metadata_from_row(
         let fields = secret_fields(&object_id, &scope, &key, version, deleted, size);
         if !mac.verify(Table::Secrets, &fields, stored_mac.as_deref()) {
             let what = if stored_mac.is_none() { "has no row mac" } else { "does not match its row mac" };
-            return Ok(Err(StorageError::integrity(format_args!(
+            return Ok(Err(StoreError::integrity(format_args!(
                 "secret {object_id} ({scope}/{key}): its row (latest version, deleted flag, size) {what}"
             ))));
         }
     }
     if let Some(newest) = newest.filter(|&n| n > version) {
-        return Ok(Err(StorageError::integrity(format_args!(
+        return Ok(Err(StoreError::integrity(format_args!(
             "secret {object_id} ({scope}/{key}): latest version {version} is below stored version {newest} (rolled back)"
         ))));
     }
     let parsed = (|| {
         Ok(SecretMetadata {
-            scope: Scope::parse(&scope).map_err(StorageError::corrupt)?,
-            key: SecretKey::parse(&key).map_err(StorageError::corrupt)?,
+            scope: Scope::parse(&scope).map_err(StoreError::corrupt)?,
+            key: SecretKey::parse(&key).map_err(StoreError::corrupt)?,
             object_id: ObjectId::from_stored(object_id.clone()),
-            version: u64::try_from(version).map_err(StorageError::corrupt)?,
+            version: u64::try_from(version).map_err(StoreError::corrupt)?,
             created_at: from_millis(row.get(4)?),
             updated_at: from_millis(row.get(5)?),
             deleted,
-            size: u32::try_from(size).map_err(StorageError::corrupt)?,
+            size: u32::try_from(size).map_err(StoreError::corrupt)?,
         })
     })();
-    Ok(parsed.map_err(|e: StorageError| e))
+    Ok(parsed.map_err(|e: StoreError| e))
 }
 
 fn load_metadata(
     conn: &Connection,
     object_id: &ObjectId,
     mac: Option<&RowMac>,
-) -> Result<Option<SecretMetadata>, StorageError> {
+) -> Result<Option<SecretMetadata>, StoreError> {
     let sql = format!("SELECT {METADATA_COLUMNS} FROM secrets s WHERE s.object_id = ?1");
     conn.prepare_cached(&sql)?
         .query_row([object_id.as_str()], |r| metadata_from_row(r, mac))
@@ -126,7 +126,7 @@ fn load_metadata(
 }
 
 /// MACs every `secrets` row that has none (the one-time backfill of migration 0009).
-pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StorageError> {
+pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StoreError> {
     let rows = conn
         .prepare_cached(
             "SELECT object_id, scope, key, latest_version, deleted, size FROM secrets WHERE mac IS NULL",
@@ -150,11 +150,11 @@ pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, Stor
     Ok(rows.len() as u64)
 }
 
-fn current_generation(conn: &Connection) -> Result<u32, StorageError> {
+fn current_generation(conn: &Connection) -> Result<u32, StoreError> {
     let text: String = conn
         .prepare_cached("SELECT value FROM meta WHERE key = 'kek_generation'")?
         .query_row([], |r| r.get(0))?;
-    text.parse().map_err(|_| StorageError::corrupt("kek_generation"))
+    text.parse().map_err(|_| StoreError::corrupt("kek_generation"))
 }
 
 fn put(
@@ -194,7 +194,7 @@ fn put(
          VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, ?6, ?7)
          ON CONFLICT (object_id) DO UPDATE SET latest_version = ?4, updated_at = ?5, deleted = 0, size = ?6, mac = ?7",
     )
-    .map_err(StorageError::from)?
+    .map_err(StoreError::from)?
     .execute((
         record.object_id.as_str(),
         record.scope.as_str(),
@@ -204,14 +204,14 @@ fn put(
         record.size,
         secret_mac(mac, &written),
     ))
-    .map_err(StorageError::from)?;
+    .map_err(StoreError::from)?;
     conn.prepare_cached(
         "INSERT INTO secret_versions (object_id, version, created_at, size, kek_generation, envelope)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
-    .map_err(StorageError::from)?
+    .map_err(StoreError::from)?
     .execute((record.object_id.as_str(), version as i64, now, record.size, generation, envelope))
-    .map_err(StorageError::from)?;
+    .map_err(StoreError::from)?;
     events::append(
         conn,
         &secret_event(VAULT_SECRET_WRITTEN, &record.scope, &record.key, version),
@@ -245,7 +245,7 @@ fn get(
     let requested = version.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     let row = conn
         .prepare_cached(&sql)
-        .map_err(StorageError::from)?
+        .map_err(StoreError::from)?
         .query_row((object_id.as_str(), requested), |row| {
             Ok((
                 metadata_from_row(row, mac)?,
@@ -254,7 +254,7 @@ fn get(
             ))
         })
         .optional()
-        .map_err(StorageError::from)?;
+        .map_err(StoreError::from)?;
     let Some((metadata, stored_version, envelope)) = row else {
         return Err(not_found());
     };
@@ -264,7 +264,7 @@ fn get(
     };
     Ok(StoredVersion {
         metadata,
-        version: u64::try_from(stored_version).map_err(StorageError::corrupt)?,
+        version: u64::try_from(stored_version).map_err(StoreError::corrupt)?,
         envelope,
     })
 }
@@ -303,16 +303,16 @@ fn list(
              ORDER BY scope, key LIMIT ?5"
         )
     };
-    let mut stmt = conn.prepare_cached(&sql).map_err(StorageError::from)?;
+    let mut stmt = conn.prepare_cached(&sql).map_err(StoreError::from)?;
     let rows = stmt
         .query_map(
             (query.scope.as_str(), query.include_deleted, after_scope, after_key, query.limit as i64),
             |r| metadata_from_row(r, mac),
         )
-        .map_err(StorageError::from)?;
+        .map_err(StoreError::from)?;
     let mut out = Vec::new();
     for row in rows {
-        out.push(row.map_err(StorageError::from)??);
+        out.push(row.map_err(StoreError::from)??);
     }
     Ok(out)
 }
@@ -342,18 +342,18 @@ fn delete(
     conn.prepare_cached(
         "UPDATE secrets SET deleted = 1, updated_at = ?2, size = CASE WHEN ?3 THEN 0 ELSE size END, mac = ?4 WHERE object_id = ?1",
     )
-    .map_err(StorageError::from)?
+    .map_err(StoreError::from)?
     .execute((object_id.as_str(), now_ms, destroy, secret_mac(mac, &written)))
-    .map_err(StorageError::from)?;
+    .map_err(StoreError::from)?;
     if destroy {
         // secure_delete overwrites the freed cells, so the ciphertext and wrapped DEK are gone
         // from the database file, not just unlinked.
         conn.prepare_cached(
             "UPDATE secret_versions SET envelope = NULL, kek_generation = NULL, destroyed = 1 WHERE object_id = ?1",
         )
-        .map_err(StorageError::from)?
+        .map_err(StoreError::from)?
         .execute([object_id.as_str()])
-        .map_err(StorageError::from)?;
+        .map_err(StoreError::from)?;
     }
     metadata.deleted = true;
     metadata.updated_at = from_millis(now_ms);
@@ -383,22 +383,22 @@ fn history(
         .prepare_cached(
             "SELECT version, created_at, size, destroyed FROM secret_versions WHERE object_id = ?1 ORDER BY version",
         )
-        .map_err(StorageError::from)?;
+        .map_err(StoreError::from)?;
     let versions = stmt
         .query_map([object_id.as_str()], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
         })
-        .map_err(StorageError::from)?
+        .map_err(StoreError::from)?
         .map(|row| {
             let (version, created_at, size, destroyed) = row?;
             Ok(SecretVersion {
-                version: u64::try_from(version).map_err(StorageError::corrupt)?,
+                version: u64::try_from(version).map_err(StoreError::corrupt)?,
                 created_at: from_millis(created_at),
-                size: u32::try_from(size).map_err(StorageError::corrupt)?,
+                size: u32::try_from(size).map_err(StoreError::corrupt)?,
                 destroyed: destroyed != 0,
             })
         })
-        .collect::<Result<Vec<_>, StorageError>>()?;
+        .collect::<Result<Vec<_>, StoreError>>()?;
     Ok((metadata, versions))
 }
 
@@ -407,9 +407,9 @@ fn begin_rotation(conn: &Connection) -> Result<u32, VaultError> {
         .checked_add(1)
         .ok_or_else(|| VaultError::InvalidArgument("key generations exhausted".into()))?;
     conn.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'kek_generation'")
-        .map_err(StorageError::from)?
+        .map_err(StoreError::from)?
         .execute([next.to_string()])
-        .map_err(StorageError::from)?;
+        .map_err(StoreError::from)?;
     events::append(
         conn,
         &NewEvent::new(VAULT_KEY_ROTATED, format!("generation/{next}")).with("generation", next),
@@ -435,7 +435,7 @@ fn rewrap_batch(
                  WHERE v.envelope IS NOT NULL AND v.kek_generation < ?1 AND (v.object_id, v.version) > (?2, ?3)
                  ORDER BY v.object_id, v.version LIMIT ?4",
             )
-            .map_err(StorageError::from)?;
+            .map_err(StoreError::from)?;
         stmt.query_map((target, after_id, after_version, limit as i64), |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -445,14 +445,14 @@ fn rewrap_batch(
                 r.get::<_, Vec<u8>>(4)?,
             ))
         })
-        .map_err(StorageError::from)?
+        .map_err(StoreError::from)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(StorageError::from)?
+        .map_err(StoreError::from)?
     };
     let mut progress = RewrapProgress::default();
     let mut update = conn
         .prepare_cached("UPDATE secret_versions SET envelope = ?3, kek_generation = ?4 WHERE object_id = ?1 AND version = ?2")
-        .map_err(StorageError::from)?;
+        .map_err(StoreError::from)?;
     for (object_id, version, scope, key, envelope) in rows {
         let rewrapped = match (Scope::parse(&scope), SecretKey::parse(&key), u64::try_from(version)) {
             (Ok(scope), Ok(key), Ok(v)) => {
@@ -462,7 +462,7 @@ fn rewrap_batch(
         };
         match rewrapped {
             Some(new) => {
-                update.execute((&object_id, version, new, target)).map_err(StorageError::from)?;
+                update.execute((&object_id, version, new, target)).map_err(StoreError::from)?;
                 progress.rewrapped += 1;
             }
             None => progress.failed += 1,
@@ -478,9 +478,9 @@ fn pending_rewrap(conn: &Connection) -> Result<u64, VaultError> {
         .prepare_cached(
             "SELECT count(*) FROM secret_versions WHERE envelope IS NOT NULL AND kek_generation < ?1",
         )
-        .map_err(StorageError::from)?
+        .map_err(StoreError::from)?
         .query_row([target], |r| r.get(0))
-        .map_err(StorageError::from)?;
+        .map_err(StoreError::from)?;
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
@@ -549,13 +549,12 @@ impl BlobBackend for SqliteBlobBackend {
                 .prepare_cached(
                     "SELECT DISTINCT scope FROM secrets WHERE deleted = 0 ORDER BY scope LIMIT ?1",
                 )
-                .map_err(StorageError::from)?;
-            let rows =
-                stmt.query_map([limit as i64], |r| r.get::<_, String>(0)).map_err(StorageError::from)?;
+                .map_err(StoreError::from)?;
+            let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0)).map_err(StoreError::from)?;
             let mut out = Vec::new();
             for row in rows {
-                let text = row.map_err(StorageError::from)?;
-                out.push(Scope::parse(&text).map_err(StorageError::corrupt)?);
+                let text = row.map_err(StoreError::from)?;
+                out.push(Scope::parse(&text).map_err(StoreError::corrupt)?);
             }
             Ok(out)
         }))

@@ -101,6 +101,7 @@ impl KeychainKeyProvider {
     }
 
     /// The key id this provider was opened with.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
@@ -111,6 +112,7 @@ impl KeychainKeyProvider {
     ///
     /// # Errors
     /// [`KeyError::Keychain`] or [`KeyError::KeychainUnavailable`] when the keychain fails.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn delete(&self) -> Result<(), KeyError> {
         let store = Arc::clone(&self.store);
         let user = self.user.clone();

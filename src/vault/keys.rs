@@ -3,7 +3,7 @@
 //! One random 32-byte root key per node, held by a [`KeyProvider`]: the OS keychain where one
 //! answers ([`super::keychain`]), else a 0600 key file in a 0700 directory ([`FileKeyProvider`]).
 //! [`KeyHierarchy`] derives every purpose key with HKDF-SHA256, so the root key itself never
-//! encrypts anything. This module does not decide which provider a node uses; [`super::open`]
+//! encrypts anything. This module does not decide which provider a node uses; `node` (`NodeCore::open`)
 //! does, and records the choice so it sticks.
 
 use std::fmt;
@@ -187,6 +187,7 @@ impl FileKeyProvider {
     }
 
     /// The key file's path.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,7 +1,7 @@
 //! Vault scopes, secret keys and object ids, parsed from untrusted text.
 //!
 //! Parse, don't validate: a [`Scope`] or [`SecretKey`] can only be built from text that follows
-//! the grammar of API.md, so everything downstream can rely on it. Errors say what is wrong
+//! the grammar in docs/storage-format.md ("Names"), so everything downstream can rely on it. Errors say what is wrong
 //! and quote at most a bounded prefix of the input.
 
 use std::fmt;

@@ -8,7 +8,8 @@ small hand-written layer on top:
   :class:`Client` with the generated stubs and vault helpers;
 - every failed call raises :class:`PalyraError`, with the gRPC ``code`` and the ``reason``
   (``palyra.common.v1.ErrorReason``) from the ``google.rpc.ErrorInfo`` status detail;
-- :func:`pair` is the joining device's side of pairing (PROTOCOLS.md §1).
+- :func:`pair` is the joining device's side of pairing (``docs/pairing-protocol.md`` in the
+  repository).
 
 It does not renew certificates (the ``palyra`` CLI does, at two thirds of their lifetime) and has
 no asyncio variant.

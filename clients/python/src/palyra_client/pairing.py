@@ -1,7 +1,7 @@
-"""The joining device's side of pairing (PROTOCOLS.md §1), as ``palyra pair`` does it: SPAKE2
-with the PIN, a transcript that binds the node's CA, the device's keys and CSR; then polling for
-the operator's approval and storing the credentials in ``<data_dir>/client/``, where
-:func:`palyra_client.connect` (and the ``palyra`` CLI) find them.
+"""The joining device's side of pairing (``docs/pairing-protocol.md`` in the repository), as
+``palyra pair`` does it: SPAKE2 with the PIN, a transcript that binds the node's CA, the device's
+keys and CSR; then polling for the operator's approval and storing the credentials in
+``<data_dir>/client/``, where :func:`palyra_client.connect` (and the ``palyra`` CLI) find them.
 
 The device's private keys (Ed25519 identity, X25519 agreement key, ECDSA P-256 TLS key) are made
 here and never leave it: the node gets public keys and a CSR.

@@ -61,12 +61,14 @@ pub fn validate_name(name: &str) -> Result<(), IdentityError> {
 
 /// Entries in memory. Values are zeroized when replaced, deleted or dropped.
 #[derive(Default)]
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub struct InMemorySecretStore {
     entries: Mutex<BTreeMap<String, Zeroizing<Vec<u8>>>>,
 }
 
 impl InMemorySecretStore {
     /// An empty store.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn new() -> Self {
         Self::default()
     }
@@ -150,6 +152,7 @@ impl FilesystemSecretStore {
     }
 
     /// The store's directory.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -12,10 +12,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb::common::v1::ErrorReason;
 use crate::access::{DenialKind, Denied, Refusal};
-use crate::admin::AdminError;
 use crate::auth::AuthError;
+use crate::devices::RegistryError;
 use crate::identity::{DeviceId, IdentityError};
-use crate::pairing::PairingError;
+use crate::login::LoginError;
+use crate::pairing::{PairingError, ServiceError as PairingServiceError};
 use crate::policy::PolicyError;
 use crate::unix_time::unix_ms;
 use crate::vault::VaultError;
@@ -51,12 +52,19 @@ pub fn invalid_argument(field: &str, message: impl std::fmt::Display) -> Status 
 
 /// `INVALID_ARGUMENT`: a request message that is not protobuf of its type (prost says which
 /// field and why, e.g. `GetSecretRequest.scope: invalid string value: data is not UTF-8
-/// encoded`). Used by the codec, [`super::codec`].
+/// encoded`). Used by the codec, `rpc::codec`.
 pub fn undecodable_request(e: &prost::DecodeError) -> Status {
     status(Code::InvalidArgument, ErrorReason::InvalidArgument, format!("malformed request message: {e}"))
 }
 
-/// How a request body broke gRPC's message framing (checked by [`super::framing`] before tonic
+/// `INTERNAL`: a response message that does not decode (only ever seen by a client of a
+/// broken server). The message says what prost found; nothing is logged (it is the client's
+/// side, and the server that sent it is at fault).
+pub fn undecodable_response(e: &prost::DecodeError) -> Status {
+    status(Code::Internal, ErrorReason::Internal, e.to_string())
+}
+
+/// How a request body broke gRPC's message framing (checked by `rpc::framing` before tonic
 /// reads a message).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -118,6 +126,12 @@ pub fn device_revoked(id: DeviceId) -> Status {
     status(Code::Unauthenticated, ErrorReason::DeviceRevoked, format!("device {id} is revoked"))
 }
 
+/// `UNAUTHENTICATED` + `DEVICE_REVOKED`, as the trailers of a stream whose device was revoked
+/// while it was open.
+pub fn stream_revoked() -> Status {
+    status(Code::Unauthenticated, ErrorReason::DeviceRevoked, "this device was revoked; the stream is closed")
+}
+
 /// A policy denial: `UNAUTHENTICATED` for an anonymous caller (a certificate might help),
 /// `PERMISSION_DENIED` for a device; reason `POLICY_DENIED`.
 pub fn policy_denied(anonymous: bool, message: impl Into<String>) -> Status {
@@ -136,8 +150,8 @@ pub fn denied(anonymous: bool, denied: Denied) -> Status {
     }
 }
 
-impl From<crate::storage::AuditUnavailable> for Status {
-    fn from(e: crate::storage::AuditUnavailable) -> Self {
+impl From<crate::audit::AuditUnavailable> for Status {
+    fn from(e: crate::audit::AuditUnavailable) -> Self {
         status(Code::Unavailable, ErrorReason::Unavailable, e.0)
     }
 }
@@ -154,7 +168,7 @@ impl From<Refusal> for Status {
 
 /// A database row that failed its MAC or contradicts another row (`crate::integrity`): DATA_LOSS
 /// + INTEGRITY, naming the row (ids and versions only, never a value).
-fn row_integrity(e: &crate::storage::StorageError) -> Status {
+fn row_integrity(e: &crate::store_error::StoreError) -> Status {
     tracing::error!(error = %e, "a database row failed its integrity check");
     status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
 }
@@ -216,6 +230,26 @@ impl From<IdentityError> for Status {
     }
 }
 
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::InvalidField { field, message } => invalid_argument(field, message),
+            RegistryError::UnknownDevice(id) => unknown_device(Some(id)),
+            RegistryError::Revoked(id) => device_revoked(id),
+            RegistryError::RenewalProofInvalid(m) => {
+                status(Code::Unauthenticated, ErrorReason::RenewalProofInvalid, m)
+            }
+            RegistryError::RateLimited(m) => status(Code::ResourceExhausted, ErrorReason::RateLimited, m),
+            RegistryError::Denied { denied: d, anonymous } => denied(anonymous, d),
+            e @ RegistryError::SelfRevocation => {
+                status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string())
+            }
+            RegistryError::Identity(e) => e.into(),
+            other => internal(other),
+        }
+    }
+}
+
 impl From<PolicyError> for Status {
     fn from(e: PolicyError) -> Self {
         match e {
@@ -234,6 +268,7 @@ impl From<PolicyError> for Status {
             e @ PolicyError::InvalidEntityRef { .. } => {
                 status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string())
             }
+            PolicyError::AuditUnavailable(e) => e.into(),
             other => internal(other),
         }
     }
@@ -278,16 +313,35 @@ impl From<PairingError> for Status {
     }
 }
 
-impl From<AdminError> for Status {
-    fn from(e: AdminError) -> Self {
+impl From<PairingServiceError> for Status {
+    fn from(e: PairingServiceError) -> Self {
         match e {
-            AdminError::Pairing(e) => e.into(),
-            AdminError::Identity(e) => e.into(),
-            AdminError::Denied(d) => denied(false, d),
-            e @ AdminError::SelfRevocation => {
-                status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string())
+            PairingServiceError::Pairing(e) => e.into(),
+            PairingServiceError::Identity(e) => e.into(),
+            PairingServiceError::Denied(d) => denied(false, d),
+            PairingServiceError::RateLimited(message) => {
+                status(Code::ResourceExhausted, ErrorReason::RateLimited, message)
             }
-            AdminError::Internal(detail) => internal(detail),
+            // The attempts left ride in `metadata.attempts_left`, so a client can say how many
+            // guesses remain.
+            e @ PairingServiceError::ProofRefused { attempts_left } => status_with(
+                Code::Unauthenticated,
+                ErrorReason::PairingProofInvalid,
+                e.to_string(),
+                HashMap::from([("attempts_left".to_owned(), attempts_left.to_string())]),
+            ),
+            PairingServiceError::Internal(detail) => internal(detail),
+        }
+    }
+}
+
+impl From<LoginError> for Status {
+    fn from(e: LoginError) -> Self {
+        match e {
+            e @ LoginError::ConsoleDisabled => {
+                status(Code::FailedPrecondition, ErrorReason::ConsoleDisabled, e.to_string())
+            }
+            other => internal(other),
         }
     }
 }

@@ -1,23 +1,12 @@
-//! Proto ↔ domain conversions. Parsing of untrusted request fields happens here, so handlers
-//! only ever see domain types; every failure is `INVALID_ARGUMENT` naming the field.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! `palyra.vault.v1`: scopes and keys, page tokens bound to their listing, secret metadata and
+//! versions, GetSecret's value and key rotation.
 
 use tonic::Status;
 
-use super::pb::vault::v1 as pbv;
-use super::status::invalid_argument;
-use crate::identity::DeviceId;
-use crate::vault::{Scope, SecretKey, SecretMetadata, SecretVersion};
-
-/// A timestamp on the wire.
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
-    }
-}
+use super::timestamp;
+use crate::vault::{Rotation, Scope, SecretKey, SecretMetadata, SecretValue, SecretVersion};
+use crate::wire::pb::vault::v1 as pbv;
+use crate::wire::status::invalid_argument;
 
 /// Parses the `scope` field.
 pub fn scope(field: &str, text: &str) -> Result<Scope, Status> {
@@ -27,11 +16,6 @@ pub fn scope(field: &str, text: &str) -> Result<Scope, Status> {
 /// Parses the `key` field.
 pub fn secret_key(field: &str, text: &str) -> Result<SecretKey, Status> {
     SecretKey::parse(text).map_err(|e| invalid_argument(field, e))
-}
-
-/// Parses a device id field.
-pub fn device_id(field: &str, text: &str) -> Result<DeviceId, Status> {
-    DeviceId::parse(text).map_err(|e| invalid_argument(field, e))
 }
 
 impl From<SecretMetadata> for pbv::SecretMetadata {
@@ -57,6 +41,34 @@ impl From<SecretVersion> for pbv::SecretVersion {
             size: v.size,
             destroyed: v.destroyed,
         }
+    }
+}
+
+/// GetSecret's `version`: 0 asks for the latest.
+pub(crate) fn requested_version(version: u64) -> Option<u64> {
+    Some(version).filter(|&v| v != 0)
+}
+
+/// GetSecret's reply: the value read, its secret's metadata, and the version served (the one
+/// asked for, else the latest).
+pub(crate) fn secret_reply(
+    value: SecretValue,
+    metadata: SecretMetadata,
+    requested: Option<u64>,
+) -> pbv::GetSecretResponse {
+    let served = requested.unwrap_or(metadata.version);
+    pbv::GetSecretResponse {
+        // Moved, not copied. The vault's buffer was zeroizing; this one belongs to prost
+        // and is freed without being wiped once encoded: a limit of the generated types.
+        value: std::mem::take(&mut *value.into_inner()),
+        metadata: Some(metadata.into()),
+        version: served,
+    }
+}
+
+impl From<Rotation> for pbv::RotateKeyResponse {
+    fn from(r: Rotation) -> Self {
+        pbv::RotateKeyResponse { generation: r.generation, rewrapped: r.rewrapped }
     }
 }
 

@@ -1,0 +1,33 @@
+//! The audit log: every authorization decision, hash-chained, recorded without making the
+//! request wait.
+//!
+//! - [`chain`]: records, the HMAC chain, the [`Verifier`], the sealed [`AuditHead`] (pure).
+//! - [`anonymous`]: [`AnonymousLimiter`] bounds how many records anonymous callers can add
+//!   per address (pure).
+//! - [`Audit`] (`service.rs`): the application service. A writer thread batches records into
+//!   the store's own writer connection, keeps the chain head and its seal, refuses while it
+//!   cannot record (and says so in its health), lists and verifies.
+//! - [`AuditStore`] (`store.rs`): what the service needs from the database; the SQLite layer
+//!   implements it.
+//!
+//! What it does not do: decide (the gate asks the policy engine and records the outcome
+//! here), SQL, transport.
+
+mod anonymous;
+mod chain;
+mod service;
+mod store;
+
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use anonymous::{Admission, AnonymousLimiter, AnonymousRate, DroppedSummary, address_bucket};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use chain::{
+    ACTION_ANONYMOUS_DROPPED, ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, GENESIS,
+    HeadMismatch, NODE_PRINCIPAL, Verification, Verifier, chain_hash, check_head,
+};
+pub use service::{Audit, AuditUnavailable};
+#[cfg(test)]
+pub(crate) use store::MemoryAuditStore;
+pub(crate) use store::{
+    AppendCheck, AuditStore, AuditWriter, ChainScan, ChainedBatch, ScannedRow, StoredHead,
+};

@@ -1,0 +1,540 @@
+//! [`Audit`]: the audit service. Records every decision without making the request wait,
+//! keeps the chain head, refuses while it cannot record, and verifies.
+//!
+//! Audit records of reads and denials must not cost the request a disk flush. They go to a
+//! dedicated thread that owns the store's writer connection (`synchronous=NORMAL`, see
+//! [`AuditStore::open_writer`]) and appends whatever is queued in one transaction; the next
+//! `synchronous=FULL` commit of the main writer makes the WAL (and these records) durable. The
+//! thread is the only writer of the table, so it keeps the chain head in memory.
+//!
+//! Every append also advances the sealed head ([`AuditHead`]) in the same transaction, after
+//! checking that the table and the head are still where this writer left them. An append that
+//! fails (a second process appending, a locked or broken database, a table changed underneath)
+//! keeps its records and is retried with backoff; while it fails the log is *failing*:
+//! [`Audit::record`] and [`Audit::flush`] refuse, so the gate refuses the calls that would go
+//! unrecorded, and [`Audit::health`] says so. At start the sealed head is compared with the
+//! table; a mismatch (tail removed, head deleted or edited) leaves the log failing for good
+//! and is reported by [`Audit::verify`].
+//!
+//! What it does not do: SQL (behind [`AuditStore`]), deciding (the gate asks the policy
+//! engine and hands the decision here), transport.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use ring::hmac;
+use tokio::sync::{oneshot, watch};
+
+use super::anonymous::{Admission, AnonymousLimiter, AnonymousRate};
+use super::chain::{
+    ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, HeadMismatch, NODE_PRINCIPAL,
+    Verification, Verifier, at_millis, chain_hash, check_head,
+};
+use super::store::{AuditStore, AuditWriter, ChainScan, ChainedBatch, ChainedRecord, ScannedRow, StoredHead};
+use crate::store_error::StoreError;
+
+enum Message {
+    Record(AuditEntry),
+    Flush(oneshot::Sender<Result<(), AuditUnavailable>>),
+}
+
+/// The audit log cannot record right now: calls that depend on a record must fail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuditUnavailable(pub String);
+
+/// What the writer and the handles share.
+#[derive(Debug)]
+struct State {
+    /// Appends are failing (or the head did not match at start); records are refused.
+    failing: AtomicBool,
+    /// Append transactions that failed (each retried), since start.
+    failed_appends: AtomicU64,
+    /// Why the log is failing, for the refusals.
+    why: Mutex<String>,
+    /// The head did not match the table at start: never append (not retried).
+    integrity: Mutex<Option<HeadMismatch>>,
+    /// `true` while the log records.
+    healthy: watch::Sender<bool>,
+    limiter: Mutex<AnonymousLimiter>,
+}
+
+impl State {
+    fn fail(&self, why: String) {
+        if let Ok(mut w) = self.why.lock() {
+            *w = why;
+        }
+        self.failing.store(true, Ordering::SeqCst);
+        self.healthy.send_if_modified(|h| std::mem::replace(h, false));
+    }
+
+    fn recover(&self) {
+        if self.failing.swap(false, Ordering::SeqCst) {
+            tracing::warn!("audit appends succeed again; the node records and serves again");
+        }
+        self.healthy.send_if_modified(|h| !std::mem::replace(h, true));
+    }
+
+    fn unavailable(&self) -> AuditUnavailable {
+        let why = self.why.lock().map(|w| w.clone()).unwrap_or_default();
+        AuditUnavailable(format!("the audit log cannot record ({why}); refusing calls it would not record"))
+    }
+}
+
+/// The audit log: append without waiting, list, verify.
+#[derive(Clone)]
+pub struct Audit {
+    queue: mpsc::Sender<Message>,
+    /// Records queued and not yet appended; bounded so a flood of (anonymous) requests cannot
+    /// grow memory without limit.
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+    store: Arc<dyn AuditStore>,
+    key: Arc<hmac::Key>,
+    head_key: Arc<hmac::Key>,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+/// Most records appended in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Most records waiting for the writer (queued or kept for a retry). Beyond this the log is
+/// falling behind a flood; further records are refused and counted rather than exhausting
+/// memory, and the calls they belong to fail.
+const MAX_QUEUED: usize = 100_000;
+/// Backoff between retries of a failing append.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The sealed head as [`check_head`] takes it.
+fn sealed(stored: Option<&StoredHead>) -> Option<(AuditHead, &[u8])> {
+    stored.map(|s| (s.head, s.mac.as_deref().unwrap_or_default()))
+}
+
+/// `entries` chained after `head`, with the head they end at and its seal.
+fn chained<'a>(
+    key: &hmac::Key,
+    head_key: &hmac::Key,
+    head: AuditHead,
+    entries: &'a [AuditEntry],
+) -> ChainedBatch<'a> {
+    let AuditHead { mut sequence, hash: mut previous } = head;
+    let mut records = Vec::with_capacity(entries.len());
+    for entry in entries {
+        sequence += 1;
+        let at = at_millis(entry.at);
+        let hash = chain_hash(key, &previous, sequence, at, entry);
+        records.push(ChainedRecord { sequence, at_millis: at, entry, hash });
+        previous = hash;
+    }
+    let head = AuditHead { sequence, hash: previous };
+    ChainedBatch { records, head, seal: head.seal(head_key) }
+}
+
+impl Audit {
+    /// Starts the audit writer over `store`, chaining with `key` and sealing the head with
+    /// `head_key`. Blocking (opens a connection). A head that does not match the table is not
+    /// an error here: the log starts failing (see [`Audit::integrity`]) so that the caller
+    /// decides, and [`Audit::verify`] can still report it.
+    pub(crate) fn start(
+        store: Arc<dyn AuditStore>,
+        key: hmac::Key,
+        head_key: hmac::Key,
+    ) -> Result<Self, StoreError> {
+        Self::start_with(store, key, head_key, AnonymousRate::default())
+    }
+
+    /// [`Audit::start`] with the rate of anonymous records.
+    pub(crate) fn start_with(
+        store: Arc<dyn AuditStore>,
+        key: hmac::Key,
+        head_key: hmac::Key,
+        rate: AnonymousRate,
+    ) -> Result<Self, StoreError> {
+        let mut conn = store.open_writer()?;
+        let key = Arc::new(key);
+        let head_key = Arc::new(head_key);
+        let state = Arc::new(State {
+            failing: AtomicBool::new(false),
+            failed_appends: AtomicU64::new(0),
+            why: Mutex::new(String::new()),
+            integrity: Mutex::new(None),
+            healthy: watch::channel(true).0,
+            limiter: Mutex::new(AnonymousLimiter::new(rate)),
+        });
+        let head = Self::open_head(conn.as_mut(), &key, &head_key, &state)?;
+        let (queue, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = Writer {
+            conn,
+            key: Arc::clone(&key),
+            head_key: Arc::clone(&head_key),
+            head,
+            pending: Vec::new(),
+            queued: Arc::clone(&queued),
+            state: Arc::clone(&state),
+        };
+        std::thread::Builder::new()
+            .name("palyra-audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::new(format_args!("cannot start the audit writer: {e}")))?;
+        Ok(Audit { queue, queued, dropped: Arc::default(), store, key, head_key, state })
+    }
+
+    /// Reads and checks the sealed head at start; seals it once if it never was.
+    fn open_head(
+        conn: &mut dyn AuditWriter,
+        key: &hmac::Key,
+        head_key: &hmac::Key,
+        state: &State,
+    ) -> Result<AuditHead, StoreError> {
+        let (table, stored) = conn.heads()?;
+        if let Some(StoredHead { mac: None, .. }) = stored {
+            // Never sealed: the first start after the migration (or a fresh data dir). Trust
+            // what the table holds, and say so in the chain itself.
+            let entry = AuditEntry {
+                at: SystemTime::now(),
+                principal: NODE_PRINCIPAL.to_owned(),
+                action: ACTION_HEAD_SEALED.to_owned(),
+                resource: "Node".to_owned(),
+                decision: AuditDecision::Allow,
+                reason: format!(
+                    "the audit head was sealed for the first time, after record {}",
+                    table.sequence
+                ),
+            };
+            let batch = chained(key, head_key, table, std::slice::from_ref(&entry));
+            // Sealed only over what was read: nobody appended or sealed in between.
+            conn.append(&batch, &|now_table, now_stored| {
+                if now_table == table && matches!(now_stored, Some(StoredHead { mac: None, .. })) {
+                    Ok(())
+                } else {
+                    Err(StoreError::new("the audit log changed while its head was sealed for the first time"))
+                }
+            })?;
+            if table.sequence > 0 {
+                tracing::warn!(
+                    sequence = table.sequence,
+                    "sealed the audit head for the first time over existing records (upgrade); a later first seal means the head record was reset"
+                );
+            }
+            return Ok(batch.head);
+        }
+        if let Err(mismatch) = check_head(head_key, sealed(stored.as_ref()), table) {
+            tracing::error!(problem = %mismatch, "AUDIT LOG INTEGRITY FAILURE: the sealed audit head does not match the audit table; the node will not append to this log");
+            state.fail(mismatch.to_string());
+            if let Ok(mut i) = state.integrity.lock() {
+                *i = Some(mismatch);
+            }
+        }
+        Ok(table)
+    }
+
+    /// Why the sealed head did not match the table at start, if it did not. A node must not
+    /// serve on such a log (`palyra serve` refuses).
+    pub fn integrity(&self) -> Option<HeadMismatch> {
+        self.state.integrity.lock().ok().and_then(|i| i.clone())
+    }
+
+    /// Whether the log records right now (`false` while appends fail): the node's health.
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.state.healthy.subscribe()
+    }
+
+    /// Refuses when the log cannot record right now.
+    pub fn available(&self) -> Result<(), AuditUnavailable> {
+        if self.state.failing.load(Ordering::SeqCst) {
+            return Err(self.state.unavailable());
+        }
+        Ok(())
+    }
+
+    /// Queues a record; returns at once. Refused (and nothing queued) while appends fail or
+    /// when the queue is full: the call it belongs to must then fail.
+    pub fn record(&self, entry: AuditEntry) -> Result<(), AuditUnavailable> {
+        self.available()?;
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(dropped, "the audit log is falling behind; calls are refused");
+            }
+            return Err(AuditUnavailable("the audit log is falling behind; try again".to_owned()));
+        }
+        if self.queue.send(Message::Record(entry)).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("the audit writer stopped; a decision was not recorded");
+            return Err(AuditUnavailable("the audit writer stopped".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Decides whether an anonymous call from `address` may be recorded: at most the rate's
+    /// records per address bucket (IPv6 by /64). Over it, `false`: refuse the call without a
+    /// record. The summary of what was refused is queued when the address is next admitted or
+    /// when its window closes.
+    pub fn admit_anonymous(&self, address: Option<std::net::SocketAddr>) -> bool {
+        // Without an address (never the case on TCP), one shared bucket.
+        let ip = address.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let now = SystemTime::now();
+        let admission = match self.state.limiter.lock() {
+            Ok(mut limiter) => limiter.admit(ip, Instant::now(), now),
+            Err(_) => return false,
+        };
+        let (admitted, summary) = match admission {
+            Admission::Admit(s) => (true, s),
+            Admission::Refuse(s) => (false, s),
+        };
+        if let Some(summary) = summary {
+            tracing::warn!(address = %summary.address, refused = summary.count, "anonymous calls over the audit rate were refused and not recorded");
+            // The summary bypasses the limiter; if the log is failing it is lost with the
+            // rest, and the calls are refused anyway.
+            let _ = self.record(summary.entry(now));
+        }
+        admitted
+    }
+
+    /// Writes the summaries of anonymous floods whose window closed with no later call.
+    pub fn sweep_anonymous(&self) {
+        let now = SystemTime::now();
+        let closed = match self.state.limiter.lock() {
+            Ok(mut limiter) => limiter.closed_windows(Instant::now()),
+            Err(_) => return,
+        };
+        for summary in closed {
+            let _ = self.record(summary.entry(now));
+        }
+    }
+
+    /// Records refused because the writer fell too far behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Append transactions that failed (and were retried) since start.
+    pub fn failed_appends(&self) -> u64 {
+        self.state.failed_appends.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything queued before this call is committed; an error when that append
+    /// failed (the records are kept and retried, but a write that depends on them must not
+    /// proceed).
+    pub async fn flush(&self) -> Result<(), AuditUnavailable> {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Message::Flush(tx)).is_err() {
+            return Err(AuditUnavailable("the audit writer stopped".to_owned()));
+        }
+        rx.await.unwrap_or_else(|_| Err(AuditUnavailable("the audit writer stopped".to_owned())))
+    }
+
+    /// Records after `since_sequence`, oldest first, at most `limit`, optionally filtered.
+    pub async fn list(
+        &self,
+        since_sequence: u64,
+        limit: usize,
+        principal: Option<String>,
+        action: Option<String>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.store.list(since_sequence, limit, principal, action).await
+    }
+
+    /// [`Self::list`] of what was decided up to now, decisions still in the writer's queue
+    /// included (a failing log still lists what is committed): ListAuditRecords.
+    pub async fn list_decided(
+        &self,
+        since_sequence: u64,
+        limit: usize,
+        principal: Option<String>,
+        action: Option<String>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let _ = self.flush().await;
+        self.list(since_sequence, limit, principal, action).await
+    }
+
+    /// The newest `limit` records, newest first, optionally filtered (exact principal and
+    /// action).
+    pub async fn recent(
+        &self,
+        limit: usize,
+        principal: Option<String>,
+        action: Option<String>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.store.recent(limit, principal, action).await
+    }
+
+    /// Re-computes the whole chain, and compares its end with the sealed head.
+    pub async fn verify(&self) -> Result<Verification, StoreError> {
+        // A failing log still verifies what is committed.
+        let _ = self.flush().await;
+        let scan = ChainCheck {
+            verifier: Verifier::new(Arc::clone(&self.key)),
+            head_key: Arc::clone(&self.head_key),
+        };
+        self.store.scan_chain(Box::new(scan)).await
+    }
+}
+
+/// [`Audit::verify`]'s scan: the chain, then its end against the sealed head.
+struct ChainCheck {
+    verifier: Verifier,
+    head_key: Arc<hmac::Key>,
+}
+
+impl ChainScan for ChainCheck {
+    fn feed(&mut self, row: ScannedRow) -> bool {
+        match row {
+            ScannedRow::Record(record, at) => self.verifier.feed(&record, at),
+            ScannedRow::Unreadable { sequence, at_millis } => {
+                let bad = AuditRecord {
+                    sequence,
+                    entry: AuditEntry {
+                        at: SystemTime::UNIX_EPOCH
+                            + Duration::from_millis(u64::try_from(at_millis).unwrap_or(0)),
+                        principal: String::new(),
+                        action: String::new(),
+                        resource: String::new(),
+                        decision: AuditDecision::Deny,
+                        reason: String::new(),
+                    },
+                    hash: String::new(),
+                };
+                self.verifier.feed(&bad, at_millis);
+                false
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>, table: AuditHead, stored: Option<StoredHead>) -> Verification {
+        let mut verification = self.verifier.finish();
+        if verification.ok
+            && let Err(mismatch) = check_head(&self.head_key, sealed(stored.as_ref()), table)
+        {
+            verification.ok = false;
+            verification.first_bad_sequence = Some(mismatch.first_bad_sequence());
+            verification.problem = Some(mismatch.to_string());
+        }
+        verification
+    }
+}
+
+struct Writer {
+    conn: Box<dyn AuditWriter>,
+    key: Arc<hmac::Key>,
+    head_key: Arc<hmac::Key>,
+    /// Where this writer left the chain (and the sealed head).
+    head: AuditHead,
+    /// Records received and not yet committed (kept across failed attempts).
+    pending: Vec<AuditEntry>,
+    queued: Arc<AtomicUsize>,
+    state: Arc<State>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Message>) {
+        let mut backoff = RETRY_FIRST;
+        loop {
+            let first = if self.pending.is_empty() {
+                match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(backoff) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        let _ = self.append_pending();
+                        return;
+                    }
+                }
+            };
+            let mut flushes = Vec::new();
+            let mut next = first;
+            while let Some(message) = next {
+                match message {
+                    Message::Record(entry) => self.pending.push(entry),
+                    Message::Flush(done) => flushes.push(done),
+                }
+                next = if self.pending.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
+            }
+            let result = if self.pending.is_empty() { self.idle_result() } else { self.append_pending() };
+            match &result {
+                Ok(()) => backoff = RETRY_FIRST,
+                Err(_) => backoff = (backoff * 2).min(RETRY_MAX),
+            }
+            for done in flushes {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    /// A flush with nothing pending: whether the log is usable.
+    fn idle_result(&self) -> Result<(), AuditUnavailable> {
+        if self.state.failing.load(Ordering::SeqCst) {
+            return Err(self.state.unavailable());
+        }
+        Ok(())
+    }
+
+    /// Appends everything pending, a batch at a time; on failure keeps what is left.
+    fn append_pending(&mut self) -> Result<(), AuditUnavailable> {
+        let integrity = self.state.integrity.lock().ok().and_then(|i| i.clone());
+        if let Some(mismatch) = integrity {
+            // Never append to a chain whose end does not match its seal.
+            return Err(AuditUnavailable(mismatch.to_string()));
+        }
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(MAX_BATCH);
+            match self.append(n) {
+                Ok(head) => {
+                    self.head = head;
+                    self.pending.drain(..n);
+                    self.queued.fetch_sub(n, Ordering::SeqCst);
+                    self.state.recover();
+                }
+                Err(e) => {
+                    let failures = self.state.failed_appends.fetch_add(1, Ordering::Relaxed) + 1;
+                    if !self.state.failing.load(Ordering::SeqCst) || failures.is_power_of_two() {
+                        tracing::error!(error = %e, pending = self.pending.len(), failures, "AUDIT APPEND FAILED: refusing audited calls until it succeeds (retrying)");
+                    }
+                    self.state.fail(e.to_string());
+                    return Err(self.state.unavailable());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction: check the table and the sealed head are where this writer left them,
+    /// insert `pending[..n]`, advance the sealed head.
+    fn append(&mut self, n: usize) -> Result<AuditHead, StoreError> {
+        let expected = self.head;
+        let head_key = &*self.head_key;
+        let batch = chained(&self.key, head_key, expected, &self.pending[..n]);
+        self.conn.append(&batch, &|table, stored| {
+            if table != expected {
+                return Err(StoreError::new(format_args!(
+                    "the audit table changed outside this writer (it ends at {}, this writer left it at {})",
+                    table.sequence, expected.sequence
+                )));
+            }
+            match stored {
+                Some(s) if s.head == expected && s.mac.as_deref().is_some_and(|m| s.head.verify(head_key, m)) => {
+                    Ok(())
+                }
+                Some(_) => Err(StoreError::new(
+                    "the sealed audit head moved outside this writer (another process appending to this data dir?)",
+                )),
+                None => Err(StoreError::new("the sealed audit head is missing (it was deleted)")),
+            }
+        })?;
+        Ok(batch.head)
+    }
+}

@@ -1,0 +1,77 @@
+//! `palyra.audit.v1`: ListAuditRecords' filters and page, the records, and the outcome of
+//! verifying the chain.
+
+use tonic::Status;
+
+use super::timestamp;
+use crate::audit::{AuditDecision, AuditRecord, Verification};
+use crate::wire::pb::audit::v1 as pb;
+use crate::wire::status::invalid_argument;
+
+/// Default and largest page of records.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+/// Longest principal or action filter accepted.
+const MAX_FILTER_LEN: usize = 512;
+
+/// A ListAuditRecords request, parsed: the records after `since_sequence`, `limit` at most,
+/// optionally only those of one principal and one action (exact).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuditQuery {
+    /// List records after this sequence.
+    pub(crate) since_sequence: u64,
+    /// Records at most (0 asked for the default; bounded).
+    pub(crate) limit: usize,
+    /// Only this principal.
+    pub(crate) principal: Option<String>,
+    /// Only this action.
+    pub(crate) action: Option<String>,
+}
+
+impl TryFrom<pb::ListAuditRecordsRequest> for AuditQuery {
+    type Error = Status;
+
+    fn try_from(req: pb::ListAuditRecordsRequest) -> Result<Self, Status> {
+        for (field, value) in [("principal", &req.principal), ("action", &req.action)] {
+            if value.as_ref().is_some_and(|v| v.len() > MAX_FILTER_LEN) {
+                return Err(invalid_argument(field, format!("longer than {MAX_FILTER_LEN} bytes")));
+            }
+        }
+        let limit = if req.limit == 0 { DEFAULT_LIMIT } else { req.limit.min(MAX_LIMIT) };
+        Ok(AuditQuery {
+            since_sequence: req.since_sequence,
+            limit: limit as usize,
+            principal: req.principal,
+            action: req.action,
+        })
+    }
+}
+
+impl From<AuditRecord> for pb::AuditRecord {
+    fn from(r: AuditRecord) -> Self {
+        pb::AuditRecord {
+            sequence: r.sequence,
+            at: Some(timestamp(r.entry.at)),
+            principal: r.entry.principal,
+            action: r.entry.action,
+            resource: r.entry.resource,
+            decision: match r.entry.decision {
+                AuditDecision::Allow => pb::AuditDecision::Allow,
+                AuditDecision::Deny => pb::AuditDecision::Deny,
+            } as i32,
+            reason: r.entry.reason,
+            hash: r.hash,
+        }
+    }
+}
+
+impl From<Verification> for pb::VerifyAuditLogResponse {
+    fn from(v: Verification) -> Self {
+        pb::VerifyAuditLogResponse {
+            ok: v.ok,
+            records_checked: v.records_checked,
+            first_bad_sequence: v.first_bad_sequence,
+            problem: v.problem,
+        }
+    }
+}
