@@ -21,7 +21,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use ring::hmac;
@@ -35,9 +35,107 @@ use super::chain::{
 use super::store::{AuditStore, AuditWriter, ChainScan, ChainedBatch, ChainedRecord, ScannedRow, StoredHead};
 use crate::store_error::StoreError;
 
-enum Message {
-    Record(AuditEntry),
-    Flush(oneshot::Sender<Result<(), AuditUnavailable>>),
+type FlushReply = oneshot::Sender<Result<(), AuditUnavailable>>;
+
+/// What the handles hand the writer thread: records and flush requests, under one lock.
+#[derive(Default)]
+struct Queue {
+    records: Vec<AuditEntry>,
+    flushes: Vec<FlushReply>,
+    /// The writer is waiting for work: the next record must wake it.
+    idle: bool,
+    /// Every handle is gone: the writer appends what is left and stops.
+    closed: bool,
+}
+
+/// What the writer takes from the queue in one go.
+struct Taken {
+    records: Vec<AuditEntry>,
+    flushes: Vec<FlushReply>,
+    closed: bool,
+}
+
+/// The queue and the writer's wake-up.
+///
+/// A record wakes the writer only when it is idle; once awake the writer lingers for
+/// [`LINGER`] so that the records of many calls share one wake-up and one transaction
+/// (under load it never goes idle and appends back to back). A flush always wakes it and
+/// cuts the linger short: a write waits for its decision's record, never for the linger.
+#[derive(Default)]
+struct Mailbox {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, entry: AuditEntry) -> Result<(), AuditUnavailable> {
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(AuditUnavailable("the audit writer stopped".to_owned()));
+        }
+        queue.records.push(entry);
+        if queue.idle {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn flush(&self, reply: FlushReply) -> Result<(), AuditUnavailable> {
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(AuditUnavailable("the audit writer stopped".to_owned()));
+        }
+        queue.flushes.push(reply);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits for work (at most `retry` when a failed append waits for its next try), lingers
+    /// after a record woke it, and takes everything queued.
+    fn take(&self, retry: Option<Duration>) -> Taken {
+        let mut queue = self.lock();
+        let empty = |q: &Queue| q.records.is_empty() && q.flushes.is_empty() && !q.closed;
+        if empty(&queue) {
+            queue.idle = true;
+            queue = match retry {
+                None => self.wake.wait_while(queue, |q| empty(q)).unwrap_or_else(PoisonError::into_inner),
+                Some(after) => {
+                    self.wake.wait_timeout_while(queue, after, |q| empty(q)).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+            queue.idle = false;
+            if queue.flushes.is_empty() && !queue.closed && !queue.records.is_empty() {
+                queue = self
+                    .wake
+                    .wait_timeout_while(queue, LINGER, |q| q.flushes.is_empty() && !q.closed)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        Taken {
+            records: std::mem::take(&mut queue.records),
+            flushes: std::mem::take(&mut queue.flushes),
+            closed: queue.closed,
+        }
+    }
+}
+
+/// Closes the mailbox when the last [`Audit`] handle goes.
+struct Handles(Arc<Mailbox>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// The audit log cannot record right now: calls that depend on a record must fail.
@@ -86,7 +184,7 @@ impl State {
 /// The audit log: append without waiting, list, verify.
 #[derive(Clone)]
 pub struct Audit {
-    queue: mpsc::Sender<Message>,
+    mailbox: Arc<Handles>,
     /// Records queued and not yet appended; bounded so a flood of (anonymous) requests cannot
     /// grow memory without limit.
     queued: Arc<AtomicUsize>,
@@ -105,6 +203,8 @@ impl std::fmt::Debug for Audit {
 
 /// Most records appended in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long the writer, woken by a record, waits for more before it appends.
+const LINGER: Duration = Duration::from_millis(1);
 /// Most records waiting for the writer (queued or kept for a retry). Beyond this the log is
 /// falling behind a flood; further records are refused and counted rather than exhausting
 /// memory, and the calls they belong to fail.
@@ -170,7 +270,7 @@ impl Audit {
             limiter: Mutex::new(AnonymousLimiter::new(rate)),
         });
         let head = Self::open_head(conn.as_mut(), &key, &head_key, &state)?;
-        let (queue, rx) = mpsc::channel();
+        let mailbox = Arc::new(Mailbox::default());
         let queued = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             conn,
@@ -183,9 +283,12 @@ impl Audit {
         };
         std::thread::Builder::new()
             .name("palyra-audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn({
+                let mailbox = Arc::clone(&mailbox);
+                move || writer.run(&mailbox)
+            })
             .map_err(|e| StoreError::new(format_args!("cannot start the audit writer: {e}")))?;
-        Ok(Audit { queue, queued, dropped: Arc::default(), store, key, head_key, state })
+        Ok(Audit { mailbox: Arc::new(Handles(mailbox)), queued, dropped: Arc::default(), store, key, head_key, state })
     }
 
     /// Reads and checks the sealed head at start; seals it once if it never was.
@@ -268,7 +371,7 @@ impl Audit {
             }
             return Err(AuditUnavailable("the audit log is falling behind; try again".to_owned()));
         }
-        if self.queue.send(Message::Record(entry)).is_err() {
+        if self.mailbox.0.record(entry).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             tracing::error!("the audit writer stopped; a decision was not recorded");
             return Err(AuditUnavailable("the audit writer stopped".to_owned()));
@@ -328,9 +431,7 @@ impl Audit {
     /// proceed).
     pub async fn flush(&self) -> Result<(), AuditUnavailable> {
         let (tx, rx) = oneshot::channel();
-        if self.queue.send(Message::Flush(tx)).is_err() {
-            return Err(AuditUnavailable("the audit writer stopped".to_owned()));
-        }
+        self.mailbox.0.flush(tx)?;
         rx.await.unwrap_or_else(|_| Err(AuditUnavailable("the audit writer stopped".to_owned())))
     }
 
@@ -437,40 +538,21 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Message>) {
+    fn run(mut self, mailbox: &Mailbox) {
         let mut backoff = RETRY_FIRST;
         loop {
-            let first = if self.pending.is_empty() {
-                match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => return,
-                }
-            } else {
-                match rx.recv_timeout(backoff) {
-                    Ok(m) => Some(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        let _ = self.append_pending();
-                        return;
-                    }
-                }
-            };
-            let mut flushes = Vec::new();
-            let mut next = first;
-            while let Some(message) = next {
-                match message {
-                    Message::Record(entry) => self.pending.push(entry),
-                    Message::Flush(done) => flushes.push(done),
-                }
-                next = if self.pending.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
-            }
+            let taken = mailbox.take((!self.pending.is_empty()).then_some(backoff));
+            self.pending.extend(taken.records);
             let result = if self.pending.is_empty() { self.idle_result() } else { self.append_pending() };
             match &result {
                 Ok(()) => backoff = RETRY_FIRST,
                 Err(_) => backoff = (backoff * 2).min(RETRY_MAX),
             }
-            for done in flushes {
+            for done in taken.flushes {
                 let _ = done.send(result.clone());
+            }
+            if taken.closed {
+                return;
             }
         }
     }

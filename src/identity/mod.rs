@@ -147,7 +147,7 @@ impl FromStr for Role {
 }
 
 /// Whether a registered device may still connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceStatus {
     /// Paired and not revoked.
     Active,

@@ -27,7 +27,7 @@ pub(crate) const ANONYMOUS_ID: &str = "anonymous";
 const MAX_UID_TEXT: usize = 1024;
 
 /// What a request is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Resource {
     /// This node: the method gate of every call.
     Node,

@@ -22,9 +22,8 @@ fn parse_hash(hex_text: &str) -> Option<[u8; 32]> {
 /// The table's last record as a head.
 fn table_head(conn: &Connection) -> Result<AuditHead, StoreError> {
     let last: Option<(i64, String)> = conn
-        .query_row("SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .prepare_cached("SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(match last {
         Some((seq, hash)) => AuditHead {
@@ -38,9 +37,8 @@ fn table_head(conn: &Connection) -> Result<AuditHead, StoreError> {
 /// The stored head record: `None` when the row is gone; `mac` `None` when never sealed.
 fn stored_head(conn: &Connection) -> Result<Option<StoredHead>, StoreError> {
     let row: Option<(i64, String, Option<String>)> = conn
-        .query_row("SELECT sequence, hash, mac FROM audit_head WHERE id = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .prepare_cached("SELECT sequence, hash, mac FROM audit_head WHERE id = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     Ok(row.map(|(seq, hash, mac)| StoredHead {
         // An unparsable row is as good as a bad seal: it fails the MAC check.
@@ -100,8 +98,7 @@ impl AuditWriter for SqliteAuditWriter {
 
 /// Writes `head` and its seal into `audit_head` (the row must exist: the migration made it).
 fn seal(tx: &rusqlite::Transaction<'_>, head: AuditHead, seal: &[u8; 32]) -> Result<(), StoreError> {
-    let changed = tx.execute(
-        "UPDATE audit_head SET sequence = ?1, hash = ?2, mac = ?3 WHERE id = 1",
+    let changed = tx.prepare_cached("UPDATE audit_head SET sequence = ?1, hash = ?2, mac = ?3 WHERE id = 1")?.execute(
         (
             i64::try_from(head.sequence).map_err(StoreError::corrupt)?,
             hex::encode(head.hash),
@@ -116,7 +113,7 @@ fn seal(tx: &rusqlite::Transaction<'_>, head: AuditHead, seal: &[u8; 32]) -> Res
 
 impl AuditStore for Store {
     fn open_writer(&self) -> Result<Box<dyn AuditWriter>, StoreError> {
-        let mut conn = Connection::open_with_flags(
+        let mut conn = super::open_connection(
             self.path(),
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;

@@ -55,8 +55,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
 
 /// Largest number of writes committed together.
 const MAX_BATCH: usize = 1024;
-/// Read connections kept open.
+/// Reads on blocking threads at a time ([`Store::read`]).
 const READERS: usize = 8;
+/// Read connections kept open: the blocking readers' plus those of inline point reads
+/// ([`Store::read_now`], at most one per thread that runs them).
+const MAX_POOLED_READERS: usize = READERS + 8;
 
 /// A job for the writer: runs inside the batch transaction and returns what to do once the
 /// batch's commit has succeeded or failed.
@@ -90,7 +93,7 @@ impl Store {
     /// Opens (creating if needed) the database at `path`, applies pending migrations and starts
     /// the writer thread. Blocking: call it before serving, or from `spawn_blocking`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open_with_flags(
+        let mut conn = open_connection(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
@@ -227,10 +230,38 @@ impl Store {
         })
         .await
         .map_err(|e| E::from(StoreError::new(format_args!("read task failed: {e}"))))?;
-        if let (Some(conn), Ok(mut readers)) = (conn, self.inner.readers.lock()) {
-            readers.push(conn);
+        if let Some(conn) = conn {
+            self.give_back(conn);
         }
         result
+    }
+
+    /// Runs `f` on a pooled read-only connection on the calling thread, without waiting for a
+    /// slot. For point reads by primary key, which take a few microseconds on a warm page
+    /// cache: handing them to a blocking thread ([`Store::read`]) costs more than the read
+    /// (two thread switches and a wake-up). Scans and anything that may take long use
+    /// [`Store::read`]. WAL readers never wait for the writer.
+    pub(crate) fn read_now<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let pooled = self.inner.readers.lock().ok().and_then(|mut r| r.pop());
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_reader(&self.inner.path).map_err(E::from)?,
+        };
+        let result = f(&conn);
+        self.give_back(conn);
+        result
+    }
+
+    /// Returns a read connection to the pool; beyond [`MAX_POOLED_READERS`] it is closed.
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut readers) = self.inner.readers.lock()
+            && readers.len() < MAX_POOLED_READERS
+        {
+            readers.push(conn);
+        }
     }
 
     /// A value from the `meta` table.
@@ -315,11 +346,21 @@ pub(crate) fn wait_briefly_when_busy(conn: &mut Connection) -> Result<(), StoreE
     Ok(())
 }
 
+/// Opens a connection to the database with the settings every connection shares.
+///
+/// The query planner stability guarantee (QPSG) is on: without it, SQLite (built with STAT4)
+/// marks a cached statement whose plan looked at a bound parameter as expired on every new
+/// binding, and re-parses and re-plans it on each step. The vault's point read was
+/// re-prepared on every GetSecret that way (a tenth of the read path's CPU). Our queries are
+/// written for one plan; the planner gains nothing from the values.
+pub(crate) fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(conn)
+}
+
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let conn = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)

@@ -16,6 +16,7 @@
 //! can meet.
 
 mod compile;
+mod remembered;
 mod slice;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use cedar_policy::{
 use cedar_policy_core::ast;
 
 use self::compile::cedar_string;
+use self::remembered::Remembered;
 use self::slice::{Compiled, PrincipalKey};
 use super::diagnostics::Diagnostic;
 use super::entities::{RESOURCE_KINDS, Resource, Subject, Types};
@@ -99,6 +101,14 @@ struct Active {
     version: u64,
     text: Arc<str>,
     compiled: Compiled,
+    /// The decisions made under this set (see [`remembered`]).
+    remembered: Remembered,
+}
+
+impl Active {
+    fn new(version: u64, text: Arc<str>, compiled: Compiled) -> Self {
+        Active { version, text, compiled, remembered: Remembered::default() }
+    }
 }
 
 /// The authorization engine. Cheap to share (`Arc<PolicyEngine>`); every method takes `&self`.
@@ -152,15 +162,11 @@ impl PolicyEngine {
             actions,
             action_entities,
             authorizer: Authorizer::new(),
-            active: RwLock::new(Arc::new(Active {
-                version: 0,
-                text: Arc::from(""),
-                compiled: Compiled::empty(),
-            })),
+            active: RwLock::new(Arc::new(Active::new(0, Arc::from(""), Compiled::empty()))),
         };
         let compiled =
             engine.compile(policies_text).map_err(|diagnostics| PolicyError::Invalid { diagnostics })?.0;
-        engine.active = RwLock::new(Arc::new(Active { version, text: Arc::from(policies_text), compiled }));
+        engine.active = RwLock::new(Arc::new(Active::new(version, Arc::from(policies_text), compiled)));
         Ok(engine)
     }
 
@@ -203,7 +209,13 @@ impl PolicyEngine {
         context: Option<&serde_json::Value>,
     ) -> AuthzDecision {
         let active = self.current();
-        self.decide(&active.compiled, subject, action, resource, context)
+        match (context, self.actions.get(action)) {
+            // Without a context the decision depends on the request alone: remembered.
+            (None, Some(info)) => active.remembered.get_or_decide(info.index, resource, subject, || {
+                self.decide(&active.compiled, subject, action, resource, None)
+            }),
+            _ => self.decide(&active.compiled, subject, action, resource, context),
+        }
     }
 
     fn decide(
@@ -322,7 +334,7 @@ impl PolicyEngine {
     }
 
     pub(crate) fn install_prepared(&self, prepared: Prepared, version: u64) {
-        let next = Arc::new(Active { version, text: prepared.text, compiled: prepared.compiled });
+        let next = Arc::new(Active::new(version, prepared.text, prepared.compiled));
         let previous =
             std::mem::replace(&mut *self.active.write().unwrap_or_else(PoisonError::into_inner), next);
         // Dropped after the lock is released (readers may still hold it).
