@@ -62,19 +62,19 @@ use tonic::transport::Channel;
 
 /// What each server guarantees when it acknowledges a write, as configured here (their
 /// defaults). The OpenBao part is from its source (physical/raft/raft.go and fsm.go,
-/// hashicorp/raft-boltdb v2) and was checked with strace: one raft entry and four fdatasyncs per
-/// KV v2 write when writes come one at a time.
+/// hashicorp/raft-boltdb v2); the fsync counts of both from strace of writes one at a time.
 const DURABILITY: [&str; 2] = [
     "Palyra: SQLite in WAL mode with synchronous=FULL; one writer thread commits whatever writes \
      are queued as one transaction (group commit: one WAL fsync per batch) and acknowledges each \
-     write after that fsync. Every call, reads included, adds an audit record, appended on a \
+     write after that fsync (one fsync per write when writes come one at a time, strace). Every call, reads included, adds an audit record, appended on a \
      connection at synchronous=NORMAL and made durable by the next FULL commit (a write commits \
      the queued records first).",
     "OpenBao: integrated storage (raft, one voter). A write is acknowledged after its raft log \
-     entry is in raft.db (hashicorp/raft-boltdb v2 on bbolt, NoSync off: an fdatasync'd bbolt \
-     commit per append; raft appends up to 64 queued entries at once, BatchApplyCh) and the FSM \
-     applied it to vault.db (bbolt, NoSync off, NoFreelistSync on; one batch of entries per \
-     fdatasync'd commit). No audit device (OpenBao's default: calls are not logged).",
+     entry is in raft.db (hashicorp/raft-boltdb v2 on bbolt, NoSync off: each append is one \
+     fdatasync'd bbolt transaction; raft appends up to 64 queued entries at once, BatchApplyCh) \
+     and the FSM has applied it to vault.db (bbolt, NoSync off: fdatasync'd transactions per \
+     applied batch). One raft entry and four fdatasyncs per KV v2 write when writes come one at \
+     a time (strace). No audit device (OpenBao's default: calls are not logged).",
 ];
 
 /// The secret every read returns: 32 bytes.
@@ -930,18 +930,19 @@ async fn run(sizing: &Sizing) -> Outcome {
         higher_is_better: false,
     });
 
-    let mut notes = vec![format!(
+    let notes = vec![format!(
         "OpenBao wrote {raft_entries_per_write:.2} raft log entries per KV v2 write \
          (raft_committed_index of /v1/sys/leader over all calls, warm-up included, of the last writes point)."
     )];
+    // Diagnostics, not figures: printed, not written to the report. (OpenBao logs a few
+    // WARN/ERROR lines at every start: elections and "failed to unlock initialization lock".)
     let palyra_log = std::mem::take(&mut *servers.palyra.log.lock().unwrap());
     for (name, log) in [("Palyra", palyra_log), ("OpenBao", servers.bao.log_notes())] {
         if log.count > 0 {
-            notes.push(format!(
-                "{name}'s log had {} WARN/ERROR lines; the first: {}",
-                log.count,
-                log.first.join(" / ")
-            ));
+            println!("\n{name}'s log: {} WARN/ERROR lines; the first:", log.count);
+            for line in &log.first {
+                println!("  {line}");
+            }
         }
     }
     Outcome { rows, notes, errors }
@@ -955,10 +956,15 @@ fn main() -> ExitCode {
     let palyra_version = palyra_bin!().command().arg("--version").output().unwrap();
     let palyra_version = String::from_utf8_lossy(&palyra_version.stdout).trim().to_owned();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!(
-        "peer bench ({}; {cores} cores): {palyra_version} vs {bao_version}",
-        if sizing.quick { "--quick" } else { "full" }
-    );
+    // CI runs it in the dev profile, as a smoke test.
+    let (profile, unoptimised) = if cfg!(debug_assertions) {
+        (" --profile dev", " An unoptimised build: these figures are not representative.")
+    } else {
+        ("", "")
+    };
+    let command =
+        format!("cargo bench --bench peer{profile}{}", if sizing.quick { " -- --quick" } else { "" });
+    println!("`{command}` on {cores} cores: {palyra_version} vs {bao_version}.{unoptimised}");
     for line in DURABILITY {
         println!("  {line}");
     }
@@ -973,16 +979,16 @@ fn main() -> ExitCode {
     std::fs::create_dir_all(&dir).unwrap();
     let mut header = format!(
         "# Palyra vs OpenBao\n\n\
-         `cargo bench --bench peer{}` on {cores} cores (client and both servers share them), {:.0} s: \
-         {palyra_version} vs {bao_version}. Closed loop, one connection per request in flight \
+         `{command}` on {cores} cores (client and both servers share them), {:.0} s: \
+         {palyra_version} vs {bao_version}.{unoptimised} Closed loop, one connection per request in flight \
          (Palyra: gRPC over mTLS as the operator; OpenBao: HTTP/1.1 keep-alive over TLS, KV v2, \
          a token with an ACL policy); {:?} warm-up and {:?} measured per point, the two servers \
          taking turns. Reads: one 32-byte secret. Writes: a new version of the task's own secret \
          (32 bytes). Mixed: 90 % reads, 10 % writes.\n\n\
          Ratio: Palyra/OpenBao for throughput, OpenBao/Palyra for latency, CPU and memory, so \
-         > 1 means Palyra is better. CPU and RSS are the server processes' own (/proc).\n\n\
+         > 1 means Palyra is better. CPU and RSS are the server processes' own (/proc); total \
+         CPU grows with the requests served, CPU per request compares the work.\n\n\
          Durability:\n\n",
-        if sizing.quick { " -- --quick" } else { "" },
         elapsed.as_secs_f64(),
         sizing.warmup,
         sizing.measure,
