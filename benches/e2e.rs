@@ -658,6 +658,7 @@ fn authorization(report: &mut Report, s: &Sizing, get_p50_us: f64) {
     let gate = sample(samples, || work.gate(&defaults));
     let d = sample(samples, || work.resource(&defaults));
     let g = sample(samples, || work.resource(&generated));
+    let r = sample(samples, || work.resource_remembered(&defaults));
     report.add(
         "3",
         "Cedar gate decision p50, defaults",
@@ -695,11 +696,21 @@ fn authorization(report: &mut Report, s: &Sizing, get_p50_us: f64) {
         "",
         None,
     );
-    // One GetSecret asks twice: the method gate and the vault resource check.
-    let authz = us(&gate, 0.5) + us(&d, 0.5);
     report.add(
         "3",
-        "authorization in one GetSecret (gate + resource p50)",
+        "vault decision p50, remembered (the same request again)",
+        us(&r, 0.5),
+        "µs",
+        Some(("Cedar evaluation", us(&d, 0.5))),
+        "",
+        None,
+    );
+    // One GetSecret asks twice: the method gate and the vault resource check; a repeated
+    // request finds both remembered.
+    let authz = us(&r, 0.5) * 2.0;
+    report.add(
+        "3",
+        "authorization in one repeated GetSecret (gate + resource p50, remembered)",
         authz,
         "µs",
         Some(("GetSecret p50, 1 in flight", get_p50_us)),
@@ -967,7 +978,7 @@ async fn footprint(report: &mut Report, s: &Sizing) {
         palyra_bin!().command().arg("--version").output().unwrap();
         floor.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    report.add("6", "idle RSS of palyra serve", rss, "MiB", None, "≤ 40 MiB", Some(rss <= 40.0));
+    report.add("6", "idle RSS of palyra serve", rss, "MiB", None, "≤ 30 MiB", Some(rss <= 30.0));
     let start_ms = median(starts);
     report.add(
         "6",
@@ -975,8 +986,8 @@ async fn footprint(report: &mut Report, s: &Sizing) {
         start_ms,
         "ms",
         Some(("palyra --version", median(floor))),
-        "≤ 300 ms",
-        Some(start_ms <= 300.0),
+        "≤ 50 ms",
+        Some(start_ms <= 50.0),
     );
 
     // Full handshakes (no resumption, client certificate) against the node's accept loop, and

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use palyra::identity::{DeviceId, Principal, Role};
-use palyra::policy::{DEFAULT_POLICIES, PolicyEngine, Resource, actions};
+use palyra::policy::{DEFAULT_POLICIES, PolicyEngine, Resource, Subject, actions};
 use palyra::vault::Scope;
 
 /// Generated policies per set.
@@ -28,12 +28,24 @@ impl Workload {
         }
     }
 
-    pub fn gate(&self, engine: &PolicyEngine) -> bool {
-        engine.authorize(&self.principal, &self.granted, actions::GET_SECRET, &Resource::Node, None).allow
+    fn subject(&self) -> Subject<'_> {
+        Subject::principal(&self.principal, &self.granted)
     }
 
+    /// The method gate, evaluated by Cedar (never from the engine's remembered decisions).
+    pub fn gate(&self, engine: &PolicyEngine) -> bool {
+        engine.evaluate(&self.subject(), actions::GET_SECRET, &Resource::Node, None).allow
+    }
+
+    /// The vault resource check, evaluated by Cedar.
     pub fn resource(&self, engine: &PolicyEngine) -> bool {
-        engine.authorize(&self.principal, &self.granted, actions::GET_SECRET, &self.own, None).allow
+        engine.evaluate(&self.subject(), actions::GET_SECRET, &self.own, None).allow
+    }
+
+    /// The vault resource check as a request makes it: remembered after the first time.
+    #[allow(dead_code)] // e2e uses it; the policy bench does not
+    pub fn resource_remembered(&self, engine: &PolicyEngine) -> bool {
+        engine.authorize_subject(&self.subject(), actions::GET_SECRET, &self.own, None).allow
     }
 }
 

@@ -241,10 +241,15 @@ impl Store {
     /// cache: handing them to a blocking thread ([`Store::read`]) costs more than the read
     /// (two thread switches and a wake-up). Scans and anything that may take long use
     /// [`Store::read`]. WAL readers never wait for the writer.
-    pub(crate) fn read_now<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    ///
+    /// It never waits, so it first spends the task's cooperative budget: a task that loops on
+    /// reads still yields to the other tasks of its worker (without this, four tasks reading
+    /// in a loop starved a rotation and a writer on a four-worker runtime).
+    pub(crate) async fn read_now<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
+        tokio::task::coop::consume_budget().await;
         let pooled = self.inner.readers.lock().ok().and_then(|mut r| r.pop());
         let conn = match pooled {
             Some(conn) => conn,
@@ -385,14 +390,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Runs one statement from the connection's statement cache (no parse after the first time).
+fn run(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn in_savepoint<T, E: From<StoreError>>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    conn.execute_batch("SAVEPOINT job").map_err(|e| E::from(e.into()))?;
+    run(conn, "SAVEPOINT job").map_err(|e| E::from(e.into()))?;
     match f(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE job").map_err(|e| E::from(e.into()))?;
+            run(conn, "RELEASE job").map_err(|e| E::from(e.into()))?;
             Ok(value)
         }
         Err(e) => {
@@ -428,13 +438,13 @@ fn writer_loop(
 
 /// Runs one batch; true when it committed.
 fn run_batch(conn: &Connection, batch: Vec<Job>) -> bool {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot begin a write transaction");
         // Dropping the jobs drops their reply channels: each caller gets an error.
         return false;
     }
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(conn)).collect();
-    let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    let commit = run(conn, "COMMIT").map_err(StoreError::from);
     if let Err(e) = &commit {
         tracing::error!(error = %e, "commit failed");
         let _ = conn.execute_batch("ROLLBACK");

@@ -498,7 +498,7 @@ impl BlobBackend for SqliteBlobBackend {
     ) -> BoxFuture<'_, Result<StoredVersion, VaultError>> {
         // A point read by primary key: on the calling thread (see `Store::read_now`).
         let mac = self.store.row_mac();
-        Box::pin(std::future::ready(self.store.read_now(|c| get(c, scope, key, version, mac.as_deref()))))
+        Box::pin(self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())))
     }
 
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SecretMetadata>, VaultError>> {

@@ -218,6 +218,19 @@ impl PolicyEngine {
         }
     }
 
+    /// [`PolicyEngine::authorize_subject`] without the remembered decisions: always a Cedar
+    /// evaluation (what the benchmarks measure as the cost of Cedar itself).
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
+    pub fn evaluate(
+        &self,
+        subject: &Subject<'_>,
+        action: &str,
+        resource: &Resource,
+        context: Option<&serde_json::Value>,
+    ) -> AuthzDecision {
+        self.decide(&self.current().compiled, subject, action, resource, context)
+    }
+
     fn decide(
         &self,
         compiled: &Compiled,
