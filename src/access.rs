@@ -281,12 +281,11 @@ impl Gate {
         Err(Denied { kind: DenialKind::Policy, message })
     }
 
-    /// Makes the audit records queued so far durable with the next write: a handler that
-    /// changes state calls it after its checks, so the change's commit (`synchronous=FULL`)
-    /// also makes its audit record durable, and no write survives without its record. An
-    /// error when the records could not be appended: the write must not happen.
+    /// Before a write: refuses while the audit log cannot record. The write itself needs no
+    /// round trip: the store's batch that takes it appends every record queued before it in
+    /// the same transaction (see [`Audit::before_write`]).
     pub async fn audit_before_write(&self) -> Result<(), Denied> {
-        self.audit.flush().await.map_err(Denied::audit_unavailable)
+        self.audit.before_write().map_err(Denied::audit_unavailable)
     }
 }
 

@@ -18,22 +18,34 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct StoreError {
     message: Arc<str>,
     integrity: bool,
+    unavailable: bool,
 }
 
 impl StoreError {
     pub(crate) fn new(message: impl fmt::Display) -> Self {
-        StoreError { message: message.to_string().into(), integrity: false }
+        StoreError { message: message.to_string().into(), integrity: false, unavailable: false }
     }
 
     /// A row whose MAC does not verify, or rows that contradict each other: an edit of the
     /// database by someone without the root key. Never served as if it were sound.
     pub(crate) fn integrity(what: impl fmt::Display) -> Self {
-        StoreError { message: format!("integrity check failed: {what}").into(), integrity: true }
+        StoreError { message: format!("integrity check failed: {what}").into(), integrity: true, unavailable: false }
     }
 
     /// Whether this is an integrity failure (the edges answer DATA_LOSS + INTEGRITY).
     pub fn is_integrity(&self) -> bool {
         self.integrity
+    }
+
+    /// A write refused because the audit log could not record the decisions it depends on
+    /// (the batch it was in failed its audit append): the caller may retry later.
+    pub(crate) fn unavailable(why: impl fmt::Display) -> Self {
+        StoreError { message: why.to_string().into(), integrity: false, unavailable: true }
+    }
+
+    /// See [`StoreError::unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 
     /// A stored value that cannot be what this code wrote (corruption or tampering).

@@ -29,5 +29,5 @@ pub use service::{Audit, AuditUnavailable};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{
-    AppendCheck, AuditStore, AuditWriter, ChainScan, ChainedBatch, ScannedRow, StoredHead,
+    AppendCheck, AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, ScannedRow, StoredHead,
 };

@@ -1,17 +1,22 @@
 //! [`Audit`]: the audit service. Records every decision without making the request wait,
 //! keeps the chain head, refuses while it cannot record, and verifies.
 //!
-//! Audit records of reads and denials must not cost the request a disk flush. They go to a
-//! dedicated thread that owns the store's writer connection (`synchronous=NORMAL`, see
-//! [`AuditStore::open_writer`]) and appends whatever is queued in one transaction; the next
-//! `synchronous=FULL` commit of the main writer makes the WAL (and these records) durable. The
-//! thread is the only writer of the table, so it keeps the chain head in memory.
+//! Records are queued in memory ([`Audit::record`] returns at once) and appended by the
+//! store's one writer thread at the start of each write batch, inside the batch's transaction
+//! (the [`Appender`], installed with [`AuditStore::install_appender`]). So a write commits in
+//! the same transaction as the records of the decisions queued before it — which include the
+//! decision that let it through — and a failed append fails the batch, write included: no
+//! write commits without its record, and no write waits for an audit round trip
+//! ([`Audit::before_write`] only checks that the log records). When records wait and no write
+//! comes, the audit thread (the [`Ticker`]) runs a lazy batch (`synchronous=NORMAL`: no fsync
+//! on the request path; the next durable commit makes them durable), woken by a record only
+//! when idle and then lingering a moment so many calls share one batch.
 //!
 //! Every append also advances the sealed head ([`AuditHead`]) in the same transaction, after
 //! checking that the table and the head are still where this writer left them. An append that
 //! fails (a second process appending, a locked or broken database, a table changed underneath)
 //! keeps its records and is retried with backoff; while it fails the log is *failing*:
-//! [`Audit::record`] and [`Audit::flush`] refuse, so the gate refuses the calls that would go
+//! [`Audit::record`], [`Audit::before_write`] and [`Audit::flush`] refuse, so the gate refuses the calls that would go
 //! unrecorded, and [`Audit::health`] says so. At start the sealed head is compared with the
 //! table; a mismatch (tail removed, head deleted or edited) leaves the log failing for good
 //! and is reported by [`Audit::verify`].
@@ -32,7 +37,7 @@ use super::chain::{
     ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, HeadMismatch, NODE_PRINCIPAL,
     Verification, Verifier, at_millis, chain_hash, check_head,
 };
-use super::store::{AuditStore, AuditWriter, ChainScan, ChainedBatch, ChainedRecord, ScannedRow, StoredHead};
+use super::store::{AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, ChainedRecord, ScannedRow, StoredHead};
 use crate::store_error::StoreError;
 
 type FlushReply = oneshot::Sender<Result<(), AuditUnavailable>>;
@@ -48,10 +53,11 @@ struct Queue {
     closed: bool,
 }
 
-/// What the writer takes from the queue in one go.
+/// What the ticker takes from the queue in one go (the records stay for the appender).
 struct Taken {
-    records: Vec<AuditEntry>,
     flushes: Vec<FlushReply>,
+    /// Records still wait (no write batch took them meanwhile).
+    records: bool,
     closed: bool,
 }
 
@@ -99,8 +105,13 @@ impl Mailbox {
         self.wake.notify_one();
     }
 
+    /// The records queued so far (for the appender, on the store's writer thread).
+    fn drain_records(&self) -> Vec<AuditEntry> {
+        std::mem::take(&mut self.lock().records)
+    }
+
     /// Waits for work (at most `retry` when a failed append waits for its next try), lingers
-    /// after a record woke it, and takes everything queued.
+    /// after a record woke it, and takes the flush requests.
     fn take(&self, retry: Option<Duration>) -> Taken {
         let mut queue = self.lock();
         let empty = |q: &Queue| q.records.is_empty() && q.flushes.is_empty() && !q.closed;
@@ -122,8 +133,8 @@ impl Mailbox {
             }
         }
         Taken {
-            records: std::mem::take(&mut queue.records),
             flushes: std::mem::take(&mut queue.flushes),
+            records: !queue.records.is_empty(),
             closed: queue.closed,
         }
     }
@@ -270,22 +281,27 @@ impl Audit {
             limiter: Mutex::new(AnonymousLimiter::new(rate)),
         });
         let head = Self::open_head(conn.as_mut(), &key, &head_key, &state)?;
+        // The connection of our own was for the checks at start; from now on the records go
+        // into the store writer's batches.
+        drop(conn);
         let mailbox = Arc::new(Mailbox::default());
         let queued = Arc::new(AtomicUsize::new(0));
-        let writer = Writer {
-            conn,
+        store.install_appender(Box::new(Appender {
+            mailbox: Arc::clone(&mailbox),
             key: Arc::clone(&key),
             head_key: Arc::clone(&head_key),
             head,
             pending: Vec::new(),
+            in_batch: None,
             queued: Arc::clone(&queued),
             state: Arc::clone(&state),
-        };
+        }))?;
+        let ticker = Ticker { store: Arc::clone(&store), state: Arc::clone(&state) };
         std::thread::Builder::new()
             .name("palyra-audit-writer".into())
             .spawn({
                 let mailbox = Arc::clone(&mailbox);
-                move || writer.run(&mailbox)
+                move || ticker.run(&mailbox)
             })
             .map_err(|e| StoreError::new(format_args!("cannot start the audit writer: {e}")))?;
         Ok(Audit { mailbox: Arc::new(Handles(mailbox)), queued, dropped: Arc::default(), store, key, head_key, state })
@@ -426,6 +442,15 @@ impl Audit {
         self.state.failed_appends.load(Ordering::Relaxed)
     }
 
+    /// Before a write that depends on decisions already recorded: refuses while the log
+    /// cannot record, and otherwise returns at once. No flush is needed: the store batch that
+    /// takes the write appends every record queued before it first, in the same transaction,
+    /// and a failed append fails that batch (the write with it). The write's commit
+    /// (`synchronous=FULL`) makes the records durable with it.
+    pub fn before_write(&self) -> Result<(), AuditUnavailable> {
+        self.available()
+    }
+
     /// Waits until everything queued before this call is committed; an error when that append
     /// failed (the records are kept and retried, but a write that depends on them must not
     /// proceed).
@@ -525,25 +550,116 @@ impl ChainScan for ChainCheck {
     }
 }
 
-struct Writer {
-    conn: Box<dyn AuditWriter>,
+/// Appends the queued records at the start of every store write batch, in its transaction
+/// (the store's writer thread calls it): a write commits together with the records of the
+/// decisions queued before it, and a failed append fails the batch, so no write commits
+/// without its record. Keeps the chain head; a batch that does not commit keeps its records
+/// for the next one and leaves the log *failing* until an append commits.
+struct Appender {
+    mailbox: Arc<Mailbox>,
     key: Arc<hmac::Key>,
     head_key: Arc<hmac::Key>,
-    /// Where this writer left the chain (and the sealed head).
+    /// The head of what is committed.
     head: AuditHead,
-    /// Records received and not yet committed (kept across failed attempts).
+    /// Records taken from the mailbox and not yet committed (oldest first).
     pending: Vec<AuditEntry>,
+    /// What the current batch appended: how many records, and the head they end at.
+    in_batch: Option<(usize, AuditHead)>,
     queued: Arc<AtomicUsize>,
     state: Arc<State>,
 }
 
-impl Writer {
-    fn run(mut self, mailbox: &Mailbox) {
+impl BatchAppender for Appender {
+    fn before(&mut self, writer: &mut dyn AuditWriter) -> Result<(), StoreError> {
+        self.in_batch = None;
+        self.pending.extend(self.mailbox.drain_records());
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let integrity = self.state.integrity.lock().ok().and_then(|i| i.clone());
+        if let Some(mismatch) = integrity {
+            return Err(StoreError::unavailable(AuditUnavailable(mismatch.to_string())));
+        }
+        let head_key = &*self.head_key;
+        let mut head = self.head;
+        for entries in self.pending.chunks(MAX_BATCH) {
+            let batch = chained(&self.key, head_key, head, entries);
+            let expected = head;
+            writer
+                .append(&batch, &|table, stored| {
+                    if table != expected {
+                        return Err(StoreError::new(format_args!(
+                            "the audit table changed outside this writer (it ends at {}, this writer left it at {})",
+                            table.sequence, expected.sequence
+                        )));
+                    }
+                    match stored {
+                        Some(s) if s.head == expected && s.mac.as_deref().is_some_and(|m| s.head.verify(head_key, m)) => {
+                            Ok(())
+                        }
+                        Some(_) => Err(StoreError::new(
+                            "the sealed audit head moved outside this writer (another process appending to this data dir?)",
+                        )),
+                        None => Err(StoreError::new("the sealed audit head is missing (it was deleted)")),
+                    }
+                })
+                .map_err(|e| self.failed(&e))?;
+            head = batch.head;
+        }
+        self.in_batch = Some((self.pending.len(), head));
+        Ok(())
+    }
+
+    fn after(&mut self, committed: bool) {
+        match (self.in_batch.take(), committed) {
+            (Some((n, head)), true) => {
+                self.head = head;
+                self.pending.drain(..n);
+                self.queued.fetch_sub(n, Ordering::SeqCst);
+                self.state.recover();
+            }
+            (Some(_), false) => {
+                let _ = self.failed(&"the batch with the audit records did not commit");
+            }
+            (None, _) => {}
+        }
+    }
+}
+
+impl Appender {
+    /// Counts a failed append, marks the log failing, and gives the error the batch fails with.
+    fn failed(&self, e: &dyn std::fmt::Display) -> StoreError {
+        let failures = self.state.failed_appends.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.state.failing.load(Ordering::SeqCst) || failures.is_power_of_two() {
+            tracing::error!(error = %e, pending = self.pending.len(), failures, "AUDIT APPEND FAILED: refusing audited calls until it succeeds (retrying)");
+        }
+        self.state.fail(e.to_string());
+        StoreError::unavailable(self.state.unavailable())
+    }
+}
+
+/// The audit log's own thread: when records wait and no write batch takes them, or a flush
+/// is asked for, it runs a lazy (unsynced) store batch so the appender appends them, and
+/// answers the flushes with how that went. While appends fail it retries with backoff.
+struct Ticker {
+    store: Arc<dyn AuditStore>,
+    state: Arc<State>,
+}
+
+impl Ticker {
+    fn run(self, mailbox: &Mailbox) {
         let mut backoff = RETRY_FIRST;
         loop {
-            let taken = mailbox.take((!self.pending.is_empty()).then_some(backoff));
-            self.pending.extend(taken.records);
-            let result = if self.pending.is_empty() { self.idle_result() } else { self.append_pending() };
+            let failing = self.state.failing.load(Ordering::SeqCst);
+            let taken = mailbox.take(failing.then_some(backoff));
+            // Under writes the store's batches take the records first: a lazy batch is only
+            // for records no write took, a flush, a retry, or the last records at close.
+            let needed = taken.records || !taken.flushes.is_empty() || failing || taken.closed;
+            let committed = if needed { self.store.commit_lazily() } else { Ok(()) };
+            let result = match committed {
+                Ok(()) if !self.state.failing.load(Ordering::SeqCst) => Ok(()),
+                _ => Err(self.state.unavailable()),
+            };
             match &result {
                 Ok(()) => backoff = RETRY_FIRST,
                 Err(_) => backoff = (backoff * 2).min(RETRY_MAX),
@@ -555,68 +671,5 @@ impl Writer {
                 return;
             }
         }
-    }
-
-    /// A flush with nothing pending: whether the log is usable.
-    fn idle_result(&self) -> Result<(), AuditUnavailable> {
-        if self.state.failing.load(Ordering::SeqCst) {
-            return Err(self.state.unavailable());
-        }
-        Ok(())
-    }
-
-    /// Appends everything pending, a batch at a time; on failure keeps what is left.
-    fn append_pending(&mut self) -> Result<(), AuditUnavailable> {
-        let integrity = self.state.integrity.lock().ok().and_then(|i| i.clone());
-        if let Some(mismatch) = integrity {
-            // Never append to a chain whose end does not match its seal.
-            return Err(AuditUnavailable(mismatch.to_string()));
-        }
-        while !self.pending.is_empty() {
-            let n = self.pending.len().min(MAX_BATCH);
-            match self.append(n) {
-                Ok(head) => {
-                    self.head = head;
-                    self.pending.drain(..n);
-                    self.queued.fetch_sub(n, Ordering::SeqCst);
-                    self.state.recover();
-                }
-                Err(e) => {
-                    let failures = self.state.failed_appends.fetch_add(1, Ordering::Relaxed) + 1;
-                    if !self.state.failing.load(Ordering::SeqCst) || failures.is_power_of_two() {
-                        tracing::error!(error = %e, pending = self.pending.len(), failures, "AUDIT APPEND FAILED: refusing audited calls until it succeeds (retrying)");
-                    }
-                    self.state.fail(e.to_string());
-                    return Err(self.state.unavailable());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One transaction: check the table and the sealed head are where this writer left them,
-    /// insert `pending[..n]`, advance the sealed head.
-    fn append(&mut self, n: usize) -> Result<AuditHead, StoreError> {
-        let expected = self.head;
-        let head_key = &*self.head_key;
-        let batch = chained(&self.key, head_key, expected, &self.pending[..n]);
-        self.conn.append(&batch, &|table, stored| {
-            if table != expected {
-                return Err(StoreError::new(format_args!(
-                    "the audit table changed outside this writer (it ends at {}, this writer left it at {})",
-                    table.sequence, expected.sequence
-                )));
-            }
-            match stored {
-                Some(s) if s.head == expected && s.mac.as_deref().is_some_and(|m| s.head.verify(head_key, m)) => {
-                    Ok(())
-                }
-                Some(_) => Err(StoreError::new(
-                    "the sealed audit head moved outside this writer (another process appending to this data dir?)",
-                )),
-                None => Err(StoreError::new("the sealed audit head is missing (it was deleted)")),
-            }
-        })?;
-        Ok(batch.head)
     }
 }

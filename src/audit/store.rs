@@ -42,8 +42,20 @@ pub(crate) struct ChainedBatch<'a> {
 /// head) and the stored sealed head (`None` when the row is gone). An error aborts the append.
 pub(crate) type AppendCheck<'a> = &'a dyn Fn(AuditHead, Option<&StoredHead>) -> Result<(), StoreError>;
 
-/// The audit writer's connection. Blocking; owned by the writer thread.
-pub(crate) trait AuditWriter: Send {
+/// Appends the audit records queued so far at the start of every store write batch, inside
+/// the batch's transaction (see [`AuditStore::install_appender`]). Runs on the store's writer
+/// thread: blocking, never async.
+pub(crate) trait BatchAppender: Send {
+    /// Appends what is queued through `writer`. An error fails the whole batch: no write of
+    /// it commits without the records of the decisions before it.
+    fn before(&mut self, writer: &mut dyn AuditWriter) -> Result<(), StoreError>;
+    /// The batch committed (what `before` appended is in the table) or not.
+    fn after(&mut self, committed: bool);
+}
+
+/// A connection the audit log appends through: its own at start, the store writer's batch
+/// afterwards. Blocking.
+pub(crate) trait AuditWriter {
     /// The table's last record (as a head) and the stored sealed head, read in one snapshot.
     fn heads(&mut self) -> Result<(AuditHead, Option<StoredHead>), StoreError>;
 
@@ -72,8 +84,15 @@ pub(crate) trait ChainScan: Send {
 
 /// The audit table, for the audit service.
 pub(crate) trait AuditStore: Send + Sync + fmt::Debug {
-    /// Opens the writer's own connection (blocking).
+    /// Opens a connection of the audit log's own, for the checks at start (blocking).
     fn open_writer(&self) -> Result<Box<dyn AuditWriter>, StoreError>;
+
+    /// From now on every write batch of the store runs `appender` first, in its transaction.
+    fn install_appender(&self, appender: Box<dyn BatchAppender>) -> Result<(), StoreError>;
+
+    /// Runs a write batch that need not be durable (no fsync: a later durable commit makes it
+    /// so) and waits for it, so that the appender appends what is queued. Blocking.
+    fn commit_lazily(&self) -> Result<(), StoreError>;
 
     /// Records after `since_sequence`, oldest first, at most `limit`, optionally filtered
     /// (exact principal and action).
@@ -101,9 +120,17 @@ pub(crate) trait AuditStore: Send + Sync + fmt::Debug {
 /// An [`AuditStore`] in memory that keeps only the heads, for the tests of services that
 /// record (the SQLite one is tested with the node).
 #[cfg(test)]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct MemoryAuditStore {
     heads: std::sync::Arc<std::sync::Mutex<(AuditHead, Option<StoredHead>)>>,
+    appender: std::sync::Arc<std::sync::Mutex<Option<Box<dyn BatchAppender>>>>,
+}
+
+#[cfg(test)]
+impl fmt::Debug for MemoryAuditStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryAuditStore").finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +140,7 @@ impl Default for MemoryAuditStore {
         let unsealed = StoredHead { head: AuditHead::EMPTY, mac: None };
         MemoryAuditStore {
             heads: std::sync::Arc::new(std::sync::Mutex::new((AuditHead::EMPTY, Some(unsealed)))),
+            appender: std::sync::Arc::default(),
         }
     }
 }
@@ -142,6 +170,19 @@ impl AuditWriter for MemoryAuditStore {
 impl AuditStore for MemoryAuditStore {
     fn open_writer(&self) -> Result<Box<dyn AuditWriter>, StoreError> {
         Ok(Box::new(self.clone()))
+    }
+
+    fn install_appender(&self, appender: Box<dyn BatchAppender>) -> Result<(), StoreError> {
+        *self.appender.lock().map_err(|_| StoreError::new("poisoned"))? = Some(appender);
+        Ok(())
+    }
+
+    fn commit_lazily(&self) -> Result<(), StoreError> {
+        let mut slot = self.appender.lock().map_err(|_| StoreError::new("poisoned"))?;
+        let Some(appender) = slot.as_mut() else { return Ok(()) };
+        let result = appender.before(&mut self.clone());
+        appender.after(result.is_ok());
+        result
     }
 
     fn list(

@@ -115,7 +115,7 @@ impl Policies {
         expected_version: Option<u64>,
         by: &Principal,
     ) -> Result<PolicyVersion, PolicyError> {
-        self.audit.flush().await?;
+        self.audit.before_write()?;
         let _serial = self.changes.lock().await;
         self.change(text, expected_version, by).await
     }
@@ -123,7 +123,7 @@ impl Policies {
     /// Makes the text of an earlier version current again, stored as a new version, with the
     /// same checks as [`Policies::update`].
     pub async fn rollback(&self, version: u64, by: &Principal) -> Result<PolicyVersion, PolicyError> {
-        self.audit.flush().await?;
+        self.audit.before_write()?;
         let _serial = self.changes.lock().await;
         let old = self.store.version(version).await?;
         self.change(&old.text, None, by).await

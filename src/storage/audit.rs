@@ -8,9 +8,9 @@
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::{Store, StoreError, from_millis};
+use super::{BatchHook, Store, StoreError, from_millis};
 use crate::audit::{
-    AuditDecision, AuditEntry, AuditHead, AuditRecord, AuditStore, AuditWriter, ChainScan, ChainedBatch,
+    AuditDecision, AuditEntry, AuditHead, AuditRecord, AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch,
     ScannedRow, StoredHead, Verification,
 };
 use crate::store_error::BoxFuture;
@@ -68,8 +68,55 @@ impl AuditWriter for SqliteAuditWriter {
         check: crate::audit::AppendCheck<'_>,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let table = table_head(&tx)?;
-        let stored = stored_head(&tx)?;
+        append_in(&tx, batch, check)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The store writer's batch, as the audit log's writer: appends inside the batch's
+/// transaction (the batch commits or rolls back the records with its writes).
+struct InBatch<'c> {
+    conn: &'c Connection,
+}
+
+impl AuditWriter for InBatch<'_> {
+    fn heads(&mut self) -> Result<(AuditHead, Option<StoredHead>), StoreError> {
+        Ok((table_head(self.conn)?, stored_head(self.conn)?))
+    }
+
+    fn append(
+        &mut self,
+        batch: &ChainedBatch<'_>,
+        check: crate::audit::AppendCheck<'_>,
+    ) -> Result<(), StoreError> {
+        append_in(self.conn, batch, check)
+    }
+}
+
+/// The audit log's appender as the store writer's batch hook.
+struct AppendFirst(Box<dyn BatchAppender>);
+
+impl BatchHook for AppendFirst {
+    fn before(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        self.0.before(&mut InBatch { conn })
+    }
+
+    fn after(&mut self, committed: bool) {
+        self.0.after(committed);
+    }
+}
+
+/// Checks both heads with `check`, inserts the batch's records and advances the sealed head,
+/// in the caller's transaction.
+fn append_in(
+    tx: &Connection,
+    batch: &ChainedBatch<'_>,
+    check: crate::audit::AppendCheck<'_>,
+) -> Result<(), StoreError> {
+    {
+        let table = table_head(tx)?;
+        let stored = stored_head(tx)?;
         check(table, stored.as_ref())?;
         {
             let mut insert = tx.prepare_cached(
@@ -90,14 +137,13 @@ impl AuditWriter for SqliteAuditWriter {
                 ))?;
             }
         }
-        seal(&tx, batch.head, &batch.seal)?;
-        tx.commit()?;
+        seal(tx, batch.head, &batch.seal)?;
         Ok(())
     }
 }
 
 /// Writes `head` and its seal into `audit_head` (the row must exist: the migration made it).
-fn seal(tx: &rusqlite::Transaction<'_>, head: AuditHead, seal: &[u8; 32]) -> Result<(), StoreError> {
+fn seal(tx: &Connection, head: AuditHead, seal: &[u8; 32]) -> Result<(), StoreError> {
     let changed = tx.prepare_cached("UPDATE audit_head SET sequence = ?1, hash = ?2, mac = ?3 WHERE id = 1")?.execute(
         (
             i64::try_from(head.sequence).map_err(StoreError::corrupt)?,
@@ -120,6 +166,14 @@ impl AuditStore for Store {
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
         super::wait_briefly_when_busy(&mut conn)?;
         Ok(Box::new(SqliteAuditWriter { conn }))
+    }
+
+    fn install_appender(&self, appender: Box<dyn BatchAppender>) -> Result<(), StoreError> {
+        self.install_batch_hook(Box::new(AppendFirst(appender)))
+    }
+
+    fn commit_lazily(&self) -> Result<(), StoreError> {
+        Store::commit_lazily(self)
     }
 
     fn list(

@@ -61,10 +61,31 @@ const READERS: usize = 8;
 /// ([`Store::read_now`], at most one per thread that runs them).
 const MAX_POOLED_READERS: usize = READERS + 8;
 
-/// A job for the writer: runs inside the batch transaction and returns what to do once the
-/// batch's commit has succeeded or failed.
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// A job for the writer: runs inside the batch transaction (or, given `None`, does not run
+/// because the batch failed before it) and returns what to do once the batch's commit has
+/// succeeded or failed.
+type Work = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A job and whether its commit must be durable (`synchronous=FULL`: an fsync of the WAL
+/// before it is acknowledged). A batch of only lazy jobs commits at `synchronous=NORMAL`; a
+/// later durable commit makes it durable too (the WAL is synced in order).
+struct Job {
+    work: Work,
+    durable: bool,
+}
+
+/// Runs inside every write batch's transaction, before its jobs, and hears whether the batch
+/// committed. The audit log installs one ([`Store::install_batch_hook`]): it appends the
+/// decision records queued so far, so a write commits in the same transaction as the records
+/// of the decisions that let it through, and a failed append fails the batch.
+pub(crate) trait BatchHook: Send {
+    /// Called at the start of a batch, inside its transaction. An error fails every job of
+    /// the batch with it (nothing of the batch is committed).
+    fn before(&mut self, conn: &Connection) -> Result<(), StoreError>;
+    /// Called once the batch is over: committed or not.
+    fn after(&mut self, committed: bool);
+}
 
 /// The database: one writer thread, a pool of readers.
 #[derive(Clone)]
@@ -75,6 +96,8 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The hook every batch runs first (installed once, by the audit log).
+    hook: Arc<Mutex<Option<Box<dyn BatchHook>>>>,
     readers: Mutex<Vec<Connection>>,
     reader_slots: Semaphore,
     events: crate::events::EventHub,
@@ -107,14 +130,17 @@ impl Store {
 
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_hub = hub.clone();
+        let hook: Arc<Mutex<Option<Box<dyn BatchHook>>>> = Arc::default();
+        let writer_hook = Arc::clone(&hook);
         std::thread::Builder::new()
             .name("palyra-db-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_hub, published))
+            .spawn(move || writer_loop(conn, rx, writer_hub, published, &writer_hook))
             .map_err(|e| StoreError::new(format_args!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 jobs: Mutex::new(Some(tx)),
+                hook,
                 readers: Mutex::new(Vec::new()),
                 reader_slots: Semaphore::new(READERS),
                 events: hub,
@@ -177,19 +203,40 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, E>>();
-        let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, f);
+        let work: Work = Box::new(move |conn| {
+            let result = conn.map(|conn| in_savepoint(conn, f));
             Box::new(move |commit| {
                 let outcome = match (result, commit) {
-                    (Ok(value), Ok(())) => Ok(value),
-                    (Ok(_), Err(e)) => Err(E::from(e)),
-                    (Err(e), _) => Err(e),
+                    (Some(Ok(value)), Ok(())) => Ok(value),
+                    (Some(Ok(_)) | None, Err(e)) => Err(E::from(e)),
+                    (Some(Err(e)), _) => Err(e),
+                    (None, Ok(())) => Err(E::from(StoreError::new("a write was skipped"))),
                 };
                 let _ = tx.send(outcome);
             })
         });
-        self.submit(job)?;
+        self.submit(Job { work, durable: true })?;
         rx.await.map_err(|_| E::from(StoreError::new("the database writer stopped")))?
+    }
+
+    /// Runs a batch that need not be durable (no fsync) and waits for it: what the batch hook
+    /// appends is committed. Blocking: for the audit log's own thread, never for a runtime
+    /// thread.
+    pub(crate) fn commit_lazily(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel::<Result<(), StoreError>>();
+        let work: Work = Box::new(move |_| Box::new(move |commit| drop(tx.send(commit))));
+        self.submit(Job { work, durable: false })?;
+        rx.blocking_recv().map_err(|_| StoreError::new("the database writer stopped"))?
+    }
+
+    /// Installs the hook every write batch runs first (once; a second is refused).
+    pub(crate) fn install_batch_hook(&self, hook: Box<dyn BatchHook>) -> Result<(), StoreError> {
+        let mut slot = self.inner.hook.lock().map_err(|_| StoreError::new("batch hook poisoned"))?;
+        if slot.is_some() {
+            return Err(StoreError::new("a batch hook is already installed"));
+        }
+        *slot = Some(hook);
+        Ok(())
     }
 
     fn submit(&self, job: Job) -> Result<(), StoreError> {
@@ -419,7 +466,9 @@ fn writer_loop(
     jobs: mpsc::Receiver<Job>,
     hub: crate::events::EventHub,
     mut published: u64,
+    hook: &Mutex<Option<Box<dyn BatchHook>>>,
 ) {
+    let mut durable_now = true;
     while let Ok(first) = jobs.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
@@ -429,27 +478,61 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if run_batch(&conn, batch) {
+        // Durability is per batch: FULL as soon as one job asks for it.
+        let durable = batch.iter().any(|job| job.durable);
+        if durable != durable_now {
+            let pragma = if durable { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
+            if let Err(e) = run(&conn, pragma) {
+                tracing::error!(error = %e, "cannot set the commit's durability");
+                fail_batch(batch, &StoreError::from(e));
+                continue;
+            }
+            durable_now = durable;
+        }
+        let mut hook = hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if run_batch(&conn, batch, hook.as_deref_mut()) {
             // Live subscribers hear of an event only once it is durable, in sequence order.
             published = events::publish_committed(&conn, &hub, published);
         }
     }
 }
 
-/// Runs one batch; true when it committed.
-fn run_batch(conn: &Connection, batch: Vec<Job>) -> bool {
+/// Fails every job of a batch that will not run.
+fn fail_batch(batch: Vec<Job>, error: &StoreError) {
+    for job in batch {
+        (job.work)(None)(Err(error.clone()));
+    }
+}
+
+/// Runs one batch: the hook, then each job in its savepoint, then the commit; true when it
+/// committed.
+fn run_batch(conn: &Connection, batch: Vec<Job>, mut hook: Option<&mut (dyn BatchHook + 'static)>) -> bool {
     if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot begin a write transaction");
-        // Dropping the jobs drops their reply channels: each caller gets an error.
+        fail_batch(batch, &StoreError::from(e));
+        if let Some(hook) = hook {
+            hook.after(false);
+        }
         return false;
     }
-    let completions: Vec<Completion> = batch.into_iter().map(|job| job(conn)).collect();
+    if let Some(hook) = hook.as_deref_mut()
+        && let Err(e) = hook.before(conn)
+    {
+        let _ = conn.execute_batch("ROLLBACK");
+        fail_batch(batch, &e);
+        hook.after(false);
+        return false;
+    }
+    let completions: Vec<Completion> = batch.into_iter().map(|job| (job.work)(Some(conn))).collect();
     let commit = run(conn, "COMMIT").map_err(StoreError::from);
     if let Err(e) = &commit {
         tracing::error!(error = %e, "commit failed");
         let _ = conn.execute_batch("ROLLBACK");
     }
     let committed = commit.is_ok();
+    if let Some(hook) = hook {
+        hook.after(committed);
+    }
     for complete in completions {
         complete(commit.clone());
     }
@@ -532,6 +615,80 @@ mod tests {
             })
             .await?;
         assert_eq!(count, 25);
+        Ok(())
+    }
+
+    /// The batch hook runs first in every batch, in its transaction: what it writes commits
+    /// with the jobs, its failure fails every job of the batch (none commits), and a batch
+    /// of lazy jobs commits at `synchronous=NORMAL` while a durable one is FULL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_batch_hook_commits_and_fails_with_its_batch() -> Result<(), StoreError> {
+        struct Hook {
+            fail: Arc<std::sync::atomic::AtomicBool>,
+            runs: Arc<std::sync::atomic::AtomicU32>,
+            committed: Arc<std::sync::atomic::AtomicU32>,
+        }
+        impl BatchHook for Hook {
+            fn before(&mut self, conn: &Connection) -> Result<(), StoreError> {
+                use std::sync::atomic::Ordering::SeqCst;
+                let n = self.runs.fetch_add(1, SeqCst);
+                if self.fail.load(SeqCst) {
+                    return Err(StoreError::unavailable("the hook refuses"));
+                }
+                let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+                conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", (format!("hook{n}"), sync.to_string()))?;
+                Ok(())
+            }
+            fn after(&mut self, committed: bool) {
+                if committed {
+                    self.committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
+        let store = Store::open(&dir.path().join("p.db"))?;
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (runs, committed) = (Arc::default(), Arc::default());
+        store.install_batch_hook(Box::new(Hook {
+            fail: Arc::clone(&fail),
+            runs: Arc::clone(&runs),
+            committed: Arc::clone(&committed),
+        }))?;
+        assert!(store.install_batch_hook(Box::new(Hook { fail: Arc::default(), runs: Arc::default(), committed: Arc::default() })).is_err());
+        let count = |prefix: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .read(move |c| {
+                        c.query_row("SELECT count(*) FROM meta WHERE key LIKE ?1", [format!("{prefix}%")], |r| r.get::<_, i64>(0))
+                            .map_err(StoreError::from)
+                    })
+                    .await
+            }
+        };
+
+        // A durable write: the hook's row and the write's commit together, at FULL (2).
+        store.set_meta("job", "x".into()).await?;
+        assert_eq!(count("hook").await?, 1);
+        assert_eq!(store.meta("hook0").await?.as_deref(), Some("2"));
+        // A lazy batch: the hook runs at NORMAL (1).
+        let lazy = store.clone();
+        tokio::task::spawn_blocking(move || lazy.commit_lazily()).await.map_err(StoreError::new)??;
+        assert_eq!(store.meta("hook1").await?.as_deref(), Some("1"));
+
+        // The hook fails: the write fails with its error and nothing of the batch commits.
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = store.set_meta("refused", "x".into()).await.unwrap_err();
+        assert!(refused.is_unavailable(), "{refused}");
+        assert_eq!(store.meta("refused").await?, None);
+        let lazy = store.clone();
+        assert!(tokio::task::spawn_blocking(move || lazy.commit_lazily()).await.map_err(StoreError::new)?.is_err());
+        // It recovers: the next write commits with the hook's row again.
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        store.set_meta("after", "x".into()).await?;
+        assert_eq!(store.meta("after").await?.as_deref(), Some("x"));
+        assert_eq!(count("hook").await?, 3);
+        assert_eq!(committed.load(std::sync::atomic::Ordering::SeqCst), 3);
         Ok(())
     }
 

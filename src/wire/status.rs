@@ -166,6 +166,15 @@ impl From<Refusal> for Status {
     }
 }
 
+/// A storage error with a meaning of its own: a row that failed its integrity check, or a
+/// write refused because the audit log could not record (UNAVAILABLE, like the gate's).
+fn storage(e: &crate::store_error::StoreError) -> Status {
+    if e.is_unavailable() {
+        return status(Code::Unavailable, ErrorReason::Unavailable, e.to_string());
+    }
+    row_integrity(e)
+}
+
 /// A database row that failed its MAC or contradicts another row (`crate::integrity`): DATA_LOSS
 /// + INTEGRITY, naming the row (ids and versions only, never a value).
 fn row_integrity(e: &crate::store_error::StoreError) -> Status {
@@ -203,7 +212,7 @@ impl From<VaultError> for Status {
                 tracing::error!(error = %e, "stored secret failed its integrity check");
                 status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
             }
-            VaultError::Storage(e) if e.is_integrity() => row_integrity(&e),
+            VaultError::Storage(e) if e.is_integrity() || e.is_unavailable() => storage(&e),
             other => internal(other),
         }
     }
@@ -224,7 +233,7 @@ impl From<IdentityError> for Status {
                 tracing::error!(error = %e, "identity integrity failure");
                 status(Code::DataLoss, ErrorReason::Integrity, e.to_string())
             }
-            IdentityError::Storage(e) if e.is_integrity() => row_integrity(&e),
+            IdentityError::Storage(e) if e.is_integrity() || e.is_unavailable() => storage(&e),
             other => internal(other),
         }
     }
@@ -264,7 +273,7 @@ impl From<PolicyError> for Status {
             ),
             e @ PolicyError::Lockout => status(Code::FailedPrecondition, ErrorReason::Lockout, e.to_string()),
             e @ PolicyError::NotFound(_) => status(Code::NotFound, ErrorReason::NotFound, e.to_string()),
-            PolicyError::Storage(e) if e.is_integrity() => row_integrity(&e),
+            PolicyError::Storage(e) if e.is_integrity() || e.is_unavailable() => storage(&e),
             e @ PolicyError::InvalidEntityRef { .. } => {
                 status(Code::InvalidArgument, ErrorReason::InvalidArgument, e.to_string())
             }
