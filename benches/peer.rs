@@ -66,9 +66,10 @@ use tonic::transport::Channel;
 const DURABILITY: [&str; 2] = [
     "Palyra: SQLite in WAL mode with synchronous=FULL; one writer thread commits whatever writes \
      are queued as one transaction (group commit: one WAL fsync per batch) and acknowledges each \
-     write after that fsync (one fsync per write when writes come one at a time, strace). Every call, reads included, adds an audit record, appended on a \
-     connection at synchronous=NORMAL and made durable by the next FULL commit (a write commits \
-     the queued records first).",
+     write after that fsync (one fsync per write when writes come one at a time, strace). Every \
+     call, reads included, adds an audit record: each write batch appends the queued records \
+     first, in its own transaction (a write commits with its decision's record); records no \
+     write takes go in a batch at synchronous=NORMAL, made durable by the next FULL commit.",
     "OpenBao: integrated storage (raft, one voter). A write is acknowledged after its raft log \
      entry is in raft.db (hashicorp/raft-boltdb v2 on bbolt, NoSync off: each append is one \
      fdatasync'd bbolt transaction; raft appends up to 64 queued entries at once, BatchApplyCh) \
