@@ -30,9 +30,11 @@
 
 mod support;
 
+use support::host::{fmt_value, free_port, target_dir};
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -91,19 +93,6 @@ impl Row {
     fn ratio(&self) -> Option<f64> {
         self.baseline.as_ref().map(|(_, b)| self.value / b).filter(|r| r.is_finite())
     }
-}
-
-fn fmt_value(v: f64, unit: &str) -> String {
-    let n = if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else if v >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    };
-    format!("{n} {unit}")
 }
 
 /// (in flight, GetSecret req/s, GetSecret p99 ms, bare req/s, bare p99 ms).
@@ -918,12 +907,7 @@ impl Child {
     }
 
     fn rss_kib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(f64::NAN)
+        support::host::proc_status(self.child.id(), "VmRSS").map_or(f64::NAN, |kib| kib as f64)
     }
 
     fn stop(mut self) {
@@ -938,10 +922,6 @@ impl Child {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -1176,14 +1156,6 @@ fn pairing(report: &mut Report, s: &Sizing) {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-fn target_dir() -> PathBuf {
-    // The bench binary is <target>/<profile>/deps/e2e-<hash>.
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent()?.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

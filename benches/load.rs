@@ -25,6 +25,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +45,8 @@ use palyra::wire::pb::audit::v1::{self as pba, audit_service_client::AuditServic
 use palyra::wire::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
 use tokio::sync::{Semaphore, watch};
 use tonic::transport::Channel;
+
+use support::host::{cpu_seconds, proc_status};
 
 const KEYS_PER_CLIENT: usize = 4;
 const VALUE_LEN: usize = 200;
@@ -177,25 +181,6 @@ fn spawn_server(data: &Path, max_quic: usize) -> Server {
             }
         });
     Server { child, grpc, quic, log }
-}
-
-/// A field of /proc/<pid>/status in KiB (VmHWM, VmRSS) or as a number (Threads).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim_start_matches(':').trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) a process used so far, in seconds (USER_HZ = 100, as on Linux).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn open_fds(pid: u32) -> u64 {
@@ -627,9 +612,9 @@ async fn run(opts: Options) -> bool {
     println!("  {} gRPC connections (mTLS) in {:.1?}", clients.len(), t.elapsed());
 
     // The measured window.
-    let rss_before = proc_status(pid, "VmRSS");
+    let rss_before = proc_status(pid, "VmRSS").unwrap_or(0);
     let done_ops = Arc::new(AtomicU64::new(0));
-    let cpu_before = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
+    let cpu_before = (cpu_seconds(pid), cpu_seconds("self"));
     let start = Instant::now();
     let deadline = start + opts.duration;
     measuring.store(true, Ordering::Relaxed);
@@ -658,7 +643,7 @@ async fn run(opts: Options) -> bool {
                     "  .. {:>5.0} s: {:>7.0} ops/s, server RSS {:.1} MiB, {} fds, {} errors",
                     start.elapsed().as_secs_f64(),
                     (done - last) as f64 / every as f64,
-                    proc_status(pid, "VmRSS") as f64 / 1024.0,
+                    proc_status(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0,
                     open_fds(pid),
                     errors.total()
                 );
@@ -679,14 +664,11 @@ async fn run(opts: Options) -> bool {
         totals.write_latency.as_mut().unwrap().add(f.write_latency.unwrap()).unwrap();
     }
     let window = start.elapsed().as_secs_f64();
-    let cpu = (
-        (cpu_seconds(&pid.to_string()) - cpu_before.0) / window,
-        (cpu_seconds("self") - cpu_before.1) / window,
-    );
+    let cpu = ((cpu_seconds(pid) - cpu_before.0) / window, (cpu_seconds("self") - cpu_before.1) / window);
     measuring.store(false, Ordering::Relaxed);
     progress.abort();
-    let rss_end = proc_status(pid, "VmRSS");
-    let threads = proc_status(pid, "Threads");
+    let rss_end = proc_status(pid, "VmRSS").unwrap_or(0);
+    let threads = proc_status(pid, "Threads").unwrap_or(0);
 
     // Every peer catches up with the last event any peer saw, then stops.
     let t = Instant::now();
@@ -739,7 +721,7 @@ async fn run(opts: Options) -> bool {
     // Stop the server: SIGTERM, a clean exit.
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
-    let hwm = proc_status(pid, "VmHWM");
+    let hwm = proc_status(pid, "VmHWM").unwrap_or(0);
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let exit = tokio::task::spawn_blocking(move || server.child.wait()).await.unwrap().unwrap();
     if !exit.success() {

@@ -41,9 +41,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +61,8 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tonic::transport::Channel;
+
+use support::host::{cpu_seconds, fmt_value, free_port, proc_status, target_dir};
 
 /// What each server guarantees when it acknowledges a write, as configured here (their
 /// defaults). The OpenBao part is from its source (physical/raft/raft.go and fsm.go,
@@ -130,29 +134,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A field of /proc/<pid>/status in KiB (VmRSS, VmHWM).
-fn proc_status_kib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU time (user + system) a process used so far, in seconds (USER_HZ = 100, as on Linux).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
 }
 
 /// Lines of a server log that say WARN or ERROR: how many, and the first few.
@@ -757,21 +738,6 @@ impl Row {
     }
 }
 
-fn fmt_value(v: f64, unit: &str) -> String {
-    let n = if !v.is_finite() {
-        "—".to_owned()
-    } else if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else if v >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    };
-    format!("{n} {unit}")
-}
-
 fn markdown(header: &str, rows: &[Row]) -> String {
     let mut out = format!("{header}\n\n");
     out.push_str("| Figure | Palyra | OpenBao (baseline) | Ratio (> 1: Palyra better) |\n");
@@ -787,14 +753,6 @@ fn markdown(header: &str, rows: &[Row]) -> String {
         ));
     }
     out
-}
-
-fn target_dir() -> PathBuf {
-    // The bench binary is <target>/<profile>/deps/peer-<hash>.
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent()?.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -915,7 +873,7 @@ async fn run(sizing: &Sizing) -> Outcome {
         openbao: cpu[1],
         higher_is_better: false,
     });
-    let mib = |pid, field| proc_status_kib(pid, field) / 1024.0;
+    let mib = |pid, field| proc_status(pid, field).map_or(f64::NAN, |kib| kib as f64 / 1024.0);
     rows.push(Row {
         metric: "server RSS after the run (VmRSS)".into(),
         unit: "MiB",
