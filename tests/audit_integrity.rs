@@ -150,6 +150,9 @@ async fn a_failing_append_fails_closed_flips_health_and_recovers() {
     let me = ids.who_am_i(identity::WhoAmIRequest {}).await.unwrap().into_inner().device_id;
     assert_eq!(health(anonymous.clone()).await, ServingStatus::Serving);
 
+    // Everything recorded so far is appended first, so that the first append to meet the
+    // fault is the one of the write below (the write's own batch, or a batch just before it).
+    node.node.audit().flush().await.unwrap();
     // A real fault: the database refuses every insert into the audit table.
     db(&node)
         .execute_batch("CREATE TRIGGER audit_fault BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'injected fault'); END;")

@@ -49,6 +49,9 @@ struct Queue {
     flushes: Vec<FlushReply>,
     /// The writer is waiting for work: the next record must wake it.
     idle: bool,
+    /// An append failed in a store batch: the ticker must retry (records are refused while
+    /// the log fails, so no record would wake it).
+    retry: bool,
     /// Every handle is gone: the writer appends what is left and stops.
     closed: bool,
 }
@@ -100,6 +103,12 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Wakes the ticker to retry a failed append.
+    fn ask_retry(&self) {
+        self.lock().retry = true;
+        self.wake.notify_one();
+    }
+
     fn close(&self) {
         self.lock().closed = true;
         self.wake.notify_one();
@@ -114,7 +123,7 @@ impl Mailbox {
     /// after a record woke it, and takes the flush requests.
     fn take(&self, retry: Option<Duration>) -> Taken {
         let mut queue = self.lock();
-        let empty = |q: &Queue| q.records.is_empty() && q.flushes.is_empty() && !q.closed;
+        let empty = |q: &Queue| q.records.is_empty() && q.flushes.is_empty() && !q.closed && !q.retry;
         if empty(&queue) {
             queue.idle = true;
             queue = match retry {
@@ -132,6 +141,7 @@ impl Mailbox {
                     .0;
             }
         }
+        queue.retry = false;
         Taken {
             flushes: std::mem::take(&mut queue.flushes),
             records: !queue.records.is_empty(),
@@ -296,7 +306,7 @@ impl Audit {
             queued: Arc::clone(&queued),
             state: Arc::clone(&state),
         }))?;
-        let ticker = Ticker { store: Arc::clone(&store), state: Arc::clone(&state) };
+        let ticker = Ticker { store: Arc::clone(&store), state: Arc::clone(&state), queued: Arc::clone(&queued) };
         std::thread::Builder::new()
             .name("palyra-audit-writer".into())
             .spawn({
@@ -634,6 +644,8 @@ impl Appender {
             tracing::error!(error = %e, pending = self.pending.len(), failures, "AUDIT APPEND FAILED: refusing audited calls until it succeeds (retrying)");
         }
         self.state.fail(e.to_string());
+        // The failure was met in a store batch, not by the ticker: wake it to retry.
+        self.mailbox.ask_retry();
         StoreError::unavailable(self.state.unavailable())
     }
 }
@@ -644,6 +656,8 @@ impl Appender {
 struct Ticker {
     store: Arc<dyn AuditStore>,
     state: Arc<State>,
+    /// Records queued and not yet appended (the handles' count).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Ticker {
@@ -668,7 +682,19 @@ impl Ticker {
                 let _ = done.send(result.clone());
             }
             if taken.closed {
+                let lost = self.queued.load(Ordering::SeqCst);
+                if lost > 0 {
+                    tracing::error!(lost, "the audit log stopped with records it could not append");
+                }
                 return;
+            }
+            if let Err(e) = committed
+                && !self.state.failing.load(Ordering::SeqCst)
+            {
+                // The store refused the batch itself (closed, or it could not begin): records
+                // that keep waiting would make `take` return at once, so wait here.
+                tracing::warn!(error = %e, "the audit log could not run a batch; retrying");
+                std::thread::sleep(backoff);
             }
         }
     }

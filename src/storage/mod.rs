@@ -523,9 +523,30 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, mut hook: Option<&mut (dyn Batc
         hook.after(false);
         return false;
     }
-    let completions: Vec<Completion> = batch.into_iter().map(|job| (job.work)(Some(conn))).collect();
-    let commit = run(conn, "COMMIT").map_err(StoreError::from);
-    if let Err(e) = &commit {
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    let mut jobs = batch.into_iter();
+    let mut lost = None;
+    for job in jobs.by_ref() {
+        completions.push((job.work)(Some(conn)));
+        // Some failures (a full disk, an I/O error, out of memory) make SQLite roll back the
+        // whole transaction, not just the job's savepoint. Going on would run the next jobs in
+        // transactions of their own, committed without the hook's records: the batch is over.
+        if conn.is_autocommit() {
+            lost = Some(StoreError::new("a write failed and SQLite rolled back its whole batch; nothing of it was committed"));
+            break;
+        }
+    }
+    let commit = match lost {
+        Some(e) => {
+            tracing::error!(error = %e, "batch rolled back");
+            completions.extend(jobs.map(|job| (job.work)(None)));
+            Err(e)
+        }
+        None => run(conn, "COMMIT").map_err(StoreError::from),
+    };
+    if let Err(e) = &commit
+        && !conn.is_autocommit()
+    {
         tracing::error!(error = %e, "commit failed");
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -689,6 +710,64 @@ mod tests {
         assert_eq!(store.meta("after").await?.as_deref(), Some("x"));
         assert_eq!(count("hook").await?, 3);
         assert_eq!(committed.load(std::sync::atomic::Ordering::SeqCst), 3);
+        Ok(())
+    }
+
+    /// A job whose failure makes SQLite roll back the whole transaction (here it says
+    /// ROLLBACK itself; a full disk or an I/O error does it too) ends its batch: the jobs after
+    /// it do not run in transactions of their own, committed without the batch hook's rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_ends_the_transaction_fails_the_rest_of_its_batch() -> Result<(), StoreError> {
+        struct Hook(Arc<std::sync::atomic::AtomicU32>);
+        impl BatchHook for Hook {
+            fn before(&mut self, conn: &Connection) -> Result<(), StoreError> {
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hook', 'x')", [])?;
+                Ok(())
+            }
+            fn after(&mut self, committed: bool) {
+                if !committed {
+                    self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
+        let store = Store::open(&dir.path().join("p.db"))?;
+        let failed_batches = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        store.install_batch_hook(Box::new(Hook(Arc::clone(&failed_batches))))?;
+        // Hold the writer so that the next two jobs are queued into one batch.
+        let (started, release) = (Arc::new(tokio::sync::Notify::new()), Arc::new(std::sync::Barrier::new(2)));
+        let held = {
+            let (store, started, release) = (store.clone(), Arc::clone(&started), Arc::clone(&release));
+            tokio::spawn(async move {
+                store
+                    .write(move |_| {
+                        started.notify_one();
+                        release.wait();
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let rolls_back = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write(|c| c.execute_batch("ROLLBACK").map_err(StoreError::from)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after_it = {
+            let store = store.clone();
+            tokio::spawn(async move { store.set_meta("after", "x".into()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::spawn_blocking(move || release.wait()).await.map_err(StoreError::new)?;
+        held.await.map_err(StoreError::new)??;
+        assert!(rolls_back.await.map_err(StoreError::new)?.is_err());
+        assert!(after_it.await.map_err(StoreError::new)?.is_err(), "the job after it failed too");
+        assert_eq!(store.meta("after").await?, None, "and nothing of it was committed on its own");
+        assert_eq!(failed_batches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The writer goes on: the next write commits, with the hook's row.
+        store.set_meta("later", "x".into()).await?;
+        assert_eq!(store.meta("later").await?.as_deref(), Some("x"));
         Ok(())
     }
 

@@ -21,6 +21,9 @@ use crate::vault::Scope;
 
 /// Most requests remembered per policy set.
 const MAX_REMEMBERED: usize = 4096;
+/// Most bytes of names, fingerprints, scopes and resources the remembered requests may hold
+/// (a device's granted scopes are copied into each of its entries).
+const MAX_REMEMBERED_BYTES: usize = 4 << 20;
 
 /// A remembered request and its decision.
 struct Entry {
@@ -89,9 +92,26 @@ impl std::fmt::Debug for Remembered {
 struct Memory {
     by_hash: HashMap<u64, Vec<Entry>>,
     len: usize,
+    /// What the entries' texts weigh ([`Entry::weight`]).
+    bytes: usize,
 }
 
 impl Entry {
+    /// The bytes of text the entry holds (its fixed size aside).
+    fn weight(&self) -> usize {
+        let resource = match &self.resource {
+            Resource::Scope(scope) => scope.as_str().len(),
+            _ => 32,
+        };
+        let subject = match &self.subject {
+            OwnedSubject::Anonymous => 0,
+            OwnedSubject::Device { name, fingerprint, granted, .. } => {
+                name.len() + fingerprint.len() + granted.iter().map(|s| s.as_str().len() + 24).sum::<usize>()
+            }
+        };
+        resource + subject
+    }
+
     fn answers(&self, action: usize, resource: &Resource, subject: &Subject<'_>) -> bool {
         self.action == action && self.resource == *resource && self.subject.is(subject)
     }
@@ -134,21 +154,26 @@ impl Remembered {
             }
         }
         let decision = decide();
+        let entry = Entry {
+            action,
+            resource: resource.clone(),
+            subject: OwnedSubject::of(subject),
+            decision: decision.clone(),
+        };
+        let weight = entry.weight();
         let mut memory = self.memory.write().unwrap_or_else(PoisonError::into_inner);
-        if memory.len >= MAX_REMEMBERED {
-            *memory = Memory::default();
-        }
+        // Full: start over (the old entries are freed after the lock is released).
+        let forgotten = (memory.len >= MAX_REMEMBERED || memory.bytes + weight > MAX_REMEMBERED_BYTES)
+            .then(|| std::mem::take(&mut *memory));
         let bucket = memory.by_hash.entry(hash).or_default();
         // Another thread may have decided the same request meanwhile.
         if !bucket.iter().any(|e| e.answers(action, resource, subject)) {
-            bucket.push(Entry {
-                action,
-                resource: resource.clone(),
-                subject: OwnedSubject::of(subject),
-                decision: decision.clone(),
-            });
+            bucket.push(entry);
             memory.len += 1;
+            memory.bytes += weight;
         }
+        drop(memory);
+        drop(forgotten);
         decision
     }
 }
@@ -225,6 +250,22 @@ mod tests {
         assert!(!after.allow);
         assert_eq!(after.determining_policies, ["no-team"]);
         Ok(())
+    }
+
+    /// A device with many granted scopes cannot make the memory hold more than its byte bound.
+    #[test]
+    fn memory_is_bounded_in_bytes() {
+        let engine = engine();
+        let long = vec!["x".repeat(60); 7].join("/");
+        let granted: Vec<Scope> = (0..64).map(|i| scope(&format!("{long}/g{i}"))).collect();
+        let phone = record(&device(Role::Device), DeviceStatus::Active, granted);
+        for i in 0..1000 {
+            let resource = Resource::Scope(scope(&format!("flood/s{i}")));
+            let _ = engine.authorize_subject(&Subject::device(&phone), GET_SECRET, &resource, None);
+            let bytes = engine.current().remembered.memory.read().map(|m| m.bytes).unwrap_or_default();
+            assert!(bytes <= MAX_REMEMBERED_BYTES, "{bytes}");
+        }
+        assert!(remembered(&engine) < 1000, "it started over at least once");
     }
 
     /// A flood of distinct requests never holds more than the bound.
