@@ -42,17 +42,17 @@ use crate::store_error::StoreError;
 
 type FlushReply = oneshot::Sender<Result<(), AuditUnavailable>>;
 
-/// What the handles hand the writer thread: records and flush requests, under one lock.
+/// What the handles hand on: records (for the appender) and flush requests (for the ticker), under one lock.
 #[derive(Default)]
 struct Queue {
     records: Vec<AuditEntry>,
     flushes: Vec<FlushReply>,
-    /// The writer is waiting for work: the next record must wake it.
+    /// The ticker is waiting for work: the next record must wake it.
     idle: bool,
     /// An append failed in a store batch: the ticker must retry (records are refused while
     /// the log fails, so no record would wake it).
     retry: bool,
-    /// Every handle is gone: the writer appends what is left and stops.
+    /// Every handle is gone: the ticker has what is left appended and stops.
     closed: bool,
 }
 
@@ -64,12 +64,12 @@ struct Taken {
     closed: bool,
 }
 
-/// The queue and the writer's wake-up.
+/// The queue and the ticker's wake-up.
 ///
-/// A record wakes the writer only when it is idle; once awake the writer lingers for
+/// A record wakes the ticker only when it is idle; once awake the ticker lingers for
 /// [`LINGER`] so that the records of many calls share one wake-up and one transaction
-/// (under load it never goes idle and appends back to back). A flush always wakes it and
-/// cuts the linger short: a write waits for its decision's record, never for the linger.
+/// (under load it never goes idle). A flush always wakes it and cuts the linger short. Writes
+/// never wait for it: their own batch appends the records queued before them.
 #[derive(Default)]
 struct Mailbox {
     queue: Mutex<Queue>,
@@ -224,9 +224,9 @@ impl std::fmt::Debug for Audit {
 
 /// Most records appended in one transaction.
 const MAX_BATCH: usize = 1024;
-/// How long the writer, woken by a record, waits for more before it appends.
+/// How long the ticker, woken by a record, waits for more before it runs a batch.
 const LINGER: Duration = Duration::from_millis(1);
-/// Most records waiting for the writer (queued or kept for a retry). Beyond this the log is
+/// Most records waiting to be appended (queued or kept for a retry). Beyond this the log is
 /// falling behind a flood; further records are refused and counted rather than exhausting
 /// memory, and the calls they belong to fail.
 const MAX_QUEUED: usize = 100_000;

@@ -277,29 +277,11 @@ impl Profiles {
                     "the provider refused the authorization code{}",
                     if description.is_empty() { String::new() } else { format!(": {description}") }
                 );
-                self.store
-                    .set_status(
-                        &name,
-                        profile.status,
-                        profile.access_expires_at,
-                        &reason,
-                        None,
-                        SystemTime::now(),
-                    )
-                    .await?;
+                self.note_failure(&profile, &reason).await?;
                 Err(AuthError::NeedsAuthorization { name, again: false, reason })
             }
             Err(e) => {
-                self.store
-                    .set_status(
-                        &name,
-                        profile.status,
-                        profile.access_expires_at,
-                        &e.to_string(),
-                        None,
-                        SystemTime::now(),
-                    )
-                    .await?;
+                self.note_failure(&profile, &e.to_string()).await?;
                 Err(e)
             }
         }
@@ -392,19 +374,18 @@ impl Profiles {
             }
             Err(e) => {
                 tracing::warn!(profile = %name, error = %e, "token refresh failed");
-                self.store
-                    .set_status(
-                        name,
-                        profile.status,
-                        profile.access_expires_at,
-                        &e.to_string(),
-                        None,
-                        SystemTime::now(),
-                    )
-                    .await?;
+                self.note_failure(&profile, &e.to_string()).await?;
                 Err(e)
             }
         }
+    }
+
+    /// Records why the last attempt failed, keeping the profile's status and expiry.
+    async fn note_failure(&self, profile: &Profile, reason: &str) -> Result<(), AuthError> {
+        self.store
+            .set_status(&profile.name, profile.status, profile.access_expires_at, reason, None, SystemTime::now())
+            .await?;
+        Ok(())
     }
 
     /// Forgets the grant (or API key): destroys the secrets; the profile stays.
