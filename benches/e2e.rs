@@ -415,6 +415,13 @@ impl VaultService for Echo {
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
         Err(Status::unimplemented("echo"))
     }
+    type WatchSecretsStream = tokio_stream::Empty<Result<pb::WatchSecretsResponse, Status>>;
+    async fn watch_secrets(
+        &self,
+        _: Request<pb::WatchSecretsRequest>,
+    ) -> Result<Response<Self::WatchSecretsStream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
 }
 
 /// Serves [`Echo`] behind the node's TLS config and accept loop.

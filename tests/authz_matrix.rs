@@ -286,6 +286,16 @@ fn cases() -> Vec<Case> {
         case!("palyra.pairing.v1.PairingService/RejectPairing", admin_only, |c, w| {
             pairing::RejectPairingRequest::default()
         }),
+        // Invalid requests: the gate decides before the handler looks at them.
+        case!("palyra.pairing.v1.PairingService/CreateEnrollmentKey", admin_only, |c, w| {
+            pairing::CreateEnrollmentKeyRequest { role: "nobody".into(), ..Default::default() }
+        }),
+        case!("palyra.pairing.v1.PairingService/ListEnrollmentKeys", admin_only, |c, w| {
+            pairing::ListEnrollmentKeysRequest::default()
+        }),
+        case!("palyra.pairing.v1.PairingService/RevokeEnrollmentKey", admin_only, |c, w| {
+            pairing::RevokeEnrollmentKeyRequest::default()
+        }),
         // VaultService on the caller's own subtree
         case!("palyra.vault.v1.VaultService/PutSecret", vault_own, |c, w| vault::PutSecretRequest {
             scope: c.own_scope(w),

@@ -44,6 +44,12 @@ pub const LIST_PAIRING_REQUESTS: &str = "palyra.pairing.v1.PairingService/ListPa
 pub const APPROVE_PAIRING: &str = "palyra.pairing.v1.PairingService/ApprovePairing";
 /// PairingService.RejectPairing.
 pub const REJECT_PAIRING: &str = "palyra.pairing.v1.PairingService/RejectPairing";
+/// PairingService.CreateEnrollmentKey.
+pub const CREATE_ENROLLMENT_KEY: &str = "palyra.pairing.v1.PairingService/CreateEnrollmentKey";
+/// PairingService.ListEnrollmentKeys.
+pub const LIST_ENROLLMENT_KEYS: &str = "palyra.pairing.v1.PairingService/ListEnrollmentKeys";
+/// PairingService.RevokeEnrollmentKey.
+pub const REVOKE_ENROLLMENT_KEY: &str = "palyra.pairing.v1.PairingService/RevokeEnrollmentKey";
 
 /// VaultService.PutSecret (resource check: `Resource::Scope`).
 pub const PUT_SECRET: &str = "palyra.vault.v1.VaultService/PutSecret";
@@ -57,6 +63,8 @@ pub const DELETE_SECRET: &str = "palyra.vault.v1.VaultService/DeleteSecret";
 pub const GET_SECRET_METADATA: &str = "palyra.vault.v1.VaultService/GetSecretMetadata";
 /// VaultService.RotateKey.
 pub const ROTATE_KEY: &str = "palyra.vault.v1.VaultService/RotateKey";
+/// VaultService.WatchSecrets (resource check: `Resource::Scope`).
+pub const WATCH_SECRETS: &str = "palyra.vault.v1.VaultService/WatchSecrets";
 
 /// PolicyService.Authorize.
 pub const AUTHORIZE: &str = "palyra.policy.v1.PolicyService/Authorize";
@@ -126,12 +134,16 @@ pub const ALL: &[&str] = &[
     LIST_PAIRING_REQUESTS,
     APPROVE_PAIRING,
     REJECT_PAIRING,
+    CREATE_ENROLLMENT_KEY,
+    LIST_ENROLLMENT_KEYS,
+    REVOKE_ENROLLMENT_KEY,
     PUT_SECRET,
     GET_SECRET,
     LIST_SECRETS,
     DELETE_SECRET,
     GET_SECRET_METADATA,
     ROTATE_KEY,
+    WATCH_SECRETS,
     AUTHORIZE,
     GET_POLICY_SET,
     UPDATE_POLICY_SET,

@@ -111,4 +111,25 @@ impl PairingService for PairingApi {
             request: Some(pairing_request(&rejected, SystemTime::now())),
         }))
     }
+
+    async fn create_enrollment_key(
+        &self,
+        _request: Request<pb::CreateEnrollmentKeyRequest>,
+    ) -> Result<Response<pb::CreateEnrollmentKeyResponse>, Status> {
+        Err(Status::unimplemented("enrollment keys are not implemented yet"))
+    }
+
+    async fn list_enrollment_keys(
+        &self,
+        _request: Request<pb::ListEnrollmentKeysRequest>,
+    ) -> Result<Response<pb::ListEnrollmentKeysResponse>, Status> {
+        Err(Status::unimplemented("enrollment keys are not implemented yet"))
+    }
+
+    async fn revoke_enrollment_key(
+        &self,
+        _request: Request<pb::RevokeEnrollmentKeyRequest>,
+    ) -> Result<Response<pb::RevokeEnrollmentKeyResponse>, Status> {
+        Err(Status::unimplemented("enrollment keys are not implemented yet"))
+    }
 }

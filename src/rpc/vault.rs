@@ -144,4 +144,14 @@ impl VaultService for VaultApi {
         tracing::info!(generation = rotation.generation, rewrapped = rotation.rewrapped, "vault key rotated");
         Ok(Response::new(rotation.into()))
     }
+
+    type WatchSecretsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchSecretsResponse, Status>> + Send>>;
+
+    async fn watch_secrets(
+        &self,
+        _request: Request<pb::WatchSecretsRequest>,
+    ) -> Result<Response<Self::WatchSecretsStream>, Status> {
+        Err(Status::unimplemented("WatchSecrets is not implemented yet"))
+    }
 }

@@ -522,7 +522,7 @@ mod tests {
             FINISH_PAIRING,
             GET_PAIRING_STATUS,
         ];
-        let vault = [PUT_SECRET, GET_SECRET, LIST_SECRETS, DELETE_SECRET, GET_SECRET_METADATA];
+        let vault = [PUT_SECRET, GET_SECRET, LIST_SECRETS, DELETE_SECRET, GET_SECRET_METADATA, WATCH_SECRETS];
         match who {
             // Defence in depth: a revoked device gets nothing, not even what Anonymous gets.
             Revoked => false,
@@ -681,7 +681,7 @@ mod tests {
         let cast = Cast::new();
         let own = |who: Who, rest: &str| scope(&format!("devices/{}{rest}", cast.id(who)));
         let other = DeviceId::generate();
-        for action in [PUT_SECRET, GET_SECRET, LIST_SECRETS, DELETE_SECRET, GET_SECRET_METADATA] {
+        for action in [PUT_SECRET, GET_SECRET, LIST_SECRETS, DELETE_SECRET, GET_SECRET_METADATA, WATCH_SECRETS] {
             let cases = [
                 (own(Who::Device, ""), true),
                 (own(Who::Device, "/apps/x"), true),
