@@ -23,11 +23,11 @@ LAYER = {
     # domain (each with its store trait and its service)
     "vault": "domain", "identity": "domain", "pairing": "domain", "policy": "domain",
     "audit": "domain", "auth": "domain", "events": "domain", "integrity": "domain",
-    "login": "domain",
+    "login": "domain", "backup": "domain",
     # services above the domain
     "access": "service", "devices": "service",
     "storage": "storage",
-    "node": "composition",
+    "node": "composition", "node_backup": "composition",
     "wire": "wire",
     "rpc": "edge", "quic": "edge", "console": "edge", "cli": "edge",
     # entry and harnesses

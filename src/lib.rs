@@ -49,6 +49,7 @@ internal_modules! {
     access;
     audit;
     auth;
+    backup;
     config;
     console;
     datadir_lock;
@@ -60,6 +61,7 @@ internal_modules! {
     limits;
     login;
     net_limits;
+    node_backup;
     pairing;
     policy;
     quic;

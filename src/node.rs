@@ -139,7 +139,7 @@ impl NodeCore {
 
     /// Starts the audit service over this core's database, with its chain and head keys.
     /// Blocking (opens the audit writer's connection).
-    fn start_audit(&self) -> Result<Audit, StoreError> {
+    pub(crate) fn start_audit(&self) -> Result<Audit, StoreError> {
         let (audit_key, head_key) = (self.keys.audit_chain_key(), self.keys.audit_head_key());
         Audit::start(Arc::new(self.store.clone()), audit_key, head_key)
     }

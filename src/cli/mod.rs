@@ -7,10 +7,12 @@
 
 mod audit;
 mod auth;
+mod backup;
 mod client;
 mod console;
 mod devices;
 mod enrollment;
+mod exit;
 mod identity;
 mod node;
 mod output;
@@ -87,6 +89,12 @@ enum Command {
     Auth(auth::AuthCommand),
     /// Print (and open) a one-time login link for the web console of a running node.
     Console(console::ConsoleArgs),
+    /// Write an encrypted, authenticated backup of this node (serving or stopped).
+    Backup(backup::BackupArgs),
+    /// Seal the root key under a new recovery code, printed once (node stopped; audited).
+    RecoveryKit(backup::RecoveryKitArgs),
+    /// Restore a backup into an empty or absent --data-dir with its recovery code.
+    Restore(backup::RestoreArgs),
 }
 
 impl Cli {
@@ -112,6 +120,9 @@ impl Cli {
             Command::Node(cmd) => node::run(&ctx, cmd).await,
             Command::Auth(cmd) => auth::run(&ctx, cmd).await,
             Command::Console(args) => console::run(&ctx, args).await,
+            Command::Backup(args) => backup::backup(&ctx, args).await,
+            Command::RecoveryKit(args) => backup::recovery_kit(&ctx, args).await,
+            Command::Restore(args) => backup::restore(&ctx, args).await,
         }
     }
 }

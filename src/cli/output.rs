@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 use tonic_types::StatusExt;
 
+pub use super::exit::Exit;
+
 /// What every command knows.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -32,19 +34,38 @@ impl Context {
     }
 }
 
-/// A failure, printed as one line (plus an optional hint) with exit code 1.
+/// A failure, printed as one line (plus an optional hint), with its exit code ([`Exit`]: 1
+/// unless the error says otherwise).
 #[derive(Debug)]
 pub struct CliError {
     /// What went wrong.
     pub message: String,
     /// What to do about it.
     pub hint: Option<String>,
+    /// The process's exit code.
+    exit: u8,
 }
 
 impl CliError {
-    /// An error without a hint.
+    /// An error without a hint, exit code 1.
     pub fn new(message: impl Into<String>) -> Self {
-        CliError { message: message.into(), hint: None }
+        CliError { message: message.into(), hint: None, exit: Exit::Failure.code() }
+    }
+
+    /// An error of the kind `exit`.
+    pub fn of(exit: Exit, message: impl Into<String>) -> Self {
+        CliError::new(message).kind(exit)
+    }
+
+    /// Sets the kind, and with it the exit code.
+    pub fn kind(mut self, exit: Exit) -> Self {
+        self.exit = exit.code();
+        self
+    }
+
+    /// The process's exit code.
+    pub fn exit_code(&self) -> u8 {
+        self.exit
     }
 
     /// Adds what to do.

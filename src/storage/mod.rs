@@ -16,6 +16,7 @@ mod devices;
 pub(crate) mod events;
 mod pairing;
 mod policy;
+pub(crate) mod snapshot;
 mod vault;
 
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]

@@ -274,6 +274,18 @@ impl KeyHierarchy {
         self.hmac_key(b"palyra audit head")
     }
 
+    /// The key of one backup's body: its own per backup, from the backup's random id, so
+    /// chunk nonces (the chunk index) never repeat under a key.
+    pub fn backup_key(&self, backup_id: &[u8; 16]) -> aead::LessSafeKey {
+        self.aead_key(&[b"palyra backup", backup_id])
+    }
+
+    /// The HMAC key that ties a recovery kit's seal (`keys/recovery.sealed`) to this root key,
+    /// so a backup never carries a kit that opens another node's key.
+    pub fn recovery_kit_key(&self) -> hmac::Key {
+        self.hmac_key(b"palyra recovery kit")
+    }
+
     #[allow(clippy::expect_used, reason = "the output length is fixed and valid for HKDF")]
     fn hmac_key(&self, info: &[u8]) -> hmac::Key {
         let info = [info];
@@ -388,6 +400,8 @@ mod tests {
             seal(&h.vault_kek(2)),
             seal(&h.identity_store_key()),
             seal(&h.internal_seal_key()),
+            seal(&h.backup_key(&[0; 16])),
+            seal(&h.backup_key(&[1; 16])),
         ];
         for i in 0..outputs.len() {
             for j in i + 1..outputs.len() {

@@ -1,0 +1,452 @@
+//! Backup, restore and the recovery kit of a node's data directory: the composition of the
+//! backup format and recovery seal (`backup`), the database snapshot (`storage::snapshot`),
+//! the root-key backends and the data dir's files.
+//!
+//! - [`backup`] runs with the node serving or stopped and takes no lock: the database is copied
+//!   with SQLite's online backup API (one read transaction), the root key is read from the
+//!   backend the database records, the sealed identity files and the operator's (and a paired
+//!   device's) credentials are read as they are. The file is written under a temporary name
+//!   beside the target, fsynced, and linked into place (never over an existing file).
+//! - [`create_recovery_kit`] runs on a stopped node (the caller holds the data dir's lock): the
+//!   audit record goes through the node's own hash chain, which a second writer beside a
+//!   running `serve` would fork. The kit's seal is stored as `keys/recovery.sealed` with an
+//!   HMAC under the root key, and every later backup carries it.
+//! - [`restore`] checks the whole file (every chunk, the final one present) while writing it
+//!   into a temporary directory beside the target, then stores the root key in this machine's
+//!   backend and renames the directory into place: a failure or a kill leaves the target as it
+//!   was (absent or empty).
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::audit::{AuditDecision, AuditEntry};
+use crate::backup::format::Summary;
+use crate::backup::{self, BackupError, BackupReader, BackupWriter, Header, RecoveryCode};
+use crate::config::{KeyBackendChoice, Layout};
+use crate::fsutil::{self, FsError};
+use crate::node::{NodeCore, NodeOptions};
+use crate::storage::snapshot;
+use crate::vault::keychain::KeychainKeyProvider;
+use crate::vault::keys::FileKeyProvider;
+use crate::vault::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, RootKey};
+
+/// The recovery kit's seal in a data dir: the seal, then its HMAC under the root key.
+pub(crate) const KIT_FILE: &str = "keys/recovery.sealed";
+/// The principal and action of the kit's audit record.
+pub(crate) const KIT_ACTION: &str = "palyra recovery-kit";
+const KIT_PRINCIPAL: &str = "local-operator";
+/// The directories of the data dir that go into a backup, whole (one level).
+const BACKED_UP_DIRS: [&str; 3] = ["identity", "operator", "client"];
+
+/// Why a backup, restore or kit failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum RecoveryError {
+    /// The backup file or the recovery code (integrity: exit 5, except a mistyped code).
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// Refused before anything was done (an existing file, a non-empty dir, no kit).
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else: the data dir, the database, the key backend, the disk.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RecoveryError {
+    /// A damaged, truncated, foreign or newer backup, or a code that does not open it.
+    pub(crate) fn is_integrity(&self) -> bool {
+        matches!(self, RecoveryError::Backup(e) if e.is_integrity())
+    }
+
+    /// A mistyped recovery code.
+    pub(crate) fn is_usage(&self) -> bool {
+        matches!(self, RecoveryError::Backup(BackupError::BadCode(_)))
+    }
+}
+
+impl From<FsError> for RecoveryError {
+    fn from(e: FsError) -> Self {
+        RecoveryError::Failed(e.to_string())
+    }
+}
+
+impl From<KeyError> for RecoveryError {
+    fn from(e: KeyError) -> Self {
+        RecoveryError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::store_error::StoreError> for RecoveryError {
+    fn from(e: crate::store_error::StoreError) -> Self {
+        RecoveryError::Failed(e.to_string())
+    }
+}
+
+fn io_error(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError {
+    let path = path.display().to_string();
+    let what = what.to_owned();
+    move |e| RecoveryError::Failed(format!("cannot {what} {path}: {e}"))
+}
+
+/// A path beside `target` that no one else uses: `.NAME.SUFFIX-PID-N`.
+fn beside(target: &Path, suffix: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join(format!(".{name}.{suffix}-{}-{n}", std::process::id()))
+}
+
+/// Removes a file or directory when dropped, unless kept.
+struct Cleanup(Option<PathBuf>);
+
+impl Cleanup {
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        }
+    }
+}
+
+/// The root key from `backend` (the one the database records), or an error naming where it
+/// was looked for.
+fn load_root_key(backend: KeyBackend, data_dir: &Path, key_id: &str) -> Result<RootKey, RecoveryError> {
+    let provider: Box<dyn KeyProvider> = match backend {
+        KeyBackend::File => Box::new(FileKeyProvider::new(data_dir)),
+        KeyBackend::Keychain => Box::new(KeychainKeyProvider::open(key_id)?),
+    };
+    provider.load()?.ok_or_else(|| {
+        RecoveryError::Failed(format!("this node's root key is missing from its {backend} backend ({provider:?})"))
+    })
+}
+
+fn kit_mac(keys: &KeyHierarchy, seal: &[u8]) -> hmac::Tag {
+    hmac::sign(&keys.recovery_kit_key(), seal)
+}
+
+/// What [`backup`] wrote.
+#[derive(Debug, Clone)]
+pub(crate) struct BackupOutcome {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Files inside (the database included).
+    pub files: u64,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// `palyra backup --out FILE` on the node in `data_dir`, serving or stopped. Blocking.
+pub(crate) fn backup(data_dir: &Path, out: &Path) -> Result<BackupOutcome, RecoveryError> {
+    let started = Instant::now();
+    if out.exists() {
+        return Err(RecoveryError::Refused(format!(
+            "{} exists; a backup never overwrites a file: choose a new name",
+            out.display()
+        )));
+    }
+    let kit_path = data_dir.join(KIT_FILE);
+    if !kit_path.exists() {
+        return Err(RecoveryError::Refused(format!(
+            "this node has no recovery kit ({} is missing): run `palyra recovery-kit` with the node stopped first, \
+             since a backup is restored with the kit's code",
+            kit_path.display()
+        )));
+    }
+    let kit = fsutil::read_private(&kit_path)?;
+    if kit.len() != backup::recovery::SEAL_LEN + 32 {
+        return Err(RecoveryError::Failed(format!(
+            "{} is malformed; run `palyra recovery-kit` again",
+            kit_path.display()
+        )));
+    }
+    let (seal, mac) = kit.split_at(backup::recovery::SEAL_LEN);
+
+    // The database as of one commit, in a private directory inside the data dir.
+    let work = data_dir.join(format!(".backup-{}-{}", std::process::id(), unique()?));
+    fsutil::ensure_private_dir(&work)?;
+    let _work_cleanup = Cleanup(Some(work.clone()));
+    let db_copy = work.join("palyra.db");
+    let meta = snapshot::snapshot(&data_dir.join("palyra.db"), &db_copy)?;
+    let backend = meta
+        .key_backend
+        .as_deref()
+        .and_then(KeyBackend::parse)
+        .ok_or_else(|| RecoveryError::Failed("the database records no root-key backend; run `palyra init`".to_owned()))?;
+    let root = load_root_key(backend, data_dir, meta.key_id.as_deref().unwrap_or_default())?;
+    let keys = KeyHierarchy::new(&root);
+    drop(root);
+    if hmac::verify(&keys.recovery_kit_key(), seal, mac).is_err() {
+        return Err(RecoveryError::Failed(format!(
+            "{} was not made for this node's root key; run `palyra recovery-kit` again",
+            kit_path.display()
+        )));
+    }
+
+    let mut backup_id = [0u8; 16];
+    SystemRandom::new().fill(&mut backup_id).map_err(|_| BackupError::Random)?;
+    let header = Header { backup_id, created_at_ms: crate::unix_time::unix_ms(SystemTime::now()), recovery_seal: seal.to_vec() };
+
+    let tmp = beside(out, "tmp");
+    let mut tmp_cleanup = Cleanup(Some(tmp.clone()));
+    let file = create_private(&tmp)?;
+    let mut writer = BackupWriter::new(BufWriter::with_capacity(1 << 20, file), &header, keys.backup_key(&backup_id))?;
+    let db_size = fs::metadata(&db_copy).map_err(io_error("read", &db_copy))?.len();
+    let mut db = File::open(&db_copy).map_err(io_error("open", &db_copy))?;
+    writer.add_file("palyra.db", db_size, &mut db)?;
+    drop(db);
+    let mut files = 1;
+    for (path, bytes) in data_dir_files(data_dir)? {
+        writer.add_file(&path, bytes.len() as u64, &mut bytes.as_slice())?;
+        files += 1;
+    }
+    let file = writer
+        .finish()?
+        .into_inner()
+        .map_err(|e| RecoveryError::Failed(format!("cannot write {}: {}", tmp.display(), e.error())))?;
+    file.sync_all().map_err(io_error("fsync", &tmp))?;
+    let bytes = file.metadata().map_err(io_error("read", &tmp))?.len();
+    drop(file);
+    // A hard link fails if the target exists: never over a file made meanwhile.
+    fs::hard_link(&tmp, out).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            RecoveryError::Refused(format!("{} exists; a backup never overwrites a file", out.display()))
+        } else {
+            RecoveryError::Failed(format!("cannot create {}: {e}", out.display()))
+        }
+    })?;
+    fs::remove_file(&tmp).map_err(io_error("remove", &tmp))?;
+    tmp_cleanup.keep();
+    fsutil::sync_dir(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    Ok(BackupOutcome { path: out.to_path_buf(), bytes, files, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn unique() -> Result<u64, RecoveryError> {
+    let mut bytes = [0u8; 8];
+    SystemRandom::new().fill(&mut bytes).map_err(|_| BackupError::Random)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+fn create_private(path: &Path) -> Result<File, RecoveryError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(fsutil::FILE_MODE);
+    }
+    options.open(path).map_err(io_error("create", path))
+}
+
+/// The files of the data dir a backup carries besides the database: `palyra.toml` and every
+/// file of `identity/`, `operator/` and `client/` (temporary files, named with a leading dot,
+/// excluded). Never `keys/`: the root key travels sealed under the recovery code.
+fn data_dir_files(data_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, RecoveryError> {
+    let layout = Layout::new(data_dir);
+    let mut out = Vec::new();
+    let config = layout.config_file();
+    if config.is_file() {
+        out.push(("palyra.toml".to_owned(), fs::read(&config).map_err(io_error("read", &config))?));
+    }
+    for dir in BACKED_UP_DIRS {
+        let path = data_dir.join(dir);
+        if !path.is_dir() {
+            continue;
+        }
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&path).map_err(io_error("list", &path))? {
+            let entry = entry.map_err(io_error("list", &path))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type().map_err(io_error("read", &path))?.is_file() {
+                continue;
+            }
+            names.push(name);
+        }
+        names.sort();
+        for name in names {
+            let file = path.join(&name);
+            out.push((format!("{dir}/{name}"), fsutil::read_private(&file)?));
+        }
+    }
+    Ok(out)
+}
+
+/// `palyra recovery-kit` on the stopped node in `data_dir` (the caller holds its lock): a
+/// fresh code, the root key sealed under it in `keys/recovery.sealed` (replacing an older
+/// kit: backups made before keep the seal of the code they were made with), audited first.
+pub(crate) async fn create_recovery_kit(data_dir: &Path) -> Result<RecoveryCode, RecoveryError> {
+    let failed = |e: &dyn std::fmt::Display| RecoveryError::Failed(e.to_string());
+    let core = NodeCore::open(data_dir, NodeOptions::default()).await.map_err(|e| failed(&e))?;
+    let key_id = core.store.meta("key_id").await?.unwrap_or_default();
+    let (backend, dir) = (core.key_backend, data_dir.to_path_buf());
+    let starter = core.clone();
+    let (code, kit, audit) = tokio::task::spawn_blocking(move || {
+        let root = load_root_key(backend, &dir, &key_id)?;
+        let audit = starter.start_audit()?;
+        let code = RecoveryCode::generate()?;
+        let seal = backup::seal_root_key(&code, &root)?;
+        let keys = KeyHierarchy::new(&root);
+        let mut kit = seal.clone();
+        kit.extend_from_slice(kit_mac(&keys, &seal).as_ref());
+        Ok::<_, RecoveryError>((code, kit, audit))
+    })
+    .await
+    .map_err(|e| failed(&e))??;
+    if let Some(problem) = audit.integrity() {
+        return Err(RecoveryError::Failed(format!("the audit log fails its check ({problem}); nothing was created")));
+    }
+    // Recorded before the kit exists: a kit is never there unaudited.
+    audit
+        .record(AuditEntry {
+            at: SystemTime::now(),
+            principal: KIT_PRINCIPAL.to_owned(),
+            action: KIT_ACTION.to_owned(),
+            resource: "Node".to_owned(),
+            decision: AuditDecision::Allow,
+            reason: format!("recovery kit created (offline, pid {}); backups from now on carry its seal", std::process::id()),
+        })
+        .map_err(|e| failed(&e))?;
+    audit.flush().await.map_err(|e| failed(&e))?;
+    let path = data_dir.join(KIT_FILE);
+    tokio::task::spawn_blocking(move || fsutil::write_private_atomic(&path, &kit, true))
+        .await
+        .map_err(|e| failed(&e))??;
+    core.close();
+    Ok(code)
+}
+
+/// What [`restore`] placed.
+#[derive(Debug, Clone)]
+pub(crate) struct RestoreOutcome {
+    /// Files written (the database included).
+    pub files: u64,
+    /// Where the root key now lives.
+    pub key_backend: KeyBackend,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// `palyra --data-dir NEW restore FILE --recovery-code CODE`. Blocking (the keychain too).
+pub(crate) fn restore(
+    file: &Path,
+    target: &Path,
+    code: &RecoveryCode,
+    choice: KeyBackendChoice,
+) -> Result<RestoreOutcome, RecoveryError> {
+    let started = Instant::now();
+    check_empty(target)?;
+    let input = File::open(file).map_err(io_error("open", file))?;
+    let mut input = BufReader::with_capacity(1 << 20, input);
+    let (header, hash) = Header::read(&mut input)?;
+    let root = backup::open_root_key(code, &header.recovery_seal)?;
+    let keys = KeyHierarchy::new(&root);
+    let mut body = BackupReader::new(input, hash, keys.backup_key(&header.backup_id));
+
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+    let work = beside(target, "restore");
+    fsutil::ensure_private_dir(&work)?;
+    let mut cleanup = Cleanup(Some(work.clone()));
+    let Summary { files, .. } = backup::read_entries(&mut body, |path, _size, content| place(&work, path, content))?;
+    let db = work.join("palyra.db");
+    if !db.is_file() {
+        return Err(BackupError::Malformed("it holds no database".to_owned()).into());
+    }
+    let key_id = snapshot::check_restored(&db)?.key_id.unwrap_or_default();
+    let key_backend = store_root_key(&work, &key_id, &root, choice)?;
+    snapshot::record_key_backend(&db, key_backend.as_str())?;
+    drop(root);
+    for dir in [work.join("keys"), work.join("identity"), work.join("operator"), work.join("client"), work.clone()] {
+        if dir.is_dir() {
+            fsutil::sync_dir(&dir)?;
+        }
+    }
+    // The one step that makes it visible: rename(2) replaces an absent or empty directory.
+    check_empty(target)?;
+    fs::rename(&work, target).map_err(io_error("move the restored node into", target))?;
+    cleanup.keep();
+    fsutil::sync_dir(parent)?;
+    Ok(RestoreOutcome { files, key_backend, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn check_empty(target: &Path) -> Result<(), RecoveryError> {
+    match fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(RecoveryError::Refused(format!(
+                    "{} is not empty; restore only into an empty or absent directory",
+                    target.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RecoveryError::Refused(format!("cannot use {} as the restored data dir: {e}", target.display()))),
+    }
+}
+
+/// Writes one entry under `work` (paths were checked by the reader: no `..`, at most one
+/// directory), 0600 in 0700 directories, synced.
+fn place(work: &Path, path: &str, content: &mut dyn Read) -> Result<(), BackupError> {
+    let dest = work.join(path);
+    let io = |e: std::io::Error| BackupError::from_io(e, path);
+    if let Some(dir) = dest.parent() {
+        fsutil::ensure_private_dir(dir).map_err(|e| BackupError::Io(e.to_string()))?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(fsutil::FILE_MODE);
+    }
+    let mut file = options.open(&dest).map_err(io)?;
+    std::io::copy(content, &mut file).map_err(io)?;
+    file.flush().map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Stores the root key where `choice` says, as `init` would choose: the keychain where one
+/// answers (auto), else `keys/root.key` inside the directory being restored.
+fn store_root_key(work: &Path, key_id: &str, root: &RootKey, choice: KeyBackendChoice) -> Result<KeyBackend, RecoveryError> {
+    let provider: Box<dyn KeyProvider> = match choice {
+        KeyBackendChoice::File => Box::new(FileKeyProvider::new(work)),
+        KeyBackendChoice::Keychain => Box::new(KeychainKeyProvider::open(key_id)?),
+        KeyBackendChoice::Auto => match KeychainKeyProvider::open(key_id) {
+            Ok(keychain) => Box::new(keychain),
+            Err(e) => {
+                tracing::info!(reason = %e, "no OS keychain answered; keeping the restored root key in a 0600 key file");
+                Box::new(FileKeyProvider::new(work))
+            }
+        },
+    };
+    match provider.store(root) {
+        Ok(()) => {}
+        // The same node restored again on this machine: its item is there already.
+        Err(KeyError::AlreadyExists(where_)) => {
+            let same = provider.load()?.is_some_and(|existing| existing.as_bytes() == root.as_bytes());
+            if !same {
+                return Err(RecoveryError::Failed(format!(
+                    "{where_} already holds a different root key for this node's key id; remove it or restore with --key-backend file"
+                )));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(provider.backend())
+}
