@@ -13,8 +13,9 @@
 //!   HMAC under the root key, and every later backup carries it.
 //! - [`restore`] checks the whole file (every chunk, the final one present) while writing it
 //!   into a temporary directory beside the target, then stores the root key in this machine's
-//!   backend and renames the directory into place: a failure or a kill leaves the target as it
-//!   was (absent or empty).
+//!   backend, keeps the kit whose code opened the backup as the restored node's kit, and
+//!   renames the directory into place: a failure or a kill leaves the target as it was (absent
+//!   or empty).
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -367,6 +368,11 @@ pub(crate) fn restore(
         return Err(BackupError::Malformed("it holds no database".to_owned()).into());
     }
     let key_id = snapshot::check_restored(&db)?.key_id.unwrap_or_default();
+    // The kit whose code opened this backup stays the node's kit: later backups of the
+    // restored node open with the same code.
+    let mut kit = header.recovery_seal.clone();
+    kit.extend_from_slice(kit_mac(&keys, &header.recovery_seal).as_ref());
+    fsutil::write_private_atomic(&work.join(KIT_FILE), &kit, false)?;
     let key_backend = store_root_key(&work, &key_id, &root, choice)?;
     snapshot::record_key_backend(&db, key_backend.as_str())?;
     drop(root);

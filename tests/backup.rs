@@ -1,0 +1,399 @@
+//! Backups, restores and the recovery kit through the real binary (issue 18).
+//!
+//! - A backup taken while `palyra serve` takes writes, restored into a fresh dir with only the
+//!   recovery code (the old node's key file gone): every write acknowledged before the backup
+//!   began reads back, the identity and CA are the same (a device minted on the old node calls
+//!   the restored one with its old certificate), VerifyAuditLog is ok, the kit is audited.
+//! - Damaged files (a flipped byte, cut short, not a backup), a wrong or mistyped code, a
+//!   non-empty target, an existing output: refused with their exit codes, nothing written.
+//! - SIGKILL at random moments of a backup and of a restore: never a file under the final
+//!   name, never a target a node would start from half-restored.
+//!
+//! `PALYRA_BACKUP_KILL_SEED` replays the kill rounds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palyra::identity::Role;
+use palyra::testkit::tls::Pems;
+use palyra::testkit::{self, NodeInternals, Palyra, Rng, palyra_bin, private_tempdir};
+use palyra::vault::{Scope, SecretKey, SecretValue};
+use palyra::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
+
+const PALYRA: Palyra = palyra_bin!();
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+fn ok(out: Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `palyra recovery-kit --json` on the stopped node: its code.
+fn make_kit(data: &Path) -> String {
+    ok(PALYRA.run(data, &["--json", "recovery-kit"]))["recovery_code"].as_str().unwrap().to_owned()
+}
+
+fn backup(data: &Path, out: &Path) -> Output {
+    PALYRA.run(data, &["--json", "backup", "--out", out.to_str().unwrap()])
+}
+
+fn restore(target: &Path, file: &Path, code: &str) -> Output {
+    PALYRA.run(target, &["--json", "restore", file.to_str().unwrap(), "--recovery-code", code])
+}
+
+/// Names in `dir` (sorted).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A node with `count` secrets in `data/bulk` (`value {i}` padded with `pad` bytes), written
+/// in-process (file key backend), and a device minted for scope `apps/laptop`; closed again.
+async fn seeded_node(data: &Path, count: usize, pad: usize) -> testkit::Creds {
+    let node = testkit::open_node(data).await;
+    let device = testkit::mint(&node, Role::Device, "laptop", &["apps/laptop"]).await;
+    let scope = Scope::parse("data/bulk").unwrap();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(256) {
+        let mut puts = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let (scope, key) = (scope.clone(), SecretKey::parse(&format!("k{i}")).unwrap());
+            let vault = node.vault().clone();
+            puts.spawn(async move {
+                let mut value = format!("value {i}").into_bytes();
+                value.resize(value.len() + pad, b' ');
+                vault.put(&scope, &key, SecretValue::new(value), None).await
+            });
+        }
+        while let Some(result) = puts.join_next().await {
+            result.unwrap().unwrap();
+        }
+    }
+    let app = Scope::parse("apps/laptop").unwrap();
+    node.vault()
+        .put(&app, &SecretKey::parse("token").unwrap(), SecretValue::new(b"t0k3n".to_vec()), None)
+        .await
+        .unwrap();
+    node.close_db();
+    device
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_writes_restores_on_a_new_machine_with_only_the_recovery_code() {
+    let dir = private_tempdir();
+    let data = dir.path().join("old");
+    let device = seeded_node(&data, 10, 0).await;
+    let code = make_kit(&data);
+    let mut served = PALYRA.serve(&data, "warn");
+
+    // Writers put fresh keys until told to stop; each acknowledged write is recorded.
+    let acked: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (first_acks, mut enough) = tokio::sync::mpsc::channel::<()>(64);
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let channel = testkit::tls::channel_from_dir(served.grpc, &data.join("operator")).await;
+        let (acked, stop, first_acks) = (Arc::clone(&acked), Arc::clone(&stop), first_acks.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client = VaultServiceClient::new(channel);
+            for i in 0u64.. {
+                if stop.load(Ordering::SeqCst) {
+                    return i;
+                }
+                let key = format!("w{w}-{i}");
+                let value =
+                    format!("writer {w} write {i} {}", "x".repeat((i as usize * 37) % 500)).into_bytes();
+                let request = pbv::PutSecretRequest {
+                    scope: "live/writes".into(),
+                    key: key.clone(),
+                    value: value.clone(),
+                    expected_version: None,
+                };
+                client.put_secret(request).await.unwrap();
+                acked.lock().unwrap().insert(key, value);
+                let _ = first_acks.try_send(());
+            }
+            0
+        }));
+    }
+    drop(first_acks);
+    for _ in 0..30 {
+        tokio::time::timeout(Duration::from_secs(60), enough.recv()).await.unwrap().unwrap();
+    }
+    let before = acked.lock().unwrap().clone();
+    let file = dir.path().join("node.palyra-backup");
+    let backed_up = {
+        let (data, file) = (data.clone(), file.clone());
+        tokio::task::spawn_blocking(move || backup(&data, &file)).await.unwrap()
+    };
+    stop.store(true, Ordering::SeqCst);
+    let mut writes = 0;
+    for writer in writers {
+        writes += tokio::time::timeout(Duration::from_secs(60), writer).await.unwrap().unwrap();
+    }
+    let summary = ok(backed_up);
+    served.kill();
+    eprintln!("backup while {writes} writes ran ({} acknowledged before it began): {summary}", before.len());
+    #[cfg(unix)]
+    assert_eq!(mode(&file), 0o600);
+    assert!(listing(dir.path()).iter().all(|n| !n.contains(".tmp-")), "{:?}", listing(dir.path()));
+    assert!(listing(&data).iter().all(|n| !n.starts_with(".backup")), "{:?}", listing(&data));
+
+    // The old machine is gone: its key file with it (the node used the file backend).
+    let old_ca = std::fs::read(data.join("operator/ca.pem")).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let restored = dir.path().join("new-machine").join("palyra");
+    let out = ok(restore(&restored, &file, &code));
+    eprintln!("restore: {out}");
+    assert_eq!(out["key_backend"], "file");
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&restored), 0o700);
+        assert_eq!(mode(&restored.join("keys/root.key")), 0o600);
+    }
+    assert_eq!(std::fs::read(restored.join("operator/ca.pem")).unwrap(), old_ca, "same CA");
+
+    let mut served = PALYRA.serve(&restored, "warn");
+    let operator = testkit::tls::channel_from_dir(served.grpc, &restored.join("operator")).await;
+    let mut vault = VaultServiceClient::new(operator.clone());
+    for (key, value) in &before {
+        let got = vault
+            .get_secret(pbv::GetSecretRequest { scope: "live/writes".into(), key: key.clone(), version: 0 })
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"))
+            .into_inner();
+        assert_eq!(&got.value, value, "{key}");
+    }
+    // A later write too: each secret that came back holds what was acknowledged for it.
+    let listed = vault
+        .list_secrets(pbv::ListSecretsRequest {
+            scope: "live/writes".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.secrets.len() >= before.len());
+    let all = acked.lock().unwrap().clone();
+    for secret in &listed.secrets {
+        assert!(all.contains_key(&secret.key), "{} was never acknowledged", secret.key);
+    }
+    eprintln!("{} of {} acknowledged writes are in the backup", listed.secrets.len(), all.len());
+
+    // The device minted on the old node calls the restored one with its old certificate.
+    let old_ca = String::from_utf8(old_ca).unwrap();
+    let pems = Pems { ca: old_ca, client: Some((device.cert_pem.clone(), device.key_pem.clone())) };
+    let channel = pems.channel(served.grpc).await;
+    let me = IdentityServiceClient::new(channel.clone())
+        .who_am_i(pbi::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.device_id, device.id.to_string());
+    let token = VaultServiceClient::new(channel)
+        .get_secret(pbv::GetSecretRequest { scope: "apps/laptop".into(), key: "token".into(), version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(token.value, b"t0k3n");
+    served.kill();
+
+    // The audit chain came across whole, with the kit's record in it.
+    let node = testkit::open_node(&restored).await;
+    let verification = node.audit().verify().await.unwrap();
+    assert!(verification.ok, "{verification:?}");
+    let kits = node.audit().recent(10, None, Some("palyra recovery-kit".to_owned())).await.unwrap();
+    assert_eq!(kits.len(), 1, "{kits:?}");
+    node.close_db();
+
+    // The kit came along: the restored node backs up at once, and the same code opens it.
+    let again = dir.path().join("again.palyra-backup");
+    ok(backup(&restored, &again));
+    ok(restore(&dir.path().join("third-machine"), &again, &code));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_backups_wrong_codes_and_occupied_targets_are_refused_and_nothing_is_written() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    seeded_node(&data, 300, 0).await;
+    let file = dir.path().join("b.palyra-backup");
+
+    // No kit, no backup: it could not be restored.
+    let out = backup(&data, &file);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("recovery-kit"), "{}", stderr(&out));
+    assert!(!file.exists());
+
+    let code = make_kit(&data);
+    ok(backup(&data, &file));
+    let good = std::fs::read(&file).unwrap();
+    // Never over an existing file.
+    let out = backup(&data, &file);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never overwrites"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), good);
+
+    let target = dir.path().join("restored");
+    let refused = |name: &str, bytes: &[u8], code: &str, exit: i32, says: &str| {
+        let damaged = dir.path().join(name);
+        std::fs::write(&damaged, bytes).unwrap();
+        let out = restore(&target, &damaged, code);
+        let err = stderr(&out);
+        eprintln!("{name}: exit {:?}: {err}", out.status.code());
+        assert_eq!(out.status.code(), Some(exit), "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!target.exists(), "{name}: the target was created");
+        let leftovers: Vec<String> =
+            listing(dir.path()).into_iter().filter(|n| n.contains(".restore-")).collect();
+        assert!(leftovers.is_empty(), "{name}: {leftovers:?}");
+    };
+    for at in [good.len() / 2, good.len() - 20, 200] {
+        let mut flipped = good.clone();
+        flipped[at] ^= 0x01;
+        refused(&format!("flipped-{at}"), &flipped, &code, 5, "edited or damaged");
+    }
+    let mut flipped_seal = good.clone();
+    flipped_seal[60] ^= 0x01;
+    refused("flipped-seal", &flipped_seal, &code, 5, "does not open this backup");
+    for cut in [good.len() - 1, good.len() / 2, 120] {
+        refused(&format!("cut-{cut}"), &good[..cut], &code, 5, "truncated");
+    }
+    refused("not-a-backup", b"SQLite format 3\0 and more bytes", &code, 5, "not a Palyra backup");
+    let mut newer = good.clone();
+    newer[9] = 9;
+    refused("newer", &newer, &code, 5, "newer palyra");
+
+    // A code of another kit (the node's new one) does not open the older backup.
+    let other = make_kit(&data);
+    refused("wrong-code", &good, &other, 5, "does not open this backup");
+    // A typo is caught before the slow KDF, and named.
+    let mut typo: Vec<char> = code.chars().collect();
+    typo[7] = if typo[7] == 'A' { 'B' } else { 'A' };
+    let typo: String = typo.into_iter().collect();
+    refused("typo", &good, &typo, 2, "group 2");
+
+    // A non-empty target is left alone.
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), b"mine").unwrap();
+    let out = restore(&target, &file, &code);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(listing(&target), ["keep.txt"]);
+    std::fs::remove_file(target.join("keep.txt")).unwrap();
+
+    // The intact file into the now empty target: the node opens with every secret.
+    ok(restore(&target, &file, &code));
+    let core = testkit::open_core(&target).await;
+    let scope = Scope::parse("data/bulk").unwrap();
+    for i in [0, 150, 299] {
+        let (value, _) =
+            core.vault.get(&scope, &SecretKey::parse(&format!("k{i}")).unwrap(), None).await.unwrap();
+        assert_eq!(value.expose(), format!("value {i}").as_bytes());
+    }
+    core.close_db();
+}
+
+/// Starts `args` and SIGKILLs it after `delay`; whether it had finished first.
+fn kill_after(data: &Path, args: &[&str], delay: Duration) -> bool {
+    let mut child = PALYRA.cli(data).args(args).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + delay;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_backup_or_restore_leaves_no_file_and_no_half_restored_dir() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    seeded_node(&data, 3000, 4000).await;
+    let code = make_kit(&data);
+    let mut rng = Rng::new(testkit::seed_from_env("PALYRA_BACKUP_KILL_SEED"));
+
+    // How long each takes whole, to kill anywhere inside.
+    let started = Instant::now();
+    let reference = dir.path().join("reference.palyra-backup");
+    ok(backup(&data, &reference));
+    let backup_time = started.elapsed();
+    let started = Instant::now();
+    let whole = dir.path().join("whole");
+    ok(restore(&whole, &reference, &code));
+    let restore_time = started.elapsed();
+    eprintln!("backup {backup_time:?}, restore {restore_time:?} (3000 secrets, debug build)");
+
+    let mut finished = (0usize, 0usize);
+    for round in 0..8 {
+        let out: PathBuf = dir.path().join(format!("kill-{round}.palyra-backup"));
+        let delay = backup_time.mul_f64(rng.below(1000) as f64 / 1000.0);
+        let done = kill_after(&data, &["backup", "--out", out.to_str().unwrap()], delay);
+        finished.0 += usize::from(done);
+        // Under the final name only ever a whole, synced file (linked there as the last step).
+        if out.exists() {
+            ok(restore(&dir.path().join(format!("check-{round}")), &out, &code));
+        }
+        eprintln!(
+            "round {round}: backup killed after {delay:?}: finished {done}, file there {}",
+            out.exists()
+        );
+        let target = dir.path().join(format!("target-{round}"));
+        // Most of a restore is the recovery code's KDF, before anything is written: half the
+        // rounds kill in the last 40%, where the files are written and renamed.
+        let from = if round % 2 == 0 { 0 } else { 600 };
+        let delay = restore_time.mul_f64((from + rng.below(1000 - from)) as f64 / 1000.0);
+        let done =
+            kill_after(&target, &["restore", reference.to_str().unwrap(), "--recovery-code", &code], delay);
+        finished.1 += usize::from(done);
+        let work_dirs = listing(dir.path())
+            .iter()
+            .filter(|n| n.starts_with(&format!(".target-{round}.restore-")))
+            .count();
+        eprintln!(
+            "round {round}: restore killed after {delay:?}: finished {done}, target there {}, work dirs left {work_dirs}",
+            target.exists()
+        );
+        if target.exists() {
+            // Only ever the whole node: renamed into place after everything was written.
+            assert_eq!(listing(&target), listing(&whole), "round {round}");
+            let core = testkit::open_core(&target).await;
+            let key = SecretKey::parse("k2999").unwrap();
+            core.vault.get(&Scope::parse("data/bulk").unwrap(), &key, None).await.unwrap();
+            core.close_db();
+        } else {
+            // A killed restore leaves at most its work dir beside; the next one succeeds.
+            ok(restore(&target, &reference, &code));
+        }
+    }
+    eprintln!("backups that finished before the kill: {}, restores: {}", finished.0, finished.1);
+    // The node still backs up after all those kills: no leftover blocks it.
+    ok(backup(&data, &dir.path().join("after.palyra-backup")));
+}
