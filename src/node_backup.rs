@@ -28,7 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::backup::format::Summary;
-use crate::backup::{self, BackupError, BackupReader, BackupWriter, Header, RecoveryCode};
+use crate::backup::{self, BackupError, BackupReader, BackupWriter, Header, RecoveryCode, Share};
 use crate::config::{KeyBackendChoice, Layout};
 use crate::fsutil::{self, FsError};
 use crate::node::{NodeCore, NodeOptions};
@@ -286,24 +286,42 @@ fn data_dir_files(data_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, RecoveryErr
     Ok(out)
 }
 
-/// `palyra recovery-kit` on the stopped node in `data_dir` (the caller holds its lock): a
-/// fresh code, the root key sealed under it in `keys/recovery.sealed` (replacing an older
+/// A new kit: the code, or only its shares (the code itself is never shown then).
+#[derive(Debug)]
+pub(crate) enum RecoveryKit {
+    /// One recovery code.
+    Code(RecoveryCode),
+    /// `threshold` of these give the code back.
+    Shares(Vec<Share>),
+}
+
+/// `palyra recovery-kit [--shares N --threshold K]` on the stopped node in `data_dir` (the
+/// caller holds its lock): a fresh code (split K-of-N with `split = Some((K, N))`), the root
+/// key sealed under it in `keys/recovery.sealed` (replacing an older
 /// kit: backups made before keep the seal of the code they were made with), audited first.
-pub(crate) async fn create_recovery_kit(data_dir: &Path) -> Result<RecoveryCode, RecoveryError> {
+pub(crate) async fn create_recovery_kit(
+    data_dir: &Path,
+    split: Option<(u8, u8)>,
+) -> Result<RecoveryKit, RecoveryError> {
     let failed = |e: &dyn std::fmt::Display| RecoveryError::Failed(e.to_string());
     let core = NodeCore::open(data_dir, NodeOptions::default()).await.map_err(|e| failed(&e))?;
     let key_id = core.store.meta("key_id").await?.unwrap_or_default();
     let (backend, dir) = (core.key_backend, data_dir.to_path_buf());
     let starter = core.clone();
-    let (code, kit, audit) = tokio::task::spawn_blocking(move || {
+    let (kit, sealed, audit) = tokio::task::spawn_blocking(move || {
         let root = load_root_key(backend, &dir, &key_id)?;
         let audit = starter.start_audit()?;
         let code = RecoveryCode::generate()?;
+        // Split before anything is stored: bad numbers fail here.
+        let kit = match split {
+            Some((k, n)) => RecoveryKit::Shares(backup::shares::split(&code, k, n)?),
+            None => RecoveryKit::Code(RecoveryCode::from_values(&code.values())?),
+        };
         let seal = backup::seal_root_key(&code, &root)?;
         let keys = KeyHierarchy::new(&root);
-        let mut kit = seal.clone();
-        kit.extend_from_slice(kit_mac(&keys, &seal).as_ref());
-        Ok::<_, RecoveryError>((code, kit, audit))
+        let mut sealed = seal.clone();
+        sealed.extend_from_slice(kit_mac(&keys, &seal).as_ref());
+        Ok::<_, RecoveryError>((kit, sealed, audit))
     })
     .await
     .map_err(|e| failed(&e))??;
@@ -318,16 +336,23 @@ pub(crate) async fn create_recovery_kit(data_dir: &Path) -> Result<RecoveryCode,
             action: KIT_ACTION.to_owned(),
             resource: "Node".to_owned(),
             decision: AuditDecision::Allow,
-            reason: format!("recovery kit created (offline, pid {}); backups from now on carry its seal", std::process::id()),
+            reason: format!(
+                "recovery kit created ({}; offline, pid {}); backups from now on carry its seal",
+                match split {
+                    Some((k, n)) => format!("{k}-of-{n} shares"),
+                    None => "one code".to_owned(),
+                },
+                std::process::id()
+            ),
         })
         .map_err(|e| failed(&e))?;
     audit.flush().await.map_err(|e| failed(&e))?;
     let path = data_dir.join(KIT_FILE);
-    tokio::task::spawn_blocking(move || fsutil::write_private_atomic(&path, &kit, true))
+    tokio::task::spawn_blocking(move || fsutil::write_private_atomic(&path, &sealed, true))
         .await
         .map_err(|e| failed(&e))??;
     core.close();
-    Ok(code)
+    Ok(kit)
 }
 
 /// What [`restore`] placed.

@@ -315,6 +315,50 @@ async fn damaged_backups_wrong_codes_and_occupied_targets_are_refused_and_nothin
     core.close_db();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_k_of_n_kit_restores_with_k_shares_and_not_with_fewer() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    seeded_node(&data, 20, 0).await;
+    let kit = ok(PALYRA.run(&data, &["--json", "recovery-kit", "--shares", "5", "--threshold", "3"]));
+    let shares: Vec<String> =
+        kit["shares"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+    assert_eq!(shares.len(), 5);
+    assert!(kit.get("recovery_code").is_none(), "{kit}");
+    let file = dir.path().join("b.palyra-backup");
+    ok(backup(&data, &file));
+
+    let with = |target: &Path, picked: &[usize]| {
+        let mut command = PALYRA.cli(target);
+        command.args(["--json", "restore", file.to_str().unwrap()]);
+        for &i in picked {
+            command.args(["--share", &shares[i]]);
+        }
+        command.output().unwrap()
+    };
+    let target = dir.path().join("restored");
+    let out = with(&target, &[4, 1]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("3 shares of this 3-of-N kit are needed, 2 given"), "{}", stderr(&out));
+    assert!(!target.exists());
+    ok(with(&target, &[4, 0, 2]));
+    let core = testkit::open_core(&target).await;
+    let (value, _) = core
+        .vault
+        .get(&Scope::parse("data/bulk").unwrap(), &SecretKey::parse("k19").unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(value.expose(), b"value 19");
+    core.close_db();
+
+    // The kit is audited as what it is.
+    let node = testkit::open_node(&data).await;
+    let kits = node.audit().recent(10, None, Some("palyra recovery-kit".to_owned())).await.unwrap();
+    assert_eq!(kits.len(), 1, "{kits:?}");
+    assert!(kits[0].entry.reason.contains("3-of-5 shares"), "{kits:?}");
+    node.close_db();
+}
+
 /// Starts `args` and SIGKILLs it after `delay`; whether it had finished first.
 fn kill_after(data: &Path, args: &[&str], delay: Duration) -> bool {
     let mut child = PALYRA.cli(data).args(args).stdout(std::process::Stdio::null()).spawn().unwrap();
@@ -396,4 +440,33 @@ async fn sigkill_during_backup_or_restore_leaves_no_file_and_no_half_restored_di
     eprintln!("backups that finished before the kill: {}, restores: {}", finished.0, finished.1);
     // The node still backs up after all those kills: no leftover blocks it.
     ok(backup(&data, &dir.path().join("after.palyra-backup")));
+}
+
+/// The figures of the issue: backup and restore time and file size for N secrets of 64 bytes
+/// (`PALYRA_BACKUP_MEASURE=10000,100000`, default 10000). Run with `--ignored --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: minutes for 100k secrets"]
+async fn measure_backup_and_restore() {
+    let counts = std::env::var("PALYRA_BACKUP_MEASURE").unwrap_or_else(|_| "10000".to_owned());
+    for count in counts.split(',').map(|c| c.trim().parse::<usize>().unwrap()) {
+        let dir = private_tempdir();
+        let data = dir.path().join("node");
+        let started = Instant::now();
+        seeded_node(&data, count, 64 - 10).await;
+        let seeded = started.elapsed();
+        let code = make_kit(&data);
+        let db = std::fs::metadata(data.join("palyra.db")).unwrap().len();
+        let file = dir.path().join("b.palyra-backup");
+        let started = Instant::now();
+        ok(backup(&data, &file));
+        let backup_time = started.elapsed();
+        let size = std::fs::metadata(&file).unwrap().len();
+        let started = Instant::now();
+        ok(restore(&dir.path().join("restored"), &file, &code));
+        let restore_time = started.elapsed();
+        eprintln!(
+            "{count} secrets: database {db} bytes, backup file {size} bytes, backup {backup_time:?}, \
+             restore {restore_time:?} (seeded in {seeded:?})"
+        );
+    }
 }

@@ -1,14 +1,16 @@
 //! Backups and recovery, the pure parts: the backup file format ([`format`]: a versioned
 //! header, then the body in ChaCha20-Poly1305 chunks whose index and final flag are bound
 //! into each chunk's nonce and AAD) and the recovery code that seals the root key
-//! ([`recovery`]). No database and no data dir here: `node_backup` composes them with the
+//! ([`recovery`]), and its K-of-N shares ([`shares`]). No database and no data dir here: `node_backup` composes them with the
 //! storage snapshot and the files of a data dir.
 
 pub mod format;
 pub mod recovery;
+pub mod shares;
 
 pub use format::{BackupReader, BackupWriter, Header, read_entries};
 pub use recovery::{RecoveryCode, open_root_key, seal_root_key};
+pub use shares::Share;
 
 /// Why a backup could not be written, read or opened.
 #[derive(Debug, thiserror::Error)]

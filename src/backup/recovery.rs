@@ -79,64 +79,88 @@ fn value_of(symbol: u8) -> Option<u8> {
     ALPHABET.iter().position(|&a| a == symbol).map(|p| p as u8)
 }
 
+/// Symbols (values below 32) as a person reads them: groups of 4 and a check symbol, joined
+/// by `-`.
+pub(crate) fn encode_groups(values: &[u8]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(values.len() / GROUP_DATA * 6));
+    for (group, chunk) in values.chunks(GROUP_DATA).enumerate() {
+        if group > 0 {
+            out.push('-');
+        }
+        out.extend(chunk.iter().map(|&v| char::from(ALPHABET[usize::from(v & 31)])));
+        out.push(char::from(ALPHABET[usize::from(check_symbol(group, chunk))]));
+    }
+    out
+}
+
+/// Reads `groups` groups as typed (case, spaces and hyphens ignored, `O`→`0`, `I`/`L`→`1`),
+/// each group's check symbol verified; the error names `what` and the group that is wrong.
+pub(crate) fn decode_groups(text: &str, groups: usize, what: &str) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    let cleaned: Zeroizing<Vec<u8>> =
+        Zeroizing::new(text.bytes().filter(|b| !matches!(b, b'-' | b' ' | b'\t')).collect());
+    let want = groups * (GROUP_DATA + 1);
+    if cleaned.len() != want {
+        return Err(BackupError::BadCode(format!(
+            "the {what} has {} symbols, expected {want} ({groups} groups of {})",
+            cleaned.len(),
+            GROUP_DATA + 1
+        )));
+    }
+    let mut values = Zeroizing::new(Vec::with_capacity(want));
+    for (i, &symbol) in cleaned.iter().enumerate() {
+        let value = value_of(symbol).ok_or_else(|| {
+            BackupError::BadCode(format!(
+                "group {} of the {what} has a character that is not in the code's alphabet",
+                i / (GROUP_DATA + 1) + 1
+            ))
+        })?;
+        values.push(value);
+    }
+    let mut data = Zeroizing::new(Vec::with_capacity(groups * GROUP_DATA));
+    for (group, chunk) in values.chunks(GROUP_DATA + 1).enumerate() {
+        if check_symbol(group, &chunk[..GROUP_DATA]) != chunk[GROUP_DATA] {
+            return Err(BackupError::BadCode(format!(
+                "group {} of the {what} is mistyped (its check symbol does not match)",
+                group + 1
+            )));
+        }
+        data.extend_from_slice(&chunk[..GROUP_DATA]);
+    }
+    Ok(data)
+}
+
 impl RecoveryCode {
     /// A fresh code from the system's CSPRNG.
     pub fn generate() -> Result<Self, BackupError> {
         let mut bytes = Zeroizing::new([0u8; DATA_SYMBOLS]);
         SystemRandom::new().fill(bytes.as_mut()).map_err(|_| BackupError::Random)?;
         // 256 is a multiple of 32: the low five bits of a uniform byte are uniform.
-        let symbols = bytes.iter().map(|b| ALPHABET[usize::from(b & 31)]).collect::<Vec<_>>();
-        Ok(RecoveryCode(Zeroizing::new(symbols)))
+        let values = Zeroizing::new(bytes.iter().map(|b| b & 31).collect::<Vec<_>>());
+        Self::from_values(&values)
+    }
+
+    /// The code of 28 symbol values (each below 32), e.g. put together from shares.
+    pub(crate) fn from_values(values: &[u8]) -> Result<Self, BackupError> {
+        if values.len() != DATA_SYMBOLS || values.iter().any(|&v| v >= 32) {
+            return Err(BackupError::WrongCode);
+        }
+        Ok(RecoveryCode(Zeroizing::new(values.iter().map(|&v| ALPHABET[usize::from(v)]).collect())))
+    }
+
+    /// The 28 symbol values (what shares split).
+    pub(crate) fn values(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.0.iter().filter_map(|&s| value_of(s)).collect())
     }
 
     /// Reads a code as typed: case, spaces and hyphens ignored, `O`→`0`, `I`/`L`→`1`; every
     /// group's check symbol verified. The error names the group that is wrong.
     pub fn parse(text: &str) -> Result<Self, BackupError> {
-        let cleaned: Zeroizing<Vec<u8>> =
-            Zeroizing::new(text.bytes().filter(|b| !matches!(b, b'-' | b' ' | b'\t')).collect());
-        let want = GROUPS * (GROUP_DATA + 1);
-        if cleaned.len() != want {
-            return Err(BackupError::BadCode(format!(
-                "the recovery code has {} symbols, expected {want} ({GROUPS} groups of {})",
-                cleaned.len(),
-                GROUP_DATA + 1
-            )));
-        }
-        let mut values = Zeroizing::new(Vec::with_capacity(want));
-        for (i, &symbol) in cleaned.iter().enumerate() {
-            let value = value_of(symbol).ok_or_else(|| {
-                BackupError::BadCode(format!(
-                    "group {} of the recovery code has a character that is not in the code's alphabet",
-                    i / (GROUP_DATA + 1) + 1
-                ))
-            })?;
-            values.push(value);
-        }
-        let mut data = Zeroizing::new(Vec::with_capacity(DATA_SYMBOLS));
-        for (group, chunk) in values.chunks(GROUP_DATA + 1).enumerate() {
-            if check_symbol(group, &chunk[..GROUP_DATA]) != chunk[GROUP_DATA] {
-                return Err(BackupError::BadCode(format!(
-                    "group {} of the recovery code is mistyped (its check symbol does not match)",
-                    group + 1
-                )));
-            }
-            data.extend(chunk[..GROUP_DATA].iter().map(|&v| ALPHABET[usize::from(v)]));
-        }
-        Ok(RecoveryCode(data))
+        Self::from_values(&decode_groups(text, GROUPS, "recovery code")?)
     }
 
     /// The code for a person: 7 groups of 5 symbols joined by `-`.
     pub fn display(&self) -> Zeroizing<String> {
-        let mut out = Zeroizing::new(String::with_capacity(GROUPS * 6));
-        for (group, chunk) in self.0.chunks(GROUP_DATA).enumerate() {
-            if group > 0 {
-                out.push('-');
-            }
-            let values: Vec<u8> = chunk.iter().filter_map(|&s| value_of(s)).collect();
-            out.extend(chunk.iter().map(|&s| char::from(s)));
-            out.push(char::from(ALPHABET[usize::from(check_symbol(group, &values))]));
-        }
-        out
+        encode_groups(&self.values())
     }
 
     fn sealing_key(&self, iterations: NonZeroU32, salt: &[u8]) -> Result<LessSafeKey, BackupError> {

@@ -7,9 +7,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::output::{CliError, Context, Exit};
-use crate::backup::RecoveryCode;
+use crate::backup::{RecoveryCode, Share};
 use crate::config::KeyBackendChoice;
-use crate::node_backup::{self, RecoveryError};
+use crate::node_backup::{self, RecoveryError, RecoveryKit};
 
 #[derive(Debug, Args)]
 pub(super) struct BackupArgs {
@@ -19,15 +19,26 @@ pub(super) struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
-pub(super) struct RecoveryKitArgs {}
+pub(super) struct RecoveryKitArgs {
+    /// Split the code into this many shares (printed; the code itself is not).
+    #[arg(long, requires = "threshold", value_name = "N")]
+    shares: Option<u8>,
+    /// How many shares give the code back.
+    #[arg(long, requires = "shares", value_name = "K")]
+    threshold: Option<u8>,
+}
 
 #[derive(Debug, Args)]
 pub(super) struct RestoreArgs {
     /// The backup file.
     file: PathBuf,
-    /// The recovery code of the kit the backup was made with (read from stdin when absent).
-    #[arg(long, value_name = "CODE")]
+    /// The recovery code of the kit the backup was made with (read from stdin when neither
+    /// it nor --share is given).
+    #[arg(long, value_name = "CODE", conflicts_with = "share")]
     recovery_code: Option<String>,
+    /// A share of a K-of-N kit; give K of them.
+    #[arg(long, value_name = "SHARE")]
+    share: Vec<String>,
     /// Where to keep the restored root key [default: auto: the OS keychain where one answers,
     /// else a 0600 key file]
     #[arg(long, env = "PALYRA_KEY_BACKEND", value_name = "BACKEND")]
@@ -90,45 +101,59 @@ pub(super) async fn backup(ctx: &Context, args: BackupArgs) -> Result<(), CliErr
 
 /// `palyra recovery-kit`: offline (the data dir's lock), so its audit record goes through the
 /// node's own chain.
-pub(super) async fn recovery_kit(ctx: &Context, _args: RecoveryKitArgs) -> Result<(), CliError> {
+pub(super) async fn recovery_kit(ctx: &Context, args: RecoveryKitArgs) -> Result<(), CliError> {
     no_node(ctx)?;
     let _lock =
         crate::datadir_lock::DataDirLock::acquire(&ctx.data_dir, "palyra recovery-kit").map_err(|e| {
             CliError::new(e.to_string()).hint("stop `palyra serve` first: a kit is made offline, and audited")
         })?;
-    let code = node_backup::create_recovery_kit(&ctx.data_dir).await.map_err(cli_error)?;
-    let shown = code.display();
-    #[derive(Serialize)]
-    struct Out<'a> {
-        recovery_code: &'a str,
+    let split = args.threshold.zip(args.shares);
+    let kit = node_backup::create_recovery_kit(&ctx.data_dir, split).await.map_err(cli_error)?;
+    match kit {
+        RecoveryKit::Code(code) => {
+            let shown = code.display();
+            #[derive(Serialize)]
+            struct Out<'a> {
+                recovery_code: &'a str,
+            }
+            ctx.print(&Out { recovery_code: &shown }, || {
+                format!(
+                    "Recovery code (shown once; write it down and keep it apart from your backups):\n\n    {}\n\n\
+                     Every backup made from now on can be restored on any machine with this code:\n    \
+                     palyra --data-dir NEW restore FILE --recovery-code CODE\n\
+                     Backups made before keep opening with the code of their own kit.",
+                    &*shown
+                )
+            })
+        }
+        RecoveryKit::Shares(shares) => {
+            let shown: Vec<zeroize::Zeroizing<String>> = shares.iter().map(|s| s.display()).collect();
+            #[derive(Serialize)]
+            struct Out<'a> {
+                shares: Vec<&'a str>,
+            }
+            let (k, n) = split.unwrap_or_default();
+            ctx.print(&Out { shares: shown.iter().map(|s| s.as_str()).collect() }, || {
+                let mut text = format!(
+                    "Recovery shares, {k} of {n} needed (shown once; give each to a different keeper):\n\n"
+                );
+                for (i, share) in shown.iter().enumerate() {
+                    text.push_str(&format!("    share {}: {}\n", i + 1, share.as_str()));
+                }
+                text.push_str(&format!(
+                    "\nRestore any backup made from now on with {k} of them:\n    \
+                     palyra --data-dir NEW restore FILE --share S1 --share S2 ..."
+                ));
+                text
+            })
+        }
     }
-    ctx.print(&Out { recovery_code: &shown }, || {
-        format!(
-            "Recovery code (shown once; write it down and keep it apart from your backups):\n\n    {}\n\n\
-             Every backup made from now on can be restored on any machine with this code:\n    \
-             palyra --data-dir NEW restore FILE --recovery-code CODE\n\
-             Backups made before keep opening with the code of their own kit.",
-            &*shown
-        )
-    })
 }
 
 /// `palyra --data-dir NEW restore FILE --recovery-code CODE`.
 pub(super) async fn restore(ctx: &Context, args: RestoreArgs) -> Result<(), CliError> {
-    let typed = match args.recovery_code {
-        Some(code) => zeroize::Zeroizing::new(code),
-        None => {
-            eprintln!("recovery code: ");
-            let mut line = zeroize::Zeroizing::new(String::new());
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .map_err(|e| CliError::new(format!("cannot read the recovery code from stdin: {e}")))?;
-            line
-        }
-    };
-    let code = RecoveryCode::parse(typed.trim()).map_err(|e| CliError::of(Exit::Usage, e.to_string()))?;
-    drop(typed);
+    let code =
+        if args.share.is_empty() { typed_code(args.recovery_code)? } else { from_shares(&args.share)? };
     let target = ctx.data_dir.clone();
     let file = args.file.clone();
     let choice = args.key_backend.unwrap_or_default();
@@ -156,4 +181,32 @@ pub(super) async fn restore(ctx: &Context, args: RestoreArgs) -> Result<(), CliE
             out.data_dir, out.files, out.key_backend, out.seconds, out.data_dir
         )
     })
+}
+
+/// The recovery code from `--recovery-code`, else a line of stdin; a typo is a usage error.
+fn typed_code(given: Option<String>) -> Result<RecoveryCode, CliError> {
+    let typed = match given {
+        Some(code) => zeroize::Zeroizing::new(code),
+        None => {
+            eprintln!("recovery code: ");
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| CliError::new(format!("cannot read the recovery code from stdin: {e}")))?;
+            line
+        }
+    };
+    RecoveryCode::parse(typed.trim()).map_err(|e| CliError::of(Exit::Usage, e.to_string()))
+}
+
+/// The recovery code put together from K shares (`--share`, in any order).
+fn from_shares(texts: &[String]) -> Result<RecoveryCode, CliError> {
+    let mut shares = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let share =
+            Share::parse(text).map_err(|e| CliError::of(Exit::Usage, format!("--share #{}: {e}", i + 1)))?;
+        shares.push(share);
+    }
+    crate::backup::shares::combine(&shares).map_err(|e| CliError::of(Exit::Usage, e.to_string()))
 }
