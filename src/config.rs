@@ -71,6 +71,52 @@ pub struct FileConfig {
     pub console: Option<ConsoleConfig>,
     /// The gRPC listener's connection budgets and timeouts (`[grpc]`).
     pub grpc: Option<GrpcConfig>,
+    /// Scheduled backups made by `palyra serve` (`[backup]`).
+    pub backup: Option<BackupConfig>,
+}
+
+/// `[backup]` of `palyra.toml`: `palyra serve` writes a backup into `dir` every `every`
+/// ("90s", "30m", "6h", "1d") and keeps the newest `keep` (default 7).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where the backups go (created 0700 if missing).
+    pub dir: PathBuf,
+    /// How often.
+    pub every: String,
+    /// How many to keep, newest first.
+    pub keep: Option<usize>,
+}
+
+/// Backups kept when `[backup] keep` is not set.
+pub const DEFAULT_BACKUP_KEEP: usize = 7;
+
+impl BackupConfig {
+    /// `every` as a duration: a whole number and a unit (`s`, `m`, `h`, `d`), at least 1 s.
+    pub fn interval(&self) -> Result<std::time::Duration, String> {
+        let text = self.every.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let unit = match unit.trim() {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => 0,
+        };
+        match number.parse::<u64>() {
+            Ok(n) if n > 0 && unit > 0 && n <= 366 * 86_400 / unit => Ok(std::time::Duration::from_secs(n * unit)),
+            _ => Err(format!("[backup] every = {:?}: use a whole number and s, m, h or d, e.g. \"6h\"", self.every)),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.interval()?;
+        if self.keep == Some(0) {
+            return Err("[backup] keep must be at least 1".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// `[grpc]` of `palyra.toml`: connection budgets and timeouts (unset: the gRPC edge's
@@ -196,6 +242,9 @@ impl FileConfig {
         }
         if let Some(grpc) = &config.grpc {
             grpc.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        }
+        if let Some(backup) = &config.backup {
+            backup.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         }
         Ok(config)
     }
@@ -339,5 +388,18 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let text = format!("a = {}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(FileConfig::parse(&text, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn the_backup_section_reads_its_interval() -> Result<(), ConfigError> {
+        let file = FileConfig::parse("[backup]\ndir = \"/b\"\nevery = \"6h\"\nkeep = 3", Path::new("palyra.toml"))?;
+        let backup = file.backup.ok_or(ConfigError::Value("no [backup]".into()))?;
+        assert_eq!(backup.interval().map_err(ConfigError::Value)?, std::time::Duration::from_secs(6 * 3600));
+        assert_eq!(backup.keep, Some(3));
+        for bad in ["every = \"0s\"", "every = \"6 weeks\"", "every = \"h\"", "every = \"1s\"\nkeep = 0"] {
+            let text = format!("[backup]\ndir = \"/b\"\n{bad}");
+            assert!(FileConfig::parse(&text, Path::new("palyra.toml")).is_err(), "{bad}");
+        }
+        Ok(())
     }
 }

@@ -29,7 +29,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::backup::format::Summary;
 use crate::backup::{self, BackupError, BackupReader, BackupWriter, Header, RecoveryCode, Share};
-use crate::config::{KeyBackendChoice, Layout};
+use crate::config::{BackupConfig, DEFAULT_BACKUP_KEEP, KeyBackendChoice, Layout};
 use crate::fsutil::{self, FsError};
 use crate::node::{NodeCore, NodeOptions};
 use crate::storage::snapshot;
@@ -480,4 +480,73 @@ fn store_root_key(work: &Path, key_id: &str, root: &RootKey, choice: KeyBackendC
         Err(e) => return Err(e.into()),
     }
     Ok(provider.backend())
+}
+
+/// `[backup]` of `palyra.toml`: a backup into `config.dir` every `config.every`, the newest
+/// `keep` kept. A failure is logged with the count so far and tried again at the next tick;
+/// a backup cut short (the process stopped) leaves only its temporary name, never a file
+/// under the final one.
+pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = match config.interval() {
+            Ok(every) => every,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled backups are off");
+                return;
+            }
+        };
+        let keep = config.keep.unwrap_or(DEFAULT_BACKUP_KEEP).max(1);
+        tracing::info!(dir = %config.dir.display(), ?every, keep, "scheduled backups on");
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut made, mut failures) = (0u64, 0u64);
+        loop {
+            ticker.tick().await;
+            let (data, dir) = (data_dir.clone(), config.dir.clone());
+            let result = tokio::task::spawn_blocking(move || scheduled_backup(&data, &dir, keep))
+                .await
+                .unwrap_or_else(|e| Err(RecoveryError::Failed(format!("the backup task failed: {e}"))));
+            match result {
+                Ok((outcome, removed)) => {
+                    made += 1;
+                    tracing::info!(
+                        file = %outcome.path.display(),
+                        bytes = outcome.bytes,
+                        seconds = outcome.seconds,
+                        removed,
+                        made,
+                        failures,
+                        "scheduled backup written"
+                    );
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, made, "scheduled backup failed; trying again at the next one");
+                }
+            }
+        }
+    })
+}
+
+/// One scheduled backup: `dir/palyra-<unix ms>.palyra-backup`, then the oldest beyond `keep`
+/// removed. Returns what was written and how many were removed.
+fn scheduled_backup(data_dir: &Path, dir: &Path, keep: usize) -> Result<(BackupOutcome, usize), RecoveryError> {
+    if !dir.exists() {
+        fsutil::ensure_private_dir(dir)?;
+    }
+    let name = format!("palyra-{:016}.palyra-backup", crate::unix_time::unix_ms(SystemTime::now()));
+    let outcome = backup(data_dir, &dir.join(name))?;
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(io_error("list", dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("palyra-") && n.ends_with(".palyra-backup"))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for name in &names[..excess] {
+        let path = dir.join(name);
+        fs::remove_file(&path).map_err(io_error("remove the old backup", &path))?;
+    }
+    Ok((outcome, excess))
 }

@@ -359,6 +359,68 @@ async fn a_k_of_n_kit_restores_with_k_shares_and_not_with_fewer() {
     node.close_db();
 }
 
+/// Waits (bounded) for a serve log line containing `what`.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line =
+            lines.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {what:?} within 60 s"));
+        if line.contains(what) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_makes_scheduled_backups_rotates_them_and_counts_failures() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    seeded_node(&data, 20, 0).await;
+    let backups = dir.path().join("backups");
+    let config = format!("[backup]\ndir = {:?}\nevery = \"1s\"\nkeep = 2\n", backups.to_str().unwrap());
+    std::fs::write(data.join("palyra.toml"), config).unwrap();
+
+    // Without a kit every scheduled backup fails, logged with the count; serve keeps serving.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let sender = tx.clone();
+    let mut served = testkit::spawn_serving(
+        PALYRA.serve_command(&data, "palyra=info"),
+        Duration::from_secs(120),
+        move |l| {
+            let _ = sender.send(l);
+        },
+    );
+    let line = wait_for_line(&lines, "scheduled backup failed");
+    assert!(line.contains("failures=1") && line.contains("recovery-kit"), "{line}");
+    let line = wait_for_line(&lines, "scheduled backup failed");
+    assert!(line.contains("failures=2"), "{line}");
+    served.kill();
+    assert!(listing(&backups).is_empty(), "{:?}", listing(&backups));
+
+    let code = make_kit(&data);
+    let (tx, lines) = std::sync::mpsc::channel();
+    let mut served = testkit::spawn_serving(
+        PALYRA.serve_command(&data, "palyra=info"),
+        Duration::from_secs(120),
+        move |l| {
+            let _ = tx.send(l);
+        },
+    );
+    for made in 1..=3 {
+        let line = wait_for_line(&lines, "scheduled backup written");
+        assert!(line.contains(&format!("made={made}")), "{line}");
+    }
+    served.kill();
+    // Rotation keeps the newest two (a backup the kill cut short leaves only a dot-named temp).
+    let kept: Vec<String> = listing(&backups).into_iter().filter(|n| !n.starts_with('.')).collect();
+    assert_eq!(kept.len(), 2, "{:?}", listing(&backups));
+    let newest = backups.join(kept.last().unwrap());
+    #[cfg(unix)]
+    assert_eq!(mode(&backups), 0o700);
+    ok(restore(&dir.path().join("restored"), &newest, &code));
+}
+
 /// Starts `args` and SIGKILLs it after `delay`; whether it had finished first.
 fn kill_after(data: &Path, args: &[&str], delay: Duration) -> bool {
     let mut child = PALYRA.cli(data).args(args).stdout(std::process::Stdio::null()).spawn().unwrap();

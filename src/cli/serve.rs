@@ -291,6 +291,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         None => None,
     };
     let retention = node.events.spawn_retention(std::time::Duration::from_secs(60));
+    let backups = s.file.backup.clone().map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b));
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
     if !ctx.json {
@@ -342,6 +343,9 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         }
     }
     retention.abort();
+    if let Some(task) = backups {
+        task.abort();
+    }
     grpc_result.map_err(|e| CliError::new(e.to_string()))?;
     if let Err(e) = node.audit.flush().await {
         tracing::error!(error = %e, "audit records queued at shutdown could not be appended");
