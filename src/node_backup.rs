@@ -550,3 +550,113 @@ fn scheduled_backup(data_dir: &Path, dir: &Path, keep: usize) -> Result<(BackupO
     }
     Ok((outcome, excess))
 }
+
+/// What [`migrate_key`] did.
+#[derive(Debug, Clone)]
+pub(crate) struct Migration {
+    /// Where the key was.
+    pub from: KeyBackend,
+    /// Where it is now.
+    pub to: KeyBackend,
+    /// Whether a copy left in the other backend by an interrupted run was removed.
+    pub removed_leftover: bool,
+}
+
+/// `palyra key migrate --to BACKEND` on the stopped node in `data_dir` (the caller holds its
+/// lock). Crash-safe in three steps, each leaving a node that starts: (1) the key is stored in
+/// the new backend and read back; (2) `meta.key_backend` is switched in one database write (the
+/// commit point: before it the node starts from the old backend, after it from the new); (3)
+/// the old copy is removed. A run interrupted after (2) leaves a second copy, which the next
+/// run with the same `--to` removes (only if it is the same key).
+pub(crate) async fn migrate_key(data_dir: &Path, to: KeyBackend) -> Result<Migration, RecoveryError> {
+    let failed = |e: &dyn std::fmt::Display| RecoveryError::Failed(e.to_string());
+    let core = NodeCore::open(data_dir, NodeOptions::default()).await.map_err(|e| failed(&e))?;
+    let from = core.key_backend;
+    let key_id = core.store.meta("key_id").await?.unwrap_or_default();
+    let dir = data_dir.to_path_buf();
+    let (id, copy_dir) = (key_id.clone(), dir.clone());
+    let copied = tokio::task::spawn_blocking(move || -> Result<bool, RecoveryError> {
+        let root = load_root_key(from, &copy_dir, &id)?;
+        if from == to {
+            return remove_copy(other(to), &copy_dir, &id, &root);
+        }
+        let target = provider_for(to, &copy_dir, &id)?;
+        match target.store(&root) {
+            Ok(()) => {}
+            Err(KeyError::AlreadyExists(where_)) => {
+                // A run interrupted after this step: the same key is fine, another is not.
+                if !holds(&*target, &root)? {
+                    return Err(RecoveryError::Failed(format!(
+                        "{where_} already holds a different root key; remove it before migrating"
+                    )));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !holds(&*target, &root)? {
+            return Err(RecoveryError::Failed(format!("the {to} backend did not return the key it was given")));
+        }
+        Ok(false)
+    })
+    .await
+    .map_err(|e| failed(&e))??;
+    if from == to {
+        core.close();
+        return Ok(Migration { from, to, removed_leftover: copied });
+    }
+    core.store.set_meta("key_backend", to.as_str().to_owned()).await?;
+    core.close();
+    let removed = tokio::task::spawn_blocking(move || -> Result<bool, RecoveryError> {
+        let root = load_root_key(to, &dir, &key_id)?;
+        remove_copy(from, &dir, &key_id, &root)
+    })
+    .await
+    .map_err(|e| failed(&e))??;
+    Ok(Migration { from, to, removed_leftover: removed })
+}
+
+/// Whether `provider` holds exactly `root`.
+fn holds(provider: &dyn KeyProvider, root: &RootKey) -> Result<bool, RecoveryError> {
+    Ok(provider.load()?.is_some_and(|k| k.as_bytes() == root.as_bytes()))
+}
+
+fn other(backend: KeyBackend) -> KeyBackend {
+    match backend {
+        KeyBackend::File => KeyBackend::Keychain,
+        KeyBackend::Keychain => KeyBackend::File,
+    }
+}
+
+fn provider_for(backend: KeyBackend, data_dir: &Path, key_id: &str) -> Result<Box<dyn KeyProvider>, RecoveryError> {
+    Ok(match backend {
+        KeyBackend::File => Box::new(FileKeyProvider::new(data_dir)),
+        KeyBackend::Keychain => Box::new(KeychainKeyProvider::open(key_id)?),
+    })
+}
+
+/// Removes the copy of `root` in `backend`, if there is one and it is this key; whether it did.
+fn remove_copy(backend: KeyBackend, data_dir: &Path, key_id: &str, root: &RootKey) -> Result<bool, RecoveryError> {
+    match backend {
+        KeyBackend::File => {
+            let provider = FileKeyProvider::new(data_dir);
+            if !holds(&provider, root)? {
+                return Ok(false);
+            }
+            let path = provider.path().to_path_buf();
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            if let Some(dir) = path.parent() {
+                fsutil::sync_dir(dir)?;
+            }
+            Ok(true)
+        }
+        KeyBackend::Keychain => {
+            // No keychain answering: nothing of ours can be in it.
+            let Ok(keychain) = KeychainKeyProvider::open(key_id) else { return Ok(false) };
+            if !holds(&keychain, root)? {
+                return Ok(false);
+            }
+            keychain.delete()?;
+            Ok(true)
+        }
+    }
+}

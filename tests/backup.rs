@@ -421,6 +421,71 @@ async fn serve_makes_scheduled_backups_rotates_them_and_counts_failures() {
     ok(restore(&dir.path().join("restored"), &newest, &code));
 }
 
+/// The node in `data` opens from whatever backend it recorded, and serves a secret.
+async fn starts_and_reads(data: &Path, context: &str) -> String {
+    let core = testkit::try_open_core(data, palyra::node::NodeOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{context}: the node does not start: {e}"));
+    let key = SecretKey::parse("k7").unwrap();
+    let (value, _) = core.vault.get(&Scope::parse("data/bulk").unwrap(), &key, None).await.unwrap();
+    assert_eq!(value.expose(), b"value 7", "{context}");
+    let backend = core.key_backend().to_string();
+    core.close_db();
+    backend
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_migrate_moves_the_root_key_and_a_kill_at_any_point_leaves_a_node_that_starts() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    seeded_node(&data, 10, 0).await;
+
+    let out = ok(PALYRA.run(&data, &["--json", "key", "migrate", "--to", "file"]));
+    assert_eq!((out["from"].as_str(), out["to"].as_str()), (Some("file"), Some("file")), "{out}");
+
+    match palyra::vault::keychain::KeychainKeyProvider::open("palyra-backup-test-probe") {
+        Ok(_) => {}
+        Err(e) => {
+            // No Secret Service here: the move is refused and the node is as it was.
+            let out = PALYRA.run(&data, &["key", "migrate", "--to", "keychain"]);
+            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            assert_eq!(starts_and_reads(&data, "refused").await, "file");
+            assert!(data.join("keys/root.key").exists());
+            assert!(
+                std::env::var("PALYRA_REQUIRE_SECRET_SERVICE").as_deref() != Ok("1"),
+                "no Secret Service: {e}"
+            );
+            use std::io::Write as _;
+            let _ = std::io::stderr()
+                .write_all(format!("SKIPPED (the keychain half): no Secret Service: {e}\n").as_bytes());
+            return;
+        }
+    }
+    let mut rng = Rng::new(testkit::seed_from_env("PALYRA_BACKUP_KILL_SEED"));
+    let started = Instant::now();
+    ok(PALYRA.run(&data, &["--json", "key", "migrate", "--to", "keychain"]));
+    let took = started.elapsed();
+    assert!(!data.join("keys/root.key").exists(), "the file copy is removed");
+    assert_eq!(starts_and_reads(&data, "moved").await, "keychain");
+    let mut seen = std::collections::BTreeMap::new();
+    for round in 0..10 {
+        let to = if round % 2 == 0 { "file" } else { "keychain" };
+        let delay = took.mul_f64(rng.below(1200) as f64 / 1000.0);
+        let done = kill_after(&data, &["key", "migrate", "--to", to], delay);
+        let backend = starts_and_reads(&data, &format!("round {round}, killed after {delay:?}")).await;
+        *seen.entry(backend.clone()).or_insert(0) += 1;
+        eprintln!(
+            "round {round}: migrate --to {to} killed after {delay:?} (finished {done}): starts from {backend}"
+        );
+        // Whatever the kill left, finishing the move works.
+        ok(PALYRA.run(&data, &["--json", "key", "migrate", "--to", to]));
+        assert_eq!(starts_and_reads(&data, "finished").await, to);
+    }
+    eprintln!("backends the node started from after a kill: {seen:?}");
+    ok(PALYRA.run(&data, &["--json", "key", "migrate", "--to", "file"]));
+    assert!(data.join("keys/root.key").exists());
+}
+
 /// Starts `args` and SIGKILLs it after `delay`; whether it had finished first.
 fn kill_after(data: &Path, args: &[&str], delay: Duration) -> bool {
     let mut child = PALYRA.cli(data).args(args).stdout(std::process::Stdio::null()).spawn().unwrap();

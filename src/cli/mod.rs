@@ -14,6 +14,7 @@ mod devices;
 mod enrollment;
 mod exit;
 mod identity;
+mod key;
 mod node;
 mod output;
 pub mod pair;
@@ -95,6 +96,9 @@ enum Command {
     RecoveryKit(backup::RecoveryKitArgs),
     /// Restore a backup into an empty or absent --data-dir with its recovery code.
     Restore(backup::RestoreArgs),
+    /// The root key's backend.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 impl Cli {
@@ -123,6 +127,7 @@ impl Cli {
             Command::Backup(args) => backup::backup(&ctx, args).await,
             Command::RecoveryKit(args) => backup::recovery_kit(&ctx, args).await,
             Command::Restore(args) => backup::restore(&ctx, args).await,
+            Command::Key(cmd) => key::run(&ctx, cmd).await,
         }
     }
 }

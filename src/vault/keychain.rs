@@ -108,11 +108,11 @@ impl KeychainKeyProvider {
 
     /// Deletes the root-key item (all of them, should there be several). No item is not an error.
     ///
-    /// Meant for tests and for tearing a node down; it destroys the key.
+    /// For tests, tearing a node down, and `palyra key migrate` once the key is recorded
+    /// elsewhere; it destroys this copy of the key.
     ///
     /// # Errors
     /// [`KeyError::Keychain`] or [`KeyError::KeychainUnavailable`] when the keychain fails.
-    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn delete(&self) -> Result<(), KeyError> {
         let store = Arc::clone(&self.store);
         let user = self.user.clone();

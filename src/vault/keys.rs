@@ -187,7 +187,6 @@ impl FileKeyProvider {
     }
 
     /// The key file's path.
-    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub fn path(&self) -> &Path {
         &self.path
     }
