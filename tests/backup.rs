@@ -320,7 +320,17 @@ async fn a_k_of_n_kit_restores_with_k_shares_and_not_with_fewer() {
     let dir = private_tempdir();
     let data = dir.path().join("node");
     seeded_node(&data, 20, 0).await;
-    let kit = ok(PALYRA.run(&data, &["--json", "recovery-kit", "--shares", "5", "--threshold", "3"]));
+    let qr = dir.path().join("kit.png");
+    let kit = ok(PALYRA.run(
+        &data,
+        &["--json", "recovery-kit", "--shares", "5", "--threshold", "3", "--qr", qr.to_str().unwrap()],
+    ));
+    for n in 1..=5 {
+        let image = dir.path().join(format!("kit-{n}.png"));
+        assert!(std::fs::read(&image).unwrap().starts_with(b"\x89PNG"), "{}", image.display());
+        #[cfg(unix)]
+        assert_eq!(mode(&image), 0o600);
+    }
     let shares: Vec<String> =
         kit["shares"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
     assert_eq!(shares.len(), 5);

@@ -26,6 +26,10 @@ pub(super) struct RecoveryKitArgs {
     /// How many shares give the code back.
     #[arg(long, requires = "shares", value_name = "K")]
     threshold: Option<u8>,
+    /// Also write the code as a QR image (PNG, mode 0600, never overwritten; with shares one
+    /// image per share, `FILE` with `-1`, `-2`, … before its extension). Print it, then delete it.
+    #[arg(long, value_name = "FILE")]
+    qr: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +113,37 @@ pub(super) async fn recovery_kit(ctx: &Context, args: RecoveryKitArgs) -> Result
         })?;
     let split = args.threshold.zip(args.shares);
     let kit = node_backup::create_recovery_kit(&ctx.data_dir, split).await.map_err(cli_error)?;
+    // Printed first: the kit exists now, and an image that cannot be written must not lose it.
+    let texts: Vec<zeroize::Zeroizing<String>> = match &kit {
+        RecoveryKit::Code(code) => vec![code.display()],
+        RecoveryKit::Shares(shares) => shares.iter().map(|s| s.display()).collect(),
+    };
+    print_kit(ctx, &kit, split)?;
+    if let Some(qr) = args.qr {
+        let many = texts.len() > 1;
+        for (i, text) in texts.iter().enumerate() {
+            let path = if many { numbered(&qr, i + 1) } else { qr.clone() };
+            let png = zeroize::Zeroizing::new(super::pairing::qr_png(text)?);
+            crate::fsutil::write_private_atomic(&path, &png, false).map_err(|e| {
+                CliError::new(format!("the kit is printed above, but its QR image was not written: {e}"))
+            })?;
+            eprintln!("QR image written to {} (mode 0600): print it, then delete it", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `kit.png` → `kit-3.png`.
+fn numbered(path: &std::path::Path, n: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{n}"),
+    };
+    path.with_file_name(name)
+}
+
+fn print_kit(ctx: &Context, kit: &RecoveryKit, split: Option<(u8, u8)>) -> Result<(), CliError> {
     match kit {
         RecoveryKit::Code(code) => {
             let shown = code.display();
