@@ -105,6 +105,41 @@ fn beside(target: &Path, suffix: &str) -> PathBuf {
     dir.join(format!(".{name}.{suffix}-{}-{n}", std::process::id()))
 }
 
+/// Removes what killed runs left in `dir`: entries whose name `matches` and ends in
+/// `-PID-N` with a PID that no longer runs (a live PID, ours included, is left alone).
+fn remove_stale(dir: &Path, matches: impl Fn(&str) -> bool) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !matches(&name) {
+            continue;
+        }
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|pid| pid != std::process::id() as i32 && !process_alive(pid)) {
+            let path = entry.path();
+            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            match removed {
+                Ok(()) => tracing::info!(path = %path.display(), "removed what an interrupted backup or restore left"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover"),
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn process_alive(pid: i32) -> bool {
+    match rustix::process::Pid::from_raw(pid) {
+        // Signal 0: only "no such process" means it is gone (EPERM: alive, another user's).
+        Some(pid) => !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH)),
+        None => true,
+    }
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: i32) -> bool {
+    true
+}
+
 /// Removes a file or directory when dropped, unless kept.
 struct Cleanup(Option<PathBuf>);
 
@@ -177,7 +212,9 @@ pub(crate) fn backup(data_dir: &Path, out: &Path) -> Result<BackupOutcome, Recov
     }
     let (seal, mac) = kit.split_at(backup::recovery::SEAL_LEN);
 
-    // The database as of one commit, in a private directory inside the data dir.
+    // The database as of one commit, in a private directory inside the data dir (and those a
+    // killed backup left, removed).
+    remove_stale(data_dir, |n| n.starts_with(".backup-"));
     let work = data_dir.join(format!(".backup-{}-{}", std::process::id(), unique()?));
     fsutil::ensure_private_dir(&work)?;
     let _work_cleanup = Cleanup(Some(work.clone()));
@@ -203,6 +240,10 @@ pub(crate) fn backup(data_dir: &Path, out: &Path) -> Result<BackupOutcome, Recov
     let header = Header { backup_id, created_at_ms: crate::unix_time::unix_ms(SystemTime::now()), recovery_seal: seal.to_vec() };
 
     let tmp = beside(out, "tmp");
+    if let (Some(dir), Some(name)) = (out.parent(), out.file_name()) {
+        let prefix = format!(".{}.tmp-", name.to_string_lossy());
+        remove_stale(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, |n| n.starts_with(&prefix));
+    }
     let mut tmp_cleanup = Cleanup(Some(tmp.clone()));
     let file = create_private(&tmp)?;
     let mut writer = BackupWriter::new(BufWriter::with_capacity(1 << 20, file), &header, keys.backup_key(&backup_id))?;
@@ -384,6 +425,10 @@ pub(crate) fn restore(
 
     let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+    if let Some(name) = target.file_name() {
+        let prefix = format!(".{}.restore-", name.to_string_lossy());
+        remove_stale(parent, |n| n.starts_with(&prefix));
+    }
     let work = beside(target, "restore");
     fsutil::ensure_private_dir(&work)?;
     let mut cleanup = Cleanup(Some(work.clone()));
@@ -534,6 +579,7 @@ fn scheduled_backup(data_dir: &Path, dir: &Path, keep: usize) -> Result<(BackupO
     if !dir.exists() {
         fsutil::ensure_private_dir(dir)?;
     }
+    remove_stale(dir, |n| n.starts_with(".palyra-") && n.contains(".palyra-backup.tmp-"));
     let name = format!("palyra-{:016}.palyra-backup", crate::unix_time::unix_ms(SystemTime::now()));
     let outcome = backup(data_dir, &dir.join(name))?;
     let mut names: Vec<String> = fs::read_dir(dir)

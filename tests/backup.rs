@@ -570,13 +570,18 @@ async fn sigkill_during_backup_or_restore_leaves_no_file_and_no_half_restored_di
             core.vault.get(&Scope::parse("data/bulk").unwrap(), &key, None).await.unwrap();
             core.close_db();
         } else {
-            // A killed restore leaves at most its work dir beside; the next one succeeds.
+            // A killed restore leaves at most its work dir beside; the next one removes it and
+            // succeeds.
             ok(restore(&target, &reference, &code));
+            let prefix = format!(".target-{round}.restore-");
+            assert!(!listing(dir.path()).iter().any(|n| n.starts_with(&prefix)), "{:?}", listing(dir.path()));
         }
     }
     eprintln!("backups that finished before the kill: {}, restores: {}", finished.0, finished.1);
-    // The node still backs up after all those kills: no leftover blocks it.
+    // The node still backs up after all those kills, and the snapshots killed backups left in
+    // the data dir are gone.
     ok(backup(&data, &dir.path().join("after.palyra-backup")));
+    assert!(!listing(&data).iter().any(|n| n.starts_with(".backup-")), "{:?}", listing(&data));
 }
 
 /// The figures of the issue: backup and restore time and file size for N secrets of 64 bytes
