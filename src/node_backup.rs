@@ -437,14 +437,18 @@ pub(crate) fn restore(
     if !db.is_file() {
         return Err(BackupError::Malformed("it holds no database".to_owned()).into());
     }
-    let key_id = snapshot::check_restored(&db)?.key_id.unwrap_or_default();
+    snapshot::check_restored(&db)?;
+    // A key id of its own: a restored copy beside the original on one machine never shares
+    // (and a later `key migrate` of one never deletes) the other's keychain item.
+    let key_id = ulid::Ulid::generate().to_string().to_lowercase();
+    let choice = configured_backend(&work, choice);
     // The kit whose code opened this backup stays the node's kit: later backups of the
     // restored node open with the same code.
     let mut kit = header.recovery_seal.clone();
     kit.extend_from_slice(kit_mac(&keys, &header.recovery_seal).as_ref());
     fsutil::write_private_atomic(&work.join(KIT_FILE), &kit, false)?;
     let key_backend = store_root_key(&work, &key_id, &root, choice)?;
-    snapshot::record_key_backend(&db, key_backend.as_str())?;
+    snapshot::record_key_backend(&db, key_backend.as_str(), &key_id)?;
     drop(root);
     for dir in [work.join("keys"), work.join("identity"), work.join("operator"), work.join("client"), work.clone()] {
         if dir.is_dir() {
@@ -495,6 +499,28 @@ fn place(work: &Path, path: &str, content: &mut dyn Read) -> Result<(), BackupEr
     file.flush().map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(())
+}
+
+/// The backend to restore into: `choice`, but with `auto` the `key_backend` the backup's
+/// `palyra.toml` names, if it names one (`serve` would refuse any other).
+fn configured_backend(work: &Path, choice: KeyBackendChoice) -> KeyBackendChoice {
+    let config = Layout::new(work).config_file();
+    let named = crate::config::FileConfig::load(&config, true)
+        .ok()
+        .and_then(|c| c.key_backend)
+        .and_then(|b| b.parse::<KeyBackendChoice>().ok())
+        .filter(|b| *b != KeyBackendChoice::Auto);
+    match (choice, named) {
+        (KeyBackendChoice::Auto, Some(named)) => named,
+        (choice, Some(named)) if named != choice => {
+            tracing::warn!(
+                "the restored palyra.toml sets key_backend = {named:?} but the key goes to {choice:?}: \
+                 edit palyra.toml before `palyra serve`, which refuses the mismatch"
+            );
+            choice
+        }
+        (choice, _) => choice,
+    }
 }
 
 /// Stores the root key where `choice` says, as `init` would choose: the keychain where one

@@ -246,6 +246,8 @@ async fn damaged_backups_wrong_codes_and_occupied_targets_are_refused_and_nothin
     assert!(!file.exists());
 
     let code = make_kit(&data);
+    // The config travels with the backup; a restore with `auto` keeps the backend it names.
+    std::fs::write(data.join("palyra.toml"), "key_backend = \"file\"\n").unwrap();
     ok(backup(&data, &file));
     let good = std::fs::read(&file).unwrap();
     // Never over an existing file.
@@ -303,8 +305,20 @@ async fn damaged_backups_wrong_codes_and_occupied_targets_are_refused_and_nothin
     assert_eq!(listing(&target), ["keep.txt"]);
     std::fs::remove_file(target.join("keep.txt")).unwrap();
 
-    // The intact file into the now empty target: the node opens with every secret.
-    ok(restore(&target, &file, &code));
+    // The intact file into the now empty target: the node opens with every secret, its key
+    // where the restored palyra.toml says, under a keychain name of its own.
+    let out = PALYRA
+        .cli(&target)
+        .env_remove("PALYRA_KEY_BACKEND")
+        .args(["--json", "restore", file.to_str().unwrap(), "--recovery-code", &code])
+        .output()
+        .unwrap();
+    assert_eq!(ok(out)["key_backend"], "file");
+    let key_id = |db: &Path| -> String {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.query_row("SELECT value FROM meta WHERE key = 'key_id'", [], |r| r.get(0)).unwrap()
+    };
+    assert_ne!(key_id(&target.join("palyra.db")), key_id(&data.join("palyra.db")));
     let core = testkit::open_core(&target).await;
     let scope = Scope::parse("data/bulk").unwrap();
     for i in [0, 150, 299] {

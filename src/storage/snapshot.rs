@@ -93,14 +93,16 @@ pub(crate) fn check_restored(db: &Path) -> Result<SnapshotMeta, StoreError> {
 }
 
 /// Records `backend` as where a restored database's root key now lives (the new machine's
-/// backend may differ from the old one's).
-pub(crate) fn record_key_backend(db: &Path, backend: &str) -> Result<(), StoreError> {
+/// backend may differ from the old one's), under `key_id` (the name of its keychain item).
+pub(crate) fn record_key_backend(db: &Path, backend: &str, key_id: &str) -> Result<(), StoreError> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('key_backend', ?1) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [backend],
-    )?;
+    for (key, value) in [("key_backend", backend), ("key_id", key_id)] {
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+    }
     conn.close().map_err(|(_, e)| StoreError::from(e))?;
     Ok(())
 }
