@@ -506,6 +506,33 @@ async fn key_migrate_moves_the_root_key_and_a_kill_at_any_point_leaves_a_node_th
         assert_eq!(starts_and_reads(&data, "finished").await, to);
     }
     eprintln!("backends the node started from after a kill: {seen:?}");
+    assert_eq!(starts_and_reads(&data, "after the rounds").await, "keychain");
+
+    // A copy restored into the keychain beside the original (in the keychain too) starts from
+    // it under a name of its own: moving the copy out leaves the original's item alone.
+    let code = make_kit(&data);
+    let file = dir.path().join("b.palyra-backup");
+    ok(backup(&data, &file));
+    let target = dir.path().join("restored");
+    let out = PALYRA
+        .cli(&target)
+        .args([
+            "--json",
+            "restore",
+            file.to_str().unwrap(),
+            "--recovery-code",
+            &code,
+            "--key-backend",
+            "keychain",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(ok(out)["key_backend"], "keychain");
+    assert!(!target.join("keys/root.key").exists());
+    assert_eq!(starts_and_reads(&target, "restored into the keychain").await, "keychain");
+    ok(PALYRA.run(&target, &["--json", "key", "migrate", "--to", "file"]));
+    assert_eq!(starts_and_reads(&target, "the copy, moved out").await, "file");
+    assert_eq!(starts_and_reads(&data, "the original, after the copy left the keychain").await, "keychain");
     ok(PALYRA.run(&data, &["--json", "key", "migrate", "--to", "file"]));
     assert!(data.join("keys/root.key").exists());
 }
