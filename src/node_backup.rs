@@ -25,6 +25,7 @@ use std::time::{Instant, SystemTime};
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::backup::format::Summary;
@@ -294,15 +295,18 @@ fn create_private(path: &Path) -> Result<File, RecoveryError> {
     options.open(path).map_err(io_error("create", path))
 }
 
+/// A file of the data dir: its path in the backup and its bytes (wiped on drop).
+type DataDirFile = (String, Zeroizing<Vec<u8>>);
+
 /// The files of the data dir a backup carries besides the database: `palyra.toml` and every
 /// file of `identity/`, `operator/` and `client/` (temporary files, named with a leading dot,
 /// excluded). Never `keys/`: the root key travels sealed under the recovery code.
-fn data_dir_files(data_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, RecoveryError> {
+fn data_dir_files(data_dir: &Path) -> Result<Vec<DataDirFile>, RecoveryError> {
     let layout = Layout::new(data_dir);
     let mut out = Vec::new();
     let config = layout.config_file();
     if config.is_file() {
-        out.push(("palyra.toml".to_owned(), fs::read(&config).map_err(io_error("read", &config))?));
+        out.push(("palyra.toml".to_owned(), Zeroizing::new(fs::read(&config).map_err(io_error("read", &config))?)));
     }
     for dir in BACKED_UP_DIRS {
         let path = data_dir.join(dir);
@@ -321,7 +325,8 @@ fn data_dir_files(data_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, RecoveryErr
         names.sort();
         for name in names {
             let file = path.join(&name);
-            out.push((format!("{dir}/{name}"), fsutil::read_private(&file)?));
+            // operator/key.pem is a private key in the clear: wiped once written.
+            out.push((format!("{dir}/{name}"), Zeroizing::new(fsutil::read_private(&file)?)));
         }
     }
     Ok(out)
