@@ -481,6 +481,12 @@ mod tests {
             edited[at] ^= 0x40;
             assert!(matches!(read(&edited), Err(BackupError::Edited(_))), "byte {at}");
         }
+        // Two chunks swapped.
+        let mut swapped = file[..header_len].to_vec();
+        swapped.extend_from_slice(&file[header_len + chunk..header_len + 2 * chunk]);
+        swapped.extend_from_slice(&file[header_len..header_len + chunk]);
+        swapped.extend_from_slice(&file[header_len + 2 * chunk..]);
+        assert!(matches!(read(&swapped), Err(BackupError::Edited(_))));
         // Trailing bytes.
         let mut longer = file.clone();
         longer.push(0);
@@ -490,6 +496,25 @@ mod tests {
         let mut newer = file.clone();
         newer[9] = 2;
         assert!(matches!(read(&newer), Err(BackupError::NewerVersion(_))));
+        Ok(())
+    }
+
+    /// A small backup: every single flipped bit and every cut is refused, none reads back.
+    #[test]
+    fn every_flip_and_every_cut_of_a_small_backup_is_refused() -> Result<(), BackupError> {
+        let header = header()?;
+        let file = write(&[("palyra.db", b"database".to_vec()), ("identity/ca.pem", b"ca".to_vec())], &header)?;
+        assert!(read(&file).is_ok());
+        for at in 0..file.len() {
+            for bit in [0x01, 0x80] {
+                let mut edited = file.clone();
+                edited[at] ^= bit;
+                assert!(read(&edited).is_err(), "byte {at} bit {bit:#x}");
+            }
+        }
+        for cut in 0..file.len() {
+            assert!(read(&file[..cut]).is_err(), "cut at {cut}");
+        }
         Ok(())
     }
 
