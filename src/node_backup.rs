@@ -217,7 +217,7 @@ pub(crate) fn backup(data_dir: &Path, out: &Path) -> Result<BackupOutcome, Recov
     // killed backup left, removed).
     remove_stale(data_dir, |n| n.starts_with(".backup-"));
     let work = data_dir.join(format!(".backup-{}-{}", std::process::id(), unique()?));
-    fsutil::ensure_private_dir(&work)?;
+    create_new_private_dir(&work)?;
     let _work_cleanup = Cleanup(Some(work.clone()));
     let db_copy = work.join("palyra.db");
     let meta = snapshot::snapshot(&data_dir.join("palyra.db"), &db_copy)?;
@@ -282,6 +282,20 @@ fn unique() -> Result<u64, RecoveryError> {
     let mut bytes = [0u8; 8];
     SystemRandom::new().fill(&mut bytes).map_err(|_| BackupError::Random)?;
     Ok(u64::from_le_bytes(bytes))
+}
+
+/// Creates `dir` (0700), failing if anything is there already: a work dir beside the target
+/// may sit in a directory others can write, and must be ours, not one planted for us.
+fn create_new_private_dir(dir: &Path) -> Result<(), RecoveryError> {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(fsutil::DIR_MODE);
+    }
+    builder.create(dir).map_err(io_error("create", dir))?;
+    fsutil::check_private(dir, fsutil::DIR_MODE)?;
+    Ok(())
 }
 
 fn create_private(path: &Path) -> Result<File, RecoveryError> {
@@ -435,7 +449,7 @@ pub(crate) fn restore(
         remove_stale(parent, |n| n.starts_with(&prefix));
     }
     let work = beside(target, "restore");
-    fsutil::ensure_private_dir(&work)?;
+    create_new_private_dir(&work)?;
     let mut cleanup = Cleanup(Some(work.clone()));
     let Summary { files, .. } = backup::read_entries(&mut body, |path, _size, content| place(&work, path, content))?;
     let db = work.join("palyra.db");
