@@ -3,7 +3,12 @@
 //! - A backup taken while `palyra serve` takes writes, restored into a fresh dir with only the
 //!   recovery code (the old node's key file gone): every write acknowledged before the backup
 //!   began reads back, the identity and CA are the same (a device minted on the old node calls
-//!   the restored one with its old certificate), VerifyAuditLog is ok, the kit is audited.
+//!   the restored one with its old certificate), the policy version is the old node's,
+//!   VerifyAuditLog is ok, the kit is audited.
+//! - K-of-N shares: K restore, K−1 are refused; the kit's QR images.
+//! - `[backup]`: serve's scheduled backups, rotated, failures logged and counted.
+//! - `key migrate`: killed at random points, the node always starts (the keychain half needs a
+//!   Secret Service, as tests/keychain_secret_service.rs).
 //! - Damaged files (a flipped byte, cut short, not a backup), a wrong or mistyped code, a
 //!   non-empty target, an existing output: refused with their exit codes, nothing written.
 //! - SIGKILL at random moments of a backup and of a restore: never a file under the final
@@ -25,6 +30,7 @@ use palyra::testkit::tls::Pems;
 use palyra::testkit::{self, NodeInternals, Palyra, Rng, palyra_bin, private_tempdir};
 use palyra::vault::{Scope, SecretKey, SecretValue};
 use palyra::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
+use palyra::wire::pb::policy::v1::{self as pbp, policy_service_client::PolicyServiceClient};
 use palyra::wire::pb::vault::v1::{self as pbv, vault_service_client::VaultServiceClient};
 
 const PALYRA: Palyra = palyra_bin!();
@@ -104,6 +110,16 @@ async fn a_backup_under_writes_restores_on_a_new_machine_with_only_the_recovery_
     let code = make_kit(&data);
     let mut served = PALYRA.serve(&data, "warn");
 
+    // A policy version of the old node's own, to find on the new one.
+    let mut policy =
+        PolicyServiceClient::new(testkit::tls::channel_from_dir(served.grpc, &data.join("operator")).await);
+    let current =
+        policy.get_policy_set(pbp::GetPolicySetRequest {}).await.unwrap().into_inner().policy_set.unwrap();
+    let policies = format!("{}\n// kept by the backup\n", current.policies);
+    let request =
+        pbp::UpdatePolicySetRequest { policies: policies.clone(), expected_version: Some(current.version) };
+    let updated = policy.update_policy_set(request).await.unwrap().into_inner().policy_set.unwrap();
+
     // Writers put fresh keys until told to stop; each acknowledged write is recorded.
     let acked: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -174,6 +190,14 @@ async fn a_backup_under_writes_restores_on_a_new_machine_with_only_the_recovery_
 
     let mut served = PALYRA.serve(&restored, "warn");
     let operator = testkit::tls::channel_from_dir(served.grpc, &restored.join("operator")).await;
+    let restored_policy = PolicyServiceClient::new(operator.clone())
+        .get_policy_set(pbp::GetPolicySetRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap();
+    assert_eq!((restored_policy.version, &restored_policy.policies), (updated.version, &policies));
     let mut vault = VaultServiceClient::new(operator.clone());
     for (key, value) in &before {
         let got = vault
