@@ -469,6 +469,12 @@ pub(crate) fn restore(
     let key_backend = store_root_key(&work, &key_id, &root, choice)?;
     snapshot::record_key_backend(&db, key_backend.as_str(), &key_id)?;
     drop(root);
+    // The node opens from what was placed (its key, its rows' MACs, its audit head), and its
+    // chain records where it came from, before anything is renamed into place.
+    let (created_at_ms, id) = (header.created_at_ms, hex_prefix(&header.backup_id));
+    tokio::runtime::Handle::try_current()
+        .map_err(|e| RecoveryError::Failed(format!("internal error: {e}")))?
+        .block_on(record_restore(&work, created_at_ms, &id, key_backend))?;
     for dir in [work.join("keys"), work.join("identity"), work.join("operator"), work.join("client"), work.clone()] {
         if dir.is_dir() {
             fsutil::sync_dir(&dir)?;
@@ -480,6 +486,43 @@ pub(crate) fn restore(
     cleanup.keep();
     fsutil::sync_dir(parent)?;
     Ok(RestoreOutcome { files, key_backend, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The principal and action of a restore's audit record.
+pub(crate) const RESTORE_ACTION: &str = "palyra restore";
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens the node restored in `work` (with the key just stored) and appends the restore's
+/// record to its audit chain; a chain whose sealed head does not match is refused.
+async fn record_restore(work: &Path, created_at_ms: u64, backup_id: &str, backend: KeyBackend) -> Result<(), RecoveryError> {
+    let failed = |e: &dyn std::fmt::Display| RecoveryError::Failed(format!("the restored node does not open: {e}"));
+    let core = NodeCore::open(work, NodeOptions::default()).await.map_err(|e| failed(&e))?;
+    let starter = core.clone();
+    let audit = tokio::task::spawn_blocking(move || starter.start_audit()).await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
+    if let Some(problem) = audit.integrity() {
+        core.close();
+        return Err(BackupError::Malformed(format!("its audit log does not match its sealed head: {problem}")).into());
+    }
+    let recorded = audit.record(AuditEntry {
+        at: SystemTime::now(),
+        principal: KIT_PRINCIPAL.to_owned(),
+        action: RESTORE_ACTION.to_owned(),
+        resource: "Node".to_owned(),
+        decision: AuditDecision::Allow,
+        reason: format!(
+            "restored from backup {backup_id}… made at unix ms {created_at_ms}; root key in the {backend} backend (pid {})",
+            std::process::id()
+        ),
+    });
+    let recorded = match recorded {
+        Ok(()) => audit.flush().await,
+        Err(e) => Err(e),
+    };
+    core.close();
+    recorded.map_err(|e| failed(&e))
 }
 
 fn check_empty(target: &Path) -> Result<(), RecoveryError> {
