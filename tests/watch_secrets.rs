@@ -455,6 +455,28 @@ async fn the_cli_prints_one_json_object_per_change() {
     );
     assert!(lines.iter().all(|l| !l.contains(secret)));
     assert!(child.0.try_wait().unwrap().is_none(), "it goes on until interrupted");
-    drop(child);
+
+    // A node that stops ends the watch with a failure that says where to resume.
+    put(&mut vault, "elsewhere", "last", b"v").await;
+    let last = node.node.events().last_sequence().await.unwrap();
     node.stop().await;
+    let mut stderr = child.0.stderr.take().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut process = child;
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        let _ = done_tx.send((process.0.wait().unwrap(), text));
+        drop(process);
+    });
+    let (status, stderr) = done_rx.recv_timeout(WAIT).expect("the watch ends with the node");
+    assert!(!status.success());
+    // The last change printed, or the node's last event if a progress marker came first.
+    let resume: u64 = stderr
+        .trim()
+        .rsplit("resume with --since ")
+        .next()
+        .and_then(|tail| tail.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no resume point in {stderr:?}"));
+    assert!(resume == since + 3 || resume == last, "{stderr}");
 }

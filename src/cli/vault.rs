@@ -266,15 +266,27 @@ impl Change {
 }
 
 /// Prints each change as it comes (a JSON object per line with `--json`) until the stream ends;
-/// a stream that ends, with an error or not, is a failure: the watch was meant to go on.
+/// a stream that ends, with an error or not, is a failure: the watch was meant to go on. The
+/// watch asks for progress markers (never printed) so that the sequence to resume from, named
+/// in the error, is exact even when nothing in the scope changed.
 async fn watch(
     ctx: &Context,
     client: &mut VaultServiceClient<tonic::transport::Channel>,
     request: pb::WatchSecretsRequest,
 ) -> Result<(), CliError> {
     use std::io::Write;
-    let mut stream = client.watch_secrets(request).await?.into_inner();
-    while let Some(message) = stream.message().await? {
+    let mut resume = request.since_sequence;
+    let mut stream =
+        client.watch_secrets(pb::WatchSecretsRequest { progress: true, ..request }).await?.into_inner();
+    let ended = loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break CliError::new("the node ended the watch"),
+            // Revoked or denied: resuming would not help, the status's own hint says what does.
+            Err(status) if status.code() != tonic::Code::Unavailable => return Err(status.into()),
+            Err(status) => break CliError::from(status),
+        };
+        resume = resume.max(message.sequence);
         let Some(change) = Change::from_pb(message) else { continue };
         let line = if ctx.json {
             serde_json::to_string(&change).map_err(|e| CliError::new(e.to_string()))?
@@ -283,8 +295,8 @@ async fn watch(
         };
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| CliError::new(e.to_string()))?;
-    }
-    Err(CliError::new("the node ended the watch; resume with --since and the last sequence printed"))
+    };
+    Err(ended.hint(format!("nothing was missed up to sequence {resume}: resume with --since {resume}")))
 }
 
 fn read_value(args: &PutArgs) -> Result<Zeroizing<Vec<u8>>, CliError> {
