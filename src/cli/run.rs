@@ -428,8 +428,13 @@ impl Watch {
         channel: Channel,
         since_sequence: u64,
     ) -> Result<tonic::codec::Streaming<pb::WatchSecretsResponse>, tonic::Status> {
-        let request =
-            pb::WatchSecretsRequest { scope: self.scope.to_string(), recursive: false, since_sequence };
+        // Progress markers keep the resume point current while the scope is quiet.
+        let request = pb::WatchSecretsRequest {
+            scope: self.scope.to_string(),
+            recursive: false,
+            since_sequence,
+            progress: true,
+        };
         Ok(VaultServiceClient::new(channel).watch_secrets(request).await?.into_inner())
     }
 
@@ -452,6 +457,9 @@ impl Watch {
                 Ok(Some(change)) => {
                     last = last.max(change.sequence);
                     backoff = Duration::from_secs(1);
+                    if change.change == pb::SecretChange::Progress as i32 {
+                        continue;
+                    }
                     if change.scope == self.scope.as_str()
                         && self.keys.iter().any(|k| k.as_str() == change.key)
                     {
