@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use palyra::identity::Role;
 use palyra::identity::ca::certificate_validity_pem;
 use palyra::testkit::{self, Minting, Palyra, TestNode, palyra_bin};
+use palyra::vault::{ObjectId, Scope, SecretKey};
 use palyra::wire::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
 use tokio::sync::mpsc;
 
@@ -31,6 +32,7 @@ const OTHER: &str = "never-given-to-the-agent";
 struct World {
     node: TestNode,
     dir: tempfile::TempDir,
+    agent_id: String,
 }
 
 impl World {
@@ -47,7 +49,7 @@ impl World {
         }
         let dir = testkit::private_tempdir();
         let minting = Minting { lifetime, ..Minting::new(Role::Device, "agent", &["agents/alpha"]) };
-        let (creds, _) = testkit::mint_with(&node.node, &minting).await;
+        let (creds, device) = testkit::mint_with(&node.node, &minting).await;
         let client = dir.path().join("agent/client");
         let write = |name: &str, bytes: &[u8]| {
             palyra::fsutil::write_private_atomic(&client.join(name), bytes, false).unwrap();
@@ -56,7 +58,7 @@ impl World {
         write("key.pem", creds.key_pem.as_bytes());
         write("cert.pem", creds.cert_pem.as_bytes());
         write("ca.pem", node.node.identity().ca().certificate_pem().as_bytes());
-        World { node, dir }
+        World { node, dir, agent_id: device.id.to_string() }
     }
 
     fn agent(&self) -> PathBuf {
@@ -527,7 +529,7 @@ async fn ordinary_commands_exit_with_the_table() {
     // A check-and-set that lost: 7.
     std::fs::write(w.path("value"), "v").unwrap();
     let value = w.path("value");
-    let put = operator(&[
+    let cas = operator(&[
         "vault",
         "put",
         "agents/alpha",
@@ -537,11 +539,32 @@ async fn ordinary_commands_exit_with_the_table() {
         "--expected-version",
         "9",
     ]);
-    let out = run(put).await;
+    let out = run(cas).await;
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     // The agent reading its own secret: 0.
     let out = w.run(&["vault", "get", "agents/alpha", "API_KEY"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // `policy check`: DENY is 3, ALLOW 0.
+    let principal = format!("Palyra::Device::\"{}\"", w.agent_id);
+    let get = "palyra.vault.v1.VaultService/GetSecret";
+    let out = run(operator(&["policy", "check", &principal, get, "Palyra::Scope::\"other\""])).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("DENY"));
+    let out = run(operator(&["policy", "check", &principal, get, "Palyra::Scope::\"agents/alpha\""])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A secret row edited behind the node's back: integrity (5), and `run` starts nothing.
+    let mut vault = w.vault().await;
+    put(&mut vault, "team/app", "token", "old").await;
+    put(&mut vault, "team/app", "token", "new").await;
+    let (scope, key) = (Scope::parse("team/app").unwrap(), SecretKey::parse("token").unwrap());
+    let id = ObjectId::new(&scope, &key).as_str().to_owned();
+    let db = rusqlite::Connection::open(node_dir.join("palyra.db")).unwrap();
+    db.execute("UPDATE secrets SET latest_version = 1 WHERE object_id = ?1", [&id]).unwrap();
+    let out = run(operator(&["run", "--env", "T=palyra://team/app/token", "--", "true"])).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("T=palyra://team/app/token") && !stderr(&out).contains("old"));
+    let out = run(operator(&["vault", "get", "team/app", "token"])).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     // Clap's usage errors: 2; --help documents the table.
     let out = w.run(&["run", "sh"], &[]).await;
     assert_eq!(out.status.code(), Some(2));

@@ -33,8 +33,9 @@ Exit codes:
   1  failure (anything below does not cover)
   2  usage: a malformed command line, reference, scope or argument
   3  denied: the node's policy refused the call, or this device is revoked or unknown
+     (also `policy check` answering DENY)
   4  not found: no such secret, version, device or request
-  5  integrity: stored data failed its integrity check
+  5  integrity: stored data failed its integrity check (also `audit verify` finding a break)
   6  unavailable: the node is down or unreachable, or asks to retry later
   7  conflict: a check-and-set (--expected-version) lost to another write
   palyra run exits with its command's status (128+N when it died of signal N).";

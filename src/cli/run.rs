@@ -40,6 +40,8 @@ use tonic_types::StatusExt;
 
 /// How long a command stopped for a restart gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Longest a re-resolution after a change may take (the command's signals wait meanwhile).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait between two attempts to re-open a broken watch or to renew the certificate.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest single sleep before re-reading the certificate's renewal time (a suspended machine
@@ -97,11 +99,12 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
         return Err(CliError::of(Exit::Usage, format!("more than {MAX_REFERENCES} references")));
     }
 
-    let dir = credentials_dir(ctx)?;
+    // Credentials only when there is something to read: `run` with plain values needs none.
+    let dir = if references.is_empty() && !args.watch { None } else { Some(credentials_dir(ctx)?) };
     let channel_now = if references.is_empty() { None } else { Some(connect(ctx).await?) };
     // Watches first, so that no change between the first resolution and the watch is missed.
     let (change_tx, mut changes) = mpsc::channel::<()>(1);
-    if args.watch {
+    if let Some(dir) = dir.as_ref().filter(|_| args.watch) {
         let mut by_scope: BTreeMap<&Scope, BTreeSet<&SecretKey>> = BTreeMap::new();
         for r in &references {
             by_scope.entry(r.scope()).or_default().insert(r.key());
@@ -130,6 +133,8 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
 
     let mut signals = forward_signals()?;
     let mut child = spawn(&args.command, env)?;
+    // A stop signal (INT, TERM, HUP, QUIT) was forwarded since the last restart began: when the
+    // command exits in a restart, palyra exits with it instead of starting it again.
     let mut stopping = false;
     let mut restart: Option<Restart> = None;
     loop {
@@ -163,11 +168,13 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                 }
             }
             Some(()) = changes.recv() => {
-                if stopping {
+                let (Some(dir), against) = (&dir, restart.as_ref().map_or(&current, |r| &r.versions)) else {
                     continue;
-                }
-                let against = restart.as_ref().map_or(&current, |r| &r.versions);
-                match reresolve(ctx, &dir, &bindings, against).await {
+                };
+                let reresolved = tokio::time::timeout(RESOLVE_TIMEOUT, reresolve(ctx, dir, &bindings, against))
+                    .await
+                    .unwrap_or_else(|_| Err(CliError::of(Exit::Unavailable, "the node did not answer in time")));
+                match reresolved {
                     Ok(None) => {}
                     Ok(Some((env, versions))) => match restart.as_mut() {
                         // Already stopping: start with the newest values.
@@ -179,6 +186,8 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                             if let Some(pid) = pid {
                                 send(pid, rustix::process::Signal::TERM);
                             }
+                            // Only a stop signal from now on ends palyra instead of the restart.
+                            stopping = false;
                             let kill_at = Instant::now() + STOP_GRACE;
                             restart = Some(Restart { env, versions, kill_at, killed: false });
                         }
