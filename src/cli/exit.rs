@@ -79,6 +79,30 @@ impl Exit {
     }
 }
 
+impl Exit {
+    /// The exit of a QUIC data-plane failure (`palyra node ...`): an `Error` frame by its code,
+    /// a close by its application code, no connection as unavailable.
+    pub fn of_quic(error: &crate::quic::ClientError) -> Exit {
+        use crate::quic::{
+            CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_SHUTDOWN, CLOSE_UNKNOWN_DEVICE, ClientError,
+        };
+        match error {
+            ClientError::Connect(_) | ClientError::Lost(_) => Exit::Unavailable,
+            ClientError::Closed { code, .. } => match u32::try_from(*code) {
+                Ok(CLOSE_UNKNOWN_DEVICE | CLOSE_DEVICE_REVOKED) => Exit::Denied,
+                Ok(CLOSE_CONNECTION_LIMIT | CLOSE_SHUTDOWN) => Exit::Unavailable,
+                _ => Exit::Failure,
+            },
+            ClientError::Remote { code, .. } => match code.as_str() {
+                "permission_denied" => Exit::Denied,
+                "invalid_request" | "frame_too_large" | "unsupported_method" => Exit::Usage,
+                _ => Exit::Failure,
+            },
+            _ => Exit::Failure,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +141,31 @@ mod tests {
             assert_eq!(Exit::of_status(code, Some(reason.as_str_name())), want, "{reason:?}");
         }
         assert!(seen >= 29, "{seen} reasons");
+    }
+
+    #[test]
+    fn quic_failures() {
+        use crate::quic::ClientError;
+        let remote = |code: &str| ClientError::Remote {
+            code: code.into(),
+            message: String::new(),
+            oldest_available_sequence: 0,
+        };
+        let closed = |code: u64| ClientError::Closed { code, reason: String::new() };
+        for (error, want) in [
+            (ClientError::Connect("timed out".into()), Exit::Unavailable),
+            (ClientError::Lost("reset".into()), Exit::Unavailable),
+            (closed(0x3), Exit::Denied),
+            (closed(0x2), Exit::Denied),
+            (closed(0x1), Exit::Unavailable),
+            (closed(0x4), Exit::Failure),
+            (closed(u64::MAX), Exit::Failure),
+            (remote("permission_denied"), Exit::Denied),
+            (remote("invalid_request"), Exit::Usage),
+            (remote("events_truncated"), Exit::Failure),
+        ] {
+            assert_eq!(Exit::of_quic(&error), want, "{error}");
+        }
     }
 
     #[test]
