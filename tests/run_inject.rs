@@ -366,6 +366,84 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
     w.node.stop().await;
 }
 
+/// `palyra serve` on `data` as a child, gRPC on `grpc` (port 0: any).
+fn serve(data: &Path, grpc: &str) -> testkit::Serving {
+    let mut command = PALYRA.cli(data);
+    command
+        .args(["serve", "--grpc-addr", grpc, "--quic-addr", "127.0.0.1:0", "--console-addr", "127.0.0.1:0"])
+        .env("PALYRA_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    testkit::spawn_serving(command, Duration::from_secs(120), |_| {})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_the_node_restarts() {
+    let dir = testkit::private_tempdir();
+    let data = dir.path().join("node");
+    let put_cli = |value: &str| {
+        let file = dir.path().join("value");
+        std::fs::write(&file, value).unwrap();
+        let mut command = PALYRA.cli(&data);
+        command.args(["vault", "put", "agents/alpha", "K", "--value-file", file.to_str().unwrap()]);
+        command
+    };
+    let mut serving = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || serve(&data, "127.0.0.1:0")
+    })
+    .await
+    .unwrap();
+    let grpc = serving.grpc;
+    let url = format!("https://{grpc}");
+    let mut put = put_cli("v1");
+    put.args(["--server", &url]);
+    assert!(tokio::task::spawn_blocking(move || put.output().unwrap()).await.unwrap().status.success());
+
+    // The operator's own run, on the node's data dir.
+    let script = r#"trap 'exit 0' TERM; echo "started $K"; while :; do sleep 0.05; done"#;
+    let mut child = PALYRA
+        .cli(&data)
+        .args([
+            "--server",
+            &url,
+            "run",
+            "--watch",
+            "--env",
+            "K=palyra://agents/alpha/K",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = lines(child.stdout.take().unwrap());
+    let mut err = lines(child.stderr.take().unwrap());
+    line_with(&mut out, "started v1", Duration::from_secs(30)).await;
+
+    // The node stops (its streams end UNAVAILABLE) and comes back on the same address; a put
+    // made before the watch is back is replayed from the last sequence it saw.
+    signal(serving.child.id(), rustix::process::Signal::TERM);
+    let status = tokio::task::spawn_blocking(move || serving.child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    line_with(&mut err, "watching agents/alpha failed", Duration::from_secs(30)).await;
+    let data_again = data.clone();
+    let mut serving =
+        tokio::task::spawn_blocking(move || serve(&data_again, &grpc.to_string())).await.unwrap();
+    let mut put = put_cli("v2");
+    put.args(["--server", &url]);
+    assert!(tokio::task::spawn_blocking(move || put.output().unwrap()).await.unwrap().status.success());
+    line_with(&mut out, "started v2", Duration::from_secs(60)).await;
+
+    sigterm(&child);
+    assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(0));
+    tokio::task::spawn_blocking(move || serving.kill()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_running_run_renews_its_certificate() {
     // Due 8 s after issue: notBefore is backdated 300 s, and 2/3 of (162 + 300) s is 308 s.

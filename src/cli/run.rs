@@ -5,8 +5,9 @@
 //! whose value is a reference (`PALYRA_*` variables excepted: they are palyra's own settings).
 //! One failure and the command is not started: one line names the variable and the reference
 //! (never a value), and the exit code follows the table (`exit.rs`). The values go into the
-//! command's environment only, never into an argument or a log; palyra's copies are wiped once
-//! the command started. palyra forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
+//! command's environment only, never into an argument or a log; palyra's own buffers are wiped
+//! once the command started (the copy std's `Command` makes for the spawn is freed, not wiped,
+//! when the spawn returns: wiping it would take `unsafe`). palyra forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
 //! SIGWINCH to it and exits with its status (128+N when it died of signal N).
 //!
 //! With `--watch`, palyra follows the referenced secrets with `VaultService/WatchSecrets` (one
@@ -344,7 +345,7 @@ async fn reresolve(
 }
 
 /// Starts the command with `env` added to palyra's environment; `env` is wiped once the child
-/// exists (std keeps its own copy until the spawn returns, then frees it).
+/// exists (std's `Command` keeps its own copy until the spawn returns, then frees it).
 fn spawn(command: &[OsString], env: Env) -> Result<Child, CliError> {
     let Some((program, args)) = command.split_first() else {
         return Err(CliError::of(Exit::Usage, "no command given after --"));
