@@ -46,6 +46,18 @@ impl Exit {
         self as u8
     }
 
+    /// The exit of a gRPC status: [`Exit::of_status`] with its `ErrorInfo` reason. tonic
+    /// reports a channel that cannot reach the node any more as `UNKNOWN` "Service was not
+    /// ready" (its generated clients' fixed text): that is the node unreachable, 6.
+    pub fn of(status: &tonic::Status) -> Exit {
+        use tonic_types::StatusExt;
+        if status.code() == Code::Unknown && status.message().starts_with("Service was not ready") {
+            return Exit::Unavailable;
+        }
+        let reason = status.get_error_details().error_info().map(|i| i.reason.clone());
+        Exit::of_status(status.code(), reason.as_deref())
+    }
+
     /// The exit of a gRPC status with `reason` (its `ErrorInfo.reason`, if any): the reason
     /// decides when it is one of ours; the status code otherwise (a proxy, tonic itself, or a
     /// reason newer than this CLI).
@@ -195,6 +207,11 @@ mod tests {
         for (code, reason, want) in cases {
             assert_eq!(Exit::of_status(code, reason).code(), want, "{code:?} {reason:?}");
         }
+        let not_ready = tonic::Status::unknown("Service was not ready: transport error");
+        assert_eq!(Exit::of(&not_ready), Exit::Unavailable);
+        assert_eq!(Exit::of(&tonic::Status::unknown("something else")), Exit::Failure);
+        let denied = crate::wire::status::policy_denied(false, "no");
+        assert_eq!(Exit::of(&denied), Exit::Denied);
         for n in 1..=7 {
             assert!(TABLE.contains(&format!("\n  {n}  ")), "{n}");
         }
