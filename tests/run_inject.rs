@@ -366,6 +366,39 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
     w.node.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_kills_a_child_that_ignores_sigterm_after_ten_seconds() {
+    let w = World::start(Duration::from_secs(3600)).await;
+    let script = r#"trap '' TERM; echo "started $API_KEY"; while :; do sleep 0.05; done"#;
+    let mut child = w
+        .command(&[
+            "run",
+            "--watch",
+            "--env",
+            "API_KEY=palyra://agents/alpha/API_KEY",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = lines(child.stdout.take().unwrap());
+    line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
+    let mut vault = w.vault().await;
+    put(&mut vault, "agents/alpha", "API_KEY", "sk-rotated").await;
+    let put_at = std::time::Instant::now();
+    line_with(&mut out, "started sk-rotated", Duration::from_secs(40)).await;
+    let took = put_at.elapsed();
+    assert!(took >= Duration::from_secs(9), "SIGKILL only after the grace period: {took:?}");
+    // SIGINT is not ignored: forwarded, the command dies of it, palyra exits 128 + 2.
+    signal(child.id(), rustix::process::Signal::INT);
+    assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(130));
+    w.node.stop().await;
+}
+
 /// `palyra serve` on `data` as a child, gRPC on `grpc` (port 0: any).
 fn serve(data: &Path, grpc: &str) -> testkit::Serving {
     let mut command = PALYRA.cli(data);
