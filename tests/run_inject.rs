@@ -157,6 +157,31 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
     let _ = rustix::process::kill_process(pid, signal);
 }
 
+/// Stops a long-lived `palyra run` if the test panics before waiting for it: SIGTERM and
+/// SIGINT, which it forwards to its command (one of them ends every command here), so no
+/// process outlives a failed test.
+struct StopOnPanic(u32);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            signal(self.0, rustix::process::Signal::TERM);
+            signal(self.0, rustix::process::Signal::INT);
+        }
+    }
+}
+
+/// SIGKILLs a `palyra serve` child if the test panics before stopping it.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            signal(self.0, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 fn sigterm(child: &Child) {
     signal(child.id(), rustix::process::Signal::TERM);
 }
@@ -304,6 +329,7 @@ async fn signals_reach_the_child_and_its_status_comes_back() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     line_with(&mut out, "ready", Duration::from_secs(30)).await;
     sigterm(&child);
@@ -332,6 +358,7 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     let mut err = lines(child.stderr.take().unwrap());
     line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
@@ -385,6 +412,7 @@ async fn watch_kills_a_child_that_ignores_sigterm_after_ten_seconds() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
     let mut vault = w.vault().await;
@@ -428,6 +456,7 @@ async fn watch_resumes_after_the_node_restarts() {
     })
     .await
     .unwrap();
+    let _kill_first = KillOnPanic(serving.child.id());
     let grpc = serving.grpc;
     let url = format!("https://{grpc}");
     let mut put = put_cli("v1");
@@ -454,6 +483,7 @@ async fn watch_resumes_after_the_node_restarts() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     let mut err = lines(child.stderr.take().unwrap());
     line_with(&mut out, "started v1", Duration::from_secs(30)).await;
@@ -467,6 +497,7 @@ async fn watch_resumes_after_the_node_restarts() {
     let data_again = data.clone();
     let mut serving =
         tokio::task::spawn_blocking(move || serve(&data_again, &grpc.to_string())).await.unwrap();
+    let _kill_second = KillOnPanic(serving.child.id());
     let mut put = put_cli("v2");
     put.args(["--server", &url]);
     assert!(tokio::task::spawn_blocking(move || put.output().unwrap()).await.unwrap().status.success());
@@ -479,8 +510,9 @@ async fn watch_resumes_after_the_node_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_running_run_renews_its_certificate() {
-    // Due 8 s after issue: notBefore is backdated 300 s, and 2/3 of (162 + 300) s is 308 s.
-    let w = World::start(Duration::from_secs(162)).await;
+    // Due 8 s after issue: two thirds of a 12 s lifetime, counted from issuance (notBefore is
+    // backdated 300 s; the renewal rule leaves that out).
+    let w = World::start(Duration::from_secs(12)).await;
     let cert = w.agent().join("client/cert.pem");
     let before = certificate_validity_pem(&std::fs::read(&cert).unwrap()).unwrap().1;
     let mut child = w
@@ -498,6 +530,7 @@ async fn a_long_running_run_renews_its_certificate() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     let mut err = lines(child.stderr.take().unwrap());
     line_with(&mut out, "up", Duration::from_secs(30)).await;

@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use super::output::{CliError, Context, Exit};
 use crate::config::Layout;
 use crate::fsutil;
-use crate::identity::ca::{Csr, certificate_validity_pem, csr_for_key};
+use crate::identity::ca::{CLOCK_SKEW_ALLOWANCE, Csr, certificate_validity_pem, csr_for_key};
 use crate::identity::{DeviceId, DeviceIdentity, renewal_proof_message};
 use crate::wire::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
@@ -32,16 +32,20 @@ pub fn credentials_dir(ctx: &Context) -> Result<PathBuf, CliError> {
     )
 }
 
-/// When the certificate in `dir` is due for renewal (two thirds of its lifetime), and when it
-/// expires.
+/// When the certificate in `dir` is due for renewal (two thirds of its lifetime, counted from
+/// issuance: `notBefore` + [`CLOCK_SKEW_ALLOWANCE`], to `notAfter`), and when it expires.
 pub fn renewal_due(dir: &Path) -> Result<(SystemTime, SystemTime), CliError> {
     let cert_path = dir.join("cert.pem");
     let cert = fsutil::read_private(&cert_path).map_err(|e| CliError::new(e.to_string()))?;
     let Some((not_before, not_after)) = certificate_validity_pem(&cert) else {
         return Err(CliError::new(format!("{} is not a certificate", cert_path.display())));
     };
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    Ok((not_before + lifetime * 2 / 3, not_after))
+    // The lifetime counts from issuance: notBefore is backdated by the clock-skew allowance,
+    // which would make a short-lived certificate look due at once (the Python and TypeScript
+    // clients use the same rule).
+    let issued = not_before + CLOCK_SKEW_ALLOWANCE;
+    let lifetime = not_after.duration_since(issued).unwrap_or_default();
+    Ok((issued + lifetime * 2 / 3, not_after))
 }
 
 /// Renews the certificate in `dir` when two thirds of its lifetime have passed (see
