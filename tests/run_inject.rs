@@ -158,7 +158,7 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
 }
 
 /// Stops a long-lived `palyra run` if the test panics before waiting for it: SIGTERM and
-/// SIGINT, which it forwards to its command (one of them ends every command here), so no
+/// SIGUSR1, which it forwards to its command (one of them ends every command here), so no
 /// process outlives a failed test.
 struct StopOnPanic(u32);
 
@@ -166,7 +166,7 @@ impl Drop for StopOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
             signal(self.0, rustix::process::Signal::TERM);
-            signal(self.0, rustix::process::Signal::INT);
+            signal(self.0, rustix::process::Signal::USR1);
         }
     }
 }
@@ -421,9 +421,9 @@ async fn watch_kills_a_child_that_ignores_sigterm_after_ten_seconds() {
     line_with(&mut out, "started sk-rotated", Duration::from_secs(40)).await;
     let took = put_at.elapsed();
     assert!(took >= Duration::from_secs(9), "SIGKILL only after the grace period: {took:?}");
-    // SIGINT is not ignored: forwarded, the command dies of it, palyra exits 128 + 2.
-    signal(child.id(), rustix::process::Signal::INT);
-    assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(130));
+    // SIGUSR1 is not ignored: forwarded, the command dies of it, palyra exits 128 + 10.
+    signal(child.id(), rustix::process::Signal::USR1);
+    assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(138));
     w.node.stop().await;
 }
 

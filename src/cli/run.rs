@@ -7,8 +7,10 @@
 //! (never a value), and the exit code follows the table (`exit.rs`). The values go into the
 //! command's environment only, never into an argument or a log; palyra's own buffers are wiped
 //! once the command started (the copy std's `Command` makes for the spawn is freed, not wiped,
-//! when the spawn returns: wiping it would take `unsafe`). palyra forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
-//! SIGWINCH to it and exits with its status (128+N when it died of signal N).
+//! when the spawn returns: wiping it would take `unsafe`). palyra forwards SIGINT, SIGTERM,
+//! SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to it (SIGINT and SIGQUIT not when the
+//! terminal already sent them to both) and exits with its status (128+N when it died of
+//! signal N).
 //!
 //! With `--watch`, palyra follows the referenced secrets with `VaultService/WatchSecrets` (one
 //! stream per scope, resumed from the last sequence when it breaks); on a change it resolves
@@ -154,7 +156,9 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                 }
             }
             Some(signal) = signals.recv() => {
-                if let Some(pid) = pid {
+                if let Some(pid) = pid
+                    && !delivered_by_terminal(signal, pid)
+                {
                     send(pid, signal);
                 }
                 stopping |= [rustix::process::Signal::INT, rustix::process::Signal::TERM,
@@ -408,6 +412,30 @@ fn forward_signals() -> Result<mpsc::UnboundedReceiver<rustix::process::Signal>,
         });
     }
     Ok(rx)
+}
+
+/// Whether the terminal sent `signal` to the command itself: SIGINT (Ctrl-C) and SIGQUIT go to
+/// the terminal's whole foreground process group, so when palyra and the command are both in
+/// it, forwarding would deliver the signal twice. Read from `/proc` (Linux); where it
+/// cannot be read, the signal is forwarded.
+fn delivered_by_terminal(signal: rustix::process::Signal, pid: u32) -> bool {
+    use rustix::process::Signal;
+    if signal != Signal::INT && signal != Signal::QUIT {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) state ppid pgrp session tty_nr tpgid ..."; comm may hold
+    // anything, so the fields are counted after its last ')'.
+    let groups = |path: &str| -> Option<(i64, i64)> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+        Some((fields.get(2)?.parse().ok()?, fields.get(5)?.parse().ok()?))
+    };
+    match (groups("/proc/self/stat"), groups(&format!("/proc/{pid}/stat"))) {
+        (Some((own_group, foreground)), Some((child_group, _))) => {
+            foreground > 0 && own_group == foreground && child_group == own_group
+        }
+        _ => false,
+    }
 }
 
 /// Sends `signal` to the command (not yet reaped, so its pid is still its own).
