@@ -259,7 +259,8 @@ async fn a_reference_that_fails_starts_nothing_and_says_which() {
         ("X=palyra://agents/alpha/API_KEY?version=9", 4, "ERROR_REASON_NOT_FOUND"),
         ("X=palyra://Agents/alpha/API_KEY", 2, "invalid scope"),
         ("X=palyra://agents", 2, "names no key"),
-        ("X=not-a-reference", 2, "is not a secret reference"),
+        ("X=sk-not-a-reference", 2, "is not a secret reference"),
+        ("sk-no-equals-sign", 2, "takes NAME=REF"),
         ("1X=palyra://agents/alpha/API_KEY", 2, "is not a variable name"),
     ] {
         let out = run(flag).await;
@@ -270,7 +271,7 @@ async fn a_reference_that_fails_starts_nothing_and_says_which() {
         if code != 2 {
             assert!(err.contains(flag), "names the variable and the reference: {err}");
         }
-        for value in [API_KEY, OTHER] {
+        for value in [API_KEY, OTHER, "sk-"] {
             assert!(!err.contains(value), "{err}");
         }
         assert!(!marker.exists(), "{flag}: the command ran");

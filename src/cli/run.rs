@@ -252,11 +252,17 @@ fn bindings(args: &RunArgs) -> Result<BTreeMap<String, Binding>, CliError> {
     for flag in &args.env {
         let usage =
             |m: String| CliError::of(Exit::Usage, format!("--env {m}")).hint("--env NAME=palyra://SCOPE/KEY");
+        // What is not a reference is not quoted: it may be a value given here by mistake.
         let Some((name, value)) = flag.split_once('=') else {
-            return Err(usage(format!("{:?} is not NAME=REF", bounded(flag))));
+            return Err(usage("takes NAME=REF; this one has no '='".to_owned()));
         };
         if !dotenv::is_name(name) {
             return Err(usage(format!("{:?} is not a variable name", bounded(name))));
+        }
+        if !Reference::is_meant(value) {
+            return Err(usage(format!(
+                "{name}: the value is not a secret reference (palyra://SCOPE/KEY); plain values go in an --env-file"
+            )));
         }
         let reference = Reference::parse(value).map_err(|e| usage(format!("{name}: {e}")))?;
         out.insert(name.to_owned(), Binding { origin: "--env".into(), source: Source::Secret(reference) });

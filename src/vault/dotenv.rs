@@ -81,8 +81,8 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
         };
         let name = name.trim_end_matches(is_blank);
         if !is_name(name) {
-            let shown: String = name.chars().take(40).collect();
-            return Err(err(format!("{shown:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")));
+            // Not quoted: a line that is not NAME=value may be a value itself.
+            return Err(err("the text before '=' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)".to_owned()));
         }
         let value_start = value_start.trim_start_matches(is_blank);
         // The value from its first byte to the end of the text: a quoted value may run on.
