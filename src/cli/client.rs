@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use super::output::{CliError, Context};
 use crate::config::Layout;
 use crate::fsutil;
-use crate::identity::ca::{Csr, certificate_validity_pem, csr_for_key};
+use crate::identity::ca::{CLOCK_SKEW_ALLOWANCE, Csr, certificate_validity_pem, csr_for_key, needs_renewal};
 use crate::identity::{DeviceId, DeviceIdentity, renewal_proof_message};
 use crate::wire::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
@@ -27,7 +27,8 @@ pub async fn connect(ctx: &Context) -> Result<Channel, CliError> {
     channel(&ctx.server, &dir).await
 }
 
-/// Renews the certificate in `dir` when two thirds of its lifetime have passed (over mTLS),
+/// Renews the certificate in `dir` when two thirds of its lifetime (from issuance, i.e.
+/// `notBefore` + [`CLOCK_SKEW_ALLOWANCE`], to `notAfter`) have passed (over mTLS),
 /// or after it expired (anonymously, with an Ed25519 proof over a fresh server challenge —
 /// only a paired device's `client/` holds the identity key for that). The TLS key stays; only
 /// `cert.pem` is replaced, atomically. A renewal that fails while the certificate is still
@@ -39,9 +40,10 @@ pub async fn renew_if_due(server: &str, dir: &Path) -> Result<(), CliError> {
         return Err(CliError::new(format!("{} is not a certificate", cert_path.display())));
     };
     let now = SystemTime::now();
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let age = now.duration_since(not_before).unwrap_or_default();
-    if age < lifetime * 2 / 3 {
+    // The lifetime counts from issuance: notBefore is backdated by the clock-skew allowance,
+    // which would make a short-lived certificate look due at once (the Python and TypeScript
+    // clients use the same rule).
+    if !needs_renewal(not_after, not_before + CLOCK_SKEW_ALLOWANCE, now) {
         return Ok(());
     }
     let expired = now >= not_after;

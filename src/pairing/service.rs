@@ -36,7 +36,6 @@ use super::{
     StartReply, StatusPoll, open_session, seal_session,
 };
 use crate::access::{Denied, Gate, Peer};
-use crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY;
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Role};
 use crate::ratelimit::{AddressLimiter, Refused};
 use crate::store_error::StoreError;
@@ -345,7 +344,7 @@ impl Pairing {
             &pending.csr_pem,
             device_id,
             role,
-            DEFAULT_CLIENT_CERT_VALIDITY,
+            self.identity.device_certificate_lifetime(),
             now,
         )?;
         let device = Device {
