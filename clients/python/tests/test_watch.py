@@ -1,0 +1,121 @@
+"""Client.watch_secrets against a real node: a put is seen, a stream cut by the network resumes
+after the last sequence (nothing missed, nothing repeated), a scope the device was not granted
+raises PERMISSION_DENIED."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+import pytest
+
+import palyra_client
+from palyra_client import PalyraError, vault_pb2
+
+from conftest import Node, Proxy, pair_device
+
+PUT, DELETE = vault_pb2.SECRET_CHANGE_PUT, vault_pb2.SECRET_CHANGE_DELETE
+STEP = 10.0  # seconds any one awaited change may take
+
+
+@pytest.fixture(scope="module")
+def device(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("watcher")
+    pair_device(node, data, "python-watcher", scopes=("watch/python",))
+    return data
+
+
+async def live(
+    changes: AsyncIterator[vault_pb2.WatchSecretsResponse], op: palyra_client.Client, scope: str
+) -> vault_pb2.WatchSecretsResponse:
+    """Waits until the watch is live: puts `ping` again and again until the watch yields it
+    (with since_sequence 0, changes made before the stream started are not sent)."""
+    first = asyncio.ensure_future(anext(changes))
+    for _ in range(int(STEP / 0.2)):
+        await asyncio.to_thread(op.put_secret, scope, "ping", b"ping")
+        done, _ = await asyncio.wait({first}, timeout=0.2)
+        if done:
+            return first.result()
+    first.cancel()
+    raise AssertionError("the watch never saw a put")
+
+
+async def next_real(changes: AsyncIterator[vault_pb2.WatchSecretsResponse]) -> vault_pb2.WatchSecretsResponse:
+    """The next change that is not a `ping`."""
+    while True:
+        change = await asyncio.wait_for(anext(changes), STEP)
+        if change.key != "ping":
+            return change
+
+
+def test_a_put_is_seen_with_its_metadata(node: Node, device: Path) -> None:
+    async def run() -> None:
+        with node.operator() as op, palyra_client.connect(node.url, data_dir=device) as me:
+            changes = me.watch_secrets("watch/python", recursive=True)
+            try:
+                await live(changes, op, "watch/python")
+                put = await asyncio.to_thread(op.put_secret, "watch/python/sub", "API_KEY", b"value-never-sent")
+                change = await next_real(changes)
+                assert (change.scope, change.key, change.version, change.change) == (
+                    "watch/python/sub", "API_KEY", put.version, PUT
+                )
+                assert change.sequence > 0
+                assert b"value-never-sent" not in change.SerializeToString()
+            finally:
+                await changes.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_cut_stream_resumes_after_the_last_sequence(node: Node, device: Path) -> None:
+    proxy = Proxy(node.port)
+
+    async def run() -> None:
+        with node.operator() as op, palyra_client.connect(proxy.url, data_dir=device) as me:
+            changes = me.watch_secrets("watch/python/resume", backoff_initial=0.05, backoff_max=0.2)
+            try:
+                seen = [await live(changes, op, "watch/python/resume")]
+                await asyncio.to_thread(op.put_secret, "watch/python/resume", "A", b"1")
+                seen.append(await next_real(changes))
+                assert (seen[-1].key, seen[-1].change) == ("A", PUT)
+
+                # The network drops every connection, and refuses new ones while these happen.
+                proxy.cut()
+                accepted = proxy.accepted
+                await asyncio.to_thread(op.put_secret, "watch/python/resume", "B", b"2")
+                await asyncio.to_thread(op.put_secret, "watch/python/resume", "C", b"3")
+                await asyncio.to_thread(op.delete_secret, "watch/python/resume", "A")
+                proxy.resume()
+
+                for _ in range(3):
+                    seen.append(await next_real(changes))
+                assert proxy.accepted > accepted, "the watch reconnected"
+                assert [(c.key, c.change) for c in seen[1:]] == [("A", PUT), ("B", PUT), ("C", PUT), ("A", DELETE)]
+                sequences = [c.sequence for c in seen]
+                assert sequences == sorted(set(sequences)), f"no repeat, in order: {sequences}"
+
+                # Nothing more: no repeat of what was already seen after the reconnect.
+                await asyncio.to_thread(op.put_secret, "watch/python/resume", "D", b"4")
+                last = await next_real(changes)
+                assert (last.key, last.change) == ("D", PUT) and last.sequence > sequences[-1]
+            finally:
+                await changes.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        proxy.close()
+
+
+def test_a_scope_not_granted_raises_permission_denied(node: Node, device: Path) -> None:
+    async def run() -> None:
+        with palyra_client.connect(node.url, data_dir=device) as me:
+            changes = me.watch_secrets("apps/not-yours")
+            with pytest.raises(PalyraError) as denied:
+                await asyncio.wait_for(anext(changes), STEP)
+            assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert denied.value.reason == "ERROR_REASON_POLICY_DENIED"
+
+    asyncio.run(run())
