@@ -6,8 +6,9 @@
 //! nothing of gRPC, QUIC or SQL, does not name `storage`, and does not authorize: callers ask
 //! the policy engine first.
 //!
-//! Files: this one holds the values and the error; `service` the [`Vault`]; `store` the
-//! [`BlobBackend`] trait and its records; [`envelope`], [`keys`], [`keychain`] and [`scope`]
+//! Files: this one holds the values and the error; `service` the [`Vault`]; `watch` the
+//! [`Watch`] of a scope's changes (from the event log); `store` the [`BlobBackend`] trait and
+//! its records; [`envelope`], [`keys`], [`keychain`] and [`scope`]
 //! the pure parts.
 
 pub mod envelope;
@@ -16,6 +17,7 @@ pub mod keys;
 pub mod scope;
 mod service;
 mod store;
+mod watch;
 
 use std::fmt;
 use std::time::SystemTime;
@@ -27,6 +29,9 @@ pub use envelope::{Binding, EnvelopeError};
 pub use keys::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, Locked, RootKey, locked_pages};
 pub use scope::{NameError, ObjectId, Scope, SecretKey};
 pub use service::{Vault, VaultConfig};
+pub use watch::{ChangeKind, Watch, Watched};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use watch::{PROGRESS_INTERVAL, SecretChange};
 pub use store::{
     BlobBackend, BoxFuture, ListQuery, PutRecord, RewrapFn, RewrapProgress, SealFn, StoredVersion,
 };
