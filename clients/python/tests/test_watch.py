@@ -16,7 +16,7 @@ from palyra_client import PalyraError, vault_pb2
 
 from conftest import Node, Proxy, pair_device
 
-PUT, DELETE = vault_pb2.SECRET_CHANGE_PUT, vault_pb2.SECRET_CHANGE_DELETE
+PUT, DELETE, PROGRESS = vault_pb2.SECRET_CHANGE_PUT, vault_pb2.SECRET_CHANGE_DELETE, vault_pb2.SECRET_CHANGE_PROGRESS
 STEP = 10.0  # seconds any one awaited change may take
 
 
@@ -27,35 +27,27 @@ def device(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-async def live(
-    changes: AsyncIterator[vault_pb2.WatchSecretsResponse], op: palyra_client.Client, scope: str
-) -> vault_pb2.WatchSecretsResponse:
-    """Waits until the watch is live: puts `ping` again and again until the watch yields it
-    (with since_sequence 0, changes made before the stream started are not sent)."""
-    first = asyncio.ensure_future(anext(changes))
-    for _ in range(int(STEP / 0.2)):
-        await asyncio.to_thread(op.put_secret, scope, "ping", b"ping")
-        done, _ = await asyncio.wait({first}, timeout=0.2)
-        if done:
-            return first.result()
-    first.cancel()
-    raise AssertionError("the watch never saw a put")
+async def live(changes: AsyncIterator[vault_pb2.WatchSecretsResponse]) -> None:
+    """Waits until the watch is live: its first message is the progress marker saying where the
+    stream starts."""
+    first = await asyncio.wait_for(anext(changes), STEP)
+    assert first.change == PROGRESS and first.scope == "" and first.key == "", first
 
 
 async def next_real(changes: AsyncIterator[vault_pb2.WatchSecretsResponse]) -> vault_pb2.WatchSecretsResponse:
-    """The next change that is not a `ping`."""
+    """The next change that is not a progress marker."""
     while True:
         change = await asyncio.wait_for(anext(changes), STEP)
-        if change.key != "ping":
+        if change.change != PROGRESS:
             return change
 
 
 def test_a_put_is_seen_with_its_metadata(node: Node, device: Path) -> None:
     async def run() -> None:
         with node.operator() as op, palyra_client.connect(node.url, data_dir=device) as me:
-            changes = me.watch_secrets("watch/python", recursive=True)
+            changes = me.watch_secrets("watch/python", recursive=True, progress=True)
             try:
-                await live(changes, op, "watch/python")
+                await live(changes)
                 put = await asyncio.to_thread(op.put_secret, "watch/python/sub", "API_KEY", b"value-never-sent")
                 change = await next_real(changes)
                 assert (change.scope, change.key, change.version, change.change) == (
@@ -74,12 +66,17 @@ def test_a_cut_stream_resumes_after_the_last_sequence(node: Node, device: Path) 
 
     async def run() -> None:
         with node.operator() as op, palyra_client.connect(proxy.url, data_dir=device) as me:
-            changes = me.watch_secrets("watch/python/resume", backoff_initial=0.05, backoff_max=0.2)
+            changes = me.watch_secrets("watch/python/resume", progress=True, backoff_initial=0.05, backoff_max=0.2)
             try:
-                seen = [await live(changes, op, "watch/python/resume")]
+                await live(changes)
+                # Cut before any change was seen: the resume point is where the stream started.
+                proxy.cut()
+                accepted = proxy.accepted
                 await asyncio.to_thread(op.put_secret, "watch/python/resume", "A", b"1")
-                seen.append(await next_real(changes))
+                proxy.resume()
+                seen = [await next_real(changes)]
                 assert (seen[-1].key, seen[-1].change) == ("A", PUT)
+                assert proxy.accepted > accepted, "the watch reconnected"
 
                 # The network drops every connection, and refuses new ones while these happen.
                 proxy.cut()
@@ -92,7 +89,7 @@ def test_a_cut_stream_resumes_after_the_last_sequence(node: Node, device: Path) 
                 for _ in range(3):
                     seen.append(await next_real(changes))
                 assert proxy.accepted > accepted, "the watch reconnected"
-                assert [(c.key, c.change) for c in seen[1:]] == [("A", PUT), ("B", PUT), ("C", PUT), ("A", DELETE)]
+                assert [(c.key, c.change) for c in seen] == [("A", PUT), ("B", PUT), ("C", PUT), ("A", DELETE)]
                 sequences = [c.sequence for c in seen]
                 assert sequences == sorted(set(sequences)), f"no repeat, in order: {sequences}"
 

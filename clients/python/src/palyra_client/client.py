@@ -190,6 +190,7 @@ class Client:
         *,
         recursive: bool = False,
         since_sequence: int = 0,
+        progress: bool = False,
         backoff_initial: float = 0.25,
         backoff_max: float = 15.0,
     ) -> AsyncIterator[vault_pb2.WatchSecretsResponse]:
@@ -198,14 +199,17 @@ class Client:
         ``version``, ``change`` — a ``vault_pb2.SecretChange`` —, ``sequence``, ``changed_at``),
         never values. First the changes after ``since_sequence`` (0: only new ones), then live.
 
-        It remembers the last sequence it yielded; when the stream breaks (``UNAVAILABLE``, or
-        an end the caller did not ask for) it reconnects after ``backoff_initial`` seconds,
-        doubling up to ``backoff_max``, and resumes after that sequence: no gap, no repeat.
-        Until a first change has been seen a reconnect resumes from ``since_sequence``, so with
-        0 a change made while disconnected before any was seen is not replayed. Any other
-        failure raises :class:`PalyraError`: ``PERMISSION_DENIED`` (scope not granted),
-        ``OUT_OF_RANGE`` / ``ERROR_REASON_EVENTS_TRUNCATED`` (``since_sequence`` older than the
-        node keeps; ``.metadata["oldest_available_sequence"]`` says where to start over).
+        It remembers where it is: the last change's sequence, or the node's position from the
+        progress markers it always asks for (the first says where the stream starts, later ones
+        come while other scopes change). When the stream breaks (``UNAVAILABLE``, or an end the
+        caller did not ask for) it reconnects after ``backoff_initial`` seconds, doubling up to
+        ``backoff_max``, and resumes after that position: no gap, no repeat. With ``progress``
+        the markers are yielded too (``change == SECRET_CHANGE_PROGRESS``, empty scope and key):
+        the first one says the stream is live. Any other failure raises :class:`PalyraError`:
+        ``PERMISSION_DENIED`` (scope not granted), ``UNAUTHENTICATED`` /
+        ``ERROR_REASON_DEVICE_REVOKED``, ``OUT_OF_RANGE`` / ``ERROR_REASON_EVENTS_TRUNCATED``
+        (``since_sequence`` older than the node keeps;
+        ``.metadata["oldest_available_sequence"]`` says where to start over).
         Runs on an asyncio loop, with its own asyncio channel (renewed credentials are used from
         the next reconnect on). Stop it with ``break`` or ``aclose()``.
         """
@@ -218,14 +222,19 @@ class Client:
             async with grpc.aio.secure_channel(target, credentials) as channel:
                 stub = vault_pb2_grpc.VaultServiceStub(channel)
                 call = stub.WatchSecrets(
-                    vault_pb2.WatchSecretsRequest(scope=scope, recursive=recursive, since_sequence=last)
+                    vault_pb2.WatchSecretsRequest(scope=scope, recursive=recursive, since_sequence=last, progress=True)
                 )
                 try:
                     async for change in call:
+                        delay = backoff_initial
+                        if change.change == vault_pb2.SECRET_CHANGE_PROGRESS:
+                            last = max(last, change.sequence)
+                            if progress:
+                                yield change
+                            continue
                         if change.sequence <= last:
                             continue  # never yield a change twice
                         last = change.sequence
-                        delay = backoff_initial
                         yield change
                 except grpc.aio.AioRpcError as e:
                     if e.code() != grpc.StatusCode.UNAVAILABLE:

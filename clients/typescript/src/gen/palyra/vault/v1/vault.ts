@@ -36,6 +36,11 @@ export enum SecretChange {
   SECRET_CHANGE_DELETE = 2,
   /** SECRET_CHANGE_DESTROY - Every version's ciphertext was destroyed. */
   SECRET_CHANGE_DESTROY = 3,
+  /**
+   * SECRET_CHANGE_PROGRESS - Not a change: a progress marker, sent only when the request set progress. Nothing the
+   * caller may see changed up to and including `sequence`; scope and key are empty, version 0.
+   */
+  SECRET_CHANGE_PROGRESS = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -53,6 +58,9 @@ export function secretChangeFromJSON(object: any): SecretChange {
     case 3:
     case "SECRET_CHANGE_DESTROY":
       return SecretChange.SECRET_CHANGE_DESTROY;
+    case 4:
+    case "SECRET_CHANGE_PROGRESS":
+      return SecretChange.SECRET_CHANGE_PROGRESS;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -70,6 +78,8 @@ export function secretChangeToJSON(object: SecretChange): string {
       return "SECRET_CHANGE_DELETE";
     case SecretChange.SECRET_CHANGE_DESTROY:
       return "SECRET_CHANGE_DESTROY";
+    case SecretChange.SECRET_CHANGE_PROGRESS:
+      return "SECRET_CHANGE_PROGRESS";
     case SecretChange.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -248,6 +258,14 @@ export interface WatchSecretsRequest {
    * from now on.
    */
   sinceSequence: string;
+  /**
+   * Also send progress markers (change = SECRET_CHANGE_PROGRESS): first one carrying the
+   * sequence the stream starts after, then, while events the caller does not get pass (other
+   * scopes, scopes it may not see), at most one a second carrying the node's position, so that
+   * the resume point keeps up with the log and stays within retention while the watched
+   * scopes are quiet. Off by default: every message is then a change.
+   */
+  progress: boolean;
 }
 
 /** One change, from VaultService.WatchSecrets: metadata only, never a value. */
@@ -1701,7 +1719,7 @@ export const RotateKeyResponse: MessageFns<RotateKeyResponse> = {
 };
 
 function createBaseWatchSecretsRequest(): WatchSecretsRequest {
-  return { scope: "", recursive: false, sinceSequence: "0" };
+  return { scope: "", recursive: false, sinceSequence: "0", progress: false };
 }
 
 export const WatchSecretsRequest: MessageFns<WatchSecretsRequest> = {
@@ -1714,6 +1732,9 @@ export const WatchSecretsRequest: MessageFns<WatchSecretsRequest> = {
     }
     if (message.sinceSequence !== "0") {
       writer.uint32(24).uint64(message.sinceSequence);
+    }
+    if (message.progress !== false) {
+      writer.uint32(32).bool(message.progress);
     }
     return writer;
   },
@@ -1755,6 +1776,14 @@ export const WatchSecretsRequest: MessageFns<WatchSecretsRequest> = {
             message.sinceSequence = reader.uint64().toString();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.progress = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1776,6 +1805,7 @@ export const WatchSecretsRequest: MessageFns<WatchSecretsRequest> = {
         : isSet(object.since_sequence)
         ? globalThis.String(object.since_sequence)
         : "0",
+      progress: isSet(object.progress) ? globalThis.Boolean(object.progress) : false,
     };
   },
 
@@ -1790,6 +1820,9 @@ export const WatchSecretsRequest: MessageFns<WatchSecretsRequest> = {
     if (message.sinceSequence !== "0") {
       obj.sinceSequence = message.sinceSequence;
     }
+    if (message.progress !== false) {
+      obj.progress = message.progress;
+    }
     return obj;
   },
 
@@ -1801,6 +1834,7 @@ export const WatchSecretsRequest: MessageFns<WatchSecretsRequest> = {
     message.scope = object.scope ?? "";
     message.recursive = object.recursive ?? false;
     message.sinceSequence = object.sinceSequence ?? "0";
+    message.progress = object.progress ?? false;
     return message;
   },
 };
@@ -2069,11 +2103,19 @@ export const VaultServiceService = {
    * message per put, delete or destroy, in sequence order, never a value. First the changes
    * recorded after since_sequence (0: none, only what happens from now on), then live ones,
    * with no gap and no repeat; a client that reconnects with the last sequence it saw misses
-   * nothing. Authorized per scope like ListSecrets. The stream ends when the caller's device
-   * is revoked. Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope),
-   * PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE + ERROR_REASON_EVENTS_TRUNCATED
-   * when since_sequence is older than the retained event log (ErrorInfo.metadata
-   * ["oldest_available_sequence"] says where to resume).
+   * nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+   * with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+   * the same policy version is in force) and changes in sub-scopes the policy denies the
+   * caller are left out; after a policy update, a change in the watched scope itself that the
+   * caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+   * UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+   * UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+   * Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+   * of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+   * ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+   * the start or for a reader that fell that far behind (ErrorInfo.metadata
+   * ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+   * with ListSecrets, then resume with since_sequence = that - 1).
    */
   watchSecrets: {
     path: "/palyra.vault.v1.VaultService/WatchSecrets" as const,
@@ -2132,11 +2174,19 @@ export interface VaultServiceServer extends UntypedServiceImplementation {
    * message per put, delete or destroy, in sequence order, never a value. First the changes
    * recorded after since_sequence (0: none, only what happens from now on), then live ones,
    * with no gap and no repeat; a client that reconnects with the last sequence it saw misses
-   * nothing. Authorized per scope like ListSecrets. The stream ends when the caller's device
-   * is revoked. Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope),
-   * PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE + ERROR_REASON_EVENTS_TRUNCATED
-   * when since_sequence is older than the retained event log (ErrorInfo.metadata
-   * ["oldest_available_sequence"] says where to resume).
+   * nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+   * with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+   * the same policy version is in force) and changes in sub-scopes the policy denies the
+   * caller are left out; after a policy update, a change in the watched scope itself that the
+   * caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+   * UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+   * UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+   * Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+   * of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+   * ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+   * the start or for a reader that fell that far behind (ErrorInfo.metadata
+   * ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+   * with ListSecrets, then resume with since_sequence = that - 1).
    */
   watchSecrets: handleServerStreamingCall<WatchSecretsRequest, WatchSecretsResponse>;
 }
@@ -2270,11 +2320,19 @@ export interface VaultServiceClient extends Client {
    * message per put, delete or destroy, in sequence order, never a value. First the changes
    * recorded after since_sequence (0: none, only what happens from now on), then live ones,
    * with no gap and no repeat; a client that reconnects with the last sequence it saw misses
-   * nothing. Authorized per scope like ListSecrets. The stream ends when the caller's device
-   * is revoked. Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope),
-   * PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE + ERROR_REASON_EVENTS_TRUNCATED
-   * when since_sequence is older than the retained event log (ErrorInfo.metadata
-   * ["oldest_available_sequence"] says where to resume).
+   * nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+   * with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+   * the same policy version is in force) and changes in sub-scopes the policy denies the
+   * caller are left out; after a policy update, a change in the watched scope itself that the
+   * caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+   * UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+   * UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+   * Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+   * of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+   * ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+   * the start or for a reader that fell that far behind (ErrorInfo.metadata
+   * ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+   * with ListSecrets, then resume with since_sequence = that - 1).
    */
   watchSecrets(
     request: WatchSecretsRequest,

@@ -16,10 +16,12 @@ class SecretChange(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SECRET_CHANGE_PUT: _ClassVar[SecretChange]
     SECRET_CHANGE_DELETE: _ClassVar[SecretChange]
     SECRET_CHANGE_DESTROY: _ClassVar[SecretChange]
+    SECRET_CHANGE_PROGRESS: _ClassVar[SecretChange]
 SECRET_CHANGE_UNSPECIFIED: SecretChange
 SECRET_CHANGE_PUT: SecretChange
 SECRET_CHANGE_DELETE: SecretChange
 SECRET_CHANGE_DESTROY: SecretChange
+SECRET_CHANGE_PROGRESS: SecretChange
 
 class SecretMetadata(_message.Message):
     __slots__ = ("scope", "key", "object_id", "version", "created_at", "updated_at", "deleted", "size")
@@ -158,14 +160,16 @@ class RotateKeyResponse(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., rewrapped: _Optional[int] = ...) -> None: ...
 
 class WatchSecretsRequest(_message.Message):
-    __slots__ = ("scope", "recursive", "since_sequence")
+    __slots__ = ("scope", "recursive", "since_sequence", "progress")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     scope: str
     recursive: bool
     since_sequence: int
-    def __init__(self, scope: _Optional[str] = ..., recursive: _Optional[bool] = ..., since_sequence: _Optional[int] = ...) -> None: ...
+    progress: bool
+    def __init__(self, scope: _Optional[str] = ..., recursive: _Optional[bool] = ..., since_sequence: _Optional[int] = ..., progress: _Optional[bool] = ...) -> None: ...
 
 class WatchSecretsResponse(_message.Message):
     __slots__ = ("scope", "key", "version", "change", "sequence", "changed_at")

@@ -160,11 +160,19 @@ class VaultServiceServicer:
         message per put, delete or destroy, in sequence order, never a value. First the changes
         recorded after since_sequence (0: none, only what happens from now on), then live ones,
         with no gap and no repeat; a client that reconnects with the last sequence it saw misses
-        nothing. Authorized per scope like ListSecrets. The stream ends when the caller's device
-        is revoked. Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope),
-        PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE + ERROR_REASON_EVENTS_TRUNCATED
-        when since_sequence is older than the retained event log (ErrorInfo.metadata
-        ["oldest_available_sequence"] says where to resume).
+        nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+        with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+        the same policy version is in force) and changes in sub-scopes the policy denies the
+        caller are left out; after a policy update, a change in the watched scope itself that the
+        caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+        UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+        UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+        Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+        of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+        ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+        the start or for a reader that fell that far behind (ErrorInfo.metadata
+        ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+        with ListSecrets, then resume with since_sequence = that - 1).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
