@@ -2,7 +2,8 @@
 (`device_certificate_lifetime_seconds = 10`): a client makes calls without pause from two
 threads across a full certificate lifetime past its first certificate's expiry and none fails;
 its cert.pem is replaced (0600) and works for a new client. A device whose certificate expired
-while no client ran renews with its identity key on the first call."""
+while no client ran renews with its identity key, after a failed attempt (node unreachable)
+that keeps the old certificate and is retried."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import pytest
 
 import palyra_client
-from palyra_client import RenewalEvent
+from palyra_client import PalyraError, RenewalEvent
 from palyra_client.renewal import certificate_window
 
-from conftest import Node, pair_device, serve
+from conftest import Node, Proxy, pair_device, serve
 
 LIFETIME = 10
 
@@ -77,11 +79,33 @@ def test_calls_never_fail_across_expiry_and_an_expired_device_renews_with_its_ke
     with palyra_client.connect(short_node.url, data_dir=busy, renew=False) as again:
         assert again.get_secret("renew/python", "TOKEN") == b"still here"
 
-    # The idle device's certificate expired meanwhile: the first call renews it with the proof.
+    # The idle device's certificate expired meanwhile, and the node cannot be reached: the
+    # renewal fails, the old certificate stays, and it is retried after a backoff.
     stale = (idle / "client" / "cert.pem").read_bytes()
     assert certificate_window(stale)[1] < time.time()
     events.clear()
-    with palyra_client.connect(short_node.url, data_dir=idle, on_renewal=events.append) as late:
-        assert late.get_secret("renew/python", "TOKEN") == b"still here"
+    renewed = threading.Event()
+
+    def heard(event: RenewalEvent) -> None:
+        events.append(event)
+        if event.not_after is not None:
+            renewed.set()
+
+    proxy = Proxy(short_node.port)
+    proxy.cut()
+    try:
+        with palyra_client.connect(proxy.url, data_dir=idle, on_renewal=heard) as late:
+            with pytest.raises(PalyraError) as down:
+                late.get_secret("renew/python", "TOKEN")
+            assert down.value.code == grpc.StatusCode.UNAVAILABLE
+            assert len(events) == 1 and events[0].error is not None and (events[0].retry_in or 0) > 0, events
+            assert (idle / "client" / "cert.pem").read_bytes() == stale
+
+            # Reachable again: the retry renews with the proof, and calls work.
+            proxy.resume()
+            assert renewed.wait(timeout=30), events
+            assert late.get_secret("renew/python", "TOKEN") == b"still here"
+    finally:
+        proxy.close()
     assert (idle / "client" / "cert.pem").read_bytes() != stale
-    assert [e.error for e in events] == [None], events
+    assert certificate_window((idle / "client" / "cert.pem").read_bytes())[1] > time.time()

@@ -193,6 +193,7 @@ export class Renewer {
   private renewing: Promise<void> | undefined;
   private closed = false;
   private identity: IdentityServiceClient | undefined;
+  private lastError = "";
 
   constructor(
     readonly target: string,
@@ -227,21 +228,38 @@ export class Renewer {
     clearTimeout(this.timer);
   }
 
-  /** Interceptor: a call that finds the certificate expired waits for its renewal (a due one is renewed in the background). */
+  /**
+   * Interceptor: a call that finds the certificate due starts its renewal in the background; one
+   * that finds it expired waits for a renewal attempt. While the certificate stays expired (the
+   * renewal failed; it is retried with backoff) calls fail at once with UNAVAILABLE rather than
+   * let the channel try the node with a certificate it refuses (grpc-js would then back off
+   * its reconnects, delaying the first call after the renewal).
+   */
   readonly interceptor: grpc.Interceptor = (options, nextCall) =>
     new grpc.InterceptingCall(nextCall(options), {
       start: (metadata, listener, next) => {
         const now = Date.now();
-        if (now < this.dueAt || now < this.retryAt || this.closed) {
+        if (this.closed || now < this.dueAt) {
           next(metadata, listener);
           return;
         }
-        const renewal = this.renewInBackground();
+        const attempt = now >= this.retryAt ? this.renewInBackground() : Promise.resolve();
         if (now < this.notAfter) {
           next(metadata, listener);
-        } else {
-          void renewal.then(() => next(metadata, listener));
+          return;
         }
+        void attempt.then(() => {
+          if (Date.now() < this.notAfter) {
+            next(metadata, listener);
+            return;
+          }
+          const retryIn = Math.max(0, Math.round((this.retryAt - Date.now()) / 1000));
+          listener.onReceiveStatus({
+            code: grpc.status.UNAVAILABLE,
+            details: `this client's certificate expired and could not be renewed yet (${this.lastError}); retrying in ${retryIn} s`,
+            metadata: new grpc.Metadata(),
+          });
+        });
       },
     });
 
@@ -294,6 +312,7 @@ export class Renewer {
       this.notify({ notAfter: new Date(this.notAfter) });
     } catch (e) {
       const error = e instanceof Error ? e : new Error(String(e));
+      this.lastError = error.message;
       this.failures += 1;
       const { backoffInitialMs = 1000, backoffMaxMs = 60_000 } = this.options;
       const delay = Math.min(backoffMaxMs, backoffInitialMs * 2 ** (this.failures - 1)) * (0.75 + Math.random() / 4);

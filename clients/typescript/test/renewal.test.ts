@@ -3,7 +3,7 @@
 // workers across a full certificate lifetime past its first certificate's expiry and none fails;
 // its cert.pem is replaced (0600); with every connection cut it reconnects with the new
 // certificate. A device whose certificate expired while no client ran renews with its identity
-// key before its first call.
+// key, after a failed attempt (node unreachable) that keeps the old certificate and is retried.
 
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
@@ -13,7 +13,7 @@ import { after, before, test } from "node:test";
 
 import * as grpc from "@grpc/grpc-js";
 
-import { certificateWindow, connect, Palyra, RenewalEvent } from "../src";
+import { certificateWindow, connect, Palyra, PalyraError, RenewalEvent } from "../src";
 import { pairDevice, portOf, Proxy, startNode, TestNode } from "./node";
 
 const LIFETIME_MS = 10_000;
@@ -106,16 +106,46 @@ test("calls never fail across expiry; an expired device renews with its key", as
     await proxy.close();
   }
 
-  // The idle device's certificate expired meanwhile: renewed with the proof before the call.
+  // The idle device's certificate expired meanwhile, and the node cannot be reached: the
+  // renewal fails, the old certificate stays, and it is retried after a backoff.
   const stale = readFileSync(join(idle, "client", "cert.pem"));
   assert.ok(certificateWindow(stale).notAfter < Date.now());
   events.length = 0;
-  const late = connect({ server: node.url, dataDir: idle, onRenewal: (e) => events.push(e) });
+  let renewed: () => void = () => {};
+  const renewal = new Promise<void>((ok) => (renewed = ok));
+  const down = await Proxy.start(portOf(node));
+  down.cut();
+  const late = connect({
+    server: down.url,
+    dataDir: idle,
+    onRenewal: (e) => {
+      events.push(e);
+      if (e.notAfter) renewed();
+    },
+    channelOptions: { "grpc.initial_reconnect_backoff_ms": 50, "grpc.max_reconnect_backoff_ms": 200 },
+  });
   try {
+    await assert.rejects(late.getSecret("renew/ts", "TOKEN"), (e: unknown) => {
+      assert.ok(e instanceof PalyraError, `${e}`);
+      assert.equal(e.code, grpc.status.UNAVAILABLE);
+      return true;
+    });
+    assert.equal(events.length, 1);
+    assert.ok(events[0].error && events[0].retryInMs > 0, `${events[0].error}`);
+    assert.ok(readFileSync(join(idle, "client", "cert.pem")).equals(stale));
+
+    // Reachable again: the retry renews with the proof, and calls work.
+    down.resume();
+    await Promise.race([
+      renewal,
+      new Promise((_, fail) => setTimeout(() => fail(new Error("no renewal within 30 s")), 30_000).unref()),
+    ]);
     assert.equal((await late.getSecret("renew/ts", "TOKEN")).toString(), "still here");
   } finally {
     late.close();
+    await down.close();
   }
-  assert.ok(!readFileSync(join(idle, "client", "cert.pem")).equals(stale));
-  assert.deepEqual(events.map((e) => e.error?.message), [undefined]);
+  const renewedPem = readFileSync(join(idle, "client", "cert.pem"));
+  assert.ok(!renewedPem.equals(stale));
+  assert.ok(certificateWindow(renewedPem).notAfter > Date.now());
 });
