@@ -56,7 +56,11 @@ async fn the_configured_lifetime_is_issued_at_approval_and_renewal() {
 
     // Pair a second data dir, approved by the operator.
     let code = PairingServiceClient::new(operator.clone())
-        .create_pairing_code(pb::CreatePairingCodeRequest { ttl_seconds: None, role: String::new(), max_attempts: None })
+        .create_pairing_code(pb::CreatePairingCodeRequest {
+            ttl_seconds: None,
+            role: String::new(),
+            max_attempts: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -107,7 +111,11 @@ async fn the_configured_lifetime_is_issued_at_approval_and_renewal() {
     tokio::time::sleep(due.duration_since(SystemTime::now()).unwrap_or_default()).await;
     let out = identity_show(&url, &device);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("renewed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("renewed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (renewed_issued, renewed_not_after) = validity(&device);
     assert!(renewed_issued > issued, "a new certificate");
     assert_eq!(renewed_not_after.duration_since(renewed_issued).unwrap(), LIFETIME);
