@@ -49,6 +49,7 @@ def test_calls_never_fail_across_expiry_and_an_expired_device_renews_with_its_ke
 
     with palyra_client.connect(short_node.url, data_dir=busy, on_renewal=events.append) as me:
         assert me.renews
+        assert b"PRIVATE" not in repr(me._renewer.pems).encode(), "a repr never shows the key"
 
         def call_forever(i: int) -> None:
             while time.time() < until and not failures:

@@ -149,6 +149,11 @@ class CredentialsProvider implements grpc.experimental.CertificateProvider {
     readonly key: Buffer,
   ) {}
 
+  /** Never shows the private key (console.log, util.inspect). */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return `CredentialsProvider { certificate: ${this.cert.length} bytes, key: [redacted] }`;
+  }
+
   update(cert: Buffer): void {
     this.cert = cert;
     for (const listener of this.identityListeners) {
@@ -205,6 +210,11 @@ export class Renewer {
     this.tlsKey = createPrivateKey(this.provider.key);
     this.credentials = grpc.experimental.createCertificateProviderChannelCredentials(this.provider, this.provider);
     this.setTimes(this.provider.cert);
+  }
+
+  /** Never shows the private key (console.log, util.inspect). */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return `Renewer { dir: ${JSON.stringify(this.dir)}, notAfter: ${new Date(this.notAfter).toISOString()} }`;
   }
 
   /** The certificate new connections present. */

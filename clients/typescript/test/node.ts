@@ -137,7 +137,7 @@ export async function pairDevice(node: TestNode, dataDir: string, name: string, 
  * A TCP proxy on 127.0.0.1 in front of a node, whose connections a test can cut: `cut()` closes
  * every connection and refuses new ones until `resume()`.
  */
-export class Proxy {
+export class TcpProxy {
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
   private paused = false;
@@ -147,7 +147,7 @@ export class Proxy {
     this.server = server;
   }
 
-  static start(upstreamPort: number): Promise<Proxy> {
+  static start(upstreamPort: number): Promise<TcpProxy> {
     const server = createServer();
     return new Promise((ok, fail) => {
       server.once("error", fail);
@@ -157,7 +157,7 @@ export class Proxy {
           fail(new Error("no address"));
           return;
         }
-        const proxy = new Proxy(server, `https://127.0.0.1:${address.port}`);
+        const proxy = new TcpProxy(server, `https://127.0.0.1:${address.port}`);
         server.on("connection", (client) => proxy.accept(client, upstreamPort));
         ok(proxy);
       });

@@ -10,11 +10,12 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { inspect } from "node:util";
 
 import * as grpc from "@grpc/grpc-js";
 
 import { certificateWindow, connect, Palyra, PalyraError, RenewalEvent } from "../src";
-import { pairDevice, portOf, Proxy, startNode, TestNode } from "./node";
+import { pairDevice, portOf, TcpProxy, startNode, TestNode } from "./node";
 
 const LIFETIME_MS = 10_000;
 
@@ -63,7 +64,7 @@ test("calls never fail across expiry; an expired device renews with its key", as
   const until = notAfter + LIFETIME_MS; // a full lifetime past the first certificate's expiry
 
   const events: RenewalEvent[] = [];
-  const proxy = await Proxy.start(portOf(node));
+  const proxy = await TcpProxy.start(portOf(node));
   const me = connect({
     server: proxy.url,
     dataDir: busy,
@@ -72,6 +73,11 @@ test("calls never fail across expiry; an expired device renews with its key", as
   });
   try {
     assert.ok(me.renews);
+    // Nothing that prints the client shows its private key.
+    const shown = inspect(me, { depth: 30, maxArrayLength: Infinity, maxStringLength: Infinity });
+    assert.ok(shown.includes("key: [redacted]"), "the provider is shown redacted");
+    assert.ok(!shown.includes(inspect(Buffer.from("-----BEGIN PRIVATE")).slice(8, -1)), "no key bytes");
+    assert.ok(!shown.includes("BEGIN PRIVATE"), "no key text");
     const calls = [0, 0];
     const worker = async (i: number) => {
       while (Date.now() < until) {
@@ -113,7 +119,7 @@ test("calls never fail across expiry; an expired device renews with its key", as
   events.length = 0;
   let renewed: () => void = () => {};
   const renewal = new Promise<void>((ok) => (renewed = ok));
-  const down = await Proxy.start(portOf(node));
+  const down = await TcpProxy.start(portOf(node));
   down.cut();
   const late = connect({
     server: down.url,

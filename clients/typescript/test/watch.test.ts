@@ -11,7 +11,7 @@ import { after, before, test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 
 import { connect, ErrorReason, Palyra, PalyraError, vault } from "../src";
-import { pairDevice, portOf, Proxy, startNode, TestNode } from "./node";
+import { pairDevice, portOf, TcpProxy, startNode, TestNode } from "./node";
 
 const STEP_MS = 10_000; // how long any one awaited change may take
 const { SECRET_CHANGE_PUT: PUT, SECRET_CHANGE_DELETE: DELETE, SECRET_CHANGE_PROGRESS: PROGRESS } = vault.SecretChange;
@@ -82,7 +82,7 @@ test("a put is seen with its metadata, never its value", async () => {
 });
 
 test("a cut stream resumes after the last sequence: nothing missed, nothing repeated", async () => {
-  const proxy = await Proxy.start(portOf(node));
+  const proxy = await TcpProxy.start(portOf(node));
   const me = connect({ server: proxy.url, dataDir: device, channelOptions: FAST_RECONNECT });
   const scope = "watch/ts/resume";
   const changes = me.watchSecrets(scope, { progress: true, backoffInitialMs: 50, backoffMaxMs: 200 });
