@@ -36,8 +36,10 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
+            if !e.is_silent() {
+                eprintln!("{e}");
+            }
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -2,20 +2,26 @@
 //! and the offline break-glass commands talks to the server over gRPC with the operator's
 //! credentials from the data dir.
 //!
-//! Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line saying what went wrong
-//! and what to do.
+//! Exit codes: one table (`exit.rs`, shown by `palyra --help`): 0 ok, 1 failure, 2 usage,
+//! 3 denied, 4 not found, 5 integrity, 6 unavailable, 7 conflict. Errors print one line saying
+//! what went wrong and what to do.
 
 mod audit;
 mod auth;
 mod client;
 mod console;
 mod devices;
+mod exit;
 mod identity;
+mod inject;
 mod node;
 mod output;
 pub mod pair;
 mod pairing;
 mod policy;
+mod resolve;
+#[cfg(unix)]
+mod run;
 mod serve;
 mod vault;
 
@@ -23,11 +29,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use output::CliError;
+pub use output::{CliError, Exit};
 
 /// Palyra: the security control plane of a personal node.
 #[derive(Debug, Parser)]
-#[command(name = "palyra", version, about, long_about = None)]
+#[command(name = "palyra", version, about, long_about = None, after_help = exit::TABLE)]
 pub struct Cli {
     /// Data directory [default: $PALYRA_HOME, else $XDG_DATA_HOME/palyra, else ~/.local/share/palyra]
     #[arg(long, global = true, env = "PALYRA_HOME", value_name = "DIR")]
@@ -83,6 +89,11 @@ enum Command {
     Auth(auth::AuthCommand),
     /// Print (and open) a one-time login link for the web console of a running node.
     Console(console::ConsoleArgs),
+    /// Run a command with secrets from the vault in its environment.
+    #[cfg(unix)]
+    Run(run::RunArgs),
+    /// Render a template with secrets from the vault into a 0600 file (or stdout).
+    Inject(inject::InjectArgs),
 }
 
 impl Cli {
@@ -107,6 +118,9 @@ impl Cli {
             Command::Node(cmd) => node::run(&ctx, cmd).await,
             Command::Auth(cmd) => auth::run(&ctx, cmd).await,
             Command::Console(args) => console::run(&ctx, args).await,
+            #[cfg(unix)]
+            Command::Run(args) => run::run(&ctx, args).await,
+            Command::Inject(args) => inject::run(&ctx, args).await,
         }
     }
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 use tonic_types::StatusExt;
 
+pub use super::exit::Exit;
+
 /// What every command knows.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -32,25 +34,60 @@ impl Context {
     }
 }
 
-/// A failure, printed as one line (plus an optional hint) with exit code 1.
+/// A failure, printed as one line (plus an optional hint), with its exit code ([`Exit`]: 1
+/// unless the error says otherwise; a gRPC status's from its reason and code).
 #[derive(Debug)]
 pub struct CliError {
     /// What went wrong.
     pub message: String,
     /// What to do about it.
     pub hint: Option<String>,
+    /// The process's exit code.
+    exit: u8,
 }
 
 impl CliError {
-    /// An error without a hint.
+    /// An error without a hint, exit code 1.
     pub fn new(message: impl Into<String>) -> Self {
-        CliError { message: message.into(), hint: None }
+        CliError { message: message.into(), hint: None, exit: Exit::Failure.code() }
+    }
+
+    /// An error of the kind `exit`.
+    pub fn of(exit: Exit, message: impl Into<String>) -> Self {
+        CliError::new(message).kind(exit)
+    }
+
+    /// Nothing to print, only an exit code to pass on (`palyra run`: its command's status).
+    pub fn status(code: u8) -> Self {
+        CliError { message: String::new(), hint: None, exit: code }
+    }
+
+    /// Sets the kind, and with it the exit code.
+    pub fn kind(mut self, exit: Exit) -> Self {
+        self.exit = exit.code();
+        self
     }
 
     /// Adds what to do.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// Puts `context` (e.g. which variable and reference) before the message; kind and hint stay.
+    pub fn context(mut self, context: impl std::fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    /// The process's exit code.
+    pub fn exit_code(&self) -> u8 {
+        self.exit
+    }
+
+    /// Whether there is anything to print (see [`CliError::status`]).
+    pub fn is_silent(&self) -> bool {
+        self.message.is_empty()
     }
 }
 
@@ -67,6 +104,7 @@ impl std::fmt::Display for CliError {
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         let reason = s.get_error_details().error_info().map(|i| i.reason.clone());
+        let exit = Exit::of_status(s.code(), reason.as_deref());
         let hint = match reason.as_deref() {
             Some("ERROR_REASON_POLICY_DENIED") => {
                 Some("the node's Cedar policy does not allow this; see `palyra policy get`")
@@ -81,7 +119,7 @@ impl From<tonic::Status> for CliError {
             _ => None,
         };
         let reason = reason.map(|r| format!(" [{r}]")).unwrap_or_default();
-        let mut err = CliError::new(format!("{}: {}{reason}", code_name(s.code()), s.message()));
+        let mut err = CliError::of(exit, format!("{}: {}{reason}", code_name(s.code()), s.message()));
         err.hint = hint.map(str::to_owned);
         err
     }

@@ -8,12 +8,15 @@
 //!
 //! Files: this one holds the values and the error; `service` the [`Vault`]; `watch` the
 //! [`Watch`] of a scope's changes (from the event log); `store` the [`BlobBackend`] trait and
-//! its records; [`envelope`], [`keys`], [`keychain`] and [`scope`]
-//! the pure parts.
+//! its records; [`envelope`], [`keys`], [`keychain`] and [`scope`] the pure parts; [`reference`]
+//! and [`dotenv`] the text that names secrets outside the node (`palyra://SCOPE/KEY`
+//! references, templates, `.env` files).
 
+pub mod dotenv;
 pub mod envelope;
 pub mod keychain;
 pub mod keys;
+pub mod reference;
 pub mod scope;
 mod service;
 mod store;
