@@ -1,6 +1,7 @@
 """Client.watch_secrets against a real node: a put is seen, a stream cut by the network resumes
 after the last sequence (nothing missed, nothing repeated), a scope the device was not granted
-raises PERMISSION_DENIED."""
+raises PERMISSION_DENIED, a revoked watcher gets UNAUTHENTICATED / DEVICE_REVOKED (no
+reconnecting)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 import palyra_client
-from palyra_client import PalyraError, vault_pb2
+from palyra_client import PalyraError, identity_pb2, vault_pb2
 
 from conftest import Node, Proxy, pair_device
 
@@ -114,5 +115,25 @@ def test_a_scope_not_granted_raises_permission_denied(node: Node, device: Path) 
                 await asyncio.wait_for(anext(changes), STEP)
             assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
             assert denied.value.reason == "ERROR_REASON_POLICY_DENIED"
+
+    asyncio.run(run())
+
+
+def test_revoking_the_watcher_ends_the_watch_with_device_revoked(node: Node, tmp_path: Path) -> None:
+    paired = pair_device(node, tmp_path / "revoked", "python-revoked")
+    own = f"devices/{paired.device_id.lower()}"
+
+    async def run() -> None:
+        with node.operator() as op, palyra_client.connect(node.url, data_dir=tmp_path / "revoked") as me:
+            changes = me.watch_secrets(own, progress=True)
+            await live(changes)
+            await asyncio.to_thread(
+                op.identity.RevokeDevice, identity_pb2.RevokeDeviceRequest(device_id=paired.device_id, reason="lost")
+            )
+            # Not a reconnect loop: the revocation is the client's typed error.
+            with pytest.raises(PalyraError) as revoked:
+                await next_real(changes)
+            assert revoked.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert revoked.value.reason == "ERROR_REASON_DEVICE_REVOKED"
 
     asyncio.run(run())

@@ -1,16 +1,17 @@
 // Palyra.watchSecrets against a real node: a put is seen with its metadata, a stream cut by the
 // network (twice: before and after a first change) resumes where it was with nothing missed or
-// repeated, and a scope the device was not granted throws PERMISSION_DENIED.
+// repeated, a scope the device was not granted throws PERMISSION_DENIED, an AbortSignal ends it,
+// and a revoked watcher gets UNAUTHENTICATED / DEVICE_REVOKED (no reconnecting).
 
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
 import * as grpc from "@grpc/grpc-js";
 
-import { connect, ErrorReason, Palyra, PalyraError, vault } from "../src";
+import { connect, ErrorReason, Palyra, PalyraError, unary, vault } from "../src";
 import { pairDevice, portOf, TcpProxy, startNode, TestNode } from "./node";
 
 const STEP_MS = 10_000; // how long any one awaited change may take
@@ -136,5 +137,47 @@ test("a scope not granted throws PERMISSION_DENIED", async () => {
     });
   } finally {
     me.close();
+  }
+});
+
+test("an aborted watch ends its iteration", async () => {
+  const me = connect({ server: node.url, dataDir: device });
+  const abort = new AbortController();
+  const changes = me.watchSecrets("watch/ts", { progress: true, signal: abort.signal });
+  try {
+    await live(changes);
+    const pending = changes.next();
+    abort.abort();
+    const ended = await Promise.race([
+      pending,
+      new Promise<never>((_, fail) => setTimeout(() => fail(new Error("still running")), STEP_MS).unref()),
+    ]);
+    assert.equal(ended.done, true);
+  } finally {
+    me.close();
+  }
+});
+
+test("revoking the watcher ends the watch with DEVICE_REVOKED, without reconnecting", async () => {
+  const revokedDir = join(mkdtempSync(join(tmpdir(), "palyra-ts-revoked-")), "device");
+  try {
+    await pairDevice(node, revokedDir, "ts-revoked");
+    const deviceId = readFileSync(join(revokedDir, "client", "device_id"), "utf8").trim();
+    const me = connect({ server: node.url, dataDir: revokedDir });
+    const changes = me.watchSecrets(`devices/${deviceId.toLowerCase()}`, { progress: true });
+    try {
+      await live(changes);
+      await unary((cb) => operator.identity.revokeDevice({ deviceId, reason: "lost" }, cb));
+      await assert.rejects(nextChange(changes), (e: unknown) => {
+        assert.ok(e instanceof PalyraError, `${e}`);
+        assert.equal(e.code, grpc.status.UNAUTHENTICATED);
+        assert.equal(e.reason, ErrorReason.ERROR_REASON_DEVICE_REVOKED);
+        return true;
+      });
+    } finally {
+      me.close();
+    }
+  } finally {
+    rmSync(join(revokedDir, ".."), { recursive: true, force: true });
   }
 });
