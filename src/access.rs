@@ -282,6 +282,13 @@ impl Gate {
         Err(Denied { kind: DenialKind::Policy, message })
     }
 
+    /// Records what a service did on its own authority (not a policy decision, e.g. a device
+    /// enrolled with an enrollment key), in the commit of the next write; refuses while the
+    /// audit log cannot record.
+    pub fn record(&self, entry: AuditEntry) -> Result<(), Denied> {
+        self.audit.record(entry).map_err(Denied::audit_unavailable)
+    }
+
     /// Before a write: refuses while the audit log cannot record. The write itself needs no
     /// round trip: the store's batch that takes it appends every record queued before it in
     /// the same transaction (see [`Audit::before_write`]).

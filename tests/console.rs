@@ -284,6 +284,13 @@ async fn every_console_action_is_decided_by_cedar_and_audited_like_its_rpc() {
             "resource",
             Call::Post(format!("/pair/requests/{request_id}/reject"), vec![csrf()]),
         ),
+        (actions::LIST_ENROLLMENT_KEYS, "resource", Call::Get("/enrollment".into())),
+        (actions::LIST_ENROLLMENT_KEYS, "resource", Call::Get("/enrollment/table".into())),
+        (
+            actions::REVOKE_ENROLLMENT_KEY,
+            "resource",
+            Call::Post("/enrollment/0000000000/revoke".into(), vec![csrf()]),
+        ),
         (actions::LIST_DEVICES, "resource", Call::Get("/devices".into())),
         (actions::REVOKE_DEVICE, "resource", Call::Post(format!("/devices/{phone_id}/revoke"), vec![csrf()])),
         // The resource check of RevokeDevice (on the device), shared with the gRPC service.
@@ -386,6 +393,38 @@ async fn vault_pages_show_metadata_never_values() {
     // The reserved scope stays out of the tree (auth-reserved-scope forbids even the operator).
     let (status, _) = c.get_with(&b.cookie, "/vault?scope=palyra").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_page_lists_keys_without_secrets_and_revokes_them() {
+    use palyra::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
+    let c = Console::start().await;
+    let b = c.sign_in().await;
+    let created = PairingServiceClient::new(c.node.operator().await)
+        .create_enrollment_key(pb::CreateEnrollmentKeyRequest {
+            scopes: vec!["agents/ci".into()],
+            max_uses: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = palyra::pairing::EnrollmentToken::parse(&created.token).unwrap().secret;
+    let (status, page) = c.get_with(&b.cookie, "/enrollment").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&created.key_id) && page.contains("0 of 3") && page.contains("agents/ci"),
+        "{page}"
+    );
+    assert!(!page.contains(secret.as_str()) && !page.contains(&created.token), "the page shows no secret");
+    let path = format!("/enrollment/{}/revoke", created.key_id);
+    let (status, _) = c.post(c.same_origin(&b.cookie), &path, &[("csrf", &b.csrf)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "back to the page");
+    let (_, page) = c.get_with(&b.cookie, "/enrollment/table").await;
+    assert!(page.contains("revoked") && !page.contains(&path), "{page}");
+    let (status, _) =
+        c.post(c.same_origin(&b.cookie), "/enrollment/0000000000/revoke", &[("csrf", &b.csrf)]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 const SCHEMA: &str = include_str!("../src/policy/schema.cedarschema");

@@ -20,8 +20,8 @@ use palyra::fuzzing::pairing_session_encode;
 use palyra::identity::ca::{Csr, generate_tls_key_and_csr};
 use palyra::identity::{DeviceCa, DeviceId, DeviceIdentity, Role, renewal_proof_message};
 use palyra::pairing::{
-    CodeId, CodeState, DeviceName, DevicePairing, NodeSession, PairingCode, PairingUri, Pin, StatusPoll,
-    seal_session,
+    CodeId, CodeState, DeviceName, DevicePairing, EnrollmentSecret, EnrollmentToken, NodeSession,
+    PairingCode, PairingUri, Pin, StatusPoll, seal_session,
 };
 use palyra::policy::{PolicyEngine, Severity};
 use palyra::quic::{frame, pb};
@@ -257,6 +257,13 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("pairing_uri", "uri-dns-extra", format!("{}&v=2", &*named.to_uri()).into_bytes());
     add("pairing_uri", "code-lower", b"7k2m9qxr4t".to_vec());
     add("pairing_uri", "pin", b"482913".to_vec());
+    let token = EnrollmentToken {
+        server: "127.0.0.1:7443".into(),
+        key_id: CodeId::parse(PAIRING_CODE_ID).unwrap(),
+        secret: EnrollmentSecret::parse("0123456789ABCDEFGHJKMNPQRSTVWXYZ").unwrap(),
+        ca_fingerprint: PAIRING_CA.into(),
+    };
+    add("pairing_uri", "enrollment-token", token.to_text().as_bytes().to_vec());
 
     // csr: a P-256 and an Ed25519 request (PEM and DER), one asking for extensions the node
     // must not copy, and certificates for the readers.
@@ -441,6 +448,8 @@ fn committed_seeds_are_valid_examples() {
     Csr::parse_der(&committed("csr", "p256-der")[1..]).unwrap();
     let uri = String::from_utf8(committed("pairing_uri", "uri")).unwrap();
     PairingUri::parse(&uri).unwrap();
+    let token = String::from_utf8(committed("pairing_uri", "enrollment-token")).unwrap();
+    EnrollmentToken::parse(&token).unwrap();
     let config = String::from_utf8(committed("config", "full")).unwrap();
     FileConfig::parse(&config, Path::new("seed")).unwrap();
     let engine = PolicyEngine::with_defaults().unwrap();

@@ -1,5 +1,6 @@
 //! Secrets never leak: run the whole flow — init, serve, put, get, pairing with a PIN, approval,
-//! the device writing a secret, rotation — with `PALYRA_LOG=trace`, then search everything the
+//! the device writing a secret, an auth profile, an enrollment key and a device enrolled with
+//! it, rotation — with `PALYRA_LOG=trace`, then search everything the
 //! node wrote (its log, its database and WAL, its events and audit records) for every secret it
 //! handled: secret values, the PIN, the root key, private keys. None may appear outside its
 //! sealed form.
@@ -192,6 +193,28 @@ fn no_secret_reaches_a_log_the_database_or_an_event() {
     assert_eq!(String::from_utf8_lossy(&token.stdout).trim(), api_key);
     let listed = palyra(&node, &url, &["--json", "auth", "list"], None);
     assert!(!contains(&listed.stdout, api_key.as_bytes()), "auth list prints no key");
+    // An enrollment key: its token goes to the operator's stdout once and to the agent, and
+    // its secret is nowhere else.
+    let created = palyra(&node, &url, &["--json", "enrollment", "create", "--scope", "agents/ci"], None);
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let enrollment_token = created["token"].as_str().unwrap().to_owned();
+    let enrollment_secret =
+        palyra::pairing::EnrollmentToken::parse(&enrollment_token).unwrap().secret.as_str().to_owned();
+    let agent = dir.path().join("agent");
+    let enroll_log = dir.path().join("enroll.log");
+    let enrolled = PALYRA
+        .command()
+        .arg("--data-dir")
+        .arg(&agent)
+        .args(["pair", "--name", "agent"])
+        .env("PALYRA_ENROLLMENT_KEY", &enrollment_token)
+        .env("PALYRA_LOG", "trace")
+        .stdout(std::fs::File::create(&enroll_log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&enroll_log).unwrap())
+        .status()
+        .unwrap();
+    let enroll_output = std::fs::read(&enroll_log).unwrap();
+    assert!(enrolled.success(), "{}", String::from_utf8_lossy(&enroll_output));
     palyra(&node, &url, &["vault", "rotate-key"], None);
     palyra(&node, &url, &["audit", "verify"], None);
     drop(server);
@@ -206,6 +229,8 @@ fn no_secret_reaches_a_log_the_database_or_an_event() {
         ("device secret value", device_value.clone().into_bytes()),
         ("auth profile API key", api_key.clone().into_bytes()),
         ("pin", pin.clone().into_bytes()),
+        ("enrollment secret", enrollment_secret.clone().into_bytes()),
+        ("enrollment token", enrollment_token.clone().into_bytes()),
         ("root key", root_key.clone()),
         ("root key (hex)", hex::encode(&root_key).into_bytes()),
         ("operator private key", operator_key.into_bytes()),
@@ -219,6 +244,7 @@ fn no_secret_reaches_a_log_the_database_or_an_event() {
     let mut places = vec![(log.clone(), std::fs::read(&log).unwrap())];
     // The joining device's own output may name its fingerprint, never the PIN or its keys.
     places.push((pair_log.clone(), pair_output.clone()));
+    places.push((enroll_log.clone(), enroll_output.clone()));
     for (path, bytes) in files(&node) {
         let by_design = path.ends_with("keys/root.key") || path.ends_with("operator/key.pem");
         if !by_design {

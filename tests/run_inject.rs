@@ -157,6 +157,31 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
     let _ = rustix::process::kill_process(pid, signal);
 }
 
+/// Stops a long-lived `palyra run` if the test panics before waiting for it: SIGTERM and
+/// SIGUSR1, which it forwards to its command (one of them ends every command here), so no
+/// process outlives a failed test.
+struct StopOnPanic(u32);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            signal(self.0, rustix::process::Signal::TERM);
+            signal(self.0, rustix::process::Signal::USR1);
+        }
+    }
+}
+
+/// SIGKILLs a `palyra serve` child if the test panics before stopping it.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            signal(self.0, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 fn sigterm(child: &Child) {
     signal(child.id(), rustix::process::Signal::TERM);
 }
@@ -234,7 +259,8 @@ async fn a_reference_that_fails_starts_nothing_and_says_which() {
         ("X=palyra://agents/alpha/API_KEY?version=9", 4, "ERROR_REASON_NOT_FOUND"),
         ("X=palyra://Agents/alpha/API_KEY", 2, "invalid scope"),
         ("X=palyra://agents", 2, "names no key"),
-        ("X=not-a-reference", 2, "is not a secret reference"),
+        ("X=sk-not-a-reference", 2, "is not a secret reference"),
+        ("sk-no-equals-sign", 2, "takes NAME=REF"),
         ("1X=palyra://agents/alpha/API_KEY", 2, "is not a variable name"),
     ] {
         let out = run(flag).await;
@@ -245,7 +271,7 @@ async fn a_reference_that_fails_starts_nothing_and_says_which() {
         if code != 2 {
             assert!(err.contains(flag), "names the variable and the reference: {err}");
         }
-        for value in [API_KEY, OTHER] {
+        for value in [API_KEY, OTHER, "sk-"] {
             assert!(!err.contains(value), "{err}");
         }
         assert!(!marker.exists(), "{flag}: the command ran");
@@ -304,6 +330,7 @@ async fn signals_reach_the_child_and_its_status_comes_back() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     line_with(&mut out, "ready", Duration::from_secs(30)).await;
     sigterm(&child);
@@ -332,6 +359,7 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     let mut err = lines(child.stderr.take().unwrap());
     line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
@@ -367,6 +395,121 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_kills_a_child_that_ignores_sigterm_after_ten_seconds() {
+    let w = World::start(Duration::from_secs(3600)).await;
+    let script = r#"trap '' TERM; echo "started $API_KEY"; while :; do sleep 0.05; done"#;
+    let mut child = w
+        .command(&[
+            "run",
+            "--watch",
+            "--env",
+            "API_KEY=palyra://agents/alpha/API_KEY",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stop = StopOnPanic(child.id());
+    let mut out = lines(child.stdout.take().unwrap());
+    line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
+    let mut vault = w.vault().await;
+    put(&mut vault, "agents/alpha", "API_KEY", "sk-rotated").await;
+    let put_at = std::time::Instant::now();
+    line_with(&mut out, "started sk-rotated", Duration::from_secs(40)).await;
+    let took = put_at.elapsed();
+    assert!(took >= Duration::from_secs(9), "SIGKILL only after the grace period: {took:?}");
+    // SIGUSR1 is not ignored: forwarded, the command dies of it, palyra exits 128 + 10.
+    signal(child.id(), rustix::process::Signal::USR1);
+    assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(138));
+    w.node.stop().await;
+}
+
+/// `palyra serve` on `data` as a child, gRPC on `grpc` (port 0: any).
+fn serve(data: &Path, grpc: &str) -> testkit::Serving {
+    let mut command = PALYRA.cli(data);
+    command
+        .args(["serve", "--grpc-addr", grpc, "--quic-addr", "127.0.0.1:0", "--console-addr", "127.0.0.1:0"])
+        .env("PALYRA_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    testkit::spawn_serving(command, Duration::from_secs(120), |_| {})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_the_node_restarts() {
+    let dir = testkit::private_tempdir();
+    let data = dir.path().join("node");
+    let put_cli = |value: &str| {
+        let file = dir.path().join("value");
+        std::fs::write(&file, value).unwrap();
+        let mut command = PALYRA.cli(&data);
+        command.args(["vault", "put", "agents/alpha", "K", "--value-file", file.to_str().unwrap()]);
+        command
+    };
+    let mut serving = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || serve(&data, "127.0.0.1:0")
+    })
+    .await
+    .unwrap();
+    let _kill_first = KillOnPanic(serving.child.id());
+    let grpc = serving.grpc;
+    let url = format!("https://{grpc}");
+    let mut put = put_cli("v1");
+    put.args(["--server", &url]);
+    assert!(tokio::task::spawn_blocking(move || put.output().unwrap()).await.unwrap().status.success());
+
+    // The operator's own run, on the node's data dir.
+    let script = r#"trap 'exit 0' TERM; echo "started $K"; while :; do sleep 0.05; done"#;
+    let mut child = PALYRA
+        .cli(&data)
+        .args([
+            "--server",
+            &url,
+            "run",
+            "--watch",
+            "--env",
+            "K=palyra://agents/alpha/K",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stop = StopOnPanic(child.id());
+    let mut out = lines(child.stdout.take().unwrap());
+    let mut err = lines(child.stderr.take().unwrap());
+    line_with(&mut out, "started v1", Duration::from_secs(30)).await;
+
+    // The node stops (its streams end UNAVAILABLE) and comes back on the same address; a put
+    // made before the watch is back is replayed from the last sequence it saw.
+    signal(serving.child.id(), rustix::process::Signal::TERM);
+    let status = tokio::task::spawn_blocking(move || serving.child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    line_with(&mut err, "watching agents/alpha failed", Duration::from_secs(30)).await;
+    let data_again = data.clone();
+    let mut serving =
+        tokio::task::spawn_blocking(move || serve(&data_again, &grpc.to_string())).await.unwrap();
+    let _kill_second = KillOnPanic(serving.child.id());
+    let mut put = put_cli("v2");
+    put.args(["--server", &url]);
+    assert!(tokio::task::spawn_blocking(move || put.output().unwrap()).await.unwrap().status.success());
+    line_with(&mut out, "started v2", Duration::from_secs(60)).await;
+
+    sigterm(&child);
+    assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(0));
+    tokio::task::spawn_blocking(move || serving.kill()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_running_run_renews_its_certificate() {
     // Due 8 s after issue: two thirds of a 12 s lifetime, counted from issuance (notBefore is
     // backdated 300 s; the renewal rule leaves that out).
@@ -388,6 +531,7 @@ async fn a_long_running_run_renews_its_certificate() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
     let mut err = lines(child.stderr.take().unwrap());
     line_with(&mut out, "up", Duration::from_secs(30)).await;

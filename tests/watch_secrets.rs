@@ -395,3 +395,88 @@ async fn shutting_down_ends_open_watches_so_the_server_drains() {
     let status = ended(&mut stream).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_one_json_object_per_change() {
+    use std::io::BufRead;
+    const PALYRA: palyra::testkit::Palyra = palyra::testkit::palyra_bin!();
+
+    let node = TestNode::start().await;
+    let mut vault = operator_vault(&node).await;
+    put(&mut vault, "team", "before", b"v").await;
+    let since = node.node.events().last_sequence().await.unwrap();
+    // Replayed from `since`, so the changes below are seen whenever the watch starts.
+    let mut child = Child(
+        PALYRA
+            .cli(&node.data_dir())
+            .args(["--json", "--server", &node.url(), "vault", "watch", "team", "--recursive"])
+            .args(["--since", &since.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let secret = "s3cret-value-never-printed";
+    put(&mut vault, "elsewhere", "k", secret.as_bytes()).await;
+    put(&mut vault, "team/sub", "token", secret.as_bytes()).await;
+    delete(&mut vault, "team/sub", "token", true).await;
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        lines.push(rx.recv_timeout(WAIT).expect("a line per change"));
+    }
+    let changes: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(changes[0]["sequence"], since + 2, "{lines:?}");
+    assert_eq!(
+        (&changes[0]["change"], &changes[0]["scope"], &changes[0]["key"], &changes[0]["version"]),
+        (&"put".into(), &"team/sub".into(), &"token".into(), &1.into())
+    );
+    assert_eq!(
+        (&changes[1]["change"], changes[1]["sequence"].as_u64()),
+        (&"destroy".into(), Some(since + 3))
+    );
+    assert!(lines.iter().all(|l| !l.contains(secret)));
+    assert!(child.0.try_wait().unwrap().is_none(), "it goes on until interrupted");
+
+    // A node that stops ends the watch with a failure that says where to resume.
+    put(&mut vault, "elsewhere", "last", b"v").await;
+    let last = node.node.events().last_sequence().await.unwrap();
+    node.stop().await;
+    let mut stderr = child.0.stderr.take().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut process = child;
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        let _ = done_tx.send((process.0.wait().unwrap(), text));
+        drop(process);
+    });
+    let (status, stderr) = done_rx.recv_timeout(WAIT).expect("the watch ends with the node");
+    assert!(!status.success());
+    // The last change printed, or the node's last event if a progress marker came first.
+    let resume: u64 = stderr
+        .trim()
+        .rsplit("resume with --since ")
+        .next()
+        .and_then(|tail| tail.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no resume point in {stderr:?}"));
+    assert!(resume == since + 3 || resume == last, "{stderr}");
+}

@@ -1,12 +1,13 @@
 //! The pairing URI of a QR code (`src/pairing/code.rs`), code ids and PINs as typed by a
-//! person. Checks: parse → to_uri → parse is the identity; the canonical code id re-parses to
-//! itself; Debug never shows a PIN.
+//! person, and enrollment tokens as pasted (`src/pairing/enrollment.rs`). Checks: parse →
+//! to_uri/to_text → parse is the identity; the canonical code id re-parses to itself; Debug
+//! never shows a PIN or an enrollment secret.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use palyra::pairing::code::{CODE_ID_LEN, is_fingerprint, validate_server};
-use palyra::pairing::{CodeId, PairingUri, Pin};
+use palyra::pairing::{CodeId, EnrollmentToken, PairingUri, Pin};
 
 /// What `palyra pair --uri` makes of an accepted server: `https://HOST:PORT`, which must be a
 /// URL whose host and port are the ones validated.
@@ -29,6 +30,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(is_fingerprint(&uri.ca_fingerprint));
         let debug = format!("{uri:?}");
         assert!(debug.contains("Pin([redacted])") && !debug.contains(&format!("\"{}\"", uri.pin.as_str())));
+    }
+    if let Ok(token) = EnrollmentToken::parse(text) {
+        let shown = token.to_text();
+        assert_eq!(EnrollmentToken::parse(&shown).as_ref(), Ok(&token));
+        assert!(validate_server(&token.server).is_ok());
+        check_server_url(&token.server);
+        assert!(is_fingerprint(&token.ca_fingerprint));
+        assert!(!format!("{token:?}").contains(token.secret.as_str()));
     }
     if let Ok(id) = CodeId::parse(text) {
         assert_eq!(id.as_str().len(), CODE_ID_LEN);

@@ -46,6 +46,18 @@ impl Exit {
         self as u8
     }
 
+    /// The exit of a gRPC status: [`Exit::of_status`] with its `ErrorInfo` reason. tonic
+    /// reports a channel that cannot reach the node any more as `UNKNOWN` "Service was not
+    /// ready" (its generated clients' fixed text): that is the node unreachable, 6.
+    pub fn of(status: &tonic::Status) -> Exit {
+        use tonic_types::StatusExt;
+        if status.code() == Code::Unknown && status.message().starts_with("Service was not ready") {
+            return Exit::Unavailable;
+        }
+        let reason = status.get_error_details().error_info().map(|i| i.reason.clone());
+        Exit::of_status(status.code(), reason.as_deref())
+    }
+
     /// The exit of a gRPC status with `reason` (its `ErrorInfo.reason`, if any): the reason
     /// decides when it is one of ours; the status code otherwise (a proxy, tonic itself, or a
     /// reason newer than this CLI).
@@ -76,6 +88,30 @@ impl Exit {
             Code::AlreadyExists | Code::Aborted => Exit::Conflict,
             _ => Exit::Failure,
         })
+    }
+}
+
+impl Exit {
+    /// The exit of a QUIC data-plane failure (`palyra node ...`): an `Error` frame by its code,
+    /// a close by its application code, no connection as unavailable.
+    pub fn of_quic(error: &crate::quic::ClientError) -> Exit {
+        use crate::quic::{
+            CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_SHUTDOWN, CLOSE_UNKNOWN_DEVICE, ClientError,
+        };
+        match error {
+            ClientError::Connect(_) | ClientError::Lost(_) => Exit::Unavailable,
+            ClientError::Closed { code, .. } => match u32::try_from(*code) {
+                Ok(CLOSE_UNKNOWN_DEVICE | CLOSE_DEVICE_REVOKED) => Exit::Denied,
+                Ok(CLOSE_CONNECTION_LIMIT | CLOSE_SHUTDOWN) => Exit::Unavailable,
+                _ => Exit::Failure,
+            },
+            ClientError::Remote { code, .. } => match code.as_str() {
+                "permission_denied" => Exit::Denied,
+                "invalid_request" | "frame_too_large" | "unsupported_method" => Exit::Usage,
+                _ => Exit::Failure,
+            },
+            _ => Exit::Failure,
+        }
     }
 }
 
@@ -120,6 +156,31 @@ mod tests {
     }
 
     #[test]
+    fn quic_failures() {
+        use crate::quic::ClientError;
+        let remote = |code: &str| ClientError::Remote {
+            code: code.into(),
+            message: String::new(),
+            oldest_available_sequence: 0,
+        };
+        let closed = |code: u64| ClientError::Closed { code, reason: String::new() };
+        for (error, want) in [
+            (ClientError::Connect("timed out".into()), Exit::Unavailable),
+            (ClientError::Lost("reset".into()), Exit::Unavailable),
+            (closed(0x3), Exit::Denied),
+            (closed(0x2), Exit::Denied),
+            (closed(0x1), Exit::Unavailable),
+            (closed(0x4), Exit::Failure),
+            (closed(u64::MAX), Exit::Failure),
+            (remote("permission_denied"), Exit::Denied),
+            (remote("invalid_request"), Exit::Usage),
+            (remote("events_truncated"), Exit::Failure),
+        ] {
+            assert_eq!(Exit::of_quic(&error), want, "{error}");
+        }
+    }
+
+    #[test]
     fn the_table() {
         let cases = [
             (Code::PermissionDenied, Some("ERROR_REASON_POLICY_DENIED"), 3),
@@ -146,6 +207,11 @@ mod tests {
         for (code, reason, want) in cases {
             assert_eq!(Exit::of_status(code, reason).code(), want, "{code:?} {reason:?}");
         }
+        let not_ready = tonic::Status::unknown("Service was not ready: transport error");
+        assert_eq!(Exit::of(&not_ready), Exit::Unavailable);
+        assert_eq!(Exit::of(&tonic::Status::unknown("something else")), Exit::Failure);
+        let denied = crate::wire::status::policy_denied(false, "no");
+        assert_eq!(Exit::of(&denied), Exit::Denied);
         for n in 1..=7 {
             assert!(TABLE.contains(&format!("\n  {n}  ")), "{n}");
         }

@@ -11,6 +11,7 @@ mod auth;
 mod client;
 mod console;
 mod devices;
+mod enrollment;
 mod exit;
 mod identity;
 mod inject;
@@ -75,6 +76,9 @@ enum Command {
     Pairing(pairing::PairingCommand),
     /// Pair this data dir with a node as a new device (on the joining device).
     Pair(pair::PairArgs),
+    /// Enrollment keys: pair headless machines (agents, servers, CI) with no human step.
+    #[command(subcommand)]
+    Enrollment(enrollment::EnrollmentCommand),
     /// Cedar policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -113,6 +117,7 @@ impl Cli {
             Command::Devices(cmd) => devices::run(&ctx, cmd).await,
             Command::Pairing(cmd) => pairing::run(&ctx, cmd).await,
             Command::Pair(args) => pair::run(&ctx, args).await,
+            Command::Enrollment(cmd) => enrollment::run(&ctx, cmd).await,
             Command::Policy(cmd) => policy::run(&ctx, cmd).await,
             Command::Audit(cmd) => audit::run(&ctx, cmd).await,
             Command::Node(cmd) => node::run(&ctx, cmd).await,

@@ -104,7 +104,7 @@ impl std::fmt::Display for CliError {
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         let reason = s.get_error_details().error_info().map(|i| i.reason.clone());
-        let exit = Exit::of_status(s.code(), reason.as_deref());
+        let exit = Exit::of(&s);
         let hint = match reason.as_deref() {
             Some("ERROR_REASON_POLICY_DENIED") => {
                 Some("the node's Cedar policy does not allow this; see `palyra policy get`")

@@ -27,7 +27,7 @@ use crate::identity::DeviceIdentity;
 use crate::identity::ca::{certificate_fingerprint, generate_tls_key_and_csr};
 use crate::pairing::code::is_fingerprint;
 use crate::pairing::handshake::{DeviceName, StartReply, StatusPoll};
-use crate::pairing::{CodeId, DevicePairing, PairingError, PairingUri, Pin};
+use crate::pairing::{CodeId, DevicePairing, EnrollmentToken, PairingError, PairingUri, PakePassword, Pin};
 use crate::wire::pb::identity::v1::{self as pbi, identity_service_client::IdentityServiceClient};
 use crate::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
 
@@ -42,10 +42,24 @@ CA fingerprint, so a node that does not know the PIN cannot pass as the real one
 pub(super) struct PairArgs {
     /// The pairing URI (`palyra://pair?...`) from `palyra pairing code` or its QR code; its
     /// server replaces --server.
-    #[arg(long, conflicts_with_all = ["code", "pin", "ca_fingerprint"], required_unless_present = "code")]
+    #[arg(
+        long,
+        conflicts_with_all = ["code", "pin", "ca_fingerprint", "enrollment_key"],
+        required_unless_present_any = ["code", "enrollment_key"]
+    )]
     uri: Option<String>,
+    /// An enrollment key's token (`palyra enrollment create` on the node): pairs at once,
+    /// with the key's role and scopes, no operator step. Its server replaces --server.
+    #[arg(
+        long,
+        env = "PALYRA_ENROLLMENT_KEY",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with_all = ["code", "pin", "ca_fingerprint"]
+    )]
+    enrollment_key: Option<String>,
     /// The code id from `palyra pairing code`.
-    #[arg(long, requires = "pin")]
+    #[arg(long, requires = "pin", conflicts_with = "enrollment_key")]
     code: Option<String>,
     /// The 6-digit PIN shown with the code.
     #[arg(long, requires = "code")]
@@ -75,6 +89,8 @@ pub enum PairWith {
         /// The expected CA fingerprint, if known.
         ca_fingerprint: Option<String>,
     },
+    /// An enrollment key's token: server, key id, secret and CA fingerprint; approved at once.
+    Enrollment(EnrollmentToken),
 }
 
 /// What [`pair`] needs.
@@ -133,17 +149,25 @@ pub async fn pair(
         return Err(CliError::new(format!("this data dir is already paired ({})", dir.display()))
             .hint("use another --data-dir, or remove client/ to pair again"));
     }
-    let (server, code_id, pin, expected_ca) = match &opts.with {
-        PairWith::Uri(uri) => (
-            format!("https://{}", uri.server),
-            uri.code_id.clone(),
-            uri.pin.clone(),
-            Some(uri.ca_fingerprint.clone()),
-        ),
-        PairWith::Code { code_id, pin, ca_fingerprint } => {
-            (opts.server.clone(), code_id.clone(), pin.clone(), ca_fingerprint.clone())
-        }
-    };
+    let enrolling = matches!(opts.with, PairWith::Enrollment(_));
+    let (server, code_id, password, expected_ca): (_, _, Box<dyn PakePassword + Send + Sync>, _) =
+        match &opts.with {
+            PairWith::Uri(uri) => (
+                format!("https://{}", uri.server),
+                uri.code_id.clone(),
+                Box::new(uri.pin.clone()),
+                Some(uri.ca_fingerprint.clone()),
+            ),
+            PairWith::Code { code_id, pin, ca_fingerprint } => {
+                (opts.server.clone(), code_id.clone(), Box::new(pin.clone()), ca_fingerprint.clone())
+            }
+            PairWith::Enrollment(token) => (
+                format!("https://{}", token.server),
+                token.key_id.clone(),
+                Box::new(token.secret.clone()),
+                Some(token.ca_fingerprint.clone()),
+            ),
+        };
     let name = DeviceName::parse(&opts.name).map_err(|e| CliError::new(e.to_string()))?;
 
     // Step 1: the node's CA, checked before anything else is sent.
@@ -179,9 +203,9 @@ pub async fn pair(
     let (key_pem, csr_pem) =
         generate_tls_key_and_csr(identity.id()).map_err(|e| CliError::new(e.to_string()))?;
     let (mut machine, start) =
-        DevicePairing::start(&identity, code_id, &pin, &ca_fingerprint, name, &csr_pem)
+        DevicePairing::start(&identity, code_id, &*password, &ca_fingerprint, name, &csr_pem)
             .map_err(|e| CliError::new(e.to_string()))?;
-    drop(pin);
+    drop(password);
     let reply = client
         .start_pairing(pb::StartPairingRequest {
             code_id: start.code_id.to_string(),
@@ -202,6 +226,10 @@ pub async fn pair(
         StartReply::decode(&reply.session_id, &reply.pake_message, &reply.server_confirmation, expires_at)
             .map_err(|e| CliError::new(format!("the node's answer is malformed: {e}")))?;
     let finish = machine.handle_reply(&identity, &reply, SystemTime::now()).map_err(|e| match e {
+        PairingError::ServerProofInvalid if enrolling => CliError::new(
+            "the node's confirmation does not verify: the enrollment token is not this node's, or an impostor answered; nothing more was sent",
+        )
+        .hint("ask the node's operator for a new token (`palyra enrollment create`)"),
         PairingError::ServerProofInvalid => CliError::new(
             "wrong PIN or impostor node: the node's confirmation does not verify; nothing more was sent",
         )
@@ -225,7 +253,9 @@ pub async fn pair(
     fsutil::write_private_atomic(&dir.join("identity.key"), &identity.to_bytes(), true).map_err(fs_error)?;
     fsutil::write_private_atomic(&dir.join("key.pem"), key_pem.as_bytes(), true).map_err(fs_error)?;
     let fingerprint = identity.fingerprint();
-    progress(PairEvent::Pending { request_id: request_id.clone(), fingerprint: fingerprint.clone() });
+    if !enrolling {
+        progress(PairEvent::Pending { request_id: request_id.clone(), fingerprint: fingerprint.clone() });
+    }
 
     // Step 6: wait for the operator.
     let deadline = tokio::time::Instant::now() + opts.wait;
@@ -315,6 +345,9 @@ fn pairing_status(s: tonic::Status) -> CliError {
             "ask the node's operator for a new code (`palyra pairing code`)"
         }
         "ERROR_REASON_PAIRING_ATTEMPTS_EXHAUSTED" => "the code is burned; ask for a new one",
+        "ERROR_REASON_ENROLLMENT_KEY_USED_UP" | "ERROR_REASON_ENROLLMENT_KEY_REVOKED" => {
+            "ask the node's operator for a new enrollment key (`palyra enrollment create`)"
+        }
         "ERROR_REASON_PAIRING_PROOF_INVALID" => "wrong PIN or an altered handshake; check the PIN",
         "ERROR_REASON_RATE_LIMITED" => "too many tries; wait a minute",
         _ => "",
@@ -431,6 +464,10 @@ impl ServerCertVerifier for DangerousAcceptAnyServer {
 /// `palyra pair`.
 pub(super) async fn run(ctx: &Context, args: PairArgs) -> Result<(), CliError> {
     let with = match (args.uri, args.code, args.pin) {
+        _ if args.enrollment_key.is_some() => {
+            let token = args.enrollment_key.unwrap_or_default();
+            PairWith::Enrollment(EnrollmentToken::parse(&token).map_err(|e| CliError::new(e.to_string()))?)
+        }
         (Some(uri), _, _) => {
             PairWith::Uri(PairingUri::parse(uri.trim()).map_err(|e| CliError::new(e.to_string()))?)
         }
@@ -445,7 +482,7 @@ pub(super) async fn run(ctx: &Context, args: PairArgs) -> Result<(), CliError> {
                 None => None,
             },
         },
-        _ => return Err(CliError::new("give --uri, or --code with --pin")),
+        _ => return Err(CliError::new("give --uri, --code with --pin, or --enrollment-key")),
     };
     let name = args
         .name

@@ -56,8 +56,17 @@ pub(super) enum PairingCommand {
     },
 }
 
-/// `30s`, `10m`, `2h`, `1d` or plain seconds.
+/// A code's lifetime: [`duration_secs`], 30s to 24h.
 fn parse_ttl(text: &str) -> Result<u32, String> {
+    let secs = duration_secs(text)?;
+    if !(30..=86_400).contains(&secs) {
+        return Err("a code lives 30s to 24h".to_owned());
+    }
+    Ok(secs)
+}
+
+/// `30s`, `10m`, `2h`, `1d` or plain seconds.
+pub(super) fn duration_secs(text: &str) -> Result<u32, String> {
     let text = text.trim();
     let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => text.split_at(i),
@@ -71,11 +80,7 @@ fn parse_ttl(text: &str) -> Result<u32, String> {
         "d" => 86_400,
         _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
     };
-    let secs = n.checked_mul(scale).ok_or("too long")?;
-    if !(30..=86_400).contains(&secs) {
-        return Err("a code lives 30s to 24h".to_owned());
-    }
-    Ok(secs)
+    n.checked_mul(scale).ok_or_else(|| "too long".to_owned())
 }
 
 #[derive(Debug, Serialize)]

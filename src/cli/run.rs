@@ -5,9 +5,12 @@
 //! whose value is a reference (`PALYRA_*` variables excepted: they are palyra's own settings).
 //! One failure and the command is not started: one line names the variable and the reference
 //! (never a value), and the exit code follows the table (`exit.rs`). The values go into the
-//! command's environment only, never into an argument or a log; palyra's copies are wiped once
-//! the command started. palyra forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
-//! SIGWINCH to it and exits with its status (128+N when it died of signal N).
+//! command's environment only, never into an argument or a log; palyra's own buffers are wiped
+//! once the command started (the copy std's `Command` makes for the spawn is freed, not wiped,
+//! when the spawn returns: wiping it would take `unsafe`). palyra forwards SIGINT, SIGTERM,
+//! SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to it (SIGINT and SIGQUIT not when the
+//! terminal already sent them to both) and exits with its status (128+N when it died of
+//! signal N).
 //!
 //! With `--watch`, palyra follows the referenced secrets with `VaultService/WatchSecrets` (one
 //! stream per scope, resumed from the last sequence when it breaks); on a change it resolves
@@ -153,7 +156,9 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                 }
             }
             Some(signal) = signals.recv() => {
-                if let Some(pid) = pid {
+                if let Some(pid) = pid
+                    && !delivered_by_terminal(signal, pid)
+                {
                     send(pid, signal);
                 }
                 stopping |= [rustix::process::Signal::INT, rustix::process::Signal::TERM,
@@ -247,11 +252,17 @@ fn bindings(args: &RunArgs) -> Result<BTreeMap<String, Binding>, CliError> {
     for flag in &args.env {
         let usage =
             |m: String| CliError::of(Exit::Usage, format!("--env {m}")).hint("--env NAME=palyra://SCOPE/KEY");
+        // What is not a reference is not quoted: it may be a value given here by mistake.
         let Some((name, value)) = flag.split_once('=') else {
-            return Err(usage(format!("{:?} is not NAME=REF", bounded(flag))));
+            return Err(usage("takes NAME=REF; this one has no '='".to_owned()));
         };
         if !dotenv::is_name(name) {
             return Err(usage(format!("{:?} is not a variable name", bounded(name))));
+        }
+        if !Reference::is_meant(value) {
+            return Err(usage(format!(
+                "{name}: the value is not a secret reference (palyra://SCOPE/KEY); plain values go in an --env-file"
+            )));
         }
         let reference = Reference::parse(value).map_err(|e| usage(format!("{name}: {e}")))?;
         out.insert(name.to_owned(), Binding { origin: "--env".into(), source: Source::Secret(reference) });
@@ -344,7 +355,7 @@ async fn reresolve(
 }
 
 /// Starts the command with `env` added to palyra's environment; `env` is wiped once the child
-/// exists (std keeps its own copy until the spawn returns, then frees it).
+/// exists (std's `Command` keeps its own copy until the spawn returns, then frees it).
 fn spawn(command: &[OsString], env: Env) -> Result<Child, CliError> {
     let Some((program, args)) = command.split_first() else {
         return Err(CliError::of(Exit::Usage, "no command given after --"));
@@ -407,6 +418,30 @@ fn forward_signals() -> Result<mpsc::UnboundedReceiver<rustix::process::Signal>,
         });
     }
     Ok(rx)
+}
+
+/// Whether the terminal sent `signal` to the command itself: SIGINT (Ctrl-C) and SIGQUIT go to
+/// the terminal's whole foreground process group, so when palyra and the command are both in
+/// it, forwarding would deliver the signal twice. Read from `/proc` (Linux); where it
+/// cannot be read, the signal is forwarded.
+fn delivered_by_terminal(signal: rustix::process::Signal, pid: u32) -> bool {
+    use rustix::process::Signal;
+    if signal != Signal::INT && signal != Signal::QUIT {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) state ppid pgrp session tty_nr tpgid ..."; comm may hold
+    // anything, so the fields are counted after its last ')'.
+    let groups = |path: &str| -> Option<(i64, i64)> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+        Some((fields.get(2)?.parse().ok()?, fields.get(5)?.parse().ok()?))
+    };
+    match (groups("/proc/self/stat"), groups(&format!("/proc/{pid}/stat"))) {
+        (Some((own_group, foreground)), Some((child_group, _))) => {
+            foreground > 0 && own_group == foreground && child_group == own_group
+        }
+        _ => false,
+    }
 }
 
 /// Sends `signal` to the command (not yet reaped, so its pid is still its own).

@@ -41,8 +41,9 @@ pub(super) fn time(t: Option<SystemTime>) -> String {
 }
 
 /// The console's sections: path and label.
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
     ("/pair", "Pair"),
+    ("/enrollment", "Enrollment"),
     ("/devices", "Devices"),
     ("/vault", "Vault"),
     ("/policies", "Policies"),

@@ -338,7 +338,9 @@ impl From<PairingServiceError> for Failure {
         use crate::pairing::PairingError;
         match e {
             PairingServiceError::Denied(denied) => denied.into(),
-            e @ (PairingServiceError::Pairing(PairingError::RequestNotFound(_))
+            e @ (PairingServiceError::Pairing(
+                PairingError::RequestNotFound(_) | PairingError::EnrollmentKeyNotFound(_),
+            )
             | PairingServiceError::Identity(crate::identity::IdentityError::NotFound(_))) => {
                 Failure::new(StatusCode::NOT_FOUND, "Not found", e.to_string())
             }

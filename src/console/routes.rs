@@ -136,6 +136,13 @@ pub static ROUTES: &[Route] = &[
     post("/pair/requests/{id}/reject", Access::Gate(&[actions::REJECT_PAIRING]), SMALL_FORM, |f| {
         on(f, pages::reject)
     }),
+    get("/enrollment", Access::Gate(&[actions::LIST_ENROLLMENT_KEYS]), |f| on(f, pages::enrollment)),
+    get("/enrollment/table", Access::Gate(&[actions::LIST_ENROLLMENT_KEYS]), |f| {
+        on(f, pages::enrollment_fragment)
+    }),
+    post("/enrollment/{id}/revoke", Access::Gate(&[actions::REVOKE_ENROLLMENT_KEY]), SMALL_FORM, |f| {
+        on(f, pages::revoke_key)
+    }),
     get("/devices", Access::Gate(&[actions::LIST_DEVICES]), |f| on(f, pages::devices)),
     get("/devices/table", Access::Gate(&[actions::LIST_DEVICES]), |f| on(f, pages::devices_fragment)),
     post("/devices/{id}/revoke", Access::Gate(&[actions::REVOKE_DEVICE]), SMALL_FORM, |f| {

@@ -121,6 +121,19 @@ impl Pin {
     }
 }
 
+/// The SPAKE2 password of a handshake: a pairing code's PIN, or an enrollment key's secret
+/// ([`super::enrollment::EnrollmentSecret`]).
+pub trait PakePassword {
+    /// The password bytes.
+    fn pake_password(&self) -> &[u8];
+}
+
+impl PakePassword for Pin {
+    fn pake_password(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 impl fmt::Debug for Pin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Pin([redacted])")

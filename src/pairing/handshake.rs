@@ -18,7 +18,7 @@ use ring::{digest, hkdf, hmac};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use subtle::ConstantTimeEq;
 
-use super::code::{CodeId, PairingCode, Pin, is_fingerprint};
+use super::code::{CodeId, PairingCode, PakePassword, is_fingerprint};
 use super::{PROTOCOL, PairingError, SESSION_TTL};
 use crate::identity::ca::{Csr, MAX_CSR_PEM_LEN};
 use crate::identity::{DeviceIdentity, Role, fingerprint_of, verify_signature};
@@ -330,7 +330,7 @@ impl DevicePairing {
     pub fn start(
         identity: &DeviceIdentity,
         code_id: CodeId,
-        pin: &Pin,
+        pin: &(impl PakePassword + ?Sized),
         ca_fingerprint: &str,
         device_name: DeviceName,
         csr_pem: &str,
@@ -340,7 +340,7 @@ impl DevicePairing {
         }
         let csr = Csr::parse_pem(csr_pem).map_err(|e| PairingError::invalid("csr_pem", e.to_string()))?;
         let (spake, pake_message) = Spake2::<Ed25519Group>::start_a(
-            &Password::new(pin.as_str().as_bytes()),
+            &Password::new(pin.pake_password()),
             &Identity::new(DEVICE_IDENTITY),
             &Identity::new(NODE_IDENTITY),
         );
@@ -453,7 +453,7 @@ impl NodeSession {
     /// and the node's confirmation. The session lives [`SESSION_TTL`].
     pub fn start(
         code: &PairingCode,
-        pin: &Pin,
+        pin: &(impl PakePassword + ?Sized),
         ca_fingerprint: &str,
         start: StartMessage,
         now: SystemTime,
@@ -465,7 +465,7 @@ impl NodeSession {
             return Err(PairingError::CodeExpired);
         }
         let (spake, pake_message) = Spake2::<Ed25519Group>::start_b(
-            &Password::new(pin.as_str().as_bytes()),
+            &Password::new(pin.pake_password()),
             &Identity::new(DEVICE_IDENTITY),
             &Identity::new(NODE_IDENTITY),
         );
@@ -569,7 +569,7 @@ pub fn code_expiry(now: SystemTime, ttl: Duration) -> Result<SystemTime, Pairing
 mod tests {
     use super::*;
     use crate::identity::ca::generate_tls_key_and_csr;
-    use crate::pairing::CodeState;
+    use crate::pairing::{CodeState, Pin};
 
     const CA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

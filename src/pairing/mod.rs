@@ -2,6 +2,9 @@
 //!
 //! - [`code`] — pairing codes: the random `code_id` and PIN (never a trivial one), the code's
 //!   life (expiry, attempts, single use), PIN sealing, and the `palyra://pair?...` URI;
+//! - [`enrollment`] — enrollment keys for headless machines: a reusable code whose
+//!   high-entropy secret is the handshake's password, approving at once with the key's grants;
+//!   the secret sealed bound to the grants and use count; the one-line token;
 //! - [`handshake`] — the SPAKE2 handshake as two sans-IO state machines ([`DevicePairing`],
 //!   [`NodeSession`]), the transcript hash, HKDF confirmation keys, HMAC confirmations,
 //!   Ed25519 finish and status signatures, and bounded, panic-free decoders of every message;
@@ -23,6 +26,7 @@
 //! command-line client.
 
 pub mod code;
+pub mod enrollment;
 pub mod handshake;
 pub mod name;
 pub mod request;
@@ -30,7 +34,8 @@ pub(crate) mod service;
 pub mod session;
 pub(crate) mod store;
 
-pub use code::{CodeId, CodeState, PairingCode, PairingUri, Pin};
+pub use code::{CodeId, CodeState, PairingCode, PairingUri, PakePassword, Pin};
+pub use enrollment::{EnrollmentKey, EnrollmentSecret, EnrollmentToken};
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use handshake::{
     DeviceName, DevicePairing, FinishMessage, NodeSession, StartMessage, StartReply, StatusPoll,
@@ -127,6 +132,18 @@ pub enum PairingError {
         /// Where it stands.
         state: &'static str,
     },
+    /// The enrollment key paired as many devices as it allows.
+    #[error("the enrollment key is used up")]
+    EnrollmentKeyUsedUp,
+    /// The enrollment key's lifetime has passed.
+    #[error("the enrollment key has expired")]
+    EnrollmentKeyExpired,
+    /// An admin revoked the enrollment key.
+    #[error("the enrollment key was revoked")]
+    EnrollmentKeyRevoked,
+    /// No enrollment key has this id.
+    #[error("enrollment key {0} not found")]
+    EnrollmentKeyNotFound(String),
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::code::{open_pin, seal_pin};
+use super::enrollment::{self, EnrollmentKey, EnrollmentSecret, EnrollmentToken, Grants, KeyState};
 use super::handshake::code_expiry;
 use super::request::{check_reason, granted_scopes, pairable_role, request_id};
 use super::store::PairingStore;
@@ -36,6 +37,8 @@ use super::{
     StartReply, StatusPoll, open_session, seal_session,
 };
 use crate::access::{Denied, Gate, Peer};
+use crate::audit::{AuditDecision, AuditEntry};
+use crate::policy::actions::FINISH_PAIRING;
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Role};
 use crate::ratelimit::{AddressLimiter, Refused};
 use crate::store_error::StoreError;
@@ -102,6 +105,16 @@ pub(crate) struct CreatedCode {
     pub expires_at: SystemTime,
     /// PIN attempts before it burns.
     pub max_attempts: u32,
+}
+
+/// An enrollment key just made: the token to show the operator once (it holds the secret:
+/// `Debug` redacts it) and the key as listed.
+#[derive(Debug, Clone)]
+pub(crate) struct CreatedKey {
+    /// Address, key id, secret and CA fingerprint.
+    pub token: EnrollmentToken,
+    /// The key.
+    pub key: EnrollmentKey,
 }
 
 /// Where a request stands, as its device's signed poll learns it.
@@ -245,6 +258,9 @@ pub(crate) struct Pairing {
     /// Audit before writes, and the peer cache an approval keeps current.
     gate: Gate,
     limits: Mutex<Limits>,
+    /// One enrollment at a time: each takes a use of its key in a compare-and-set write whose
+    /// audit record is queued just before it, so uses are never raced within the node.
+    enrolling: tokio::sync::Mutex<()>,
 }
 
 impl Pairing {
@@ -256,7 +272,7 @@ impl Pairing {
         keys: Arc<KeyHierarchy>,
         gate: Gate,
     ) -> Self {
-        Pairing { store, identity, keys, gate, limits: Mutex::default() }
+        Pairing { store, identity, keys, gate, limits: Mutex::default(), enrolling: tokio::sync::Mutex::new(()) }
     }
 
     fn limits(&self) -> Result<MutexGuard<'_, Limits>, ServiceError> {
@@ -379,6 +395,163 @@ impl Pairing {
         Ok(rejected)
     }
 
+    /// An enrollment key for `role` (empty: device) granting `scopes`, pairing up to
+    /// `max_uses` devices (default 1, at most 10,000) within `ttl` (default a day, 60 s to a
+    /// year); `server` is the `HOST:PORT` its token names.
+    pub(crate) async fn create_enrollment_key(
+        &self,
+        role: &str,
+        scopes: &[String],
+        max_uses: Option<u32>,
+        ttl: Option<Duration>,
+        server: String,
+    ) -> Result<CreatedKey, ServiceError> {
+        self.create_enrollment_key_at(role, scopes, max_uses, ttl, server, SystemTime::now()).await
+    }
+
+    /// [`Self::create_enrollment_key`] as if made at `now` (the testkit makes expired keys).
+    pub(crate) async fn create_enrollment_key_at(
+        &self,
+        role: &str,
+        scopes: &[String],
+        max_uses: Option<u32>,
+        ttl: Option<Duration>,
+        server: String,
+        now: SystemTime,
+    ) -> Result<CreatedKey, ServiceError> {
+        let role = pairable_role("role", role)?.unwrap_or(Role::Device);
+        let scopes = granted_scopes(scopes)?;
+        let (max_uses, expires_at) = enrollment::check_new_key(max_uses, ttl, now)?;
+        let grants = Grants { role, scopes, max_uses, created_at: now, expires_at };
+        let key_id = CodeId::generate()?;
+        let secret = EnrollmentSecret::generate()?;
+        let sealed = enrollment::seal_secret(&self.keys.internal_seal_key(), &key_id, &grants, 0, &secret)?;
+        let key = EnrollmentKey { key_id: key_id.clone(), grants, uses: 0, revoked_at: None, sealed_secret: Some(sealed) };
+        self.gate.audit_before_write().await.map_err(ServiceError::Denied)?;
+        self.store.insert_enrollment_key(&key).await?;
+        tracing::info!(key_id = %key_id, role = %role, max_uses, "enrollment key created");
+        let token = EnrollmentToken {
+            server,
+            key_id,
+            secret,
+            ca_fingerprint: self.identity.ca().fingerprint().to_owned(),
+        };
+        Ok(CreatedKey { token, key })
+    }
+
+    /// Enrollment keys, newest first: only those that can still pair unless `include_inactive`.
+    pub(crate) async fn enrollment_keys(&self, include_inactive: bool) -> Result<Vec<EnrollmentKey>, ServiceError> {
+        let now = SystemTime::now();
+        let keys = self.store.enrollment_keys().await?;
+        Ok(keys.into_iter().filter(|k| include_inactive || k.state_at(now) == KeyState::Active).collect())
+    }
+
+    /// Revokes enrollment key `key_id`: no device pairs with it from now on (devices paired
+    /// with it stay).
+    pub(crate) async fn revoke_enrollment_key(&self, key_id: &str) -> Result<EnrollmentKey, ServiceError> {
+        let key_id = CodeId::parse(key_id).map_err(|_| PairingError::invalid("key_id", "not an enrollment key id"))?;
+        self.gate.audit_before_write().await.map_err(ServiceError::Denied)?;
+        let revoked = self.store.revoke_enrollment_key(&key_id, SystemTime::now()).await??;
+        tracing::info!(key_id = %key_id, "enrollment key revoked");
+        Ok(revoked)
+    }
+
+    /// The enrollment key `code_id` names, if it names one and no pairing code.
+    async fn enrollment_key_named(&self, code_id: &CodeId) -> Result<Option<EnrollmentKey>, ServiceError> {
+        if self.store.code(code_id).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(self.store.enrollment_key(code_id).await?)
+    }
+
+    /// FinishPairing with an enrollment key: takes one use of the key and registers the
+    /// device with the key's grants at once, its audit record in the same commit. Returns the
+    /// (approved) request's id.
+    async fn enroll(
+        &self,
+        key_id: &CodeId,
+        verified: &super::VerifiedPairing,
+        peer_address: String,
+        now: SystemTime,
+    ) -> Result<String, ServiceError> {
+        let _one_at_a_time = self.enrolling.lock().await;
+        let seal_key = self.keys.internal_seal_key();
+        let key = self.store.enrollment_key(key_id).await?.ok_or(PairingError::CodeInvalid)?;
+        key.check_usable(now)?;
+        // Opening checks that the row's grants and use count are the ones the node sealed.
+        let secret = enrollment::open_secret(&seal_key, &key)?;
+        let uses = key.uses + 1;
+        let resealed = (uses < key.grants.max_uses)
+            .then(|| enrollment::seal_secret(&seal_key, key_id, &key.grants, uses, &secret))
+            .transpose()?;
+        drop(secret);
+        let Grants { role, scopes, max_uses, .. } = key.grants.clone();
+        let device_id = DeviceId::generate();
+        let issued = self.identity.ca().issue_client_certificate(
+            &verified.csr_pem,
+            device_id,
+            role,
+            self.identity.device_certificate_lifetime(),
+            now,
+        )?;
+        let device = Device {
+            id: device_id,
+            name: verified.device_name.as_str().to_owned(),
+            fingerprint: verified.fingerprint(),
+            signing_public_key: verified.signing_public_key,
+            role,
+            status: DeviceStatus::Active,
+            paired_at: now,
+            certificate_expires_at: issued.not_after,
+            revoked_at: None,
+            revoke_reason: None,
+            scopes: scopes.clone(),
+        };
+        let request = PairingRequest {
+            id: ulid::Ulid::generate().to_string(),
+            code_id: key_id.to_string(),
+            device_name: device.name.clone(),
+            fingerprint: device.fingerprint.clone(),
+            signing_public_key: verified.signing_public_key,
+            agreement_public_key: verified.agreement_public_key,
+            csr_pem: verified.csr_pem.clone(),
+            role,
+            state: RequestState::Approved,
+            created_at: now,
+            expires_at: now + REQUEST_TTL,
+            decided_at: Some(now),
+            peer_address,
+            device_id: Some(device_id),
+            certificate_pem: Some(issued.cert_pem.clone()),
+            reject_reason: String::new(),
+            scopes,
+        };
+        // The record goes into the same commit as the enrollment (the writer appends queued
+        // records first); no record, no enrollment.
+        let granted: Vec<&str> = device.scopes.iter().map(|s| s.as_str()).collect();
+        self.gate
+            .record(AuditEntry {
+                at: now,
+                principal: format!("device:{device_id}"),
+                action: FINISH_PAIRING.to_owned(),
+                resource: format!("EnrollmentKey:{key_id}"),
+                decision: AuditDecision::Allow,
+                reason: format!(
+                    "enrolled with key {key_id} (use {uses} of {max_uses}) as {role}, scopes [{}]",
+                    granted.join(", ")
+                ),
+            })
+            .map_err(ServiceError::Denied)?;
+        if !self.store.enroll(key_id, key.uses, resealed, &request, &device, now).await?? {
+            // Not possible while this service holds `enrolling`; another process would need
+            // the data dir's lock.
+            return Err(ServiceError::Internal(format!("enrollment key {key_id} changed during the enrollment")));
+        }
+        self.gate.peers.invalidate(device_id);
+        tracing::info!(request_id = %request.id, device_id = %device_id, key_id = %key_id, role = %role, "device enrolled");
+        Ok(request.id)
+    }
+
     // --- The device's side ------------------------------------------------------------------
 
     /// StartPairing: a validated `start` from `peer` spends one attempt of its code and opens
@@ -392,29 +565,43 @@ impl Pairing {
         self.limits()?.admit_start_from(peer.map(|a| a.ip()), Instant::now())?;
         // An unknown code is refused before the node-wide window, so made-up codes (from any
         // number of addresses) cannot use it up; the answer is the one for any unusable code.
-        if self.store.code(&start.code_id).await?.is_none() {
-            return Err(PairingError::CodeInvalid.into());
-        }
+        let key = match self.store.code(&start.code_id).await? {
+            Some(_) => None,
+            None => Some(self.store.enrollment_key(&start.code_id).await?.ok_or(PairingError::CodeInvalid)?),
+        };
         self.limits()?.admit_start_node_wide(now)?;
-        let code = self.store.take_attempt(&start.code_id, now).await??;
-        let sealed = code.sealed_pin.as_deref().ok_or(PairingError::CodeInvalid)?;
-        let pin = open_pin(&self.keys.internal_seal_key(), &code.code_id, sealed)?;
-        let (machine, reply) = NodeSession::start(&code, &pin, self.identity.ca().fingerprint(), start, now)?;
-        drop(pin);
+        let ca = self.identity.ca().fingerprint();
+        let (machine, reply) = match key {
+            // An enrollment key: no attempt is spent (its secret cannot be guessed online);
+            // it must be usable, and its row what the node sealed.
+            Some(key) => {
+                key.check_usable(now)?;
+                let secret = enrollment::open_secret(&self.keys.internal_seal_key(), &key)?;
+                NodeSession::start(&key.as_code(), &secret, ca, start, now)?
+            }
+            None => {
+                let code = self.store.take_attempt(&start.code_id, now).await??;
+                let sealed = code.sealed_pin.as_deref().ok_or(PairingError::CodeInvalid)?;
+                let pin = open_pin(&self.keys.internal_seal_key(), &code.code_id, sealed)?;
+                NodeSession::start(&code, &pin, ca, start, now)?
+            }
+        };
         // The attempt is already spent (committed) above; the session is stored, in its own
         // transaction, before the reply leaves. If this fails or the node dies in between, the
         // device gets an error or no answer and has only lost that attempt: fail closed.
         let peer_address = peer.map(|a| a.to_string()).unwrap_or_default();
+        let code_id = machine.code_id().clone();
         let sealed = seal_session(&self.keys.internal_seal_key(), &machine, &peer_address)?;
         drop(machine);
         self.store.insert_session(&reply.session_id, sealed, reply.expires_at, now).await?;
-        tracing::info!(code_id = %code.code_id, attempts_left = code.attempts_left, "pairing handshake started");
+        tracing::info!(code_id = %code_id, "pairing handshake started");
         Ok(reply)
     }
 
     /// FinishPairing: takes the session out (single use), checks the device's proof and, if it
     /// verifies, consumes the code and leaves a PENDING request, whose id it returns. A proof
-    /// that does not verify counts against the code.
+    /// that does not verify counts against the code. With an enrollment key, a verified proof
+    /// takes one of the key's uses and the request is approved at once ([`Self::enroll`]).
     pub(crate) async fn finish(
         &self,
         finish: FinishMessage,
@@ -430,8 +617,14 @@ impl Pairing {
         let (mut machine, peer_address) =
             open_session(&self.keys.internal_seal_key(), &finish.session_id, &sealed)?;
         let code_id = machine.code_id().clone();
+        let key = self.enrollment_key_named(&code_id).await?;
         let verified = match machine.handle_finish(&finish, now) {
             Ok(verified) => verified,
+            // An enrollment key has no attempts to spend.
+            Err(e) if key.is_some() => {
+                tracing::info!(key_id = %code_id, "enrollment proof refused");
+                return Err(e.into());
+            }
             Err(e) => {
                 let (burned, attempts_left) = self.store.attempt_failed(&code_id).await?;
                 tracing::info!(code_id = %code_id, attempts_left, burned, "pairing proof refused");
@@ -444,6 +637,9 @@ impl Pairing {
                 return Err(e.into());
             }
         };
+        if key.is_some() {
+            return self.enroll(&code_id, &verified, peer_address, now).await;
+        }
         let request = PairingRequest {
             id: ulid::Ulid::generate().to_string(),
             code_id: code_id.to_string(),

@@ -9,7 +9,7 @@
 
 use std::time::SystemTime;
 
-use super::{CodeId, PairingCode, PairingError, PairingRequest, RequestState};
+use super::{CodeId, EnrollmentKey, PairingCode, PairingError, PairingRequest, RequestState};
 use crate::identity::{Device, IdentityError};
 use crate::store_error::{BoxFuture, StoreError};
 
@@ -69,8 +69,9 @@ pub(crate) trait PairingStore: Send + Sync + std::fmt::Debug {
         now: SystemTime,
     ) -> BoxFuture<'_, Result<Vec<PairingRequest>, StoreError>>;
 
-    /// Records what time has decided: codes past their expiry lose their PIN, handshake
-    /// sessions past theirs are deleted, pending requests past theirs become EXPIRED.
+    /// Records what time has decided: codes past their expiry lose their PIN, enrollment keys
+    /// past theirs their secret, handshake sessions past theirs are deleted, pending requests
+    /// past theirs become EXPIRED.
     fn expire(&self, now: SystemTime) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Approves pending request `id`: registers `device` (ACTIVE, its role and scopes as
@@ -83,6 +84,38 @@ pub(crate) trait PairingStore: Send + Sync + std::fmt::Debug {
         certificate_pem: &str,
         now: SystemTime,
     ) -> BoxFuture<'_, Result<Outcome<PairingRequest>, IdentityError>>;
+
+    /// Stores a new enrollment key.
+    fn insert_enrollment_key(&self, key: &EnrollmentKey) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The enrollment key `key_id`, if any.
+    fn enrollment_key(&self, key_id: &CodeId) -> BoxFuture<'_, Result<Option<EnrollmentKey>, StoreError>>;
+
+    /// Enrollment keys, newest first (at most 1,000).
+    fn enrollment_keys(&self) -> BoxFuture<'_, Result<Vec<EnrollmentKey>, StoreError>>;
+
+    /// Revokes enrollment key `key_id` at `now` (its sealed secret erased); a revoked key stays
+    /// as it was. Returns the key after the change.
+    fn revoke_enrollment_key(
+        &self,
+        key_id: &CodeId,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Outcome<EnrollmentKey>, StoreError>>;
+
+    /// Takes one use of enrollment key `key_id` and registers its device, in one transaction:
+    /// only if the key still has `seen_uses` uses (else `Ok(Ok(false))`: another use came
+    /// first; read it again) and is usable at `now` (else why not). Stores `resealed` as its
+    /// secret (`None` when this was the last use), `device`, and `request` (already approved,
+    /// with the issued certificate), with the request's `pairing.approved` event.
+    fn enroll(
+        &self,
+        key_id: &CodeId,
+        seen_uses: u32,
+        resealed: Option<Vec<u8>>,
+        request: &PairingRequest,
+        device: &Device,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Outcome<bool>, IdentityError>>;
 
     /// Rejects pending request `id` with `reason` (and records its event).
     fn reject(

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::authz::{RequestAuthority, peer_of};
 use crate::pairing::{FinishMessage, Pairing, StartMessage, StatusPoll};
-use crate::wire::convert::{code_ttl, pairing_request, pairing_state_filter};
+use crate::wire::convert::{code_ttl, enrollment_key, pairing_request, pairing_state_filter};
 use crate::wire::pb::pairing::v1::{self as pb, pairing_service_server::PairingService};
 
 /// The pairing service's gRPC edge.
@@ -28,6 +28,17 @@ impl PairingApi {
     pub(crate) fn new(pairing: Arc<Pairing>, fallback_address: String) -> Self {
         PairingApi { pairing, fallback_address }
     }
+
+    /// The `HOST:PORT` a code's URI or a key's token names: the one the operator's request
+    /// addressed, else the node's listen address.
+    fn address_of<T>(&self, request: &Request<T>) -> String {
+        request
+            .extensions()
+            .get::<RequestAuthority>()
+            .map(|a| a.0.clone())
+            .filter(|a| crate::pairing::code::validate_server(a).is_ok())
+            .unwrap_or_else(|| self.fallback_address.clone())
+    }
 }
 
 #[tonic::async_trait]
@@ -36,12 +47,7 @@ impl PairingService for PairingApi {
         &self,
         request: Request<pb::CreatePairingCodeRequest>,
     ) -> Result<Response<pb::CreatePairingCodeResponse>, Status> {
-        let server = request
-            .extensions()
-            .get::<RequestAuthority>()
-            .map(|a| a.0.clone())
-            .filter(|a| crate::pairing::code::validate_server(a).is_ok())
-            .unwrap_or_else(|| self.fallback_address.clone());
+        let server = self.address_of(&request);
         let req = request.into_inner();
         let code = self.pairing.create_code(&req.role, code_ttl(req.ttl_seconds), req.max_attempts, server).await?;
         Ok(Response::new(code.into()))
@@ -114,22 +120,33 @@ impl PairingService for PairingApi {
 
     async fn create_enrollment_key(
         &self,
-        _request: Request<pb::CreateEnrollmentKeyRequest>,
+        request: Request<pb::CreateEnrollmentKeyRequest>,
     ) -> Result<Response<pb::CreateEnrollmentKeyResponse>, Status> {
-        Err(Status::unimplemented("enrollment keys are not implemented yet"))
+        let server = self.address_of(&request);
+        let req = request.into_inner();
+        let created = self
+            .pairing
+            .create_enrollment_key(&req.role, &req.scopes, req.max_uses, code_ttl(req.ttl_seconds), server)
+            .await?;
+        Ok(Response::new(created.into()))
     }
 
     async fn list_enrollment_keys(
         &self,
-        _request: Request<pb::ListEnrollmentKeysRequest>,
+        request: Request<pb::ListEnrollmentKeysRequest>,
     ) -> Result<Response<pb::ListEnrollmentKeysResponse>, Status> {
-        Err(Status::unimplemented("enrollment keys are not implemented yet"))
+        let keys = self.pairing.enrollment_keys(request.get_ref().include_inactive).await?;
+        let now = SystemTime::now();
+        Ok(Response::new(pb::ListEnrollmentKeysResponse {
+            keys: keys.iter().map(|k| enrollment_key(k, now)).collect(),
+        }))
     }
 
     async fn revoke_enrollment_key(
         &self,
-        _request: Request<pb::RevokeEnrollmentKeyRequest>,
+        request: Request<pb::RevokeEnrollmentKeyRequest>,
     ) -> Result<Response<pb::RevokeEnrollmentKeyResponse>, Status> {
-        Err(Status::unimplemented("enrollment keys are not implemented yet"))
+        let key = self.pairing.revoke_enrollment_key(&request.get_ref().key_id).await?;
+        Ok(Response::new(pb::RevokeEnrollmentKeyResponse { key: Some(enrollment_key(&key, SystemTime::now())) }))
     }
 }

@@ -193,6 +193,7 @@ impl VaultService for VaultApi {
                 };
                 let last = item.is_err();
                 tokio::select! {
+                    biased;
                     sent = tx.send(item) => if sent.is_err() || last { return },
                     // A reader that takes nothing does not hold the server's drain.
                     _ = stopping.wait_for(|stop| *stop) => return,

@@ -1,5 +1,5 @@
-//! Pairing codes, handshake sessions and requests (`pairing_codes`, `pairing_sessions`,
-//! `pairing_requests`): the SQLite implementation of [`PairingStore`], speaking
+//! Pairing codes, enrollment keys, handshake sessions and requests (`pairing_codes`,
+//! `enrollment_keys`, `pairing_sessions`, `pairing_requests`): the SQLite implementation of [`PairingStore`], speaking
 //! [`crate::pairing`] types. The rules (attempts, expiry, single use) are the domain's
 //! ([`PairingCode::take_attempt`] and friends); here they run inside one write transaction so
 //! concurrent starts cannot spend the same attempt twice and concurrent finishes cannot take
@@ -16,11 +16,16 @@ use super::devices::{self, parse_scopes, scopes_json};
 use super::{Store, StoreError, from_millis, to_millis};
 use crate::identity::{Device, DeviceId, IdentityError, Role};
 use crate::pairing::store::{Outcome, PairingStore};
-use crate::pairing::{CodeId, CodeState, PairingCode, PairingError, PairingRequest, RequestState};
+use crate::pairing::enrollment::Grants;
+use crate::pairing::{
+    CodeId, CodeState, EnrollmentKey, PairingCode, PairingError, PairingRequest, RequestState,
+};
 use crate::store_error::BoxFuture;
 
 const CODE_COLUMNS: &str =
     "code_id, sealed_pin, role, created_at, expires_at, max_attempts, attempts_left, state";
+const KEY_COLUMNS: &str =
+    "key_id, role, scopes, max_uses, uses, created_at, expires_at, revoked_at, sealed_secret";
 const REQUEST_COLUMNS: &str = "id, code_id, device_name, fingerprint, signing_public_key, \
      agreement_public_key, csr_pem, role, state, created_at, expires_at, decided_at, peer_address, \
      device_id, certificate_pem, reject_reason, scopes";
@@ -168,6 +173,11 @@ impl PairingStore for Store {
             )?
             .execute([now])?;
             c.prepare_cached(
+                "UPDATE enrollment_keys SET sealed_secret = NULL \
+                 WHERE sealed_secret IS NOT NULL AND expires_at <= ?1",
+            )?
+            .execute([now])?;
+            c.prepare_cached(
                 "UPDATE pairing_requests SET state = 'expired', decided_at = expires_at \
                  WHERE state = 'pending' AND expires_at <= ?1",
             )?
@@ -218,6 +228,102 @@ impl PairingStore for Store {
                 .with("scopes", scopes.join(","));
             events::append(c, &event, now)?;
             Ok(load_request(c, &id)?.ok_or(PairingError::RequestNotFound(id)))
+        }))
+    }
+
+    fn insert_enrollment_key(&self, key: &EnrollmentKey) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = key.clone();
+        Box::pin(self.write(move |c| {
+            let sql = format!("INSERT INTO enrollment_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+            c.prepare_cached(&sql)?.execute(params![
+                key.key_id.as_str(),
+                key.grants.role.as_str(),
+                scopes_json(&key.grants.scopes)?,
+                key.grants.max_uses,
+                key.uses,
+                to_millis(key.grants.created_at),
+                to_millis(key.grants.expires_at),
+                key.revoked_at.map(to_millis),
+                key.sealed_secret,
+            ])?;
+            Ok::<_, StoreError>(())
+        }))
+    }
+
+    fn enrollment_key(&self, key_id: &CodeId) -> BoxFuture<'_, Result<Option<EnrollmentKey>, StoreError>> {
+        let id = key_id.as_str().to_owned();
+        Box::pin(self.read(move |c| load_key(c, &id)))
+    }
+
+    fn enrollment_keys(&self) -> BoxFuture<'_, Result<Vec<EnrollmentKey>, StoreError>> {
+        Box::pin(self.read(move |c| {
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM enrollment_keys ORDER BY created_at DESC, key_id DESC LIMIT ?1"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([MAX_LISTED], key_from_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok::<_, StoreError>(out)
+        }))
+    }
+
+    fn revoke_enrollment_key(
+        &self,
+        key_id: &CodeId,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Outcome<EnrollmentKey>, StoreError>> {
+        let id = key_id.as_str().to_owned();
+        Box::pin(self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE enrollment_keys SET revoked_at = ?2, sealed_secret = NULL \
+                 WHERE key_id = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![id, to_millis(now)])?;
+            Ok::<_, StoreError>(load_key(c, &id)?.ok_or(PairingError::EnrollmentKeyNotFound(id)))
+        }))
+    }
+
+    fn enroll(
+        &self,
+        key_id: &CodeId,
+        seen_uses: u32,
+        resealed: Option<Vec<u8>>,
+        request: &PairingRequest,
+        device: &Device,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Outcome<bool>, IdentityError>> {
+        let (id, request, device) = (key_id.as_str().to_owned(), request.clone(), device.clone());
+        let mac = self.row_mac();
+        Box::pin(self.write(move |c| {
+            let Some(key) = load_key(c, &id)? else {
+                return Ok(Err(PairingError::EnrollmentKeyNotFound(id)));
+            };
+            if key.uses != seen_uses {
+                return Ok(Ok(false));
+            }
+            if let Err(e) = key.check_usable(now) {
+                return Ok(Err(e));
+            }
+            if devices::load(c, "fingerprint", &device.fingerprint, mac.as_deref())?.is_some() {
+                return Err(IdentityError::AlreadyExists(format!("a device with fingerprint {}", device.fingerprint)));
+            }
+            c.prepare_cached("UPDATE enrollment_keys SET uses = ?2, sealed_secret = ?3 WHERE key_id = ?1")
+                .map_err(StoreError::from)?
+                .execute(params![id, seen_uses + 1, resealed])
+                .map_err(StoreError::from)?;
+            devices::insert(c, &device, mac.as_deref())?;
+            insert_request(c, &request)?;
+            let scopes: Vec<&str> = device.scopes.iter().map(|s| s.as_str()).collect();
+            let event = NewEvent::new(PAIRING_APPROVED, request.id.clone())
+                .with("device_id", device.id)
+                .with("role", device.role.as_str())
+                .with("scopes", scopes.join(","))
+                .with("enrollment_key", &id);
+            events::append(c, &event, now)?;
+            Ok(Ok(true))
         }))
     }
 
@@ -312,6 +418,35 @@ fn code_from_row(row: &Row<'_>) -> rusqlite::Result<Result<PairingCode, StoreErr
             attempts_left,
             state: CodeState::parse(&state)
                 .ok_or_else(|| StoreError::corrupt(format!("code {id}: state {state:?}")))?,
+        })
+    })())
+}
+
+fn load_key(c: &Connection, key_id: &str) -> Result<Option<EnrollmentKey>, StoreError> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM enrollment_keys WHERE key_id = ?1");
+    c.prepare_cached(&sql)?.query_row([key_id], key_from_row).optional()?.transpose()
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<EnrollmentKey, StoreError>> {
+    let id: String = row.get(0)?;
+    let role: String = row.get(1)?;
+    let scopes: String = row.get(2)?;
+    let (max_uses, uses): (u32, u32) = (row.get(3)?, row.get(4)?);
+    let (created_at, expires_at, revoked_at): (i64, i64, Option<i64>) = (row.get(5)?, row.get(6)?, row.get(7)?);
+    let sealed_secret: Option<Vec<u8>> = row.get(8)?;
+    Ok((|| {
+        Ok(EnrollmentKey {
+            key_id: CodeId::parse(&id).map_err(StoreError::corrupt)?,
+            grants: Grants {
+                role: role.parse::<Role>().map_err(StoreError::corrupt)?,
+                scopes: parse_scopes(&scopes).map_err(StoreError::corrupt)?,
+                max_uses,
+                created_at: from_millis(created_at),
+                expires_at: from_millis(expires_at),
+            },
+            uses,
+            revoked_at: revoked_at.map(from_millis),
+            sealed_secret,
         })
     })())
 }

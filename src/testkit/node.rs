@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -206,6 +206,19 @@ impl TestNode {
     /// Registers a device with `role` (as approval would) and returns its credentials.
     pub async fn add_device(&self, role: Role, name: &str, scopes: &[&str]) -> Creds {
         mint(&self.node, role, name, scopes).await
+    }
+
+    /// The token of a device enrollment key (no scopes, one use) made `made_ago` and living
+    /// `ttl`: an expired key when `made_ago` > `ttl`.
+    pub async fn enrollment_token_made(&self, made_ago: Duration, ttl: Duration) -> String {
+        let made = SystemTime::now() - made_ago;
+        let created = self
+            .node
+            .pairing
+            .create_enrollment_key_at("", &[], None, Some(ttl), self.addr.to_string(), made)
+            .await
+            .expect("enrollment key");
+        created.token.to_text().to_string()
     }
 
     /// Serves QUIC for this node too.

@@ -4,8 +4,8 @@
 //! - `NAME=value` and `export NAME=value`; NAME is `[A-Za-z_][A-Za-z0-9_]*`; spaces around `=`
 //!   are allowed.
 //! - Blank lines and lines whose first non-blank character is `#` are skipped.
-//! - Unquoted values end at the end of the line or at a `#` that follows a blank (a comment);
-//!   surrounding blanks are trimmed.
+//! - Unquoted values end at the end of the line or at a `#` that starts the value or follows a
+//!   blank (a comment); surrounding blanks are trimmed.
 //! - `'single quoted'` values are taken literally and may span lines.
 //! - `"double quoted"` values may span lines and know the escapes `\n`, `\r`, `\t`, `\"`, `\\`
 //!   and `\$` (any other backslash is kept as is).
@@ -81,8 +81,8 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
         };
         let name = name.trim_end_matches(is_blank);
         if !is_name(name) {
-            let shown: String = name.chars().take(40).collect();
-            return Err(err(format!("{shown:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")));
+            // Not quoted: a line that is not NAME=value may be a value itself.
+            return Err(err("the text before '=' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)".to_owned()));
         }
         let value_start = value_start.trim_start_matches(is_blank);
         // The value from its first byte to the end of the text: a quoted value may run on.
@@ -196,6 +196,33 @@ mod tests {
         );
         assert_eq!(pairs("exportX=1\nexport=2"), [p("exportX", "1", 1), p("export", "2", 2)]);
         assert_eq!(pairs("R=palyra://a/k?version=2 # ref"), [p("R", "palyra://a/k?version=2", 1)]);
+    }
+
+    #[test]
+    fn values_written_back_double_quoted_read_the_same() {
+        let text = "A=plain\nB='it is \\ \"$X\"'\nC=\"tab\there\\r\nnext\"\nD=\"\\\\\"\nE=#c\n";
+        let first = parse(text).unwrap();
+        let escaped: String = first
+            .iter()
+            .map(|e| {
+                let mut v = String::new();
+                for c in e.value.chars() {
+                    match c {
+                        '"' => v.push_str("\\\""),
+                        '\\' => v.push_str("\\\\"),
+                        '$' => v.push_str("\\$"),
+                        '\n' => v.push_str("\\n"),
+                        '\r' => v.push_str("\\r"),
+                        c => v.push(c),
+                    }
+                }
+                format!("{}=\"{v}\"\n", e.name)
+            })
+            .collect();
+        let again = parse(&escaped).unwrap();
+        let pairs = |entries: &[Entry]| entries.iter().map(|e| (e.name.clone(), e.value.to_string())).collect::<Vec<_>>();
+        assert_eq!(pairs(&first), pairs(&again));
+        assert_eq!(pairs(&first)[4].1, "");
     }
 
     #[test]

@@ -315,4 +315,68 @@ mod tests {
         // Multi-byte text around and between braces never splits a character.
         assert!(placeholders("é{{é{{ palyra://s/k }}é").unwrap().len() == 1);
     }
+
+    /// The fuzz target's properties (fuzz/fuzz_targets/reference.rs) on text built from the
+    /// pieces that matter, so `cargo test` covers them without a fuzzing build.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::vault::dotenv;
+
+        fn pieces() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("palyra://"), Just("{{"), Just("}}"), Just(" "), Just("\t"), Just("\n"), Just("/"),
+                Just("?version="), Just("1"), Just("0"), Just("a"), Just("K"), Just("."), Just("-"),
+                Just("="), Just("#"), Just("\""), Just("'"), Just("\\"), Just("$"), Just("export "),
+                Just("é"), Just("\r"),
+            ];
+            proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn references_templates_and_dotenv(text in pieces()) {
+                if let Ok(r) = Reference::parse(&text) {
+                    let shown = r.to_string();
+                    prop_assert!(shown.len() <= MAX_REFERENCE_LEN);
+                    prop_assert_eq!(Reference::parse(&shown), Ok(r));
+                }
+                match placeholders(&text) {
+                    Ok(found) => {
+                        let mut end = 0;
+                        for p in &found {
+                            prop_assert!(p.span.start >= end && p.span.end <= text.len());
+                            let inner = &text[p.span.clone()];
+                            prop_assert!(inner.starts_with("{{") && inner.ends_with("}}") && !inner.contains('\n'));
+                            let reference = inner[2..inner.len() - 2].trim_matches([' ', '\t']);
+                            prop_assert_eq!(Reference::parse(reference), Ok(p.reference.clone()));
+                            prop_assert_eq!(p.line, 1 + text[..p.span.start].matches('\n').count());
+                            end = p.span.end;
+                        }
+                    }
+                    Err(e) => prop_assert!(!e.to_string().contains('\n')),
+                }
+                match dotenv::parse(&text) {
+                    Ok(entries) => {
+                        let rewritten: String = entries
+                            .iter()
+                            .map(|e| {
+                                let value = e.value.replace('\\', "\\\\").replace('"', "\\\"").replace('$', "\\$")
+                                    .replace('\n', "\\n").replace('\r', "\\r");
+                                format!("{}=\"{value}\"\n", e.name)
+                            })
+                            .collect();
+                        let again = dotenv::parse(&rewritten).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert_eq!(again.len(), entries.len());
+                        for (a, b) in entries.iter().zip(&again) {
+                            prop_assert!(dotenv::is_name(&a.name));
+                            prop_assert_eq!((&a.name, &*a.value), (&b.name, &*b.value));
+                        }
+                    }
+                    Err(e) => prop_assert!(!e.to_string().contains('\n')),
+                }
+            }
+        }
+    }
 }

@@ -324,7 +324,16 @@ impl From<PairingError> for Status {
         match e {
             PairingError::InvalidArgument { field, message } => invalid_argument(field, message),
             e @ PairingError::CodeInvalid => failed(ErrorReason::PairingCodeInvalid, e.to_string()),
-            e @ PairingError::CodeExpired => failed(ErrorReason::PairingCodeExpired, e.to_string()),
+            e @ (PairingError::CodeExpired | PairingError::EnrollmentKeyExpired) => {
+                failed(ErrorReason::PairingCodeExpired, e.to_string())
+            }
+            e @ PairingError::EnrollmentKeyUsedUp => failed(ErrorReason::EnrollmentKeyUsedUp, e.to_string()),
+            e @ PairingError::EnrollmentKeyRevoked => {
+                failed(ErrorReason::EnrollmentKeyRevoked, e.to_string())
+            }
+            e @ PairingError::EnrollmentKeyNotFound(_) => {
+                status(Code::NotFound, ErrorReason::NotFound, e.to_string())
+            }
             e @ PairingError::AttemptsExhausted => {
                 failed(ErrorReason::PairingAttemptsExhausted, e.to_string())
             }

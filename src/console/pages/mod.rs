@@ -1,5 +1,5 @@
 //! The console's pages and actions, one file per page: [`pair`] (pairing codes and requests),
-//! [`devices`] (the registry, revocation), [`vault`] (secret metadata), [`policies`] (the
+//! [`enrollment`] (enrollment keys, revocation), [`devices`] (the registry, revocation), [`vault`] (secret metadata), [`policies`] (the
 //! Cedar editor and its history) and [`audit`] (the log and its verification). This file
 //! holds what they share (the [`Page`] result, redirects, the reason form) and the pages of no
 //! one section: login and logout, the fallback, and the live event stream.
@@ -12,12 +12,14 @@
 
 mod audit;
 mod devices;
+mod enrollment;
 mod pair;
 mod policies;
 mod vault;
 
 pub(super) use audit::audit;
 pub(super) use devices::{devices, devices_fragment, revoke};
+pub(super) use enrollment::{enrollment, enrollment_fragment, revoke_key};
 pub(super) use pair::{approve, create_code, pair, pending_fragment, qr, reject};
 pub(super) use policies::{policies, rollback_policies, update_policies, validate_policies};
 pub(super) use vault::{secret, vault};

@@ -8,7 +8,7 @@
 //!   key rotation;
 //! - `auth` — profile names, OAuth2 configs, profiles, CreateProfile, authorization and tokens;
 //! - `identity` — devices, the node's identity, WhoAmI, renewal proofs, challenges, certificates;
-//! - `pairing` — the pairing messages, codes, requests and their states;
+//! - `pairing` — the pairing messages, codes, enrollment keys, requests and their states;
 //! - `policy` — Authorize's request and decision, policy sets, versions, diagnostics;
 //! - `audit` — ListAuditRecords' query, records, verification;
 //! - `console` — login links;
@@ -37,7 +37,7 @@ pub use auth::profile_name;
 pub(crate) use console::login_link;
 pub use events::{event_from_pb, event_to_pb};
 pub(crate) use identity::renewed_certificate;
-pub(crate) use pairing::{code_ttl, pairing_request, pairing_state_filter};
+pub(crate) use pairing::{code_ttl, enrollment_key, pairing_request, pairing_state_filter};
 pub(crate) use policy::{AuthorizePrincipal, AuthorizeQuery, check_policy_text, policy_validation};
 pub use vault::{Listing, page_token, parse_page_token, scope, secret_key};
 pub(crate) use vault::{requested_version, secret_reply};

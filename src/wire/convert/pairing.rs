@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use tonic::Status;
 
 use super::timestamp;
-use crate::pairing::service::PairingStatus;
+use crate::pairing::enrollment::KeyState;
+use crate::pairing::service::{CreatedKey, PairingStatus};
 use crate::pairing::{
-    CreatedCode, DeviceName, FinishMessage, PairingRequest, RequestState, StartMessage, StartReply,
-    StatusPoll,
+    CreatedCode, DeviceName, EnrollmentKey, FinishMessage, PairingRequest, RequestState, StartMessage,
+    StartReply, StatusPoll,
 };
 use crate::wire::pb::pairing::v1 as pb;
 use crate::wire::status::invalid_argument;
@@ -133,5 +134,37 @@ pub(crate) fn pairing_request(r: &PairingRequest, now: SystemTime) -> pb::Pairin
         expires_at: Some(timestamp(r.expires_at)),
         reject_reason: r.reject_reason.clone(),
         scopes: r.scopes.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// An enrollment key as listed (never its secret).
+pub(crate) fn enrollment_key(k: &EnrollmentKey, now: SystemTime) -> pb::EnrollmentKey {
+    let state = match k.state_at(now) {
+        KeyState::Active => pb::EnrollmentKeyState::Active,
+        KeyState::UsedUp => pb::EnrollmentKeyState::UsedUp,
+        KeyState::Expired => pb::EnrollmentKeyState::Expired,
+        KeyState::Revoked => pb::EnrollmentKeyState::Revoked,
+    };
+    pb::EnrollmentKey {
+        key_id: k.key_id.to_string(),
+        role: k.grants.role.to_string(),
+        scopes: k.grants.scopes.iter().map(ToString::to_string).collect(),
+        max_uses: k.grants.max_uses,
+        uses: k.uses,
+        created_at: Some(timestamp(k.grants.created_at)),
+        expires_at: Some(timestamp(k.grants.expires_at)),
+        revoked_at: k.revoked_at.map(timestamp),
+        state: state as i32,
+    }
+}
+
+impl From<CreatedKey> for pb::CreateEnrollmentKeyResponse {
+    fn from(created: CreatedKey) -> Self {
+        pb::CreateEnrollmentKeyResponse {
+            key_id: created.key.key_id.to_string(),
+            token: created.token.to_text().to_string(),
+            expires_at: Some(timestamp(created.key.grants.expires_at)),
+            key: Some(enrollment_key(&created.key, SystemTime::now())),
+        }
     }
 }

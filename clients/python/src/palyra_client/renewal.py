@@ -208,7 +208,8 @@ class Renewer:
                 generation.closed = True
                 self._retired.remove(generation)
         if close:
-            generation.raw.close()
+            # Not on this thread: it may be one of the channel's own (a call's done callback).
+            threading.Thread(target=generation.raw.close, name="palyra-channel-close", daemon=True).start()
 
     def ensure_fresh(self, *, wait: bool = False) -> None:
         """Renews when due and not backing off. A caller that finds another renewal under way
