@@ -1,5 +1,6 @@
 //! `device_certificate_lifetime_seconds` in `palyra.toml`: a real `palyra serve` issues device
-//! certificates of that lifetime at pairing approval and at renewal, and the CLI renews past two
+//! certificates of that lifetime at pairing approval (by an operator or an enrollment key) and
+//! at renewal, and the CLI renews past two
 //! thirds of the lifetime counted from issuance (not from the backdated `notBefore`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use palyra::cli::pair::{PairEvent, PairOptions, PairWith, pair};
 use palyra::identity::ca::{CLOCK_SKEW_ALLOWANCE, certificate_validity_pem};
-use palyra::pairing::PairingUri;
+use palyra::pairing::{EnrollmentToken, PairingUri};
 use palyra::testkit::tls::Pems;
 use palyra::testkit::{Palyra, palyra_bin, private_tempdir};
 use palyra::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingServiceClient};
@@ -87,7 +88,7 @@ async fn the_configured_lifetime_is_issued_at_approval_and_renewal() {
             None => panic!("pairing ended before it was pending: {:?}", pairing.await),
         }
     };
-    PairingServiceClient::new(operator)
+    PairingServiceClient::new(operator.clone())
         .approve_pairing(pb::ApprovePairingRequest { request_id, role: String::new(), scopes: vec![] })
         .await
         .unwrap();
@@ -96,6 +97,30 @@ async fn the_configured_lifetime_is_issued_at_approval_and_renewal() {
     // At approval: the configured lifetime, counted from issuance.
     let (issued, not_after) = validity(&device);
     assert_eq!(not_after.duration_since(issued).unwrap(), LIFETIME);
+
+    // Approved at once with an enrollment key: the same lifetime.
+    let key = PairingServiceClient::new(operator)
+        .create_enrollment_key(pb::CreateEnrollmentKeyRequest {
+            role: String::new(),
+            scopes: vec![],
+            max_uses: Some(1),
+            ttl_seconds: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let enrolled = dir.path().join("enrolled");
+    let opts = PairOptions {
+        server: url.clone(),
+        data_dir: enrolled.clone(),
+        with: PairWith::Enrollment(EnrollmentToken::parse(&key.token).unwrap()),
+        name: "enrolled".into(),
+        poll_interval: Duration::from_millis(100),
+        wait: Duration::from_secs(20),
+    };
+    pair(&opts, &|_: &str| false, &mut |_| {}).await.unwrap();
+    let (enrolled_issued, enrolled_not_after) = validity(&enrolled);
+    assert_eq!(enrolled_not_after.duration_since(enrolled_issued).unwrap(), LIFETIME);
 
     // Fresh: the CLI leaves it alone (counted from the backdated notBefore, 300 of 312 s would
     // look gone and every command would renew).
