@@ -39,7 +39,6 @@ use super::{
 use crate::access::{Denied, Gate, Peer};
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::policy::actions::FINISH_PAIRING;
-use crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY;
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Role};
 use crate::ratelimit::{AddressLimiter, Refused};
 use crate::store_error::StoreError;
@@ -361,7 +360,7 @@ impl Pairing {
             &pending.csr_pem,
             device_id,
             role,
-            DEFAULT_CLIENT_CERT_VALIDITY,
+            self.identity.device_certificate_lifetime(),
             now,
         )?;
         let device = Device {
@@ -492,7 +491,7 @@ impl Pairing {
             &verified.csr_pem,
             device_id,
             role,
-            DEFAULT_CLIENT_CERT_VALIDITY,
+            self.identity.device_certificate_lifetime(),
             now,
         )?;
         let device = Device {
