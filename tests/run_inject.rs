@@ -395,6 +395,43 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_never_restarts_a_command_that_was_told_to_stop() {
+    let w = World::start(Duration::from_secs(3600)).await;
+    // A command that takes its time to stop; and an enrollment key in palyra's environment,
+    // which the command must not inherit.
+    let script = r#"trap 'echo stopping; sleep 2; exit 7' TERM; echo "started $API_KEY ${PALYRA_ENROLLMENT_KEY:-no-key}"; while :; do sleep 0.05; done"#;
+    let mut child = w
+        .command(&[
+            "run",
+            "--watch",
+            "--env",
+            "API_KEY=palyra://agents/alpha/API_KEY",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("PALYRA_ENROLLMENT_KEY", "palyra-enroll:v1:not-for-the-agent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stop = StopOnPanic(child.id());
+    let mut out = lines(child.stdout.take().unwrap());
+    line_with(&mut out, &format!("started {API_KEY} no-key"), Duration::from_secs(30)).await;
+    sigterm(&child);
+    line_with(&mut out, "stopping", Duration::from_secs(10)).await;
+    // A change while it stops: palyra must exit with the command, not start it again.
+    let mut vault = w.vault().await;
+    put(&mut vault, "agents/alpha", "API_KEY", "sk-rotated").await;
+    assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(7));
+    while let Ok(line) = out.try_recv() {
+        assert!(!line.starts_with("started"), "restarted after a stop: {line}");
+    }
+    w.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_kills_a_child_that_ignores_sigterm_after_ten_seconds() {
     let w = World::start(Duration::from_secs(3600)).await;
     let script = r#"trap '' TERM; echo "started $API_KEY"; while :; do sleep 0.05; done"#;

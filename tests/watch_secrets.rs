@@ -342,18 +342,57 @@ async fn a_forbidden_sub_scope_is_left_out_decided_once_per_policy_version() {
     put(&mut vault, "team/private", "after", b"v").await;
     assert_eq!(change(&next(&mut stream).await), ("team/private", "after", 1, SecretChange::Put));
 
-    // And a policy that takes the watched scope itself away ends the stream at its next change.
+    // And a policy that takes the watched scope itself away ends the stream at its next change
+    // anywhere under it (here in a sub-scope: the watched scope is asked again first).
     let forbid_all = format!(
         "{DEFAULT_POLICIES}\n@id(\"no-team\")\nforbid (principal == Palyra::Device::\"{}\", action, resource in Palyra::Scope::\"team\");\n",
         watcher.id
     );
     install_policies(&node, forbid_all).await;
-    put(&mut vault, "team", "k", b"v").await;
+    put(&mut vault, "team/open", "k", b"v").await;
     let status = ended(&mut stream).await;
     assert_eq!(
         (status.code(), reason(&status).as_str()),
         (Code::PermissionDenied, "ERROR_REASON_POLICY_DENIED")
     );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_device_holds_a_bounded_number_of_watches() {
+    let node = TestNode::start().await;
+    let watcher = team_device(&node).await;
+    let other = node.add_device(Role::Device, "other", &["team"]).await;
+    let channel = node.channel(Some(&watcher)).await;
+    let mut open = Vec::new();
+    for _ in 0..palyra::rpc::vault::MAX_WATCHES_PER_PRINCIPAL {
+        open.push(watch(channel.clone(), "team", true, 0, true).await.unwrap());
+    }
+    for stream in &mut open {
+        next(stream).await; // the first progress marker: the stream is live
+    }
+    let refused = watch(channel.clone(), "team", true, 0, false).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::ResourceExhausted, "ERROR_REASON_RATE_LIMITED")
+    );
+    assert!(refused.message().contains("close one"), "{}", refused.message());
+    // Another device is not affected, and a closed stream gives its slot back.
+    let mut theirs = watch(node.channel(Some(&other)).await, "team", false, 0, true).await.unwrap();
+    next(&mut theirs).await;
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match watch(channel.clone(), "team", false, 0, false).await {
+            Ok(_) => break,
+            Err(status)
+                if status.code() == Code::ResourceExhausted && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("the slot was not given back: {status:?}"),
+        }
+    }
     node.stop().await;
 }
 

@@ -136,8 +136,8 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
 
     let mut signals = forward_signals()?;
     let mut child = spawn(&args.command, env)?;
-    // A stop signal (INT, TERM, HUP, QUIT) was forwarded since the last restart began: when the
-    // command exits in a restart, palyra exits with it instead of starting it again.
+    // A stop signal (INT, TERM, HUP, QUIT) was forwarded: when the command exits, palyra exits
+    // with it (also in a restart already under way), and no later change restarts it.
     let mut stopping = false;
     let mut restart: Option<Restart> = None;
     loop {
@@ -173,6 +173,11 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                 }
             }
             Some(()) = changes.recv() => {
+                // A stop was asked for (and forwarded): the command is on its way out, and palyra
+                // with it; a change now must not start it again.
+                if stopping {
+                    continue;
+                }
                 let (Some(dir), against) = (&dir, restart.as_ref().map_or(&current, |r| &r.versions)) else {
                     continue;
                 };
@@ -191,8 +196,6 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                             if let Some(pid) = pid {
                                 send(pid, rustix::process::Signal::TERM);
                             }
-                            // Only a stop signal from now on ends palyra instead of the restart.
-                            stopping = false;
                             let kill_at = Instant::now() + STOP_GRACE;
                             restart = Some(Restart { env, versions, kill_at, killed: false });
                         }
@@ -362,6 +365,9 @@ fn spawn(command: &[OsString], env: Env) -> Result<Child, CliError> {
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args);
+    // A reusable credential the command has no use for: an agent that leaks its environment
+    // must not hand out the key that enrolled it.
+    cmd.env_remove("PALYRA_ENROLLMENT_KEY");
     for (name, value) in &env {
         cmd.env(name, os_str(value));
     }
