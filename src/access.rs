@@ -26,6 +26,7 @@ use crate::audit::{Audit, AuditDecision, AuditEntry, AuditUnavailable};
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, Principal, ca};
 use crate::policy::{AuthzDecision, PolicyEngine, Resource, Subject};
 use crate::store_error::BoxFuture;
+use crate::vault::Scope;
 
 /// The one registry read the resolver needs: a device by id, revoked ones included.
 pub(crate) trait DeviceLookup: Send + Sync + fmt::Debug {
@@ -293,6 +294,61 @@ impl Gate {
     /// the same transaction (see [`Audit::before_write`]).
     pub async fn audit_before_write(&self) -> Result<(), Denied> {
         self.audit.before_write().map_err(Denied::audit_unavailable)
+    }
+}
+
+/// Scopes a [`ScopeDecisions`] remembers at most; past it, it starts over.
+const MAX_REMEMBERED_SCOPES: usize = 4096;
+
+/// One peer's decisions on one action over many scopes (the sub-scopes a recursive watch
+/// reaches): each scope is decided through [`Gate::decide`], so recorded, once while the same
+/// policy set is in force; a new set starts over, so an update takes effect at the next
+/// change. Only policy decisions are remembered: an audit refusal is asked again.
+#[derive(Debug)]
+pub struct ScopeDecisions {
+    gate: Gate,
+    peer: Peer,
+    action: String,
+    /// The policy version the remembered decisions were made under.
+    version: u64,
+    known: HashMap<Scope, Result<(), Denied>>,
+}
+
+impl ScopeDecisions {
+    /// Decides `scope`, or answers from memory when it was decided under the set in force.
+    pub fn decide(&mut self, scope: &Scope) -> Result<(), Denied> {
+        // The version is read before deciding: a decision made under a newer set is at worst
+        // asked again, never kept for one it was not made under.
+        let version = self.gate.engine.active().0;
+        if version != self.version {
+            self.known.clear();
+            self.version = version;
+        }
+        if let Some(known) = self.known.get(scope) {
+            return known.clone();
+        }
+        let decision = self.gate.decide(&self.peer, &self.action, &Resource::Scope(scope.clone()), None);
+        if matches!(&decision, Err(denied) if denied.kind != DenialKind::Policy) {
+            return decision;
+        }
+        if self.known.len() >= MAX_REMEMBERED_SCOPES {
+            self.known.clear();
+        }
+        self.known.insert(scope.clone(), decision.clone());
+        decision
+    }
+}
+
+impl Gate {
+    /// `peer`'s decisions on `action` over scopes, each made once per policy version.
+    pub fn scope_decisions(&self, peer: Peer, action: &str) -> ScopeDecisions {
+        ScopeDecisions {
+            gate: self.clone(),
+            peer,
+            action: action.to_owned(),
+            version: self.engine.active().0,
+            known: HashMap::new(),
+        }
     }
 }
 

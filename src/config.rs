@@ -29,6 +29,15 @@ pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
 /// test in `cli::serve` keeps the two equal).
 pub const DEFAULT_CONSOLE_MAX_CONNECTIONS: usize = 128;
 
+/// How long device client certificates are valid when `palyra.toml` says nothing: 30 days
+/// (the CA's own default; a test in `cli::serve` keeps the two equal).
+pub const DEFAULT_DEVICE_CERTIFICATE_LIFETIME_SECS: u64 = 30 * 24 * 60 * 60;
+/// The shortest `device_certificate_lifetime_seconds`: 10 s, low enough for a test to cross an
+/// expiry, never for production (a device then renews every 7 s).
+pub const MIN_DEVICE_CERTIFICATE_LIFETIME_SECS: u64 = 10;
+/// The longest `device_certificate_lifetime_seconds`: 365 days.
+pub const MAX_DEVICE_CERTIFICATE_LIFETIME_SECS: u64 = 365 * 24 * 60 * 60;
+
 /// Which root-key backend to use on first start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum KeyBackendChoice {
@@ -67,6 +76,10 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     /// Largest secret value in bytes.
     pub max_value_bytes: Option<usize>,
+    /// Seconds the client certificates issued to devices (at pairing approval and at renewal)
+    /// are valid ([`MIN_DEVICE_CERTIFICATE_LIFETIME_SECS`]..=[`MAX_DEVICE_CERTIFICATE_LIFETIME_SECS`],
+    /// default [`DEFAULT_DEVICE_CERTIFICATE_LIFETIME_SECS`]). Devices renew past two thirds of it.
+    pub device_certificate_lifetime_seconds: Option<u64>,
     /// The operator web console (`[console]`).
     pub console: Option<ConsoleConfig>,
     /// The gRPC listener's connection budgets and timeouts (`[grpc]`).
@@ -240,6 +253,17 @@ impl FileConfig {
                 message: "max_value_bytes must be between 1 and 16777216".into(),
             });
         }
+        if config.device_certificate_lifetime_seconds.is_some_and(|s| {
+            !(MIN_DEVICE_CERTIFICATE_LIFETIME_SECS..=MAX_DEVICE_CERTIFICATE_LIFETIME_SECS).contains(&s)
+        }) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "device_certificate_lifetime_seconds must be between {MIN_DEVICE_CERTIFICATE_LIFETIME_SECS} \
+                     and {MAX_DEVICE_CERTIFICATE_LIFETIME_SECS} (365 days)"
+                ),
+            });
+        }
         if let Some(grpc) = &config.grpc {
             grpc.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         }
@@ -327,6 +351,7 @@ mod tests {
             key_backend = "file"
             server_names = ["node.local"]
             max_value_bytes = 1024
+            device_certificate_lifetime_seconds = 3600
             [console]
             addr = "127.0.0.1:7500"
             enabled = true
@@ -344,6 +369,7 @@ mod tests {
             Some("127.0.0.1:9000".parse().map_err(|_| ConfigError::Value("addr".into()))?)
         );
         assert_eq!(c.max_value_bytes, Some(1024));
+        assert_eq!(c.device_certificate_lifetime_seconds, Some(3600));
         assert_eq!(c.console.and_then(|c| c.addr).map(|a| a.port()), Some(7500));
         let grpc = c.grpc.unwrap_or_default();
         assert_eq!((grpc.max_connections, grpc.max_connections_per_address), (Some(100), Some(10)));
@@ -358,6 +384,10 @@ mod tests {
             ("grpc_addr = \"not an address\"", "grpc_addr"),
             ("key_backend = \"tpm\"", "unknown key backend"),
             ("max_value_bytes = 0", "max_value_bytes"),
+            ("device_certificate_lifetime_seconds = 9", "device_certificate_lifetime_seconds"),
+            ("device_certificate_lifetime_seconds = 31536001", "device_certificate_lifetime_seconds"),
+            ("device_certificate_lifetime_seconds = -1", "device_certificate_lifetime_seconds"),
+            ("device_certificate_lifetime_seconds = \"30d\"", "device_certificate_lifetime_seconds"),
             ("[[[", "palyra.toml"),
             ("[console]\nremote = true", "unknown field"),
             ("[grpc]\nmax_connection = 5", "unknown field"),
@@ -382,6 +412,17 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(want) && err.contains("palyra.toml"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_device_certificate_lifetime_bounds_are_inclusive() -> Result<(), ConfigError> {
+        for secs in [MIN_DEVICE_CERTIFICATE_LIFETIME_SECS, MAX_DEVICE_CERTIFICATE_LIFETIME_SECS] {
+            let text = format!("device_certificate_lifetime_seconds = {secs}");
+            let c = FileConfig::parse(&text, Path::new("palyra.toml"))?;
+            assert_eq!(c.device_certificate_lifetime_seconds, Some(secs));
+        }
+        assert_eq!(FileConfig::parse("", Path::new("palyra.toml"))?.device_certificate_lifetime_seconds, None);
+        Ok(())
     }
 
     #[test]

@@ -110,8 +110,27 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, FsError> {
 ///
 /// With `overwrite == false` an existing `path` is left alone and `AlreadyExists` is returned.
 pub fn write_private_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), FsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     ensure_private_dir(dir)?;
+    write_atomic_in(dir, path, bytes, overwrite)
+}
+
+/// Writes `bytes` to `path` atomically as a 0600 file, replacing what is there, in a directory
+/// that must exist but need not be private (the file's own mode protects it): what `palyra
+/// inject` renders secrets into. A symlink at `path` is replaced, never written through.
+pub fn write_0600_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    write_atomic_in(parent_dir(path), path, bytes, true)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+fn write_atomic_in(dir: &Path, path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), FsError> {
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // Unique per process and per call, so concurrent writers never share a temp file.
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -36,7 +36,9 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
+            if !e.is_silent() {
+                eprintln!("{e}");
+            }
             ExitCode::from(e.exit_code())
         }
     }

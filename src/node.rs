@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -19,7 +19,7 @@ use crate::config::Layout;
 use crate::devices::{DeviceStore, Registry};
 use crate::events::EventLog;
 use crate::fsutil::{self, FsError};
-use crate::identity::ca::generate_tls_key_and_csr;
+use crate::identity::ca::{DEFAULT_CLIENT_CERT_VALIDITY, generate_tls_key_and_csr};
 use crate::identity::{
     Device, DeviceId, DeviceIdentity, DeviceStatus, FilesystemSecretStore, IdentityError, NodeIdentity, Role,
     SecretStore,
@@ -33,7 +33,7 @@ use crate::vault::keys::FileKeyProvider;
 use crate::vault::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, RootKey, Vault, VaultConfig};
 
 /// How to open a node.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// Root-key backend for a new node (an existing node keeps the one it recorded).
     pub key_backend: KeyBackendChoice,
@@ -41,6 +41,20 @@ pub struct NodeOptions {
     pub vault: VaultConfig,
     /// Extra DNS names or IPs for the server certificate.
     pub server_names: Vec<String>,
+    /// How long the client certificates issued to devices at pairing approval and at renewal
+    /// are valid (default [`DEFAULT_CLIENT_CERT_VALIDITY`], 30 days).
+    pub device_certificate_lifetime: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            key_backend: KeyBackendChoice::default(),
+            vault: VaultConfig::default(),
+            server_names: Vec::new(),
+            device_certificate_lifetime: DEFAULT_CLIENT_CERT_VALIDITY,
+        }
+    }
 }
 
 /// Why a node could not be opened.
@@ -376,6 +390,7 @@ impl Node {
     pub async fn open(data_dir: &Path, options: NodeOptions) -> Result<Self, InitError> {
         let server_names = options.server_names.clone();
         let names = server_names.clone();
+        let device_certificate_lifetime = options.device_certificate_lifetime;
         let core = NodeCore::open(data_dir, options).await?;
         let layout = Layout::new(data_dir);
         let store_key = core.keys.identity_store_key();
@@ -389,7 +404,7 @@ impl Node {
         })
         .await?;
         let (identity, operator_identity) = identity;
-        let identity = Arc::new(identity);
+        let identity = Arc::new(identity.with_device_certificate_lifetime(device_certificate_lifetime));
         let operator = ensure_operator(&core.store, &identity, &operator_identity, &layout).await?;
         let starter = core.clone();
         let audit = blocking_init(move || starter.start_audit().map_err(InitError::from)).await?;

@@ -673,6 +673,6 @@ async fn the_cli_adds_logs_in_through_the_loopback_redirect_and_prints_tokens() 
     assert!(!listed.to_string().contains("sk-cli") && !listed.to_string().contains("access-1"));
     stdout_ok(&palyra(&node, &["auth", "remove", "openai"]).await);
     let gone = palyra(&node, &["auth", "token", "openai"]).await;
-    assert_eq!(gone.status.code(), Some(1));
+    assert_eq!(gone.status.code(), Some(4));
     node.stop().await;
 }

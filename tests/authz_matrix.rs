@@ -320,6 +320,20 @@ fn cases() -> Vec<Case> {
             key: "k".into(),
             destroy: false,
         }),
+        // Server streaming: with progress markers the first message (the stream's start) comes
+        // at once, so an allowed call answers without waiting for a change.
+        Case {
+            name: "palyra.vault.v1.VaultService/WatchSecrets",
+            expect: vault_own,
+            call: Box::new(|c, w, ch| {
+                let req = vault::WatchSecretsRequest {
+                    scope: c.own_scope(w),
+                    progress: true,
+                    ..Default::default()
+                };
+                Box::pin(server_streaming(ch, "/palyra.vault.v1.VaultService/WatchSecrets", req))
+            }),
+        },
         // ... on another device's subtree
         Case {
             name: "palyra.vault.v1.VaultService/PutSecret (another device's scope)",
@@ -361,6 +375,31 @@ fn cases() -> Vec<Case> {
                         ..Default::default()
                     },
                 ))
+            }),
+        },
+        Case {
+            name: "palyra.vault.v1.VaultService/WatchSecrets (recursive over all devices)",
+            expect: vault_foreign,
+            call: Box::new(|_, _, ch| {
+                let req = vault::WatchSecretsRequest {
+                    scope: "devices".into(),
+                    recursive: true,
+                    progress: true,
+                    ..Default::default()
+                };
+                Box::pin(server_streaming(ch, "/palyra.vault.v1.VaultService/WatchSecrets", req))
+            }),
+        },
+        Case {
+            name: "palyra.vault.v1.VaultService/WatchSecrets (granted scope)",
+            expect: vault_granted,
+            call: Box::new(|_, _, ch| {
+                let req = vault::WatchSecretsRequest {
+                    scope: "connectors/slack".into(),
+                    progress: true,
+                    ..Default::default()
+                };
+                Box::pin(server_streaming(ch, "/palyra.vault.v1.VaultService/WatchSecrets", req))
             }),
         },
         // ... on a scope granted to `Device` only

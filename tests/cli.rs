@@ -1,5 +1,6 @@
 //! The `palyra` binary as a user runs it: `init` is idempotent and never overwrites, exit codes
-//! (0 ok, 1 failure, 2 usage), one-line errors with a hint, `--json`.
+//! (0 ok, 1 failure, 2 usage, 6 unavailable; the rest in tests/run_inject.rs), one-line errors
+//! with a hint, `--json`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -65,10 +66,10 @@ fn exit_codes_and_one_line_errors() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: ") && stderr.contains("palyra init"), "{stderr}");
-    // No server: 1, says what to check.
+    // No server: 6 (unavailable), says what to check.
     PALYRA.run(&data, &["init"]);
     let down = PALYRA.run(&data, &["--server", "https://127.0.0.1:9", "identity", "show"]);
-    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(down.status.code(), Some(6));
     assert!(String::from_utf8_lossy(&down.stderr).contains("is `palyra serve` running"));
     // A bad config file names itself.
     std::fs::write(data.join("palyra.toml"), "grpc_adr = 1\n").unwrap();
@@ -78,7 +79,8 @@ fn exit_codes_and_one_line_errors() {
     // --help helps.
     let help = PALYRA.command().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
-    for word in ["serve", "vault", "policy", "audit", "--data-dir", "--json"] {
+    for word in ["serve", "vault", "policy", "audit", "run", "inject", "--data-dir", "--json", "Exit codes:"]
+    {
         assert!(text.contains(word), "{word} missing from --help");
     }
 }

@@ -83,12 +83,12 @@ async fn a_due_certificate_is_renewed_over_mtls_and_an_expired_one_with_a_proof(
     assert_eq!(caller["caller"]["device_id"], expired.id.to_string());
     assert!(not_after(dir.path()) > SystemTime::now() + Duration::from_secs(20 * 24 * 3600));
 
-    // Revoked and expired: no renewal, and the error says why.
+    // Revoked and expired: no renewal, exit 3 (denied), and the error says why.
     let dir = testkit::private_tempdir();
     let revoked = device_dir(&node, dir.path(), 2 * hour, hour).await;
     node.revoke(revoked.id, "lost").await.unwrap();
     let out = identity_show(&node, dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ERROR_REASON_DEVICE_REVOKED"),
         "{}",

@@ -222,7 +222,7 @@ fn the_cli_creates_lists_uses_and_revokes_keys() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let created =
-        cli(&["--json", "enrollment", "create", "--scope", "agents/cli", "--uses", "2", "--ttl", "1h"]);
+        cli(&["--json", "enrollment", "create", "--scope", "agents/cli", "--uses", "3", "--ttl", "1h"]);
     let token = created["token"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(created["expires_at"].as_str().is_some());
@@ -246,13 +246,113 @@ fn the_cli_creates_lists_uses_and_revokes_keys() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains(&token));
 
+    // A second machine: the token from a file, no warning about the command line.
+    let second = private_tempdir();
+    let token_file = second.path().join("token.txt");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let out = PALYRA
+        .cli(&second.path().join("data"))
+        .args(["--json", "pair", "--name", "agent-2", "--enrollment-key-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+
     let listed = cli(&["--json", "enrollment", "list"]);
     assert_eq!(listed[0]["id"], id.as_str());
-    assert_eq!(listed[0]["uses"], 1);
+    assert_eq!(listed[0]["uses"], 2);
     assert_eq!(listed[0]["scopes"][0], "agents/cli");
     let revoked = cli(&["--json", "enrollment", "revoke", &id]);
     assert_eq!(revoked["state"], "revoked");
     assert_eq!(cli(&["--json", "enrollment", "list"]), serde_json::json!([]));
     assert_eq!(cli(&["--json", "enrollment", "list", "--all"])[0]["state"], "revoked");
     drop(runtime.block_on(node.stop()));
+}
+
+/// Runs the handshake by hand up to the FinishPairing message, so a test can act in between.
+async fn handshake(
+    node: &TestNode,
+    token: &EnrollmentToken,
+    keys: &palyra::testkit::DeviceKeys,
+) -> (PairingServiceClient<tonic::transport::Channel>, pb::FinishPairingRequest) {
+    use palyra::pairing::handshake::StartReply;
+    use palyra::pairing::{DeviceName, DevicePairing};
+    let mut client = PairingServiceClient::new(node.channel(None).await);
+    let (mut machine, start) = DevicePairing::start(
+        &keys.identity,
+        token.key_id.clone(),
+        &token.secret,
+        &token.ca_fingerprint,
+        DeviceName::parse("agent").unwrap(),
+        &keys.csr_pem,
+    )
+    .unwrap();
+    let reply = client
+        .start_pairing(pb::StartPairingRequest {
+            code_id: token.key_id.to_string(),
+            device_name: "agent".into(),
+            signing_public_key: start.signing_public_key.to_vec(),
+            agreement_public_key: start.agreement_public_key.to_vec(),
+            csr_pem: keys.csr_pem.clone(),
+            pake_message: start.pake_message.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expires = std::time::SystemTime::now() + Duration::from_secs(60);
+    let reply =
+        StartReply::decode(&reply.session_id, &reply.pake_message, &reply.server_confirmation, expires)
+            .unwrap();
+    let finish = machine.handle_reply(&keys.identity, &reply, std::time::SystemTime::now()).unwrap();
+    let finish = pb::FinishPairingRequest {
+        session_id: finish.session_id,
+        client_confirmation: finish.client_confirmation.to_vec(),
+        signature: finish.signature.to_vec(),
+    };
+    (client, finish)
+}
+
+async fn enrollment_records(node: &TestNode, key_id: &str) -> Vec<palyra::audit::AuditRecord> {
+    node.node.audit().flush().await.unwrap();
+    let resource = format!("EnrollmentKey:{key_id}");
+    let all = node.node.audit().list(0, 100_000, None, None).await.unwrap();
+    all.into_iter().filter(|r| r.entry.resource == resource).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_never_claims_an_enrollment_that_did_not_happen() {
+    let node = TestNode::start().await;
+    // Revoked between the device's StartPairing and its FinishPairing: refused, no use taken,
+    // and no record of an enrollment.
+    let created = create_key(&node, &["agents/ci"], 2).await;
+    let token = EnrollmentToken::parse(&created.token).unwrap();
+    let device = palyra::testkit::DeviceKeys::generate();
+    let (mut client, finish) = handshake(&node, &token, &device).await;
+    PairingServiceClient::new(node.operator().await)
+        .revoke_enrollment_key(pb::RevokeEnrollmentKeyRequest { key_id: created.key_id.clone() })
+        .await
+        .unwrap();
+    let refused = client.finish_pairing(finish).await.unwrap_err();
+    assert_eq!(testkit::reason(&refused), "ERROR_REASON_ENROLLMENT_KEY_REVOKED");
+    assert!(enrollment_records(&node, &created.key_id).await.is_empty());
+    assert_eq!(keys(&node).await[0].uses, 0);
+
+    // The same device identity enrolling twice: the second is refused by the registry after
+    // its decision was recorded, and the log says it did not complete.
+    let created = create_key(&node, &[], 3).await;
+    let token = EnrollmentToken::parse(&created.token).unwrap();
+    let keys_once = palyra::testkit::DeviceKeys::generate();
+    let (mut client, finish) = handshake(&node, &token, &keys_once).await;
+    let first = client.finish_pairing(finish).await.unwrap().into_inner();
+    assert_eq!(first.state(), pb::PairingState::Approved, "an enrollment is approved at once");
+    let (mut client, finish) = handshake(&node, &token, &keys_once).await;
+    client.finish_pairing(finish).await.unwrap_err();
+    let records = enrollment_records(&node, &created.key_id).await;
+    let decisions: Vec<_> = records.iter().map(|r| r.entry.decision).collect();
+    use palyra::audit::AuditDecision::{Allow, Deny};
+    assert_eq!(decisions, [Allow, Allow, Deny], "{records:?}");
+    assert!(records[2].entry.reason.contains("did not complete"), "{}", records[2].entry.reason);
+    let listed = keys(&node).await;
+    assert_eq!(listed.iter().find(|k| k.key_id == created.key_id).unwrap().uses, 1);
 }

@@ -399,6 +399,18 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             ]),
         ),
     );
+    // reference: a reference, a template and a dotenv file as `palyra run` and `inject` read them.
+    add("reference", "reference", b"palyra://agents/alpha/OPENAI_API_KEY?version=3".to_vec());
+    add(
+        "reference",
+        "template",
+        b"api_key: {{ palyra://agents/alpha/API_KEY }}\ndb: \"{{palyra://agents/alpha/db/PASSWORD?version=2}}\"\nother: {{ not.ours }}\n".to_vec(),
+    );
+    add(
+        "reference",
+        "dotenv",
+        b"# settings\nexport API_KEY=\"palyra://agents/alpha/API_KEY\"\nDB_PASSWORD='single $quoted'  # comment\nMULTI=\"line one\\nline \\\"two\\\"\nstill two\"\nPLAIN = value # trailing\n".to_vec(),
+    );
     out
 }
 
@@ -451,6 +463,14 @@ fn committed_seeds_are_valid_examples() {
     let id = std::str::from_utf8(&sealed[3..3 + id_len]).unwrap();
     palyra::pairing::open_session(&session_key(), id, &sealed[3 + id_len..]).unwrap();
     DeviceIdentity::from_bytes(&committed("identity", "device-identity")[1..]).unwrap();
+    palyra::vault::reference::Reference::parse(
+        std::str::from_utf8(&committed("reference", "reference")).unwrap(),
+    )
+    .unwrap();
+    let template = String::from_utf8(committed("reference", "template")).unwrap();
+    assert_eq!(palyra::vault::reference::placeholders(&template).unwrap().len(), 2);
+    let dotenv = String::from_utf8(committed("reference", "dotenv")).unwrap();
+    assert_eq!(palyra::vault::dotenv::parse(&dotenv).unwrap().len(), 4);
     let token = committed("auth", "token");
     palyra::auth::oauth::parse_token_response(200, &token[3..]).unwrap();
 }

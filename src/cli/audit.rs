@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::client::connect;
-use super::output::{CliError, Context, time};
+use super::output::{CliError, Context, Exit, time};
 use crate::wire::pb::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
 
 #[derive(Debug, Subcommand)]
@@ -107,7 +107,7 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
                 Ok(())
             } else {
                 let problem = v.problem.unwrap_or_else(|| "the chain does not verify".to_owned());
-                Err(CliError::new(format!("the audit log failed verification: {problem}")))
+                Err(CliError::of(Exit::Integrity, format!("the audit log failed verification: {problem}")))
             }
         }
     }

@@ -1,65 +1,95 @@
 //! gRPC channel to the node with the operator's (or a paired device's) client certificate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use super::output::{CliError, Context};
+use super::output::{CliError, Context, Exit};
 use crate::config::Layout;
 use crate::fsutil;
-use crate::identity::ca::{Csr, certificate_validity_pem, csr_for_key};
+use crate::identity::ca::{CLOCK_SKEW_ALLOWANCE, Csr, certificate_validity_pem, csr_for_key};
 use crate::identity::{DeviceId, DeviceIdentity, renewal_proof_message};
 use crate::wire::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
 /// A channel authenticated with the credentials in the data dir: `operator/` on the node
 /// itself, `client/` on a paired device.
 pub async fn connect(ctx: &Context) -> Result<Channel, CliError> {
-    let layout = Layout::new(&ctx.data_dir);
-    let dir = [layout.operator_dir(), layout.client_dir()]
-        .into_iter()
-        .find(|d| d.join("cert.pem").exists())
-        .ok_or_else(|| {
-            CliError::new(format!("no client credentials in {}", ctx.data_dir.display()))
-                .hint("run `palyra init` on the node, or `palyra pair` on a device, or pass --data-dir")
-        })?;
+    let dir = credentials_dir(ctx)?;
     renew_if_due(&ctx.server, &dir).await?;
     channel(&ctx.server, &dir).await
 }
 
-/// Renews the certificate in `dir` when two thirds of its lifetime have passed (over mTLS),
-/// or after it expired (anonymously, with an Ed25519 proof over a fresh server challenge —
-/// only a paired device's `client/` holds the identity key for that). The TLS key stays; only
-/// `cert.pem` is replaced, atomically. A renewal that fails while the certificate is still
-/// valid is reported and the command goes on.
-pub async fn renew_if_due(server: &str, dir: &Path) -> Result<(), CliError> {
+/// The directory holding this data dir's client credentials: `operator/` on the node itself,
+/// `client/` on a paired device.
+pub fn credentials_dir(ctx: &Context) -> Result<PathBuf, CliError> {
+    let layout = Layout::new(&ctx.data_dir);
+    [layout.operator_dir(), layout.client_dir()].into_iter().find(|d| d.join("cert.pem").exists()).ok_or_else(
+        || {
+            CliError::new(format!("no client credentials in {}", ctx.data_dir.display()))
+                .hint("run `palyra init` on the node, or `palyra pair` on a device, or pass --data-dir")
+        },
+    )
+}
+
+/// When the certificate in `dir` is due for renewal (two thirds of its lifetime, counted from
+/// issuance: `notBefore` + [`CLOCK_SKEW_ALLOWANCE`], to `notAfter`), and when it expires.
+pub fn renewal_due(dir: &Path) -> Result<(SystemTime, SystemTime), CliError> {
     let cert_path = dir.join("cert.pem");
     let cert = fsutil::read_private(&cert_path).map_err(|e| CliError::new(e.to_string()))?;
     let Some((not_before, not_after)) = certificate_validity_pem(&cert) else {
         return Err(CliError::new(format!("{} is not a certificate", cert_path.display())));
     };
+    // The lifetime counts from issuance: notBefore is backdated by the clock-skew allowance,
+    // which would make a short-lived certificate look due at once (the Python and TypeScript
+    // clients use the same rule).
+    let issued = not_before + CLOCK_SKEW_ALLOWANCE;
+    let lifetime = not_after.duration_since(issued).unwrap_or_default();
+    Ok((issued + lifetime * 2 / 3, not_after))
+}
+
+/// Renews the certificate in `dir` when two thirds of its lifetime have passed (see
+/// [`renew_now`]). A renewal that fails while the certificate is still valid is reported and
+/// the command goes on.
+pub async fn renew_if_due(server: &str, dir: &Path) -> Result<(), CliError> {
+    let (due, not_after) = renewal_due(dir)?;
     let now = SystemTime::now();
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let age = now.duration_since(not_before).unwrap_or_default();
-    if age < lifetime * 2 / 3 {
+    if now < due {
         return Ok(());
     }
-    let expired = now >= not_after;
-    let renewed =
-        if expired { renew_with_proof(server, dir).await } else { renew_over_mtls(server, dir).await };
-    match renewed {
-        Ok(cert_pem) => {
-            fsutil::write_private_atomic(&cert_path, cert_pem.as_bytes(), true)
-                .map_err(|e| CliError::new(e.to_string()))?;
+    match renew_now(server, dir).await {
+        Ok(_) => {
             eprintln!("renewed this device's certificate");
             Ok(())
         }
-        Err(e) if !expired => {
+        Err(e) if now < not_after => {
             eprintln!("warning: could not renew this device's certificate yet: {e}");
             Ok(())
         }
         Err(e) => Err(e),
     }
+}
+
+/// Renews the certificate in `dir` now: over mTLS while it is valid, or after it expired
+/// anonymously, with an Ed25519 proof over a fresh server challenge (only a paired device's
+/// `client/` holds the identity key for that). The TLS key stays; only `cert.pem` is replaced,
+/// atomically, and only by a certificate for the same device. Returns the new `not_after`.
+pub async fn renew_now(server: &str, dir: &Path) -> Result<SystemTime, CliError> {
+    let (_, not_after) = renewal_due(dir)?;
+    let cert_pem = if SystemTime::now() >= not_after {
+        renew_with_proof(server, dir).await?
+    } else {
+        renew_over_mtls(server, dir).await?
+    };
+    let Some((_, new_not_after)) = certificate_validity_pem(cert_pem.as_bytes()) else {
+        return Err(CliError::new("the node sent something that is not a certificate"));
+    };
+    if pem_device_id(cert_pem.as_bytes()) != Some(certificate_device_id(dir)?) {
+        return Err(CliError::new("the node sent a certificate for another device; keeping the old one"));
+    }
+    fsutil::write_private_atomic(&dir.join("cert.pem"), cert_pem.as_bytes(), true)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    Ok(new_not_after)
 }
 
 fn read_text(dir: &Path, name: &str) -> Result<zeroize::Zeroizing<String>, CliError> {
@@ -104,12 +134,12 @@ async fn renew_with_proof(server: &str, dir: &Path) -> Result<String, CliError> 
     // No valid client certificate: server-authenticated TLS only, with the node CA pinned.
     let ca = fsutil::read_private(&dir.join("ca.pem")).map_err(|e| CliError::new(e.to_string()))?;
     let anonymous = Channel::from_shared(server.to_owned())
-        .map_err(|e| CliError::new(format!("bad --server {server:?}: {e}")))?
+        .map_err(|e| CliError::of(Exit::Usage, format!("bad --server {server:?}: {e}")))?
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
         .map_err(|e| CliError::new(format!("tls: {e}")))?
         .connect()
         .await
-        .map_err(|e| CliError::new(format!("cannot connect to {server}: {e}")))?;
+        .map_err(|e| CliError::of(Exit::Unavailable, format!("cannot connect to {server}: {e}")))?;
     let mut client = IdentityServiceClient::new(anonymous);
     let challenge = client
         .get_renewal_challenge(pb::GetRenewalChallengeRequest { device_id: id.to_string() })
@@ -133,12 +163,14 @@ pub async fn channel(server: &str, dir: &Path) -> Result<Channel, CliError> {
         .ca_certificate(Certificate::from_pem(read("ca.pem")?))
         .identity(Identity::from_pem(read("cert.pem")?, read("key.pem")?));
     let endpoint = Channel::from_shared(server.to_owned())
-        .map_err(|e| CliError::new(format!("bad --server {server:?}: {e}")).hint("use https://HOST:PORT"))?
+        .map_err(|e| {
+            CliError::of(Exit::Usage, format!("bad --server {server:?}: {e}")).hint("use https://HOST:PORT")
+        })?
         .tls_config(tls)
         .map_err(|e| CliError::new(format!("tls: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(5));
     endpoint.connect().await.map_err(|e| {
-        CliError::new(format!("cannot connect to {server}: {e}"))
+        CliError::of(Exit::Unavailable, format!("cannot connect to {server}: {e}"))
             .hint("is `palyra serve` running, and is --server right?")
     })
 }

@@ -14,8 +14,8 @@ pub(super) enum EnrollmentCommand {
     #[command(after_help = "\
 Example:
   palyra enrollment create --scope agents/ci --uses 5 --ttl 7d
-  # on the agent's machine:
-  palyra pair --enrollment-key 'palyra-enroll:v1:...' --name ci-runner-1")]
+  # on the agent's machine, the token in a 0600 file (or in PALYRA_ENROLLMENT_KEY):
+  palyra pair --enrollment-key-file token.txt --name ci-runner-1")]
     Create {
         /// The role of the devices it pairs: device or node.
         #[arg(long, default_value = "device")]
@@ -120,9 +120,10 @@ pub(super) async fn run(ctx: &Context, cmd: EnrollmentCommand) -> Result<(), Cli
                 let key = created.key.clone().map(KeyOut::from);
                 let grants = key.as_ref().map(KeyOut::line).unwrap_or_default();
                 format!(
-                    "{}\n\n{grants}\n\nShown once; treat it as a password. On the machine to enroll:\n  \
-                     palyra pair --enrollment-key '<token>' --name <name>\n\
-                     (or set PALYRA_ENROLLMENT_KEY). Revoke with: palyra enrollment revoke {}",
+                    "{}\n\n{grants}\n\nShown once; treat it as a password. On the machine to enroll, with the \
+                     token in PALYRA_ENROLLMENT_KEY or a 0600 file:\n  \
+                     palyra pair --enrollment-key-file <file> --name <name>\n\
+                     Revoke with: palyra enrollment revoke {}",
                     created.token, created.key_id
                 )
             })

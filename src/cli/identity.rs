@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::client::connect;
+use super::client::{connect, credentials_dir, renew_now};
 use super::output::{CliError, Context};
 use crate::wire::pb::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
@@ -11,10 +11,26 @@ use crate::wire::pb::identity::v1::{self as pb, identity_service_client::Identit
 pub(super) enum IdentityCommand {
     /// Show the node's identity and who this CLI is to it.
     Show,
+    /// Renew this data dir's client certificate now (the CLI also renews on its own past two
+    /// thirds of the certificate's lifetime).
+    #[command(after_help = "Example: palyra identity renew --json   # prints {\"not_after\": \"...\"}")]
+    Renew,
 }
 
 pub(super) async fn run(ctx: &Context, cmd: IdentityCommand) -> Result<(), CliError> {
     match cmd {
+        IdentityCommand::Renew => {
+            let dir = credentials_dir(ctx)?;
+            let not_after = renew_now(&ctx.server, &dir).await?;
+            let not_after = super::output::time(Some(&prost_types::Timestamp::from(not_after)));
+            #[derive(Serialize)]
+            struct Out {
+                certificate: String,
+                not_after: String,
+            }
+            let out = Out { certificate: dir.join("cert.pem").display().to_string(), not_after };
+            ctx.print(&out, || format!("renewed {}; valid until {}", out.certificate, out.not_after))
+        }
         IdentityCommand::Show => {
             let mut client = IdentityServiceClient::new(connect(ctx).await?);
             let node = client.get_node_identity(pb::GetNodeIdentityRequest {}).await?.into_inner();

@@ -2,8 +2,9 @@
 //! and the offline break-glass commands talks to the server over gRPC with the operator's
 //! credentials from the data dir.
 //!
-//! Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line saying what went wrong
-//! and what to do.
+//! Exit codes: one table (`exit.rs`, shown by `palyra --help`): 0 ok, 1 failure, 2 usage,
+//! 3 denied, 4 not found, 5 integrity, 6 unavailable, 7 conflict. Errors print one line saying
+//! what went wrong and what to do.
 
 mod audit;
 mod auth;
@@ -14,12 +15,16 @@ mod devices;
 mod enrollment;
 mod exit;
 mod identity;
+mod inject;
 mod key;
 mod node;
 mod output;
 pub mod pair;
 mod pairing;
 mod policy;
+mod resolve;
+#[cfg(unix)]
+mod run;
 mod serve;
 mod vault;
 
@@ -27,11 +32,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use output::CliError;
+pub use output::{CliError, Exit};
 
 /// Palyra: the security control plane of a personal node.
 #[derive(Debug, Parser)]
-#[command(name = "palyra", version, about, long_about = None)]
+#[command(name = "palyra", version, about, long_about = None, after_help = exit::TABLE)]
 pub struct Cli {
     /// Data directory [default: $PALYRA_HOME, else $XDG_DATA_HOME/palyra, else ~/.local/share/palyra]
     #[arg(long, global = true, env = "PALYRA_HOME", value_name = "DIR")]
@@ -99,6 +104,11 @@ enum Command {
     /// The root key's backend.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Run a command with secrets from the vault in its environment.
+    #[cfg(unix)]
+    Run(run::RunArgs),
+    /// Render a template with secrets from the vault into a 0600 file (or stdout).
+    Inject(inject::InjectArgs),
 }
 
 impl Cli {
@@ -128,6 +138,9 @@ impl Cli {
             Command::RecoveryKit(args) => backup::recovery_kit(&ctx, args).await,
             Command::Restore(args) => backup::restore(&ctx, args).await,
             Command::Key(cmd) => key::run(&ctx, cmd).await,
+            #[cfg(unix)]
+            Command::Run(args) => run::run(&ctx, args).await,
+            Command::Inject(args) => inject::run(&ctx, args).await,
         }
     }
 }

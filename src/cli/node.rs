@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::output::{CliError, Context, time};
+use super::output::{CliError, Context, Exit, time};
 use crate::config::Layout;
 use crate::events::Event;
 use crate::quic::client::{ClientTls, QuicClient};
@@ -46,7 +46,7 @@ pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError>
     match cmd {
         NodeCommand::Health { peer, credentials } => {
             let client = connect(ctx, &peer, credentials.as_deref()).await?;
-            let health = client.health().await.map_err(|e| CliError::new(e.to_string()))?;
+            let health = client.health().await.map_err(quic_error)?;
             client.close().await;
             #[derive(Serialize)]
             struct Out {
@@ -70,8 +70,7 @@ pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError>
         }
         NodeCommand::Events { peer, since, kinds, credentials } => {
             let client = connect(ctx, &peer, credentials.as_deref()).await?;
-            let mut events =
-                client.stream_events(since, kinds).await.map_err(|e| CliError::new(e.to_string()))?;
+            let mut events = client.stream_events(since, kinds).await.map_err(quic_error)?;
             loop {
                 let next = tokio::select! {
                     next = events.next() => next,
@@ -81,7 +80,7 @@ pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError>
                     Ok(Some(event)) => print_event(ctx, &event)?,
                     Ok(None) => break,
                     Err(e) => {
-                        return Err(CliError::new(e.to_string())
+                        return Err(quic_error(e)
                             .hint("with events_truncated, resume with --since <oldest available - 1>"));
                     }
                 }
@@ -90,6 +89,10 @@ pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError>
             Ok(())
         }
     }
+}
+
+fn quic_error(e: crate::quic::ClientError) -> CliError {
+    CliError::of(Exit::of_quic(&e), e.to_string())
 }
 
 fn print_event(ctx: &Context, event: &Event) -> Result<(), CliError> {
@@ -163,9 +166,10 @@ async fn connect(ctx: &Context, peer: &str, explicit: Option<&Path>) -> Result<Q
     for dir in dirs {
         match QuicClient::connect(addr, &host, credentials(&dir)?).await {
             Ok(client) => return Ok(client),
-            Err(e) => last = Some(format!("{e} (with {})", dir.display())),
+            Err(e) => last = Some((Exit::of_quic(&e), format!("{e} (with {})", dir.display()))),
         }
     }
-    Err(CliError::new(format!("cannot connect to {peer}: {}", last.unwrap_or_default()))
+    let (exit, why) = last.unwrap_or((Exit::Unavailable, String::new()));
+    Err(CliError::of(exit, format!("cannot connect to {peer}: {why}"))
         .hint("is `palyra serve` running there (QUIC on --quic-addr), and is this data dir paired with it?"))
 }

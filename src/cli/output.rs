@@ -35,7 +35,7 @@ impl Context {
 }
 
 /// A failure, printed as one line (plus an optional hint), with its exit code ([`Exit`]: 1
-/// unless the error says otherwise).
+/// unless the error says otherwise; a gRPC status's from its reason and code).
 #[derive(Debug)]
 pub struct CliError {
     /// What went wrong.
@@ -57,9 +57,26 @@ impl CliError {
         CliError::new(message).kind(exit)
     }
 
+    /// Nothing to print, only an exit code to pass on (`palyra run`: its command's status).
+    pub fn status(code: u8) -> Self {
+        CliError { message: String::new(), hint: None, exit: code }
+    }
+
     /// Sets the kind, and with it the exit code.
     pub fn kind(mut self, exit: Exit) -> Self {
         self.exit = exit.code();
+        self
+    }
+
+    /// Adds what to do.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Puts `context` (e.g. which variable and reference) before the message; kind and hint stay.
+    pub fn context(mut self, context: impl std::fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
         self
     }
 
@@ -68,10 +85,9 @@ impl CliError {
         self.exit
     }
 
-    /// Adds what to do.
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
+    /// Whether there is anything to print (see [`CliError::status`]).
+    pub fn is_silent(&self) -> bool {
+        self.message.is_empty()
     }
 }
 
@@ -88,6 +104,7 @@ impl std::fmt::Display for CliError {
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         let reason = s.get_error_details().error_info().map(|i| i.reason.clone());
+        let exit = Exit::of(&s);
         let hint = match reason.as_deref() {
             Some("ERROR_REASON_POLICY_DENIED") => {
                 Some("the node's Cedar policy does not allow this; see `palyra policy get`")
@@ -102,7 +119,7 @@ impl From<tonic::Status> for CliError {
             _ => None,
         };
         let reason = reason.map(|r| format!(" [{r}]")).unwrap_or_default();
-        let mut err = CliError::new(format!("{}: {}{reason}", code_name(s.code()), s.message()));
+        let mut err = CliError::of(exit, format!("{}: {}{reason}", code_name(s.code()), s.message()));
         err.hint = hint.map(str::to_owned);
         err
     }

@@ -45,19 +45,24 @@ pub(super) struct PairArgs {
     #[arg(
         long,
         conflicts_with_all = ["code", "pin", "ca_fingerprint", "enrollment_key"],
-        required_unless_present_any = ["code", "enrollment_key"]
+        required_unless_present_any = ["code", "enrollment_key", "enrollment_key_file"]
     )]
     uri: Option<String>,
     /// An enrollment key's token (`palyra enrollment create` on the node): pairs at once,
-    /// with the key's role and scopes, no operator step. Its server replaces --server.
+    /// with the key's role and scopes, no operator step. Its server replaces --server. Prefer
+    /// the environment variable or --enrollment-key-file: a command line is visible to every
+    /// local user (`ps`).
     #[arg(
         long,
         env = "PALYRA_ENROLLMENT_KEY",
         hide_env_values = true,
         value_name = "TOKEN",
-        conflicts_with_all = ["code", "pin", "ca_fingerprint"]
+        conflicts_with_all = ["code", "pin", "ca_fingerprint", "enrollment_key_file"]
     )]
     enrollment_key: Option<String>,
+    /// Read the enrollment key's token from FILE (`-` for stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["code", "pin", "ca_fingerprint", "uri"])]
+    enrollment_key_file: Option<PathBuf>,
     /// The code id from `palyra pairing code`.
     #[arg(long, requires = "pin", conflicts_with = "enrollment_key")]
     code: Option<String>,
@@ -290,9 +295,14 @@ pub async fn pair(
             Err(s) => return Err(s.into()),
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(CliError::new(format!("no decision on pairing request {request_id} yet")).hint(
-                format!("approve it on the node with `palyra pairing approve {request_id}`, then pair again"),
-            ));
+            let hint = if enrolling {
+                "the node took the key's use but could not be asked for the certificate; revoke the \
+                 half-enrolled device (`palyra devices list`) and enroll again"
+                    .to_owned()
+            } else {
+                format!("approve it on the node with `palyra pairing approve {request_id}`, then pair again")
+            };
+            return Err(CliError::new(format!("no decision on pairing request {request_id} yet")).hint(hint));
         }
         progress(PairEvent::Waiting);
         tokio::time::sleep(opts.poll_interval).await;
@@ -461,11 +471,39 @@ impl ServerCertVerifier for DangerousAcceptAnyServer {
     }
 }
 
+/// An enrollment token from `file` (`-`: stdin), at most 4 KiB.
+fn read_token(file: &Path) -> Result<zeroize::Zeroizing<String>, CliError> {
+    use std::io::Read;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    let read = if file == Path::new("-") {
+        std::io::stdin().lock().take(4096).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(4096).read_to_string(&mut text))
+    };
+    read.map_err(|e| {
+        CliError::new(format!("cannot read the enrollment token from {}: {e}", file.display()))
+    })?;
+    Ok(text)
+}
+
 /// `palyra pair`.
 pub(super) async fn run(ctx: &Context, args: PairArgs) -> Result<(), CliError> {
+    let token = match (&args.enrollment_key, &args.enrollment_key_file) {
+        (_, Some(file)) => Some(read_token(file)?),
+        (Some(token), None) => {
+            if std::env::var("PALYRA_ENROLLMENT_KEY").ok().as_deref() != Some(token.as_str()) {
+                eprintln!(
+                    "warning: an enrollment token on the command line is visible to other local users; \
+                     prefer PALYRA_ENROLLMENT_KEY or --enrollment-key-file"
+                );
+            }
+            Some(zeroize::Zeroizing::new(token.clone()))
+        }
+        (None, None) => None,
+    };
     let with = match (args.uri, args.code, args.pin) {
-        _ if args.enrollment_key.is_some() => {
-            let token = args.enrollment_key.unwrap_or_default();
+        _ if token.is_some() => {
+            let token = token.unwrap_or_default();
             PairWith::Enrollment(EnrollmentToken::parse(&token).map_err(|e| CliError::new(e.to_string()))?)
         }
         (Some(uri), _, _) => {

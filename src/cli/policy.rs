@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::client::connect;
-use super::output::{CliError, Context, time};
+use super::output::{CliError, Context, Exit, time};
 use crate::wire::pb::policy::v1::{self as pb, policy_service_client::PolicyServiceClient};
 
 #[derive(Debug, Subcommand)]
@@ -187,7 +187,9 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
                 errors: r.errors,
                 explanation: r.explanation,
             };
-            ctx.print(&out, || format!("{}: {}", out.decision.to_uppercase(), out.explanation))
+            ctx.print(&out, || format!("{}: {}", out.decision.to_uppercase(), out.explanation))?;
+            // A DENY is the answer, already printed; the exit code says it too (3).
+            if out.decision == "allow" { Ok(()) } else { Err(CliError::status(Exit::Denied.code())) }
         }
         PolicyCommand::History => {
             let versions =

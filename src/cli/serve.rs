@@ -162,6 +162,10 @@ fn settings(
                 max_value_len: file.max_value_bytes.unwrap_or(crate::vault::DEFAULT_MAX_VALUE_LEN),
             },
             server_names,
+            device_certificate_lifetime: std::time::Duration::from_secs(
+                file.device_certificate_lifetime_seconds
+                    .unwrap_or(crate::config::DEFAULT_DEVICE_CERTIFICATE_LIFETIME_SECS),
+            ),
         },
         grpc_addr: match grpc.or(file.grpc_addr) {
             Some(addr) => addr,
@@ -392,6 +396,29 @@ mod tests {
         assert_eq!(crate::config::DEFAULT_GRPC_MAX_CONNECTIONS, crate::rpc::server::DEFAULT_MAX_CONNECTIONS);
         assert_eq!(crate::config::DEFAULT_CONSOLE_MAX_CONNECTIONS, crate::console::DEFAULT_MAX_CONNECTIONS);
         assert_eq!(grpc_limits(&GrpcConfig::default()), crate::rpc::server::GrpcLimits::default());
+    }
+
+    /// The config leaf states the default lifetime in seconds without naming the CA.
+    #[test]
+    fn the_device_certificate_lifetime_defaults_to_the_cas_and_follows_the_file() -> Result<(), CliError> {
+        assert_eq!(
+            Duration::from_secs(crate::config::DEFAULT_DEVICE_CERTIFICATE_LIFETIME_SECS),
+            crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY
+        );
+        assert_eq!(
+            crate::node::NodeOptions::default().device_certificate_lifetime,
+            crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY
+        );
+        let dir = tempfile::tempdir().map_err(|e| CliError::new(e.to_string()))?;
+        let ctx = Context { data_dir: dir.path().to_path_buf(), server: String::new(), json: false };
+        let init = InitArgs { key_backend: None, server_names: Vec::new(), config: None };
+        let options = settings(&ctx, &init, None, None)?.options;
+        assert_eq!(options.device_certificate_lifetime, crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY);
+        std::fs::write(dir.path().join("palyra.toml"), "device_certificate_lifetime_seconds = 12\n")
+            .map_err(|e| CliError::new(e.to_string()))?;
+        let options = settings(&ctx, &init, None, None)?.options;
+        assert_eq!(options.device_certificate_lifetime, Duration::from_secs(12));
+        Ok(())
     }
 
     #[test]

@@ -51,6 +51,19 @@ pub(super) enum VaultCommand {
     },
     /// Rotate the vault's key-encryption key and rewrap every data key.
     RotateKey,
+    /// Follow the changes of a scope's secrets (metadata only, never values), one line each,
+    /// until interrupted.
+    Watch {
+        /// Scope to watch.
+        scope: String,
+        /// Include sub-scopes.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// First replay the changes after this event sequence (the `sequence` of the last
+        /// change seen); default: only changes from now on.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        since: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +207,11 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
             let meta = Metadata::from(response.metadata.unwrap_or_default());
             ctx.print(&meta, || format!("{} {}", if destroy { "destroyed" } else { "deleted" }, meta.line()))
         }
+        VaultCommand::Watch { scope, recursive, since } => {
+            let request =
+                pb::WatchSecretsRequest { scope, recursive, since_sequence: since, progress: false };
+            watch(ctx, &mut client, request).await
+        }
         VaultCommand::RotateKey => {
             let r = client.rotate_key(pb::RotateKeyRequest {}).await?.into_inner();
             #[derive(Serialize)]
@@ -207,6 +225,78 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
             })
         }
     }
+}
+
+/// One change as `vault watch` prints it.
+#[derive(Debug, Serialize)]
+struct Change {
+    sequence: u64,
+    change: &'static str,
+    scope: String,
+    key: String,
+    version: u64,
+    changed_at: String,
+}
+
+impl Change {
+    fn from_pb(m: pb::WatchSecretsResponse) -> Option<Change> {
+        let change = match m.change() {
+            pb::SecretChange::Put => "put",
+            pb::SecretChange::Delete => "delete",
+            pb::SecretChange::Destroy => "destroy",
+            // Progress markers (not asked for) and values of a newer node: not changes.
+            pb::SecretChange::Progress | pb::SecretChange::Unspecified => return None,
+        };
+        Some(Change {
+            sequence: m.sequence,
+            change,
+            changed_at: time(m.changed_at.as_ref()),
+            scope: m.scope,
+            key: m.key,
+            version: m.version,
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}  {:<7}  {}/{}  v{}  {}",
+            self.sequence, self.change, self.scope, self.key, self.version, self.changed_at
+        )
+    }
+}
+
+/// Prints each change as it comes (a JSON object per line with `--json`) until the stream ends;
+/// a stream that ends, with an error or not, is a failure: the watch was meant to go on. The
+/// watch asks for progress markers (never printed) so that the sequence to resume from, named
+/// in the error, is exact even when nothing in the scope changed.
+async fn watch(
+    ctx: &Context,
+    client: &mut VaultServiceClient<tonic::transport::Channel>,
+    request: pb::WatchSecretsRequest,
+) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut resume = request.since_sequence;
+    let mut stream =
+        client.watch_secrets(pb::WatchSecretsRequest { progress: true, ..request }).await?.into_inner();
+    let ended = loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break CliError::new("the node ended the watch"),
+            // Revoked or denied: resuming would not help, the status's own hint says what does.
+            Err(status) if status.code() != tonic::Code::Unavailable => return Err(status.into()),
+            Err(status) => break CliError::from(status),
+        };
+        resume = resume.max(message.sequence);
+        let Some(change) = Change::from_pb(message) else { continue };
+        let line = if ctx.json {
+            serde_json::to_string(&change).map_err(|e| CliError::new(e.to_string()))?
+        } else {
+            change.line()
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| CliError::new(e.to_string()))?;
+    };
+    Err(ended.hint(format!("nothing was missed up to sequence {resume}: resume with --since {resume}")))
 }
 
 fn read_value(args: &PutArgs) -> Result<Zeroizing<Vec<u8>>, CliError> {

@@ -31,7 +31,7 @@ pub(crate) use store::DeviceStore;
 use renewal::{CHALLENGE_TTL, Challenges};
 
 use crate::access::{Denied, Gate, Peer};
-use crate::identity::ca::{Csr, DEFAULT_CLIENT_CERT_VALIDITY, IssuedCert};
+use crate::identity::ca::{Csr, IssuedCert};
 use crate::identity::{
     Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Principal, renewal_proof_message,
     verify_signature,
@@ -199,7 +199,7 @@ impl Registry {
             csr_pem,
             device.id,
             device.role,
-            DEFAULT_CLIENT_CERT_VALIDITY,
+            self.node.device_certificate_lifetime(),
             now,
         )?;
         self.store.set_certificate_expiry(device.id, issued.not_after).await?;

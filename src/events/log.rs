@@ -118,6 +118,23 @@ impl EventLog {
             from_oldest: since == 0,
         })
     }
+
+    /// Follows the log from now on: the events committed after the newest one at the time of
+    /// the call (nothing is replayed), keeping only `kinds` (empty = all).
+    pub async fn subscribe_from_now(&self, kinds: Vec<String>) -> Result<Subscription, EventsError> {
+        // Subscribe before reading the bounds: what commits meanwhile is read from the database.
+        let live = self.store.hub().subscribe();
+        let last = self.store.bounds().await?.last;
+        Ok(Subscription {
+            store: Arc::clone(&self.store),
+            live,
+            last,
+            kinds: kinds.into_iter().collect(),
+            backlog: VecDeque::new(),
+            catching_up: true,
+            from_oldest: false,
+        })
+    }
 }
 
 /// A follower of the log: every event after its starting point, once, in order.

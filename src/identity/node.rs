@@ -10,7 +10,7 @@
 //! [`NodeIdentity::server_cert_chain`] and [`NodeIdentity::server_private_key`]) and reads no
 //! clock.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -24,12 +24,14 @@ pub const DEVICE_IDENTITY_STORE_NAME: &str = "device.identity";
 /// Identity-store entry of the server certificate and key (one PEM bundle).
 pub const SERVER_STORE_NAME: &str = "server.pem";
 
-/// The node's keys, CA and server certificate.
+/// The node's keys, CA and server certificate, and how long the device certificates its CA
+/// issues are valid.
 #[derive(Debug)]
 pub struct NodeIdentity {
     device: DeviceIdentity,
     ca: DeviceCa,
     server: IssuedKeyPair,
+    device_certificate_lifetime: Duration,
 }
 
 impl NodeIdentity {
@@ -43,16 +45,17 @@ impl NodeIdentity {
     ) -> Result<Self, IdentityError> {
         let device = load_or_create_device(store)?;
         let ca = load_or_create_ca(store, device.id(), now)?;
+        let device_certificate_lifetime = ca::DEFAULT_CLIENT_CERT_VALIDITY;
         let server = match store.get(SERVER_STORE_NAME)? {
             Some(bytes) => Some(IssuedKeyPair::from_pem_bundle(utf8(&bytes, "server bundle")?)?),
             None => None,
         };
         let mut identity = match server {
-            Some(server) => NodeIdentity { device, ca, server },
+            Some(server) => NodeIdentity { device, ca, server, device_certificate_lifetime },
             None => {
                 let server = ca.issue_server_certificate(extra_names, now)?;
                 store.put(SERVER_STORE_NAME, server.to_pem_bundle().as_bytes())?;
-                return Ok(NodeIdentity { device, ca, server });
+                return Ok(NodeIdentity { device, ca, server, device_certificate_lifetime });
             }
         };
         identity.renew_server_certificate_if_needed(store, extra_names, now)?;
@@ -95,6 +98,21 @@ impl NodeIdentity {
     /// The device CA.
     pub fn ca(&self) -> &DeviceCa {
         &self.ca
+    }
+
+    /// How long the client certificates issued to devices (at pairing approval and at
+    /// renewal) are valid: [`ca::DEFAULT_CLIENT_CERT_VALIDITY`] unless configured with
+    /// [`Self::with_device_certificate_lifetime`].
+    pub fn device_certificate_lifetime(&self) -> Duration {
+        self.device_certificate_lifetime
+    }
+
+    /// This identity issuing device certificates valid for `lifetime` (`palyra.toml`
+    /// `device_certificate_lifetime_seconds`, bounded there).
+    #[must_use]
+    pub fn with_device_certificate_lifetime(mut self, lifetime: Duration) -> Self {
+        self.device_certificate_lifetime = lifetime;
+        self
     }
 
     /// The current server certificate and key.

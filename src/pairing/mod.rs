@@ -35,7 +35,9 @@ pub mod session;
 pub(crate) mod store;
 
 pub use code::{CodeId, CodeState, PairingCode, PairingUri, PakePassword, Pin};
-pub use enrollment::{EnrollmentKey, EnrollmentSecret, EnrollmentToken};
+pub use enrollment::{EnrollmentKey, EnrollmentToken};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use enrollment::EnrollmentSecret;
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use handshake::{
     DeviceName, DevicePairing, FinishMessage, NodeSession, StartMessage, StartReply, StatusPoll,

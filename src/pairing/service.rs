@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::code::{open_pin, seal_pin};
-use super::enrollment::{self, EnrollmentKey, EnrollmentSecret, EnrollmentToken, Grants, KeyState};
+use super::enrollment::{self, EnrollmentKey, EnrollmentSecret, EnrollmentToken, Grants};
 use super::handshake::code_expiry;
 use super::request::{check_reason, granted_scopes, pairable_role, request_id};
 use super::store::PairingStore;
@@ -39,7 +39,6 @@ use super::{
 use crate::access::{Denied, Gate, Peer};
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::policy::actions::FINISH_PAIRING;
-use crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY;
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, NodeIdentity, Role};
 use crate::ratelimit::{AddressLimiter, Refused};
 use crate::store_error::StoreError;
@@ -361,7 +360,7 @@ impl Pairing {
             &pending.csr_pem,
             device_id,
             role,
-            DEFAULT_CLIENT_CERT_VALIDITY,
+            self.identity.device_certificate_lifetime(),
             now,
         )?;
         let device = Device {
@@ -442,15 +441,15 @@ impl Pairing {
 
     /// Enrollment keys, newest first: only those that can still pair unless `include_inactive`.
     pub(crate) async fn enrollment_keys(&self, include_inactive: bool) -> Result<Vec<EnrollmentKey>, ServiceError> {
-        let now = SystemTime::now();
-        let keys = self.store.enrollment_keys().await?;
-        Ok(keys.into_iter().filter(|k| include_inactive || k.state_at(now) == KeyState::Active).collect())
+        Ok(self.store.enrollment_keys(!include_inactive, SystemTime::now()).await?)
     }
 
     /// Revokes enrollment key `key_id`: no device pairs with it from now on (devices paired
     /// with it stay).
     pub(crate) async fn revoke_enrollment_key(&self, key_id: &str) -> Result<EnrollmentKey, ServiceError> {
         let key_id = CodeId::parse(key_id).map_err(|_| PairingError::invalid("key_id", "not an enrollment key id"))?;
+        // Not while an enrollment is between its audit record and its write.
+        let _one_at_a_time = self.enrolling.lock().await;
         self.gate.audit_before_write().await.map_err(ServiceError::Denied)?;
         let revoked = self.store.revoke_enrollment_key(&key_id, SystemTime::now()).await??;
         tracing::info!(key_id = %key_id, "enrollment key revoked");
@@ -473,9 +472,10 @@ impl Pairing {
         key_id: &CodeId,
         verified: &super::VerifiedPairing,
         peer_address: String,
-        now: SystemTime,
     ) -> Result<String, ServiceError> {
         let _one_at_a_time = self.enrolling.lock().await;
+        // The key's state is read under the lock: time too.
+        let now = SystemTime::now();
         let seal_key = self.keys.internal_seal_key();
         let key = self.store.enrollment_key(key_id).await?.ok_or(PairingError::CodeInvalid)?;
         key.check_usable(now)?;
@@ -492,7 +492,7 @@ impl Pairing {
             &verified.csr_pem,
             device_id,
             role,
-            DEFAULT_CLIENT_CERT_VALIDITY,
+            self.identity.device_certificate_lifetime(),
             now,
         )?;
         let device = Device {
@@ -538,15 +538,33 @@ impl Pairing {
                 resource: format!("EnrollmentKey:{key_id}"),
                 decision: AuditDecision::Allow,
                 reason: format!(
-                    "enrolled with key {key_id} (use {uses} of {max_uses}) as {role}, scopes [{}]",
+                    "enrolling with key {key_id} (use {uses} of {max_uses}) as {role}, scopes [{}]",
                     granted.join(", ")
                 ),
             })
             .map_err(ServiceError::Denied)?;
-        if !self.store.enroll(key_id, key.uses, resealed, &request, &device, now).await?? {
-            // Not possible while this service holds `enrolling`; another process would need
-            // the data dir's lock.
-            return Err(ServiceError::Internal(format!("enrollment key {key_id} changed during the enrollment")));
+        let enrolled: Result<(), ServiceError> =
+            match self.store.enroll(key_id, key.uses, resealed, &request, &device, now).await {
+                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(false)) => Err(ServiceError::Internal(format!(
+                    // Not while this service holds `enrolling`; another process would need the
+                    // data dir's lock.
+                    "enrollment key {key_id} changed during the enrollment"
+                ))),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        if let Err(e) = enrolled {
+            // The decision above is recorded; so is the outcome when the write refused it.
+            let _ = self.gate.record(AuditEntry {
+                at: SystemTime::now(),
+                principal: format!("device:{device_id}"),
+                action: FINISH_PAIRING.to_owned(),
+                resource: format!("EnrollmentKey:{key_id}"),
+                decision: AuditDecision::Deny,
+                reason: format!("enrollment with key {key_id} did not complete: {e}"),
+            });
+            return Err(e);
         }
         self.gate.peers.invalidate(device_id);
         tracing::info!(request_id = %request.id, device_id = %device_id, key_id = %key_id, role = %role, "device enrolled");
@@ -568,7 +586,12 @@ impl Pairing {
         // number of addresses) cannot use it up; the answer is the one for any unusable code.
         let key = match self.store.code(&start.code_id).await? {
             Some(_) => None,
-            None => Some(self.store.enrollment_key(&start.code_id).await?.ok_or(PairingError::CodeInvalid)?),
+            None => {
+                let key = self.store.enrollment_key(&start.code_id).await?.ok_or(PairingError::CodeInvalid)?;
+                // A key that can no longer pair is refused before the node-wide window too.
+                key.check_usable(now)?;
+                Some(key)
+            }
         };
         self.limits()?.admit_start_node_wide(now)?;
         let ca = self.identity.ca().fingerprint();
@@ -576,7 +599,6 @@ impl Pairing {
             // An enrollment key: no attempt is spent (its secret cannot be guessed online);
             // it must be usable, and its row what the node sealed.
             Some(key) => {
-                key.check_usable(now)?;
                 let secret = enrollment::open_secret(&self.keys.internal_seal_key(), &key)?;
                 NodeSession::start(&key.as_code(), &secret, ca, start, now)?
             }
@@ -600,14 +622,14 @@ impl Pairing {
     }
 
     /// FinishPairing: takes the session out (single use), checks the device's proof and, if it
-    /// verifies, consumes the code and leaves a PENDING request, whose id it returns. A proof
+    /// verifies, consumes the code and leaves a PENDING request, whose id (and state) it returns. A proof
     /// that does not verify counts against the code. With an enrollment key, a verified proof
     /// takes one of the key's uses and the request is approved at once ([`Self::enroll`]).
     pub(crate) async fn finish(
         &self,
         finish: FinishMessage,
         peer: Option<SocketAddr>,
-    ) -> Result<String, ServiceError> {
+    ) -> Result<(String, RequestState), ServiceError> {
         let now = SystemTime::now();
         self.limits()?.admit_anonymous_from(peer.map(|a| a.ip()), "FinishPairing", Instant::now())?;
         // Single use: the session is deleted as it is taken, so whatever happens next (and
@@ -639,7 +661,8 @@ impl Pairing {
             }
         };
         if key.is_some() {
-            return self.enroll(&code_id, &verified, peer_address, now).await;
+            let id = self.enroll(&code_id, &verified, peer_address).await?;
+            return Ok((id, RequestState::Approved));
         }
         let request = PairingRequest {
             id: ulid::Ulid::generate().to_string(),
@@ -662,7 +685,7 @@ impl Pairing {
         };
         self.store.finish(&request).await??;
         tracing::info!(request_id = %request.id, fingerprint = %request.fingerprint, "pairing requested");
-        Ok(request.id)
+        Ok((request.id, RequestState::Pending))
     }
 
     /// GetPairingStatus: the state of the request `poll` names, for a poll signed by the

@@ -91,8 +91,13 @@ pub(crate) trait PairingStore: Send + Sync + std::fmt::Debug {
     /// The enrollment key `key_id`, if any.
     fn enrollment_key(&self, key_id: &CodeId) -> BoxFuture<'_, Result<Option<EnrollmentKey>, StoreError>>;
 
-    /// Enrollment keys, newest first (at most 1,000).
-    fn enrollment_keys(&self) -> BoxFuture<'_, Result<Vec<EnrollmentKey>, StoreError>>;
+    /// Enrollment keys, newest first (at most 1,000): only those that can still pair at `now`
+    /// when `active_only` (so a flood of spent keys never hides a live one).
+    fn enrollment_keys(
+        &self,
+        active_only: bool,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Vec<EnrollmentKey>, StoreError>>;
 
     /// Revokes enrollment key `key_id` at `now` (its sealed secret erased); a revoked key stays
     /// as it was. Returns the key after the change.

@@ -165,7 +165,18 @@ pub async fn serve_with(
     let message_limits = MessageLimits::of(node);
     let limit = message_limits.vault;
 
-    let vault = VaultServiceServer::new(vault::VaultApi::new(node.core.vault.clone(), gate.clone()))
+    // Long-lived streams (WatchSecrets) end when the server starts to drain, or it never would.
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
+    let vault = VaultServiceServer::new(vault::VaultApi::new(
+        node.core.vault.clone(),
+        gate.clone(),
+        node.events.clone(),
+        stopping,
+    ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let identity =

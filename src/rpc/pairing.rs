@@ -69,8 +69,8 @@ impl PairingService for PairingApi {
     ) -> Result<Response<pb::FinishPairingResponse>, Status> {
         let peer = peer_of(&request)?;
         let finish = FinishMessage::try_from(request.get_ref())?;
-        let request_id = self.pairing.finish(finish, peer.address).await?;
-        Ok(Response::new(pb::FinishPairingResponse { request_id, state: pb::PairingState::Pending as i32 }))
+        let (request_id, state) = self.pairing.finish(finish, peer.address).await?;
+        Ok(Response::new(pb::FinishPairingResponse { request_id, state: pb::PairingState::from(state) as i32 }))
     }
 
     async fn get_pairing_status(

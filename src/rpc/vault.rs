@@ -1,30 +1,95 @@
 //! `palyra.vault.v1.VaultService` over the vault core. Each handler parses its request, asks
 //! the gate about the scope it touches (the resource check), then calls the vault.
+//! WatchSecrets follows a [`Watch`] of the event log, each sub-scope decided through the
+//! gate's [`crate::access::ScopeDecisions`].
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::authz::{Gate, GateExt, peer_of};
-use crate::policy::Resource;
-use crate::vault::{Scope, SecretValue, Vault};
+use crate::access::{Denied, DenialKind};
+use crate::events::EventLog;
+use crate::policy::{Resource, actions};
+use crate::vault::{Scope, SecretValue, Vault, Watch};
 use crate::wire::convert::{Listing, page_token, parse_page_token, requested_version, scope, secret_key, secret_reply};
 use crate::wire::pb::vault::v1::{self as pb, vault_service_server::VaultService};
-use crate::wire::status::internal;
+use crate::wire::status::{denied, internal, stream_shutdown};
 
 const SERVICE: &str = "palyra.vault.v1.VaultService";
+
+/// Messages of one WatchSecrets stream waiting for the client: the stream's task waits when
+/// they are not taken (HTTP/2 flow control holds the rest back), so a slow reader costs this
+/// and the subscription's page, never more.
+const WATCH_BUFFER: usize = 16;
+
+/// Open WatchSecrets streams one principal may hold. Each stream decides (and audits) every
+/// sub-scope it meets once per policy version, so the streams of one caller multiply what one
+/// of its puts costs the audit log: bounded here.
+pub const MAX_WATCHES_PER_PRINCIPAL: usize = 8;
+/// Open WatchSecrets streams on the node.
+pub const MAX_WATCHES: usize = 1024;
+
+/// The open watches, per principal and in total; a slot is given back when its stream ends.
+#[derive(Debug, Clone, Default)]
+struct WatchSlots(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One open watch's slot.
+#[derive(Debug)]
+struct WatchSlot {
+    slots: WatchSlots,
+    principal: String,
+}
+
+impl WatchSlots {
+    fn take(&self, principal: String) -> Result<WatchSlot, Denied> {
+        // Counts only: a panic elsewhere cannot leave them inconsistent.
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total: usize = open.values().sum();
+        let mine = open.get(&principal).copied().unwrap_or(0);
+        if mine >= MAX_WATCHES_PER_PRINCIPAL || total >= MAX_WATCHES {
+            let message = if mine >= MAX_WATCHES_PER_PRINCIPAL {
+                format!("{principal} already has {MAX_WATCHES_PER_PRINCIPAL} open WatchSecrets streams; close one")
+            } else {
+                format!("the node already serves {MAX_WATCHES} WatchSecrets streams; retry later")
+            };
+            return Err(Denied { kind: DenialKind::RateLimited, message });
+        }
+        *open.entry(principal.clone()).or_default() += 1;
+        Ok(WatchSlot { slots: self.clone(), principal })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.principal);
+            }
+        }
+    }
+}
 
 /// The vault service.
 #[derive(Debug, Clone)]
 pub struct VaultApi {
     vault: Vault,
     gate: Gate,
+    events: EventLog,
+    /// Becomes true when the server shuts down: open watches end so that it can drain.
+    stopping: watch::Receiver<bool>,
+    watches: WatchSlots,
 }
 
 impl VaultApi {
-    /// The service over `vault`.
-    pub fn new(vault: Vault, gate: Gate) -> Self {
-        VaultApi { vault, gate }
+    /// The service over `vault`; watches follow `events` until `stopping` turns true.
+    pub fn new(vault: Vault, gate: Gate, events: EventLog, stopping: watch::Receiver<bool>) -> Self {
+        VaultApi { vault, gate, events, stopping, watches: WatchSlots::default() }
     }
 
     fn check_scope<T>(
@@ -145,13 +210,55 @@ impl VaultService for VaultApi {
         Ok(Response::new(rotation.into()))
     }
 
-    type WatchSecretsStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchSecretsResponse, Status>> + Send>>;
+    type WatchSecretsStream = ReceiverStream<Result<pb::WatchSecretsResponse, Status>>;
 
     async fn watch_secrets(
         &self,
-        _request: Request<pb::WatchSecretsRequest>,
+        request: Request<pb::WatchSecretsRequest>,
     ) -> Result<Response<Self::WatchSecretsStream>, Status> {
-        Err(Status::unimplemented("WatchSecrets is not implemented yet"))
+        let root = scope("scope", &request.get_ref().scope)?;
+        let peer = peer_of(&request)?;
+        let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
+        // The scope asked for is the first decision of the stream's own memory: recorded like
+        // every other resource check, and asked again for changes made under a later policy.
+        let principal = peer.principal.label();
+        let mut decisions = self.gate.scope_decisions(peer, actions::WATCH_SECRETS);
+        decisions.decide(&root).map_err(|d| denied(anonymous, d))?;
+        let slot = self.watches.take(principal).map_err(|d| denied(anonymous, d))?;
+        let req = request.into_inner();
+        let mut watch =
+            Watch::start(&self.events, root.clone(), req.recursive, req.since_sequence, req.progress).await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            // The watched scope is asked first at every change in its subtree (once per policy
+            // version, the decisions remember the rest): a policy update that takes it away ends
+            // the stream at the next change anywhere under it. A sub-scope the policy denies is
+            // left out; an audit log that cannot record ends the stream.
+            let mut visible = |scope: &Scope| {
+                decisions.decide(&root).map_err(|d| denied(anonymous, d))?;
+                match decisions.decide(scope) {
+                    Ok(()) => Ok(true),
+                    Err(d) if d.kind == DenialKind::Policy => Ok(false),
+                    Err(d) => Err(denied(anonymous, d)),
+                }
+            };
+            loop {
+                let item = tokio::select! {
+                    item = watch.next(&mut visible) => item.map(Into::into),
+                    _ = stopping.wait_for(|stop| *stop) => Err(stream_shutdown()),
+                    () = tx.closed() => return,
+                };
+                let last = item.is_err();
+                tokio::select! {
+                    biased;
+                    sent = tx.send(item) => if sent.is_err() || last { return },
+                    // A reader that takes nothing does not hold the server's drain.
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

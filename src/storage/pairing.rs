@@ -255,13 +255,20 @@ impl PairingStore for Store {
         Box::pin(self.read(move |c| load_key(c, &id)))
     }
 
-    fn enrollment_keys(&self) -> BoxFuture<'_, Result<Vec<EnrollmentKey>, StoreError>> {
+    fn enrollment_keys(
+        &self,
+        active_only: bool,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Vec<EnrollmentKey>, StoreError>> {
+        let now = to_millis(now);
         Box::pin(self.read(move |c| {
             let sql = format!(
-                "SELECT {KEY_COLUMNS} FROM enrollment_keys ORDER BY created_at DESC, key_id DESC LIMIT ?1"
+                "SELECT {KEY_COLUMNS} FROM enrollment_keys \
+                 WHERE ?2 = 0 OR (revoked_at IS NULL AND uses < max_uses AND expires_at > ?3) \
+                 ORDER BY created_at DESC, key_id DESC LIMIT ?1"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map([MAX_LISTED], key_from_row)?;
+            let rows = stmt.query_map(params![MAX_LISTED, active_only, now], key_from_row)?;
             let mut out = Vec::new();
             for row in rows {
                 out.push(row??);

@@ -6,16 +6,21 @@
 //! nothing of gRPC, QUIC or SQL, does not name `storage`, and does not authorize: callers ask
 //! the policy engine first.
 //!
-//! Files: this one holds the values and the error; `service` the [`Vault`]; `store` the
-//! [`BlobBackend`] trait and its records; [`envelope`], [`keys`], [`keychain`] and [`scope`]
-//! the pure parts.
+//! Files: this one holds the values and the error; `service` the [`Vault`]; `watch` the
+//! [`Watch`] of a scope's changes (from the event log); `store` the [`BlobBackend`] trait and
+//! its records; [`envelope`], [`keys`], [`keychain`] and [`scope`] the pure parts; [`reference`]
+//! and [`dotenv`] the text that names secrets outside the node (`palyra://SCOPE/KEY`
+//! references, templates, `.env` files).
 
+pub mod dotenv;
 pub mod envelope;
 pub mod keychain;
 pub mod keys;
+pub mod reference;
 pub mod scope;
 mod service;
 mod store;
+mod watch;
 
 use std::fmt;
 use std::time::SystemTime;
@@ -27,6 +32,9 @@ pub use envelope::{Binding, EnvelopeError};
 pub use keys::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, Locked, RootKey, locked_pages};
 pub use scope::{NameError, ObjectId, Scope, SecretKey};
 pub use service::{Vault, VaultConfig};
+pub use watch::{ChangeKind, Watch, Watched};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use watch::{PROGRESS_INTERVAL, SecretChange};
 pub use store::{
     BlobBackend, BoxFuture, ListQuery, PutRecord, RewrapFn, RewrapProgress, SealFn, StoredVersion,
 };

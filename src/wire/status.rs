@@ -14,6 +14,7 @@ use super::pb::common::v1::ErrorReason;
 use crate::access::{DenialKind, Denied, Refusal};
 use crate::auth::AuthError;
 use crate::devices::RegistryError;
+use crate::events::EventsError;
 use crate::identity::{DeviceId, IdentityError};
 use crate::login::LoginError;
 use crate::pairing::{PairingError, ServiceError as PairingServiceError};
@@ -216,6 +217,40 @@ impl From<VaultError> for Status {
             other => internal(other),
         }
     }
+}
+
+/// An event stream (VaultService.WatchSecrets) that cannot start or go on: `OUT_OF_RANGE` +
+/// `EVENTS_TRUNCATED` with `metadata.oldest_available_sequence` when the asked-for start (or a
+/// reader that fell that far behind) is no longer retained; `INVALID_ARGUMENT` for a start
+/// ahead of the log; `UNAVAILABLE` when the node is shutting down.
+impl From<EventsError> for Status {
+    fn from(e: EventsError) -> Self {
+        match e {
+            EventsError::Truncated { since, oldest_available } => status_with(
+                Code::OutOfRange,
+                ErrorReason::EventsTruncated,
+                format!(
+                    "changes after sequence {since} are no longer retained; re-read the scope, then resume with since_sequence {}",
+                    oldest_available.saturating_sub(1)
+                ),
+                HashMap::from([("oldest_available_sequence".to_owned(), oldest_available.to_string())]),
+            ),
+            e @ EventsError::AheadOfLog { .. } => status_with(
+                Code::InvalidArgument,
+                ErrorReason::InvalidArgument,
+                e.to_string(),
+                HashMap::from([("field".to_owned(), "since_sequence".to_owned())]),
+            ),
+            EventsError::Closed => stream_shutdown(),
+            EventsError::Storage(e) if e.is_integrity() || e.is_unavailable() => storage(&e),
+            other => internal(other),
+        }
+    }
+}
+
+/// `UNAVAILABLE`: the node is shutting down and ends its open streams; reconnect and resume.
+pub fn stream_shutdown() -> Status {
+    status(Code::Unavailable, ErrorReason::Unavailable, "the node is shutting down; reconnect to resume")
 }
 
 impl From<IdentityError> for Status {

@@ -3,10 +3,12 @@
  *
  * The message types and service clients in `./gen` are generated from the repository's
  * `proto/` by ts-proto (`clients/generate.sh`), for `@grpc/grpc-js`. This file is the small
- * hand-written layer on top: `connect` (mTLS from a data dir or explicit PEMs), `unary` (a call
- * as a Promise), and `PalyraError` (the gRPC code plus the `ErrorReason` from the
- * `google.rpc.ErrorInfo` in `grpc-status-details-bin`). It does not pair devices or renew
- * certificates; use the `palyra` CLI or the Python client for those.
+ * hand-written layer on top: `connect` (mTLS from a data dir or explicit PEMs; from a data dir
+ * the certificate renews itself, see `./renewal`), `unary` (a call as a Promise), `PalyraError`
+ * (the gRPC code plus the `ErrorReason` from the `google.rpc.ErrorInfo` in
+ * `grpc-status-details-bin`), and `watchSecrets` (an AsyncIterable of a scope's changes that
+ * reconnects and resumes, see `./watch`). It does not pair devices; use `palyra pair` or the
+ * Python client for that.
  */
 
 import { readFileSync, existsSync } from "node:fs";
@@ -15,11 +17,8 @@ import { join } from "node:path";
 
 import * as grpc from "@grpc/grpc-js";
 
-import { ErrorInfo } from "./gen/google/rpc/error_details";
-import { Status } from "./gen/google/rpc/status";
 import { AuditServiceClient } from "./gen/palyra/audit/v1/audit";
 import { AuthProfileServiceClient } from "./gen/palyra/auth/v1/auth";
-import { ErrorReason, errorReasonFromJSON } from "./gen/palyra/common/v1/errors";
 import { ConsoleServiceClient } from "./gen/palyra/console/v1/console";
 import { IdentityServiceClient, WhoAmIResponse } from "./gen/palyra/identity/v1/identity";
 import { PairingServiceClient } from "./gen/palyra/pairing/v1/pairing";
@@ -28,7 +27,11 @@ import {
   GetSecretMetadataResponse,
   SecretMetadata,
   VaultServiceClient,
+  WatchSecretsResponse,
 } from "./gen/palyra/vault/v1/vault";
+import { unary } from "./errors";
+import { Renewer, RenewalOptions } from "./renewal";
+import { watchSecrets, WatchOptions } from "./watch";
 
 export * as audit from "./gen/palyra/audit/v1/audit";
 export * as auth from "./gen/palyra/auth/v1/auth";
@@ -39,69 +42,12 @@ export * as pairing from "./gen/palyra/pairing/v1/pairing";
 export * as policy from "./gen/palyra/policy/v1/policy";
 export * as vault from "./gen/palyra/vault/v1/vault";
 export { ErrorReason } from "./gen/palyra/common/v1/errors";
+export { ERROR_DOMAIN, PalyraError, unary } from "./errors";
+export { certificateWindow, RenewalEvent, RenewalOptions } from "./renewal";
+export { WatchOptions } from "./watch";
 
 /** Where `palyra serve` listens unless told otherwise. */
 export const DEFAULT_SERVER = "https://127.0.0.1:7443";
-
-/** The `ErrorInfo.domain` of Palyra's reasons. */
-export const ERROR_DOMAIN = "palyra.dev";
-
-const ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo";
-
-/**
- * A failed call: `code` is the gRPC status code, `reason` the Palyra `ErrorReason`
- * (`ErrorReason.ERROR_REASON_UNSPECIFIED` when the status carried none, e.g. a transport
- * failure), `reasonName` its name as sent (`"ERROR_REASON_VERSION_CONFLICT"`, or `""`).
- */
-export class PalyraError extends Error {
-  readonly code: grpc.status;
-  readonly details: string;
-  readonly reason: ErrorReason;
-  readonly reasonName: string;
-  readonly domain: string;
-  readonly metadata: Record<string, string>;
-  readonly cause: grpc.ServiceError;
-
-  constructor(error: grpc.ServiceError) {
-    const info = errorInfo(error);
-    const reasonName = info?.reason ?? "";
-    super(`${grpc.status[error.code]}: ${error.details}${reasonName ? ` [${reasonName}]` : ""}`);
-    this.name = "PalyraError";
-    this.code = error.code;
-    this.details = error.details;
-    this.reasonName = reasonName;
-    this.reason = reasonName ? errorReasonFromJSON(reasonName) : ErrorReason.ERROR_REASON_UNSPECIFIED;
-    this.domain = info?.domain ?? "";
-    this.metadata = info?.metadata ?? {};
-    this.cause = error;
-  }
-}
-
-function errorInfo(error: grpc.ServiceError): ErrorInfo | undefined {
-  const raw = error.metadata?.get("grpc-status-details-bin")[0];
-  if (!(raw instanceof Buffer)) {
-    return undefined;
-  }
-  try {
-    const status = Status.decode(raw);
-    const detail = status.details.find((d) => d.typeUrl === ERROR_INFO_TYPE);
-    return detail ? ErrorInfo.decode(detail.value) : undefined;
-  } catch {
-    return undefined; // unreadable details: keep the code and message
-  }
-}
-
-type Callback<Res> = (error: grpc.ServiceError | null, response: Res) => void;
-
-/**
- * Runs one unary call of a generated client as a Promise that rejects with a `PalyraError`:
- * `await unary<GetSecretResponse>((cb) => client.vault.getSecret(request, cb))`.
- */
-export function unary<Res>(start: (callback: Callback<Res>) => unknown): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    start((error, response) => (error ? reject(new PalyraError(error)) : resolve(response)));
-  });
-}
 
 /** The CLI's default data dir: `$PALYRA_HOME`, else `$XDG_DATA_HOME/palyra`, else `~/.local/share/palyra`. */
 export function defaultDataDir(): string {
@@ -121,15 +67,19 @@ export function credentialsDir(dataDir: string): string {
   throw new Error(`no client credentials in ${dataDir}: run \`palyra init\` on the node, or \`palyra pair\` on a device`);
 }
 
-export interface ConnectOptions {
+export interface ConnectOptions extends RenewalOptions {
   /** `https://HOST:PORT`; default `https://127.0.0.1:7443`. */
   server?: string;
   /** A data dir whose `operator/` or `client/` holds ca.pem, cert.pem, key.pem. */
   dataDir?: string;
-  /** Or the PEMs themselves. */
+  /** Or the PEMs themselves (then nothing is renewed). */
   ca?: Buffer;
   cert?: Buffer;
   key?: Buffer;
+  /** From a data dir: renew the certificate on its own (default true). */
+  renew?: boolean;
+  /** grpc-js channel options (e.g. `grpc.max_reconnect_backoff_ms`). */
+  channelOptions?: grpc.ChannelOptions;
 }
 
 /** The generated clients on one mTLS channel, and a few helpers. */
@@ -142,23 +92,61 @@ export class Palyra {
   readonly auth: AuthProfileServiceClient;
   readonly console: ConsoleServiceClient;
 
+  /**
+   * `renewer` (set by `connect` from a data dir) renews the certificate: its credentials are
+   * the channel's and its interceptor holds a call while an expired certificate is renewed.
+   */
   constructor(
     readonly target: string,
     readonly credentials: grpc.ChannelCredentials,
+    private readonly renewer?: Renewer,
+    channelOptions: grpc.ChannelOptions = {},
   ) {
-    this.vault = new VaultServiceClient(target, credentials);
+    const interceptors = renewer ? [renewer.interceptor] : [];
+    this.vault = new VaultServiceClient(target, credentials, { ...channelOptions, interceptors });
     // The other clients share the first one's channel.
-    const options = { channelOverride: this.vault.getChannel() };
+    const options = { channelOverride: this.vault.getChannel(), interceptors };
     this.identity = new IdentityServiceClient(target, credentials, options);
     this.pairing = new PairingServiceClient(target, credentials, options);
     this.policy = new PolicyServiceClient(target, credentials, options);
     this.audit = new AuditServiceClient(target, credentials, options);
     this.auth = new AuthProfileServiceClient(target, credentials, options);
     this.console = new ConsoleServiceClient(target, credentials, options);
+    renewer?.start(this.vault.getChannel());
   }
 
   close(): void {
+    this.renewer?.close();
     this.vault.close();
+  }
+
+  /** Whether this client renews its certificate on its own. */
+  get renews(): boolean {
+    return this.renewer !== undefined;
+  }
+
+  /** The client certificate new connections present (self-renewing clients only). */
+  get certificatePem(): Buffer | undefined {
+    return this.renewer?.certificatePem;
+  }
+
+  /**
+   * Renews the certificate now (a self-renewing client does so on its own past two thirds of
+   * its lifetime); rejects when it fails, keeping the old one.
+   */
+  renewCertificate(): Promise<void> {
+    if (!this.renewer) {
+      return Promise.reject(new Error("this client was not made from a credentials directory; nothing to renew"));
+    }
+    return this.renewer.renewNow();
+  }
+
+  /**
+   * The changes of the secrets in `scope` as they happen, never values: see `WatchOptions`.
+   * `for await (const change of palyra.watchSecrets("apps/billing")) { ... }`; `break` ends it.
+   */
+  watchSecrets(scope: string, opts: WatchOptions = {}): AsyncGenerator<WatchSecretsResponse, void, undefined> {
+    return watchSecrets(this.vault, scope, opts);
   }
 
   /** Who the node thinks this caller is. */
@@ -194,17 +182,25 @@ export class Palyra {
 /**
  * Opens an mTLS channel: `connect({ dataDir })`, or `connect({ server, ca, cert, key })`.
  * Without either, the CLI's default data dir. The channel connects on the first call.
+ *
+ * From a data dir (unless `renew: false`) the client renews its certificate on its own past two
+ * thirds of its lifetime, or with the device's identity key once it expired, and stores it in
+ * the directory's `cert.pem`; `onRenewal` hears each attempt. See `./renewal`.
  */
 export function connect(opts: ConnectOptions = {}): Palyra {
   const server = opts.server ?? DEFAULT_SERVER;
   let { ca, cert, key } = opts;
   if (!ca && !cert && !key) {
     const dir = credentialsDir(opts.dataDir ?? defaultDataDir());
+    if (opts.renew ?? true) {
+      const renewer = new Renewer(target(server), dir, opts);
+      return new Palyra(target(server), renewer.credentials, renewer, opts.channelOptions);
+    }
     [ca, cert, key] = ["ca.pem", "cert.pem", "key.pem"].map((f) => readFileSync(join(dir, f)));
   } else if (!ca || !cert || !key) {
     throw new Error("pass all of ca, cert and key, or a dataDir");
   }
-  return new Palyra(target(server), grpc.credentials.createSsl(ca, key, cert));
+  return new Palyra(target(server), grpc.credentials.createSsl(ca, key, cert), undefined, opts.channelOptions);
 }
 
 /** `https://HOST:PORT` → `HOST:PORT`, the form grpc-js takes. */

@@ -4,7 +4,9 @@
 use tonic::Status;
 
 use super::timestamp;
-use crate::vault::{Rotation, Scope, SecretKey, SecretMetadata, SecretValue, SecretVersion};
+use crate::vault::{
+    ChangeKind, Rotation, Scope, SecretKey, SecretMetadata, SecretValue, SecretVersion, Watched,
+};
 use crate::wire::pb::vault::v1 as pbv;
 use crate::wire::status::invalid_argument;
 
@@ -69,6 +71,32 @@ pub(crate) fn secret_reply(
 impl From<Rotation> for pbv::RotateKeyResponse {
     fn from(r: Rotation) -> Self {
         pbv::RotateKeyResponse { generation: r.generation, rewrapped: r.rewrapped }
+    }
+}
+
+/// One message of WatchSecrets: a change, or a progress marker (empty scope and key).
+impl From<Watched> for pbv::WatchSecretsResponse {
+    fn from(watched: Watched) -> Self {
+        match watched {
+            Watched::Change(c) => pbv::WatchSecretsResponse {
+                scope: c.scope.as_str().to_owned(),
+                key: c.key.as_str().to_owned(),
+                version: c.version,
+                change: match c.kind {
+                    ChangeKind::Put => pbv::SecretChange::Put,
+                    ChangeKind::Delete => pbv::SecretChange::Delete,
+                    ChangeKind::Destroy => pbv::SecretChange::Destroy,
+                }
+                .into(),
+                sequence: c.sequence,
+                changed_at: Some(timestamp(c.at)),
+            },
+            Watched::Progress(sequence) => pbv::WatchSecretsResponse {
+                change: pbv::SecretChange::Progress.into(),
+                sequence,
+                ..Default::default()
+            },
+        }
     }
 }
 

@@ -9,10 +9,13 @@ small hand-written layer on top:
 - every failed call raises :class:`PalyraError`, with the gRPC ``code`` and the ``reason``
   (``palyra.common.v1.ErrorReason``) from the ``google.rpc.ErrorInfo`` status detail;
 - :func:`pair` is the joining device's side of pairing (``docs/pairing-protocol.md`` in the
-  repository).
+  repository);
+- a client made from a data dir renews its certificate on its own past two thirds of its
+  lifetime, or with the device's identity key after it expired (:mod:`palyra_client.renewal`);
+- :meth:`Client.watch_secrets` is an async generator of a scope's changes that reconnects and
+  resumes by sequence.
 
-It does not renew certificates (the ``palyra`` CLI does, at two thirds of their lifetime) and has
-no asyncio variant.
+Calls are synchronous (grpcio); only ``watch_secrets`` runs on asyncio.
 """
 
 from ._proto.palyra.audit.v1 import audit_pb2
@@ -25,6 +28,7 @@ from ._proto.palyra.vault.v1 import vault_pb2
 from .client import DEFAULT_SERVER, Client, connect, credentials_dir, default_data_dir
 from .errors import ERROR_DOMAIN, ErrorReason, PalyraError
 from .pairing import Paired, PairingFailed, PairingUri, pair
+from .renewal import RenewalEvent
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -35,6 +39,7 @@ __all__ = [
     "PairingFailed",
     "PairingUri",
     "PalyraError",
+    "RenewalEvent",
     "audit_pb2",
     "auth_pb2",
     "connect",

@@ -113,9 +113,10 @@ def _fingerprint_pem(pem: str) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _write_private(path: Path, data: bytes, private: bool = True) -> None:
+def _write_private(path: Path, data: bytes) -> None:
+    # 0600 like every file of the CLI's client/ (it refuses to read one that others can).
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -321,7 +322,7 @@ def _handshake_and_wait(
                 _write_private(client_dir / "ca.pem", status.ca_certificate_pem.encode())
                 _write_private(client_dir / "device_id", status.device_id.encode())
                 # Last: its presence means "paired".
-                _write_private(client_dir / "cert.pem", status.certificate_pem.encode(), private=False)
+                _write_private(client_dir / "cert.pem", status.certificate_pem.encode())
                 return Paired(status.device_id, fingerprint, client_dir)
             if status.state == pairing_pb2.PAIRING_STATE_REJECTED:
                 raise PairingFailed("the node's operator rejected this device")

@@ -175,6 +175,16 @@ export enum ErrorReason {
    * console (`console.enabled = false` or `palyra serve --no-console`).
    */
   ERROR_REASON_CONSOLE_DISABLED = 25,
+  /**
+   * ERROR_REASON_EVENTS_TRUNCATED - OUT_OF_RANGE: VaultService.WatchSecrets asked to resume before the oldest retained event;
+   * ErrorInfo.metadata["oldest_available_sequence"] says where to resume (with a full re-read
+   * of the scope, since changes in between are gone).
+   */
+  ERROR_REASON_EVENTS_TRUNCATED = 26,
+  /** ERROR_REASON_ENROLLMENT_KEY_USED_UP - FAILED_PRECONDITION: StartPairing with an enrollment key whose every use was taken. */
+  ERROR_REASON_ENROLLMENT_KEY_USED_UP = 27,
+  /** ERROR_REASON_ENROLLMENT_KEY_REVOKED - FAILED_PRECONDITION: StartPairing with an enrollment key an admin revoked. */
+  ERROR_REASON_ENROLLMENT_KEY_REVOKED = 28,
   UNRECOGNIZED = -1,
 }
 
@@ -258,6 +268,15 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 25:
     case "ERROR_REASON_CONSOLE_DISABLED":
       return ErrorReason.ERROR_REASON_CONSOLE_DISABLED;
+    case 26:
+    case "ERROR_REASON_EVENTS_TRUNCATED":
+      return ErrorReason.ERROR_REASON_EVENTS_TRUNCATED;
+    case 27:
+    case "ERROR_REASON_ENROLLMENT_KEY_USED_UP":
+      return ErrorReason.ERROR_REASON_ENROLLMENT_KEY_USED_UP;
+    case 28:
+    case "ERROR_REASON_ENROLLMENT_KEY_REVOKED":
+      return ErrorReason.ERROR_REASON_ENROLLMENT_KEY_REVOKED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -319,6 +338,12 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_AUTH_PROVIDER_UNAVAILABLE";
     case ErrorReason.ERROR_REASON_CONSOLE_DISABLED:
       return "ERROR_REASON_CONSOLE_DISABLED";
+    case ErrorReason.ERROR_REASON_EVENTS_TRUNCATED:
+      return "ERROR_REASON_EVENTS_TRUNCATED";
+    case ErrorReason.ERROR_REASON_ENROLLMENT_KEY_USED_UP:
+      return "ERROR_REASON_ENROLLMENT_KEY_USED_UP";
+    case ErrorReason.ERROR_REASON_ENROLLMENT_KEY_REVOKED:
+      return "ERROR_REASON_ENROLLMENT_KEY_REVOKED";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

@@ -87,6 +87,63 @@ export function pairingStateToJSON(object: PairingState): string {
   }
 }
 
+/** Where an enrollment key stands. */
+export enum EnrollmentKeyState {
+  /** ENROLLMENT_KEY_STATE_UNSPECIFIED - Never stored. */
+  ENROLLMENT_KEY_STATE_UNSPECIFIED = 0,
+  /** ENROLLMENT_KEY_STATE_ACTIVE - Pairs devices. */
+  ENROLLMENT_KEY_STATE_ACTIVE = 1,
+  /** ENROLLMENT_KEY_STATE_USED_UP - Every use was taken. */
+  ENROLLMENT_KEY_STATE_USED_UP = 2,
+  /** ENROLLMENT_KEY_STATE_EXPIRED - Past expires_at. */
+  ENROLLMENT_KEY_STATE_EXPIRED = 3,
+  /** ENROLLMENT_KEY_STATE_REVOKED - Revoked by an admin. */
+  ENROLLMENT_KEY_STATE_REVOKED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function enrollmentKeyStateFromJSON(object: any): EnrollmentKeyState {
+  switch (object) {
+    case 0:
+    case "ENROLLMENT_KEY_STATE_UNSPECIFIED":
+      return EnrollmentKeyState.ENROLLMENT_KEY_STATE_UNSPECIFIED;
+    case 1:
+    case "ENROLLMENT_KEY_STATE_ACTIVE":
+      return EnrollmentKeyState.ENROLLMENT_KEY_STATE_ACTIVE;
+    case 2:
+    case "ENROLLMENT_KEY_STATE_USED_UP":
+      return EnrollmentKeyState.ENROLLMENT_KEY_STATE_USED_UP;
+    case 3:
+    case "ENROLLMENT_KEY_STATE_EXPIRED":
+      return EnrollmentKeyState.ENROLLMENT_KEY_STATE_EXPIRED;
+    case 4:
+    case "ENROLLMENT_KEY_STATE_REVOKED":
+      return EnrollmentKeyState.ENROLLMENT_KEY_STATE_REVOKED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return EnrollmentKeyState.UNRECOGNIZED;
+  }
+}
+
+export function enrollmentKeyStateToJSON(object: EnrollmentKeyState): string {
+  switch (object) {
+    case EnrollmentKeyState.ENROLLMENT_KEY_STATE_UNSPECIFIED:
+      return "ENROLLMENT_KEY_STATE_UNSPECIFIED";
+    case EnrollmentKeyState.ENROLLMENT_KEY_STATE_ACTIVE:
+      return "ENROLLMENT_KEY_STATE_ACTIVE";
+    case EnrollmentKeyState.ENROLLMENT_KEY_STATE_USED_UP:
+      return "ENROLLMENT_KEY_STATE_USED_UP";
+    case EnrollmentKeyState.ENROLLMENT_KEY_STATE_EXPIRED:
+      return "ENROLLMENT_KEY_STATE_EXPIRED";
+    case EnrollmentKeyState.ENROLLMENT_KEY_STATE_REVOKED:
+      return "ENROLLMENT_KEY_STATE_REVOKED";
+    case EnrollmentKeyState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A device's request to join, created by a successful FinishPairing. */
 export interface PairingRequest {
   /** The request's ULID. */
@@ -299,6 +356,90 @@ export interface RejectPairingRequest {
 export interface RejectPairingResponse {
   /** The request after rejection (state REJECTED). */
   request: PairingRequest | undefined;
+}
+
+/** An enrollment key, without its secret. */
+export interface EnrollmentKey {
+  /** The key's id (the code_id devices send in StartPairing). Not secret on its own. */
+  keyId: string;
+  /** The role devices paired with it get: "device" or "node". */
+  role: string;
+  /** Vault scopes granted to devices paired with it, beyond their own subtree. */
+  scopes: string[];
+  /** How many devices may pair with it. */
+  maxUses: number;
+  /** How many have (handshakes that completed). */
+  uses: number;
+  /** When it was created. */
+  createdAt:
+    | Date
+    | undefined;
+  /** When it stops being accepted. */
+  expiresAt:
+    | Date
+    | undefined;
+  /** When it was revoked; unset otherwise. */
+  revokedAt:
+    | Date
+    | undefined;
+  /** Where it stands. */
+  state: EnrollmentKeyState;
+}
+
+/** Request of PairingService.CreateEnrollmentKey. */
+export interface CreateEnrollmentKeyRequest {
+  /** Role of the devices it pairs: "device" or "node"; empty means "device". */
+  role: string;
+  /** Vault scopes granted to every device it pairs (syntax on palyra.vault.v1.VaultService). */
+  scopes: string[];
+  /** Devices it may pair, 1..10000; absent means 1. */
+  maxUses?:
+    | number
+    | undefined;
+  /** Lifetime in seconds, 60..31536000 (a year); absent means 86400 (a day). */
+  ttlSeconds?: number | undefined;
+}
+
+/** Response of PairingService.CreateEnrollmentKey. */
+export interface CreateEnrollmentKeyResponse {
+  /** The key's id. */
+  keyId: string;
+  /**
+   * `palyra-enroll:v1:...`: one line carrying the node's address, the key id, the secret and
+   * the CA fingerprint, for `palyra pair --enrollment-key`. Shown once; the node keeps only a
+   * sealed copy of the secret. Treat it as a password.
+   */
+  token: string;
+  /** When it stops being accepted. */
+  expiresAt:
+    | Date
+    | undefined;
+  /** The key as ListEnrollmentKeys shows it. */
+  key: EnrollmentKey | undefined;
+}
+
+/** Request of PairingService.ListEnrollmentKeys. */
+export interface ListEnrollmentKeysRequest {
+  /** Also list revoked, expired and used-up keys. */
+  includeInactive: boolean;
+}
+
+/** Response of PairingService.ListEnrollmentKeys. */
+export interface ListEnrollmentKeysResponse {
+  /** Newest first. */
+  keys: EnrollmentKey[];
+}
+
+/** Request of PairingService.RevokeEnrollmentKey. */
+export interface RevokeEnrollmentKeyRequest {
+  /** The key to revoke. */
+  keyId: string;
+}
+
+/** Response of PairingService.RevokeEnrollmentKey. */
+export interface RevokeEnrollmentKeyResponse {
+  /** The key after the revocation. */
+  key: EnrollmentKey | undefined;
 }
 
 function createBasePairingRequest(): PairingRequest {
@@ -2082,6 +2223,765 @@ export const RejectPairingResponse: MessageFns<RejectPairingResponse> = {
   },
 };
 
+function createBaseEnrollmentKey(): EnrollmentKey {
+  return {
+    keyId: "",
+    role: "",
+    scopes: [],
+    maxUses: 0,
+    uses: 0,
+    createdAt: undefined,
+    expiresAt: undefined,
+    revokedAt: undefined,
+    state: 0,
+  };
+}
+
+export const EnrollmentKey: MessageFns<EnrollmentKey> = {
+  encode(message: EnrollmentKey, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    if (message.role !== "") {
+      writer.uint32(18).string(message.role);
+    }
+    for (const v of message.scopes) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.maxUses !== 0) {
+      writer.uint32(32).uint32(message.maxUses);
+    }
+    if (message.uses !== 0) {
+      writer.uint32(40).uint32(message.uses);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(50).fork()).join();
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(58).fork()).join();
+    }
+    if (message.revokedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.revokedAt), writer.uint32(66).fork()).join();
+    }
+    if (message.state !== 0) {
+      writer.uint32(72).int32(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnrollmentKey {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnrollmentKey();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scopes.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxUses = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.uses = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.revokedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnrollmentKey {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      scopes: globalThis.Array.isArray(object?.scopes) ? object.scopes.map((e: any) => globalThis.String(e)) : [],
+      maxUses: isSet(object.maxUses)
+        ? globalThis.Number(object.maxUses)
+        : isSet(object.max_uses)
+        ? globalThis.Number(object.max_uses)
+        : 0,
+      uses: isSet(object.uses) ? globalThis.Number(object.uses) : 0,
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+      revokedAt: isSet(object.revokedAt)
+        ? fromJsonTimestamp(object.revokedAt)
+        : isSet(object.revoked_at)
+        ? fromJsonTimestamp(object.revoked_at)
+        : undefined,
+      state: isSet(object.state) ? enrollmentKeyStateFromJSON(object.state) : 0,
+    };
+  },
+
+  toJSON(message: EnrollmentKey): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.scopes?.length) {
+      obj.scopes = message.scopes;
+    }
+    if (message.maxUses !== 0) {
+      obj.maxUses = Math.round(message.maxUses);
+    }
+    if (message.uses !== 0) {
+      obj.uses = Math.round(message.uses);
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    if (message.revokedAt !== undefined) {
+      obj.revokedAt = message.revokedAt.toISOString();
+    }
+    if (message.state !== 0) {
+      obj.state = enrollmentKeyStateToJSON(message.state);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<EnrollmentKey>): EnrollmentKey {
+    return EnrollmentKey.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<EnrollmentKey>): EnrollmentKey {
+    const message = createBaseEnrollmentKey();
+    message.keyId = object.keyId ?? "";
+    message.role = object.role ?? "";
+    message.scopes = object.scopes?.map((e) => e) || [];
+    message.maxUses = object.maxUses ?? 0;
+    message.uses = object.uses ?? 0;
+    message.createdAt = object.createdAt ?? undefined;
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.revokedAt = object.revokedAt ?? undefined;
+    message.state = object.state ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateEnrollmentKeyRequest(): CreateEnrollmentKeyRequest {
+  return { role: "", scopes: [], maxUses: undefined, ttlSeconds: undefined };
+}
+
+export const CreateEnrollmentKeyRequest: MessageFns<CreateEnrollmentKeyRequest> = {
+  encode(message: CreateEnrollmentKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.role !== "") {
+      writer.uint32(10).string(message.role);
+    }
+    for (const v of message.scopes) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.maxUses !== undefined) {
+      writer.uint32(24).uint32(message.maxUses);
+    }
+    if (message.ttlSeconds !== undefined) {
+      writer.uint32(32).uint32(message.ttlSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateEnrollmentKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateEnrollmentKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scopes.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.maxUses = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.ttlSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateEnrollmentKeyRequest {
+    return {
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      scopes: globalThis.Array.isArray(object?.scopes) ? object.scopes.map((e: any) => globalThis.String(e)) : [],
+      maxUses: isSet(object.maxUses)
+        ? globalThis.Number(object.maxUses)
+        : isSet(object.max_uses)
+        ? globalThis.Number(object.max_uses)
+        : undefined,
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : undefined,
+    };
+  },
+
+  toJSON(message: CreateEnrollmentKeyRequest): unknown {
+    const obj: any = {};
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.scopes?.length) {
+      obj.scopes = message.scopes;
+    }
+    if (message.maxUses !== undefined) {
+      obj.maxUses = Math.round(message.maxUses);
+    }
+    if (message.ttlSeconds !== undefined) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateEnrollmentKeyRequest>): CreateEnrollmentKeyRequest {
+    return CreateEnrollmentKeyRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateEnrollmentKeyRequest>): CreateEnrollmentKeyRequest {
+    const message = createBaseCreateEnrollmentKeyRequest();
+    message.role = object.role ?? "";
+    message.scopes = object.scopes?.map((e) => e) || [];
+    message.maxUses = object.maxUses ?? undefined;
+    message.ttlSeconds = object.ttlSeconds ?? undefined;
+    return message;
+  },
+};
+
+function createBaseCreateEnrollmentKeyResponse(): CreateEnrollmentKeyResponse {
+  return { keyId: "", token: "", expiresAt: undefined, key: undefined };
+}
+
+export const CreateEnrollmentKeyResponse: MessageFns<CreateEnrollmentKeyResponse> = {
+  encode(message: CreateEnrollmentKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    if (message.token !== "") {
+      writer.uint32(18).string(message.token);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(26).fork()).join();
+    }
+    if (message.key !== undefined) {
+      EnrollmentKey.encode(message.key, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateEnrollmentKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateEnrollmentKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.key = EnrollmentKey.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateEnrollmentKeyResponse {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+      key: isSet(object.key) ? EnrollmentKey.fromJSON(object.key) : undefined,
+    };
+  },
+
+  toJSON(message: CreateEnrollmentKeyResponse): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    if (message.key !== undefined) {
+      obj.key = EnrollmentKey.toJSON(message.key);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateEnrollmentKeyResponse>): CreateEnrollmentKeyResponse {
+    return CreateEnrollmentKeyResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateEnrollmentKeyResponse>): CreateEnrollmentKeyResponse {
+    const message = createBaseCreateEnrollmentKeyResponse();
+    message.keyId = object.keyId ?? "";
+    message.token = object.token ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.key = (object.key !== undefined && object.key !== null) ? EnrollmentKey.fromPartial(object.key) : undefined;
+    return message;
+  },
+};
+
+function createBaseListEnrollmentKeysRequest(): ListEnrollmentKeysRequest {
+  return { includeInactive: false };
+}
+
+export const ListEnrollmentKeysRequest: MessageFns<ListEnrollmentKeysRequest> = {
+  encode(message: ListEnrollmentKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.includeInactive !== false) {
+      writer.uint32(8).bool(message.includeInactive);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEnrollmentKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEnrollmentKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.includeInactive = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEnrollmentKeysRequest {
+    return {
+      includeInactive: isSet(object.includeInactive)
+        ? globalThis.Boolean(object.includeInactive)
+        : isSet(object.include_inactive)
+        ? globalThis.Boolean(object.include_inactive)
+        : false,
+    };
+  },
+
+  toJSON(message: ListEnrollmentKeysRequest): unknown {
+    const obj: any = {};
+    if (message.includeInactive !== false) {
+      obj.includeInactive = message.includeInactive;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListEnrollmentKeysRequest>): ListEnrollmentKeysRequest {
+    return ListEnrollmentKeysRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListEnrollmentKeysRequest>): ListEnrollmentKeysRequest {
+    const message = createBaseListEnrollmentKeysRequest();
+    message.includeInactive = object.includeInactive ?? false;
+    return message;
+  },
+};
+
+function createBaseListEnrollmentKeysResponse(): ListEnrollmentKeysResponse {
+  return { keys: [] };
+}
+
+export const ListEnrollmentKeysResponse: MessageFns<ListEnrollmentKeysResponse> = {
+  encode(message: ListEnrollmentKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      EnrollmentKey.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEnrollmentKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEnrollmentKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(EnrollmentKey.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEnrollmentKeysResponse {
+    return {
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => EnrollmentKey.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListEnrollmentKeysResponse): unknown {
+    const obj: any = {};
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => EnrollmentKey.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListEnrollmentKeysResponse>): ListEnrollmentKeysResponse {
+    return ListEnrollmentKeysResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListEnrollmentKeysResponse>): ListEnrollmentKeysResponse {
+    const message = createBaseListEnrollmentKeysResponse();
+    message.keys = object.keys?.map((e) => EnrollmentKey.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRevokeEnrollmentKeyRequest(): RevokeEnrollmentKeyRequest {
+  return { keyId: "" };
+}
+
+export const RevokeEnrollmentKeyRequest: MessageFns<RevokeEnrollmentKeyRequest> = {
+  encode(message: RevokeEnrollmentKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeEnrollmentKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeEnrollmentKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeEnrollmentKeyRequest {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RevokeEnrollmentKeyRequest): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RevokeEnrollmentKeyRequest>): RevokeEnrollmentKeyRequest {
+    return RevokeEnrollmentKeyRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RevokeEnrollmentKeyRequest>): RevokeEnrollmentKeyRequest {
+    const message = createBaseRevokeEnrollmentKeyRequest();
+    message.keyId = object.keyId ?? "";
+    return message;
+  },
+};
+
+function createBaseRevokeEnrollmentKeyResponse(): RevokeEnrollmentKeyResponse {
+  return { key: undefined };
+}
+
+export const RevokeEnrollmentKeyResponse: MessageFns<RevokeEnrollmentKeyResponse> = {
+  encode(message: RevokeEnrollmentKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== undefined) {
+      EnrollmentKey.encode(message.key, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeEnrollmentKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeEnrollmentKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = EnrollmentKey.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeEnrollmentKeyResponse {
+    return { key: isSet(object.key) ? EnrollmentKey.fromJSON(object.key) : undefined };
+  },
+
+  toJSON(message: RevokeEnrollmentKeyResponse): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = EnrollmentKey.toJSON(message.key);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RevokeEnrollmentKeyResponse>): RevokeEnrollmentKeyResponse {
+    return RevokeEnrollmentKeyResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RevokeEnrollmentKeyResponse>): RevokeEnrollmentKeyResponse {
+    const message = createBaseRevokeEnrollmentKeyResponse();
+    message.key = (object.key !== undefined && object.key !== null) ? EnrollmentKey.fromPartial(object.key) : undefined;
+    return message;
+  },
+};
+
 /**
  * Pairs a device with the node: an admin creates a code, the device runs a SPAKE2 handshake
  * keyed by the code's PIN, and the resulting request waits for an admin to approve it.
@@ -2207,6 +3107,57 @@ export const PairingServiceService = {
       Buffer.from(RejectPairingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RejectPairingResponse => RejectPairingResponse.decode(value),
   },
+  /**
+   * Creates an enrollment key for headless machines (agents, servers, CI): a reusable secret
+   * that pairs a device with no human step. The key's secret is the SPAKE2 password of the
+   * ordinary handshake (StartPairing with code_id = key_id); a device that completes the
+   * handshake with it is approved at once with the key's role and scopes, and each use is
+   * audited and emits `pairing.approved`. Admin only. Errors: INVALID_ARGUMENT +
+   * ERROR_REASON_INVALID_ARGUMENT for an unknown role, a malformed scope or an out-of-range
+   * max_uses or ttl_seconds.
+   */
+  createEnrollmentKey: {
+    path: "/palyra.pairing.v1.PairingService/CreateEnrollmentKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateEnrollmentKeyRequest): Buffer =>
+      Buffer.from(CreateEnrollmentKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateEnrollmentKeyRequest => CreateEnrollmentKeyRequest.decode(value),
+    responseSerialize: (value: CreateEnrollmentKeyResponse): Buffer =>
+      Buffer.from(CreateEnrollmentKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateEnrollmentKeyResponse => CreateEnrollmentKeyResponse.decode(value),
+  },
+  /**
+   * Lists enrollment keys, newest first, with their use counts (never their secrets). Admin
+   * only.
+   */
+  listEnrollmentKeys: {
+    path: "/palyra.pairing.v1.PairingService/ListEnrollmentKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListEnrollmentKeysRequest): Buffer =>
+      Buffer.from(ListEnrollmentKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListEnrollmentKeysRequest => ListEnrollmentKeysRequest.decode(value),
+    responseSerialize: (value: ListEnrollmentKeysResponse): Buffer =>
+      Buffer.from(ListEnrollmentKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListEnrollmentKeysResponse => ListEnrollmentKeysResponse.decode(value),
+  },
+  /**
+   * Revokes an enrollment key: no further device can pair with it (devices already paired
+   * with it stay). Revoking a revoked key succeeds. Admin only. Errors: NOT_FOUND +
+   * ERROR_REASON_NOT_FOUND.
+   */
+  revokeEnrollmentKey: {
+    path: "/palyra.pairing.v1.PairingService/RevokeEnrollmentKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevokeEnrollmentKeyRequest): Buffer =>
+      Buffer.from(RevokeEnrollmentKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevokeEnrollmentKeyRequest => RevokeEnrollmentKeyRequest.decode(value),
+    responseSerialize: (value: RevokeEnrollmentKeyResponse): Buffer =>
+      Buffer.from(RevokeEnrollmentKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RevokeEnrollmentKeyResponse => RevokeEnrollmentKeyResponse.decode(value),
+  },
 } as const;
 
 export interface PairingServiceServer extends UntypedServiceImplementation {
@@ -2258,6 +3209,27 @@ export interface PairingServiceServer extends UntypedServiceImplementation {
    * FAILED_PRECONDITION + ERROR_REASON_PAIRING_REQUEST_NOT_PENDING.
    */
   rejectPairing: handleUnaryCall<RejectPairingRequest, RejectPairingResponse>;
+  /**
+   * Creates an enrollment key for headless machines (agents, servers, CI): a reusable secret
+   * that pairs a device with no human step. The key's secret is the SPAKE2 password of the
+   * ordinary handshake (StartPairing with code_id = key_id); a device that completes the
+   * handshake with it is approved at once with the key's role and scopes, and each use is
+   * audited and emits `pairing.approved`. Admin only. Errors: INVALID_ARGUMENT +
+   * ERROR_REASON_INVALID_ARGUMENT for an unknown role, a malformed scope or an out-of-range
+   * max_uses or ttl_seconds.
+   */
+  createEnrollmentKey: handleUnaryCall<CreateEnrollmentKeyRequest, CreateEnrollmentKeyResponse>;
+  /**
+   * Lists enrollment keys, newest first, with their use counts (never their secrets). Admin
+   * only.
+   */
+  listEnrollmentKeys: handleUnaryCall<ListEnrollmentKeysRequest, ListEnrollmentKeysResponse>;
+  /**
+   * Revokes an enrollment key: no further device can pair with it (devices already paired
+   * with it stay). Revoking a revoked key succeeds. Admin only. Errors: NOT_FOUND +
+   * ERROR_REASON_NOT_FOUND.
+   */
+  revokeEnrollmentKey: handleUnaryCall<RevokeEnrollmentKeyRequest, RevokeEnrollmentKeyResponse>;
 }
 
 export interface PairingServiceClient extends Client {
@@ -2406,6 +3378,69 @@ export interface PairingServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RejectPairingResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Creates an enrollment key for headless machines (agents, servers, CI): a reusable secret
+   * that pairs a device with no human step. The key's secret is the SPAKE2 password of the
+   * ordinary handshake (StartPairing with code_id = key_id); a device that completes the
+   * handshake with it is approved at once with the key's role and scopes, and each use is
+   * audited and emits `pairing.approved`. Admin only. Errors: INVALID_ARGUMENT +
+   * ERROR_REASON_INVALID_ARGUMENT for an unknown role, a malformed scope or an out-of-range
+   * max_uses or ttl_seconds.
+   */
+  createEnrollmentKey(
+    request: CreateEnrollmentKeyRequest,
+    callback: (error: ServiceError | null, response: CreateEnrollmentKeyResponse) => void,
+  ): ClientUnaryCall;
+  createEnrollmentKey(
+    request: CreateEnrollmentKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateEnrollmentKeyResponse) => void,
+  ): ClientUnaryCall;
+  createEnrollmentKey(
+    request: CreateEnrollmentKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateEnrollmentKeyResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Lists enrollment keys, newest first, with their use counts (never their secrets). Admin
+   * only.
+   */
+  listEnrollmentKeys(
+    request: ListEnrollmentKeysRequest,
+    callback: (error: ServiceError | null, response: ListEnrollmentKeysResponse) => void,
+  ): ClientUnaryCall;
+  listEnrollmentKeys(
+    request: ListEnrollmentKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListEnrollmentKeysResponse) => void,
+  ): ClientUnaryCall;
+  listEnrollmentKeys(
+    request: ListEnrollmentKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListEnrollmentKeysResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Revokes an enrollment key: no further device can pair with it (devices already paired
+   * with it stay). Revoking a revoked key succeeds. Admin only. Errors: NOT_FOUND +
+   * ERROR_REASON_NOT_FOUND.
+   */
+  revokeEnrollmentKey(
+    request: RevokeEnrollmentKeyRequest,
+    callback: (error: ServiceError | null, response: RevokeEnrollmentKeyResponse) => void,
+  ): ClientUnaryCall;
+  revokeEnrollmentKey(
+    request: RevokeEnrollmentKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RevokeEnrollmentKeyResponse) => void,
+  ): ClientUnaryCall;
+  revokeEnrollmentKey(
+    request: RevokeEnrollmentKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RevokeEnrollmentKeyResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -23,6 +25,66 @@ import { Timestamp } from "../../../google/protobuf/timestamp";
 export const protobufPackage = "palyra.vault.v1";
 
 export const protobufFileName = "palyra/vault/v1/vault.proto";
+
+/** What happened to a secret. */
+export enum SecretChange {
+  /** SECRET_CHANGE_UNSPECIFIED - Never sent. */
+  SECRET_CHANGE_UNSPECIFIED = 0,
+  /** SECRET_CHANGE_PUT - A new version was written (PutSecret). */
+  SECRET_CHANGE_PUT = 1,
+  /** SECRET_CHANGE_DELETE - The secret was soft-deleted. */
+  SECRET_CHANGE_DELETE = 2,
+  /** SECRET_CHANGE_DESTROY - Every version's ciphertext was destroyed. */
+  SECRET_CHANGE_DESTROY = 3,
+  /**
+   * SECRET_CHANGE_PROGRESS - Not a change: a progress marker, sent only when the request set progress. Nothing the
+   * caller may see changed up to and including `sequence`; scope and key are empty, version 0.
+   */
+  SECRET_CHANGE_PROGRESS = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function secretChangeFromJSON(object: any): SecretChange {
+  switch (object) {
+    case 0:
+    case "SECRET_CHANGE_UNSPECIFIED":
+      return SecretChange.SECRET_CHANGE_UNSPECIFIED;
+    case 1:
+    case "SECRET_CHANGE_PUT":
+      return SecretChange.SECRET_CHANGE_PUT;
+    case 2:
+    case "SECRET_CHANGE_DELETE":
+      return SecretChange.SECRET_CHANGE_DELETE;
+    case 3:
+    case "SECRET_CHANGE_DESTROY":
+      return SecretChange.SECRET_CHANGE_DESTROY;
+    case 4:
+    case "SECRET_CHANGE_PROGRESS":
+      return SecretChange.SECRET_CHANGE_PROGRESS;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SecretChange.UNRECOGNIZED;
+  }
+}
+
+export function secretChangeToJSON(object: SecretChange): string {
+  switch (object) {
+    case SecretChange.SECRET_CHANGE_UNSPECIFIED:
+      return "SECRET_CHANGE_UNSPECIFIED";
+    case SecretChange.SECRET_CHANGE_PUT:
+      return "SECRET_CHANGE_PUT";
+    case SecretChange.SECRET_CHANGE_DELETE:
+      return "SECRET_CHANGE_DELETE";
+    case SecretChange.SECRET_CHANGE_DESTROY:
+      return "SECRET_CHANGE_DESTROY";
+    case SecretChange.SECRET_CHANGE_PROGRESS:
+      return "SECRET_CHANGE_PROGRESS";
+    case SecretChange.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 /** What is known about a secret, without its value. */
 export interface SecretMetadata {
@@ -183,6 +245,43 @@ export interface RotateKeyResponse {
   generation: number;
   /** How many DEKs were rewrapped to the new generation. */
   rewrapped: string;
+}
+
+/** Request of VaultService.WatchSecrets. */
+export interface WatchSecretsRequest {
+  /** The scope to watch. */
+  scope: string;
+  /** Also watch the scope's sub-scopes. */
+  recursive: boolean;
+  /**
+   * Replay changes with an event sequence strictly greater than this; 0 means only changes
+   * from now on.
+   */
+  sinceSequence: string;
+  /**
+   * Also send progress markers (change = SECRET_CHANGE_PROGRESS): first one carrying the
+   * sequence the stream starts after, then, while events the caller does not get pass (other
+   * scopes, scopes it may not see), at most one a second carrying the node's position, so that
+   * the resume point keeps up with the log and stays within retention while the watched
+   * scopes are quiet. Off by default: every message is then a change.
+   */
+  progress: boolean;
+}
+
+/** One change, from VaultService.WatchSecrets: metadata only, never a value. */
+export interface WatchSecretsResponse {
+  /** The secret's scope. */
+  scope: string;
+  /** The secret's key. */
+  key: string;
+  /** The version written (PUT); the latest version (DELETE, DESTROY). */
+  version: string;
+  /** What happened. */
+  change: SecretChange;
+  /** The node's event sequence of the change; resume with since_sequence = this. */
+  sequence: string;
+  /** When the change was committed. */
+  changedAt: Date | undefined;
 }
 
 function createBaseSecretMetadata(): SecretMetadata {
@@ -1619,6 +1718,280 @@ export const RotateKeyResponse: MessageFns<RotateKeyResponse> = {
   },
 };
 
+function createBaseWatchSecretsRequest(): WatchSecretsRequest {
+  return { scope: "", recursive: false, sinceSequence: "0", progress: false };
+}
+
+export const WatchSecretsRequest: MessageFns<WatchSecretsRequest> = {
+  encode(message: WatchSecretsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.scope !== "") {
+      writer.uint32(10).string(message.scope);
+    }
+    if (message.recursive !== false) {
+      writer.uint32(16).bool(message.recursive);
+    }
+    if (message.sinceSequence !== "0") {
+      writer.uint32(24).uint64(message.sinceSequence);
+    }
+    if (message.progress !== false) {
+      writer.uint32(32).bool(message.progress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchSecretsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchSecretsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.scope = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.recursive = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sinceSequence = reader.uint64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.progress = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchSecretsRequest {
+    return {
+      scope: isSet(object.scope) ? globalThis.String(object.scope) : "",
+      recursive: isSet(object.recursive) ? globalThis.Boolean(object.recursive) : false,
+      sinceSequence: isSet(object.sinceSequence)
+        ? globalThis.String(object.sinceSequence)
+        : isSet(object.since_sequence)
+        ? globalThis.String(object.since_sequence)
+        : "0",
+      progress: isSet(object.progress) ? globalThis.Boolean(object.progress) : false,
+    };
+  },
+
+  toJSON(message: WatchSecretsRequest): unknown {
+    const obj: any = {};
+    if (message.scope !== "") {
+      obj.scope = message.scope;
+    }
+    if (message.recursive !== false) {
+      obj.recursive = message.recursive;
+    }
+    if (message.sinceSequence !== "0") {
+      obj.sinceSequence = message.sinceSequence;
+    }
+    if (message.progress !== false) {
+      obj.progress = message.progress;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchSecretsRequest>): WatchSecretsRequest {
+    return WatchSecretsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchSecretsRequest>): WatchSecretsRequest {
+    const message = createBaseWatchSecretsRequest();
+    message.scope = object.scope ?? "";
+    message.recursive = object.recursive ?? false;
+    message.sinceSequence = object.sinceSequence ?? "0";
+    message.progress = object.progress ?? false;
+    return message;
+  },
+};
+
+function createBaseWatchSecretsResponse(): WatchSecretsResponse {
+  return { scope: "", key: "", version: "0", change: 0, sequence: "0", changedAt: undefined };
+}
+
+export const WatchSecretsResponse: MessageFns<WatchSecretsResponse> = {
+  encode(message: WatchSecretsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.scope !== "") {
+      writer.uint32(10).string(message.scope);
+    }
+    if (message.key !== "") {
+      writer.uint32(18).string(message.key);
+    }
+    if (message.version !== "0") {
+      writer.uint32(24).uint64(message.version);
+    }
+    if (message.change !== 0) {
+      writer.uint32(32).int32(message.change);
+    }
+    if (message.sequence !== "0") {
+      writer.uint32(40).uint64(message.sequence);
+    }
+    if (message.changedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.changedAt), writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchSecretsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchSecretsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.scope = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.version = reader.uint64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.change = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sequence = reader.uint64().toString();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.changedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchSecretsResponse {
+    return {
+      scope: isSet(object.scope) ? globalThis.String(object.scope) : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "0",
+      change: isSet(object.change) ? secretChangeFromJSON(object.change) : 0,
+      sequence: isSet(object.sequence) ? globalThis.String(object.sequence) : "0",
+      changedAt: isSet(object.changedAt)
+        ? fromJsonTimestamp(object.changedAt)
+        : isSet(object.changed_at)
+        ? fromJsonTimestamp(object.changed_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: WatchSecretsResponse): unknown {
+    const obj: any = {};
+    if (message.scope !== "") {
+      obj.scope = message.scope;
+    }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.version !== "0") {
+      obj.version = message.version;
+    }
+    if (message.change !== 0) {
+      obj.change = secretChangeToJSON(message.change);
+    }
+    if (message.sequence !== "0") {
+      obj.sequence = message.sequence;
+    }
+    if (message.changedAt !== undefined) {
+      obj.changedAt = message.changedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchSecretsResponse>): WatchSecretsResponse {
+    return WatchSecretsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchSecretsResponse>): WatchSecretsResponse {
+    const message = createBaseWatchSecretsResponse();
+    message.scope = object.scope ?? "";
+    message.key = object.key ?? "";
+    message.version = object.version ?? "0";
+    message.change = object.change ?? 0;
+    message.sequence = object.sequence ?? "0";
+    message.changedAt = object.changedAt ?? undefined;
+    return message;
+  },
+};
+
 /**
  * Stores versioned secrets, each sealed with its own data key (DEK) wrapped by the node's
  * key-encryption key; the key name, never the value, appears in events and audit records.
@@ -1725,6 +2098,35 @@ export const VaultServiceService = {
     responseSerialize: (value: RotateKeyResponse): Buffer => Buffer.from(RotateKeyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RotateKeyResponse => RotateKeyResponse.decode(value),
   },
+  /**
+   * Follows the changes of the secrets in a scope (and its sub-scopes when recursive): one
+   * message per put, delete or destroy, in sequence order, never a value. First the changes
+   * recorded after since_sequence (0: none, only what happens from now on), then live ones,
+   * with no gap and no repeat; a client that reconnects with the last sequence it saw misses
+   * nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+   * with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+   * the same policy version is in force) and changes in sub-scopes the policy denies the
+   * caller are left out; after a policy update, a change in the watched scope itself that the
+   * caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+   * UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+   * UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+   * Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+   * of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+   * ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+   * the start or for a reader that fell that far behind (ErrorInfo.metadata
+   * ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+   * with ListSecrets, then resume with since_sequence = that - 1).
+   */
+  watchSecrets: {
+    path: "/palyra.vault.v1.VaultService/WatchSecrets" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchSecretsRequest): Buffer => Buffer.from(WatchSecretsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchSecretsRequest => WatchSecretsRequest.decode(value),
+    responseSerialize: (value: WatchSecretsResponse): Buffer =>
+      Buffer.from(WatchSecretsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchSecretsResponse => WatchSecretsResponse.decode(value),
+  },
 } as const;
 
 export interface VaultServiceServer extends UntypedServiceImplementation {
@@ -1767,6 +2169,26 @@ export interface VaultServiceServer extends UntypedServiceImplementation {
    * call or start. Admin only. Emits `vault.key.rotated`.
    */
   rotateKey: handleUnaryCall<RotateKeyRequest, RotateKeyResponse>;
+  /**
+   * Follows the changes of the secrets in a scope (and its sub-scopes when recursive): one
+   * message per put, delete or destroy, in sequence order, never a value. First the changes
+   * recorded after since_sequence (0: none, only what happens from now on), then live ones,
+   * with no gap and no repeat; a client that reconnects with the last sequence it saw misses
+   * nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+   * with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+   * the same policy version is in force) and changes in sub-scopes the policy denies the
+   * caller are left out; after a policy update, a change in the watched scope itself that the
+   * caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+   * UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+   * UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+   * Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+   * of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+   * ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+   * the start or for a reader that fell that far behind (ErrorInfo.metadata
+   * ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+   * with ListSecrets, then resume with since_sequence = that - 1).
+   */
+  watchSecrets: handleServerStreamingCall<WatchSecretsRequest, WatchSecretsResponse>;
 }
 
 export interface VaultServiceClient extends Client {
@@ -1893,6 +2315,34 @@ export interface VaultServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RotateKeyResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Follows the changes of the secrets in a scope (and its sub-scopes when recursive): one
+   * message per put, delete or destroy, in sequence order, never a value. First the changes
+   * recorded after since_sequence (0: none, only what happens from now on), then live ones,
+   * with no gap and no repeat; a client that reconnects with the last sequence it saw misses
+   * nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+   * with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+   * the same policy version is in force) and changes in sub-scopes the policy denies the
+   * caller are left out; after a policy update, a change in the watched scope itself that the
+   * caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+   * UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+   * UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+   * Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+   * of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+   * ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+   * the start or for a reader that fell that far behind (ErrorInfo.metadata
+   * ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+   * with ListSecrets, then resume with since_sequence = that - 1).
+   */
+  watchSecrets(
+    request: WatchSecretsRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchSecretsResponse>;
+  watchSecrets(
+    request: WatchSecretsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchSecretsResponse>;
 }
 
 export const VaultServiceClient = makeGenericClientConstructor(

@@ -17,11 +17,24 @@ class PairingState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAIRING_STATE_APPROVED: _ClassVar[PairingState]
     PAIRING_STATE_REJECTED: _ClassVar[PairingState]
     PAIRING_STATE_EXPIRED: _ClassVar[PairingState]
+
+class EnrollmentKeyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENROLLMENT_KEY_STATE_UNSPECIFIED: _ClassVar[EnrollmentKeyState]
+    ENROLLMENT_KEY_STATE_ACTIVE: _ClassVar[EnrollmentKeyState]
+    ENROLLMENT_KEY_STATE_USED_UP: _ClassVar[EnrollmentKeyState]
+    ENROLLMENT_KEY_STATE_EXPIRED: _ClassVar[EnrollmentKeyState]
+    ENROLLMENT_KEY_STATE_REVOKED: _ClassVar[EnrollmentKeyState]
 PAIRING_STATE_UNSPECIFIED: PairingState
 PAIRING_STATE_PENDING: PairingState
 PAIRING_STATE_APPROVED: PairingState
 PAIRING_STATE_REJECTED: PairingState
 PAIRING_STATE_EXPIRED: PairingState
+ENROLLMENT_KEY_STATE_UNSPECIFIED: EnrollmentKeyState
+ENROLLMENT_KEY_STATE_ACTIVE: EnrollmentKeyState
+ENROLLMENT_KEY_STATE_USED_UP: EnrollmentKeyState
+ENROLLMENT_KEY_STATE_EXPIRED: EnrollmentKeyState
+ENROLLMENT_KEY_STATE_REVOKED: EnrollmentKeyState
 
 class PairingRequest(_message.Message):
     __slots__ = ("request_id", "device_name", "fingerprint", "role", "state", "created_at", "decided_at", "peer_address", "device_id", "expires_at", "reject_reason", "scopes")
@@ -186,3 +199,73 @@ class RejectPairingResponse(_message.Message):
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     request: PairingRequest
     def __init__(self, request: _Optional[_Union[PairingRequest, _Mapping]] = ...) -> None: ...
+
+class EnrollmentKey(_message.Message):
+    __slots__ = ("key_id", "role", "scopes", "max_uses", "uses", "created_at", "expires_at", "revoked_at", "state")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    role: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    max_uses: int
+    uses: int
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    state: EnrollmentKeyState
+    def __init__(self, key_id: _Optional[str] = ..., role: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[EnrollmentKeyState, str]] = ...) -> None: ...
+
+class CreateEnrollmentKeyRequest(_message.Message):
+    __slots__ = ("role", "scopes", "max_uses", "ttl_seconds")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    max_uses: int
+    ttl_seconds: int
+    def __init__(self, role: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., max_uses: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class CreateEnrollmentKeyResponse(_message.Message):
+    __slots__ = ("key_id", "token", "expires_at", "key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    token: str
+    expires_at: _timestamp_pb2.Timestamp
+    key: EnrollmentKey
+    def __init__(self, key_id: _Optional[str] = ..., token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key: _Optional[_Union[EnrollmentKey, _Mapping]] = ...) -> None: ...
+
+class ListEnrollmentKeysRequest(_message.Message):
+    __slots__ = ("include_inactive",)
+    INCLUDE_INACTIVE_FIELD_NUMBER: _ClassVar[int]
+    include_inactive: bool
+    def __init__(self, include_inactive: _Optional[bool] = ...) -> None: ...
+
+class ListEnrollmentKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[EnrollmentKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[EnrollmentKey, _Mapping]]] = ...) -> None: ...
+
+class RevokeEnrollmentKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeEnrollmentKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: EnrollmentKey
+    def __init__(self, key: _Optional[_Union[EnrollmentKey, _Mapping]] = ...) -> None: ...

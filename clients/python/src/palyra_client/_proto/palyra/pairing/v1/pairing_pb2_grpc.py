@@ -75,6 +75,21 @@ class PairingServiceStub:
                 request_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RejectPairingRequest.SerializeToString,
                 response_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RejectPairingResponse.FromString,
                 _registered_method=True)
+        self.CreateEnrollmentKey = channel.unary_unary(
+                '/palyra.pairing.v1.PairingService/CreateEnrollmentKey',
+                request_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.CreateEnrollmentKeyRequest.SerializeToString,
+                response_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.CreateEnrollmentKeyResponse.FromString,
+                _registered_method=True)
+        self.ListEnrollmentKeys = channel.unary_unary(
+                '/palyra.pairing.v1.PairingService/ListEnrollmentKeys',
+                request_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.ListEnrollmentKeysRequest.SerializeToString,
+                response_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.ListEnrollmentKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeEnrollmentKey = channel.unary_unary(
+                '/palyra.pairing.v1.PairingService/RevokeEnrollmentKey',
+                request_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RevokeEnrollmentKeyRequest.SerializeToString,
+                response_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RevokeEnrollmentKeyResponse.FromString,
+                _registered_method=True)
 
 
 class PairingServiceServicer:
@@ -157,6 +172,36 @@ class PairingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrollmentKey(self, request, context):
+        """Creates an enrollment key for headless machines (agents, servers, CI): a reusable secret
+        that pairs a device with no human step. The key's secret is the SPAKE2 password of the
+        ordinary handshake (StartPairing with code_id = key_id); a device that completes the
+        handshake with it is approved at once with the key's role and scopes, and each use is
+        audited and emits `pairing.approved`. Admin only. Errors: INVALID_ARGUMENT +
+        ERROR_REASON_INVALID_ARGUMENT for an unknown role, a malformed scope or an out-of-range
+        max_uses or ttl_seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollmentKeys(self, request, context):
+        """Lists enrollment keys, newest first, with their use counts (never their secrets). Admin
+        only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeEnrollmentKey(self, request, context):
+        """Revokes an enrollment key: no further device can pair with it (devices already paired
+        with it stay). Revoking a revoked key succeeds. Admin only. Errors: NOT_FOUND +
+        ERROR_REASON_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PairingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +239,21 @@ def add_PairingServiceServicer_to_server(servicer, server):
                     servicer.RejectPairing,
                     request_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RejectPairingRequest.FromString,
                     response_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RejectPairingResponse.SerializeToString,
+            ),
+            'CreateEnrollmentKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrollmentKey,
+                    request_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.CreateEnrollmentKeyRequest.FromString,
+                    response_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.CreateEnrollmentKeyResponse.SerializeToString,
+            ),
+            'ListEnrollmentKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollmentKeys,
+                    request_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.ListEnrollmentKeysRequest.FromString,
+                    response_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.ListEnrollmentKeysResponse.SerializeToString,
+            ),
+            'RevokeEnrollmentKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeEnrollmentKey,
+                    request_deserializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RevokeEnrollmentKeyRequest.FromString,
+                    response_serializer=palyra_dot_pairing_dot_v1_dot_pairing__pb2.RevokeEnrollmentKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +451,87 @@ class PairingService:
             '/palyra.pairing.v1.PairingService/RejectPairing',
             palyra_dot_pairing_dot_v1_dot_pairing__pb2.RejectPairingRequest.SerializeToString,
             palyra_dot_pairing_dot_v1_dot_pairing__pb2.RejectPairingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrollmentKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/palyra.pairing.v1.PairingService/CreateEnrollmentKey',
+            palyra_dot_pairing_dot_v1_dot_pairing__pb2.CreateEnrollmentKeyRequest.SerializeToString,
+            palyra_dot_pairing_dot_v1_dot_pairing__pb2.CreateEnrollmentKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollmentKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/palyra.pairing.v1.PairingService/ListEnrollmentKeys',
+            palyra_dot_pairing_dot_v1_dot_pairing__pb2.ListEnrollmentKeysRequest.SerializeToString,
+            palyra_dot_pairing_dot_v1_dot_pairing__pb2.ListEnrollmentKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeEnrollmentKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/palyra.pairing.v1.PairingService/RevokeEnrollmentKey',
+            palyra_dot_pairing_dot_v1_dot_pairing__pb2.RevokeEnrollmentKeyRequest.SerializeToString,
+            palyra_dot_pairing_dot_v1_dot_pairing__pb2.RevokeEnrollmentKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

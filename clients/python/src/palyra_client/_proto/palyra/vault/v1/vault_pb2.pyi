@@ -2,12 +2,26 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SecretChange(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SECRET_CHANGE_UNSPECIFIED: _ClassVar[SecretChange]
+    SECRET_CHANGE_PUT: _ClassVar[SecretChange]
+    SECRET_CHANGE_DELETE: _ClassVar[SecretChange]
+    SECRET_CHANGE_DESTROY: _ClassVar[SecretChange]
+    SECRET_CHANGE_PROGRESS: _ClassVar[SecretChange]
+SECRET_CHANGE_UNSPECIFIED: SecretChange
+SECRET_CHANGE_PUT: SecretChange
+SECRET_CHANGE_DELETE: SecretChange
+SECRET_CHANGE_DESTROY: SecretChange
+SECRET_CHANGE_PROGRESS: SecretChange
 
 class SecretMetadata(_message.Message):
     __slots__ = ("scope", "key", "object_id", "version", "created_at", "updated_at", "deleted", "size")
@@ -144,3 +158,31 @@ class RotateKeyResponse(_message.Message):
     generation: int
     rewrapped: int
     def __init__(self, generation: _Optional[int] = ..., rewrapped: _Optional[int] = ...) -> None: ...
+
+class WatchSecretsRequest(_message.Message):
+    __slots__ = ("scope", "recursive", "since_sequence", "progress")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    recursive: bool
+    since_sequence: int
+    progress: bool
+    def __init__(self, scope: _Optional[str] = ..., recursive: _Optional[bool] = ..., since_sequence: _Optional[int] = ..., progress: _Optional[bool] = ...) -> None: ...
+
+class WatchSecretsResponse(_message.Message):
+    __slots__ = ("scope", "key", "version", "change", "sequence", "changed_at")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    key: str
+    version: int
+    change: SecretChange
+    sequence: int
+    changed_at: _timestamp_pb2.Timestamp
+    def __init__(self, scope: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[int] = ..., change: _Optional[_Union[SecretChange, str]] = ..., sequence: _Optional[int] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

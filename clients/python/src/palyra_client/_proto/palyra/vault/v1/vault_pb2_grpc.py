@@ -76,6 +76,11 @@ class VaultServiceStub:
                 request_serializer=palyra_dot_vault_dot_v1_dot_vault__pb2.RotateKeyRequest.SerializeToString,
                 response_deserializer=palyra_dot_vault_dot_v1_dot_vault__pb2.RotateKeyResponse.FromString,
                 _registered_method=True)
+        self.WatchSecrets = channel.unary_stream(
+                '/palyra.vault.v1.VaultService/WatchSecrets',
+                request_serializer=palyra_dot_vault_dot_v1_dot_vault__pb2.WatchSecretsRequest.SerializeToString,
+                response_deserializer=palyra_dot_vault_dot_v1_dot_vault__pb2.WatchSecretsResponse.FromString,
+                _registered_method=True)
 
 
 class VaultServiceServicer:
@@ -150,6 +155,29 @@ class VaultServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSecrets(self, request, context):
+        """Follows the changes of the secrets in a scope (and its sub-scopes when recursive): one
+        message per put, delete or destroy, in sequence order, never a value. First the changes
+        recorded after since_sequence (0: none, only what happens from now on), then live ones,
+        with no gap and no repeat; a client that reconnects with the last sequence it saw misses
+        nothing. Authorized per scope like ListSecrets: the scope is checked when the call starts;
+        with recursive, each sub-scope a change falls in is checked too (once per sub-scope while
+        the same policy version is in force) and changes in sub-scopes the policy denies the
+        caller are left out; after a policy update, a change in the watched scope itself that the
+        caller may no longer see ends the stream with PERMISSION_DENIED. The stream ends with
+        UNAUTHENTICATED + ERROR_REASON_DEVICE_REVOKED when the caller's device is revoked, and with
+        UNAVAILABLE + ERROR_REASON_UNAVAILABLE when the node shuts down (reconnect and resume).
+        Errors: INVALID_ARGUMENT + ERROR_REASON_INVALID_ARGUMENT (bad scope; since_sequence ahead
+        of the log), PERMISSION_DENIED + ERROR_REASON_POLICY_DENIED, OUT_OF_RANGE +
+        ERROR_REASON_EVENTS_TRUNCATED when since_sequence is older than the retained event log, at
+        the start or for a reader that fell that far behind (ErrorInfo.metadata
+        ["oldest_available_sequence"] is the oldest sequence still retained: re-read the scope
+        with ListSecrets, then resume with since_sequence = that - 1).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +210,11 @@ def add_VaultServiceServicer_to_server(servicer, server):
                     servicer.RotateKey,
                     request_deserializer=palyra_dot_vault_dot_v1_dot_vault__pb2.RotateKeyRequest.FromString,
                     response_serializer=palyra_dot_vault_dot_v1_dot_vault__pb2.RotateKeyResponse.SerializeToString,
+            ),
+            'WatchSecrets': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSecrets,
+                    request_deserializer=palyra_dot_vault_dot_v1_dot_vault__pb2.WatchSecretsRequest.FromString,
+                    response_serializer=palyra_dot_vault_dot_v1_dot_vault__pb2.WatchSecretsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +391,33 @@ class VaultService:
             '/palyra.vault.v1.VaultService/RotateKey',
             palyra_dot_vault_dot_v1_dot_vault__pb2.RotateKeyRequest.SerializeToString,
             palyra_dot_vault_dot_v1_dot_vault__pb2.RotateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/palyra.vault.v1.VaultService/WatchSecrets',
+            palyra_dot_vault_dot_v1_dot_vault__pb2.WatchSecretsRequest.SerializeToString,
+            palyra_dot_vault_dot_v1_dot_vault__pb2.WatchSecretsResponse.FromString,
             options,
             channel_credentials,
             insecure,
