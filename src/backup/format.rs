@@ -423,9 +423,17 @@ mod tests {
         LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[5; 32]).unwrap_or_else(|_| unreachable!()))
     }
 
+    /// One header for every test (its seal costs a slow KDF).
     fn header() -> Result<Header, BackupError> {
-        let code = recovery::RecoveryCode::generate()?;
-        let seal = recovery::seal_root_key(&code, &crate::vault::RootKey::from_bytes([1; 32]))?;
+        static SEAL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let seal = match SEAL.get() {
+            Some(seal) => seal.clone(),
+            None => {
+                let code = recovery::RecoveryCode::generate()?;
+                let seal = recovery::seal_root_key(&code, &crate::vault::RootKey::from_bytes([1; 32]))?;
+                SEAL.get_or_init(|| seal).clone()
+            }
+        };
         Ok(Header { backup_id: [3; 16], created_at_ms: 42, recovery_seal: seal })
     }
 
@@ -516,6 +524,31 @@ mod tests {
             assert!(read(&file[..cut]).is_err(), "cut at {cut}");
         }
         Ok(())
+    }
+
+    proptest::proptest! {
+        /// The parsers a restore runs on a file from anywhere never panic, whatever the bytes:
+        /// the header, the chunk framing after a valid header (with the right key), the code,
+        /// a share.
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = Header::read(&mut bytes.as_slice());
+            let mut file = header().map(|h| h.encode()).unwrap_or_default();
+            file.extend_from_slice(&bytes);
+            let _ = read(&file);
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = recovery::RecoveryCode::parse(&text);
+            let _ = super::super::shares::Share::parse(&text);
+        }
+
+        /// Any text of the code's length: refused with a group named, or a code.
+        #[test]
+        fn typed_codes_are_read_or_named(text in "[0-9A-Za-z -]{35,41}") {
+            match recovery::RecoveryCode::parse(&text) {
+                Ok(code) => proptest::prop_assert_eq!(code.display().len(), 41),
+                Err(e) => proptest::prop_assert!(e.to_string().contains("recovery code"), "{}", e),
+            }
+        }
     }
 
     #[test]
