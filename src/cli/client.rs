@@ -87,6 +87,13 @@ pub async fn renew_now(server: &str, dir: &Path) -> Result<SystemTime, CliError>
     if pem_device_id(cert_pem.as_bytes()) != Some(certificate_device_id(dir)?) {
         return Err(CliError::new("the node sent a certificate for another device; keeping the old one"));
     }
+    // The TLS key stays: a certificate for another key would leave this data dir unusable.
+    let old_cert = fsutil::read_private(&dir.join("cert.pem")).map_err(|e| CliError::new(e.to_string()))?;
+    let same_key = crate::identity::ca::public_key_of_pem(cert_pem.as_bytes())
+        .is_some_and(|new| Some(new) == crate::identity::ca::public_key_of_pem(&old_cert));
+    if !same_key {
+        return Err(CliError::new("the node sent a certificate for another key; keeping the old one"));
+    }
     fsutil::write_private_atomic(&dir.join("cert.pem"), cert_pem.as_bytes(), true)
         .map_err(|e| CliError::new(e.to_string()))?;
     Ok(new_not_after)

@@ -289,8 +289,15 @@ export class Renewer {
     if (this.closed) {
       return;
     }
+    // setTimeout takes at most 2^31-1 ms (24.8 days): a later renewal is reached in steps.
     const wait = Math.min(Math.max(Math.max(this.dueAt, this.retryAt) - Date.now(), 0), 2 ** 31 - 1);
-    this.timer = setTimeout(() => void this.renewInBackground(), wait);
+    this.timer = setTimeout(() => {
+      if (Date.now() >= Math.max(this.dueAt, this.retryAt)) {
+        void this.renewInBackground();
+      } else {
+        this.schedule();
+      }
+    }, wait);
     this.timer.unref(); // never keeps the process alive
   }
 

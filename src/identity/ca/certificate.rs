@@ -123,6 +123,13 @@ pub fn certificate_validity_pem(pem_bytes: &[u8]) -> Option<(SystemTime, SystemT
     validity_of(parsed.contents()).ok()
 }
 
+/// The public key (SubjectPublicKeyInfo, DER) of the first certificate in a PEM text.
+pub fn public_key_of_pem(pem_bytes: &[u8]) -> Option<Vec<u8>> {
+    let parsed = pem::parse(pem_bytes).ok()?;
+    let (_, cert) = X509Certificate::from_der(parsed.contents()).ok()?;
+    Some(cert.public_key().raw.to_vec())
+}
+
 /// The device named by a client certificate's `palyra://device/<id>` URI SAN. `None` when the
 /// certificate does not parse or has no such SAN, or more than one. Call it only on a
 /// certificate rustls has verified against the node CA.

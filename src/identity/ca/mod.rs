@@ -34,7 +34,7 @@ use zeroize::Zeroizing;
 pub use certificate::{
     CLOCK_SKEW_ALLOWANCE, DEVICE_URI_PREFIX, IssuedCert, IssuedKeyPair, ServerName, certificate_fingerprint,
     certificate_not_after_pem, certificate_server_names, certificate_validity_pem,
-    device_id_from_certificate, local_host_name, needs_renewal, server_names,
+    device_id_from_certificate, local_host_name, needs_renewal, public_key_of_pem, server_names,
 };
 use certificate::{
     Window, check_key_matches, first_certificate, ia5, name, parse_certificate, pem_bundle, pem_of,
