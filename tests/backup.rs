@@ -682,5 +682,29 @@ async fn measure_backup_and_restore() {
             "{count} secrets: database {db} bytes, backup file {size} bytes, backup {backup_time:?}, \
              restore {restore_time:?} (seeded in {seeded:?})"
         );
+        // Peak memory of each, where GNU time is there to tell: one chunk at a time, not the file.
+        if Path::new("/usr/bin/time").exists() {
+            let peak = |data: &Path, args: &[&str]| -> String {
+                let out = std::process::Command::new("/usr/bin/time")
+                    .args(["-f", "%M"])
+                    .arg(PALYRA.path())
+                    .arg("--data-dir")
+                    .arg(data)
+                    .args(args)
+                    .env("PALYRA_KEY_BACKEND", "file")
+                    .env("PALYRA_LOG", "off")
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", stderr(&out));
+                format!("{} KiB", stderr(&out).lines().last().unwrap_or_default())
+            };
+            let again = dir.path().join("again.palyra-backup");
+            let backup_rss = peak(&data, &["backup", "--out", again.to_str().unwrap()]);
+            let restore_rss = peak(
+                &dir.path().join("again"),
+                &["restore", again.to_str().unwrap(), "--recovery-code", &code],
+            );
+            eprintln!("{count} secrets: peak RSS backup {backup_rss}, restore {restore_rss}");
+        }
     }
 }
