@@ -18,7 +18,8 @@ pub enum Exit {
     Denied = 3,
     /// The secret, device, request or version does not exist.
     NotFound = 4,
-    /// Stored data failed its integrity check.
+    /// Stored data failed its integrity check, or a backup is damaged, cut short, foreign or
+    /// newer, or its recovery code does not open it.
     Integrity = 5,
     /// The node is down or unreachable, or asks to retry later.
     Unavailable = 6,
@@ -35,7 +36,8 @@ Exit codes:
   3  denied: the node's policy refused the call, or this device is revoked or unknown
      (also `policy check` answering DENY)
   4  not found: no such secret, version, device or request
-  5  integrity: stored data failed its integrity check (also `audit verify` finding a break)
+  5  integrity: stored data failed its integrity check (also `audit verify` finding a break,
+     and `restore` of a damaged, truncated or foreign backup, or with the wrong code)
   6  unavailable: the node is down or unreachable, or asks to retry later
   7  conflict: a check-and-set (--expected-version) lost to another write
   palyra run exits with its command's status (128+N when it died of signal N).";
