@@ -117,6 +117,14 @@ pub(crate) struct CreatedKey {
     pub key: EnrollmentKey,
 }
 
+/// What a verified handshake says of the device to register.
+struct Applicant<'a> {
+    csr_pem: &'a str,
+    name: &'a str,
+    fingerprint: &'a str,
+    signing_public_key: [u8; 32],
+}
+
 /// Where a request stands, as its device's signed poll learns it.
 #[derive(Debug, Clone)]
 pub(crate) struct PairingStatus {
@@ -355,33 +363,48 @@ impl Pairing {
             return Err(PairingError::RequestNotPending { id, state: state.as_str() }.into());
         }
         let role = override_role.unwrap_or(pending.role);
-        let device_id = DeviceId::generate();
-        let issued = self.identity.ca().issue_client_certificate(
-            &pending.csr_pem,
-            device_id,
-            role,
-            self.identity.device_certificate_lifetime(),
-            now,
-        )?;
-        let device = Device {
-            id: device_id,
-            name: pending.device_name.clone(),
-            fingerprint: pending.fingerprint.clone(),
+        let applicant = Applicant {
+            csr_pem: &pending.csr_pem,
+            name: &pending.device_name,
+            fingerprint: &pending.fingerprint,
             signing_public_key: pending.signing_public_key,
-            role,
-            status: DeviceStatus::Active,
-            paired_at: now,
-            certificate_expires_at: issued.not_after,
-            revoked_at: None,
-            revoke_reason: None,
-            scopes: granted,
         };
+        let (device, issued) = self.new_device(&applicant, role, granted, now)?;
+        let device_id = device.id;
         self.gate.audit_before_write().await.map_err(ServiceError::Denied)?;
         let approved = self.store.approve(&id, &device, &issued.cert_pem, now).await??;
         self.gate.peers.invalidate(device_id);
         let approver = approver.principal.label();
         tracing::info!(request_id = %id, device_id = %device_id, role = %role, approver = %approver, "pairing approved");
         Ok(approved)
+    }
+
+    /// A new ACTIVE device for `applicant` with `role` and `scopes`, and its certificate issued
+    /// from the CSR for the node's device-certificate lifetime (approval and enrollment alike).
+    fn new_device(
+        &self,
+        applicant: &Applicant<'_>,
+        role: Role,
+        scopes: Vec<crate::vault::Scope>,
+        now: SystemTime,
+    ) -> Result<(Device, crate::identity::ca::IssuedCert), ServiceError> {
+        let id = DeviceId::generate();
+        let lifetime = self.identity.device_certificate_lifetime();
+        let issued = self.identity.ca().issue_client_certificate(applicant.csr_pem, id, role, lifetime, now)?;
+        let device = Device {
+            id,
+            name: applicant.name.to_owned(),
+            fingerprint: applicant.fingerprint.to_owned(),
+            signing_public_key: applicant.signing_public_key,
+            role,
+            status: DeviceStatus::Active,
+            paired_at: now,
+            certificate_expires_at: issued.not_after,
+            revoked_at: None,
+            revoke_reason: None,
+            scopes,
+        };
+        Ok((device, issued))
     }
 
     /// Rejects pending request `id` with `reason` (kept; not shown to the device).
@@ -487,27 +510,15 @@ impl Pairing {
             .transpose()?;
         drop(secret);
         let Grants { role, scopes, max_uses, .. } = key.grants.clone();
-        let device_id = DeviceId::generate();
-        let issued = self.identity.ca().issue_client_certificate(
-            &verified.csr_pem,
-            device_id,
-            role,
-            self.identity.device_certificate_lifetime(),
-            now,
-        )?;
-        let device = Device {
-            id: device_id,
-            name: verified.device_name.as_str().to_owned(),
-            fingerprint: verified.fingerprint(),
+        let fingerprint = verified.fingerprint();
+        let applicant = Applicant {
+            csr_pem: &verified.csr_pem,
+            name: verified.device_name.as_str(),
+            fingerprint: &fingerprint,
             signing_public_key: verified.signing_public_key,
-            role,
-            status: DeviceStatus::Active,
-            paired_at: now,
-            certificate_expires_at: issued.not_after,
-            revoked_at: None,
-            revoke_reason: None,
-            scopes: scopes.clone(),
         };
+        let (device, issued) = self.new_device(&applicant, role, scopes.clone(), now)?;
+        let device_id = device.id;
         let request = PairingRequest {
             id: ulid::Ulid::generate().to_string(),
             code_id: key_id.to_string(),
