@@ -411,6 +411,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "dotenv",
         b"# settings\nexport API_KEY=\"palyra://agents/alpha/API_KEY\"\nDB_PASSWORD='single $quoted'  # comment\nMULTI=\"line one\\nline \\\"two\\\"\nstill two\"\nPLAIN = value # trailing\n".to_vec(),
     );
+    // backup: a round trip of three files with no bit flipped (mode 1, flip index past the end),
+    // and a recovery code as printed (mode 2).
+    add("backup", "round-trip", [&[1u8, 0xff, 0xff, 0xff, 0xff][..], &[b'x'; 200][..]].concat());
+    let code = palyra::backup::RecoveryCode::generate().unwrap();
+    add("backup", "recovery-code", [&[2u8][..], code.display().as_bytes()].concat());
     out
 }
 
@@ -473,4 +478,6 @@ fn committed_seeds_are_valid_examples() {
     assert_eq!(palyra::vault::dotenv::parse(&dotenv).unwrap().len(), 4);
     let token = committed("auth", "token");
     palyra::auth::oauth::parse_token_response(200, &token[3..]).unwrap();
+    let code = committed("backup", "recovery-code");
+    palyra::backup::RecoveryCode::parse(std::str::from_utf8(&code[1..]).unwrap()).unwrap();
 }
