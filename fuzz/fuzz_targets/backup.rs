@@ -61,7 +61,8 @@ fn raw(bytes: &[u8]) {
 
 fn round_trip(bytes: &[u8]) {
     let Some((flip, rest)) = bytes.split_first_chunk::<4>() else { return };
-    let header = Header { backup_id: [3; 16], created_at_ms: 1_800_000_000_000, recovery_seal: seal().to_vec() };
+    let header =
+        Header { backup_id: [3; 16], created_at_ms: 1_800_000_000_000, recovery_seal: seal().to_vec() };
     let files: Vec<(String, Vec<u8>)> =
         rest.chunks(97).take(4).enumerate().map(|(i, c)| (format!("dir/f{i}"), c.to_vec())).collect();
     let mut writer = BackupWriter::new(Vec::new(), &header, key()).expect("writer");

@@ -10,10 +10,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use libfuzzer_sys::fuzz_target;
 use palyra::fuzzing::{pairing_session_decode, pairing_session_encode};
 use palyra::identity::ca::Csr;
-use palyra::unix_time::unix_ms;
 use palyra::pairing::{
     CodeId, FinishMessage, PairingError, StartMessage, StartReply, StatusPoll, open_session,
 };
+use palyra::unix_time::unix_ms;
 use palyra_fuzz::{Fields, SESSION_SEAL_KEY, now};
 use ring::aead;
 

@@ -60,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(p.span.start >= end && p.span.end <= text.len());
                 let inner = &text[p.span.clone()];
                 assert!(inner.starts_with("{{") && inner.ends_with("}}") && !inner.contains('\n'));
-                assert_eq!(check_reference(inner[2..inner.len() - 2].trim_matches([' ', '\t'])).as_ref(), Some(&p.reference));
+                assert_eq!(
+                    check_reference(inner[2..inner.len() - 2].trim_matches([' ', '\t'])).as_ref(),
+                    Some(&p.reference)
+                );
                 assert_eq!(p.line, 1 + text[..p.span.start].matches('\n').count());
                 end = p.span.end;
             }

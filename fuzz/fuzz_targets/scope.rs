@@ -7,9 +7,9 @@
 use libfuzzer_sys::fuzz_target;
 use palyra::auth::ProfileName;
 use palyra::identity::DeviceId;
-use palyra::wire::convert::{Listing, page_token, parse_page_token};
 use palyra::vault::scope::{MAX_KEY_LEN, MAX_SCOPE_SEGMENTS, MAX_SEGMENT_LEN, ObjectId};
 use palyra::vault::{Scope, SecretKey};
+use palyra::wire::convert::{Listing, page_token, parse_page_token};
 
 fn check_scope(text: &str) -> Option<Scope> {
     let scope = Scope::parse(text).ok()?;
