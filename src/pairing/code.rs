@@ -12,7 +12,7 @@ use super::PairingError;
 use crate::identity::Role;
 
 /// Crockford base32 alphabet (no I, L, O, U).
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+pub(super) const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// Length of a `code_id`.
 pub const CODE_ID_LEN: usize = 10;
 /// Length of a PIN.
@@ -29,9 +29,7 @@ pub struct CodeId(String);
 impl CodeId {
     /// A fresh random id (50 bits).
     pub fn generate() -> Result<Self, PairingError> {
-        let mut bytes = [0u8; CODE_ID_LEN];
-        SystemRandom::new().fill(&mut bytes).map_err(|_| PairingError::Random)?;
-        Ok(CodeId(bytes.iter().map(|b| char::from(CROCKFORD[usize::from(b & 31)])).collect()))
+        Ok(CodeId(random_crockford::<CODE_ID_LEN>()?.as_str().to_owned()))
     }
 
     /// Parses a code id: case-insensitive, with Crockford's aliases (`I`/`L` → `1`, `O` → `0`).
@@ -67,6 +65,14 @@ impl fmt::Display for CodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// `N` random Crockford base32 characters (5 random bits each), in a buffer wiped on drop: code
+/// ids and enrollment secrets.
+pub(super) fn random_crockford<const N: usize>() -> Result<Zeroizing<String>, PairingError> {
+    let mut bytes = Zeroizing::new([0u8; N]);
+    SystemRandom::new().fill(bytes.as_mut()).map_err(|_| PairingError::Random)?;
+    Ok(Zeroizing::new(bytes.iter().map(|b| char::from(CROCKFORD[usize::from(b & 31)])).collect()))
 }
 
 /// A 6-digit PIN. Zeroized on drop; `Debug` prints `[redacted]`.

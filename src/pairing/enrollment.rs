@@ -18,10 +18,12 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead;
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use super::code::{CodeId, CodeState, PairingCode, PakePassword, is_fingerprint, open, seal, validate_server};
+use super::code::{
+    CROCKFORD, CodeId, CodeState, PairingCode, PakePassword, is_fingerprint, open, random_crockford, seal,
+    validate_server,
+};
 use super::PairingError;
 use crate::identity::Role;
 use crate::unix_time::unix_ms;
@@ -45,8 +47,6 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 pub const TOKEN_PREFIX: &str = "palyra-enroll:v1:";
 /// AAD domain of a sealed secret.
 const SECRET_AAD: &[u8] = b"palyra.pairing.enrollment.v1";
-/// Crockford base32 alphabet (as in [`CodeId`]).
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// An enrollment key's secret: 32 characters of Crockford base32 (160 random bits). Zeroized
 /// on drop; `Debug` redacts it.
@@ -56,11 +56,7 @@ pub struct EnrollmentSecret(Zeroizing<String>);
 impl EnrollmentSecret {
     /// A fresh random secret.
     pub fn generate() -> Result<Self, PairingError> {
-        let mut bytes = Zeroizing::new([0u8; SECRET_LEN]);
-        SystemRandom::new().fill(bytes.as_mut()).map_err(|_| PairingError::Random)?;
-        Ok(EnrollmentSecret(Zeroizing::new(
-            bytes.iter().map(|b| char::from(CROCKFORD[usize::from(b & 31)])).collect(),
-        )))
+        Ok(EnrollmentSecret(random_crockford::<SECRET_LEN>()?))
     }
 
     /// Parses a secret (exactly as generated: upper-case Crockford base32).
