@@ -22,6 +22,7 @@ mod output;
 pub mod pair;
 mod pairing;
 mod policy;
+mod policy_test;
 mod resolve;
 #[cfg(unix)]
 mod run;

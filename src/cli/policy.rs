@@ -24,6 +24,10 @@ pub(super) enum PolicyCommand {
         /// Only if the active version is this one.
         #[arg(long)]
         expected_version: Option<u64>,
+        /// Run this cases file against FILE first (offline, as `policy test`); install nothing
+        /// if any case fails.
+        #[arg(long, value_name = "CASES")]
+        test: Option<PathBuf>,
     },
     /// Validate FILE against the schema without installing it.
     Validate {
@@ -42,6 +46,9 @@ pub(super) enum PolicyCommand {
         #[arg(long)]
         context: Option<String>,
     },
+    /// Check a policy file against expected decisions, offline (no node): one line a case,
+    /// exit 1 if any fails, 2 if the cases file is malformed.
+    Test(super::policy_test::TestArgs),
     /// List policy versions.
     History,
     /// Make an earlier version active again (as a new version).
@@ -95,6 +102,23 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
         }
         return ctx.print(&Out { version }, || format!("default policies installed as version {version}"));
     }
+    if let PolicyCommand::Test(args) = cmd {
+        return super::policy_test::run(ctx, args);
+    }
+    if let PolicyCommand::Set { file, test: Some(cases), .. } = &cmd {
+        // Offline first: a set that fails its cases never reaches the node.
+        let outcomes =
+            super::policy_test::Cases::load(cases)?.run(&super::policy_test::engine_for(Some(file))?)?;
+        if !ctx.json || outcomes.iter().any(|o| !o.ok) {
+            super::policy_test::print(ctx, cases, &outcomes).map_err(|_| {
+                CliError::new(format!(
+                    "refused: {} fails {}; nothing installed",
+                    file.display(),
+                    cases.display()
+                ))
+            })?;
+        }
+    }
     let mut client = PolicyServiceClient::new(connect(ctx).await?);
     match cmd {
         PolicyCommand::Get { schema } => {
@@ -106,7 +130,7 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
                 .unwrap_or_default();
             print_set(ctx, set, schema)
         }
-        PolicyCommand::Set { file, expected_version } => {
+        PolicyCommand::Set { file, expected_version, .. } => {
             let policies = read_file(&file)?;
             let set = client
                 .update_policy_set(pb::UpdatePolicySetRequest { policies, expected_version })
@@ -226,7 +250,7 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
                 format!("version {version} restored as version {}", set.version)
             })
         }
-        PolicyCommand::Reset => Ok(()),
+        PolicyCommand::Reset | PolicyCommand::Test(_) => Ok(()),
     }
 }
 
