@@ -28,6 +28,7 @@ mod resolve;
 mod run;
 mod serve;
 mod vault;
+mod vault_io;
 
 use std::path::PathBuf;
 

@@ -24,10 +24,17 @@ pub(super) enum VaultCommand {
         /// Version to read (default: latest).
         #[arg(long)]
         version: Option<u64>,
-        /// Print the value itself.
+        /// Print the value itself (with a newline added on a terminal).
         #[arg(long)]
         reveal: bool,
+        /// With --reveal: exactly the value's bytes, no newline added (for pipes).
+        #[arg(long, requires = "reveal")]
+        raw: bool,
     },
+    /// Write a scope's secrets from a `.env` file or a JSON object (all checked before any write).
+    Import(super::vault_io::ImportArgs),
+    /// Print a scope's secrets as `.env` or JSON (to a terminal only with --reveal).
+    Export(super::vault_io::ExportArgs),
     /// List secrets' metadata (never values).
     List {
         /// Scope to list.
@@ -81,6 +88,9 @@ pub(super) struct PutArgs {
     /// Only write if the latest version is this one (0: only if it does not exist).
     #[arg(long)]
     expected_version: Option<u64>,
+    /// Store an empty value (refused by default: often an unset shell variable).
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,10 +135,19 @@ impl Metadata {
 }
 
 pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError> {
+    let cmd = match cmd {
+        VaultCommand::Import(args) => return super::vault_io::import(ctx, args).await,
+        VaultCommand::Export(args) => return super::vault_io::export(ctx, args).await,
+        cmd => cmd,
+    };
     let mut client = VaultServiceClient::new(connect(ctx).await?);
     match cmd {
         VaultCommand::Put(args) => {
             let mut value = read_value(&args)?;
+            if value.is_empty() && !args.allow_empty {
+                return Err(CliError::of(super::output::Exit::Usage, "the value is empty; nothing stored")
+                    .hint("an unset variable? pass --allow-empty to store an empty value"));
+            }
             let response = client
                 .put_secret(pb::PutSecretRequest {
                     scope: args.scope,
@@ -142,7 +161,7 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
             let meta = Metadata::from(response.metadata.unwrap_or_default());
             ctx.print(&meta, || format!("stored {}", meta.line()))
         }
-        VaultCommand::Get { scope, key, version, reveal } => {
+        VaultCommand::Get { scope, key, version, reveal, raw } => {
             let response = client
                 .get_secret(pb::GetSecretRequest { scope, key, version: version.unwrap_or(0) })
                 .await?
@@ -164,10 +183,7 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
                 metadata: &meta,
             };
             if reveal && !ctx.json {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                out.write_all(&value).map_err(|e| CliError::new(e.to_string()))?;
-                return out.flush().map_err(|e| CliError::new(e.to_string()));
+                return super::vault_io::write_value(&value, raw);
             }
             ctx.print(&out, || {
                 format!("<redacted>  (version {}; --reveal to print)\n{}", response.version, meta.line())
@@ -212,6 +228,7 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
                 pb::WatchSecretsRequest { scope, recursive, since_sequence: since, progress: false };
             watch(ctx, &mut client, request).await
         }
+        VaultCommand::Import(_) | VaultCommand::Export(_) => Ok(()),
         VaultCommand::RotateKey => {
             let r = client.rotate_key(pb::RotateKeyRequest {}).await?.into_inner();
             #[derive(Serialize)]

