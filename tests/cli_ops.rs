@@ -233,3 +233,62 @@ async fn put_refuses_an_empty_value_unless_allowed() {
     assert_eq!(cli(&node, &["vault", "get", "e/s", "V", "--reveal"], None).await.stdout, b"abc");
     assert_eq!(cli(&node, &["vault", "get", "e/s", "V", "--raw"], None).await.status.code(), Some(2));
 }
+
+/// The subcommand paths of `palyra` (from `palyra man`'s page names, checked below against
+/// `--help`).
+const SOME_COMMANDS: &[&str] = &["vault", "policy", "completions", "devices", "pairing", "audit", "backup"];
+
+#[test]
+fn completions_for_every_shell_name_the_subcommands() {
+    let dir = testkit::private_tempdir();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = PALYRA.run(dir.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.len() > 1000, "{shell}: {} bytes", script.len());
+        for word in SOME_COMMANDS.iter().chain(&["import", "export", "--reveal", "--data-dir"]) {
+            assert!(script.contains(word), "{shell}: {word} missing");
+        }
+    }
+    let bad = PALYRA.run(dir.path(), &["completions", "cmd.exe"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn man_writes_a_page_for_every_command_and_subcommand() {
+    let dir = testkit::private_tempdir();
+    let out_dir = dir.path().join("man/man1");
+    let out = PALYRA.run(dir.path(), &["--json", "man", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut written: Vec<String> =
+        std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    written.sort();
+    assert_eq!(report["pages"].as_array().unwrap().len(), written.len());
+    // Every subcommand `--help` lists has its page, recursively.
+    fn expect(path: &[&str], written: &[String]) {
+        let page = format!("{}.1", path.join("-"));
+        assert!(written.contains(&page), "{page} missing");
+        let mut args: Vec<&str> = path[1..].to_vec();
+        args.push("--help");
+        let help = PALYRA.command().args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout).into_owned();
+        let Some(commands) = text.split("Commands:\n").nth(1) else { return };
+        for line in commands.lines().take_while(|l| l.starts_with("  ")) {
+            let name = line.split_whitespace().next().unwrap();
+            if name != "help" {
+                let mut sub = path.to_vec();
+                sub.push(name);
+                expect(&sub, written);
+            }
+        }
+    }
+    expect(&["palyra"], &written);
+    for page in
+        ["palyra.1", "palyra-vault-get.1", "palyra-vault-import.1", "palyra-policy-test.1", "palyra-man.1"]
+    {
+        assert!(written.iter().any(|w| w == page), "{page} missing: {written:?}");
+    }
+    let get = std::fs::read_to_string(out_dir.join("palyra-vault-get.1")).unwrap();
+    assert!(get.contains(".TH") && get.contains("reveal"), "{get}");
+}

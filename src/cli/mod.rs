@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod backup;
 mod client;
+mod completions;
 mod console;
 mod devices;
 mod enrollment;
@@ -111,6 +112,10 @@ enum Command {
     Run(run::RunArgs),
     /// Render a template with secrets from the vault into a 0600 file (or stdout).
     Inject(inject::InjectArgs),
+    /// Print the shell completion script (bash, zsh, fish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Write a man page for every command and subcommand into a directory.
+    Man(completions::ManArgs),
 }
 
 impl Cli {
@@ -143,6 +148,10 @@ impl Cli {
             #[cfg(unix)]
             Command::Run(args) => run::run(&ctx, args).await,
             Command::Inject(args) => inject::run(&ctx, args).await,
+            Command::Completions(args) => {
+                completions::completions(<Cli as clap::CommandFactory>::command(), args)
+            }
+            Command::Man(args) => completions::man(&ctx, <Cli as clap::CommandFactory>::command(), args),
         }
     }
 }
