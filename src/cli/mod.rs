@@ -11,6 +11,7 @@ mod auth;
 mod backup;
 mod client;
 mod completions;
+mod config_check;
 mod console;
 mod devices;
 mod enrollment;
@@ -112,6 +113,9 @@ enum Command {
     Run(run::RunArgs),
     /// Render a template with secrets from the vault into a 0600 file (or stdout).
     Inject(inject::InjectArgs),
+    /// Check a config file as `palyra serve` reads it.
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
     /// Print the shell completion script (bash, zsh, fish, powershell).
     Completions(completions::CompletionsArgs),
     /// Write a man page for every command and subcommand into a directory.
@@ -148,6 +152,7 @@ impl Cli {
             #[cfg(unix)]
             Command::Run(args) => run::run(&ctx, args).await,
             Command::Inject(args) => inject::run(&ctx, args).await,
+            Command::Config(cmd) => config_check::run(&ctx, cmd),
             Command::Completions(args) => {
                 completions::completions(<Cli as clap::CommandFactory>::command(), args)
             }
