@@ -291,7 +291,7 @@ impl FileConfig {
     }
 }
 
-/// The data directory: `--data-dir`, else `$PALYRA_HOME` (clap reads both), else
+/// The data directory: `--data-dir`, else `$PALYRA_HOME` (`Cli::data_dir` reads both), else
 /// `$XDG_DATA_HOME/palyra`, else `~/.local/share/palyra`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {

@@ -365,3 +365,52 @@ fn config_check_says_ok_or_names_the_key_and_line() {
     let missing = PALYRA.run(&data, &["config", "check", dir.path().join("nope.toml").to_str().unwrap()]);
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[test]
+fn the_environment_is_read_but_not_shown_as_given_in_usage() {
+    let dir = testkit::private_tempdir();
+    let data = dir.path().join("from-env");
+    // PALYRA_HOME is the data dir; PALYRA_SERVER the node (nothing listens on port 9: 6).
+    let init = PALYRA
+        .command()
+        .arg("--json")
+        .arg("init")
+        .env("PALYRA_HOME", &data)
+        .env("PALYRA_KEY_BACKEND", "file")
+        .env("PALYRA_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+    assert!(data.join("operator/cert.pem").exists());
+    let down = PALYRA
+        .command()
+        .args(["identity", "show"])
+        .env("PALYRA_HOME", &data)
+        .env("PALYRA_SERVER", "https://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(6), "{}", stderr(&down));
+    // A usage error's Usage line does not list them as if they were required.
+    let usage = PALYRA
+        .command()
+        .args(["vault", "get"])
+        .env("PALYRA_HOME", &data)
+        .env("PALYRA_SERVER", "https://x:1")
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(stderr(&usage).contains("Usage: palyra vault get <SCOPE> <KEY>"), "{}", stderr(&usage));
+    // Global options under their own heading; init and serve do not offer --server.
+    let help = stdout(&PALYRA.command().args(["init", "--help"]).output().unwrap());
+    assert!(
+        help.contains("Global options:") && help.contains("--data-dir") && !help.contains("--server <"),
+        "{help}"
+    );
+    let refused = PALYRA.run(&data, &["serve", "--server", "https://127.0.0.1:7443"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("--grpc-addr"), "{}", stderr(&refused));
+    let root = stdout(&PALYRA.command().arg("--help").output().unwrap());
+    for word in ["PALYRA_HOME", "PALYRA_SERVER", "cert.pem", "Exit codes:"] {
+        assert!(root.contains(word), "{word}: {root}");
+    }
+}

@@ -10,6 +10,9 @@ use crate::wire::pb::audit::v1::{self as pb, audit_service_client::AuditServiceC
 #[derive(Debug, Subcommand)]
 pub(super) enum AuditCommand {
     /// List audit records.
+    #[command(
+        after_help = "Example:\n  palyra audit list --since 100 --limit 20 --action palyra.vault.v1.VaultService/GetSecret"
+    )]
     List {
         /// Only records after this sequence.
         #[arg(long, default_value_t = 0)]
@@ -25,6 +28,7 @@ pub(super) enum AuditCommand {
         action: Option<String>,
     },
     /// Re-compute the hash chain and report the first bad record.
+    #[command(after_help = "Example:\n  palyra audit verify || echo \"audit log damaged (exit $?)\"")]
     Verify,
 }
 

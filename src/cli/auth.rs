@@ -29,28 +29,37 @@ const LOGIN_WAIT: Duration = Duration::from_secs(10 * 60);
 #[derive(Debug, Subcommand)]
 pub(super) enum AuthCommand {
     /// Add a profile: an API key (from stdin or a file, never argv) or OAuth 2.0 settings.
+    #[command(
+        after_help = "Example:\n  printf %s \"$OPENAI_API_KEY\" | palyra auth add openai --provider openai --api-key-stdin"
+    )]
     Add(AddArgs),
     /// List profiles (never keys or tokens).
+    #[command(after_help = "Example:\n  palyra auth list --json")]
     List,
     /// Show one profile (never its key or tokens).
+    #[command(after_help = "Example:\n  palyra auth show openai")]
     Show {
         /// The profile's name.
         name: String,
     },
     /// Authorize an OAuth 2.0 profile: prints the URL to open, then waits for the redirect on
     /// a 127.0.0.1 listener or for the redirect URL (or code) pasted on standard input.
+    #[command(after_help = "Example:\n  palyra auth login github")]
     Login(LoginArgs),
     /// Print a usable token (the API key, or a fresh access token).
+    #[command(after_help = "Example:\n  palyra auth token github")]
     Token {
         /// The profile's name.
         name: String,
     },
     /// Forget a profile's key or tokens (the profile stays; log in again to use it).
+    #[command(after_help = "Example:\n  palyra auth revoke github")]
     Revoke {
         /// The profile's name.
         name: String,
     },
     /// Delete a profile and destroy its key or tokens.
+    #[command(after_help = "Example:\n  palyra auth remove github")]
     Remove {
         /// The profile's name.
         name: String,

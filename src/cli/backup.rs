@@ -12,6 +12,7 @@ use crate::config::KeyBackendChoice;
 use crate::node_backup::{self, RecoveryError, RecoveryKit};
 
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  palyra backup --out ~/backups/node-$(date +%F).palyra-backup")]
 pub(super) struct BackupArgs {
     /// The backup file to create (never overwritten).
     #[arg(long, value_name = "FILE")]
@@ -19,6 +20,7 @@ pub(super) struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  palyra recovery-kit --shares 5 --threshold 3")]
 pub(super) struct RecoveryKitArgs {
     /// Split the code into this many shares (printed; the code itself is not).
     #[arg(long, requires = "threshold", value_name = "N")]
@@ -33,6 +35,9 @@ pub(super) struct RecoveryKitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  palyra restore node.palyra-backup --data-dir ./restored < recovery-code.txt"
+)]
 pub(super) struct RestoreArgs {
     /// The backup file.
     file: PathBuf,

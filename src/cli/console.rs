@@ -12,6 +12,7 @@ use super::output::{CliError, Context, time};
 use crate::wire::pb::console::v1::{self as pb, console_service_client::ConsoleServiceClient};
 
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  palyra console --no-open")]
 pub(super) struct ConsoleArgs {
     /// Only print the link; do not open a browser.
     #[arg(long)]

@@ -10,13 +10,18 @@ use crate::wire::pb::identity::v1::{self as pb, identity_service_client::Identit
 #[derive(Debug, Subcommand)]
 pub(super) enum DevicesCommand {
     /// List paired devices.
+    #[command(after_help = "Example:\n  palyra devices list --json")]
     List,
     /// Show one device.
+    #[command(after_help = "Example:\n  palyra devices show 01jf3k8m2q9x7v5t4r6w8y0z1a")]
     Show {
         /// Device id.
         id: String,
     },
     /// Revoke a device: its next request is refused.
+    #[command(
+        after_help = "Example:\n  palyra devices revoke 01jf3k8m2q9x7v5t4r6w8y0z1a --reason 'lost phone'"
+    )]
     Revoke {
         /// Device id.
         id: String,

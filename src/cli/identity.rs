@@ -10,6 +10,7 @@ use crate::wire::pb::identity::v1::{self as pb, identity_service_client::Identit
 #[derive(Debug, Subcommand)]
 pub(super) enum IdentityCommand {
     /// Show the node's identity and who this CLI is to it.
+    #[command(after_help = "Example:\n  palyra identity show --json")]
     Show,
     /// Renew this data dir's client certificate now (the CLI also renews on its own past two
     /// thirds of the certificate's lifetime).

@@ -11,6 +11,7 @@ use crate::vault::KeyBackend;
 pub(super) enum KeyCommand {
     /// Move the root key to another backend (node stopped; a kill at any point leaves a node
     /// that starts, from one backend or the other).
+    #[command(after_help = "Example:\n  palyra key migrate --to keychain")]
     Migrate {
         /// The backend to move to: keychain or file.
         #[arg(long, value_parser = parse_backend)]

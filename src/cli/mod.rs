@@ -38,24 +38,34 @@ use clap::{Parser, Subcommand};
 
 pub use output::{CliError, Exit};
 
+/// The heading of the flags every command takes. They are read from the environment here, not
+/// by clap: clap shows an argument its environment set as given in every usage line.
+const GLOBAL: &str = "Global options";
+
+/// What `palyra --help` says about the environment.
+const ENVIRONMENT: &str = "\
+Environment:
+  PALYRA_HOME         the data dir (--data-dir); its operator/ (on the node) or client/ (on a
+                      paired device) holds the client certificate: ca.pem, cert.pem, key.pem
+  PALYRA_SERVER       the node's gRPC URL (--server)
+  PALYRA_KEY_BACKEND  the root key's backend for init, serve and restore: auto, file, keychain
+  PALYRA_LOG          log filter, e.g. debug or palyra=info,warn";
+
+/// The default `--server`.
+const DEFAULT_SERVER: &str = "https://127.0.0.1:7443";
+
 /// Palyra: the security control plane of a personal node.
 #[derive(Debug, Parser)]
-#[command(name = "palyra", version, about, long_about = None, after_help = exit::TABLE)]
+#[command(name = "palyra", version, about, long_about = None, after_help = format!("{ENVIRONMENT}\n\n{}", exit::TABLE))]
 pub struct Cli {
-    /// Data directory [default: $PALYRA_HOME, else $XDG_DATA_HOME/palyra, else ~/.local/share/palyra]
-    #[arg(long, global = true, env = "PALYRA_HOME", value_name = "DIR")]
+    /// Data directory [env: PALYRA_HOME] [default: $XDG_DATA_HOME/palyra, else ~/.local/share/palyra]
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     pub data_dir: Option<PathBuf>,
-    /// The node to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "PALYRA_SERVER",
-        default_value = "https://127.0.0.1:7443",
-        value_name = "URL"
-    )]
-    pub server: String,
+    /// The node to talk to [env: PALYRA_SERVER] [default: https://127.0.0.1:7443]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
+    pub server: Option<String>,
     /// Machine-readable output (JSON).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     #[command(subcommand)]
     command: Command,
@@ -65,8 +75,12 @@ pub struct Cli {
 enum Command {
     /// Create the data dir, root key, identity, CA, server certificate and operator credentials
     /// (idempotent: never overwrites).
+    #[command(after_help = "Example:\n  palyra init --server-name node.lan")]
     Init(serve::InitArgs),
     /// Run the node (initialises the data dir on first run).
+    #[command(
+        after_help = "Example:\n  PALYRA_HOME=/srv/palyra palyra serve --grpc-addr 0.0.0.0:7443 --server-name node.lan"
+    )]
     Serve(serve::ServeArgs),
     /// This node's identity.
     #[command(subcommand)]
@@ -125,12 +139,20 @@ enum Command {
 impl Cli {
     /// The data directory in force.
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(crate::config::default_data_dir)
+        self.data_dir
+            .clone()
+            .or_else(|| env("PALYRA_HOME").map(PathBuf::from))
+            .unwrap_or_else(crate::config::default_data_dir)
+    }
+
+    /// The server URL in force: --server, else $PALYRA_SERVER, else the default.
+    pub fn server(&self) -> String {
+        self.server.clone().or_else(|| env("PALYRA_SERVER")).unwrap_or_else(|| DEFAULT_SERVER.to_owned())
     }
 
     /// Runs the command.
     pub async fn run(self) -> Result<(), CliError> {
-        let ctx = output::Context { data_dir: self.data_dir(), server: self.server.clone(), json: self.json };
+        let ctx = output::Context { data_dir: self.data_dir(), server: self.server(), json: self.json };
         match self.command {
             Command::Init(args) => serve::init(&ctx, args).await,
             Command::Serve(args) => serve::serve(&ctx, args).await,
@@ -161,6 +183,11 @@ impl Cli {
     }
 }
 
+/// A set, non-empty, UTF-8 environment variable.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -168,5 +195,31 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command a user runs (each leaf of the tree) shows an example in its `--help`.
+    #[test]
+    fn every_command_has_an_example() {
+        fn leaves(command: &clap::Command, path: String, out: &mut Vec<String>) {
+            let subs: Vec<&clap::Command> =
+                command.get_subcommands().filter(|c| c.get_name() != "help").collect();
+            if subs.is_empty() {
+                let help =
+                    [command.get_after_help(), command.get_after_long_help(), command.get_long_about()]
+                        .iter()
+                        .flatten()
+                        .map(|h| h.to_string())
+                        .collect::<String>();
+                if !(help.contains("Example") && help.contains(&format!("{path} "))) {
+                    out.push(path.clone());
+                }
+            }
+            for sub in subs {
+                leaves(sub, format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut missing = Vec::new();
+        leaves(&super::Cli::command(), "palyra".into(), &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:#?}");
     }
 }

@@ -17,6 +17,7 @@ use crate::quic::client::{ClientTls, QuicClient};
 #[derive(Debug, Subcommand)]
 pub(super) enum NodeCommand {
     /// Ask a node's data plane whether it is serving.
+    #[command(after_help = "Example:\n  palyra node health --peer 10.0.0.2:7444")]
     Health {
         /// The node's QUIC address.
         #[arg(long, value_name = "HOST:PORT")]
@@ -26,6 +27,7 @@ pub(super) enum NodeCommand {
         credentials: Option<PathBuf>,
     },
     /// Follow a node's event log until Ctrl-C (one line per event, JSON lines with --json).
+    #[command(after_help = "Example:\n  palyra node events --peer 10.0.0.2:7444 --since 0 --json")]
     Events {
         /// The node's QUIC address.
         #[arg(long, value_name = "HOST:PORT")]

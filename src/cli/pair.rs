@@ -34,6 +34,10 @@ use crate::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingSe
 /// `palyra pair` arguments.
 #[derive(Debug, Args)]
 #[command(after_help = "\
+Examples:
+  palyra pair --uri 'palyra://pair?...'   # from `palyra pairing code` on the node
+  palyra pair --enrollment-key-file token.txt
+
 The node's CA is checked before anything is sent: with --uri against the URI's `ca`; with
 --code/--pin against --ca-fingerprint, or, on a terminal, after you confirm the fingerprint the
 node shows (compare it with `palyra identity show` on the node). Without a terminal and

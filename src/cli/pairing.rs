@@ -12,6 +12,7 @@ use crate::wire::pb::pairing::v1::{self as pb, pairing_service_client::PairingSe
 #[derive(Debug, Subcommand)]
 pub(super) enum PairingCommand {
     /// Make a single-use pairing code: prints the PIN, the pairing URI and its QR code.
+    #[command(after_help = "Example:\n  palyra pairing code --ttl 5m --qr-png pair.png")]
     Code {
         /// How long the code is accepted: e.g. 90s, 10m, 2h, 1d (30s to 24h).
         #[arg(long, default_value = "10m", value_parser = parse_ttl)]
@@ -30,12 +31,16 @@ pub(super) enum PairingCommand {
         no_qr: bool,
     },
     /// List pairing requests, newest first.
+    #[command(after_help = "Example:\n  palyra pairing list --pending")]
     List {
         /// Only pending requests.
         #[arg(long)]
         pending: bool,
     },
     /// Approve a pending request: registers the device and issues its certificate.
+    #[command(
+        after_help = "Example:\n  palyra pairing approve REQUEST_ID --role device --scope agents/alpha"
+    )]
     Approve {
         /// Request id.
         id: String,
@@ -47,6 +52,7 @@ pub(super) enum PairingCommand {
         scopes: Vec<String>,
     },
     /// Reject a pending request.
+    #[command(after_help = "Example:\n  palyra pairing reject REQUEST_ID --reason 'not mine'")]
     Reject {
         /// Request id.
         id: String,

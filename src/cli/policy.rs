@@ -12,12 +12,16 @@ use crate::wire::pb::policy::v1::{self as pb, policy_service_client::PolicyServi
 #[derive(Debug, Subcommand)]
 pub(super) enum PolicyCommand {
     /// Print the active policy set.
+    #[command(after_help = "Example:\n  palyra policy get --schema")]
     Get {
         /// Also print the Cedar schema.
         #[arg(long)]
         schema: bool,
     },
     /// Replace the policy set with FILE (validated; refused if it would lock you out).
+    #[command(
+        after_help = "Example:\n  palyra policy set my.cedar --test src/policy/default.cases.toml --expected-version 3"
+    )]
     Set {
         /// Cedar policy file.
         file: PathBuf,
@@ -30,11 +34,15 @@ pub(super) enum PolicyCommand {
         test: Option<PathBuf>,
     },
     /// Validate FILE against the schema without installing it.
+    #[command(after_help = "Example:\n  palyra policy validate my.cedar")]
     Validate {
         /// Cedar policy file.
         file: PathBuf,
     },
     /// Ask the node for a decision, e.g. `check 'Palyra::Device::"01j…"' palyra.vault.v1.VaultService/GetSecret 'Palyra::Scope::"a/b"'`.
+    #[command(
+        after_help = "Example:\n  palyra policy check 'Palyra::Device::\"01jf3k8m2q9x7v5t4r6w8y0z1a\"' palyra.vault.v1.VaultService/GetSecret 'Palyra::Scope::\"agents/alpha\"'   # exit 3 on DENY"
+    )]
     Check {
         /// Principal entity uid.
         principal: String,
@@ -50,14 +58,17 @@ pub(super) enum PolicyCommand {
     /// exit 1 if any fails, 2 if the cases file is malformed.
     Test(super::policy_test::TestArgs),
     /// List policy versions.
+    #[command(after_help = "Example:\n  palyra policy history --json")]
     History,
     /// Make an earlier version active again (as a new version).
+    #[command(after_help = "Example:\n  palyra policy rollback 3")]
     Rollback {
         /// The version to restore.
         version: u64,
     },
     /// Offline break-glass: install the default policies in the data dir's database. Run it
     /// with the server stopped.
+    #[command(after_help = "Example:\n  palyra policy reset   # with `palyra serve` stopped")]
     Reset,
 }
 

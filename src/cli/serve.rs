@@ -27,6 +27,14 @@ pub(super) struct InitArgs {
     /// Config file [default: <data dir>/palyra.toml if present].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Refused: init and serve act on the data dir and talk to no node (hidden; this shadows the
+    /// global --server, which clap would otherwise offer here).
+    #[arg(long = "server", id = "server", hide = true, value_name = "URL", value_parser = no_server)]
+    _server: Option<String>,
+}
+
+fn no_server(_: &str) -> Result<String, String> {
+    Err("init and serve talk to no node: serve listens on --grpc-addr (the console on --console-addr)".into())
 }
 
 #[derive(Debug, Args)]
@@ -411,7 +419,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().map_err(|e| CliError::new(e.to_string()))?;
         let ctx = Context { data_dir: dir.path().to_path_buf(), server: String::new(), json: false };
-        let init = InitArgs { key_backend: None, server_names: Vec::new(), config: None };
+        let init = InitArgs { key_backend: None, server_names: Vec::new(), config: None, _server: None };
         let options = settings(&ctx, &init, None, None)?.options;
         assert_eq!(options.device_certificate_lifetime, crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY);
         std::fs::write(dir.path().join("palyra.toml"), "device_certificate_lifetime_seconds = 12\n")

@@ -14,8 +14,14 @@ use crate::wire::pb::vault::v1::{self as pb, vault_service_client::VaultServiceC
 #[derive(Debug, Subcommand)]
 pub(super) enum VaultCommand {
     /// Write a new version of a secret. The value comes from stdin or a file, never argv.
+    #[command(
+        after_help = "Example:\n  printf %s \"$TOKEN\" | palyra vault put agents/alpha GITHUB_TOKEN --value-stdin"
+    )]
     Put(PutArgs),
     /// Read a secret (redacted unless --reveal).
+    #[command(
+        after_help = "Example:\n  palyra vault get agents/alpha GITHUB_TOKEN --reveal --raw | gh auth login --with-token"
+    )]
     Get {
         /// Scope, e.g. agents/alpha.
         scope: String,
@@ -36,6 +42,7 @@ pub(super) enum VaultCommand {
     /// Print a scope's secrets as `.env` or JSON (to a terminal only with --reveal).
     Export(super::vault_io::ExportArgs),
     /// List secrets' metadata (never values).
+    #[command(after_help = "Example:\n  palyra vault list agents -r --json")]
     List {
         /// Scope to list.
         scope: String,
@@ -47,6 +54,7 @@ pub(super) enum VaultCommand {
         deleted: bool,
     },
     /// Delete a secret (soft: history kept; --destroy erases every version).
+    #[command(after_help = "Example:\n  palyra vault delete agents/alpha OLD_KEY --destroy")]
     Delete {
         /// Scope.
         scope: String,
@@ -57,9 +65,11 @@ pub(super) enum VaultCommand {
         destroy: bool,
     },
     /// Rotate the vault's key-encryption key and rewrap every data key.
+    #[command(after_help = "Example:\n  palyra vault rotate-key --json")]
     RotateKey,
     /// Follow the changes of a scope's secrets (metadata only, never values), one line each,
     /// until interrupted.
+    #[command(after_help = "Example:\n  palyra vault watch agents -r --since 120")]
     Watch {
         /// Scope to watch.
         scope: String,
