@@ -111,16 +111,14 @@ fn semantic(config: &FileConfig) -> Result<(), (String, String)> {
             return Err(("server_names".into(), format!("{name:?} is neither a DNS name nor an IP address")));
         }
     }
-    if let Some(backup) = &config.backup {
-        if !backup.dir.is_absolute() {
-            return Err((
-                "backup.dir".into(),
-                format!(
-                    "{} is relative: give an absolute path (serve may run from any directory)",
-                    backup.dir.display()
-                ),
-            ));
-        }
+    if let Some(backup) = config.backup.as_ref().filter(|b| !b.dir.is_absolute()) {
+        return Err((
+            "backup.dir".into(),
+            format!(
+                "{} is relative: give an absolute path (serve may run from any directory)",
+                backup.dir.display()
+            ),
+        ));
     }
     Ok(())
 }
