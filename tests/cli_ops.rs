@@ -232,6 +232,35 @@ async fn put_refuses_an_empty_value_unless_allowed() {
     cli(&node, &["vault", "put", "e/s", "V", "--value-stdin"], Some(b"abc")).await;
     assert_eq!(cli(&node, &["vault", "get", "e/s", "V", "--reveal"], None).await.stdout, b"abc");
     assert_eq!(cli(&node, &["vault", "get", "e/s", "V", "--raw"], None).await.status.code(), Some(2));
+
+    // On a terminal (util-linux `script` gives the command a pty): --reveal ends the line,
+    // --raw does not, and export refuses without --reveal.
+    let on_tty = |args: &str| {
+        let line = format!(
+            "{} --data-dir {} --server {} {args}",
+            PALYRA.path().display(),
+            node.data_dir().display(),
+            node.url()
+        );
+        std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("PALYRA_LOG", "off")
+            .output()
+    };
+    let Ok(revealed) = on_tty("vault get e/s V --reveal") else {
+        eprintln!("SKIPPED: the terminal checks (no `script` here)");
+        return;
+    };
+    assert_eq!(stdout(&revealed), "abc\r\n");
+    assert_eq!(stdout(&on_tty("vault get e/s V --reveal --raw").unwrap()), "abc");
+    let refused = on_tty("vault export e/s").unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    assert!(
+        stdout(&refused).contains("refusing to print secret values to a terminal")
+            && !stdout(&refused).contains("abc")
+    );
+    let shown = on_tty("vault export e/s --reveal").unwrap();
+    assert!(shown.status.success() && stdout(&shown).contains("V=\"abc\""), "{}", stdout(&shown));
 }
 
 /// The subcommand paths of `palyra` (from `palyra man`'s page names, checked below against
