@@ -31,8 +31,9 @@ pub enum Exit {
 pub const TABLE: &str = "\
 Exit codes:
   0  ok
-  1  failure (anything below does not cover)
-  2  usage: a malformed command line, reference, scope or argument
+  1  failure (anything below does not cover; also a failing `policy test` case)
+  2  usage: a malformed command line, reference, scope or argument (also a malformed
+     `policy test` cases file or a bad file for `config check`)
   3  denied: the node's policy refused the call, or this device is revoked or unknown
      (also `policy check` answering DENY)
   4  not found: no such secret, version, device or request

@@ -21,16 +21,23 @@ pub struct Context {
 impl Context {
     /// Prints `value` as JSON with `--json`, else the `human` text.
     pub fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> Result<(), CliError> {
-        if self.json {
-            let text = serde_json::to_string_pretty(value).map_err(|e| CliError::new(e.to_string()))?;
-            println!("{text}");
+        let text = if self.json {
+            serde_json::to_string_pretty(value).map_err(|e| CliError::new(e.to_string()))?
         } else {
-            let text = human();
-            if !text.is_empty() {
-                println!("{text}");
-            }
+            human()
+        };
+        if text.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{text}").and_then(|()| out.flush()) {
+            // A reader that stopped early (`| head`) wanted no more: not a failure, not a panic.
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(CliError::new(format!("cannot write: {e}")))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
