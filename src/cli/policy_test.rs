@@ -412,8 +412,11 @@ fn report(o: &Outcome) -> String {
         return format!("ok   {}", o.name);
     }
     let decided = |ids: &[String]| {
-        if ids.is_empty() {
+        if ids.is_empty() && o.explanation.starts_with("no policy permits") {
             "no policy permitted".to_owned()
+        } else if ids.is_empty() {
+            // Decided before any policy: a revoked device.
+            o.explanation.clone()
         } else if o.decision == "allow" {
             format!("permitted by {}", ids.join(", "))
         } else {
