@@ -7,6 +7,9 @@
 //! - [`Audit`] (`service.rs`): the application service. A writer thread batches records into
 //!   the store's own writer connection, keeps the chain head and its seal, refuses while it
 //!   cannot record (and says so in its health), lists and verifies.
+//! - [`export`]: the JSON line of a record and the [`Follower`] that pages through the table
+//!   and then follows new commits (ExportAuditLog, sinks).
+//! - [`sink`]: the file sink, delivering every committed record from a durable cursor.
 //! - [`AuditStore`] (`store.rs`): what the service needs from the database; the SQLite layer
 //!   implements it.
 //!
@@ -15,7 +18,9 @@
 
 mod anonymous;
 mod chain;
+pub mod export;
 mod service;
+pub mod sink;
 mod store;
 
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
@@ -25,7 +30,9 @@ pub use chain::{
     ACTION_ANONYMOUS_DROPPED, ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, GENESIS,
     HeadMismatch, NODE_PRINCIPAL, Verification, Verifier, chain_hash, check_head,
 };
+pub use export::{ExportError, Follower};
 pub use service::{Audit, AuditUnavailable};
+pub use sink::{FileSinkConfig, SinkCursorStore, SinkHandle, SinkMonitor, SinkStatus};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{
