@@ -219,11 +219,12 @@ struct Progress {
     unsaved: bool,
 }
 
-/// Whether a step delivered, found nothing to do, or was asked to stop while waiting.
+/// Whether a step delivered, found nothing to do (while draining), or must go again at once
+/// (asked to stop while waiting, or the file must be reopened).
 enum Step {
     Delivered,
     Idle,
-    Stop,
+    Again,
 }
 
 impl Runner {
@@ -260,7 +261,7 @@ impl Runner {
                     // Only while draining: everything committed before the stop is delivered.
                     break;
                 }
-                Ok(Step::Stop) => continue,
+                Ok(Step::Again) => continue,
                 Err(e) => {
                     let message = e.to_string();
                     let failures = {
@@ -295,7 +296,7 @@ impl Runner {
     /// One attempt: (re)open the file when needed, take the next records, write them, fsync,
     /// advance the cursor.
     async fn step(&mut self, progress: &mut Progress, draining: bool) -> Result<Step, RunError> {
-        if progress.reopen || !self.with_file(|f| Ok(f.still_open())).await? {
+        if progress.reopen {
             let tail = self.with_file(FileOut::open).await?;
             if let Some((sequence, hash)) = tail
                 && sequence > progress.delivered
@@ -334,7 +335,7 @@ impl Runner {
             }
             let next = tokio::select! {
                 next = follower.next(BATCH) => next,
-                _ = self.stopping.wait_for(|s| *s), if !draining => return Ok(Step::Stop),
+                _ = self.stopping.wait_for(|s| *s), if !draining => return Ok(Step::Again),
             };
             match next {
                 Ok(Some(records)) => progress.pending = records,
@@ -351,14 +352,24 @@ impl Runner {
         let last = batch.last().map_or(progress.delivered, |r| r.sequence);
         let file = Arc::clone(&self.file);
         let (batch, written) = tokio::task::spawn_blocking(move || {
-            let written = file.lock().unwrap_or_else(PoisonError::into_inner).write(&batch);
+            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+            // Not into a file that was moved away, removed or replaced since it was opened.
+            let written = if file.still_open() { file.write(&batch).map(|()| true) } else { Ok(false) };
             (batch, written)
         })
         .await
         .map_err(|e| RunError::Io(format!("the sink's write task failed: {e}")))?;
-        if let Err(e) = written {
-            progress.pending = batch;
-            return Err(e);
+        match written {
+            Err(e) => {
+                progress.pending = batch;
+                return Err(e);
+            }
+            Ok(false) => {
+                progress.pending = batch;
+                progress.reopen = true;
+                return Ok(Step::Again);
+            }
+            Ok(true) => {}
         }
         progress.delivered = last;
         progress.unsaved = true;
