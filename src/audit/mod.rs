@@ -32,7 +32,10 @@ pub use chain::{
 };
 pub use export::{ExportError, Follower};
 pub use service::{Audit, AuditUnavailable};
-pub use sink::{FileSinkConfig, SinkCursorStore, SinkHandle, SinkMonitor, SinkStatus};
+pub use sink::{FileSinkConfig, SinkCursorStore, SinkHandle};
+// The sink's monitor: what the metrics (lag) and the retention pruner (delivered_through) read.
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use sink::{SinkMonitor, SinkStatus};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{

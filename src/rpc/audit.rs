@@ -17,8 +17,8 @@ use crate::wire::status::{denied, internal, stream_shutdown};
 pub const MAX_EXPORTS_PER_PRINCIPAL: usize = 4;
 /// Open ExportAuditLog streams on the node.
 pub const MAX_EXPORTS: usize = 64;
-/// Records in one ExportAuditLog message at most.
-const EXPORT_BATCH: usize = 1000;
+/// Records in one ExportAuditLog message at most (well under a client's 4 MiB message limit).
+const EXPORT_BATCH: usize = 256;
 /// Messages of one export waiting for the client: the stream's task waits when they are not
 /// taken (HTTP/2 flow control holds the rest back), so a slow reader costs this, never more.
 const EXPORT_BUFFER: usize = 4;
