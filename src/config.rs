@@ -95,7 +95,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// `"file:/ABSOLUTE/PATH"`: append each record as a JSON line to that file (0600, in a
-    /// 0700 directory, created if missing).
+    /// 0700 directory, created if missing); `"syslog"`: send each as an RFC 5424 message to
+    /// the local syslog socket (`/dev/log`).
     pub sink: Option<String>,
     /// Rotate the sink file before it grows past this many bytes (4096..=2^40, default 64 MiB).
     pub sink_max_bytes: Option<u64>,
@@ -103,18 +104,32 @@ pub struct AuditConfig {
     pub sink_keep: Option<usize>,
 }
 
+/// Where `[audit] sink` delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSinkTarget {
+    /// `file:PATH`.
+    File(PathBuf),
+    /// `syslog`: the local syslog socket.
+    Syslog,
+}
+
 impl AuditConfig {
-    /// The file of `sink = "file:PATH"`, if a sink is set.
-    pub fn sink_file(&self) -> Result<Option<PathBuf>, String> {
+    /// The sink, if one is set.
+    pub fn sink_target(&self) -> Result<Option<AuditSinkTarget>, String> {
         let Some(sink) = &self.sink else { return Ok(None) };
+        if sink == "syslog" {
+            return Ok(Some(AuditSinkTarget::Syslog));
+        }
         match sink.strip_prefix("file:").map(PathBuf::from) {
-            Some(path) if path.is_absolute() && path.file_name().is_some() => Ok(Some(path)),
-            _ => Err(format!("audit.sink = {sink:?}: use \"file:/ABSOLUTE/PATH\", e.g. \"file:/var/log/palyra/audit.jsonl\"")),
+            Some(path) if path.is_absolute() && path.file_name().is_some() => Ok(Some(AuditSinkTarget::File(path))),
+            _ => Err(format!(
+                "audit.sink = {sink:?}: use \"file:/ABSOLUTE/PATH\" (e.g. \"file:/var/log/palyra/audit.jsonl\") or \"syslog\""
+            )),
         }
     }
 
     fn check(&self) -> Result<(), String> {
-        self.sink_file()?;
+        self.sink_target()?;
         if self.sink_max_bytes.is_some_and(|n| !(4096..=1 << 40).contains(&n)) {
             return Err("audit.sink_max_bytes must be between 4096 and 1099511627776".to_owned());
         }
@@ -469,13 +484,18 @@ mod tests {
     fn the_audit_section_names_a_file_sink_and_its_rotation() -> Result<(), ConfigError> {
         let text = "[audit]\nsink = \"file:/var/log/palyra/audit.jsonl\"\nsink_max_bytes = 1048576\nsink_keep = 3";
         let audit = FileConfig::parse(text, Path::new("palyra.toml"))?.audit.unwrap_or_default();
-        assert_eq!(audit.sink_file().map_err(ConfigError::Value)?, Some(PathBuf::from("/var/log/palyra/audit.jsonl")));
+        assert_eq!(
+            audit.sink_target().map_err(ConfigError::Value)?,
+            Some(AuditSinkTarget::File(PathBuf::from("/var/log/palyra/audit.jsonl")))
+        );
         assert_eq!((audit.sink_max_bytes, audit.sink_keep), (Some(1_048_576), Some(3)));
-        assert_eq!(AuditConfig::default().sink_file(), Ok(None));
+        assert_eq!(AuditConfig::default().sink_target(), Ok(None));
+        let syslog = AuditConfig { sink: Some("syslog".into()), ..Default::default() };
+        assert_eq!(syslog.sink_target(), Ok(Some(AuditSinkTarget::Syslog)));
         for (bad, want) in [
             ("sink = \"file:audit.jsonl\"", "audit.sink"),
             ("sink = \"/var/log/audit.jsonl\"", "audit.sink"),
-            ("sink = \"syslog\"", "audit.sink"),
+            ("sink = \"syslog:udp://h:514\"", "audit.sink"),
             ("sink = \"file:/\"", "audit.sink"),
             ("sink_max_bytes = 100", "audit.sink_max_bytes"),
             ("sink_keep = 0", "audit.sink_keep"),

@@ -313,13 +313,13 @@ impl Node {
         &self.identity
     }
 
-    /// Starts the file sink of `[audit] sink`: a task delivering every committed record from
-    /// its cursor in the database (see `crate::audit::sink`). Needs a tokio runtime.
+    /// Starts the sink of `[audit] sink`: a task delivering every committed record from its
+    /// cursor in the database (see `crate::audit::sink`). Needs a tokio runtime.
     pub fn start_audit_sink(
         &self,
-        config: crate::audit::FileSinkConfig,
+        config: impl Into<crate::audit::SinkConfig>,
     ) -> Result<crate::audit::SinkHandle, crate::audit::sink::SinkError> {
-        crate::audit::sink::start_file_sink(self.audit.clone(), Arc::new(self.core.store.clone()), config)
+        crate::audit::sink::start(self.audit.clone(), Arc::new(self.core.store.clone()), config.into())
     }
 
     /// The Cedar policies (engine and versions).

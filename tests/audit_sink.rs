@@ -246,3 +246,93 @@ fn serve_delivers_to_the_configured_sink_and_refuses_a_bad_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A syslog daemon on a Unix datagram socket at `path`, collecting messages until stopped.
+#[cfg(unix)]
+struct Syslogd {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[cfg(unix)]
+impl Syslogd {
+    fn start(path: &Path, messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> Syslogd {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (stop, messages) = (stop.clone(), messages.clone());
+            move || {
+                let mut buffer = vec![0u8; 65_536];
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(n) = socket.recv(&mut buffer) {
+                        messages.lock().unwrap().push(String::from_utf8(buffer[..n].to_vec()).unwrap());
+                    }
+                }
+            }
+        });
+        Syslogd { stop, messages, thread }
+    }
+
+    fn count(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+
+    fn stop(self, path: &Path) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_syslog_sink_sends_every_record_once_across_a_daemon_restart() {
+    let node = TestNode::start().await;
+    let socket = node.dir.path().join("log.sock");
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let daemon = Syslogd::start(&socket, messages.clone());
+    let sink =
+        node.node.start_audit_sink(palyra::audit::SyslogSinkConfig { socket: socket.clone() }).unwrap();
+    let monitor = sink.monitor();
+    calls(&node, 20).await;
+    let before = caught_up(&node, &monitor).await;
+    while daemon.count() < before as usize {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The daemon goes away; records go on and wait in the table.
+    daemon.stop(&socket);
+    calls(&node, 30).await;
+    let mut failing = false;
+    for _ in 0..200 {
+        let status = monitor.status();
+        if status.last_error.is_some() && status.lag > 0 {
+            failing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failing, "the sink reports the daemon's absence: {:?}", monitor.status());
+    let daemon = Syslogd::start(&socket, messages.clone());
+    let last = caught_up(&node, &monitor).await;
+    while daemon.count() < last as usize {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sink.stop().await;
+    daemon.stop(&socket);
+    let lines: Vec<(u64, serde_json::Value)> = messages
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert!(m.starts_with("<86>1 ") || m.starts_with("<85>1 "), "{m}");
+            let (_, json) =
+                m.split_once(" palyra ").and_then(|(_, rest)| rest.split_once(" audit - ")).unwrap();
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            (value["sequence"].as_u64().unwrap(), value)
+        })
+        .collect();
+    assert_exactly(&node, &lines, 1, last).await;
+    node.stop().await;
+}

@@ -9,7 +9,8 @@
 //!   cannot record (and says so in its health), lists and verifies.
 //! - [`export`]: the JSON line of a record and the [`Follower`] that pages through the table
 //!   and then follows new commits (ExportAuditLog, sinks).
-//! - [`sink`]: the file sink, delivering every committed record from a durable cursor.
+//! - [`sink`]: the file sink, delivering every committed record from a durable cursor;
+//!   [`syslog`]: the same records as RFC 5424 messages to the local syslog socket.
 //! - [`AuditStore`] (`store.rs`): what the service needs from the database; the SQLite layer
 //!   implements it.
 //!
@@ -21,6 +22,7 @@ mod chain;
 pub mod export;
 mod service;
 pub mod sink;
+pub mod syslog;
 mod store;
 
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
@@ -32,7 +34,8 @@ pub use chain::{
 };
 pub use export::{ExportError, Follower};
 pub use service::{Audit, AuditUnavailable};
-pub use sink::{FileSinkConfig, SinkCursorStore, SinkHandle};
+pub use sink::{FileSinkConfig, SinkConfig, SinkCursorStore, SinkHandle};
+pub use syslog::SyslogSinkConfig;
 // The sink's monitor: what the metrics (lag) and the retention pruner (delivered_through) read.
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use sink::{SinkMonitor, SinkStatus};

@@ -181,18 +181,67 @@ pub fn start_file_sink(
     if let Some(dir) = config.path.parent() {
         fsutil::ensure_private_dir(dir)?;
     }
+    let name = config.name();
+    Ok(start_sink(audit, cursors, name, Box::new(FileOut::new(config))))
+}
+
+/// Which sink `[audit] sink` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// `file:PATH`.
+    File(FileSinkConfig),
+    /// `syslog`.
+    Syslog(super::syslog::SyslogSinkConfig),
+}
+
+impl From<FileSinkConfig> for SinkConfig {
+    fn from(file: FileSinkConfig) -> Self {
+        SinkConfig::File(file)
+    }
+}
+
+impl From<super::syslog::SyslogSinkConfig> for SinkConfig {
+    fn from(syslog: super::syslog::SyslogSinkConfig) -> Self {
+        SinkConfig::Syslog(syslog)
+    }
+}
+
+/// Starts the sink `config` names (see [`start_file_sink`] for the file's checks).
+pub fn start(audit: Audit, cursors: Arc<dyn SinkCursorStore>, config: SinkConfig) -> Result<SinkHandle, SinkError> {
+    match config {
+        SinkConfig::File(file) => start_file_sink(audit, cursors, file),
+        SinkConfig::Syslog(syslog) => {
+            let name = syslog.name();
+            Ok(start_sink(audit, cursors, name, Box::new(super::syslog::SyslogOut::new(syslog))))
+        }
+    }
+}
+
+/// Starts the task delivering to `out`, from the cursor `name` in `cursors`.
+pub(super) fn start_sink(
+    audit: Audit,
+    cursors: Arc<dyn SinkCursorStore>,
+    name: String,
+    out: Box<dyn SinkOut>,
+) -> SinkHandle {
     let monitor = SinkMonitor { shared: Arc::default(), committed: audit.committed() };
     let (stop, stopping) = watch::channel(false);
-    let runner = Runner {
-        name: config.name(),
-        audit,
-        cursors,
-        file: Arc::new(Mutex::new(FileOut::new(config))),
-        monitor: monitor.clone(),
-        stopping,
-    };
+    let runner =
+        Runner { name, audit, cursors, file: Arc::new(Mutex::new(out)), monitor: monitor.clone(), stopping };
     let task = tokio::spawn(runner.run());
-    Ok(SinkHandle { monitor, stop, task })
+    SinkHandle { monitor, stop, task }
+}
+
+/// Where a sink delivers (blocking calls, on tokio's blocking threads).
+pub(super) trait SinkOut: Send {
+    /// (Re)opens the output; returns the position of the last record it already holds, when
+    /// it can tell (a file can, a socket cannot).
+    fn open(&mut self) -> Result<Option<(u64, String)>, RunError>;
+    /// Whether the output opened last is still the one to write to.
+    fn still_open(&self) -> bool;
+    /// Delivers `records` in order (durably where the output allows). On an error, how many
+    /// of them were delivered for sure before it.
+    fn write(&mut self, records: &[AuditRecord]) -> Result<(), (usize, RunError)>;
 }
 
 /// The sink's task.
@@ -200,7 +249,7 @@ struct Runner {
     name: String,
     audit: Audit,
     cursors: Arc<dyn SinkCursorStore>,
-    file: Arc<Mutex<FileOut>>,
+    file: Arc<Mutex<Box<dyn SinkOut>>>,
     monitor: SinkMonitor,
     stopping: watch::Receiver<bool>,
 }
@@ -297,7 +346,7 @@ impl Runner {
     /// advance the cursor.
     async fn step(&mut self, progress: &mut Progress, draining: bool) -> Result<Step, RunError> {
         if progress.reopen {
-            let tail = self.with_file(FileOut::open).await?;
+            let tail = self.with_file(|f| f.open()).await?;
             if let Some((sequence, hash)) = tail
                 && sequence > progress.delivered
             {
@@ -360,8 +409,14 @@ impl Runner {
         .await
         .map_err(|e| RunError::Io(format!("the sink's write task failed: {e}")))?;
         match written {
-            Err(e) => {
-                progress.pending = batch;
+            Err((done, e)) => {
+                if let Some(sent) = batch.get(..done).and_then(<[AuditRecord]>::last) {
+                    // Part of the batch went out (a socket): never again.
+                    progress.delivered = sent.sequence;
+                    progress.unsaved = true;
+                    self.monitor.set(|s| s.delivered = sent.sequence);
+                }
+                progress.pending = batch.into_iter().skip(done).collect();
                 return Err(e);
             }
             Ok(false) => {
@@ -398,10 +453,10 @@ impl Runner {
 
     async fn with_file<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut FileOut) -> Result<T, RunError> + Send + 'static,
+        f: impl FnOnce(&mut dyn SinkOut) -> Result<T, RunError> + Send + 'static,
     ) -> Result<T, RunError> {
         let file = Arc::clone(&self.file);
-        tokio::task::spawn_blocking(move || f(&mut file.lock().unwrap_or_else(PoisonError::into_inner)))
+        tokio::task::spawn_blocking(move || f(&mut **file.lock().unwrap_or_else(PoisonError::into_inner)))
             .await
             .map_err(|e| RunError::Io(format!("the sink's file task failed: {e}")))?
     }
@@ -409,7 +464,7 @@ impl Runner {
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum RunError {
+pub(super) enum RunError {
     #[error("{0}")]
     Io(String),
     #[error(transparent)]
@@ -464,7 +519,7 @@ impl FileOut {
     }
 
     /// Whether the open file is still the one at `PATH` (not removed, moved or replaced).
-    fn still_open(&self) -> bool {
+    fn is_current(&self) -> bool {
         let Some((file, _)) = &self.open else { return false };
         #[cfg(unix)]
         {
@@ -484,7 +539,7 @@ impl FileOut {
     /// (Re)opens `PATH` (creating it 0600; its directory must exist), cuts off a torn last
     /// line, and returns the position of the last complete line: of `PATH`, or of `PATH.1`
     /// when `PATH` has none.
-    fn open(&mut self) -> Result<Option<(u64, String)>, RunError> {
+    fn reopen(&mut self) -> Result<Option<(u64, String)>, RunError> {
         self.open = None;
         let path = self.config.path.clone();
         let dir = self.dir().to_path_buf();
@@ -519,7 +574,7 @@ impl FileOut {
     }
 
     /// Appends `records` (rotating as needed) and fsyncs.
-    fn write(&mut self, records: &[AuditRecord]) -> Result<(), RunError> {
+    fn write_lines(&mut self, records: &[AuditRecord]) -> Result<(), RunError> {
         if self.open.is_none() {
             return Err(RunError::Io("the sink file is not open".to_owned()));
         }
@@ -574,7 +629,22 @@ impl FileOut {
         fs::rename(&path, self.rotated(1)).map_err(|e| io_error("rename", &path, &e))?;
         fsutil::sync_dir(self.dir())?;
         // The new file is empty: its tail is the rotated one's, already delivered.
-        self.open().map(drop)
+        self.reopen().map(drop)
+    }
+}
+
+impl SinkOut for FileOut {
+    fn open(&mut self) -> Result<Option<(u64, String)>, RunError> {
+        self.reopen()
+    }
+
+    fn still_open(&self) -> bool {
+        self.is_current()
+    }
+
+    fn write(&mut self, records: &[AuditRecord]) -> Result<(), (usize, RunError)> {
+        // What a failed write left is found from the file's last line at the next open.
+        self.write_lines(records).map_err(|e| (0, e))
     }
 }
 
@@ -634,14 +704,14 @@ mod tests {
     fn a_torn_last_line_is_cut_off_and_the_last_whole_one_read_back() -> Result<(), RunError> {
         let dir = tempfile::tempdir().map_err(|e| RunError::Io(e.to_string()))?;
         let mut out = FileOut::new(config(dir.path(), DEFAULT_MAX_BYTES, 2));
-        assert_eq!(out.open()?, None);
-        out.write(&[record(1), record(2)])?;
+        assert_eq!(out.reopen()?, None);
+        out.write_lines(&[record(1), record(2)])?;
         let path = dir.path().join("audit.jsonl");
         let mut torn = fs::read(&path).map_err(|e| RunError::Io(e.to_string()))?;
         let whole = torn.len();
         torn.extend_from_slice(&json_line(&record(3)).as_bytes()[..20]);
         fs::write(&path, &torn).map_err(|e| RunError::Io(e.to_string()))?;
-        assert_eq!(out.open()?, Some((2, format!("{:064x}", 2))));
+        assert_eq!(out.reopen()?, Some((2, format!("{:064x}", 2))));
         assert_eq!(fs::metadata(&path).map(|m| m.len()).ok(), Some(whole as u64));
         Ok(())
     }
@@ -652,9 +722,9 @@ mod tests {
         // Records 10..=21: lines of one length.
         let line = json_line(&record(10)).len() as u64 + 1;
         let mut out = FileOut::new(config(dir.path(), line * 3, 2));
-        out.open()?;
+        out.reopen()?;
         for n in 10..=21 {
-            out.write(&[record(n)])?;
+            out.write_lines(&[record(n)])?;
         }
         let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap_or_default();
         let sequences = |text: String| text.lines().filter_map(line_position).map(|p| p.0).collect::<Vec<_>>();
@@ -669,11 +739,11 @@ mod tests {
             assert_eq!(mode, Some(0o600), "{name}");
         }
         // A rotation that left the new file empty: the tail comes from PATH.1.
-        out.write(&[record(22)])?;
+        out.write_lines(&[record(22)])?;
         fs::rename(dir.path().join("audit.jsonl"), dir.path().join("audit.jsonl.1"))
             .map_err(|e| RunError::Io(e.to_string()))?;
-        assert!(!out.still_open() || cfg!(not(unix)));
-        assert_eq!(out.open()?.map(|p| p.0), Some(22));
+        assert!(!out.is_current() || cfg!(not(unix)));
+        assert_eq!(out.reopen()?.map(|p| p.0), Some(22));
         Ok(())
     }
 }

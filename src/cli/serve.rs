@@ -366,10 +366,18 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
 /// Starts the `[audit] sink`, if one is set (its directory is checked, or created 0700).
 fn start_audit_sink(node: &Node, file: &FileConfig) -> Result<Option<crate::audit::SinkHandle>, CliError> {
     let audit = file.audit.clone().unwrap_or_default();
-    let Some(path) = audit.sink_file().map_err(CliError::new)? else { return Ok(None) };
-    let mut config = crate::audit::FileSinkConfig::new(path);
-    config.max_bytes = audit.sink_max_bytes.unwrap_or(config.max_bytes);
-    config.keep = audit.sink_keep.unwrap_or(config.keep);
+    let config = match audit.sink_target().map_err(CliError::new)? {
+        None => return Ok(None),
+        Some(crate::config::AuditSinkTarget::Syslog) => {
+            crate::audit::SinkConfig::Syslog(crate::audit::SyslogSinkConfig::default())
+        }
+        Some(crate::config::AuditSinkTarget::File(path)) => {
+            let mut config = crate::audit::FileSinkConfig::new(path);
+            config.max_bytes = audit.sink_max_bytes.unwrap_or(config.max_bytes);
+            config.keep = audit.sink_keep.unwrap_or(config.keep);
+            crate::audit::SinkConfig::File(config)
+        }
+    };
     let sink = node.start_audit_sink(config).map_err(|e| CliError::new(e.to_string()))?;
     tracing::info!(sink = ?audit.sink, "delivering the audit log to its sink");
     Ok(Some(sink))
