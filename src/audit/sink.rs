@@ -1,5 +1,5 @@
 //! Audit sinks: every committed record, appended as one JSON line (the export's,
-//! [`super::export::json_line`]) to a file that rotates by size.
+//! [`super::export::json_line`]) to a file that rotates by size (or sent to syslog).
 //!
 //! Delivery is driven from the table, never from the request path: a task follows the
 //! committed records ([`Follower`]) from a durable cursor (`audit_sink_cursor`, through
@@ -18,6 +18,9 @@
 //! (`PATH.1` → `PATH.2`, …; the oldest beyond `keep` is removed) and a new `PATH` starts.
 //! A file replaced or moved away underneath (e.g. by an external rotation) is noticed before
 //! the next batch and `PATH` is opened anew.
+//!
+//! The task is the same for every output ([`SinkOut`]): the file here, the syslog socket in
+//! [`super::syslog`] (which cannot be read back: it advances past each record the socket took).
 //!
 //! The lag (committed but not yet delivered) and the position are read with
 //! [`SinkMonitor::status`]; [`SinkMonitor::delivered_through`] is what a pruner must not pass.
