@@ -86,6 +86,58 @@ pub struct FileConfig {
     pub grpc: Option<GrpcConfig>,
     /// Scheduled backups made by `palyra serve` (`[backup]`).
     pub backup: Option<BackupConfig>,
+    /// The audit log's sink (`[audit]`).
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]` of `palyra.toml`: where `palyra serve` also delivers every audit record.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `"file:/ABSOLUTE/PATH"`: append each record as a JSON line to that file (0600, in a
+    /// 0700 directory, created if missing); `"syslog"`: send each as an RFC 5424 message to
+    /// the local syslog socket (`/dev/log`).
+    pub sink: Option<String>,
+    /// Rotate the sink file before it grows past this many bytes (4096..=2^40, default 64 MiB).
+    pub sink_max_bytes: Option<u64>,
+    /// Rotated sink files kept, `PATH.1` newest (1..=1000, default 8).
+    pub sink_keep: Option<usize>,
+}
+
+/// Where `[audit] sink` delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSinkTarget {
+    /// `file:PATH`.
+    File(PathBuf),
+    /// `syslog`: the local syslog socket.
+    Syslog,
+}
+
+impl AuditConfig {
+    /// The sink, if one is set.
+    pub fn sink_target(&self) -> Result<Option<AuditSinkTarget>, String> {
+        let Some(sink) = &self.sink else { return Ok(None) };
+        if sink == "syslog" {
+            return Ok(Some(AuditSinkTarget::Syslog));
+        }
+        match sink.strip_prefix("file:").map(PathBuf::from) {
+            Some(path) if path.is_absolute() && path.file_name().is_some() => Ok(Some(AuditSinkTarget::File(path))),
+            _ => Err(format!(
+                "audit.sink = {sink:?}: use \"file:/ABSOLUTE/PATH\" (e.g. \"file:/var/log/palyra/audit.jsonl\") or \"syslog\""
+            )),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.sink_target()?;
+        if self.sink_max_bytes.is_some_and(|n| !(4096..=1 << 40).contains(&n)) {
+            return Err("audit.sink_max_bytes must be between 4096 and 1099511627776".to_owned());
+        }
+        if self.sink_keep.is_some_and(|n| !(1..=1000).contains(&n)) {
+            return Err("audit.sink_keep must be between 1 and 1000".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// `[backup]` of `palyra.toml`: `palyra serve` writes a backup into `dir` every `every`
@@ -270,6 +322,9 @@ impl FileConfig {
         if let Some(backup) = &config.backup {
             backup.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         }
+        if let Some(audit) = &config.audit {
+            audit.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        }
         Ok(config)
     }
 
@@ -422,6 +477,36 @@ mod tests {
             assert_eq!(c.device_certificate_lifetime_seconds, Some(secs));
         }
         assert_eq!(FileConfig::parse("", Path::new("palyra.toml"))?.device_certificate_lifetime_seconds, None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_audit_section_names_a_file_sink_and_its_rotation() -> Result<(), ConfigError> {
+        let text = "[audit]\nsink = \"file:/var/log/palyra/audit.jsonl\"\nsink_max_bytes = 1048576\nsink_keep = 3";
+        let audit = FileConfig::parse(text, Path::new("palyra.toml"))?.audit.unwrap_or_default();
+        assert_eq!(
+            audit.sink_target().map_err(ConfigError::Value)?,
+            Some(AuditSinkTarget::File(PathBuf::from("/var/log/palyra/audit.jsonl")))
+        );
+        assert_eq!((audit.sink_max_bytes, audit.sink_keep), (Some(1_048_576), Some(3)));
+        assert_eq!(AuditConfig::default().sink_target(), Ok(None));
+        let syslog = AuditConfig { sink: Some("syslog".into()), ..Default::default() };
+        assert_eq!(syslog.sink_target(), Ok(Some(AuditSinkTarget::Syslog)));
+        for (bad, want) in [
+            ("sink = \"file:audit.jsonl\"", "audit.sink"),
+            ("sink = \"/var/log/audit.jsonl\"", "audit.sink"),
+            ("sink = \"syslog:udp://h:514\"", "audit.sink"),
+            ("sink = \"file:/\"", "audit.sink"),
+            ("sink_max_bytes = 100", "audit.sink_max_bytes"),
+            ("sink_keep = 0", "audit.sink_keep"),
+            ("sinks = \"file:/a\"", "unknown field"),
+        ] {
+            let err = FileConfig::parse(&format!("[audit]\n{bad}"), Path::new("palyra.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
         Ok(())
     }
 

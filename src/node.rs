@@ -313,6 +313,15 @@ impl Node {
         &self.identity
     }
 
+    /// Starts the sink of `[audit] sink`: a task delivering every committed record from its
+    /// cursor in the database (see `crate::audit::sink`). Needs a tokio runtime.
+    pub fn start_audit_sink(
+        &self,
+        config: impl Into<crate::audit::SinkConfig>,
+    ) -> Result<crate::audit::SinkHandle, crate::audit::sink::SinkError> {
+        crate::audit::sink::start(self.audit.clone(), Arc::new(self.core.store.clone()), config.into())
+    }
+
     /// The Cedar policies (engine and versions).
     pub fn policies(&self) -> &Arc<Policies> {
         &self.policies

@@ -467,6 +467,14 @@ fn cases() -> Vec<Case> {
         case!("palyra.audit.v1.AuditService/VerifyAuditLog", admin_only, |c, w| {
             audit::VerifyAuditLogRequest {}
         }),
+        Case {
+            name: "palyra.audit.v1.AuditService/ExportAuditLog",
+            expect: admin_only,
+            call: Box::new(|_, _, ch| {
+                let req = audit::ExportAuditLogRequest { since_sequence: 0, follow: false };
+                Box::pin(server_streaming(ch, "/palyra.audit.v1.AuditService/ExportAuditLog", req))
+            }),
+        },
         // AuthProfileService: admin only. GetAccessToken passes the gate for devices, whose
         // resource check then finds no policy granting them the profile.
         case!("palyra.auth.v1.AuthProfileService/CreateProfile", admin_only, |c, w| {

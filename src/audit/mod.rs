@@ -7,6 +7,10 @@
 //! - [`Audit`] (`service.rs`): the application service. A writer thread batches records into
 //!   the store's own writer connection, keeps the chain head and its seal, refuses while it
 //!   cannot record (and says so in its health), lists and verifies.
+//! - [`export`]: the JSON line of a record and the [`Follower`] that pages through the table
+//!   and then follows new commits (ExportAuditLog, sinks).
+//! - [`sink`]: the file sink, delivering every committed record from a durable cursor;
+//!   [`syslog`]: the same records as RFC 5424 messages to the local syslog socket.
 //! - [`AuditStore`] (`store.rs`): what the service needs from the database; the SQLite layer
 //!   implements it.
 //!
@@ -15,7 +19,10 @@
 
 mod anonymous;
 mod chain;
+pub mod export;
 mod service;
+pub mod sink;
+pub mod syslog;
 mod store;
 
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
@@ -25,7 +32,13 @@ pub use chain::{
     ACTION_ANONYMOUS_DROPPED, ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, GENESIS,
     HeadMismatch, NODE_PRINCIPAL, Verification, Verifier, chain_hash, check_head,
 };
+pub use export::{ExportError, Follower};
 pub use service::{Audit, AuditUnavailable};
+pub use sink::{FileSinkConfig, SinkConfig, SinkCursorStore, SinkHandle};
+pub use syslog::SyslogSinkConfig;
+// The sink's monitor: what the metrics (lag) and the retention pruner (delivered_through) read.
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use sink::{SinkMonitor, SinkStatus};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{

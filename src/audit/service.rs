@@ -177,6 +177,9 @@ struct State {
     integrity: Mutex<Option<HeadMismatch>>,
     /// `true` while the log records.
     healthy: watch::Sender<bool>,
+    /// The sequence of the last committed record (sent after the commit): what export streams
+    /// and sinks follow.
+    committed: watch::Sender<u64>,
     limiter: Mutex<AnonymousLimiter>,
 }
 
@@ -288,9 +291,11 @@ impl Audit {
             why: Mutex::new(String::new()),
             integrity: Mutex::new(None),
             healthy: watch::channel(true).0,
+            committed: watch::channel(0).0,
             limiter: Mutex::new(AnonymousLimiter::new(rate)),
         });
         let head = Self::open_head(conn.as_mut(), &key, &head_key, &state)?;
+        state.committed.send_replace(head.sequence);
         // The connection of our own was for the checks at start; from now on the records go
         // into the store writer's batches.
         drop(conn);
@@ -375,6 +380,12 @@ impl Audit {
     /// Whether the log records right now (`false` while appends fail): the node's health.
     pub fn health(&self) -> watch::Receiver<bool> {
         self.state.healthy.subscribe()
+    }
+
+    /// The sequence of the last committed record, updated after each commit: a reader that
+    /// sees `n` here finds records up to `n` in the table.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.state.committed.subscribe()
     }
 
     /// Refuses when the log cannot record right now.
@@ -627,6 +638,7 @@ impl BatchAppender for Appender {
                 self.pending.drain(..n);
                 self.queued.fetch_sub(n, Ordering::SeqCst);
                 self.state.recover();
+                self.state.committed.send_replace(head.sequence);
             }
             (Some(_), false) => {
                 let _ = self.failed(&"the batch with the audit records did not commit");

@@ -30,6 +30,19 @@ pub(super) enum AuditCommand {
     /// Re-compute the hash chain and report the first bad record.
     #[command(after_help = "Example:\n  palyra audit verify || echo \"audit log damaged (exit $?)\"")]
     Verify,
+    /// Print audit records as JSON lines (sequence, at, principal, action, resource, decision,
+    /// reason, hash), oldest first: up to the newest record, or on and on with --follow.
+    #[command(
+        after_help = "Examples:\n  palyra audit export --since 1000 > audit.jsonl\n  palyra audit export --follow --since \"$(tail -n1 audit.jsonl | jq .sequence)\" >> audit.jsonl"
+    )]
+    Export {
+        /// Only records after this sequence (0: from the oldest kept).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep going: print each new record as it is committed (until interrupted).
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError> {
@@ -82,6 +95,7 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
                     .join("\n")
             })
         }
+        AuditCommand::Export { since, follow } => export(&mut client, since, follow).await,
         AuditCommand::Verify => {
             let v = client.verify_audit_log(pb::VerifyAuditLogRequest {}).await?.into_inner();
             #[derive(Serialize)]
@@ -115,4 +129,44 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
             }
         }
     }
+}
+
+/// Prints the records of ExportAuditLog as JSON lines, the sink's format, flushing each
+/// message's lines. With `--follow` a stream that ends is a failure: the error names the
+/// sequence to resume after.
+async fn export(
+    client: &mut AuditServiceClient<tonic::transport::Channel>,
+    since: u64,
+    follow: bool,
+) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stream = client
+        .export_audit_log(pb::ExportAuditLogRequest { since_sequence: since, follow })
+        .await?
+        .into_inner();
+    let mut last = since;
+    let ended = loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) if !follow => return Ok(()),
+            Ok(None) => break CliError::new("the node ended the export"),
+            Err(status) if status.code() != tonic::Code::Unavailable || last == since => {
+                return Err(status.into());
+            }
+            Err(status) => break CliError::from(status),
+        };
+        let mut text = String::new();
+        for record in message.records {
+            last = record.sequence;
+            text.push_str(&crate::audit::export::json_line(&crate::wire::convert::audit_record_from_pb(
+                record,
+            )));
+            text.push('\n');
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| CliError::new(e.to_string()))?;
+    };
+    Err(ended.hint(format!("every record up to {last} was printed: resume with --since {last}")))
 }

@@ -303,6 +303,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         None => None,
     };
     let retention = node.events.spawn_retention(std::time::Duration::from_secs(60));
+    let audit_sink = start_audit_sink(&node, &s.file)?;
     let backups = s.file.backup.clone().map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b));
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
@@ -362,9 +363,32 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     if let Err(e) = node.audit.flush().await {
         tracing::error!(error = %e, "audit records queued at shutdown could not be appended");
     }
+    if let Some(sink) = audit_sink {
+        sink.stop().await;
+    }
     node.core.close();
     tracing::info!("palyra stopped");
     Ok(())
+}
+
+/// Starts the `[audit] sink`, if one is set (its directory is checked, or created 0700).
+fn start_audit_sink(node: &Node, file: &FileConfig) -> Result<Option<crate::audit::SinkHandle>, CliError> {
+    let audit = file.audit.clone().unwrap_or_default();
+    let config = match audit.sink_target().map_err(CliError::new)? {
+        None => return Ok(None),
+        Some(crate::config::AuditSinkTarget::Syslog) => {
+            crate::audit::SinkConfig::Syslog(crate::audit::SyslogSinkConfig::default())
+        }
+        Some(crate::config::AuditSinkTarget::File(path)) => {
+            let mut config = crate::audit::FileSinkConfig::new(path);
+            config.max_bytes = audit.sink_max_bytes.unwrap_or(config.max_bytes);
+            config.keep = audit.sink_keep.unwrap_or(config.keep);
+            crate::audit::SinkConfig::File(config)
+        }
+    };
+    let sink = node.start_audit_sink(config).map_err(|e| CliError::new(e.to_string()))?;
+    tracing::info!(sink = ?audit.sink, "delivering the audit log to its sink");
+    Ok(Some(sink))
 }
 
 /// Resolves on SIGINT or SIGTERM.

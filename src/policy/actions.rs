@@ -83,6 +83,8 @@ pub const ROLLBACK_POLICY_SET: &str = "palyra.policy.v1.PolicyService/RollbackPo
 pub const LIST_AUDIT_RECORDS: &str = "palyra.audit.v1.AuditService/ListAuditRecords";
 /// AuditService.VerifyAuditLog.
 pub const VERIFY_AUDIT_LOG: &str = "palyra.audit.v1.AuditService/VerifyAuditLog";
+/// AuditService.ExportAuditLog.
+pub const EXPORT_AUDIT_LOG: &str = "palyra.audit.v1.AuditService/ExportAuditLog";
 
 /// AuthProfileService.CreateProfile.
 pub const CREATE_PROFILE: &str = "palyra.auth.v1.AuthProfileService/CreateProfile";
@@ -152,6 +154,7 @@ pub const ALL: &[&str] = &[
     ROLLBACK_POLICY_SET,
     LIST_AUDIT_RECORDS,
     VERIFY_AUDIT_LOG,
+    EXPORT_AUDIT_LOG,
     CREATE_PROFILE,
     LIST_PROFILES,
     GET_PROFILE,

@@ -1,23 +1,45 @@
-//! `palyra.audit.v1.AuditService`: read and verify the hash-chained audit log (admin only, at
-//! the method gate).
+//! `palyra.audit.v1.AuditService`: read, verify and export the hash-chained audit log (admin
+//! only, at the method gate). ExportAuditLog streams a [`Follower`] of the table; its open
+//! streams are bounded per principal and per node, and end when the server shuts down.
 
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::Audit;
+use super::authz::peer_of;
+use super::slots::StreamSlots;
+use crate::audit::{Audit, Follower};
 use crate::wire::convert::AuditQuery;
 use crate::wire::pb::audit::v1::{self as pb, audit_service_server::AuditService};
-use crate::wire::status::internal;
+use crate::wire::status::{denied, internal, stream_shutdown};
+
+/// Open ExportAuditLog streams one principal may hold.
+pub const MAX_EXPORTS_PER_PRINCIPAL: usize = 4;
+/// Open ExportAuditLog streams on the node.
+pub const MAX_EXPORTS: usize = 64;
+/// Records in one ExportAuditLog message at most (well under a client's 4 MiB message limit).
+const EXPORT_BATCH: usize = 256;
+/// Messages of one export waiting for the client: the stream's task waits when they are not
+/// taken (HTTP/2 flow control holds the rest back), so a slow reader costs this, never more.
+const EXPORT_BUFFER: usize = 4;
 
 /// The audit service.
 #[derive(Debug, Clone)]
 pub struct AuditApi {
     log: Audit,
+    /// Becomes true when the server shuts down: open exports end so that it can drain.
+    stopping: watch::Receiver<bool>,
+    exports: StreamSlots,
 }
 
 impl AuditApi {
-    /// The service over `log`.
-    pub fn new(log: Audit) -> Self {
-        AuditApi { log }
+    /// The service over `log`; following exports end when `stopping` turns true.
+    pub fn new(log: Audit, stopping: watch::Receiver<bool>) -> Self {
+        AuditApi {
+            log,
+            stopping,
+            exports: StreamSlots::new("ExportAuditLog", MAX_EXPORTS_PER_PRINCIPAL, MAX_EXPORTS),
+        }
     }
 }
 
@@ -45,5 +67,45 @@ impl AuditService for AuditApi {
             tracing::error!(first_bad_sequence = ?v.first_bad_sequence, problem = ?v.problem, "the audit log failed verification");
         }
         Ok(Response::new(v.into()))
+    }
+
+    type ExportAuditLogStream = ReceiverStream<Result<pb::ExportAuditLogResponse, Status>>;
+
+    async fn export_audit_log(
+        &self,
+        request: Request<pb::ExportAuditLogRequest>,
+    ) -> Result<Response<Self::ExportAuditLogStream>, Status> {
+        let peer = peer_of(&request)?;
+        let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
+        let slot = self.exports.take(peer.principal.label()).map_err(|d| denied(anonymous, d))?;
+        let req = request.into_inner();
+        let follower = Follower::start(&self.log, req.since_sequence).await?;
+        let mut follower = if req.follow { follower } else { follower.until_now() };
+        let (tx, rx) = mpsc::channel(EXPORT_BUFFER);
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            loop {
+                let item = tokio::select! {
+                    next = follower.next(EXPORT_BATCH) => match next {
+                        Ok(Some(records)) => Ok(pb::ExportAuditLogResponse {
+                            records: records.into_iter().map(Into::into).collect(),
+                        }),
+                        Ok(None) => return,
+                        Err(e) => Err(Status::from(e)),
+                    },
+                    _ = stopping.wait_for(|stop| *stop) => Err(stream_shutdown()),
+                    () = tx.closed() => return,
+                };
+                let last = item.is_err();
+                tokio::select! {
+                    biased;
+                    sent = tx.send(item) => if sent.is_err() || last { return },
+                    // A reader that takes nothing does not hold the server's drain.
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

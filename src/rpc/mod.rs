@@ -19,6 +19,7 @@ pub mod pairing;
 pub mod peer;
 pub mod policy;
 pub mod server;
+mod slots;
 pub mod streams;
 pub mod vault;
 
@@ -165,7 +166,7 @@ pub async fn serve_with(
     let message_limits = MessageLimits::of(node);
     let limit = message_limits.vault;
 
-    // Long-lived streams (WatchSecrets) end when the server starts to drain, or it never would.
+    // Long-lived streams (WatchSecrets, ExportAuditLog) end when the server starts to drain, or it never would.
     let (stop_streams, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -175,7 +176,7 @@ pub async fn serve_with(
         node.core.vault.clone(),
         gate.clone(),
         node.events.clone(),
-        stopping,
+        stopping.clone(),
     ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -197,7 +198,7 @@ pub async fn serve_with(
         fallback_address,
     ))
     .max_decoding_message_size(MessageLimits::SMALL);
-    let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone()))
+    let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone(), stopping.clone()))
         .max_decoding_message_size(MessageLimits::SMALL);
 
     let auth = AuthProfileServiceServer::new(auth::AuthApi::new(node.auth.clone(), gate.clone()))

@@ -4,14 +4,14 @@
 //! gate's [`crate::access::ScopeDecisions`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::authz::{Gate, GateExt, peer_of};
-use crate::access::{Denied, DenialKind};
+use super::slots::StreamSlots;
+use crate::access::DenialKind;
 use crate::events::EventLog;
 use crate::policy::{Resource, actions};
 use crate::vault::{Scope, SecretValue, Vault, Watch};
@@ -33,48 +33,6 @@ pub const MAX_WATCHES_PER_PRINCIPAL: usize = 8;
 /// Open WatchSecrets streams on the node.
 pub const MAX_WATCHES: usize = 1024;
 
-/// The open watches, per principal and in total; a slot is given back when its stream ends.
-#[derive(Debug, Clone, Default)]
-struct WatchSlots(Arc<Mutex<HashMap<String, usize>>>);
-
-/// One open watch's slot.
-#[derive(Debug)]
-struct WatchSlot {
-    slots: WatchSlots,
-    principal: String,
-}
-
-impl WatchSlots {
-    fn take(&self, principal: String) -> Result<WatchSlot, Denied> {
-        // Counts only: a panic elsewhere cannot leave them inconsistent.
-        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total: usize = open.values().sum();
-        let mine = open.get(&principal).copied().unwrap_or(0);
-        if mine >= MAX_WATCHES_PER_PRINCIPAL || total >= MAX_WATCHES {
-            let message = if mine >= MAX_WATCHES_PER_PRINCIPAL {
-                format!("{principal} already has {MAX_WATCHES_PER_PRINCIPAL} open WatchSecrets streams; close one")
-            } else {
-                format!("the node already serves {MAX_WATCHES} WatchSecrets streams; retry later")
-            };
-            return Err(Denied { kind: DenialKind::RateLimited, message });
-        }
-        *open.entry(principal.clone()).or_default() += 1;
-        Ok(WatchSlot { slots: self.clone(), principal })
-    }
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.principal) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.principal);
-            }
-        }
-    }
-}
-
 /// The vault service.
 #[derive(Debug, Clone)]
 pub struct VaultApi {
@@ -83,13 +41,13 @@ pub struct VaultApi {
     events: EventLog,
     /// Becomes true when the server shuts down: open watches end so that it can drain.
     stopping: watch::Receiver<bool>,
-    watches: WatchSlots,
+    watches: StreamSlots,
 }
 
 impl VaultApi {
     /// The service over `vault`; watches follow `events` until `stopping` turns true.
     pub fn new(vault: Vault, gate: Gate, events: EventLog, stopping: watch::Receiver<bool>) -> Self {
-        VaultApi { vault, gate, events, stopping, watches: WatchSlots::default() }
+        VaultApi { vault, gate, events, stopping, watches: StreamSlots::new("WatchSecrets", MAX_WATCHES_PER_PRINCIPAL, MAX_WATCHES) }
     }
 
     fn check_scope<T>(

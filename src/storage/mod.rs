@@ -11,6 +11,7 @@
 //! not encrypt, authorize or decide anything.
 
 mod audit;
+mod audit_sink;
 mod auth;
 mod devices;
 pub(crate) mod events;
@@ -53,6 +54,8 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (9, "row_macs", include_str!("migrations/0009_row_macs.sql")),
     (10, "audit_head", include_str!("migrations/0010_audit_head.sql")),
     (11, "enrollment_keys", include_str!("migrations/0011_enrollment_keys.sql")),
+    // 0012 is reserved for the audit retention work landing in parallel.
+    (13, "audit_sink_cursor", include_str!("migrations/0013_audit_sink_cursor.sql")),
 ];
 
 /// Largest number of writes committed together.

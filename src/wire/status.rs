@@ -248,6 +248,30 @@ impl From<EventsError> for Status {
     }
 }
 
+/// An audit export that cannot start or go on: `OUT_OF_RANGE` (metadata
+/// `oldest_available_sequence`) when records it needs were pruned, `INVALID_ARGUMENT` for a
+/// start past the end, `UNAVAILABLE` when the log stopped.
+impl From<crate::audit::ExportError> for Status {
+    fn from(e: crate::audit::ExportError) -> Self {
+        use crate::audit::ExportError;
+        match e {
+            ExportError::Pruned { oldest, .. } => status_with(
+                Code::OutOfRange,
+                ErrorReason::InvalidArgument,
+                e.to_string(),
+                HashMap::from([
+                    ("field".to_owned(), "since_sequence".to_owned()),
+                    ("oldest_available_sequence".to_owned(), oldest.to_string()),
+                ]),
+            ),
+            ExportError::AheadOfLog { .. } => invalid_argument("since_sequence", &e),
+            ExportError::Closed => stream_shutdown(),
+            ExportError::Storage(e) if e.is_integrity() || e.is_unavailable() => storage(&e),
+            ExportError::Storage(e) => internal(e),
+        }
+    }
+}
+
 /// `UNAVAILABLE`: the node is shutting down and ends its open streams; reconnect and resume.
 pub fn stream_shutdown() -> Status {
     status(Code::Unavailable, ErrorReason::Unavailable, "the node is shutting down; reconnect to resume")

@@ -65,6 +65,27 @@ impl From<AuditRecord> for pb::AuditRecord {
     }
 }
 
+/// A record from the wire (a client's view: `palyra audit export` prints it as the sink's
+/// JSON line). An unknown decision reads as deny.
+pub fn audit_record_from_pb(r: pb::AuditRecord) -> AuditRecord {
+    AuditRecord {
+        sequence: r.sequence,
+        entry: crate::audit::AuditEntry {
+            at: super::system_time(r.at),
+            decision: if r.decision() == pb::AuditDecision::Allow {
+                AuditDecision::Allow
+            } else {
+                AuditDecision::Deny
+            },
+            principal: r.principal,
+            action: r.action,
+            resource: r.resource,
+            reason: r.reason,
+        },
+        hash: r.hash,
+    }
+}
+
 impl From<Verification> for pb::VerifyAuditLogResponse {
     fn from(v: Verification) -> Self {
         pb::VerifyAuditLogResponse {

@@ -1,7 +1,7 @@
 //! `palyra.node.v1.Event`: a committed event on the QUIC data plane, both ways (the node sends
 //! them; the CLI and tests read them back).
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use crate::events::Event;
 use crate::wire::pb::node::v1 as pb;
@@ -24,14 +24,7 @@ pub fn event_to_pb(event: &Event) -> pb::Event {
 /// Converts a received event to the domain type.
 pub fn event_from_pb(event: pb::Event) -> Event {
     // Untrusted: a peer may send any numbers; out-of-range times become the epoch.
-    let at = event
-        .at
-        .and_then(|t| {
-            let secs = Duration::from_secs(u64::try_from(t.seconds).ok()?);
-            let nanos = Duration::from_nanos(u64::try_from(t.nanos).ok()?.min(999_999_999));
-            UNIX_EPOCH.checked_add(secs)?.checked_add(nanos)
-        })
-        .unwrap_or(UNIX_EPOCH);
+    let at = super::system_time(event.at);
     Event {
         sequence: event.sequence,
         at,

@@ -33,6 +33,7 @@ mod policy;
 mod vault;
 
 pub(crate) use audit::AuditQuery;
+pub use audit::audit_record_from_pb;
 pub use auth::profile_name;
 pub(crate) use console::login_link;
 pub use events::{event_from_pb, event_to_pb};
@@ -49,6 +50,16 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: d.subsec_nanos() as i32,
     }
+}
+
+/// A time from the wire; untrusted: out-of-range times become the epoch.
+pub fn system_time(t: Option<prost_types::Timestamp>) -> SystemTime {
+    t.and_then(|t| {
+        let secs = std::time::Duration::from_secs(u64::try_from(t.seconds).ok()?);
+        let nanos = std::time::Duration::from_nanos(u64::try_from(t.nanos).ok()?.min(999_999_999));
+        UNIX_EPOCH.checked_add(secs)?.checked_add(nanos)
+    })
+    .unwrap_or(UNIX_EPOCH)
 }
 
 /// Parses a device id field.
