@@ -6,6 +6,7 @@
 //! 3 denied, 4 not found, 5 integrity, 6 unavailable, 7 conflict. Errors print one line saying
 //! what went wrong and what to do.
 
+mod address;
 mod audit;
 mod auth;
 mod backup;
@@ -41,15 +42,15 @@ pub struct Cli {
     /// Data directory [default: $PALYRA_HOME, else $XDG_DATA_HOME/palyra, else ~/.local/share/palyra]
     #[arg(long, global = true, env = "PALYRA_HOME", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The node to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "PALYRA_SERVER",
-        default_value = "https://127.0.0.1:7443",
-        value_name = "URL"
-    )]
-    pub server: String,
+    /// The node to talk to [default: the address the node serving on the data dir recorded,
+    /// else `grpc_addr` of its palyra.toml, else the server this device paired with, else
+    /// https://127.0.0.1:7443].
+    #[arg(long, global = true, env = "PALYRA_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Whose credentials: the node's `operator/` or this data dir's paired-device `client/`
+    /// [default: operator/ if present, else client/; `node` commands: client/ first].
+    #[arg(long = "as", global = true, env = "PALYRA_AS", value_name = "WHO")]
+    pub as_: Option<address::As>,
     /// Machine-readable output (JSON).
     #[arg(long, global = true)]
     pub json: bool,
@@ -119,8 +120,23 @@ impl Cli {
 
     /// Runs the command.
     pub async fn run(self) -> Result<(), CliError> {
-        let ctx = output::Context { data_dir: self.data_dir(), server: self.server.clone(), json: self.json };
-        match self.command {
+        let data_dir = self.data_dir();
+        // gRPC prefers operator/, the QUIC data plane client/ (`--as` picks one).
+        let first = if matches!(self.command, Command::Node(_)) {
+            address::As::Device
+        } else {
+            address::As::Operator
+        };
+        let creds = address::credential_dirs(&data_dir, self.as_, first).into_iter().next();
+        let server = address::resolve(&data_dir, self.server.as_deref(), creds.as_deref())?;
+        let ctx = output::Context {
+            data_dir,
+            server: server.url,
+            server_from: server.from,
+            as_: self.as_,
+            json: self.json,
+        };
+        let result = match self.command {
             Command::Init(args) => serve::init(&ctx, args).await,
             Command::Serve(args) => serve::serve(&ctx, args).await,
             Command::Identity(cmd) => identity::run(&ctx, cmd).await,
@@ -141,7 +157,14 @@ impl Cli {
             #[cfg(unix)]
             Command::Run(args) => run::run(&ctx, args).await,
             Command::Inject(args) => inject::run(&ctx, args).await,
-        }
+        };
+        // A denial says whose credentials were denied.
+        result.map_err(|mut e| {
+            if let Some(dir) = creds.filter(|_| e.exit_code() == Exit::Denied.code() && !e.is_silent()) {
+                e.message = format!("{} (credentials in {})", e.message, dir.display());
+            }
+            e
+        })
     }
 }
 
