@@ -164,3 +164,61 @@ fn connection_failures_say_which() {
     assert!(text.contains("not signed by this node's CA"), "{text}");
     assert!(text.contains(&other.join("operator/ca.pem").display().to_string()), "{text}");
 }
+
+#[test]
+fn node_events_start_from_now_unless_since_is_given() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = testkit::private_tempdir();
+    let data = dir.path().join("node");
+    let _served = Killed(PALYRA.serve(&data, "warn"));
+    let put = |key: &str| {
+        let mut child = PALYRA
+            .cli(&data)
+            .args(["vault", "put", "team", key, "--value-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"v").unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    put("before");
+    // Follows the event log (by the recorded QUIC address) until killed; lines to a channel.
+    let follow = |args: &[&str]| {
+        let mut child = PALYRA
+            .cli(&data)
+            .args(["--json", "node", "events"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    };
+    let first_line = |rx: &std::sync::mpsc::Receiver<String>, key: &str| {
+        // Writes until the follower (which may still be connecting) shows a line.
+        for _ in 0..40 {
+            put(key);
+            if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+                return serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            }
+        }
+        panic!("node events printed nothing");
+    };
+    let (mut now, rx) = follow(&[]);
+    let event = first_line(&rx, "after");
+    let _ = now.kill();
+    let _ = now.wait();
+    assert_eq!(event["subject"], "team/after", "from now on, nothing replayed: {event}");
+    let (mut all, rx) = follow(&["--since", "0"]);
+    let event = first_line(&rx, "again");
+    let _ = all.kill();
+    let _ = all.wait();
+    assert_eq!(event["sequence"], 1, "--since 0 replays everything retained: {event}");
+}

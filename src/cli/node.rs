@@ -30,9 +30,10 @@ pub(super) enum NodeCommand {
         /// The node's QUIC address [default: the node serving on this data dir].
         #[arg(long, value_name = "HOST:PORT")]
         peer: Option<String>,
-        /// Only events after this sequence (0 = everything retained).
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        /// Only events after this sequence (0 = everything retained) [default: from now on,
+        /// nothing replayed].
+        #[arg(long)]
+        since: Option<u64>,
         /// Only this kind, e.g. vault.secret.written (repeatable).
         #[arg(long = "kind", value_name = "KIND")]
         kinds: Vec<String>,
@@ -70,7 +71,10 @@ pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError>
         }
         NodeCommand::Events { peer, since, kinds, credentials } => {
             let client = connect(ctx, peer, credentials.as_deref()).await?;
-            let mut events = client.stream_events(since, kinds).await.map_err(quic_error)?;
+            let mut events = client
+                .stream_events(since.unwrap_or(crate::quic::EVENTS_FROM_NOW), kinds)
+                .await
+                .map_err(quic_error)?;
             loop {
                 let next = tokio::select! {
                     next = events.next() => next,
