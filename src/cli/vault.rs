@@ -28,9 +28,13 @@ pub(super) enum VaultCommand {
         #[arg(long)]
         reveal: bool,
     },
-    /// List secrets' metadata (never values).
+    /// List secrets' metadata (never values): only what this caller may list.
+    #[command(
+        after_help = "Example: palyra vault list agents -r   # or `palyra vault list /`: every scope you may list"
+    )]
     List {
-        /// Scope to list.
+        /// Scope to list; `/` (or none): every scope, recursively.
+        #[arg(default_value = "/")]
         scope: String,
         /// Include sub-scopes.
         #[arg(short = 'r', long)]
@@ -195,7 +199,7 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
             }
             ctx.print(&all, || {
                 if all.is_empty() {
-                    format!("no secrets in {scope}")
+                    format!("no secrets in {scope} that you may list")
                 } else {
                     all.iter().map(Metadata::line).collect::<Vec<_>>().join("\n")
                 }

@@ -21,6 +21,10 @@ use crate::wire::status::{denied, internal, stream_shutdown};
 
 const SERVICE: &str = "palyra.vault.v1.VaultService";
 
+/// Store pages one ListSecrets call reads at most while it skips secrets the caller may not
+/// list; past them it returns what it has with a token to go on.
+const MAX_LIST_SCAN_PAGES: usize = 16;
+
 /// Messages of one WatchSecrets stream waiting for the client: the stream's task waits when
 /// they are not taken (HTTP/2 flow control holds the rest back), so a slow reader costs this
 /// and the subscription's page, never more.
@@ -135,33 +139,76 @@ impl VaultService for VaultApi {
         &self,
         request: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        let s = scope("scope", &request.get_ref().scope)?;
-        self.check_scope(&request, "ListSecrets", &s)?;
+        // "" or "/": every scope the caller may list (the top-level ones and below).
+        let root = match request.get_ref().scope.as_str() {
+            "" | "/" => None,
+            text => Some(scope("scope", text)?),
+        };
         let peer = peer_of(&request)?;
+        let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
         let req = request.into_inner();
-        let listing = Listing { scope: &s, recursive: req.recursive, include_deleted: req.include_deleted };
-        let after = parse_page_token(&listing, &req.page_token)?;
-        let (page, next) =
-            self.vault.list(&s, req.recursive, req.include_deleted, req.page_size as usize, after).await?;
-        // A recursive listing reaches sub-scopes the check above did not ask about (a policy may
-        // forbid `a/private` while permitting `a`): ask once per sub-scope on the page and leave
-        // out what is denied.
-        let mut allowed: HashMap<Scope, bool> = HashMap::new();
-        let mut secrets = Vec::with_capacity(page.len());
-        for metadata in page {
-            let visible = metadata.scope == s
-                || *allowed.entry(metadata.scope.clone()).or_insert_with(|| {
-                    self.gate
-                        .check(
-                            &peer,
-                            &format!("{SERVICE}/ListSecrets"),
-                            &Resource::Scope(metadata.scope.clone()),
-                        )
-                        .is_ok()
-                });
-            if visible {
-                secrets.push(metadata.into());
+        let recursive = req.recursive || root.is_none();
+        // Each scope met is decided (and audited) once per call, at most MAX_REMEMBERED_SCOPES.
+        let mut decisions = self.gate.scope_decisions(peer, actions::LIST_SECRETS);
+        // The scope asked for. Denied by the policy, a recursive listing still returns the
+        // sub-scopes the caller may list (names it may read anyway: nothing is revealed about
+        // the rest); a flat listing, an anonymous caller or an audit failure stays refused.
+        let mut root_denied = None;
+        match &root {
+            Some(s) => match decisions.decide(s) {
+                Ok(()) => {}
+                Err(d) if recursive && !anonymous && d.kind == DenialKind::Policy => root_denied = Some(d),
+                Err(d) => return Err(denied(anonymous, d)),
+            },
+            None if anonymous => {
+                let message = "an anonymous caller lists no scope".to_owned();
+                return Err(denied(true, Denied { kind: DenialKind::Policy, message }));
             }
+            None => {}
+        }
+        let listing = Listing { scope: root.as_ref(), recursive, include_deleted: req.include_deleted };
+        let mut after = parse_page_token(&listing, &req.page_token)?;
+        let first_page = after.is_none();
+        let limit = match req.page_size as usize {
+            0 => crate::vault::DEFAULT_PAGE_SIZE,
+            n => n.min(crate::vault::MAX_PAGE_SIZE),
+        };
+        // Hidden rows are skipped a page at a time, up to a budget per call; the token resumes.
+        let mut budget = MAX_LIST_SCAN_PAGES;
+        let mut secrets = Vec::with_capacity(limit);
+        let next = 'scan: loop {
+            let (page, next) = self
+                .vault
+                .list_under(root.as_ref(), recursive, req.include_deleted, limit, after.clone())
+                .await?;
+            let rows = page.len();
+            for (i, metadata) in page.into_iter().enumerate() {
+                let position = (metadata.scope.clone(), metadata.key.clone());
+                let visible = match (&root, &root_denied) {
+                    (Some(s), None) if metadata.scope == *s => true,
+                    _ => decisions.decide(&metadata.scope).is_ok(),
+                };
+                if visible {
+                    secrets.push(metadata.into());
+                }
+                after = Some(position);
+                if secrets.len() == limit {
+                    // Full: go on after this row, unless it was the listing's last.
+                    let more = i + 1 < rows || next.is_some();
+                    break 'scan after.clone().filter(|_| more);
+                }
+            }
+            budget -= 1;
+            if next.is_none() {
+                break None;
+            }
+            if budget == 0 {
+                break after.clone();
+            }
+        };
+        if let (Some(d), true, true, None) = (root_denied, first_page, secrets.is_empty(), &next) {
+            // Nothing under it is the caller's to list: the denial of the scope asked for.
+            return Err(denied(anonymous, d));
         }
         Ok(Response::new(pb::ListSecretsResponse {
             secrets,
