@@ -111,7 +111,19 @@ fn a_paired_device_remembers_its_node_and_as_picks_the_credentials() {
         .args(["--json", "pair", "--name", "agent"])
         .env("PALYRA_ENROLLMENT_KEY", &token)
         .output();
-    ok(paired.unwrap());
+    let device_id = ok(paired.unwrap())["device_id"].as_str().unwrap().to_owned();
+    // `policy check` takes the bare device id (either case) for its principal; a bad one gets
+    // a principal's example.
+    let get = "palyra.vault.v1.VaultService/GetSecret";
+    let upper = device_id.to_uppercase();
+    let check = PALYRA.run(&data, &["policy", "check", &upper, get, "Palyra::Scope::\"agents/alpha\""]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    let check = PALYRA.run(&data, &["policy", "check", &device_id, get, "Palyra::Scope::\"connectors/x\""]);
+    assert_eq!(check.status.code(), Some(3), "{}", stderr(&check));
+    let bad = PALYRA.run(&data, &["policy", "check", "nobody", get, "Palyra::Scope::\"agents/alpha\""]);
+    assert_eq!(bad.status.code(), Some(2));
+    let text = stderr(&bad);
+    assert!(text.contains("such as Palyra::Device::") && !text.contains("Scope::\"a/b\""), "{text}");
     let who = ok(PALYRA.run(&device, &["--json", "identity", "show"]));
     assert_eq!(who["caller"]["principal_type"], "Device", "{who}");
     assert_eq!(who["caller"]["role"], "device", "{who}");
