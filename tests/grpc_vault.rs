@@ -302,3 +302,15 @@ async fn a_listing_returns_what_the_caller_may_see_from_the_top_level_down() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_on_the_reserved_palyra_scopes_says_they_are_reserved() {
+    let node = TestNode::start().await;
+    let mut admin = VaultServiceClient::new(node.operator().await);
+    let denied = admin.put_secret(put("palyra/auth/openai", "api_key", b"v", None)).await.unwrap_err();
+    assert_eq!(reason(&denied), "ERROR_REASON_POLICY_DENIED");
+    assert!(denied.message().contains("reserved for the node"), "{}", denied.message());
+    let other = admin.put_secret(put("palyra-like/x", "k", b"v", None)).await;
+    assert!(other.is_ok(), "only palyra/ itself is reserved: {other:?}");
+    node.stop().await;
+}

@@ -103,8 +103,24 @@ impl VaultApi {
         scope: &crate::vault::Scope,
     ) -> Result<(), Status> {
         let peer = peer_of(request)?;
-        self.gate.check(&peer, &format!("{SERVICE}/{method}"), &Resource::Scope(scope.clone()))
+        let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
+        self.gate
+            .decide(&peer, &format!("{SERVICE}/{method}"), &Resource::Scope(scope.clone()), None)
+            .map_err(|d| denied(anonymous, reserved(scope, d)))
     }
+}
+
+/// A policy denial on the node's own `palyra/` scopes says they are reserved.
+fn reserved(scope: &Scope, mut d: Denied) -> Denied {
+    let reserved = scope.as_str() == "palyra" || scope.as_str().starts_with("palyra/");
+    if reserved && d.kind == DenialKind::Policy {
+        d.message = format!(
+            "{}: the palyra/ scopes are reserved for the node (auth profiles keep their keys in {}; use `palyra auth`)",
+            d.message,
+            crate::auth::RESERVED_SCOPE
+        );
+    }
+    d
 }
 
 #[tonic::async_trait]
@@ -158,7 +174,7 @@ impl VaultService for VaultApi {
             Some(s) => match decisions.decide(s) {
                 Ok(()) => {}
                 Err(d) if recursive && !anonymous && d.kind == DenialKind::Policy => root_denied = Some(d),
-                Err(d) => return Err(denied(anonymous, d)),
+                Err(d) => return Err(denied(anonymous, reserved(s, d))),
             },
             None if anonymous => {
                 let message = "an anonymous caller lists no scope".to_owned();
@@ -208,6 +224,10 @@ impl VaultService for VaultApi {
         };
         if let (Some(d), true, true, None) = (root_denied, first_page, secrets.is_empty(), &next) {
             // Nothing under it is the caller's to list: the denial of the scope asked for.
+            let d = match &root {
+                Some(s) => reserved(s, d),
+                None => d,
+            };
             return Err(denied(anonymous, d));
         }
         Ok(Response::new(pb::ListSecretsResponse {
