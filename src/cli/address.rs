@@ -245,4 +245,28 @@ mod tests {
         assert!(text.contains("TLS only: use https://127.0.0.1:7443"), "{text}");
         assert!(normalize("ftp://x:1").is_err());
     }
+
+    #[test]
+    fn the_server_comes_from_the_flag_then_the_config_then_the_pairing_then_the_default() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = tmp.path().join("device");
+        let url = |flag: Option<&str>| resolve(&data, flag, None).map(|s| s.url).unwrap_or_default();
+        assert_eq!(url(None), DEFAULT_SERVER);
+        let client = Layout::new(&data).client_dir();
+        fsutil::ensure_private_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        store_paired_server(&client, "https://node.example:7443").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(url(None), "https://node.example:7443");
+        std::fs::write(data.join("palyra.toml"), "grpc_addr = \"0.0.0.0:9443\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            url(None),
+            "https://127.0.0.1:9443",
+            "the config's all-interfaces address, dialled on loopback"
+        );
+        // client/ credentials from another node than this data dir's: their pairing first.
+        std::fs::write(client.join("cert.pem"), "x").unwrap_or_else(|e| panic!("{e}"));
+        let pairing = resolve(&data, None, Some(&client)).map(|s| s.url).unwrap_or_default();
+        assert_eq!(pairing, "https://node.example:7443");
+        assert_eq!(url(Some("10.0.0.1:7443")), "https://10.0.0.1:7443");
+    }
 }

@@ -21,9 +21,10 @@ use crate::wire::status::{denied, internal, stream_shutdown};
 
 const SERVICE: &str = "palyra.vault.v1.VaultService";
 
-/// Store pages one ListSecrets call reads at most while it skips secrets the caller may not
-/// list; past them it returns what it has with a token to go on.
-const MAX_LIST_SCAN_PAGES: usize = 16;
+/// Rows one ListSecrets call reads while it skips secrets the caller may not list: 16 pages,
+/// at most this many (past its first page); then it returns what it has with a token to go on.
+/// It bounds the scopes one call decides, so the audit records it writes.
+const MAX_LIST_SCAN_ROWS: usize = 2000;
 
 /// Messages of one WatchSecrets stream waiting for the client: the stream's task waits when
 /// they are not taken (HTTP/2 flow control holds the rest back), so a slow reader costs this
@@ -190,7 +191,7 @@ impl VaultService for VaultApi {
             n => n.min(crate::vault::MAX_PAGE_SIZE),
         };
         // Hidden rows are skipped a page at a time, up to a budget per call; the token resumes.
-        let mut budget = MAX_LIST_SCAN_PAGES;
+        let mut scanned = 0;
         let mut secrets = Vec::with_capacity(limit);
         let next = 'scan: loop {
             let (page, next) = self
@@ -198,6 +199,7 @@ impl VaultService for VaultApi {
                 .list_under(root.as_ref(), recursive, req.include_deleted, limit, after.clone())
                 .await?;
             let rows = page.len();
+            scanned += rows;
             for (i, metadata) in page.into_iter().enumerate() {
                 let position = (metadata.scope.clone(), metadata.key.clone());
                 let visible = match (&root, &root_denied) {
@@ -214,11 +216,10 @@ impl VaultService for VaultApi {
                     break 'scan after.clone().filter(|_| more);
                 }
             }
-            budget -= 1;
             if next.is_none() {
                 break None;
             }
-            if budget == 0 {
+            if scanned >= (16 * limit).min(MAX_LIST_SCAN_ROWS) {
                 break after.clone();
             }
         };
