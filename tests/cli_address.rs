@@ -46,7 +46,9 @@ fn record(data: &Path) -> serde_json::Value {
 fn the_cli_finds_the_serving_node_then_the_config_and_stale_records_are_ignored() {
     let dir = testkit::private_tempdir();
     let data = dir.path().join("node");
-    PALYRA.run(&data, &["init"]);
+    // init (like serve) dials nothing: a server it could not use does not stop it.
+    let init = PALYRA.cli(&data).arg("init").env("PALYRA_SERVER", "http://127.0.0.1:1").output().unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
     let config_port = closed_port();
     std::fs::write(data.join("palyra.toml"), format!("grpc_addr = \"127.0.0.1:{config_port}\"\n")).unwrap();
 

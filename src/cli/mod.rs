@@ -128,7 +128,13 @@ impl Cli {
             address::As::Operator
         };
         let creds = address::credential_dirs(&data_dir, self.as_, first).into_iter().next();
-        let server = address::resolve(&data_dir, self.server.as_deref(), creds.as_deref())?;
+        // `init` and `serve` dial nothing: a bad PALYRA_SERVER must not stop them.
+        let server = match self.command {
+            Command::Init(_) | Command::Serve(_) => {
+                address::Server { url: String::new(), from: String::new() }
+            }
+            _ => address::resolve(&data_dir, self.server.as_deref(), creds.as_deref())?,
+        };
         let ctx = output::Context {
             data_dir,
             server: server.url,
