@@ -363,14 +363,16 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
-            name: "palyra.vault.v1.VaultService/ListSecrets (recursive over all devices)",
+            // A recursive listing returns the sub-scopes the caller may list (`devices` gives a
+            // device its own subtree: tests/grpc_vault.rs); another device's subtree, nothing.
+            name: "palyra.vault.v1.VaultService/ListSecrets (recursive over another device)",
             expect: vault_foreign,
-            call: Box::new(|_, _, ch| {
+            call: Box::new(|c, w, ch| {
                 Box::pin(unary(
                     ch,
                     "/palyra.vault.v1.VaultService/ListSecrets",
                     vault::ListSecretsRequest {
-                        scope: "devices".into(),
+                        scope: c.foreign_scope(w),
                         recursive: true,
                         ..Default::default()
                     },

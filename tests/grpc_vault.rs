@@ -236,3 +236,81 @@ async fn a_recursive_listing_leaves_out_sub_scopes_the_policy_denies() {
     assert_eq!(reason(&direct), "ERROR_REASON_POLICY_DENIED");
     node.stop().await;
 }
+
+/// Every page of a listing, with `page_size` rows at most per call: (scope, key) in order.
+async fn list_all(
+    vault: &mut VaultServiceClient<tonic::transport::Channel>,
+    scope: &str,
+    recursive: bool,
+    page_size: u32,
+) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = vault
+            .list_secrets(pb::ListSecretsRequest {
+                scope: scope.into(),
+                recursive,
+                page_size,
+                page_token,
+                include_deleted: false,
+            })
+            .await?
+            .into_inner();
+        assert!(page.secrets.len() <= page_size as usize);
+        all.extend(page.secrets.into_iter().map(|m| (m.scope, m.key)));
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_returns_what_the_caller_may_see_from_the_top_level_down() {
+    let node = TestNode::start().await;
+    let mut admin = VaultServiceClient::new(node.operator().await);
+    admin.put_secret(put("agents", "root", b"v", None)).await.unwrap();
+    admin.put_secret(put("agents/alpha", "a1", b"v", None)).await.unwrap();
+    admin.put_secret(put("agents/alpha/sub", "a2", b"v", None)).await.unwrap();
+    for i in 0..40 {
+        admin.put_secret(put("agents/beta", &format!("b{i:02}"), b"v", None)).await.unwrap();
+    }
+    admin.put_secret(put("agents/gamma", "g", b"v", None)).await.unwrap();
+    admin.put_secret(put("connectors/slack", "s", b"v", None)).await.unwrap();
+
+    // The operator lists every scope from the top ("/" or "").
+    let everything = list_all(&mut admin, "/", false, 7).await.unwrap();
+    assert_eq!(everything.len(), 45);
+    assert_eq!(everything.first().unwrap(), &("agents".to_owned(), "root".to_owned()));
+    assert_eq!(list_all(&mut admin, "", true, 1000).await.unwrap(), everything);
+
+    // A device granted agents/alpha only: its part of `agents`, not a denial; the hidden rows
+    // (more than a call's scan budget at page size 1) never show and the paging still ends.
+    let alpha = node.add_device(palyra::identity::Role::Device, "alpha", &["agents/alpha"]).await;
+    let mut device = VaultServiceClient::new(node.channel(Some(&alpha)).await);
+    let want =
+        vec![("agents/alpha".to_owned(), "a1".to_owned()), ("agents/alpha/sub".to_owned(), "a2".to_owned())];
+    for page_size in [1, 2, 100] {
+        assert_eq!(list_all(&mut device, "agents", true, page_size).await.unwrap(), want, "{page_size}");
+        assert_eq!(list_all(&mut device, "/", false, page_size).await.unwrap(), want, "{page_size}");
+    }
+    // A flat listing of the denied scope, and a subtree with nothing of its own, stay denied.
+    for (scope, recursive) in [("agents", false), ("connectors", true), ("agents/beta", true)] {
+        let denied = list_all(&mut device, scope, recursive, 10).await.unwrap_err();
+        assert_eq!(reason(&denied), "ERROR_REASON_POLICY_DENIED", "{scope}");
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_on_the_reserved_palyra_scopes_says_they_are_reserved() {
+    let node = TestNode::start().await;
+    let mut admin = VaultServiceClient::new(node.operator().await);
+    let denied = admin.put_secret(put("palyra/auth/openai", "api_key", b"v", None)).await.unwrap_err();
+    assert_eq!(reason(&denied), "ERROR_REASON_POLICY_DENIED");
+    assert!(denied.message().contains("reserved for the node"), "{}", denied.message());
+    let other = admin.put_secret(put("palyra-like/x", "k", b"v", None)).await;
+    assert!(other.is_ok(), "only palyra/ itself is reserved: {other:?}");
+    node.stop().await;
+}

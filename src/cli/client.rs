@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use super::address::As;
 use super::output::{CliError, Context, Exit};
-use crate::config::Layout;
 use crate::fsutil;
 use crate::identity::ca::{CLOCK_SKEW_ALLOWANCE, Csr, certificate_validity_pem, csr_for_key};
 use crate::identity::{DeviceId, DeviceIdentity, renewal_proof_message};
@@ -16,17 +16,28 @@ use crate::wire::pb::identity::v1::{self as pb, identity_service_client::Identit
 /// itself, `client/` on a paired device.
 pub async fn connect(ctx: &Context) -> Result<Channel, CliError> {
     let dir = credentials_dir(ctx)?;
-    renew_if_due(&ctx.server, &dir).await?;
-    channel(&ctx.server, &dir).await
+    let said_where = |mut e: CliError| {
+        if e.exit_code() == Exit::Unavailable.code() && !ctx.server_from.is_empty() {
+            e.message = format!("{} (server from {})", e.message, ctx.server_from);
+        }
+        e
+    };
+    renew_if_due(&ctx.server, &dir).await.map_err(said_where)?;
+    channel(&ctx.server, &dir).await.map_err(said_where)
 }
 
 /// The directory holding this data dir's client credentials: `operator/` on the node itself,
 /// `client/` on a paired device.
+/// `--as` picks one.
 pub fn credentials_dir(ctx: &Context) -> Result<PathBuf, CliError> {
-    let layout = Layout::new(&ctx.data_dir);
-    [layout.operator_dir(), layout.client_dir()].into_iter().find(|d| d.join("cert.pem").exists()).ok_or_else(
+    super::address::credential_dirs(&ctx.data_dir, ctx.as_, As::Operator).into_iter().next().ok_or_else(
         || {
-            CliError::new(format!("no client credentials in {}", ctx.data_dir.display()))
+            let which = match ctx.as_ {
+                Some(As::Operator) => "operator ",
+                Some(As::Device) => "device ",
+                None => "",
+            };
+            CliError::new(format!("no {which}client credentials in {}", ctx.data_dir.display()))
                 .hint("run `palyra init` on the node, or `palyra pair` on a device, or pass --data-dir")
         },
     )
@@ -140,13 +151,14 @@ async fn renew_with_proof(server: &str, dir: &Path) -> Result<String, CliError> 
 
     // No valid client certificate: server-authenticated TLS only, with the node CA pinned.
     let ca = fsutil::read_private(&dir.join("ca.pem")).map_err(|e| CliError::new(e.to_string()))?;
-    let anonymous = Channel::from_shared(server.to_owned())
+    let endpoint = Channel::from_shared(server.to_owned())
         .map_err(|e| CliError::of(Exit::Usage, format!("bad --server {server:?}: {e}")))?
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-        .map_err(|e| CliError::new(format!("tls: {e}")))?
-        .connect()
-        .await
-        .map_err(|e| CliError::of(Exit::Unavailable, format!("cannot connect to {server}: {e}")))?;
+        .map_err(|e| CliError::new(format!("tls: {e}")))?;
+    let anonymous = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(e) => return Err(super::address::connect_error(server, dir, &e).await),
+    };
     let mut client = IdentityServiceClient::new(anonymous);
     let challenge = client
         .get_renewal_challenge(pb::GetRenewalChallengeRequest { device_id: id.to_string() })
@@ -176,8 +188,8 @@ pub async fn channel(server: &str, dir: &Path) -> Result<Channel, CliError> {
         .tls_config(tls)
         .map_err(|e| CliError::new(format!("tls: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| {
-        CliError::of(Exit::Unavailable, format!("cannot connect to {server}: {e}"))
-            .hint("is `palyra serve` running, and is --server right?")
-    })
+    match endpoint.connect().await {
+        Ok(channel) => Ok(channel),
+        Err(e) => Err(super::address::connect_error(server, dir, &e).await),
+    }
 }

@@ -75,6 +75,39 @@ impl DeviceOut {
     }
 }
 
+/// The devices as a table: a header, and each column as wide as its widest cell (names differ
+/// in length; counted in characters).
+fn table(devices: &[DeviceOut]) -> String {
+    let rows: Vec<[&str; 5]> = devices
+        .iter()
+        .map(|d| {
+            [
+                d.device_id.as_str(),
+                d.role.as_str(),
+                d.status,
+                d.name.as_str(),
+                d.certificate_expires_at.as_str(),
+            ]
+        })
+        .collect();
+    let header = ["DEVICE", "ROLE", "STATUS", "NAME", "CERT UNTIL"];
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(header)
+        .chain(rows)
+        .map(|row| {
+            let cells: Vec<String> =
+                row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub(super) async fn run(ctx: &Context, cmd: DevicesCommand) -> Result<(), CliError> {
     let mut client = IdentityServiceClient::new(connect(ctx).await?);
     match cmd {
@@ -87,7 +120,7 @@ pub(super) async fn run(ctx: &Context, cmd: DevicesCommand) -> Result<(), CliErr
                 .into_iter()
                 .map(Into::into)
                 .collect();
-            ctx.print(&devices, || devices.iter().map(DeviceOut::line).collect::<Vec<_>>().join("\n"))
+            ctx.print(&devices, || table(&devices))
         }
         DevicesCommand::Show { id } => {
             let d: DeviceOut = client
@@ -122,5 +155,40 @@ pub(super) async fn run(ctx: &Context, cmd: DevicesCommand) -> Result<(), CliErr
                 .into();
             ctx.print(&d, || format!("revoked {}", d.line()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_table_keeps_its_columns_aligned() {
+        let device = |name: &str, role: &str| DeviceOut {
+            device_id: "01j9zq8x7c6v5b4n3m2k1j0h9a".into(),
+            name: name.into(),
+            fingerprint: String::new(),
+            role: role.into(),
+            status: "active",
+            paired_at: String::new(),
+            certificate_expires_at: "2027-01-01T00:00:00Z".into(),
+            revoked_at: String::new(),
+            revoke_reason: String::new(),
+            scopes: Vec::new(),
+        };
+        let text = table(&[
+            device("operator", "admin"),
+            device("a much longer näme", "device"),
+            device("x", "node"),
+        ]);
+        let columns: Vec<usize> = text
+            .lines()
+            .map(|l| {
+                let at = l.find("2027").or_else(|| l.find("CERT UNTIL")).unwrap_or(0);
+                l[..at].chars().count()
+            })
+            .collect();
+        assert_eq!(columns.len(), 4, "{text}");
+        assert!(columns.iter().all(|&c| c == columns[0]), "{text}");
     }
 }

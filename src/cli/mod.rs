@@ -6,6 +6,7 @@
 //! 3 denied, 4 not found, 5 integrity, 6 unavailable, 7 conflict. Errors print one line saying
 //! what went wrong and what to do.
 
+mod address;
 mod audit;
 mod auth;
 mod backup;
@@ -48,11 +49,9 @@ Environment:
   PALYRA_HOME         the data dir (--data-dir); its operator/ (on the node) or client/ (on a
                       paired device) holds the client certificate: ca.pem, cert.pem, key.pem
   PALYRA_SERVER       the node's gRPC URL (--server)
+  PALYRA_AS           whose credentials: operator or device (--as)
   PALYRA_KEY_BACKEND  the root key's backend for init, serve and restore: auto, file, keychain
   PALYRA_LOG          log filter, e.g. debug or palyra=info,warn";
-
-/// The default `--server`.
-const DEFAULT_SERVER: &str = "https://127.0.0.1:7443";
 
 /// Palyra: the security control plane of a personal node.
 #[derive(Debug, Parser)]
@@ -61,9 +60,16 @@ pub struct Cli {
     /// Data directory [env: PALYRA_HOME] [default: $XDG_DATA_HOME/palyra, else ~/.local/share/palyra]
     #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     pub data_dir: Option<PathBuf>,
-    /// The node to talk to [env: PALYRA_SERVER] [default: https://127.0.0.1:7443]
+    /// The node to talk to [env: PALYRA_SERVER] [default: the address the node serving on the
+    /// data dir recorded, else `grpc_addr` of its palyra.toml, else the server this device paired
+    /// with, else https://127.0.0.1:7443].
     #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub server: Option<String>,
+    /// Whose credentials: the node's `operator/` or this data dir's paired-device `client/`
+    /// [env: PALYRA_AS] [default: operator/ if present, else client/; `node` commands: client/
+    /// first].
+    #[arg(long = "as", global = true, value_name = "WHO", help_heading = GLOBAL)]
+    pub as_: Option<address::As>,
     /// Machine-readable output (JSON).
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -145,15 +151,47 @@ impl Cli {
             .unwrap_or_else(crate::config::default_data_dir)
     }
 
-    /// The server URL in force: --server, else $PALYRA_SERVER, else the default.
-    pub fn server(&self) -> String {
-        self.server.clone().or_else(|| env("PALYRA_SERVER")).unwrap_or_else(|| DEFAULT_SERVER.to_owned())
+    /// The server asked for: --server, else $PALYRA_SERVER (else `address::resolve` finds it).
+    pub fn server(&self) -> Option<String> {
+        self.server.clone().or_else(|| env("PALYRA_SERVER"))
+    }
+
+    /// Whose credentials: --as, else $PALYRA_AS.
+    fn as_(&self) -> Result<Option<address::As>, CliError> {
+        match (self.as_, env("PALYRA_AS")) {
+            (Some(as_), _) => Ok(Some(as_)),
+            (None, None) => Ok(None),
+            (None, Some(text)) => {
+                <address::As as clap::ValueEnum>::from_str(&text, true).map(Some).map_err(|_| {
+                    CliError::of(Exit::Usage, format!("PALYRA_AS={text:?}: expected operator or device"))
+                })
+            }
+        }
     }
 
     /// Runs the command.
     pub async fn run(self) -> Result<(), CliError> {
-        let ctx = output::Context { data_dir: self.data_dir(), server: self.server(), json: self.json };
-        match self.command {
+        let data_dir = self.data_dir();
+        let as_ = self.as_()?;
+        // gRPC prefers operator/, the QUIC data plane client/ (`--as` picks one).
+        let first = if matches!(self.command, Command::Node(_)) {
+            address::As::Device
+        } else {
+            address::As::Operator
+        };
+        let creds = address::credential_dirs(&data_dir, as_, first).into_iter().next();
+        // Commands that dial nothing: a bad PALYRA_SERVER must not stop them.
+        let server = match self.command {
+            Command::Init(_)
+            | Command::Serve(_)
+            | Command::Config(_)
+            | Command::Completions(_)
+            | Command::Man(_) => address::Server { url: String::new(), from: String::new() },
+            _ => address::resolve(&data_dir, self.server().as_deref(), creds.as_deref())?,
+        };
+        let ctx =
+            output::Context { data_dir, server: server.url, server_from: server.from, as_, json: self.json };
+        let result = match self.command {
             Command::Init(args) => serve::init(&ctx, args).await,
             Command::Serve(args) => serve::serve(&ctx, args).await,
             Command::Identity(cmd) => identity::run(&ctx, cmd).await,
@@ -179,7 +217,14 @@ impl Cli {
                 completions::completions(<Cli as clap::CommandFactory>::command(), args)
             }
             Command::Man(args) => completions::man(&ctx, <Cli as clap::CommandFactory>::command(), args),
-        }
+        };
+        // A denial says whose credentials were denied.
+        result.map_err(|mut e| {
+            if let Some(dir) = creds.filter(|_| e.exit_code() == Exit::Denied.code() && !e.is_silent()) {
+                e.message = format!("{} (credentials in {})", e.message, dir.display());
+            }
+            e
+        })
     }
 }
 

@@ -1,7 +1,8 @@
-//! `palyra node health|events --peer HOST:PORT`: the QUIC data plane of another node (or this
-//! one), with the data dir's device credentials: `client/` (this data dir paired with that
-//! node) or `operator/` (the node itself), whichever that node's CA accepts; `--credentials`
-//! picks a directory.
+//! `palyra node health|events [--peer HOST:PORT]`: the QUIC data plane of another node (or this
+//! one: the default peer is the QUIC address the node serving on this data dir recorded, else
+//! `quic_addr` of its palyra.toml), with the data dir's device credentials: `client/` (this data
+//! dir paired with that node) or `operator/` (the node itself), whichever that node's CA
+//! accepts; `--as` or `--credentials` picks one.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,6 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::output::{CliError, Context, Exit, time};
-use crate::config::Layout;
 use crate::events::Event;
 use crate::quic::client::{ClientTls, QuicClient};
 
@@ -19,9 +19,9 @@ pub(super) enum NodeCommand {
     /// Ask a node's data plane whether it is serving.
     #[command(after_help = "Example:\n  palyra node health --peer 10.0.0.2:7444")]
     Health {
-        /// The node's QUIC address.
+        /// The node's QUIC address [default: the node serving on this data dir].
         #[arg(long, value_name = "HOST:PORT")]
-        peer: String,
+        peer: Option<String>,
         /// Directory with ca.pem, cert.pem and key.pem [default: client/, else operator/].
         #[arg(long, value_name = "DIR")]
         credentials: Option<PathBuf>,
@@ -29,12 +29,13 @@ pub(super) enum NodeCommand {
     /// Follow a node's event log until Ctrl-C (one line per event, JSON lines with --json).
     #[command(after_help = "Example:\n  palyra node events --peer 10.0.0.2:7444 --since 0 --json")]
     Events {
-        /// The node's QUIC address.
+        /// The node's QUIC address [default: the node serving on this data dir].
         #[arg(long, value_name = "HOST:PORT")]
-        peer: String,
-        /// Only events after this sequence (0 = everything retained).
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        peer: Option<String>,
+        /// Only events after this sequence (0 = everything retained) [default: from now on,
+        /// nothing replayed].
+        #[arg(long)]
+        since: Option<u64>,
         /// Only this kind, e.g. vault.secret.written (repeatable).
         #[arg(long = "kind", value_name = "KIND")]
         kinds: Vec<String>,
@@ -47,7 +48,7 @@ pub(super) enum NodeCommand {
 pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError> {
     match cmd {
         NodeCommand::Health { peer, credentials } => {
-            let client = connect(ctx, &peer, credentials.as_deref()).await?;
+            let client = connect(ctx, peer, credentials.as_deref()).await?;
             let health = client.health().await.map_err(quic_error)?;
             client.close().await;
             #[derive(Serialize)]
@@ -71,8 +72,11 @@ pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError>
             })
         }
         NodeCommand::Events { peer, since, kinds, credentials } => {
-            let client = connect(ctx, &peer, credentials.as_deref()).await?;
-            let mut events = client.stream_events(since, kinds).await.map_err(quic_error)?;
+            let client = connect(ctx, peer, credentials.as_deref()).await?;
+            let mut events = client
+                .stream_events(since.unwrap_or(crate::quic::EVENTS_FROM_NOW), kinds)
+                .await
+                .map_err(quic_error)?;
             loop {
                 let next = tokio::select! {
                     next = events.next() => next,
@@ -149,15 +153,23 @@ fn credentials(dir: &Path) -> Result<ClientTls, CliError> {
 
 /// Connects with the given credentials, else with the first of `client/` and `operator/` that
 /// the peer accepts (a node paired with another keeps that node's credentials in `client/`).
-async fn connect(ctx: &Context, peer: &str, explicit: Option<&Path>) -> Result<QuicClient, CliError> {
+async fn connect(
+    ctx: &Context,
+    peer: Option<String>,
+    explicit: Option<&Path>,
+) -> Result<QuicClient, CliError> {
+    let peer = match peer {
+        Some(peer) => peer,
+        None => super::address::local_quic(&ctx.data_dir).map(|a| a.to_string()).ok_or_else(|| {
+            CliError::of(Exit::Usage, format!("no node serves on {} to default to", ctx.data_dir.display()))
+                .hint("pass --peer HOST:PORT (the node's QUIC address)")
+        })?,
+    };
+    let peer = peer.as_str();
     let (addr, host) = resolve(peer)?;
-    let layout = Layout::new(&ctx.data_dir);
     let dirs: Vec<PathBuf> = match explicit {
         Some(dir) => vec![dir.to_path_buf()],
-        None => [layout.client_dir(), layout.operator_dir()]
-            .into_iter()
-            .filter(|d| d.join("cert.pem").exists())
-            .collect(),
+        None => super::address::credential_dirs(&ctx.data_dir, ctx.as_, super::address::As::Device),
     };
     if dirs.is_empty() {
         return Err(CliError::new(format!("no device credentials in {}", ctx.data_dir.display())).hint(

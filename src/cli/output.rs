@@ -12,8 +12,12 @@ pub use super::exit::Exit;
 pub struct Context {
     /// The data dir.
     pub data_dir: PathBuf,
-    /// The server URL.
+    /// The server URL (`--server`, else found from the data dir: `address::resolve`).
     pub server: String,
+    /// Where `server` came from, for errors.
+    pub server_from: String,
+    /// `--as`: whose credentials (`None`: `operator/`, else `client/`).
+    pub as_: Option<super::address::As>,
     /// `--json`.
     pub json: bool,
 }

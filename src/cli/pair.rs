@@ -282,7 +282,7 @@ pub async fn pair(
                 let status = status.into_inner();
                 match status.state() {
                     pb::PairingState::Approved => {
-                        return store(&dir, &status, &ca_fingerprint, fingerprint);
+                        return store(&dir, &server, &status, &ca_fingerprint, fingerprint);
                     }
                     pb::PairingState::Rejected => {
                         return Err(CliError::new("the node's operator rejected this device")
@@ -315,6 +315,7 @@ pub async fn pair(
 
 fn store(
     dir: &Path,
+    server: &str,
     status: &pb::GetPairingStatusResponse,
     ca_fingerprint: &str,
     fingerprint: String,
@@ -327,6 +328,8 @@ fn store(
     fsutil::write_private_atomic(&dir.join("ca.pem"), ca_pem.as_bytes(), true).map_err(fs_error)?;
     fsutil::write_private_atomic(&dir.join("device_id"), status.device_id.as_bytes(), true)
         .map_err(fs_error)?;
+    // Later commands find the node without --server.
+    super::address::store_paired_server(dir, server)?;
     // Last: its presence means "paired".
     fsutil::write_private_atomic(&dir.join("cert.pem"), status.certificate_pem.as_bytes(), false)
         .map_err(fs_error)?;

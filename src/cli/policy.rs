@@ -39,12 +39,14 @@ pub(super) enum PolicyCommand {
         /// Cedar policy file.
         file: PathBuf,
     },
-    /// Ask the node for a decision, e.g. `check 'Palyra::Device::"01j…"' palyra.vault.v1.VaultService/GetSecret 'Palyra::Scope::"a/b"'`.
+    /// Ask the node for a decision, e.g. `check 'Palyra::Device::"01j…"' palyra.vault.v1.VaultService/GetSecret 'Palyra::Scope::"a/b"'`
+    /// (a bare device id stands for its `Palyra::Device` uid).
     #[command(
         after_help = "Example:\n  palyra policy check 'Palyra::Device::\"01jf3k8m2q9x7v5t4r6w8y0z1a\"' palyra.vault.v1.VaultService/GetSecret 'Palyra::Scope::\"agents/alpha\"'   # exit 3 on DENY"
     )]
     Check {
-        /// Principal entity uid.
+        /// Principal entity uid, or a bare device id for `Palyra::Device::"<id>"`, or
+        /// `anonymous`.
         principal: String,
         /// Action id (full gRPC method or QUIC method).
         action: String,
@@ -202,7 +204,7 @@ pub(super) async fn run(ctx: &Context, cmd: PolicyCommand) -> Result<(), CliErro
         PolicyCommand::Check { principal, action, resource, context } => {
             let r = client
                 .authorize(pb::AuthorizeRequest {
-                    principal,
+                    principal: principal_uid(&principal),
                     action,
                     resource,
                     context_json: context.unwrap_or_default(),
@@ -310,4 +312,20 @@ fn print_set(ctx: &Context, set: pb::PolicySet, schema: bool) -> Result<(), CliE
         }
         text
     })
+}
+
+/// The principal as a Cedar uid: a bare device id is `Palyra::Device::"<id>"` (lower case),
+/// `anonymous` the anonymous principal; anything else is passed on as written.
+fn principal_uid(text: &str) -> String {
+    let text = text.trim();
+    if text.contains("::") {
+        return text.to_owned();
+    }
+    if text.eq_ignore_ascii_case("anonymous") {
+        return "Palyra::Anonymous::\"anonymous\"".to_owned();
+    }
+    match crate::identity::DeviceId::parse(text) {
+        Ok(id) => format!("Palyra::Device::\"{id}\""),
+        Err(_) => text.to_owned(),
+    }
 }

@@ -255,7 +255,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     }
     // Before anything in the data dir is opened: a second node would fight the first over the
     // database (its audit appends fail). Held until the process exits.
-    let _lock = lock(ctx, "palyra serve")?;
+    let lock = lock(ctx, "palyra serve")?;
     let node = Node::open(&ctx.data_dir, s.options).await.map_err(open_error)?;
     // A node must not keep appending to a chain whose end does not match its seal: records
     // were removed (or the head was deleted or edited) while it was down.
@@ -302,6 +302,15 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         Some((l, _)) => Some(l.local_addr().map_err(|e| CliError::new(e.to_string()))?),
         None => None,
     };
+    // The CLI's default server: the addresses actually bound (port 0 included), removed on a
+    // clean stop (the guard drops), ignored once this process no longer holds the lock.
+    let record = crate::datadir_lock::ServeRecord {
+        pid: std::process::id(),
+        grpc: super::address::dialable(bound),
+        quic: super::address::dialable(quic_bound),
+        console: console_bound.map(super::address::dialable),
+    };
+    let _record = lock.record_serving(&ctx.data_dir, &record).map_err(|e| CliError::new(e.to_string()))?;
     let retention = node.events.spawn_retention(std::time::Duration::from_secs(60));
     let audit_sink = start_audit_sink(&node, &s.file)?;
     let backups = s.file.backup.clone().map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b));
@@ -442,7 +451,13 @@ mod tests {
             crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY
         );
         let dir = tempfile::tempdir().map_err(|e| CliError::new(e.to_string()))?;
-        let ctx = Context { data_dir: dir.path().to_path_buf(), server: String::new(), json: false };
+        let ctx = Context {
+            data_dir: dir.path().to_path_buf(),
+            server: String::new(),
+            server_from: String::new(),
+            as_: None,
+            json: false,
+        };
         let init = InitArgs { key_backend: None, server_names: Vec::new(), config: None, _server: None };
         let options = settings(&ctx, &init, None, None)?.options;
         assert_eq!(options.device_certificate_lifetime, crate::identity::ca::DEFAULT_CLIENT_CERT_VALIDITY);

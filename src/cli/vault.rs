@@ -41,10 +41,13 @@ pub(super) enum VaultCommand {
     Import(super::vault_io::ImportArgs),
     /// Print a scope's secrets as `.env` or JSON (to a terminal only with --reveal).
     Export(super::vault_io::ExportArgs),
-    /// List secrets' metadata (never values).
-    #[command(after_help = "Example:\n  palyra vault list agents -r --json")]
+    /// List secrets' metadata (never values): only what this caller may list.
+    #[command(
+        after_help = "Example:\n  palyra vault list agents -r --json   # or `palyra vault list /`: every scope you may list"
+    )]
     List {
-        /// Scope to list.
+        /// Scope to list; `/` (or none): every scope, recursively.
+        #[arg(default_value = "/")]
         scope: String,
         /// Include sub-scopes.
         #[arg(short = 'r', long)]
@@ -221,7 +224,7 @@ pub(super) async fn run(ctx: &Context, cmd: VaultCommand) -> Result<(), CliError
             }
             ctx.print(&all, || {
                 if all.is_empty() {
-                    format!("no secrets in {scope}")
+                    format!("no secrets in {scope} that you may list")
                 } else {
                     all.iter().map(Metadata::line).collect::<Vec<_>>().join("\n")
                 }

@@ -12,12 +12,13 @@ use crate::vault::Scope;
 pub const MAX_GRANTED_SCOPES: usize = 64;
 pub use crate::identity::MAX_REASON_BYTES;
 
-/// A pairing request id (a ULID), upper-cased.
+/// A pairing request id (a ULID, either case), lower-cased like device ids. (Requests stored
+/// before ids were lower case keep their upper-case id; the store finds them either way.)
 pub fn request_id(text: &str) -> Result<String, PairingError> {
     if text.len() != 26 || ulid::Ulid::from_string(text).is_err() {
         return Err(PairingError::invalid("request_id", "not a ULID"));
     }
-    Ok(text.to_ascii_uppercase())
+    Ok(text.to_ascii_lowercase())
 }
 
 /// A role a pairing may grant: device or node, never admin. Empty → `None`.
@@ -142,5 +143,18 @@ impl PairingRequest {
         } else {
             self.state
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_read_either_case_and_are_lower_case_like_device_ids() {
+        let id = ulid::Ulid::generate().to_string();
+        assert_eq!(request_id(&id).ok(), Some(id.to_ascii_lowercase()));
+        assert_eq!(request_id(&id.to_ascii_lowercase()).ok(), Some(id.to_ascii_lowercase()));
+        assert!(request_id("not-a-ulid").is_err());
     }
 }

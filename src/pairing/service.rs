@@ -520,7 +520,7 @@ impl Pairing {
         let (device, issued) = self.new_device(&applicant, role, scopes.clone(), now)?;
         let device_id = device.id;
         let request = PairingRequest {
-            id: ulid::Ulid::generate().to_string(),
+            id: new_request_id(),
             code_id: key_id.to_string(),
             device_name: device.name.clone(),
             fingerprint: device.fingerprint.clone(),
@@ -676,7 +676,7 @@ impl Pairing {
             return Ok((id, RequestState::Approved));
         }
         let request = PairingRequest {
-            id: ulid::Ulid::generate().to_string(),
+            id: new_request_id(),
             code_id: code_id.to_string(),
             device_name: verified.device_name.as_str().to_owned(),
             fingerprint: verified.fingerprint(),
@@ -725,9 +725,21 @@ impl Pairing {
     }
 }
 
+/// A new pairing request id: a ULID in lower case, like device ids (either case is read).
+fn new_request_id() -> String {
+    ulid::Ulid::generate().to_string().to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_request_ids_are_lower_case_like_device_ids() {
+        let id = new_request_id();
+        assert_eq!(id, id.to_ascii_lowercase());
+        assert_eq!(request_id(&id).ok(), Some(id));
+    }
 
     #[test]
     fn starts_are_charged_per_address_then_node_wide() {

@@ -109,7 +109,17 @@ pub enum EntityRef {
 /// `Palyra::Device::"01J…"`, `Palyra::Anonymous::"anonymous"`, `Palyra::Node::"local"`,
 /// `Palyra::Scope::"a/b"`. Anything else is an error that says what is accepted.
 pub fn parse_entity_ref(text: &str) -> Result<EntityRef, PolicyError> {
-    let uid = parse_uid(text)?;
+    parse_entity_ref_like(text, "Palyra::Scope::\"a/b\"")
+}
+
+/// [`parse_entity_ref`] for a principal: a uid that does not parse is answered with a
+/// principal's example (`Palyra::Device::"<id>"`), not a scope's.
+pub fn parse_principal_ref(text: &str) -> Result<EntityRef, PolicyError> {
+    parse_entity_ref_like(text, "Palyra::Device::\"01j9zq8x7c6v5b4n3m2k1j0h9a\" or Palyra::Anonymous::\"anonymous\"")
+}
+
+fn parse_entity_ref_like(text: &str, example: &str) -> Result<EntityRef, PolicyError> {
+    let uid = parse_uid(text, example)?;
     let err = |reason: String| PolicyError::InvalidEntityRef { input: quote(text), reason };
     let id = uid.id().unescaped();
     match uid.type_name().to_string().as_str() {
@@ -132,7 +142,7 @@ pub fn parse_entity_ref(text: &str) -> Result<EntityRef, PolicyError> {
 /// Reads an action uid given as text (`Palyra::Action::"palyra.vault.v1.VaultService/GetSecret"`)
 /// and returns its id when it is one of [`super::actions::ALL`].
 pub fn parse_action_ref(text: &str) -> Result<&'static str, PolicyError> {
-    let uid = parse_uid(text)?;
+    let uid = parse_uid(text, "Palyra::Action::\"palyra.vault.v1.VaultService/GetSecret\"")?;
     let err = |reason: String| PolicyError::InvalidEntityRef { input: quote(text), reason };
     if uid.type_name().to_string() != "Palyra::Action" {
         return Err(err("an action is a Palyra::Action uid".to_owned()));
@@ -145,14 +155,14 @@ pub fn parse_action_ref(text: &str) -> Result<&'static str, PolicyError> {
         .ok_or_else(|| err("unknown action: not a gRPC method or QUIC method of this node".to_owned()))
 }
 
-fn parse_uid(text: &str) -> Result<EntityUid, PolicyError> {
+fn parse_uid(text: &str, example: &str) -> Result<EntityUid, PolicyError> {
     let err = |reason: String| PolicyError::InvalidEntityRef { input: quote(text), reason };
     if text.len() > MAX_UID_TEXT {
         return Err(err(format!("longer than {MAX_UID_TEXT} bytes")));
     }
     text.trim().parse::<EntityUid>().map_err(|e| {
         err(format!(
-            "expected a Cedar entity uid such as Palyra::Scope::\"a/b\" ({})",
+            "expected a Cedar entity uid such as {example} ({})",
             one_line(&e.to_string())
         ))
     })
@@ -414,6 +424,9 @@ mod tests {
             assert!(err.contains(want), "{input:?}: {err}");
             assert!(err.starts_with("invalid entity uid"), "{err}");
         }
+        let principal = parse_principal_ref("01j9zq8x7c6v5b4n3m2k1j0h9a").err().map(|e| e.to_string());
+        let principal = principal.unwrap_or_default();
+        assert!(principal.contains("such as Palyra::Device::") && !principal.contains("Scope"), "{principal}");
         let long = format!("Palyra::Scope::\"{}\"", "a".repeat(5000));
         let err = parse_entity_ref(&long).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("longer than") && err.len() < 300, "{err}");

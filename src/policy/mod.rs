@@ -46,7 +46,7 @@ mod store;
 pub use diagnostics::{Diagnostic, MAX_NESTING, MAX_OPERATORS, MAX_POLICY_TEXT_BYTES, Severity};
 pub(crate) use engine::Unsliced;
 pub use engine::{AuthzDecision, PolicyEngine};
-pub use entities::{EntityRef, Resource, Subject, parse_action_ref, parse_entity_ref, principal_uid};
+pub use entities::{EntityRef, Resource, Subject, parse_action_ref, parse_entity_ref, parse_principal_ref, principal_uid};
 pub(crate) use service::ResetError;
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use service::{Policies, UPDATED_BY_INIT, UPDATED_BY_RESET};

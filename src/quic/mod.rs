@@ -44,6 +44,9 @@ pub const CLOSE_SHUTDOWN: u32 = 0x0;
 pub const METHOD_HEALTH: &str = "node.health";
 /// Replay then follow the event log.
 pub const METHOD_STREAM_EVENTS: &str = "node.stream_events";
+/// `since_sequence` that asks `node.stream_events` for the events committed from now on only
+/// (nothing replayed): the largest uint64, which no event ever reaches.
+pub const EVENTS_FROM_NOW: u64 = u64::MAX;
 
 /// `Error.code` values (chosen in `wire::quic`).
 pub use crate::wire::quic::codes;

@@ -496,7 +496,12 @@ async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: Se
 }
 
 async fn stream_events(shared: &Shared, conn: &Connection, mut send: SendStream, request: pb::Request) {
-    let mut subscription = match shared.events.subscribe(request.since_sequence, request.kinds).await {
+    let subscribed = if request.since_sequence == super::EVENTS_FROM_NOW {
+        shared.events.subscribe_from_now(request.kinds).await
+    } else {
+        shared.events.subscribe(request.since_sequence, request.kinds).await
+    };
+    let mut subscription = match subscribed {
         Ok(subscription) => subscription,
         Err(e) => return finish_with(send, events_refused(&e, request.since_sequence)).await,
     };

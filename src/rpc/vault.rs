@@ -3,7 +3,6 @@
 //! WatchSecrets follows a [`Watch`] of the event log, each sub-scope decided through the
 //! gate's [`crate::access::ScopeDecisions`].
 
-use std::collections::HashMap;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -11,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::authz::{Gate, GateExt, peer_of};
 use super::slots::StreamSlots;
-use crate::access::DenialKind;
+use crate::access::{Denied, DenialKind};
 use crate::events::EventLog;
 use crate::policy::{Resource, actions};
 use crate::vault::{Scope, SecretValue, Vault, Watch};
@@ -20,6 +19,11 @@ use crate::wire::pb::vault::v1::{self as pb, vault_service_server::VaultService}
 use crate::wire::status::{denied, internal, stream_shutdown};
 
 const SERVICE: &str = "palyra.vault.v1.VaultService";
+
+/// Rows one ListSecrets call reads while it skips secrets the caller may not list: 16 pages,
+/// at most this many (past its first page); then it returns what it has with a token to go on.
+/// It bounds the scopes one call decides, so the audit records it writes.
+const MAX_LIST_SCAN_ROWS: usize = 2000;
 
 /// Messages of one WatchSecrets stream waiting for the client: the stream's task waits when
 /// they are not taken (HTTP/2 flow control holds the rest back), so a slow reader costs this
@@ -57,8 +61,24 @@ impl VaultApi {
         scope: &crate::vault::Scope,
     ) -> Result<(), Status> {
         let peer = peer_of(request)?;
-        self.gate.check(&peer, &format!("{SERVICE}/{method}"), &Resource::Scope(scope.clone()))
+        let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
+        self.gate
+            .decide(&peer, &format!("{SERVICE}/{method}"), &Resource::Scope(scope.clone()), None)
+            .map_err(|d| denied(anonymous, reserved(scope, d)))
     }
+}
+
+/// A policy denial on the node's own `palyra/` scopes says they are reserved.
+fn reserved(scope: &Scope, mut d: Denied) -> Denied {
+    let reserved = scope.as_str() == "palyra" || scope.as_str().starts_with("palyra/");
+    if reserved && d.kind == DenialKind::Policy {
+        d.message = format!(
+            "{}: the palyra/ scopes are reserved for the node (auth profiles keep their keys in {}; use `palyra auth`)",
+            d.message,
+            crate::auth::RESERVED_SCOPE
+        );
+    }
+    d
 }
 
 #[tonic::async_trait]
@@ -93,33 +113,80 @@ impl VaultService for VaultApi {
         &self,
         request: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        let s = scope("scope", &request.get_ref().scope)?;
-        self.check_scope(&request, "ListSecrets", &s)?;
+        // "" or "/": every scope the caller may list (the top-level ones and below).
+        let root = match request.get_ref().scope.as_str() {
+            "" | "/" => None,
+            text => Some(scope("scope", text)?),
+        };
         let peer = peer_of(&request)?;
+        let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
         let req = request.into_inner();
-        let listing = Listing { scope: &s, recursive: req.recursive, include_deleted: req.include_deleted };
-        let after = parse_page_token(&listing, &req.page_token)?;
-        let (page, next) =
-            self.vault.list(&s, req.recursive, req.include_deleted, req.page_size as usize, after).await?;
-        // A recursive listing reaches sub-scopes the check above did not ask about (a policy may
-        // forbid `a/private` while permitting `a`): ask once per sub-scope on the page and leave
-        // out what is denied.
-        let mut allowed: HashMap<Scope, bool> = HashMap::new();
-        let mut secrets = Vec::with_capacity(page.len());
-        for metadata in page {
-            let visible = metadata.scope == s
-                || *allowed.entry(metadata.scope.clone()).or_insert_with(|| {
-                    self.gate
-                        .check(
-                            &peer,
-                            &format!("{SERVICE}/ListSecrets"),
-                            &Resource::Scope(metadata.scope.clone()),
-                        )
-                        .is_ok()
-                });
-            if visible {
-                secrets.push(metadata.into());
+        let recursive = req.recursive || root.is_none();
+        // Each scope met is decided (and audited) once per call, at most MAX_REMEMBERED_SCOPES.
+        let mut decisions = self.gate.scope_decisions(peer, actions::LIST_SECRETS);
+        // The scope asked for. Denied by the policy, a recursive listing still returns the
+        // sub-scopes the caller may list (names it may read anyway: nothing is revealed about
+        // the rest); a flat listing, an anonymous caller or an audit failure stays refused.
+        let mut root_denied = None;
+        match &root {
+            Some(s) => match decisions.decide(s) {
+                Ok(()) => {}
+                Err(d) if recursive && !anonymous && d.kind == DenialKind::Policy => root_denied = Some(d),
+                Err(d) => return Err(denied(anonymous, reserved(s, d))),
+            },
+            None if anonymous => {
+                let message = "an anonymous caller lists no scope".to_owned();
+                return Err(denied(true, Denied { kind: DenialKind::Policy, message }));
             }
+            None => {}
+        }
+        let listing = Listing { scope: root.as_ref(), recursive, include_deleted: req.include_deleted };
+        let mut after = parse_page_token(&listing, &req.page_token)?;
+        let first_page = after.is_none();
+        let limit = match req.page_size as usize {
+            0 => crate::vault::DEFAULT_PAGE_SIZE,
+            n => n.min(crate::vault::MAX_PAGE_SIZE),
+        };
+        // Hidden rows are skipped a page at a time, up to a budget per call; the token resumes.
+        let mut scanned = 0;
+        let mut secrets = Vec::with_capacity(limit);
+        let next = 'scan: loop {
+            let (page, next) = self
+                .vault
+                .list_under(root.as_ref(), recursive, req.include_deleted, limit, after.clone())
+                .await?;
+            let rows = page.len();
+            scanned += rows;
+            for (i, metadata) in page.into_iter().enumerate() {
+                let position = (metadata.scope.clone(), metadata.key.clone());
+                let visible = match (&root, &root_denied) {
+                    (Some(s), None) if metadata.scope == *s => true,
+                    _ => decisions.decide(&metadata.scope).is_ok(),
+                };
+                if visible {
+                    secrets.push(metadata.into());
+                }
+                after = Some(position);
+                if secrets.len() == limit {
+                    // Full: go on after this row, unless it was the listing's last.
+                    let more = i + 1 < rows || next.is_some();
+                    break 'scan after.clone().filter(|_| more);
+                }
+            }
+            if next.is_none() {
+                break None;
+            }
+            if scanned >= (16 * limit).min(MAX_LIST_SCAN_ROWS) {
+                break after.clone();
+            }
+        };
+        if let (Some(d), true, true, None) = (root_denied, first_page, secrets.is_empty(), &next) {
+            // Nothing under it is the caller's to list: the denial of the scope asked for.
+            let d = match &root {
+                Some(s) => reserved(s, d),
+                None => d,
+            };
+            return Err(denied(anonymous, d));
         }
         Ok(Response::new(pb::ListSecretsResponse {
             secrets,

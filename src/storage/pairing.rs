@@ -209,7 +209,7 @@ impl PairingStore for Store {
             devices::insert(c, &device, mac.as_deref())?;
             c.prepare_cached(
                 "UPDATE pairing_requests SET state = 'approved', decided_at = ?2, device_id = ?3, \
-                 certificate_pem = ?4, role = ?5, scopes = ?6 WHERE id = ?1",
+                 certificate_pem = ?4, role = ?5, scopes = ?6 WHERE id IN (?1, upper(?1))",
             )
             .map_err(StoreError::from)?
             .execute(params![
@@ -347,7 +347,7 @@ impl PairingStore for Store {
             }
             c.prepare_cached(
                 "UPDATE pairing_requests SET state = 'rejected', decided_at = ?2, reject_reason = ?3 \
-                 WHERE id = ?1",
+                 WHERE id IN (?1, upper(?1))",
             )?
             .execute(params![id, to_millis(now), reason])?;
             events::append(c, &NewEvent::new(PAIRING_REJECTED, id.clone()), now)?;
@@ -372,7 +372,7 @@ fn pending(c: &Connection, id: &str, now: SystemTime) -> Result<Outcome<PairingR
         state => {
             if state != request.state {
                 c.prepare_cached(
-                    "UPDATE pairing_requests SET state = 'expired', decided_at = expires_at WHERE id = ?1",
+                    "UPDATE pairing_requests SET state = 'expired', decided_at = expires_at WHERE id IN (?1, upper(?1))",
                 )?
                 .execute([id])?;
             }
@@ -486,7 +486,8 @@ fn insert_request(c: &Connection, r: &PairingRequest) -> Result<(), StoreError> 
 }
 
 fn load_request(c: &Connection, id: &str) -> Result<Option<PairingRequest>, StoreError> {
-    let sql = format!("SELECT {REQUEST_COLUMNS} FROM pairing_requests WHERE id = ?1");
+    // Ids are lower case; requests stored before that are upper case.
+    let sql = format!("SELECT {REQUEST_COLUMNS} FROM pairing_requests WHERE id IN (?1, upper(?1))");
     c.prepare_cached(&sql)?.query_row([id], request_from_row).optional()?.transpose()
 }
 
@@ -619,6 +620,8 @@ mod tests {
         let stored = store.pairing_code(&used.code_id).await.unwrap().unwrap();
         assert_eq!((stored.state, stored.sealed_pin), (CodeState::Used, None));
         assert_eq!(store.request(&r.id).await.unwrap(), Some(r.clone()));
+        // Stored upper case (as before ids were lower case): found by the lower-case id too.
+        assert_eq!(store.request(&r.id.to_ascii_lowercase()).await.unwrap(), Some(r.clone()));
 
         store.expire(t0() + Duration::from_secs(600)).await.unwrap();
         let expired = store.pairing_code(&old.code_id).await.unwrap().unwrap();

@@ -277,13 +277,21 @@ fn list(
     // Rows come after the cursor and at or after (scope, ''): every key sorts after ''. Starting
     // the cursor there lets SQLite seek straight to the page instead of scanning everything
     // before it, so a page costs the same at any depth and with any number of secrets.
-    let floor = (query.scope.as_str().to_owned(), String::new());
+    let scope = query.scope.as_ref().map_or("", |s| s.as_str());
+    let floor = (scope.to_owned(), String::new());
     let (after_scope, after_key) = query
         .after
         .as_ref()
         .map(|(s, k)| (s.as_str().to_owned(), k.as_str().to_owned()))
         .map_or(floor.clone(), |after| after.max(floor));
-    let sql = if query.recursive {
+    let sql = if query.scope.is_none() {
+        // Every scope: the whole (scope, key) index from the cursor on.
+        format!(
+            "SELECT {METADATA_COLUMNS} FROM secrets s
+             WHERE (scope, key) > (?3, ?4) AND ?1 = '' AND (?2 OR deleted = 0)
+             ORDER BY scope, key LIMIT ?5"
+        )
+    } else if query.recursive {
         // Sub-scopes of `a` are `a/...`: the range ['a/', 'a0') — '0' follows '/' in ASCII — and
         // not siblings such as `a-b` or `a.b`. The row-value bound is the index range's start.
         format!(
@@ -293,7 +301,7 @@ fn list(
              ORDER BY scope, key LIMIT ?5"
         )
     } else {
-        if after_scope != query.scope.as_str() {
+        if after_scope != scope {
             // The cursor is past this scope.
             return Ok(Vec::new());
         }
@@ -306,7 +314,7 @@ fn list(
     let mut stmt = conn.prepare_cached(&sql).map_err(StoreError::from)?;
     let rows = stmt
         .query_map(
-            (query.scope.as_str(), query.include_deleted, after_scope, after_key, query.limit as i64),
+            (scope, query.include_deleted, after_scope, after_key, query.limit as i64),
             |r| metadata_from_row(r, mac),
         )
         .map_err(StoreError::from)?;

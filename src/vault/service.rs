@@ -150,11 +150,23 @@ impl Vault {
         page_size: usize,
         after: Option<(Scope, SecretKey)>,
     ) -> Result<(Vec<SecretMetadata>, Option<(Scope, SecretKey)>), VaultError> {
+        self.list_under(Some(scope), recursive, include_deleted, page_size, after).await
+    }
+
+    /// [`list`](Self::list) of `scope`, or with `None` of every scope (recursive implied).
+    pub async fn list_under(
+        &self,
+        scope: Option<&Scope>,
+        recursive: bool,
+        include_deleted: bool,
+        page_size: usize,
+        after: Option<(Scope, SecretKey)>,
+    ) -> Result<(Vec<SecretMetadata>, Option<(Scope, SecretKey)>), VaultError> {
         let limit = if page_size == 0 { DEFAULT_PAGE_SIZE } else { page_size.min(MAX_PAGE_SIZE) };
         // One extra row tells whether another page follows without a second query.
         let mut rows = self
             .backend
-            .list(ListQuery { scope: scope.clone(), recursive, include_deleted, after, limit: limit + 1 })
+            .list(ListQuery { scope: scope.cloned(), recursive, include_deleted, after, limit: limit + 1 })
             .await?;
         let next = if rows.len() > limit {
             rows.truncate(limit);

@@ -49,8 +49,8 @@ pub struct StoredVersion {
 /// A page of metadata to list.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
-    /// The scope listed.
-    pub scope: Scope,
+    /// The scope listed; `None`: every scope (recursive implied).
+    pub scope: Option<Scope>,
     /// Include sub-scopes.
     pub recursive: bool,
     /// Include deleted secrets.

@@ -431,9 +431,8 @@ impl From<AuthError> for Status {
             e @ AuthError::AlreadyExists(_) => {
                 status(Code::AlreadyExists, ErrorReason::InvalidArgument, e.to_string())
             }
-            e @ AuthError::WrongKind { .. } => {
-                status(Code::FailedPrecondition, ErrorReason::InvalidArgument, e.to_string())
-            }
+            // The profile named is of the other kind: the argument is wrong, code and reason alike.
+            e @ AuthError::WrongKind { .. } => invalid_argument("name", e),
             e @ AuthError::StateInvalid => {
                 status(Code::FailedPrecondition, ErrorReason::AuthStateInvalid, e.to_string())
             }
@@ -472,6 +471,17 @@ mod tests {
 
     fn reason_of(s: &Status) -> String {
         s.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_auth_call_on_the_wrong_kind_of_profile_is_invalid_argument_in_code_and_reason() {
+        let name = crate::auth::ProfileName::parse("openai").expect("name");
+        let e: Status =
+            AuthError::WrongKind { name, kind: "an API key", message: "login is for OAuth" }.into();
+        assert_eq!(
+            (e.code(), reason_of(&e).as_str()),
+            (Code::InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT")
+        );
     }
 
     #[test]

@@ -14,14 +14,17 @@ export const ERROR_DOMAIN = "palyra.dev";
 const ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo";
 
 /**
- * A failed call: `code` is the gRPC status code, `reason` the Palyra `ErrorReason`
- * (`ErrorReason.ERROR_REASON_UNSPECIFIED` when the status carried none, e.g. a transport
- * failure), `reasonName` its name as sent (`"ERROR_REASON_VERSION_CONFLICT"`, or `""`).
+ * A failed call: `code` is the gRPC status code, `reason` the Palyra reason's name as sent
+ * (`"ERROR_REASON_VERSION_CONFLICT"`; `""` when the status carried none, e.g. a transport
+ * failure), as in the Python client; `reasonCode` the same as an `ErrorReason` number
+ * (`ERROR_REASON_UNSPECIFIED` when none, `UNRECOGNIZED` for a reason newer than this client).
  */
 export class PalyraError extends Error {
   readonly code: grpc.status;
   readonly details: string;
-  readonly reason: ErrorReason;
+  readonly reason: string;
+  readonly reasonCode: ErrorReason;
+  /** The same as `reason` (kept for code written before `reason` was the name). */
   readonly reasonName: string;
   readonly domain: string;
   readonly metadata: Record<string, string>;
@@ -34,12 +37,18 @@ export class PalyraError extends Error {
     this.name = "PalyraError";
     this.code = error.code;
     this.details = error.details;
+    this.reason = reasonName;
     this.reasonName = reasonName;
-    this.reason = reasonName ? errorReasonFromJSON(reasonName) : ErrorReason.ERROR_REASON_UNSPECIFIED;
+    this.reasonCode = reasonCode(reasonName);
     this.domain = info?.domain ?? "";
     this.metadata = info?.metadata ?? {};
     this.cause = error;
   }
+}
+
+/** The number of a reason name: unspecified for none, `UNRECOGNIZED` for one newer than this client. */
+function reasonCode(name: string): ErrorReason {
+  return name ? errorReasonFromJSON(name) : ErrorReason.ERROR_REASON_UNSPECIFIED;
 }
 
 function errorInfo(error: grpc.ServiceError): ErrorInfo | undefined {

@@ -17,6 +17,8 @@ import { join } from "node:path";
 
 import * as grpc from "@grpc/grpc-js";
 
+import { tlsFor } from "./servername";
+
 import { AuditServiceClient } from "./gen/palyra/audit/v1/audit";
 import { AuthProfileServiceClient } from "./gen/palyra/auth/v1/auth";
 import { ConsoleServiceClient } from "./gen/palyra/console/v1/console";
@@ -43,6 +45,7 @@ export * as policy from "./gen/palyra/policy/v1/policy";
 export * as vault from "./gen/palyra/vault/v1/vault";
 export { ErrorReason } from "./gen/palyra/common/v1/errors";
 export { ERROR_DOMAIN, PalyraError, unary } from "./errors";
+export { tlsFor } from "./servername";
 export { certificateWindow, RenewalEvent, RenewalOptions } from "./renewal";
 export { WatchOptions } from "./watch";
 
@@ -194,13 +197,19 @@ export function connect(opts: ConnectOptions = {}): Palyra {
     const dir = credentialsDir(opts.dataDir ?? defaultDataDir());
     if (opts.renew ?? true) {
       const renewer = new Renewer(target(server), dir, opts);
-      return new Palyra(target(server), renewer.credentials, renewer, opts.channelOptions);
+      return new Palyra(target(server), renewer.credentials, renewer, channelOptions(server, opts));
     }
     [ca, cert, key] = ["ca.pem", "cert.pem", "key.pem"].map((f) => readFileSync(join(dir, f)));
   } else if (!ca || !cert || !key) {
     throw new Error("pass all of ca, cert and key, or a dataDir");
   }
-  return new Palyra(target(server), grpc.credentials.createSsl(ca, key, cert), undefined, opts.channelOptions);
+  const credentials = grpc.credentials.createSsl(ca, key, cert, tlsFor(target(server)).verify);
+  return new Palyra(target(server), credentials, undefined, channelOptions(server, opts));
+}
+
+/** The caller's channel options over the TLS server-name ones (`./servername`). */
+function channelOptions(server: string, opts: ConnectOptions): grpc.ChannelOptions {
+  return { ...tlsFor(target(server)).options, ...opts.channelOptions };
 }
 
 /** `https://HOST:PORT` → `HOST:PORT`, the form grpc-js takes. */

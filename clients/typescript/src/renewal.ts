@@ -24,6 +24,7 @@ import { basename, dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 
 import { PalyraError } from "./errors";
+import { tlsFor } from "./servername";
 import { IdentityServiceClient, RenewCertificateResponse } from "./gen/palyra/identity/v1/identity";
 
 /** How far the node backdates `notBefore` (`CLOCK_SKEW_ALLOWANCE` in the node's CA), in ms. */
@@ -208,7 +209,11 @@ export class Renewer {
     const read = (name: string) => readFileSync(join(dir, name));
     this.provider = new CredentialsProvider(read("ca.pem"), read("cert.pem"), read("key.pem"));
     this.tlsKey = createPrivateKey(this.provider.key);
-    this.credentials = grpc.experimental.createCertificateProviderChannelCredentials(this.provider, this.provider);
+    this.credentials = grpc.experimental.createCertificateProviderChannelCredentials(
+      this.provider,
+      this.provider,
+      tlsFor(target).verify,
+    );
     this.setTimes(this.provider.cert);
   }
 
@@ -376,7 +381,12 @@ export class Renewer {
     const deviceId = deviceIdOf(this.provider.cert);
     const csr = csrFor(this.tlsKey, deviceId);
     // No valid client certificate: server-authenticated TLS only, the node's CA pinned.
-    const anonymous = new IdentityServiceClient(this.target, grpc.credentials.createSsl(this.provider.ca));
+    const tls = tlsFor(this.target);
+    const anonymous = new IdentityServiceClient(
+      this.target,
+      grpc.credentials.createSsl(this.provider.ca, null, null, tls.verify),
+      tls.options,
+    );
     try {
       const deadline = () => ({ deadline: Date.now() + RPC_TIMEOUT_MS });
       const { challenge } = await call<{ challenge: Buffer }>((cb) =>

@@ -4,16 +4,23 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
+import { connect as tlsConnect, PeerCertificate } from "node:tls";
+
 import * as grpc from "@grpc/grpc-js";
 
 import { connect, ErrorReason, ERROR_DOMAIN, Palyra, PalyraError, unary } from "../src";
 import * as gen from "../src";
 import { ServerReflectionClient, ServerReflectionResponse } from "../src/gen/grpc/reflection/v1/reflection";
 import { IdentityServiceClient, ListDevicesResponse } from "../src/gen/palyra/identity/v1/identity";
+import { hostOf, tlsFor } from "../src/servername";
 import { operatorCa, startNode, TestNode } from "./node";
 
 let node: TestNode;
 let operator: Palyra;
+
+// Node's warnings of the whole run: a TLS ServerName set to an IP address is DEP0123.
+const warnings: Error[] = [];
+process.on("warning", (w) => warnings.push(w));
 
 before(async () => {
   node = await startNode();
@@ -45,23 +52,25 @@ test("vault put, get, versions and a CAS conflict with its reason", async () => 
   await assert.rejects(operator.putSecret("apps/typescript", "TOKEN", "three", { expectedVersion: "1" }), (e: unknown) => {
     assert.ok(e instanceof PalyraError);
     assert.equal(e.code, grpc.status.FAILED_PRECONDITION);
-    assert.equal(e.reason, ErrorReason.ERROR_REASON_VERSION_CONFLICT);
+    assert.equal(e.reason, "ERROR_REASON_VERSION_CONFLICT");
     assert.equal(e.reasonName, "ERROR_REASON_VERSION_CONFLICT");
+    assert.equal(e.reasonCode, ErrorReason.ERROR_REASON_VERSION_CONFLICT);
     assert.equal(e.domain, ERROR_DOMAIN);
     return true;
   });
   await assert.rejects(operator.getSecret("apps/typescript", "NOPE"), (e: unknown) => {
     assert.ok(e instanceof PalyraError);
     assert.equal(e.code, grpc.status.NOT_FOUND);
-    assert.equal(e.reason, ErrorReason.ERROR_REASON_NOT_FOUND);
+    assert.equal(e.reason, "ERROR_REASON_NOT_FOUND");
     return true;
   });
 });
 
 test("an anonymous call is denied with its code and reason", async () => {
   // TLS that trusts the node's CA but presents no client certificate: Palyra::Anonymous.
-  const credentials = grpc.credentials.createSsl(operatorCa(node));
-  const anonymous = new IdentityServiceClient(node.url.replace("https://", ""), credentials);
+  const tls = tlsFor(node.url.replace("https://", ""));
+  const credentials = grpc.credentials.createSsl(operatorCa(node), null, null, tls.verify);
+  const anonymous = new IdentityServiceClient(node.url.replace("https://", ""), credentials, tls.options);
   try {
     const me = await unary<gen.identity.WhoAmIResponse>((cb) => anonymous.whoAmI({}, cb));
     assert.equal(me.principalType, "Anonymous");
@@ -70,7 +79,7 @@ test("an anonymous call is denied with its code and reason", async () => {
       (e: unknown) => {
         assert.ok(e instanceof PalyraError);
         assert.equal(e.code, grpc.status.UNAUTHENTICATED);
-        assert.equal(e.reason, ErrorReason.ERROR_REASON_POLICY_DENIED);
+        assert.equal(e.reason, "ERROR_REASON_POLICY_DENIED");
         return true;
       },
     );
@@ -98,7 +107,7 @@ function protoServices(): string[] {
 }
 
 test("server reflection lists every Palyra service", async () => {
-  const reflection = new ServerReflectionClient(operator.target, operator.credentials);
+  const reflection = new ServerReflectionClient(operator.target, operator.credentials, tlsFor(operator.target).options);
   try {
     const stream = reflection.serverReflectionInfo();
     const answer = new Promise<ServerReflectionResponse>((ok, fail) => {
@@ -116,4 +125,31 @@ test("server reflection lists every Palyra service", async () => {
   } finally {
     reflection.close();
   }
+});
+
+test("an IP address target sets no TLS ServerName (no DEP0123) and still checks the certificate's IP", async () => {
+  assert.match(node.url, /^https:\/\/127\.0\.0\.1:/);
+  const client = connect({ server: node.url, dataDir: node.dataDir, renew: false });
+  try {
+    assert.equal((await client.whoAmI()).role, "admin");
+  } finally {
+    client.close();
+  }
+  await new Promise((resolve) => setImmediate(resolve));
+  const dep = warnings.filter((w) => (w as NodeJS.ErrnoException).code === "DEP0123");
+  assert.deepEqual(dep.map((w) => w.message), []);
+  // The certificate is still checked against the address dialled, not the SNI name.
+  const server = await new Promise<PeerCertificate>((ok, fail) => {
+    const port = Number(new URL(node.url).port);
+    const socket = tlsConnect({ host: "127.0.0.1", port, ca: operatorCa(node), servername: "localhost", ALPNProtocols: ["h2"] }, () => {
+      ok(socket.getPeerCertificate());
+      socket.end();
+    });
+    socket.on("error", fail);
+  });
+  const check = (target: string) => tlsFor(target).verify.checkServerIdentity?.("localhost", server);
+  assert.equal(check("127.0.0.1:7443"), undefined);
+  assert.ok(check("127.0.0.2:7443") instanceof Error, "an address the certificate does not name");
+  assert.deepEqual(tlsFor("node.example:7443"), { options: {}, verify: {} }, "DNS names are left alone");
+  assert.equal(hostOf("[::1]:7443"), "::1");
 });

@@ -11,7 +11,7 @@ import { after, before, test } from "node:test";
 
 import * as grpc from "@grpc/grpc-js";
 
-import { connect, ErrorReason, Palyra, PalyraError, unary, vault } from "../src";
+import { connect, Palyra, PalyraError, unary, vault } from "../src";
 import { pairDevice, portOf, TcpProxy, startNode, TestNode } from "./node";
 
 const STEP_MS = 10_000; // how long any one awaited change may take
@@ -132,7 +132,7 @@ test("a scope not granted throws PERMISSION_DENIED", async () => {
     await assert.rejects(next(me.watchSecrets("apps/not-yours")), (e: unknown) => {
       assert.ok(e instanceof PalyraError, `${e}`);
       assert.equal(e.code, grpc.status.PERMISSION_DENIED);
-      assert.equal(e.reason, ErrorReason.ERROR_REASON_POLICY_DENIED);
+      assert.equal(e.reason, "ERROR_REASON_POLICY_DENIED");
       return true;
     });
   } finally {
@@ -171,7 +171,7 @@ test("revoking the watcher ends the watch with DEVICE_REVOKED, without reconnect
       await assert.rejects(nextChange(changes), (e: unknown) => {
         assert.ok(e instanceof PalyraError, `${e}`);
         assert.equal(e.code, grpc.status.UNAUTHENTICATED);
-        assert.equal(e.reason, ErrorReason.ERROR_REASON_DEVICE_REVOKED);
+        assert.equal(e.reason, "ERROR_REASON_DEVICE_REVOKED");
         return true;
       });
     } finally {

@@ -7,7 +7,7 @@ use super::timestamp;
 use crate::identity::DeviceId;
 use crate::policy::{
     AuthzDecision, Diagnostic, EntityRef, MAX_POLICY_TEXT_BYTES, PolicyVersion, Resource, SCHEMA_TEXT,
-    Severity, StoredPolicySet, parse_action_ref, parse_entity_ref,
+    Severity, StoredPolicySet, parse_action_ref, parse_entity_ref, parse_principal_ref,
 };
 use crate::wire::pb::policy::v1 as pb;
 use crate::wire::status::invalid_argument;
@@ -43,7 +43,7 @@ impl TryFrom<pb::AuthorizeRequest> for AuthorizeQuery {
     type Error = Status;
 
     fn try_from(req: pb::AuthorizeRequest) -> Result<Self, Status> {
-        let principal = parse_entity_ref(&req.principal).map_err(|e| invalid_argument("principal", e))?;
+        let principal = parse_principal_ref(&req.principal).map_err(|e| invalid_argument("principal", e))?;
         let resource = match parse_entity_ref(&req.resource).map_err(|e| invalid_argument("resource", e))? {
             EntityRef::Node => Resource::Node,
             EntityRef::Scope(scope) => Resource::Scope(scope),

@@ -103,8 +103,8 @@ impl From<Watched> for pbv::WatchSecretsResponse {
 /// What a page token is bound to: the listing it continues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing<'a> {
-    /// The scope listed.
-    pub scope: &'a Scope,
+    /// The scope listed; `None`: every scope.
+    pub scope: Option<&'a Scope>,
     /// With sub-scopes.
     pub recursive: bool,
     /// With deleted secrets.
@@ -113,7 +113,12 @@ pub struct Listing<'a> {
 
 impl Listing<'_> {
     fn binding(&self) -> String {
-        format!("{}\n{}\n{}", self.scope, u8::from(self.recursive), u8::from(self.include_deleted))
+        format!(
+            "{}\n{}\n{}",
+            self.scope.map_or("", |s| s.as_str()),
+            u8::from(self.recursive),
+            u8::from(self.include_deleted)
+        )
     }
 }
 
@@ -152,14 +157,14 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_are_bound_and_reject_garbage() {
         let scope = Scope::parse("a").expect("scope");
-        let listing = Listing { scope: &scope, recursive: true, include_deleted: false };
+        let listing = Listing { scope: Some(&scope), recursive: true, include_deleted: false };
         let pos = (Scope::parse("a/b").expect("scope"), SecretKey::parse("K").expect("key"));
         let token = page_token(&listing, &pos);
         assert_eq!(parse_page_token(&listing, &token).ok().flatten(), Some(pos));
         let flat = Listing { recursive: false, ..listing.clone() };
         assert!(parse_page_token(&flat, &token).is_err(), "a token of another listing");
         let other = Scope::parse("b").expect("scope");
-        assert!(parse_page_token(&Listing { scope: &other, ..listing.clone() }, &token).is_err());
+        assert!(parse_page_token(&Listing { scope: Some(&other), ..listing.clone() }, &token).is_err());
         for bad in ["zz", "00", &hex::encode("a/b"), &hex::encode("a\n1\n0\nA\nk"), &"0".repeat(9000)] {
             assert!(parse_page_token(&listing, bad).is_err(), "{bad}");
         }

@@ -28,7 +28,8 @@ export interface Request {
   /**
    * For "node.stream_events": replay events with a sequence strictly greater than this; 0
    * replays everything retained. An already purged starting point gets
-   * `Error{code: "events_truncated"}`. Ignored by "node.health".
+   * `Error{code: "events_truncated"}`. 18446744073709551615 (the largest uint64) replays
+   * nothing: only events committed from now on. Ignored by "node.health".
    */
   sinceSequence: string;
   /**
