@@ -32,6 +32,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use crate::config::LogFormat;
 pub use output::{CliError, Exit};
 
 /// Palyra: the security control plane of a personal node.
@@ -63,6 +64,7 @@ enum Command {
     /// (idempotent: never overwrites).
     Init(serve::InitArgs),
     /// Run the node (initialises the data dir on first run).
+    #[command(after_help = "Example: palyra serve --metrics-addr 127.0.0.1:9464 --log-format json")]
     Serve(serve::ServeArgs),
     /// This node's identity.
     #[command(subcommand)]
@@ -115,6 +117,15 @@ impl Cli {
     /// The data directory in force.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(crate::config::default_data_dir)
+    }
+
+    /// The log format `main` sets up before [`Cli::run`]: `palyra serve --log-format` (or
+    /// `PALYRA_LOG_FORMAT`, or the config file's `log_format`); text for everything else.
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve(args) => args.log_format(&self.data_dir()),
+            _ => LogFormat::Text,
+        }
     }
 
     /// Runs the command.

@@ -12,12 +12,19 @@ use crate::wire::status::internal;
 #[derive(Debug, Clone)]
 pub struct AuditApi {
     log: Audit,
+    metrics: crate::metrics::Metrics,
 }
 
 impl AuditApi {
     /// The service over `log`.
     pub fn new(log: Audit) -> Self {
-        AuditApi { log }
+        AuditApi { log, metrics: crate::metrics::Metrics::disabled() }
+    }
+
+    /// Counts verifications in `metrics` (`palyra_audit_verify_total{result}`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -41,6 +48,7 @@ impl AuditService for AuditApi {
         _request: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
         let v = self.log.verify().await.map_err(internal)?;
+        self.metrics.audit_verified(v.ok);
         if !v.ok {
             tracing::error!(first_bad_sequence = ?v.first_bad_sequence, problem = ?v.problem, "the audit log failed verification");
         }
