@@ -379,6 +379,8 @@ mod tests {
             server_names = ["node.local"]
             max_value_bytes = 1024
             device_certificate_lifetime_seconds = 3600
+            metrics_addr = "127.0.0.1:9464"
+            log_format = "json"
             [console]
             addr = "127.0.0.1:7500"
             enabled = true
@@ -389,8 +391,6 @@ mod tests {
             max_connections = 100
             max_connections_per_address = 10
             anonymous_idle_timeout_secs = 5
-            metrics_addr = "127.0.0.1:9464"
-            log_format = "json"
         "#;
         let c = FileConfig::parse(text, Path::new("palyra.toml"))?;
         assert_eq!(

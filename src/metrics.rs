@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
@@ -30,7 +30,9 @@ use prometheus_client::registry::Registry;
 /// The `Content-Type` of [`Metrics::encode`]'s text (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The name the audit sink's lag will be exposed under ([`Metrics::gauge_fn`]).
+/// The name the audit sink's lag will be exposed under ([`Metrics::gauge_fn`]; the sink
+/// registers it when it is wired in).
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub const AUDIT_SINK_LAG: &str = "palyra_audit_sink_lag_records";
 
 /// The gRPC status codes, by number (0..=16): the `code` label's closed set.
@@ -179,23 +181,47 @@ pub enum MetricNameError {
     Taken,
 }
 
-/// The counters of one gRPC method: one per status code, and its latency.
+/// Labels from closed sets: `'static` strings, never text from a request.
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+/// `palyra_rpc_requests_total`, by method and code.
+type Requests = Family<Labels<2>, Counter>;
+/// `palyra_rpc_duration_seconds`, by method.
+type Histograms = Family<Labels<1>, Histogram, fn() -> Histogram>;
+
+/// The series of one gRPC method: a counter per status code and its latency, each made on
+/// its first use (a scrape shows only what happened) and then reached without a lock.
 #[derive(Debug)]
 struct MethodMetrics {
-    codes: [Counter; 17],
-    duration: Histogram,
+    method: &'static str,
+    codes: [OnceLock<Counter>; 17],
+    duration: OnceLock<Histogram>,
+    requests: Requests,
+    durations: Histograms,
 }
 
 impl MethodMetrics {
     fn new(
         method: &'static str,
-        requests: &Family<[(&'static str, &'static str); 2], Counter>,
-        durations: &Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>,
+        requests: &Requests,
+        durations: &Histograms,
     ) -> Self {
         MethodMetrics {
-            codes: CODES.map(|code| requests.get_or_create(&[("method", method), ("code", code)]).clone()),
-            duration: durations.get_or_create(&[("method", method)]).clone(),
+            method,
+            codes: Default::default(),
+            duration: OnceLock::new(),
+            requests: requests.clone(),
+            durations: durations.clone(),
         }
+    }
+
+    fn record(&self, code: usize, seconds: f64) {
+        let method = self.method;
+        self.codes[code]
+            .get_or_init(|| self.requests.get_or_create(&[("method", method), ("code", CODES[code])]).clone())
+            .inc();
+        self.duration
+            .get_or_init(|| self.durations.get_or_create(&[("method", method)]).clone())
+            .observe(seconds);
     }
 }
 
@@ -269,16 +295,15 @@ impl Metrics {
     /// any other method is counted as `other`), `version` in `palyra_build_info`.
     pub fn new(methods: &[&'static str], version: &'static str) -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<[(&'static str, &'static str); 2], Counter>::default();
+        let requests = Requests::default();
         registry.register("palyra_rpc_requests", "gRPC requests by method and status code", requests.clone());
-        let durations =
-            Family::<_, Histogram, fn() -> Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let durations: Histograms = Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
         registry.register(
             "palyra_rpc_duration_seconds",
             "gRPC request latency until the response's headers, by method",
             durations.clone(),
         );
-        let decisions_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let decisions_family = Family::<Labels<1>, Counter>::default();
         registry.register(
             "palyra_authz_decisions",
             "Authorization decisions (method gate and resource checks, every edge)",
@@ -291,13 +316,13 @@ impl Metrics {
         registry.register("palyra_quic_streams", "Open QUIC streams", quic_streams.clone());
         let quic_streams_total = Counter::default();
         registry.register("palyra_quic_streams_opened", "QUIC streams accepted", quic_streams_total.clone());
-        let pairing_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let pairing_family = Family::<Labels<1>, Counter>::default();
         registry.register("palyra_pairing_attempts", "Pairing attempts by outcome", pairing_family.clone());
         let pairing = PairingOutcome::ALL.map(|o| pairing_family.get_or_create(&[("outcome", o.label())]).clone());
-        let verify_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let verify_family = Family::<Labels<1>, Counter>::default();
         registry.register("palyra_audit_verify", "Audit log verifications by result", verify_family.clone());
         let audit_verify = ["ok", "broken"].map(|r| verify_family.get_or_create(&[("result", r)]).clone());
-        let build = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        let build = Family::<Labels<1>, Gauge>::default();
         build.get_or_create(&[("version", version)]).set(1);
         registry.register("palyra_build_info", "The running palyra's version", build);
         let scrape = Arc::new(ScrapeValues::default());
@@ -436,8 +461,7 @@ impl RpcTimer<'_> {
     pub fn finish(self, code: i32) {
         if let Some((method, started)) = self.method {
             let code = usize::try_from(code).ok().filter(|c| *c < CODES.len()).unwrap_or(2);
-            method.codes[code].inc();
-            method.duration.observe(started.elapsed().as_secs_f64());
+            method.record(code, started.elapsed().as_secs_f64());
         }
     }
 }
