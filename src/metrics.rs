@@ -501,7 +501,13 @@ mod tests {
         metrics.rpc_started("/evil.Service/my-secret-scope").finish(12);
         metrics.rpc_started("/palyra.vault.v1.VaultService/GetSecret").finish(99);
         metrics.decision(false);
+        metrics.pairing(PairingOutcome::Failed);
+        metrics.pairing(PairingOutcome::Failed);
+        metrics.audit_verified(true);
         let text = metrics.encode().unwrap_or_default();
+        assert!(text.contains(r#"palyra_pairing_attempts_total{outcome="failed"} 2"#), "{text}");
+        assert!(text.contains(r#"palyra_pairing_attempts_total{outcome="paired"} 0"#));
+        assert!(text.contains(r#"palyra_audit_verify_total{result="ok"} 1"#));
         assert!(text.contains(r#"palyra_rpc_requests_total{method="palyra.vault.v1.VaultService/GetSecret",code="OK"} 1"#), "{text}");
         assert!(text.contains(r#"palyra_rpc_requests_total{method="palyra.vault.v1.VaultService/GetSecret",code="PERMISSION_DENIED"} 1"#));
         assert!(text.contains(r#"palyra_rpc_requests_total{method="palyra.vault.v1.VaultService/GetSecret",code="UNKNOWN"} 1"#));

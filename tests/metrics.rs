@@ -1,6 +1,7 @@
 //! Observability of `palyra serve` as an operator runs it: Prometheus metrics scraped over real
 //! HTTP from `--metrics-addr` move with the calls made (requests by method and code,
-//! authorization decisions, secrets), never name a scope, key or value; the endpoint answers
+//! authorization decisions, QUIC connections and streams, secrets), never name a scope, key or
+//! value; the endpoint answers
 //! only `GET /metrics` and holds few connections per address. `--log-format json` writes one
 //! JSON object a line, the gate's decision among them with its method, principal and decision.
 
@@ -11,6 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use palyra::quic::client::QuicClient;
+use palyra::testkit::tls::Pems;
 use palyra::testkit::{self, Palyra, Serving, palyra_bin, spawn_serving};
 use palyra::wire::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,6 +124,15 @@ async fn metrics_move_with_calls_and_never_name_a_scope_key_or_value() {
     let mut client = operator(&data, serving.grpc).await;
     put_and_get(&mut client, 3).await;
     denied_get(&mut client).await;
+    assert!(before.contains("\npalyra_quic_connections 0\n"), "{before}");
+    // A QUIC peer following the event log: one connection, its health stream done, its event
+    // stream open.
+    let quic = QuicClient::connect(serving.quic, "localhost", Pems::from_dir(&data.join("operator")).quic())
+        .await
+        .unwrap();
+    quic.health().await.unwrap();
+    let mut events = quic.stream_events(0, Vec::new()).await.unwrap();
+    events.next().await.unwrap().expect("the put's event");
 
     // The node's state (secrets, sizes, expiry) is read at most once a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -137,7 +149,10 @@ async fn metrics_move_with_calls_and_never_name_a_scope_key_or_value() {
     assert!(sample(&after, "palyra_server_certificate_expiry_timestamp_seconds") > 1.7e9, "{after}");
     // The operator's certificate is the one device.
     assert!(sample(&after, "palyra_device_certificate_expiry_timestamp_seconds") > 1.7e9, "{after}");
-    assert!(after.contains("\npalyra_quic_connections 0\n"), "{after}");
+    assert_eq!(sample(&after, "palyra_quic_connections"), 1.0, "{after}");
+    assert_eq!(sample(&after, "palyra_quic_streams"), 1.0, "{after}");
+    assert_eq!(sample(&after, "palyra_quic_streams_opened_total"), 2.0, "{after}");
+    assert!(sample(&after, "palyra_event_subscribers") >= 1.0, "{after}");
     for name in [SCOPE, KEY, VALUE, "palyra/reserved"] {
         assert!(!after.contains(name), "the metrics name {name:?}:\n{after}");
     }
