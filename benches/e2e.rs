@@ -14,7 +14,8 @@
 //! (`CARGO_TARGET_DIR` is honoured). Reports, never asserts: a miss is a finding, not a failure.
 //!
 //! Scenarios: (1) unary GetSecret vs a bare tonic service, (2) durable PutSecret, (3) Cedar
-//! decisions, (4) QUIC events, (5) scale, (6) footprint, (7) pairing CPU. `PALYRA_BENCH_ONLY=1,4`
+//! decisions, (4) QUIC events, (5) scale, (6) footprint, (7) pairing CPU, (8) metrics overhead.
+//! `PALYRA_BENCH_ONLY=1,4`
 //! runs a subset (by number).
 //!
 //! Profiling a scenario: build once, then run the bench binary under a profiler, e.g.
@@ -347,6 +348,71 @@ async fn closed_loop(in_flight: usize, warmup: Duration, duration: Duration, cal
     };
     run(warmup, false).await;
     run(duration, true).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// (8) Metrics overhead
+
+/// GetSecret on a node keeping Prometheus metrics (`--metrics-addr`) against the same node
+/// without them, both served in this run with the same client; rounds alternate (off, on) so a
+/// load change on the machine hits both alike.
+async fn metrics_overhead(report: &mut Report, s: &Sizing) {
+    println!("\n(8) metrics: GetSecret (1 KiB, 16 in flight) with metrics on vs off, same process");
+    let mut clients = Vec::new();
+    for metrics in [false, true] {
+        let served =
+            TestNode::start_with(palyra::node::NodeOptions { metrics, ..testkit::node_options() }).await;
+        let creds = testkit::mint(&served.node, Role::Device, "bench-peer", &["bench"]).await;
+        let mut client = VaultServiceClient::new(channel(&served.node, served.addr, &creds).await);
+        client
+            .put_secret(pb::PutSecretRequest {
+                scope: "bench/metrics".into(),
+                key: "VALUE".into(),
+                value: vec![0x5a; 1024],
+                expected_version: None,
+            })
+            .await
+            .unwrap();
+        clients.push((served, client));
+    }
+    let (mut off, mut on) = ((0.0, 0.0), (0.0, 0.0));
+    let rounds = s.pick(6, 3);
+    for _ in 0..rounds {
+        for (i, (_, client)) in clients.iter().enumerate() {
+            let load =
+                closed_loop(16, s.warmup, s.load, get_call(client.clone(), "bench/metrics", "VALUE")).await;
+            let sum = if i == 0 { &mut off } else { &mut on };
+            sum.0 += load.rate;
+            sum.1 += load.us(0.5);
+        }
+    }
+    // Means over the rounds.
+    let n = rounds as f64;
+    let (off, on) = ((off.0 / n, off.1 / n), (on.0 / n, on.1 / n));
+    let requests = clients[1].0.node.metrics().encode().unwrap_or_default();
+    assert!(requests.contains(
+        "palyra_rpc_requests_total{method=\"palyra.vault.v1.VaultService/GetSecret\",code=\"OK\"}"
+    ));
+    let ratio = on.0 / off.0;
+    println!("  metrics on / off throughput ratio {ratio:.3} (overhead {:.1} %)", (1.0 - ratio) * 100.0);
+    report.add(
+        "8",
+        "GetSecret throughput with metrics on, 16 in flight",
+        on.0,
+        "req/s",
+        Some(("metrics off", off.0)),
+        "ratio ≥ 0.97",
+        Some(ratio >= 0.97),
+    );
+    report.add(
+        "8",
+        "GetSecret p50 with metrics on, 16 in flight",
+        on.1,
+        "µs",
+        Some(("metrics off", off.1)),
+        "",
+        None,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1202,6 +1268,9 @@ fn main() {
         }
         if wants(6) {
             footprint(&mut report, &sizing).await;
+        }
+        if wants(8) {
+            metrics_overhead(&mut report, &sizing).await;
         }
     });
     if wants(7) {

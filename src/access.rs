@@ -23,6 +23,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::broadcast;
 
 use crate::audit::{Audit, AuditDecision, AuditEntry, AuditUnavailable};
+use crate::metrics::Metrics;
 use crate::identity::{Device, DeviceId, DeviceStatus, IdentityError, Principal, ca};
 use crate::policy::{AuthzDecision, PolicyEngine, Resource, Subject};
 use crate::store_error::BoxFuture;
@@ -219,6 +220,8 @@ pub struct Gate {
     pub audit: Audit,
     /// Certificates → peers.
     pub peers: PeerResolver,
+    /// Counts every decision (`palyra_authz_decisions_total`).
+    pub metrics: Metrics,
 }
 
 /// Health checks are not audited: load balancers poll them constantly.
@@ -269,10 +272,13 @@ impl Gate {
                 })
                 .map_err(Denied::audit_unavailable)?;
         }
+        self.metrics.decision(decision.allow);
+        // The same disclosure as the audit record: who, which method, on what; never a value.
         if decision.allow {
+            tracing::debug!(method = %action, principal = %peer.principal.label(), decision = "allow", resource = %resource, "allowed");
             return Ok(());
         }
-        tracing::info!(principal = %peer.principal.label(), action, resource = %resource, explanation = %decision.explanation, "denied");
+        tracing::info!(method = %action, principal = %peer.principal.label(), decision = "deny", resource = %resource, explanation = %decision.explanation, "denied");
         let message = match peer.principal {
             Principal::Anonymous => format!("{action} requires a paired device's client certificate"),
             Principal::Device { .. } => {

@@ -62,6 +62,29 @@ impl FromStr for KeyBackendChoice {
     }
 }
 
+/// How `palyra serve` writes its log on stderr (`--log-format`, `PALYRA_LOG_FORMAT`,
+/// `log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for a person (coloured at a terminal).
+    #[default]
+    Text,
+    /// One JSON object a line, the event's fields at the top level.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}: use text or json")),
+        }
+    }
+}
+
 /// The config file's contents; every field optional.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +109,10 @@ pub struct FileConfig {
     pub grpc: Option<GrpcConfig>,
     /// Scheduled backups made by `palyra serve` (`[backup]`).
     pub backup: Option<BackupConfig>,
+    /// Where `palyra serve` serves Prometheus metrics (`/metrics`, plain HTTP); off when unset.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `palyra serve`'s log format: "text" (default) or "json".
+    pub log_format: Option<LogFormat>,
     /// The audit log's sink (`[audit]`).
     pub audit: Option<AuditConfig>,
 }
@@ -407,6 +434,8 @@ mod tests {
             server_names = ["node.local"]
             max_value_bytes = 1024
             device_certificate_lifetime_seconds = 3600
+            metrics_addr = "127.0.0.1:9464"
+            log_format = "json"
             [console]
             addr = "127.0.0.1:7500"
             enabled = true
@@ -429,6 +458,9 @@ mod tests {
         let grpc = c.grpc.unwrap_or_default();
         assert_eq!((grpc.max_connections, grpc.max_connections_per_address), (Some(100), Some(10)));
         assert_eq!(grpc.anonymous_idle_timeout_secs, Some(5));
+        assert_eq!(c.metrics_addr.map(|a| a.port()), Some(9464));
+        assert_eq!(c.log_format, Some(LogFormat::Json));
+        assert!(FileConfig::parse("log_format = \"xml\"", Path::new("palyra.toml")).is_err());
         Ok(())
     }
 

@@ -9,7 +9,8 @@
 //!
 //! - leaves: `store_error` (what every store trait shares), `fsutil` (private files, atomic
 //!   writes), `limits` (process limits), `datadir_lock`, `net_limits` and `ratelimit` (budgets
-//!   and buckets per address), `unix_time`, `config` (`palyra.toml`, pure parsing);
+//!   and buckets per address), `unix_time`, `config` (`palyra.toml`, pure parsing), `metrics` (the Prometheus
+//!   metrics handle);
 //! - domain, each with its store trait and its application service: `vault` (scoped,
 //!   versioned, envelope-encrypted secrets; the root key), `identity` (device and node keys,
 //!   the device CA, the sealed identity store), `pairing` (codes and the SPAKE2 handshake,
@@ -60,6 +61,7 @@ internal_modules! {
     integrity;
     limits;
     login;
+    metrics;
     net_limits;
     node_backup;
     pairing;

@@ -1,4 +1,5 @@
-//! The `palyra` binary: parse the command line, set up logging, run the command.
+//! The `palyra` binary: parse the command line, set up logging (text, or JSON lines with
+//! `palyra serve --log-format json`), run the command.
 
 #![forbid(unsafe_code)]
 
@@ -6,26 +7,32 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use palyra::cli::Cli;
+use palyra::cli::{Cli, LogFormat};
 
 fn main() -> ExitCode {
     // ring is the only TLS crypto provider; installing it first makes that explicit. An error
     // means one is installed already, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PALYRA_LOG")
                 .unwrap_or_else(|_| "palyra=info,warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format() {
+        // One JSON object a line, the event's fields beside `timestamp`, `level`, `target`
+        // and `message`, for a log collector.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
         // Colour only for a person at a terminal: logs piped to a file or a collector stay
         // plain text, and NO_COLOR (no-color.org) turns it off everywhere.
-        .with_ansi(
-            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init(),
+    }
 
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -33,11 +40,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json_logs = cli.log_format() == LogFormat::Json;
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.is_silent() {
-                eprintln!("{e}");
+                if json_logs {
+                    tracing::error!("{e}");
+                } else {
+                    eprintln!("{e}");
+                }
             }
             ExitCode::from(e.exit_code())
         }

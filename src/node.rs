@@ -24,6 +24,7 @@ use crate::identity::{
     Device, DeviceId, DeviceIdentity, DeviceStatus, FilesystemSecretStore, IdentityError, NodeIdentity, Role,
     SecretStore,
 };
+use crate::metrics::{Metrics, StateGauge};
 use crate::pairing::Pairing;
 use crate::policy::{Policies, PolicyError, ResetError};
 use crate::storage::{SqliteBlobBackend, Store};
@@ -44,6 +45,9 @@ pub struct NodeOptions {
     /// How long the client certificates issued to devices at pairing approval and at renewal
     /// are valid (default [`DEFAULT_CLIENT_CERT_VALIDITY`], 30 days).
     pub device_certificate_lifetime: Duration,
+    /// Whether the node keeps Prometheus metrics (`palyra serve --metrics-addr`); off, every
+    /// count is a no-op.
+    pub metrics: bool,
 }
 
 impl Default for NodeOptions {
@@ -53,6 +57,7 @@ impl Default for NodeOptions {
             vault: VaultConfig::default(),
             server_names: Vec::new(),
             device_certificate_lifetime: DEFAULT_CLIENT_CERT_VALIDITY,
+            metrics: false,
         }
     }
 }
@@ -305,6 +310,9 @@ pub struct Node {
     /// The pairing flow (codes, handshakes, requests and their approval), shared by the gRPC
     /// edge and the console, so its rate limits are the node's, not an edge's.
     pub(crate) pairing: Arc<Pairing>,
+    /// The node's metrics (disabled unless [`NodeOptions::metrics`]), shared by the gate and
+    /// every edge.
+    pub(crate) metrics: Metrics,
 }
 
 impl Node {
@@ -350,6 +358,60 @@ impl Node {
     /// The one authorization gate.
     pub fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    /// The node's metrics (disabled unless the node was opened with [`NodeOptions::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Sets the metrics that describe the node's state rather than count events (stored
+    /// secrets, database size, audit records, certificate expiry, event subscribers): called
+    /// before each scrape. A value that cannot be read is left out of the scrape (and logged
+    /// at debug), never guessed.
+    pub async fn refresh_metrics(&self) {
+        let metrics = &self.metrics;
+        if !metrics.is_enabled() {
+            return;
+        }
+        let set = |gauge: StateGauge, value: Option<i64>| match value {
+            Some(v) => metrics.set(gauge, v),
+            None => metrics.clear(gauge),
+        };
+        let secrets = self.core.vault.count().await;
+        if let Err(e) = &secrets {
+            tracing::debug!(error = %e, "metrics: cannot count secrets");
+        }
+        set(StateGauge::Secrets, secrets.ok().map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
+        let size = ["palyra.db", "palyra.db-wal"]
+            .iter()
+            .filter_map(|name| std::fs::metadata(self.core.data_dir.join(name)).ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+        set(StateGauge::DbSizeBytes, Some(i64::try_from(size).unwrap_or(i64::MAX)));
+        let newest = self.audit.recent(1, None, None).await;
+        set(
+            StateGauge::AuditRecords,
+            match newest {
+                Ok(records) => {
+                    Some(records.first().map_or(0, |r| i64::try_from(r.sequence).unwrap_or(i64::MAX)))
+                }
+                Err(_) => None,
+            },
+        );
+        let unix = |t: SystemTime| crate::metrics::unix_seconds(t);
+        // The server certificate's expiry is set by the gRPC edge, which serves (and renews) it.
+        let devices = self.registry.devices().await;
+        let soonest = devices.ok().and_then(|devices| {
+            devices
+                .iter()
+                .filter(|d| d.status == crate::identity::DeviceStatus::Active)
+                .map(|d| d.certificate_expires_at)
+                .min()
+        });
+        set(StateGauge::DeviceCertificateExpiry, soonest.and_then(unix));
+        set(StateGauge::EventSubscribers, Some(i64::try_from(self.events.subscribers()).unwrap_or(i64::MAX)));
+        set(StateGauge::EventLagged, Some(i64::try_from(self.events.lagged()).unwrap_or(i64::MAX)));
     }
 
     /// The auth profiles.
@@ -400,6 +462,13 @@ impl Node {
         let server_names = options.server_names.clone();
         let names = server_names.clone();
         let device_certificate_lifetime = options.device_certificate_lifetime;
+        let metrics = if options.metrics {
+            let grpc: Vec<&'static str> =
+                crate::policy::actions::ALL.iter().copied().filter(|a| a.contains('/')).collect();
+            Metrics::new(&grpc, env!("CARGO_PKG_VERSION"))
+        } else {
+            Metrics::disabled()
+        };
         let core = NodeCore::open(data_dir, options).await?;
         let layout = Layout::new(data_dir);
         let store_key = core.keys.identity_store_key();
@@ -420,7 +489,12 @@ impl Node {
         let policies = Arc::new(Policies::load_or_init(Arc::new(core.store.clone()), audit.clone()).await?);
         let events = EventLog::new(Arc::new(core.store.clone()));
         let peers = PeerResolver::new(Arc::new(core.store.clone()));
-        let gate = Gate { engine: Arc::clone(policies.engine()), audit: audit.clone(), peers: peers.clone() };
+        let gate = Gate {
+            engine: Arc::clone(policies.engine()),
+            audit: audit.clone(),
+            peers: peers.clone(),
+            metrics: metrics.clone(),
+        };
         let registry =
             Arc::new(Registry::new(Arc::clone(&identity), Arc::new(core.store.clone()), gate.clone()));
         let auth = crate::auth::Profiles::new(Arc::new(core.store.clone()), core.vault.clone())
@@ -445,6 +519,7 @@ impl Node {
             logins: crate::login::Logins::default(),
             pairing,
             server_names: Arc::from(names),
+            metrics,
         })
     }
 

@@ -37,6 +37,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use crate::config::LogFormat;
 pub use output::{CliError, Exit};
 
 /// The heading of the flags every command takes. They are read from the environment here, not
@@ -85,7 +86,7 @@ enum Command {
     Init(serve::InitArgs),
     /// Run the node (initialises the data dir on first run).
     #[command(
-        after_help = "Example:\n  PALYRA_HOME=/srv/palyra palyra serve --grpc-addr 0.0.0.0:7443 --server-name node.lan"
+        after_help = "Example:\n  PALYRA_HOME=/srv/palyra palyra serve --grpc-addr 0.0.0.0:7443 --server-name node.lan\n  palyra serve --metrics-addr 127.0.0.1:9464 --log-format json"
     )]
     Serve(serve::ServeArgs),
     /// This node's identity.
@@ -166,6 +167,15 @@ impl Cli {
                     CliError::of(Exit::Usage, format!("PALYRA_AS={text:?}: expected operator or device"))
                 })
             }
+        }
+    }
+
+    /// The log format `main` sets up before [`Cli::run`]: `palyra serve --log-format` (or
+    /// `PALYRA_LOG_FORMAT`, or the config file's `log_format`); text for everything else.
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve(args) => args.log_format(&self.data_dir()),
+            _ => LogFormat::Text,
         }
     }
 

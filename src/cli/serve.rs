@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::output::{CliError, Context};
 use crate::config::{
     DEFAULT_CONSOLE_ADDR, DEFAULT_GRPC_ADDR, DEFAULT_QUIC_ADDR, FileConfig, GrpcConfig, KeyBackendChoice,
-    Layout,
+    Layout, LogFormat,
 };
 use crate::datadir_lock::DataDirLock;
 use crate::node::{Node, NodeOptions};
@@ -76,6 +76,29 @@ pub(super) struct ServeArgs {
     /// Do not run the web console.
     #[arg(long)]
     no_console: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no authentication: it
+    /// shows activity counts, never names or values) [default: off, or `metrics_addr`].
+    #[arg(long, env = "PALYRA_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log format on stderr: text, or json (one object a line) [default: text, or `log_format`].
+    #[arg(long, env = "PALYRA_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The log format in force: the flag (or its variable), else the config file's, else text.
+    /// Read before logging starts, so a config file that does not load means text here (serve
+    /// reports the file's error itself).
+    pub(super) fn log_format(&self, data_dir: &std::path::Path) -> LogFormat {
+        if let Some(format) = self.log_format {
+            return format;
+        }
+        let file = match &self.init.config {
+            Some(path) => FileConfig::load(path, false),
+            None => FileConfig::load(&Layout::new(data_dir).config_file(), true),
+        };
+        file.ok().and_then(|f| f.log_format).unwrap_or_default()
+    }
 }
 
 /// Settings after flags, environment and file are combined.
@@ -174,6 +197,7 @@ fn settings(
                 file.device_certificate_lifetime_seconds
                     .unwrap_or(crate::config::DEFAULT_DEVICE_CERTIFICATE_LIFETIME_SECS),
             ),
+            metrics: false,
         },
         grpc_addr: match grpc.or(file.grpc_addr) {
             Some(addr) => addr,
@@ -235,8 +259,10 @@ fn summary(ctx: &Context, node: &Node) -> InitOut {
 }
 
 pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError> {
-    let s = settings(ctx, &args.init, args.grpc_addr, args.quic_addr)?;
+    let mut s = settings(ctx, &args.init, args.grpc_addr, args.quic_addr)?;
     let console = console_addr(&s.file, &args)?;
+    let metrics_addr = args.metrics_addr.or(s.file.metrics_addr);
+    s.options.metrics = metrics_addr.is_some();
     // Before the root key is read: no core file, no same-user ptrace, root-only /proc files.
     let hardening = crate::limits::harden_process();
     tracing::info!(
@@ -311,22 +337,51 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         console: console_bound.map(super::address::dialable),
     };
     let _record = lock.record_serving(&ctx.data_dir, &record).map_err(|e| CliError::new(e.to_string()))?;
+    let metrics_listener = match metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            CliError::new(format!("cannot listen on {addr} for metrics: {e}"))
+                .hint("is another palyra already running? use --metrics-addr")
+        })?),
+        None => None,
+    };
+    let metrics_bound = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| CliError::new(e.to_string()))?),
+        None => None,
+    };
+    if let Some(addr) = metrics_bound {
+        tracing::info!(metrics = %addr, "serving Prometheus metrics at http://{addr}/metrics");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                metrics = %addr,
+                "the metrics endpoint is on a non-loopback address: anyone who can reach it sees the node's activity counts (no names or values); firewall it to your Prometheus"
+            );
+        }
+    }
     let retention = node.events.spawn_retention(std::time::Duration::from_secs(60));
     let audit_sink = start_audit_sink(&node, &s.file)?;
     let backups = s.file.backup.clone().map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b));
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
     if !ctx.json {
-        let console_line = match console_bound {
+        let mut console_line = match console_bound {
             Some(addr) => format!("\n  web console: http://{addr} (sign in with: palyra console)"),
             None => String::new(),
         };
-        eprintln!(
+        if let Some(addr) = metrics_bound {
+            console_line.push_str(&format!("\n  metrics: http://{addr}/metrics"));
+        }
+        let banner = format!(
             "palyra node {} serving gRPC on https://{bound} and QUIC on {quic_bound}/udp{console_line}\n  operator credentials: {}\n  try: palyra --data-dir {} identity show",
             out.node_id,
             out.operator_credentials,
             ctx.data_dir.display()
         );
+        // A log collector reads every line of stderr as JSON: the banner is a log event there.
+        if args.log_format(&ctx.data_dir) == LogFormat::Json {
+            tracing::info!("{banner}");
+        } else {
+            eprintln!("{banner}");
+        }
     }
     // One signal stops both: gRPC drains in-flight calls, QUIC closes its connections.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -342,6 +397,10 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         let options = crate::console::ConsoleOptions { allow_remote, grpc_server: bound.to_string(), limits };
         let (node, stop) = (node.clone(), stopped());
         tokio::spawn(async move { crate::console::serve(&node, listener, options, stop).await })
+    });
+    let metrics_task = metrics_listener.map(|listener| {
+        let (node, stop) = (node.clone(), stopped());
+        tokio::spawn(async move { crate::console::metrics::serve(node, listener, stop).await })
     });
     let mut grpc_limits = grpc_limits(&s.file.grpc.clone().unwrap_or_default());
     if let Some(n) = args.grpc_max_connections {
@@ -363,6 +422,9 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
             Err(e) => tracing::error!(error = %e, "the console task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    if let Some(task) = metrics_task {
+        let _ = task.await;
     }
     retention.abort();
     if let Some(task) = backups {
@@ -396,6 +458,14 @@ fn start_audit_sink(node: &Node, file: &FileConfig) -> Result<Option<crate::audi
         }
     };
     let sink = node.start_audit_sink(config).map_err(|e| CliError::new(e.to_string()))?;
+    let monitor = sink.monitor();
+    node.metrics()
+        .gauge_fn(
+            crate::metrics::AUDIT_SINK_LAG,
+            "Audit records committed but not yet delivered to the [audit] sink.",
+            std::sync::Arc::new(move || i64::try_from(monitor.status().lag).unwrap_or(i64::MAX)),
+        )
+        .map_err(|e| CliError::new(format!("the audit sink's metric: {e:?}")))?;
     tracing::info!(sink = ?audit.sink, "delivering the audit log to its sink");
     Ok(Some(sink))
 }

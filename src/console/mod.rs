@@ -19,6 +19,7 @@
 
 mod assets;
 mod html;
+pub mod metrics;
 mod pages;
 mod routes;
 mod server;

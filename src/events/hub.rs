@@ -3,6 +3,7 @@
 //! store does) and a receiver that lags is told so, never silently skipped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::broadcast;
 
@@ -12,13 +13,16 @@ use super::{DEFAULT_LIVE_BUFFER, Event};
 #[derive(Debug, Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<Arc<Event>>,
+    /// Times a subscriber fell behind the live buffer (the `palyra_event_subscriber_lagged`
+    /// metric).
+    lagged: Arc<AtomicU64>,
 }
 
 impl EventHub {
     /// A hub buffering up to `capacity` live events per subscriber.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventHub { tx }
+        EventHub { tx, lagged: Arc::default() }
     }
 
     /// Publishes a committed event (call only after its transaction is durable, in sequence
@@ -26,6 +30,21 @@ impl EventHub {
     pub(crate) fn publish(&self, event: Event) {
         // No receiver is not an error: nobody is following right now.
         let _ = self.tx.send(Arc::new(event));
+    }
+
+    /// A subscriber fell behind the live buffer (it catches up from the database).
+    pub(crate) fn note_lagged(&self) {
+        self.lagged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times a subscriber fell behind the live buffer since start.
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
+    }
+
+    /// Live receivers (subscriptions following the log).
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
     }
 
     /// A receiver of every event published from now on.

@@ -85,6 +85,16 @@ impl EventLog {
         })
     }
 
+    /// Live subscriptions and watchers following the log now.
+    pub fn subscribers(&self) -> usize {
+        self.store.hub().subscribers()
+    }
+
+    /// Times a subscriber fell behind the live buffer since start.
+    pub fn lagged(&self) -> u64 {
+        self.store.hub().lagged()
+    }
+
     /// The events committed from now on, live (no replay, no catch-up: a receiver that lags
     /// is told how many it missed), for watchers that react to changes as they commit.
     pub(crate) fn live(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -186,6 +196,7 @@ impl Subscription {
                         after = self.last,
                         "subscriber fell behind the live buffer; catching up from the database"
                     );
+                    self.store.hub().note_lagged();
                     self.catching_up = true;
                 }
                 Err(broadcast::error::TryRecvError::Closed) => return Err(EventsError::Closed),
@@ -235,6 +246,7 @@ impl Subscription {
                     after = self.last,
                     "subscriber fell behind the live buffer; catching up from the database"
                 );
+                self.store.hub().note_lagged();
                 self.catching_up = true;
                 Ok(None)
             }

@@ -36,6 +36,7 @@ use super::{
     PairingCode, PairingError, PairingRequest, PairingUri, Pin, REQUEST_TTL, RequestState, StartMessage,
     StartReply, StatusPoll, open_session, seal_session,
 };
+use crate::metrics::PairingOutcome;
 use crate::access::{Denied, Gate, Peer};
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::policy::actions::FINISH_PAIRING;
@@ -376,6 +377,7 @@ impl Pairing {
         self.gate.peers.invalidate(device_id);
         let approver = approver.principal.label();
         tracing::info!(request_id = %id, device_id = %device_id, role = %role, approver = %approver, "pairing approved");
+        self.gate.metrics.pairing(PairingOutcome::Paired);
         Ok(approved)
     }
 
@@ -415,6 +417,7 @@ impl Pairing {
         self.gate.audit_before_write().await.map_err(ServiceError::Denied)?;
         let rejected = self.store.reject(&id, why, now).await??;
         tracing::info!(request_id = %id, reason = %why, "pairing rejected");
+        self.gate.metrics.pairing(PairingOutcome::Rejected);
         Ok(rejected)
     }
 
@@ -591,6 +594,19 @@ impl Pairing {
         start: StartMessage,
         peer: Option<SocketAddr>,
     ) -> Result<StartReply, ServiceError> {
+        let started = self.start_handshake(start, peer).await;
+        if started.is_err() {
+            self.gate.metrics.pairing(PairingOutcome::Refused);
+        }
+        started
+    }
+
+    /// [`Self::start`], uncounted.
+    async fn start_handshake(
+        &self,
+        start: StartMessage,
+        peer: Option<SocketAddr>,
+    ) -> Result<StartReply, ServiceError> {
         let now = SystemTime::now();
         self.limits()?.admit_start_from(peer.map(|a| a.ip()), Instant::now())?;
         // An unknown code is refused before the node-wide window, so made-up codes (from any
@@ -637,6 +653,25 @@ impl Pairing {
     /// that does not verify counts against the code. With an enrollment key, a verified proof
     /// takes one of the key's uses and the request is approved at once ([`Self::enroll`]).
     pub(crate) async fn finish(
+        &self,
+        finish: FinishMessage,
+        peer: Option<SocketAddr>,
+    ) -> Result<(String, RequestState), ServiceError> {
+        let finished = self.finish_handshake(finish, peer).await;
+        self.gate.metrics.pairing(match &finished {
+            Ok((_, RequestState::Approved)) => PairingOutcome::Paired,
+            Ok(_) => PairingOutcome::Pending,
+            Err(ServiceError::ProofRefused { .. })
+            | Err(ServiceError::Pairing(PairingError::ProofInvalid | PairingError::AttemptsExhausted)) => {
+                PairingOutcome::Failed
+            }
+            Err(_) => PairingOutcome::Refused,
+        });
+        finished
+    }
+
+    /// [`Self::finish`], uncounted.
+    async fn finish_handshake(
         &self,
         finish: FinishMessage,
         peer: Option<SocketAddr>,

@@ -347,6 +347,7 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, handshake: AddressP
         conn.close(VarInt::from_u32(CLOSE_UNKNOWN_DEVICE), b"client certificate required");
         return;
     };
+    let _counted = shared.gate.metrics.quic_connection();
     register(&shared, id, &conn);
     // A revocation committed before the registration was not seen by the watcher: check the
     // registry itself (not the cache) once more.
@@ -445,6 +446,7 @@ const MAX_REQUEST_FRAME: usize = 64 * 1024;
 async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: SendStream, recv: RecvStream) {
     // A Request is a few hundred bytes: the codec reserves a frame's full length as soon as it
     // reads the header, so requests get a small cap of their own, whatever max_frame allows.
+    let _counted = shared.gate.metrics.quic_stream();
     let max = shared.config.max_frame.min(MAX_REQUEST_FRAME);
     let mut frames = FramedRead::new(recv, frame::codec(max));
     let Ok(read) =

@@ -30,6 +30,7 @@ pub struct AuditApi {
     /// Becomes true when the server shuts down: open exports end so that it can drain.
     stopping: watch::Receiver<bool>,
     exports: StreamSlots,
+    metrics: crate::metrics::Metrics,
 }
 
 impl AuditApi {
@@ -39,7 +40,14 @@ impl AuditApi {
             log,
             stopping,
             exports: StreamSlots::new("ExportAuditLog", MAX_EXPORTS_PER_PRINCIPAL, MAX_EXPORTS),
+            metrics: crate::metrics::Metrics::disabled(),
         }
+    }
+
+    /// Counts verifications in `metrics` (`palyra_audit_verify_total{result}`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -63,6 +71,7 @@ impl AuditService for AuditApi {
         _request: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
         let v = self.log.verify().await.map_err(internal)?;
+        self.metrics.audit_verified(v.ok);
         if !v.ok {
             tracing::error!(first_bad_sequence = ?v.first_bad_sequence, problem = ?v.problem, "the audit log failed verification");
         }

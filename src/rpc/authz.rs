@@ -112,38 +112,60 @@ where
         let gate = self.gate.clone();
         let framing = self.limits.framing(request.uri().path());
         Box::pin(async move {
-            let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-            let certs = info.and_then(|i| i.peer_certs());
-            let address = info.and_then(|i| i.get_ref().remote_addr());
-            // Before resolving, so a revocation racing the resolution is still seen.
-            let revocations = gate.peers.subscribe();
-            let peer = match gate.peers.resolve(certs.as_deref().map(|c| c.as_slice()), address).await {
-                Ok(peer) => peer,
-                Err(refused) => return Ok(Status::from(refused).into_http()),
-            };
-            let action = request.uri().path().trim_start_matches('/').to_owned();
-            if let Err(denied) = gate.check(&peer, &action, &Resource::Node) {
-                return Ok(denied.into_http());
-            }
-            let device = peer.principal.device_id();
-            if let Some(authority) = request.uri().authority().map(ToString::to_string) {
-                request.extensions_mut().insert(RequestAuthority(authority));
-            }
-            request.extensions_mut().insert(peer);
-            // Only requests the gate let through are read, and their framing is checked as
-            // they are (a bad prefix never reaches tonic's decoder).
-            let request = request.map(|body| Body::new(FramedRequest::new(body, framing)));
-            let response = inner.call(request).await?;
-            // A device's response stream ends within a second of its revocation.
-            Ok(match device {
-                Some(id) => {
-                    let revoked = streams::revocation_of(id, revocations, gate.peers.clone());
-                    response.map(|body| Body::new(streams::RevocableBody::new(body, revoked)))
+            // Counted per known method and status code (metrics off: a no-op).
+            let timer = gate.metrics.rpc_started(request.uri().path());
+            let response = async {
+                let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+                let certs = info.and_then(|i| i.peer_certs());
+                let address = info.and_then(|i| i.get_ref().remote_addr());
+                // Before resolving, so a revocation racing the resolution is still seen.
+                let revocations = gate.peers.subscribe();
+                let peer = match gate.peers.resolve(certs.as_deref().map(|c| c.as_slice()), address).await {
+                    Ok(peer) => peer,
+                    Err(refused) => return Ok(Status::from(refused).into_http()),
+                };
+                let action = request.uri().path().trim_start_matches('/').to_owned();
+                if let Err(denied) = gate.check(&peer, &action, &Resource::Node) {
+                    return Ok(denied.into_http());
                 }
-                None => response,
-            })
+                let device = peer.principal.device_id();
+                if let Some(authority) = request.uri().authority().map(ToString::to_string) {
+                    request.extensions_mut().insert(RequestAuthority(authority));
+                }
+                request.extensions_mut().insert(peer);
+                // Only requests the gate let through are read, and their framing is checked as
+                // they are (a bad prefix never reaches tonic's decoder).
+                let request = request.map(|body| Body::new(FramedRequest::new(body, framing)));
+                let response = inner.call(request).await?;
+                // A device's response stream ends within a second of its revocation.
+                Ok(match device {
+                    Some(id) => {
+                        let revoked = streams::revocation_of(id, revocations, gate.peers.clone());
+                        response.map(|body| Body::new(streams::RevocableBody::new(body, revoked)))
+                    }
+                    None => response,
+                })
+            }
+            .await;
+            timer.finish(match &response {
+                Ok(response) => grpc_code(response),
+                Err(_) => tonic::Code::Unknown as i32,
+            });
+            response
         })
     }
+}
+
+/// A response's gRPC status code as far as its headers tell: an error answered at once carries
+/// `grpc-status` in its headers; a response without one goes on to send its messages (its
+/// trailers say OK, or a streaming call's later error).
+fn grpc_code(response: &http::Response<Body>) -> i32 {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(tonic::Code::Ok as i32)
 }
 
 /// The `HOST:PORT` the client addressed (HTTP/2 `:authority`), put in request extensions by

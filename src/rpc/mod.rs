@@ -111,6 +111,11 @@ const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(6 * 60
 /// the server runs; the next handshake uses the new one.
 async fn renew_server_certificate(node: Node, certificate: std::sync::Arc<server::ServerCertificate>) {
     loop {
+        let expiry = crate::identity::ca::certificate_not_after(&certificate.leaf_der());
+        match expiry.and_then(crate::metrics::unix_seconds) {
+            Some(at) => node.metrics.set(crate::metrics::StateGauge::ServerCertificateExpiry, at),
+            None => node.metrics.clear(crate::metrics::StateGauge::ServerCertificateExpiry),
+        }
         tokio::time::sleep(RENEWAL_CHECK).await;
         let (n, current) = (node.clone(), certificate.leaf_der());
         let refreshed = tokio::task::spawn_blocking(move || {
@@ -198,7 +203,9 @@ pub async fn serve_with(
         fallback_address,
     ))
     .max_decoding_message_size(MessageLimits::SMALL);
-    let audit = AuditServiceServer::new(audit::AuditApi::new(node.audit.clone(), stopping.clone()))
+    let audit = AuditServiceServer::new(
+        audit::AuditApi::new(node.audit.clone(), stopping.clone()).with_metrics(node.metrics.clone()),
+    )
         .max_decoding_message_size(MessageLimits::SMALL);
 
     let auth = AuthProfileServiceServer::new(auth::AuthApi::new(node.auth.clone(), gate.clone()))

@@ -552,6 +552,17 @@ impl BlobBackend for SqliteBlobBackend {
         Box::pin(self.store.read(pending_rewrap))
     }
 
+    fn count_live(&self) -> BoxFuture<'_, Result<u64, VaultError>> {
+        Box::pin(self.store.read(|c| {
+            let count: i64 = c
+                .prepare_cached("SELECT count(*) FROM secrets WHERE deleted = 0")
+                .map_err(StoreError::from)?
+                .query_row([], |r| r.get(0))
+                .map_err(StoreError::from)?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        }))
+    }
+
     fn scopes(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Scope>, VaultError>> {
         Box::pin(self.store.read(move |c| {
             let mut stmt = c

@@ -169,6 +169,16 @@ impl TestNode {
         TestNode::start_in(dir, &data).await
     }
 
+    /// Initialises a node with `options` in a fresh data dir and serves it (e.g. with
+    /// `metrics: true`).
+    pub async fn start_with(options: NodeOptions) -> TestNode {
+        let dir = private_tempdir();
+        let data = dir.path().join("node");
+        let node = try_open_node(&data, options).await.unwrap();
+        let grpc = GrpcServing::start(&node).await;
+        TestNode { dir, node, addr: grpc.addr, grpc }
+    }
+
     /// Serves the node in `data` (initialising it if needed); `dir` is kept alive with it.
     pub async fn start_in(dir: tempfile::TempDir, data: &Path) -> TestNode {
         let node = open_node(data).await;

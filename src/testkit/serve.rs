@@ -79,7 +79,10 @@ impl Palyra {
 pub fn parse_serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let rest = line.split("serving gRPC on https://").nth(1)?;
     let (grpc, rest) = rest.split_once(" and QUIC on ")?;
-    let quic = rest.split_whitespace().next()?.strip_suffix("/udp")?;
+    // Text: the token ends at a space; a JSON log line (`--log-format json`): at a quote or an
+    // escaped newline.
+    let quic =
+        rest.split(|c: char| c.is_whitespace() || c == '"' || c == '\\').next()?.strip_suffix("/udp")?;
     Some((grpc.parse().ok()?, quic.parse().ok()?))
 }
 

@@ -194,6 +194,11 @@ impl Vault {
         self.backend.scopes(limit).await
     }
 
+    /// Live (not deleted) secrets (the `palyra_secrets` metric).
+    pub async fn count(&self) -> Result<u64, VaultError> {
+        self.backend.count_live().await
+    }
+
     /// Metadata and every version's summary.
     pub async fn history(
         &self,

@@ -116,4 +116,6 @@ pub trait BlobBackend: Send + Sync + fmt::Debug {
     fn pending_rewrap(&self) -> BoxFuture<'_, Result<u64, VaultError>>;
     /// The scopes holding a live secret, in order, at most `limit`.
     fn scopes(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Scope>, VaultError>>;
+    /// Live (not deleted) secrets.
+    fn count_live(&self) -> BoxFuture<'_, Result<u64, VaultError>>;
 }

@@ -346,6 +346,11 @@ pub fn certificate_not_after_pem(pem_bytes: &[u8]) -> Option<SystemTime> {
     certificate_validity_pem(pem_bytes).map(|(_, not_after)| not_after)
 }
 
+/// The expiry of a DER certificate, or `None` when it does not parse.
+pub fn certificate_not_after(cert_der: &[u8]) -> Option<SystemTime> {
+    validity_of(cert_der).ok().map(|(_, not_after)| not_after)
+}
+
 pub(super) fn validity_of(cert_der: &[u8]) -> Result<(SystemTime, SystemTime), IdentityError> {
     let cert = parse_certificate(cert_der)?;
     let at = |secs: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));

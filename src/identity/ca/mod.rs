@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use certificate::{
     CLOCK_SKEW_ALLOWANCE, DEVICE_URI_PREFIX, IssuedCert, IssuedKeyPair, ServerName, certificate_fingerprint,
-    certificate_not_after_pem, certificate_server_names, certificate_validity_pem,
+    certificate_not_after, certificate_not_after_pem, certificate_server_names, certificate_validity_pem,
     device_id_from_certificate, local_host_name, needs_renewal, public_key_of_pem, server_names,
 };
 use certificate::{
