@@ -255,3 +255,45 @@ async fn json_logs_are_one_object_a_line_with_the_gates_decisions() {
     assert!(decided("deny", "palyra/reserved"), "no deny decision in:\n{}", lines.join("\n"));
     assert!(events.iter().any(|e| e["message"] == "palyra is serving"), "{}", lines.join("\n"));
 }
+
+/// Scrapes until `series` satisfies `done` (20 s at most) and returns its last value.
+async fn scrape_until(addr: SocketAddr, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let mut value = f64::NAN;
+    for _ in 0..200 {
+        let text = scrape(addr).await;
+        assert!(text.contains(series), "{series} is exported:\n{text}");
+        value = sample(&text, series);
+        if done(value) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_sinks_lag_is_a_metric_that_grows_while_it_fails_and_drains() {
+    let dir = testkit::private_tempdir();
+    let data = dir.path().join("node");
+    let logs = dir.path().join("logs");
+    let config = dir.path().join("palyra.toml");
+    let sink = logs.join("audit.jsonl");
+    std::fs::write(&config, format!("[audit]\nsink = \"file:{}\"\n", sink.display())).unwrap();
+    let (mut serving, lines) = serve(&data, "palyra=info", &["--config", config.to_str().unwrap()]);
+    let addr = metrics_addr(&lines);
+    let lag = "palyra_audit_sink_lag_records";
+
+    let mut client = operator(&data, serving.grpc).await;
+    put_and_get(&mut client, 3).await;
+    assert_eq!(scrape_until(addr, lag, |v| v == 0.0).await, 0.0, "the sink catches up");
+
+    // The sink's directory goes away: records wait in the table and the lag shows them.
+    std::fs::remove_dir_all(&logs).unwrap();
+    put_and_get(&mut client, 5).await;
+    assert!(scrape_until(addr, lag, |v| v >= 5.0).await >= 5.0, "undelivered records are counted");
+
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&logs).unwrap();
+    assert_eq!(scrape_until(addr, lag, |v| v == 0.0).await, 0.0, "and drained once it is back");
+    assert!(std::fs::read_to_string(&sink).unwrap().lines().count() >= 5);
+    serving.kill();
+}
