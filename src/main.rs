@@ -41,12 +41,15 @@ fn main() -> ExitCode {
         }
     };
     let json_logs = cli.log_format() == LogFormat::Json;
+    let json = cli.json;
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.is_silent() {
                 if json_logs {
                     tracing::error!("{e}");
+                } else if json {
+                    eprintln!("{}", e.to_json());
                 } else {
                     eprintln!("{e}");
                 }

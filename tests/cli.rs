@@ -71,6 +71,12 @@ fn exit_codes_and_one_line_errors() {
     let down = PALYRA.run(&data, &["--server", "https://127.0.0.1:9", "identity", "show"]);
     assert_eq!(down.status.code(), Some(6));
     assert!(String::from_utf8_lossy(&down.stderr).contains("is `palyra serve` running"));
+    // With --json the error is one JSON object on stderr, its exit code inside.
+    let down = PALYRA.run(&data, &["--json", "--server", "https://127.0.0.1:9", "identity", "show"]);
+    assert_eq!(down.status.code(), Some(6));
+    let error: serde_json::Value = serde_json::from_slice(&down.stderr).unwrap();
+    assert_eq!(error["exit"], 6);
+    assert!(error["error"].as_str().unwrap().contains("127.0.0.1:9"), "{error}");
     // A bad config file names itself.
     std::fs::write(data.join("palyra.toml"), "grpc_adr = 1\n").unwrap();
     let bad = PALYRA.run(&data, &["init"]);

@@ -102,6 +102,13 @@ impl CliError {
     }
 }
 
+impl CliError {
+    /// The error as one JSON line for `--json` (on stderr): `{"error", "hint", "exit"}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({ "error": self.message, "hint": self.hint, "exit": self.exit }).to_string()
+    }
+}
+
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "error: {}", self.message)?;
