@@ -318,9 +318,21 @@ pub struct ScopeDecisions {
     /// The policy version the remembered decisions were made under.
     version: u64,
     known: HashMap<Scope, Result<(), Denied>>,
+    /// Decisions made (each audited).
+    made: usize,
 }
 
 impl ScopeDecisions {
+    /// Whether `scope` would be answered from memory (no new decision, no new audit record).
+    pub fn remembers(&self, scope: &Scope) -> bool {
+        self.version == self.gate.engine.active().0 && self.known.contains_key(scope)
+    }
+
+    /// Decisions made (and audited) so far, answers from memory not counted.
+    pub fn made(&self) -> usize {
+        self.made
+    }
+
     /// Decides `scope`, or answers from memory when it was decided under the set in force.
     pub fn decide(&mut self, scope: &Scope) -> Result<(), Denied> {
         // The version is read before deciding: a decision made under a newer set is at worst
@@ -333,6 +345,7 @@ impl ScopeDecisions {
         if let Some(known) = self.known.get(scope) {
             return known.clone();
         }
+        self.made += 1;
         let decision = self.gate.decide(&self.peer, &self.action, &Resource::Scope(scope.clone()), None);
         if matches!(&decision, Err(denied) if denied.kind != DenialKind::Policy) {
             return decision;
@@ -354,6 +367,7 @@ impl Gate {
             action: action.to_owned(),
             version: self.engine.active().0,
             known: HashMap::new(),
+            made: 0,
         }
     }
 }

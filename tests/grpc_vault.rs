@@ -314,3 +314,68 @@ async fn a_denial_on_the_reserved_palyra_scopes_says_they_are_reserved() {
     assert!(other.is_ok(), "only palyra/ itself is reserved: {other:?}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_token_reveals_no_hidden_name_and_one_call_decides_a_bounded_number_of_scopes() {
+    let node = TestNode::start().await;
+    let mut admin = VaultServiceClient::new(node.operator().await);
+    for i in 0..150 {
+        admin.put_secret(put(&format!("team-{i:03}"), &format!("HIDDEN_{i:03}"), b"v", None)).await.unwrap();
+    }
+    admin.put_secret(put("zz-shared/ci", "token", b"v", None)).await.unwrap();
+    let ci = node.add_device(palyra::identity::Role::Device, "ci", &["zz-shared/ci"]).await;
+    let mut device = VaultServiceClient::new(node.channel(Some(&ci)).await);
+
+    let audit = node.node.audit();
+    audit.flush().await.unwrap();
+    let before = *audit.committed().borrow();
+    let first = device
+        .list_secrets(pb::ListSecretsRequest {
+            scope: "/".into(),
+            recursive: true,
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    audit.flush().await.unwrap();
+    let written = *audit.committed().borrow() - before;
+    // 150 scopes the device may not see: one call decides at most 64 of them (+ the gate's own
+    // record of the call), and says where to go on.
+    assert!(written <= 66, "one listing wrote {written} audit records");
+    assert!(first.secrets.is_empty());
+    let token = first.next_page_token;
+    assert!(!token.is_empty());
+    // The token is the position after a hidden row: none of it can be read back.
+    use base64::Engine as _;
+    let decoded = [
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap_or_default(),
+        hex::decode(&token).unwrap_or_default(),
+    ];
+    for bytes in decoded {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("team-") && !text.contains("HIDDEN_"), "{text}");
+    }
+    // Another caller cannot use it, and a token forged in the old plaintext form is refused.
+    let other = node.add_device(palyra::identity::Role::Device, "other", &["zz-shared/ci"]).await;
+    let mut other = VaultServiceClient::new(node.channel(Some(&other)).await);
+    let forged = hex::encode("\n1\n0\nteam-100\nHIDDEN_100");
+    for (client, token) in [(&mut other, token.clone()), (&mut device, forged)] {
+        let refused = client
+            .list_secrets(pb::ListSecretsRequest {
+                scope: "/".into(),
+                recursive: true,
+                page_size: 1,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    // Paging on reaches the one row the device may see, and ends.
+    let want = vec![("zz-shared/ci".to_owned(), "token".to_owned())];
+    assert_eq!(list_all(&mut device, "/", true, 1).await.unwrap(), want);
+    node.stop().await;
+}

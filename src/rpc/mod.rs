@@ -57,6 +57,9 @@ pub enum ServeError {
     /// The audit log's sealed head does not match its table: the node does not serve on it.
     #[error("the audit log failed its integrity check: {0}; refusing to serve")]
     AuditIntegrity(crate::audit::HeadMismatch),
+    /// The system's random number generator failed.
+    #[error("the system's random number generator failed")]
+    Random,
 }
 
 /// The largest request message of each service: checked from its gRPC prefix by the gate
@@ -182,7 +185,8 @@ pub async fn serve_with(
         gate.clone(),
         node.events.clone(),
         stopping.clone(),
-    ))
+    )
+    .map_err(|_| ServeError::Random)?)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let identity =

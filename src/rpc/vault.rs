@@ -14,7 +14,7 @@ use crate::access::{Denied, DenialKind};
 use crate::events::EventLog;
 use crate::policy::{Resource, actions};
 use crate::vault::{Scope, SecretValue, Vault, Watch};
-use crate::wire::convert::{Listing, page_token, parse_page_token, requested_version, scope, secret_key, secret_reply};
+use crate::wire::convert::{Listing, PageTokens, requested_version, scope, secret_key, secret_reply};
 use crate::wire::pb::vault::v1::{self as pb, vault_service_server::VaultService};
 use crate::wire::status::{denied, internal, stream_shutdown};
 
@@ -24,6 +24,11 @@ const SERVICE: &str = "palyra.vault.v1.VaultService";
 /// at most this many (past its first page); then it returns what it has with a token to go on.
 /// It bounds the scopes one call decides, so the audit records it writes.
 const MAX_LIST_SCAN_ROWS: usize = 2000;
+
+/// Scopes one ListSecrets call decides (and audits) at most; past them it returns what it has
+/// with a token to go on. A listing from `/` over a vault of many scopes the caller may not see
+/// so costs the audit log this many records a call, not one per scope in the vault.
+const MAX_LIST_DECISIONS: usize = 64;
 
 /// Messages of one WatchSecrets stream waiting for the client: the stream's task waits when
 /// they are not taken (HTTP/2 flow control holds the rest back), so a slow reader costs this
@@ -46,12 +51,26 @@ pub struct VaultApi {
     /// Becomes true when the server shuts down: open watches end so that it can drain.
     stopping: watch::Receiver<bool>,
     watches: StreamSlots,
+    /// ListSecrets page tokens: sealed, since a position may be a row the caller was not shown.
+    tokens: std::sync::Arc<PageTokens>,
 }
 
 impl VaultApi {
     /// The service over `vault`; watches follow `events` until `stopping` turns true.
-    pub fn new(vault: Vault, gate: Gate, events: EventLog, stopping: watch::Receiver<bool>) -> Self {
-        VaultApi { vault, gate, events, stopping, watches: StreamSlots::new("WatchSecrets", MAX_WATCHES_PER_PRINCIPAL, MAX_WATCHES) }
+    pub fn new(
+        vault: Vault,
+        gate: Gate,
+        events: EventLog,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<Self, ring::error::Unspecified> {
+        Ok(VaultApi {
+            vault,
+            gate,
+            events,
+            stopping,
+            watches: StreamSlots::new("WatchSecrets", MAX_WATCHES_PER_PRINCIPAL, MAX_WATCHES),
+            tokens: std::sync::Arc::new(PageTokens::new()?),
+        })
     }
 
     fn check_scope<T>(
@@ -120,6 +139,10 @@ impl VaultService for VaultApi {
         };
         let peer = peer_of(&request)?;
         let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
+        let caller = match &peer.principal {
+            crate::identity::Principal::Anonymous => "anonymous".to_owned(),
+            crate::identity::Principal::Device { id, .. } => format!("device:{id}"),
+        };
         let req = request.into_inner();
         let recursive = req.recursive || root.is_none();
         // Each scope met is decided (and audited) once per call, at most MAX_REMEMBERED_SCOPES.
@@ -141,7 +164,7 @@ impl VaultService for VaultApi {
             None => {}
         }
         let listing = Listing { scope: root.as_ref(), recursive, include_deleted: req.include_deleted };
-        let mut after = parse_page_token(&listing, &req.page_token)?;
+        let mut after = self.tokens.open(&listing, &caller, &req.page_token)?;
         let first_page = after.is_none();
         let limit = match req.page_size as usize {
             0 => crate::vault::DEFAULT_PAGE_SIZE,
@@ -161,6 +184,10 @@ impl VaultService for VaultApi {
                 let position = (metadata.scope.clone(), metadata.key.clone());
                 let visible = match (&root, &root_denied) {
                     (Some(s), None) if metadata.scope == *s => true,
+                    _ if decisions.made() >= MAX_LIST_DECISIONS && !decisions.remembers(&metadata.scope) => {
+                        // Out of decisions for this call: the next one goes on from this row.
+                        break 'scan after.clone();
+                    }
                     _ => decisions.decide(&metadata.scope).is_ok(),
                 };
                 if visible {
@@ -190,7 +217,10 @@ impl VaultService for VaultApi {
         }
         Ok(Response::new(pb::ListSecretsResponse {
             secrets,
-            next_page_token: next.as_ref().map(|position| page_token(&listing, position)).unwrap_or_default(),
+            next_page_token: match &next {
+                Some(position) => self.tokens.seal(&listing, &caller, position)?,
+                None => String::new(),
+            },
         }))
     }
 

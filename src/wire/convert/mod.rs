@@ -40,7 +40,7 @@ pub use events::{event_from_pb, event_to_pb};
 pub(crate) use identity::renewed_certificate;
 pub(crate) use pairing::{code_ttl, enrollment_key, pairing_request, pairing_state_filter};
 pub(crate) use policy::{AuthorizePrincipal, AuthorizeQuery, check_policy_text, policy_validation};
-pub use vault::{Listing, page_token, parse_page_token, scope, secret_key};
+pub use vault::{Listing, PageTokens, scope, secret_key};
 pub(crate) use vault::{requested_version, secret_reply};
 
 /// A timestamp on the wire.
