@@ -663,6 +663,7 @@ async fn one_address_flooding_the_console_does_not_lock_out_another() {
         header_read_timeout: Duration::from_secs(60),
         max_connections: 24,
         max_connections_per_address: 8,
+        max_connection_age: None,
     };
     let c = Console::start_with(limits).await;
     // 127.0.0.1 opens 20 connections and asks on each: the first 8 are served and held
@@ -767,4 +768,39 @@ async fn event_streams_per_operator_are_bounded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(reopened, "a slot comes back when a stream closes");
+}
+
+#[tokio::test]
+async fn a_connection_past_its_age_is_closed_however_often_it_asks() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // The metrics endpoint's bound (30 s there), short here: a client asking again before every
+    // idle timeout would otherwise hold its slot for ever.
+    let limits = ConsoleLimits {
+        max_connection_age: Some(Duration::from_secs(1)),
+        max_connections: 2,
+        max_connections_per_address: 1,
+        ..ConsoleLimits::default()
+    };
+    let c = Console::start_with(limits).await;
+    let mut held = connect_from("127.0.0.1", c.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(15) {
+        let head = format!("HEAD /assets/console.css HTTP/1.1\r\nhost: {}\r\n\r\n", c.addr);
+        if held.write_all(head.as_bytes()).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), held.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answered += 1,
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lived = started.elapsed();
+    assert!(answered >= 2, "served while young: {answered}");
+    assert!(lived < Duration::from_secs(4), "closed at its age, not kept by its requests: {lived:?}");
+    // Its slot is free again for the same address.
+    let mut next = connect_from("127.0.0.1", c.addr).await.unwrap();
+    assert_eq!(status_on(&mut next, c.addr).await, Some(200));
 }

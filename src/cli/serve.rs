@@ -121,6 +121,8 @@ fn console_limits(file: &FileConfig) -> crate::console::ConsoleLimits {
         max_connections_per_address: console
             .max_connections_per_address
             .unwrap_or(defaults.max_connections_per_address),
+        // Signed-in event streams are long-lived; idle and half-open ones end by the timeout.
+        max_connection_age: defaults.max_connection_age,
     }
 }
 

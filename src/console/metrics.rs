@@ -2,7 +2,8 @@
 //! served by the console's bounded HTTP/1.1 server ([`super::server`]).
 //!
 //! It needs no credentials (Prometheus scrapes without them), so it is an anonymous resource:
-//! few connections in total and per address, a short time to send the request's head, a
+//! few connections in total and per address, each closed after 30 s whatever it does, a short
+//! time to send the request's head, a
 //! bounded head, no request body, and the node's state read at most once a second however
 //! often it is scraped. It shows activity counts and sizes, never a name, scope, key or value
 //! (see `crate::metrics`). Anything but `GET /metrics` is `404`.
@@ -26,6 +27,8 @@ pub const LIMITS: ConsoleLimits = ConsoleLimits {
     header_read_timeout: Duration::from_secs(10),
     max_connections: 16,
     max_connections_per_address: 4,
+    // A scraper reconnects; a client that keeps asking cannot keep its slot.
+    max_connection_age: Some(Duration::from_secs(30)),
 };
 
 /// The node's state (secret count, database size, …) is read at most this often.

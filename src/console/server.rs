@@ -32,7 +32,15 @@ pub struct ConsoleLimits {
     pub max_connections: usize,
     /// Connections held at once from one IPv4 address or one IPv6 /64.
     pub max_connections_per_address: usize,
+    /// How long one connection may live (`None`: as long as it is used). Past it the
+    /// connection finishes the request in flight and closes; one that does not within
+    /// [`CLOSE_GRACE`] (a reader that never reads its responses) is dropped. Without it a
+    /// client asking again before each idle timeout keeps its slot for ever.
+    pub max_connection_age: Option<Duration>,
 }
+
+/// Time a connection past its [`ConsoleLimits::max_connection_age`] has to finish.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Default [`ConsoleLimits::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +55,7 @@ impl Default for ConsoleLimits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_connection_age: None,
         }
     }
 }
@@ -103,14 +112,31 @@ pub(super) async fn run(
         });
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let mut stop = stop.clone();
+        let max_age = limits.max_connection_age;
         connections.spawn(async move {
             let _slot = slot;
             tokio::pin!(connection);
+            let aged = async {
+                match max_age {
+                    Some(age) => tokio::time::sleep(age).await,
+                    None => std::future::pending().await,
+                }
+            };
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 () = stopped(&mut stop) => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
+                }
+                () = aged => {
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "console: connection past its age dropped");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(e) = result {
