@@ -80,9 +80,23 @@ fn parse_import(text: &str, path: &Path, format: Format, allow_empty: bool) -> R
             .map(|e| (e.name, e.value, format!("line {}", e.line)))
             .collect(),
         Format::Json => {
-            // serde_json reports positions, never the text at them.
-            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-                .map_err(|e| usage(format!("not a JSON object of strings: {e}")))?;
+            // Only the kind of error and its position: serde_json's message can quote the input
+            // (`invalid type: string "…"` for a top-level string), which may be a value.
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text).map_err(|e| {
+                    let what = match e.classify() {
+                        serde_json::error::Category::Data => "not an object of strings",
+                        serde_json::error::Category::Eof => "cut short",
+                        serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
+                            "not valid JSON"
+                        }
+                    };
+                    usage(format!(
+                        "{what} at line {}, column {}: expected a JSON object of strings",
+                        e.line(),
+                        e.column()
+                    ))
+                })?;
             let mut raw = Vec::with_capacity(object.len());
             for (name, value) in object {
                 let serde_json::Value::String(value) = value else {
@@ -314,6 +328,12 @@ mod tests {
         assert!(!e.message.contains("secret-one"), "{e}");
         let e = refused(r#"{"A": {"x": "secret-one"}}"#, Format::Json);
         assert!(!e.message.contains("secret-one"), "{e}");
+        // serde_json quotes a top-level string or number in its own message.
+        for top in [r#""secret-one""#, "31415926535", r#"{"A": "x" "secret-one"}"#] {
+            let e = refused(top, Format::Json);
+            assert!(!e.message.contains("secret-one") && !e.message.contains("31415926535"), "{e}");
+            assert!(e.message.contains("line 1"), "{e}");
+        }
         let ok = parse_import(r#"{"A": "1", "B": ""}"#, path, Format::Json, true)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok.len(), 2);
