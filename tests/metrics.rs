@@ -191,13 +191,35 @@ async fn only_get_metrics_is_served_and_connections_are_bounded_per_address() {
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap();
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
 
-    // Four idle connections from one address hold its share; the fifth is turned away at once.
+    // Four keep-alive connections from one address hold its share (each answered once, so the
+    // server has surely accepted it); the fifth is turned away at once.
     let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(TcpStream::connect(addr).await.unwrap());
+    for attempt in 0.. {
+        if held.len() == 4 {
+            break;
+        }
+        // The connections above may still hold their slots until the server sees them close:
+        // a refused one (503, or closed) is tried again.
+        assert!(attempt < 200, "no slot came back");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(b"GET /held HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        let answered = loop {
+            if String::from_utf8_lossy(&answer).contains("only GET /metrics\n") {
+                break true;
+            }
+            match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await.unwrap() {
+                Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                _ => break false,
+            }
+        };
+        if answered {
+            held.push(stream);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    // Let the server accept them in order before the fifth arrives.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // (Nothing is sent: the answer comes at accept, before any request is read.)
     let mut fifth = TcpStream::connect(addr).await.unwrap();
     let mut refused = Vec::new();
