@@ -557,10 +557,27 @@ impl FileOut {
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            options.mode(fsutil::FILE_MODE);
+            // Never through a symlink put there after the check above.
+            options.mode(fsutil::FILE_MODE).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
         }
         let created = !path.exists();
         let mut file = options.open(&path).map_err(|e| io_error("open", &path, &e))?;
+        // What was opened, not what the path names now: a regular file of ours, 0600.
+        let opened = file.metadata().map_err(|e| io_error("stat", &path, &e))?;
+        if !opened.is_file() {
+            return Err(RunError::Io(format!("{} is not a regular file; refusing to write to it", path.display())));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if opened.uid() != rustix::process::geteuid().as_raw() {
+                return Err(RunError::Io(format!(
+                    "{} belongs to another user (uid {}); refusing to write to it",
+                    path.display(),
+                    opened.uid()
+                )));
+            }
+        }
         fsutil::check_private(&path, fsutil::FILE_MODE)?;
         if created {
             fsutil::sync_dir(&dir)?;
@@ -669,6 +686,21 @@ fn last_line(file: &mut File, path: &Path, repair: bool) -> Result<(u64, Option<
         if !repair {
             return Ok((size, None));
         }
+        // Only a line of ours is cut: the complete line before it must be a sink line (or, with
+        // none, the torn one must start like one), so a sink pointed at another file by mistake
+        // never truncates it.
+        let before = String::from_utf8_lossy(&tail[..usize::try_from(keep - start).unwrap_or(0)]).into_owned();
+        let ours = match before.trim_end_matches('\n').rsplit('\n').next() {
+            Some(line) if !line.is_empty() => line_position(line).is_some(),
+            _ if keep == 0 => tail.starts_with(b"{\"sequence\":"),
+            _ => false,
+        };
+        if !ours {
+            return Err(RunError::Io(format!(
+                "{} ends with a line that is not an audit sink line; refusing to write to a file that is not a sink",
+                path.display()
+            )));
+        }
         tracing::warn!(path = %path.display(), cut = size - keep, "the audit sink file ends with a torn line (a write cut short); cutting it off");
         file.set_len(keep).map_err(|e| io_error("truncate", path, &e))?;
         file.sync_all().map_err(|e| io_error("fsync", path, &e))?;
@@ -747,6 +779,40 @@ mod tests {
             .map_err(|e| RunError::Io(e.to_string()))?;
         assert!(!out.is_current() || cfg!(not(unix)));
         assert_eq!(out.reopen()?.map(|p| p.0), Some(22));
+        Ok(())
+    }
+
+    #[test]
+    fn a_sink_pointed_at_a_file_that_is_not_one_truncates_nothing() -> Result<(), RunError> {
+        let dir = tempfile::tempdir().map_err(|e| RunError::Io(e.to_string()))?;
+        let path = dir.path().join("audit.jsonl");
+        // Another program's file at the sink's path, ending without a newline.
+        let foreign = b"first line of something else\nits last line, unterminated".to_vec();
+        for text in [foreign.clone(), b"no newline at all".to_vec()] {
+            fs::write(&path, &text).map_err(|e| RunError::Io(e.to_string()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| RunError::Io(e.to_string()))?;
+            }
+            let mut out = FileOut::new(config(dir.path(), DEFAULT_MAX_BYTES, 2));
+            let refused = out.reopen();
+            assert!(matches!(&refused, Err(RunError::Io(m)) if m.contains("not an audit sink line")), "{refused:?}");
+            assert_eq!(fs::read(&path).ok(), Some(text), "the file is left as it was");
+        }
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_the_sink_path_is_never_written_through() -> Result<(), RunError> {
+        let dir = tempfile::tempdir().map_err(|e| RunError::Io(e.to_string()))?;
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"precious").map_err(|e| RunError::Io(e.to_string()))?;
+        std::os::unix::fs::symlink(&target, dir.path().join("audit.jsonl")).map_err(|e| RunError::Io(e.to_string()))?;
+        let mut out = FileOut::new(config(dir.path(), DEFAULT_MAX_BYTES, 2));
+        assert!(out.reopen().is_err());
+        assert_eq!(fs::read(&target).ok(), Some(b"precious".to_vec()));
         Ok(())
     }
 }
