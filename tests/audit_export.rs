@@ -267,3 +267,41 @@ async fn a_start_after_pruned_records_is_out_of_range_and_past_the_end_is_invali
     assert!(status.message().contains("past the end"), "{}", status.message());
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_export_ends_when_a_new_policy_no_longer_allows_it() {
+    use palyra::wire::pb::policy::v1::{self as policy, policy_service_client::PolicyServiceClient};
+    let node = TestNode::start().await;
+    let second = node.add_device(Role::Admin, "second admin", &[]).await;
+    let mut stream = export(node.channel(Some(&second)).await, 0, true).await.unwrap();
+    // Caught up with what was there.
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {}
+
+    let mut policies = PolicyServiceClient::new(node.operator().await);
+    let current = policies.get_policy_set(policy::GetPolicySetRequest {}).await.unwrap().into_inner();
+    let text = current.policy_set.unwrap().policies;
+    let forbid = format!(
+        "{text}\n@id(\"no-export-for-second\")\nforbid (principal == Palyra::Device::\"{}\", \
+         action == Palyra::Action::\"palyra.audit.v1.AuditService/ExportAuditLog\", resource);\n",
+        second.id
+    );
+    policies
+        .update_policy_set(policy::UpdatePolicySetRequest { policies: forbid, expected_version: None })
+        .await
+        .unwrap();
+    // New records after the change are not sent: the export ends with the denial.
+    calls(&node, 3).await;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap() {
+            Ok(Some(message)) => {
+                let last = message.records.last().map(|r| r.action.clone()).unwrap_or_default();
+                assert!(!last.contains("WhoAmI"), "a record after the change was exported: {last}");
+            }
+            other => break other,
+        }
+    };
+    let status = ended.expect_err("the export ends");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "ERROR_REASON_POLICY_DENIED");
+    node.stop().await;
+}

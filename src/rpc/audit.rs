@@ -6,9 +6,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::authz::peer_of;
+use super::authz::{Gate, peer_of};
 use super::slots::StreamSlots;
 use crate::audit::{Audit, Follower};
+use crate::policy::Resource;
 use crate::wire::convert::AuditQuery;
 use crate::wire::pb::audit::v1::{self as pb, audit_service_server::AuditService};
 use crate::wire::status::{denied, internal, stream_shutdown};
@@ -22,11 +23,15 @@ const EXPORT_BATCH: usize = 256;
 /// Messages of one export waiting for the client: the stream's task waits when they are not
 /// taken (HTTP/2 flow control holds the rest back), so a slow reader costs this, never more.
 const EXPORT_BUFFER: usize = 4;
+/// The export's method: the action the gate decided at the start, asked again on a policy change.
+const EXPORT_METHOD: &str = "palyra.audit.v1.AuditService/ExportAuditLog";
 
 /// The audit service.
 #[derive(Debug, Clone)]
 pub struct AuditApi {
     log: Audit,
+    /// Asks again whether a following export may go on once the policy set changes.
+    gate: Gate,
     /// Becomes true when the server shuts down: open exports end so that it can drain.
     stopping: watch::Receiver<bool>,
     exports: StreamSlots,
@@ -35,9 +40,10 @@ pub struct AuditApi {
 
 impl AuditApi {
     /// The service over `log`; following exports end when `stopping` turns true.
-    pub fn new(log: Audit, stopping: watch::Receiver<bool>) -> Self {
+    pub fn new(log: Audit, gate: Gate, stopping: watch::Receiver<bool>) -> Self {
         AuditApi {
             log,
+            gate,
             stopping,
             exports: StreamSlots::new("ExportAuditLog", MAX_EXPORTS_PER_PRINCIPAL, MAX_EXPORTS),
             metrics: crate::metrics::Metrics::disabled(),
@@ -92,14 +98,19 @@ impl AuditService for AuditApi {
         let mut follower = if req.follow { follower } else { follower.until_now() };
         let (tx, rx) = mpsc::channel(EXPORT_BUFFER);
         let mut stopping = self.stopping.clone();
+        let gate = self.gate.clone();
+        let mut version = gate.engine.active().0;
         tokio::spawn(async move {
             let _slot = slot;
             loop {
                 let item = tokio::select! {
                     next = follower.next(EXPORT_BATCH) => match next {
-                        Ok(Some(records)) => Ok(pb::ExportAuditLogResponse {
-                            records: records.into_iter().map(Into::into).collect(),
-                        }),
+                        Ok(Some(records)) => match still_allowed(&gate, &peer, &mut version) {
+                            Ok(()) => Ok(pb::ExportAuditLogResponse {
+                                records: records.into_iter().map(Into::into).collect(),
+                            }),
+                            Err(d) => Err(denied(false, d)),
+                        },
                         Ok(None) => return,
                         Err(e) => Err(Status::from(e)),
                     },
@@ -117,4 +128,15 @@ impl AuditService for AuditApi {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The method gate decided an export under the policy set in force at its start: under a new
+/// one, a following export goes on only if the gate would allow it now (asked once per set).
+fn still_allowed(gate: &Gate, peer: &crate::access::Peer, version: &mut u64) -> Result<(), crate::access::Denied> {
+    let now = gate.engine.active().0;
+    if now == *version {
+        return Ok(());
+    }
+    *version = now;
+    gate.decide(peer, EXPORT_METHOD, &Resource::Node, None)
 }

@@ -208,7 +208,7 @@ pub async fn serve_with(
     ))
     .max_decoding_message_size(MessageLimits::SMALL);
     let audit = AuditServiceServer::new(
-        audit::AuditApi::new(node.audit.clone(), stopping.clone()).with_metrics(node.metrics.clone()),
+        audit::AuditApi::new(node.audit.clone(), gate.clone(), stopping.clone()).with_metrics(node.metrics.clone()),
     )
         .max_decoding_message_size(MessageLimits::SMALL);
 

@@ -139,10 +139,7 @@ impl VaultService for VaultApi {
         };
         let peer = peer_of(&request)?;
         let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
-        let caller = match &peer.principal {
-            crate::identity::Principal::Anonymous => "anonymous".to_owned(),
-            crate::identity::Principal::Device { id, .. } => format!("device:{id}"),
-        };
+        let caller = peer.principal.label();
         let req = request.into_inner();
         let recursive = req.recursive || root.is_none();
         // Each scope met is decided (and audited) once per call, at most MAX_REMEMBERED_SCOPES.
