@@ -128,9 +128,18 @@ fn word(allow: bool) -> &'static str {
     if allow { "allow" } else { "deny" }
 }
 
-/// The 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes().iter().take(offset).filter(|b| **b == b'\n').count() + 1
+/// The line of each offset of one text, from its newlines found once (a line per case of a
+/// large file would otherwise re-count from the start every time).
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        LineIndex(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i).collect())
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&newline| newline < offset) + 1
+    }
 }
 
 /// Reads a file of at most `max` bytes as UTF-8; errors name it (exit 2: an input the user gave).
@@ -160,11 +169,12 @@ impl Cases {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Cases, CliError> {
+        let lines = LineIndex::new(text);
         let at = |offset: usize, message: String| {
-            CliError::of(Exit::Usage, format!("{}:{}: {message}", path.display(), line_of(text, offset)))
+            CliError::of(Exit::Usage, format!("{}:{}: {message}", path.display(), lines.line(offset)))
         };
         let file: CasesFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            let line = e.span().map(|s| lines.line(s.start)).unwrap_or(0);
             let message = e.message().trim().to_owned();
             CliError::of(Exit::Usage, format!("{}:{line}: {message}", path.display()))
         })?;
@@ -216,7 +226,7 @@ impl Cases {
         let mut cases = Vec::with_capacity(file.case.len());
         let mut names = BTreeSet::new();
         for decl in &file.case {
-            let line = line_of(text, decl.span().start);
+            let line = lines.line(decl.span().start);
             let decl = decl.get_ref();
             let name = decl.name.get_ref().clone();
             if name.is_empty() || !names.insert(name.clone()) {
@@ -478,6 +488,16 @@ pub(super) fn run(ctx: &Context, args: TestArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_index_counts_like_the_text() {
+        let text = "a\n\nbc\nd";
+        let index = LineIndex::new(text);
+        for offset in 0..=text.len() {
+            let naive = text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() + 1;
+            assert_eq!(index.line(offset), naive, "{offset}");
+        }
+    }
 
     fn parse(text: &str) -> Result<Cases, CliError> {
         Cases::parse(text, Path::new("cases.toml"))
