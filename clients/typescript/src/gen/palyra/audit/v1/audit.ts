@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -150,6 +152,20 @@ export interface VerifyAuditLogResponse {
    * that does not follow the chain. Unset when ok is true.
    */
   problem?: string | undefined;
+}
+
+/** Request of AuditService.ExportAuditLog. */
+export interface ExportAuditLogRequest {
+  /** Export records with a sequence strictly greater than this; 0 starts at the oldest kept. */
+  sinceSequence: string;
+  /** Keep the stream open and send new records as they commit. */
+  follow: boolean;
+}
+
+/** One message of AuditService.ExportAuditLog. */
+export interface ExportAuditLogResponse {
+  /** The next records in ascending sequence order (at least one, at most 256). */
+  records: AuditRecord[];
 }
 
 function createBaseAuditRecord(): AuditRecord {
@@ -700,6 +716,164 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
   },
 };
 
+function createBaseExportAuditLogRequest(): ExportAuditLogRequest {
+  return { sinceSequence: "0", follow: false };
+}
+
+export const ExportAuditLogRequest: MessageFns<ExportAuditLogRequest> = {
+  encode(message: ExportAuditLogRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sinceSequence !== "0") {
+      writer.uint32(8).uint64(message.sinceSequence);
+    }
+    if (message.follow !== false) {
+      writer.uint32(16).bool(message.follow);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportAuditLogRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportAuditLogRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sinceSequence = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.follow = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportAuditLogRequest {
+    return {
+      sinceSequence: isSet(object.sinceSequence)
+        ? globalThis.String(object.sinceSequence)
+        : isSet(object.since_sequence)
+        ? globalThis.String(object.since_sequence)
+        : "0",
+      follow: isSet(object.follow) ? globalThis.Boolean(object.follow) : false,
+    };
+  },
+
+  toJSON(message: ExportAuditLogRequest): unknown {
+    const obj: any = {};
+    if (message.sinceSequence !== "0") {
+      obj.sinceSequence = message.sinceSequence;
+    }
+    if (message.follow !== false) {
+      obj.follow = message.follow;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExportAuditLogRequest>): ExportAuditLogRequest {
+    return ExportAuditLogRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExportAuditLogRequest>): ExportAuditLogRequest {
+    const message = createBaseExportAuditLogRequest();
+    message.sinceSequence = object.sinceSequence ?? "0";
+    message.follow = object.follow ?? false;
+    return message;
+  },
+};
+
+function createBaseExportAuditLogResponse(): ExportAuditLogResponse {
+  return { records: [] };
+}
+
+export const ExportAuditLogResponse: MessageFns<ExportAuditLogResponse> = {
+  encode(message: ExportAuditLogResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.records) {
+      AuditRecord.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportAuditLogResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportAuditLogResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.records.push(AuditRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportAuditLogResponse {
+    return {
+      records: globalThis.Array.isArray(object?.records) ? object.records.map((e: any) => AuditRecord.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ExportAuditLogResponse): unknown {
+    const obj: any = {};
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => AuditRecord.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExportAuditLogResponse>): ExportAuditLogResponse {
+    return ExportAuditLogResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExportAuditLogResponse>): ExportAuditLogResponse {
+    const message = createBaseExportAuditLogResponse();
+    message.records = object.records?.map((e) => AuditRecord.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /**
  * Reads and verifies the audit log: one record per authorization decision and per change,
  * allowed or denied, chained by a keyed hash so that an edited, removed or reordered record is
@@ -739,6 +913,26 @@ export const AuditServiceService = {
       Buffer.from(VerifyAuditLogResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): VerifyAuditLogResponse => VerifyAuditLogResponse.decode(value),
   },
+  /**
+   * Streams the records with sequence > since_sequence in ascending order, in batches: every
+   * record committed when the call began, then, with follow, each new one as it commits, with
+   * no gap and no repeat, until the client cancels, the node shuts down (UNAVAILABLE) or the
+   * caller's device is revoked. OUT_OF_RANGE when the record after since_sequence was pruned
+   * (metadata oldest_available_sequence); INVALID_ARGUMENT when since_sequence is past the
+   * end. Open exports are bounded per principal (4) and per node (64): RESOURCE_EXHAUSTED +
+   * RATE_LIMITED beyond.
+   */
+  exportAuditLog: {
+    path: "/palyra.audit.v1.AuditService/ExportAuditLog" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ExportAuditLogRequest): Buffer =>
+      Buffer.from(ExportAuditLogRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportAuditLogRequest => ExportAuditLogRequest.decode(value),
+    responseSerialize: (value: ExportAuditLogResponse): Buffer =>
+      Buffer.from(ExportAuditLogResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExportAuditLogResponse => ExportAuditLogResponse.decode(value),
+  },
 } as const;
 
 export interface AuditServiceServer extends UntypedServiceImplementation {
@@ -754,6 +948,16 @@ export interface AuditServiceServer extends UntypedServiceImplementation {
    * response (ok false, with first_bad_sequence and problem), not as an error.
    */
   verifyAuditLog: handleUnaryCall<VerifyAuditLogRequest, VerifyAuditLogResponse>;
+  /**
+   * Streams the records with sequence > since_sequence in ascending order, in batches: every
+   * record committed when the call began, then, with follow, each new one as it commits, with
+   * no gap and no repeat, until the client cancels, the node shuts down (UNAVAILABLE) or the
+   * caller's device is revoked. OUT_OF_RANGE when the record after since_sequence was pruned
+   * (metadata oldest_available_sequence); INVALID_ARGUMENT when since_sequence is past the
+   * end. Open exports are bounded per principal (4) and per node (64): RESOURCE_EXHAUSTED +
+   * RATE_LIMITED beyond.
+   */
+  exportAuditLog: handleServerStreamingCall<ExportAuditLogRequest, ExportAuditLogResponse>;
 }
 
 export interface AuditServiceClient extends Client {
@@ -797,6 +1001,24 @@ export interface AuditServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: VerifyAuditLogResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Streams the records with sequence > since_sequence in ascending order, in batches: every
+   * record committed when the call began, then, with follow, each new one as it commits, with
+   * no gap and no repeat, until the client cancels, the node shuts down (UNAVAILABLE) or the
+   * caller's device is revoked. OUT_OF_RANGE when the record after since_sequence was pruned
+   * (metadata oldest_available_sequence); INVALID_ARGUMENT when since_sequence is past the
+   * end. Open exports are bounded per principal (4) and per node (64): RESOURCE_EXHAUSTED +
+   * RATE_LIMITED beyond.
+   */
+  exportAuditLog(
+    request: ExportAuditLogRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportAuditLogResponse>;
+  exportAuditLog(
+    request: ExportAuditLogRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportAuditLogResponse>;
 }
 
 export const AuditServiceClient = makeGenericClientConstructor(

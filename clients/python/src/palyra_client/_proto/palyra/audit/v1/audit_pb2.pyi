@@ -72,3 +72,17 @@ class VerifyAuditLogResponse(_message.Message):
     first_bad_sequence: int
     problem: str
     def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class ExportAuditLogRequest(_message.Message):
+    __slots__ = ("since_sequence", "follow")
+    SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    since_sequence: int
+    follow: bool
+    def __init__(self, since_sequence: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class ExportAuditLogResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...

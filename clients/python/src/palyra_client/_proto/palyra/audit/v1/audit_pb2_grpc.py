@@ -47,6 +47,11 @@ class AuditServiceStub:
                 request_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.VerifyAuditLogRequest.SerializeToString,
                 response_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.VerifyAuditLogResponse.FromString,
                 _registered_method=True)
+        self.ExportAuditLog = channel.unary_stream(
+                '/palyra.audit.v1.AuditService/ExportAuditLog',
+                request_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogRequest.SerializeToString,
+                response_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -73,6 +78,19 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAuditLog(self, request, context):
+        """Streams the records with sequence > since_sequence in ascending order, in batches: every
+        record committed when the call began, then, with follow, each new one as it commits, with
+        no gap and no repeat, until the client cancels, the node shuts down (UNAVAILABLE) or the
+        caller's device is revoked. OUT_OF_RANGE when the record after since_sequence was pruned
+        (metadata oldest_available_sequence); INVALID_ARGUMENT when since_sequence is past the
+        end. Open exports are bounded per principal (4) and per node (64): RESOURCE_EXHAUSTED +
+        RATE_LIMITED beyond.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +103,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyAuditLog,
                     request_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.VerifyAuditLogRequest.FromString,
                     response_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.VerifyAuditLogResponse.SerializeToString,
+            ),
+            'ExportAuditLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAuditLog,
+                    request_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogRequest.FromString,
+                    response_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +167,33 @@ class AuditService:
             '/palyra.audit.v1.AuditService/VerifyAuditLog',
             palyra_dot_audit_dot_v1_dot_audit__pb2.VerifyAuditLogRequest.SerializeToString,
             palyra_dot_audit_dot_v1_dot_audit__pb2.VerifyAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/palyra.audit.v1.AuditService/ExportAuditLog',
+            palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogRequest.SerializeToString,
+            palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,
