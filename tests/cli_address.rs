@@ -177,6 +177,25 @@ fn connection_failures_say_which() {
     let text = stderr(&foreign);
     assert!(text.contains("not signed by this node's CA"), "{text}");
     assert!(text.contains(&other.join("operator/ca.pem").display().to_string()), "{text}");
+
+    // `pair`, before it has any credentials, says the same about the console's port.
+    let device = dir.path().join("device");
+    let pair = PALYRA.run(
+        &device,
+        &[
+            "--server",
+            &format!("https://{console}"),
+            "pair",
+            "--code",
+            "c0dec0dec0",
+            "--pin",
+            "123456",
+            "--ca-fingerprint",
+            &"a".repeat(64),
+        ],
+    );
+    assert_eq!(pair.status.code(), Some(6), "{}", stderr(&pair));
+    assert!(stderr(&pair).contains("that is the console port"), "{}", stderr(&pair));
 }
 
 #[test]

@@ -178,17 +178,32 @@ pub async fn connect_error(
             "dial it by a name it has, or add one on the node with `palyra init --server-name NAME` on a new node",
         );
     }
-    let authority = server.split_once("://").map_or(server, |(_, rest)| rest).trim_end_matches('/');
     let data_dir = creds.parent().map_or_else(|| creds.display().to_string(), |d| d.display().to_string());
+    let running =
+        format!("is `palyra serve` running? it records its address in {data_dir}; or pass --server");
+    unreachable(server, &chain, &format!(" ({using})"), &running).await
+}
+
+/// Why nothing answered as a node at `server` (no credentials involved, e.g. before pairing):
+/// nothing listening, a plain HTTP server (the console's port), or `chain` as it came.
+pub async fn unreachable_error(
+    server: &str,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) -> CliError {
+    let chain = error_chain(error);
+    unreachable(server, &chain, "", "is the node running, and is the address right?").await
+}
+
+async fn unreachable(server: &str, chain: &str, using: &str, running: &str) -> CliError {
+    let unavailable = |message: String| CliError::of(Exit::Unavailable, message);
+    let authority = server.split_once("://").map_or(server, |(_, rest)| rest).trim_end_matches('/');
     match probe(authority).await {
-        Probe::NothingListening => unavailable(format!("nothing is listening on {authority}")).hint(format!(
-            "is `palyra serve` running? it records its address in {data_dir}; or pass --server"
-        )),
+        Probe::NothingListening => unavailable(format!("nothing is listening on {authority}")).hint(running),
         Probe::Http => unavailable(format!(
             "{authority} answers plain HTTP: that is the console port (or another web server), not the node's gRPC port"
         ))
         .hint("use the gRPC address (https://, default port 7443) the serve banner names"),
-        Probe::Other => unavailable(format!("cannot connect to {server} ({using}): {chain}"))
+        Probe::Other => unavailable(format!("cannot connect to {server}{using}: {chain}"))
             .hint("is `palyra serve` running, and is --server right?"),
     }
 }

@@ -379,17 +379,17 @@ fn pairing_status(s: tonic::Status) -> CliError {
 /// A channel that trusts only `ca_pem` (server authentication; no client certificate yet).
 async fn pinned_channel(server: &str, ca_pem: &str) -> Result<Channel, CliError> {
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    Channel::from_shared(server.to_owned())
+    let connected = Channel::from_shared(server.to_owned())
         .map_err(|e| CliError::new(format!("bad server {server:?}: {e}")).hint("use https://HOST:PORT"))?
         .tls_config(tls)
         .map_err(|e| CliError::new(format!("tls: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
-        .await
-        .map_err(|e| {
-            CliError::new(format!("cannot connect to {server}: {e}"))
-                .hint("is the node running, and is the address right?")
-        })
+        .await;
+    match connected {
+        Ok(channel) => Ok(channel),
+        Err(e) => Err(super::address::unreachable_error(server, &e).await),
+    }
 }
 
 /// Fetches GetNodeIdentity over TLS **without verifying the server**: only for step 1, whose
@@ -427,11 +427,11 @@ async fn dangerous_fetch_node_identity(server: &str) -> Result<pbi::GetNodeIdent
         .map_err(|e| CliError::new(format!("bad server {server:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .connect_with_connector(connect)
-        .await
-        .map_err(|e| {
-            CliError::new(format!("cannot connect to {server}: {e}"))
-                .hint("is the node running, and is the address right?")
-        })?;
+        .await;
+    let channel = match channel {
+        Ok(channel) => channel,
+        Err(e) => return Err(super::address::unreachable_error(server, &e).await),
+    };
     Ok(IdentityServiceClient::new(channel)
         .get_node_identity(pbi::GetNodeIdentityRequest {})
         .await?
