@@ -86,6 +86,44 @@ pub struct FileConfig {
     pub grpc: Option<GrpcConfig>,
     /// Scheduled backups made by `palyra serve` (`[backup]`).
     pub backup: Option<BackupConfig>,
+    /// How much of the audit log to keep (`[audit]`).
+    pub audit: Option<AuditConfig>,
+}
+
+/// The longest `[audit] retain_days`: 100 years.
+pub const MAX_AUDIT_RETAIN_DAYS: u64 = 36_500;
+
+/// `[audit]` of `palyra.toml`: the audit log's retention. Unset keeps every record (the
+/// default). When set, `palyra serve` prunes at start and hourly (and `palyra audit prune`
+/// on demand): the records beyond the newest `retain_records`, and those older than
+/// `retain_days`, each prune writing a checkpoint signed with the node's key so the kept
+/// records still verify.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Keep the newest this many records (at least 1).
+    pub retain_records: Option<u64>,
+    /// Keep the records of the last this many days (1..=[`MAX_AUDIT_RETAIN_DAYS`]).
+    pub retain_days: Option<u64>,
+}
+
+impl AuditConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.retain_records == Some(0) {
+            return Err("audit.retain_records must be at least 1 (leave it out to keep every record)".to_owned());
+        }
+        if self.retain_days.is_some_and(|d| d == 0 || d > MAX_AUDIT_RETAIN_DAYS) {
+            return Err(format!(
+                "audit.retain_days must be between 1 and {MAX_AUDIT_RETAIN_DAYS} (leave it out to keep every record)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `retain_days` as a duration.
+    pub fn max_age(&self) -> Option<std::time::Duration> {
+        self.retain_days.map(|d| std::time::Duration::from_secs(d * 86_400))
+    }
 }
 
 /// `[backup]` of `palyra.toml`: `palyra serve` writes a backup into `dir` every `every`
@@ -270,6 +308,9 @@ impl FileConfig {
         if let Some(backup) = &config.backup {
             backup.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         }
+        if let Some(audit) = &config.audit {
+            audit.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        }
         Ok(config)
     }
 
@@ -422,6 +463,29 @@ mod tests {
             assert_eq!(c.device_certificate_lifetime_seconds, Some(secs));
         }
         assert_eq!(FileConfig::parse("", Path::new("palyra.toml"))?.device_certificate_lifetime_seconds, None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_audit_section_is_checked() -> Result<(), ConfigError> {
+        let c = FileConfig::parse("[audit]\nretain_records = 1000\nretain_days = 90", Path::new("palyra.toml"))?;
+        let audit = c.audit.ok_or(ConfigError::Value("no [audit]".into()))?;
+        assert_eq!(audit.retain_records, Some(1000));
+        assert_eq!(audit.max_age(), Some(std::time::Duration::from_secs(90 * 86_400)));
+        assert_eq!(FileConfig::parse("", Path::new("palyra.toml"))?.audit, None);
+        for (bad, want) in [
+            ("retain_records = 0", "audit.retain_records"),
+            ("retain_days = 0", "audit.retain_days"),
+            ("retain_days = 36501", "audit.retain_days"),
+            ("retain_records = -1", "retain_records"),
+            ("retain = 5", "unknown field"),
+        ] {
+            let err = FileConfig::parse(&format!("[audit]\n{bad}"), Path::new("palyra.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want) && err.contains("palyra.toml"), "{bad}: {err}");
+        }
         Ok(())
     }
 

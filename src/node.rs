@@ -408,6 +408,13 @@ impl Node {
         let operator = ensure_operator(&core.store, &identity, &operator_identity, &layout).await?;
         let starter = core.clone();
         let audit = blocking_init(move || starter.start_audit().map_err(InitError::from)).await?;
+        // Checkpoints are signed with the node's identity key (its public half is what
+        // GetNodeIdentity shows and witnesses pin).
+        let signing = Arc::clone(&identity);
+        audit.set_signer(crate::audit::CheckpointSigner {
+            public_key: identity.device().signing_public_key(),
+            sign: Arc::new(move |message| signing.device().sign(message)),
+        });
         let policies = Arc::new(Policies::load_or_init(Arc::new(core.store.clone()), audit.clone()).await?);
         let events = EventLog::new(Arc::new(core.store.clone()));
         let peers = PeerResolver::new(Arc::new(core.store.clone()));

@@ -465,7 +465,14 @@ fn cases() -> Vec<Case> {
             audit::ListAuditRecordsRequest::default()
         }),
         case!("palyra.audit.v1.AuditService/VerifyAuditLog", admin_only, |c, w| {
-            audit::VerifyAuditLogRequest {}
+            audit::VerifyAuditLogRequest::default()
+        }),
+        case!("palyra.audit.v1.AuditService/PruneAuditLog", admin_only, |c, w| {
+            // No retention configured or asked for: allowed callers prune nothing.
+            audit::PruneAuditLogRequest::default()
+        }),
+        case!("palyra.audit.v1.AuditService/GetAuditCheckpoint", admin_only, |c, w| {
+            audit::GetAuditCheckpointRequest { sequence: Some(1) }
         }),
         // AuthProfileService: admin only. GetAccessToken passes the gate for devices, whose
         // resource check then finds no policy granting them the profile.

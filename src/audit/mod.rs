@@ -2,6 +2,8 @@
 //! request wait.
 //!
 //! - [`chain`]: records, the HMAC chain, the [`Verifier`], the sealed [`AuditHead`] (pure).
+//! - [`checkpoint`]: [`Checkpoint`], the head signed with the node's identity key: written
+//!   when records are pruned, when a verification ends, and when a witness asks (pure).
 //! - [`anonymous`]: [`AnonymousLimiter`] bounds how many records anonymous callers can add
 //!   per address (pure).
 //! - [`Audit`] (`service.rs`): the application service. A writer thread batches records into
@@ -15,6 +17,7 @@
 
 mod anonymous;
 mod chain;
+mod checkpoint;
 mod service;
 mod store;
 
@@ -22,12 +25,14 @@ mod store;
 pub use anonymous::{Admission, AnonymousLimiter, AnonymousRate, DroppedSummary, address_bucket};
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use chain::{
-    ACTION_ANONYMOUS_DROPPED, ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, GENESIS,
+    ACTION_ANONYMOUS_DROPPED, ACTION_HEAD_SEALED, ACTION_PRUNED, AuditDecision, AuditEntry, AuditHead, AuditRecord, GENESIS,
     HeadMismatch, NODE_PRINCIPAL, Verification, Verifier, chain_hash, check_head,
 };
-pub use service::{Audit, AuditUnavailable};
+pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointSigner};
+pub use service::{Audit, AuditUnavailable, PruneError, PruneReport, Retention};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{
-    AppendCheck, AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, ScannedRow, StoredHead,
+    AppendCheck, AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, PruneBounds, PruneSeal, ScanStart,
+    ScannedRow, StoredCheckpoint, StoredHead,
 };

@@ -53,6 +53,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (9, "row_macs", include_str!("migrations/0009_row_macs.sql")),
     (10, "audit_head", include_str!("migrations/0010_audit_head.sql")),
     (11, "enrollment_keys", include_str!("migrations/0011_enrollment_keys.sql")),
+    (12, "audit_checkpoints", include_str!("migrations/0012_audit_checkpoints.sql")),
 ];
 
 /// Largest number of writes committed together.

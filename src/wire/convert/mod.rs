@@ -32,7 +32,7 @@ mod pairing;
 mod policy;
 mod vault;
 
-pub(crate) use audit::AuditQuery;
+pub(crate) use audit::{AuditQuery, prune_retention};
 pub use auth::profile_name;
 pub(crate) use console::login_link;
 pub use events::{event_from_pb, event_to_pb};
