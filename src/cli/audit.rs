@@ -27,13 +27,21 @@ pub(super) enum AuditCommand {
     /// Re-compute the hash chain (from the last verified checkpoint) and report the first bad
     /// record.
     #[command(
-        after_help = "Examples:\n  palyra audit verify          # from the last verified checkpoint\n  palyra audit verify --full   # every kept record and every checkpoint"
+        after_help = "Examples:\n  palyra audit verify          # from the last verified checkpoint\n  palyra audit verify --full   # every kept record and every checkpoint\n  palyra audit verify --peer 192.168.1.20:7444   # witness a peer's log (exit 5: it no longer extends what was witnessed)"
     )]
     Verify {
         /// Walk every kept record and check every checkpoint, not only what followed the
         /// last verification.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "peer")]
         full: bool,
+        /// Witness another node's log over QUIC instead: its signed checkpoint must extend
+        /// every checkpoint this data dir witnessed before (its key pinned the first time).
+        #[arg(long, value_name = "HOST:PORT")]
+        peer: Option<String>,
+        /// With --peer: directory with ca.pem, cert.pem and key.pem [default: client/, else
+        /// operator/].
+        #[arg(long, value_name = "DIR", requires = "peer")]
+        credentials: Option<std::path::PathBuf>,
     },
     /// Remove the records the retention does not keep, now (the node also prunes hourly).
     #[command(
@@ -86,6 +94,9 @@ impl CheckpointOut {
 }
 
 pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError> {
+    if let AuditCommand::Verify { peer: Some(peer), credentials, .. } = &cmd {
+        return super::witness::verify_peer(ctx, peer, credentials.as_deref()).await;
+    }
     let mut client = AuditServiceClient::new(connect(ctx).await?);
     match cmd {
         AuditCommand::List { since, limit, principal, action } => {
@@ -180,7 +191,7 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
                 )
             })
         }
-        AuditCommand::Verify { full } => {
+        AuditCommand::Verify { full, .. } => {
             let v = client.verify_audit_log(pb::VerifyAuditLogRequest { full }).await?.into_inner();
             #[derive(Serialize)]
             struct Out {

@@ -27,6 +27,7 @@ mod resolve;
 mod run;
 mod serve;
 mod vault;
+mod witness;
 
 use std::path::PathBuf;
 

@@ -148,6 +148,15 @@ fn credentials(dir: &Path) -> Result<ClientTls, CliError> {
 /// Connects with the given credentials, else with the first of `client/` and `operator/` that
 /// the peer accepts (a node paired with another keeps that node's credentials in `client/`).
 async fn connect(ctx: &Context, peer: &str, explicit: Option<&Path>) -> Result<QuicClient, CliError> {
+    Ok(connect_with_dir(ctx, peer, explicit).await?.0)
+}
+
+/// [`connect`], also returning the credentials directory the peer accepted.
+pub(super) async fn connect_with_dir(
+    ctx: &Context,
+    peer: &str,
+    explicit: Option<&Path>,
+) -> Result<(QuicClient, PathBuf), CliError> {
     let (addr, host) = resolve(peer)?;
     let layout = Layout::new(&ctx.data_dir);
     let dirs: Vec<PathBuf> = match explicit {
@@ -165,7 +174,7 @@ async fn connect(ctx: &Context, peer: &str, explicit: Option<&Path>) -> Result<Q
     let mut last = None;
     for dir in dirs {
         match QuicClient::connect(addr, &host, credentials(&dir)?).await {
-            Ok(client) => return Ok(client),
+            Ok(client) => return Ok((client, dir)),
             Err(e) => last = Some((Exit::of_quic(&e), format!("{e} (with {})", dir.display()))),
         }
     }
