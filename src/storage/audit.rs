@@ -427,3 +427,62 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
     })();
     Ok((record, at))
 }
+
+#[cfg(feature = "testkit")]
+impl Store {
+    /// Appends `records` synthetic records (a device reading a secret), chained with `key`
+    /// after the table's last record, and seals the head with `head_key`: what the audit
+    /// writer would store, in transactions of 100,000. The audit log must not be running on
+    /// this store (its writer would find the table moved). For benches at scale.
+    pub(crate) async fn bulk_append_audit(
+        &self,
+        key: ring::hmac::Key,
+        head_key: ring::hmac::Key,
+        records: u64,
+    ) -> Result<AuditHead, StoreError> {
+        let (key, head_key) = (std::sync::Arc::new(key), std::sync::Arc::new(head_key));
+        let mut left = records;
+        let mut last = AuditHead::EMPTY;
+        while left > 0 {
+            let count = left.min(100_000);
+            let (key, head_key) = (std::sync::Arc::clone(&key), std::sync::Arc::clone(&head_key));
+            last = self
+                .write(move |c| {
+                    let mut head = table_head(c)?;
+                    let at = super::to_millis(std::time::SystemTime::now());
+                    let entry = AuditEntry {
+                        at: from_millis(at),
+                        principal: "device:01jbenchbenchbenchbenchbench".to_owned(),
+                        action: "palyra.vault.v1.VaultService/GetSecret".to_owned(),
+                        resource: "Scope:agents/alpha".to_owned(),
+                        decision: AuditDecision::Allow,
+                        reason: "vault-read-granted".to_owned(),
+                    };
+                    let mut insert = c.prepare_cached(
+                        "INSERT INTO audit (sequence, at, principal, action, resource, decision, reason, hash)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?;
+                    for _ in 0..count {
+                        let sequence = head.sequence + 1;
+                        let hash = crate::audit::chain_hash(&key, &head.hash, sequence, at, &entry);
+                        insert.execute((
+                            i64::try_from(sequence).map_err(StoreError::corrupt)?,
+                            at,
+                            &entry.principal,
+                            &entry.action,
+                            &entry.resource,
+                            entry.decision.as_str(),
+                            &entry.reason,
+                            hex::encode(hash),
+                        ))?;
+                        head = AuditHead { sequence, hash };
+                    }
+                    seal(c, head, &head.seal(&head_key))?;
+                    Ok::<_, StoreError>(head)
+                })
+                .await?;
+            left -= count;
+        }
+        Ok(last)
+    }
+}
