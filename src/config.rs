@@ -105,7 +105,13 @@ pub struct AuditConfig {
     pub retain_records: Option<u64>,
     /// Keep the records of the last this many days (1..=[`MAX_AUDIT_RETAIN_DAYS`]).
     pub retain_days: Option<u64>,
+    /// Peers (`HOST:PORT` of their QUIC data plane) whose audit log `serve` witnesses every
+    /// 10 minutes, as `palyra audit verify --peer` does (at most [`MAX_AUDIT_WITNESSES`]).
+    pub witness: Option<Vec<String>>,
 }
+
+/// Most peers `[audit] witness` names.
+pub const MAX_AUDIT_WITNESSES: usize = 16;
 
 impl AuditConfig {
     fn check(&self) -> Result<(), String> {
@@ -116,6 +122,17 @@ impl AuditConfig {
             return Err(format!(
                 "audit.retain_days must be between 1 and {MAX_AUDIT_RETAIN_DAYS} (leave it out to keep every record)"
             ));
+        }
+        let peers = self.witness.as_deref().unwrap_or_default();
+        if peers.len() > MAX_AUDIT_WITNESSES {
+            return Err(format!("audit.witness names more than {MAX_AUDIT_WITNESSES} peers"));
+        }
+        for peer in peers {
+            let port = peer.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+            if peer.len() > 255 || !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                let shown: String = peer.chars().take(64).collect();
+                return Err(format!("audit.witness: {shown:?} is not HOST:PORT (a peer's QUIC address)"));
+            }
         }
         Ok(())
     }
@@ -468,9 +485,11 @@ mod tests {
 
     #[test]
     fn the_audit_section_is_checked() -> Result<(), ConfigError> {
-        let c = FileConfig::parse("[audit]\nretain_records = 1000\nretain_days = 90", Path::new("palyra.toml"))?;
+        let text = "[audit]\nretain_records = 1000\nretain_days = 90\nwitness = [\"10.0.0.2:7444\", \"[::1]:7444\"]";
+        let c = FileConfig::parse(text, Path::new("palyra.toml"))?;
         let audit = c.audit.ok_or(ConfigError::Value("no [audit]".into()))?;
         assert_eq!(audit.retain_records, Some(1000));
+        assert_eq!(audit.witness.as_deref().map(<[String]>::len), Some(2));
         assert_eq!(audit.max_age(), Some(std::time::Duration::from_secs(90 * 86_400)));
         assert_eq!(FileConfig::parse("", Path::new("palyra.toml"))?.audit, None);
         for (bad, want) in [
@@ -479,6 +498,9 @@ mod tests {
             ("retain_days = 36501", "audit.retain_days"),
             ("retain_records = -1", "retain_records"),
             ("retain = 5", "unknown field"),
+            ("witness = [\"no-port\"]", "audit.witness"),
+            ("witness = [\":7444\"]", "audit.witness"),
+            ("witness = [\"host:99999\"]", "audit.witness"),
         ] {
             let err = FileConfig::parse(&format!("[audit]\n{bad}"), Path::new("palyra.toml"))
                 .err()

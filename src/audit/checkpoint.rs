@@ -96,6 +96,9 @@ impl Checkpoint {
     }
 }
 
+/// Signs a message with the node's identity key.
+pub type SignFn = dyn Fn(&[u8]) -> [u8; 64] + Send + Sync;
+
 /// The node's signing key as the audit log uses it: its public half and a signing function
 /// (the key itself stays in the identity).
 #[derive(Clone)]
@@ -103,7 +106,7 @@ pub struct CheckpointSigner {
     /// The Ed25519 public key checkpoints verify under.
     pub public_key: [u8; 32],
     /// Signs a message.
-    pub sign: std::sync::Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>,
+    pub sign: std::sync::Arc<SignFn>,
 }
 
 impl std::fmt::Debug for CheckpointSigner {

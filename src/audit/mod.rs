@@ -29,7 +29,9 @@ pub use chain::{
     HeadMismatch, NODE_PRINCIPAL, Verification, Verifier, chain_hash, check_head,
 };
 pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointSigner};
-pub use service::{Audit, AuditUnavailable, PRUNE_CHUNK, PruneError, PruneReport, Retention};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use service::PRUNE_CHUNK;
+pub use service::{Audit, AuditUnavailable, PruneError, PruneReport, Retention};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{

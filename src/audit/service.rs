@@ -937,7 +937,7 @@ impl ChainScan for ChainCheck {
             return true;
         }
         let Some(verifier) = self.verifier.as_mut() else { return false };
-        let fed = match row {
+        match row {
             ScannedRow::Record(record, at) => {
                 let ok = verifier.feed(&record, at);
                 if ok && let Some(&(hash, id)) = self.expected.get(&record.sequence) {
@@ -972,8 +972,7 @@ impl ChainScan for ChainCheck {
                 verifier.feed(&bad, at_millis);
                 false
             }
-        };
-        fed
+        }
     }
 
     fn finish(self: Box<Self>, table: AuditHead, stored: Option<StoredHead>) -> Verification {

@@ -182,6 +182,9 @@ fn settings(
 /// How often `serve` prunes the audit log (and once at start) when `[audit]` sets a retention.
 const AUDIT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// How often `serve` witnesses the peers of `[audit] witness` (and once at start).
+const AUDIT_WITNESS_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// `[audit]`'s retention; `None` keeps everything (no pruning task).
 fn audit_retention(file: &FileConfig) -> Option<crate::audit::Retention> {
     let audit = file.audit.as_ref()?;
@@ -309,6 +312,8 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         node.audit.set_retention(retention);
         node.audit.spawn_pruning(AUDIT_PRUNE_EVERY)
     });
+    let witnesses = s.file.audit.as_ref().and_then(|a| a.witness.clone()).filter(|peers| !peers.is_empty());
+    let witnessing = witnesses.map(|peers| super::witness::spawn_witnesses(ctx, peers, AUDIT_WITNESS_EVERY));
     let backups = s.file.backup.clone().map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b));
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
@@ -361,7 +366,7 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         }
     }
     retention.abort();
-    if let Some(task) = audit_pruning {
+    for task in [audit_pruning, witnessing].into_iter().flatten() {
         task.abort();
     }
     if let Some(task) = backups {

@@ -10,7 +10,8 @@
 //! the peer's log did not go backwards, and that it still holds the same hash at every
 //! checkpoint witnessed before (its record's, or the checkpoint it stored when it served it,
 //! once pruned); then stores the new checkpoint. A peer whose log no longer extends what was
-//! witnessed is exit 5.
+//! witnessed is exit 5. `palyra serve` with `[audit] witness = ["HOST:PORT", ...]` does the
+//! same every 10 minutes and logs the outcome.
 
 use std::path::{Path, PathBuf};
 
@@ -110,6 +111,62 @@ pub(super) async fn verify_peer(
     peer: &str,
     credentials: Option<&Path>,
 ) -> Result<(), CliError> {
+    let out = witness(ctx, peer, credentials).await?;
+    ctx.print(&out, || {
+        let pinned = if out.first_witness { " (signing key pinned now: first witness)" } else { "" };
+        format!(
+            "audit log of {} ok: it still extends the {} checkpoint(s) witnessed; now at record {}{pinned}",
+            out.peer, out.checked, out.checkpoint.sequence
+        )
+    })
+}
+
+/// `[audit] witness` of `palyra serve`: witnesses each peer now and every `every` (with the
+/// data dir's credentials), logging the outcome: an ERROR when a peer's log no longer extends
+/// what was witnessed.
+pub(super) fn spawn_witnesses(
+    ctx: &Context,
+    peers: Vec<String>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            for peer in &peers {
+                match witness(&ctx, peer, None).await {
+                    Ok(out) => tracing::info!(
+                        peer = %out.peer,
+                        sequence = out.checkpoint.sequence,
+                        checked = out.checked,
+                        "witnessed the peer's audit log: it extends every checkpoint seen"
+                    ),
+                    Err(e) if e.exit_code() == Exit::Integrity.code() => {
+                        tracing::error!(%peer, problem = %e, "WITNESSED AUDIT LOG BROKEN");
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "could not witness the peer's audit log; retrying later");
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// What one witnessing found.
+#[derive(Debug, Serialize)]
+struct WitnessOut {
+    ok: bool,
+    peer: String,
+    ca_fingerprint: String,
+    first_witness: bool,
+    checked: usize,
+    checkpoint: Seen,
+}
+
+/// Witnesses `peer` once: checks, then stores the new checkpoint.
+async fn witness(ctx: &Context, peer: &str, credentials: Option<&Path>) -> Result<WitnessOut, CliError> {
     let (client, creds_dir) = super::node::connect_with_dir(ctx, peer, credentials).await?;
     let ca_pem = std::fs::read(creds_dir.join("ca.pem"))
         .map_err(|e| CliError::new(format!("cannot read {}: {e}", creds_dir.join("ca.pem").display())))?;
@@ -188,28 +245,12 @@ pub(super) async fn verify_peer(
     let bytes = serde_json::to_vec_pretty(&witnessed).map_err(|e| CliError::new(e.to_string()))?;
     crate::fsutil::write_private_atomic(&path, &bytes, true).map_err(|e| CliError::new(e.to_string()))?;
 
-    #[derive(Serialize)]
-    struct Out {
-        ok: bool,
-        peer: String,
-        ca_fingerprint: String,
-        first_witness: bool,
-        checked: usize,
-        checkpoint: Seen,
-    }
-    let out = Out {
+    Ok(WitnessOut {
         ok: true,
         peer: peer.to_owned(),
         ca_fingerprint,
         first_witness: before.is_none(),
         checked: earlier.len(),
         checkpoint: seen,
-    };
-    ctx.print(&out, || {
-        let pinned = if out.first_witness { " (signing key pinned now: first witness)" } else { "" };
-        format!(
-            "audit log of {} ok: it still extends the {} checkpoint(s) witnessed; now at record {}{pinned}",
-            out.peer, out.checked, out.checkpoint.sequence
-        )
     })
 }

@@ -318,7 +318,7 @@ impl AuditStore for Store {
     }
 
     fn head(&self) -> BoxFuture<'_, Result<AuditHead, StoreError>> {
-        Box::pin(self.read(|c| table_head(c)))
+        Box::pin(self.read(table_head))
     }
 }
 
