@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use palyra::audit::Retention;
 use palyra::identity::Role;
@@ -144,5 +144,37 @@ async fn only_peer_nodes_and_admins_may_ask_for_the_audit_checkpoint() {
         node.node.audit().list(0, 10_000, None, Some("node.audit_checkpoint".into())).await.unwrap();
     let decisions: Vec<&str> = records.iter().map(|r| r.entry.decision.as_str()).collect();
     assert_eq!(decisions, ["deny", "allow", "allow"]);
+    quic.stop().await;
+}
+
+/// `palyra serve` with `[audit] witness` witnesses its peers on its own (at start, then every
+/// 10 minutes) and pins them as the CLI does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_witnesses_the_peers_it_is_configured_with() {
+    let a = TestNode::start().await;
+    let b_creds = a.add_device(Role::Node, "witness-b", &[]).await;
+    let quic = a.serve_quic(QuicConfig::default());
+    let b_dir = testkit::private_tempdir();
+    let b = b_dir.path().join("b");
+    witness_dir(&a, &b_creds, &b);
+    std::fs::write(b.join("palyra.toml"), format!("[audit]\nwitness = [\"{}\"]\n", quic.addr)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut serving = testkit::spawn_serving(
+        palyra::palyra_bin!().serve_command(&b, "info"),
+        Duration::from_secs(120),
+        move |line| {
+            let _ = tx.send(line);
+        },
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).unwrap();
+        if line.contains("witnessed the peer's audit log") || line.contains("WITNESSED AUDIT LOG BROKEN") {
+            break line;
+        }
+    };
+    assert!(line.contains("witnessed the peer's audit log"), "{line}");
+    assert_eq!(std::fs::read_dir(b.join("witness")).unwrap().count(), 1);
+    serving.kill();
     quic.stop().await;
 }
