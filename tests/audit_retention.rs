@@ -358,3 +358,36 @@ fn serve_prunes_by_the_configured_retention() {
     assert_eq!(c["signature"].as_str().unwrap().len(), 128);
     serving.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_checkpoint_from_another_history_stops_the_prune_and_the_full_verification() {
+    // A validly signed checkpoint naming record 5 with another hash (what an attacker could copy
+    // from another copy of this node's log) must not become the node's word for record 5 once
+    // pruned: the prune refuses, and a full verification reports it.
+    let node = TestNode::start().await;
+    calls(&node, 20).await;
+    let identity = std::sync::Arc::clone(node.node.identity());
+    let signer = palyra::audit::CheckpointSigner {
+        public_key: identity.device().signing_public_key(),
+        sign: std::sync::Arc::new(move |m| identity.device().sign(m)),
+    };
+    let other = palyra::audit::AuditHead { sequence: 5, hash: [7; 32] };
+    let c = Checkpoint::sign(other, 1, CheckpointKind::Served, &signer);
+    db(&node)
+        .execute(
+            "INSERT INTO audit_checkpoints (kind, sequence, hash, at, signature) VALUES ('served', 5, ?1, 1, ?2)",
+            (hex::encode(c.head.hash), hex::encode(c.signature)),
+        )
+        .unwrap();
+    let refused = audits(&node)
+        .await
+        .prune_audit_log(audit::PruneAuditLogRequest { retain_records: Some(3), retain_days: None })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");
+    assert!(refused.message().contains("names record 5 with another hash"), "{refused:?}");
+    assert_eq!(first_and_last(&node).0, 1, "nothing was removed");
+    let v = verify(&node, true).await;
+    assert!(!v.ok && v.first_bad_sequence == Some(5), "{v:?}");
+    assert!(v.problem.unwrap().contains("is not the one signed checkpoint"));
+}

@@ -658,6 +658,7 @@ impl Audit {
                 now_millis,
                 verifier: None,
                 last: None,
+                named: std::collections::BTreeMap::new(),
             };
             report.removed += self.store.prune(upto, Box::new(seal)).await?;
             report.through = upto;
@@ -769,10 +770,16 @@ struct PruneCheck {
     now_millis: i64,
     verifier: Option<Verifier>,
     last: Option<AuditHead>,
+    /// Checkpoints naming records about to be removed: each must match its record.
+    named: std::collections::BTreeMap<u64, Vec<(i64, [u8; 32])>>,
 }
 
 impl PruneSeal for PruneCheck {
-    fn start(&mut self, latest_prune: Option<StoredCheckpoint>) -> Result<(), StoreError> {
+    fn start(&mut self, latest_prune: Option<StoredCheckpoint>, named: Vec<StoredCheckpoint>) -> Result<(), StoreError> {
+        for stored in named {
+            let c = stored.checkpoint;
+            self.named.entry(c.head.sequence).or_default().push((stored.id, c.head.hash));
+        }
         let from = match latest_prune {
             Some(stored) if !stored.checkpoint.verify(&self.public_key) => {
                 return Err(StoreError::integrity(format_args!(
@@ -796,6 +803,15 @@ impl PruneSeal for PruneCheck {
             ScannedRow::Unreadable { sequence, .. } => (*sequence, false, None),
         };
         let hash = hash.and_then(|h| <[u8; 32]>::try_from(h).ok());
+        // A checkpoint naming this record with another hash (a row copied from another copy
+        // of the log) must not be kept as the node's word for a sequence it no longer holds.
+        if let (Some(hash), Some(named)) = (hash, self.named.get(&sequence))
+            && let Some((id, _)) = named.iter().find(|(_, h)| !bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..])))
+        {
+            return Err(StoreError::integrity(format_args!(
+                "audit checkpoint {id} names record {sequence} with another hash; not pruning (run palyra audit verify --full)"
+            )));
+        }
         match hash {
             Some(hash) if ok => {
                 self.last = Some(AuditHead { sequence, hash });

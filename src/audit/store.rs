@@ -109,8 +109,9 @@ pub(crate) struct PruneBounds {
 /// Checks the records a prune removes, in order, inside its transaction, and makes the signed
 /// checkpoint stored with the removal.
 pub(crate) trait PruneSeal: Send {
-    /// The latest `prune` checkpoint before this one (`None`: records start at 1).
-    fn start(&mut self, latest_prune: Option<StoredCheckpoint>) -> Result<(), StoreError>;
+    /// The latest `prune` checkpoint before this one (`None`: records start at 1), and the
+    /// checkpoints that name a record about to be removed (each must match it).
+    fn start(&mut self, latest_prune: Option<StoredCheckpoint>, named: Vec<StoredCheckpoint>) -> Result<(), StoreError>;
     /// The next record to remove, in sequence order.
     fn feed(&mut self, row: ScannedRow) -> Result<(), StoreError>;
     /// The checkpoint at the last record fed.

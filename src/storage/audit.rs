@@ -267,7 +267,13 @@ impl AuditStore for Store {
             if table_head(c)?.sequence <= through {
                 return Err(StoreError::new("a prune must keep the last audit record (the head)"));
             }
-            seal.start(latest_checkpoint(c, CheckpointKind::Prune)?)?;
+            let named = c
+                .prepare_cached(&format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE sequence <= ?1 AND sequence >= (SELECT MIN(sequence) FROM audit) ORDER BY id"
+                ))?
+                .query_map([through_sql], row_to_checkpoint)?
+                .collect::<Result<Vec<_>, _>>()?;
+            seal.start(latest_checkpoint(c, CheckpointKind::Prune)?, named)?;
             let mut removed = 0u64;
             {
                 let mut stmt = c.prepare_cached(
