@@ -701,7 +701,7 @@ async fn run(opts: Options) -> bool {
     let op = data.join("operator");
     let read = |n: &str| std::fs::read_to_string(op.join(n)).unwrap();
     let audit = match channel(server.grpc, &read("ca.pem"), &read("cert.pem"), &read("key.pem")).await {
-        Ok(ch) => AuditServiceClient::new(ch).verify_audit_log(pba::VerifyAuditLogRequest {}).await,
+        Ok(ch) => AuditServiceClient::new(ch).verify_audit_log(pba::VerifyAuditLogRequest::default()).await,
         Err(e) => Err(tonic::Status::unavailable(e)),
     };
     let audit_line = match audit {

@@ -113,14 +113,29 @@ pub struct FileConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// `palyra serve`'s log format: "text" (default) or "json".
     pub log_format: Option<LogFormat>,
-    /// The audit log's sink (`[audit]`).
+    /// The audit log's retention, witnesses and sink (`[audit]`).
     pub audit: Option<AuditConfig>,
 }
 
-/// `[audit]` of `palyra.toml`: where `palyra serve` also delivers every audit record.
+/// The longest `[audit] retain_days`: 100 years.
+pub const MAX_AUDIT_RETAIN_DAYS: u64 = 36_500;
+
+/// `[audit]` of `palyra.toml`. Retention: unset keeps every record (the default); when set,
+/// `palyra serve` prunes at start and hourly (and `palyra audit prune` on demand) the records
+/// beyond the newest `retain_records` and those older than `retain_days`, each prune writing a
+/// checkpoint signed with the node's key so the kept records still verify (and never a record
+/// the sink has not delivered). Witnesses: peers whose logs `serve` checks. Sink: where
+/// `palyra serve` also delivers every audit record.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Keep the newest this many records (at least 1).
+    pub retain_records: Option<u64>,
+    /// Keep the records of the last this many days (1..=[`MAX_AUDIT_RETAIN_DAYS`]).
+    pub retain_days: Option<u64>,
+    /// Peers (`HOST:PORT` of their QUIC data plane) whose audit log `serve` witnesses every
+    /// 10 minutes, as `palyra audit verify --peer` does (at most [`MAX_AUDIT_WITNESSES`]).
+    pub witness: Option<Vec<String>>,
     /// `"file:/ABSOLUTE/PATH"`: append each record as a JSON line to that file (0600, in a
     /// 0700 directory, created if missing); `"syslog"`: send each as an RFC 5424 message to
     /// the local syslog socket (`/dev/log`).
@@ -130,6 +145,9 @@ pub struct AuditConfig {
     /// Rotated sink files kept, `PATH.1` newest (1..=1000, default 8).
     pub sink_keep: Option<usize>,
 }
+
+/// Most peers `[audit] witness` names.
+pub const MAX_AUDIT_WITNESSES: usize = 16;
 
 /// Where `[audit] sink` delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +174,25 @@ impl AuditConfig {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.retain_records == Some(0) {
+            return Err("audit.retain_records must be at least 1 (leave it out to keep every record)".to_owned());
+        }
+        if self.retain_days.is_some_and(|d| d == 0 || d > MAX_AUDIT_RETAIN_DAYS) {
+            return Err(format!(
+                "audit.retain_days must be between 1 and {MAX_AUDIT_RETAIN_DAYS} (leave it out to keep every record)"
+            ));
+        }
+        let peers = self.witness.as_deref().unwrap_or_default();
+        if peers.len() > MAX_AUDIT_WITNESSES {
+            return Err(format!("audit.witness names more than {MAX_AUDIT_WITNESSES} peers"));
+        }
+        for peer in peers {
+            let port = peer.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+            if peer.len() > 255 || !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                let shown: String = peer.chars().take(64).collect();
+                return Err(format!("audit.witness: {shown:?} is not HOST:PORT (a peer's QUIC address)"));
+            }
+        }
         self.sink_target()?;
         if self.sink_max_bytes.is_some_and(|n| !(4096..=1 << 40).contains(&n)) {
             return Err("audit.sink_max_bytes must be between 4096 and 1099511627776".to_owned());
@@ -164,6 +201,11 @@ impl AuditConfig {
             return Err("audit.sink_keep must be between 1 and 1000".to_owned());
         }
         Ok(())
+    }
+
+    /// `retain_days` as a duration.
+    pub fn max_age(&self) -> Option<std::time::Duration> {
+        self.retain_days.map(|d| std::time::Duration::from_secs(d * 86_400))
     }
 }
 
@@ -538,6 +580,34 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains(want), "{bad}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_audit_section_is_checked() -> Result<(), ConfigError> {
+        let text = "[audit]\nretain_records = 1000\nretain_days = 90\nwitness = [\"10.0.0.2:7444\", \"[::1]:7444\"]";
+        let c = FileConfig::parse(text, Path::new("palyra.toml"))?;
+        let audit = c.audit.ok_or(ConfigError::Value("no [audit]".into()))?;
+        assert_eq!(audit.retain_records, Some(1000));
+        assert_eq!(audit.witness.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!(audit.max_age(), Some(std::time::Duration::from_secs(90 * 86_400)));
+        assert_eq!(FileConfig::parse("", Path::new("palyra.toml"))?.audit, None);
+        for (bad, want) in [
+            ("retain_records = 0", "audit.retain_records"),
+            ("retain_days = 0", "audit.retain_days"),
+            ("retain_days = 36501", "audit.retain_days"),
+            ("retain_records = -1", "retain_records"),
+            ("retain = 5", "unknown field"),
+            ("witness = [\"no-port\"]", "audit.witness"),
+            ("witness = [\":7444\"]", "audit.witness"),
+            ("witness = [\"host:99999\"]", "audit.witness"),
+        ] {
+            let err = FileConfig::parse(&format!("[audit]\n{bad}"), Path::new("palyra.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want) && err.contains("palyra.toml"), "{bad}: {err}");
         }
         Ok(())
     }

@@ -327,7 +327,12 @@ impl Node {
         &self,
         config: impl Into<crate::audit::SinkConfig>,
     ) -> Result<crate::audit::SinkHandle, crate::audit::sink::SinkError> {
-        crate::audit::sink::start(self.audit.clone(), Arc::new(self.core.store.clone()), config.into())
+        let sink =
+            crate::audit::sink::start(self.audit.clone(), Arc::new(self.core.store.clone()), config.into())?;
+        // The retention never prunes a record the sink has not delivered.
+        let delivered = sink.monitor();
+        self.audit.set_prune_floor(Arc::new(move || delivered.delivered_through()));
+        Ok(sink)
     }
 
     /// The Cedar policies (engine and versions).
@@ -486,6 +491,13 @@ impl Node {
         let operator = ensure_operator(&core.store, &identity, &operator_identity, &layout).await?;
         let starter = core.clone();
         let audit = blocking_init(move || starter.start_audit().map_err(InitError::from)).await?;
+        // Checkpoints are signed with the node's identity key (its public half is what
+        // GetNodeIdentity shows and witnesses pin).
+        let signing = Arc::clone(&identity);
+        audit.set_signer(crate::audit::CheckpointSigner {
+            public_key: identity.device().signing_public_key(),
+            sign: Arc::new(move |message| signing.device().sign(message)),
+        });
         let policies = Arc::new(Policies::load_or_init(Arc::new(core.store.clone()), audit.clone()).await?);
         let events = EventLog::new(Arc::new(core.store.clone()));
         let peers = PeerResolver::new(Arc::new(core.store.clone()));

@@ -135,7 +135,7 @@ async fn removing_the_tail_of_a_live_log_is_found_and_refuses_calls() {
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(reason(&refused), "ERROR_REASON_UNAVAILABLE");
     let mut audits = AuditServiceClient::new(node.operator().await);
-    let over_rpc = audits.verify_audit_log(audit::VerifyAuditLogRequest {}).await.unwrap_err();
+    let over_rpc = audits.verify_audit_log(audit::VerifyAuditLogRequest::default()).await.unwrap_err();
     assert_eq!(over_rpc.code(), Code::Unavailable);
     node.stop().await;
 }
@@ -201,7 +201,7 @@ async fn a_failing_append_fails_closed_flips_health_and_recovers() {
         .unwrap_err();
     assert_eq!(get.code(), Code::NotFound);
     let mut audits = AuditServiceClient::new(operator);
-    let v = audits.verify_audit_log(audit::VerifyAuditLogRequest {}).await.unwrap().into_inner();
+    let v = audits.verify_audit_log(audit::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
     assert!(v.ok, "{v:?}");
     let puts = audits
         .list_audit_records(audit::ListAuditRecordsRequest {
@@ -307,7 +307,7 @@ async fn an_anonymous_flood_is_bounded_per_address_and_summed_up() {
         })
         .count() as u64;
     assert_eq!(mine, operator_calls, "no record of an authenticated caller is dropped");
-    let v = audits.verify_audit_log(audit::VerifyAuditLogRequest {}).await.unwrap().into_inner();
+    let v = audits.verify_audit_log(audit::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
     assert!(v.ok, "{v:?}");
     node.stop().await;
 }

@@ -178,6 +178,39 @@ async fn a_sink_whose_directory_goes_away_loses_nothing_and_repeats_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_never_prunes_a_record_the_sink_has_not_delivered() {
+    use palyra::audit::Retention;
+    let node = TestNode::start().await;
+    let dir = node.dir.path().join("sink");
+    let away = node.dir.path().join("sink-away");
+    let path = dir.join("audit.jsonl");
+    let sink = start(&node, FileSinkConfig::new(path.clone()));
+    let monitor = sink.monitor();
+    calls(&node, 10).await;
+    let delivered_before = caught_up(&node, &monitor).await;
+
+    // The sink stops delivering; the log grows; a prune keeping only 5 records runs.
+    std::fs::rename(&dir, &away).unwrap();
+    calls(&node, 30).await;
+    let keep_five = Retention { records: Some(5), max_age: None };
+    let report = node.node.audit().prune(keep_five, std::time::SystemTime::now()).await.unwrap();
+    let stuck = monitor.status().delivered;
+    assert!(stuck >= delivered_before);
+    assert!(report.through <= stuck, "pruned through {} while the sink had {stuck}", report.through);
+
+    // Back: it delivers everything, none lost to the prune.
+    std::fs::rename(&away, &dir).unwrap();
+    let last = caught_up(&node, &monitor).await;
+    let sequences: Vec<u64> = delivered(&path).iter().map(|l| l.0).collect();
+    assert_eq!(sequences, (1..=last).collect::<Vec<_>>(), "a record was lost (or repeated)");
+    // And the next prune may go as far as the retention says.
+    let report = node.node.audit().prune(keep_five, std::time::SystemTime::now()).await.unwrap();
+    assert!(report.through > stuck, "{report:?}");
+    sink.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_from_the_cursor_and_a_stale_cursor_repeats_nothing() {
     let node = TestNode::start().await;
     let data = node.data_dir();

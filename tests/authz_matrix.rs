@@ -467,7 +467,14 @@ fn cases() -> Vec<Case> {
             audit::ListAuditRecordsRequest::default()
         }),
         case!("palyra.audit.v1.AuditService/VerifyAuditLog", admin_only, |c, w| {
-            audit::VerifyAuditLogRequest {}
+            audit::VerifyAuditLogRequest::default()
+        }),
+        case!("palyra.audit.v1.AuditService/PruneAuditLog", admin_only, |c, w| {
+            // No retention configured or asked for: allowed callers prune nothing.
+            audit::PruneAuditLogRequest::default()
+        }),
+        case!("palyra.audit.v1.AuditService/GetAuditCheckpoint", admin_only, |c, w| {
+            audit::GetAuditCheckpointRequest { sequence: Some(1) }
         }),
         Case {
             name: "palyra.audit.v1.AuditService/ExportAuditLog",

@@ -105,11 +105,13 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         |target: &'static str, name: &str, bytes: Vec<u8>| out.push((target, name.to_owned(), bytes));
 
     // quic_frame: requests and responses as the node and QuicClient write them, and bad headers.
-    let health = pb::Request { method: "node.health".into(), since_sequence: 0, kinds: vec![] };
+    let health =
+        pb::Request { method: "node.health".into(), since_sequence: 0, kinds: vec![], at_sequence: None };
     let stream = pb::Request {
         method: "node.stream_events".into(),
         since_sequence: 120,
         kinds: vec!["vault.secret.written".into(), "device.revoked".into()],
+        at_sequence: None,
     };
     add("quic_frame", "request-health", quic_frame(&[&|b| frame::encode(&health, b)]));
     add("quic_frame", "request-stream-events", quic_frame(&[&|b| frame::encode(&stream, b)]));

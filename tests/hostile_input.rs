@@ -1370,8 +1370,13 @@ async fn quic_hostile_peers(tally: &mut Tally, served: &Served, operator: &Pems)
         ["node.reboot", "", "../node.health", "node.health\0", "node.\u{202e}htlaeh", &"m".repeat(10 * 1024)]
     {
         // since_sequence keeps the message non-empty (an empty one is the 0-length frame above).
-        let body = palyra::quic::pb::Request { method: method.into(), since_sequence: 1, kinds: vec![] }
-            .encode_to_vec();
+        let body = palyra::quic::pb::Request {
+            method: method.into(),
+            since_sequence: 1,
+            kinds: vec![],
+            at_sequence: None,
+        }
+        .encode_to_vec();
         let bytes = [&(body.len() as u32).to_be_bytes()[..], &body].concat();
         frames.push((
             format!("method {:?}", method.chars().take(20).collect::<String>()),

@@ -175,13 +175,13 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     node.close_db();
     drop(node);
     // Turn it into a database written before migration 0009 (and so before 0010's audit head
-    // and 0011's enrollment keys, 0013's sink cursors).
+    // 0011's enrollment keys, 0012's audit checkpoints and 0013's sink cursors).
     let db = attacker(&data);
     db.execute_batch(
         "ALTER TABLE secrets DROP COLUMN mac; ALTER TABLE devices DROP COLUMN mac;
          ALTER TABLE policy_versions DROP COLUMN mac; DELETE FROM meta WHERE key = 'row_macs';
-         DROP TABLE audit_head; DROP TABLE enrollment_keys; DROP TABLE audit_sink_cursor;
-         PRAGMA user_version = 8;",
+         DROP TABLE audit_head; DROP TABLE enrollment_keys; DROP TABLE audit_checkpoints;
+         DROP TABLE audit_sink_cursor; PRAGMA user_version = 8;",
     )
     .unwrap();
     drop(db);

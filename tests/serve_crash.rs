@@ -266,7 +266,7 @@ async fn verify(
 
     // The audit chain.
     let audit = AuditServiceClient::new(channel)
-        .verify_audit_log(pba::VerifyAuditLogRequest {})
+        .verify_audit_log(pba::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -12,7 +12,7 @@
 //! by every append in the same transaction. Deleting tail rows, all rows, or the head itself is
 //! then detected. What is left: rolling the table *and* the head back together to an older
 //! consistent copy of the database. Only a witness outside the node can see that; the signed
-//! checkpoints of the audit retention issue sign the same [`AuditHead::message`].
+//! checkpoints ([`super::checkpoint`]) sign the same [`AuditHead::message`].
 //!
 //! Pure computation: no IO, no clock, no SQL.
 
@@ -117,6 +117,11 @@ pub struct Verification {
     pub first_bad_sequence: Option<u64>,
     /// What is wrong, in words, when not ok.
     pub problem: Option<String>,
+    /// The walk checked the records after this sequence (0: from the first record; more
+    /// when it started at a signed checkpoint: the last pruned or the last verified record).
+    pub from_sequence: u64,
+    /// The table's last record as the verification saw it.
+    pub head: AuditHead,
 }
 
 /// Incremental verifier: feed records in sequence order.
@@ -132,7 +137,18 @@ pub struct Verifier {
 impl Verifier {
     /// A verifier starting at the genesis.
     pub fn new(key: Arc<hmac::Key>) -> Self {
-        Verifier { key, previous: GENESIS, expected_sequence: 1, checked: 0, first_bad: None }
+        Self::after(key, AuditHead::EMPTY)
+    }
+
+    /// A verifier whose first record follows `head` (a checkpoint's sequence and hash).
+    pub fn after(key: Arc<hmac::Key>, head: AuditHead) -> Self {
+        Verifier {
+            key,
+            previous: head.hash,
+            expected_sequence: head.sequence.saturating_add(1),
+            checked: 0,
+            first_bad: None,
+        }
     }
 
     /// Checks the next record (`at_millis` as stored). Returns false once the chain is broken.
@@ -162,6 +178,8 @@ impl Verifier {
             problem: self.first_bad.map(|bad| {
                 format!("audit record {bad} does not follow the chain (edited, inserted, reordered, or records before it removed)")
             }),
+            from_sequence: 0,
+            head: AuditHead::EMPTY,
         }
     }
 }
@@ -281,6 +299,8 @@ pub fn check_head(
 pub const NODE_PRINCIPAL: &str = "node";
 /// The action of the record written when a head is sealed for the first time.
 pub const ACTION_HEAD_SEALED: &str = "palyra.audit/HeadSealed";
+/// The action of the record written after records were pruned.
+pub const ACTION_PRUNED: &str = "palyra.audit/Pruned";
 /// The action of the summary record of anonymous records not written (over the rate).
 pub const ACTION_ANONYMOUS_DROPPED: &str = "palyra.audit/AnonymousRecordsDropped";
 
@@ -330,7 +350,14 @@ mod tests {
         let good = chain(&key, 10);
         assert_eq!(
             verify(&key, &good),
-            Verification { ok: true, records_checked: 10, first_bad_sequence: None, problem: None }
+            Verification {
+                ok: true,
+                records_checked: 10,
+                first_bad_sequence: None,
+                problem: None,
+                from_sequence: 0,
+                head: AuditHead::EMPTY
+            }
         );
 
         let mut edited = good.clone();

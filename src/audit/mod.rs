@@ -2,6 +2,8 @@
 //! request wait.
 //!
 //! - [`chain`]: records, the HMAC chain, the [`Verifier`], the sealed [`AuditHead`] (pure).
+//! - [`checkpoint`]: [`Checkpoint`], the head signed with the node's identity key: written
+//!   when records are pruned, when a verification ends, and when a witness asks (pure).
 //! - [`anonymous`]: [`AnonymousLimiter`] bounds how many records anonymous callers can add
 //!   per address (pure).
 //! - [`Audit`] (`service.rs`): the application service. A writer thread batches records into
@@ -20,6 +22,7 @@
 mod anonymous;
 mod chain;
 pub mod export;
+mod checkpoint;
 mod service;
 pub mod sink;
 pub mod syslog;
@@ -29,18 +32,22 @@ mod store;
 pub use anonymous::{Admission, AnonymousLimiter, AnonymousRate, DroppedSummary, address_bucket};
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use chain::{
-    ACTION_ANONYMOUS_DROPPED, ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, GENESIS,
+    ACTION_ANONYMOUS_DROPPED, ACTION_HEAD_SEALED, ACTION_PRUNED, AuditDecision, AuditEntry, AuditHead, AuditRecord, GENESIS,
     HeadMismatch, NODE_PRINCIPAL, Verification, Verifier, chain_hash, check_head,
 };
 pub use export::{ExportError, Follower};
-pub use service::{Audit, AuditUnavailable};
 pub use sink::{FileSinkConfig, SinkConfig, SinkCursorStore, SinkHandle};
 pub use syslog::SyslogSinkConfig;
 // The sink's monitor: what the metrics (lag) and the retention pruner (delivered_through) read.
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use sink::{SinkMonitor, SinkStatus};
+pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointSigner};
+#[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
+pub use service::PRUNE_CHUNK;
+pub use service::{Audit, AuditUnavailable, PruneError, PruneFloor, PruneReport, Retention};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{
-    AppendCheck, AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, ScannedRow, StoredHead,
+    AppendCheck, AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, PruneBounds, PruneSeal, ScanStart,
+    ScannedRow, StoredCheckpoint, StoredHead,
 };

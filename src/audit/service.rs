@@ -34,10 +34,14 @@ use tokio::sync::{oneshot, watch};
 
 use super::anonymous::{Admission, AnonymousLimiter, AnonymousRate};
 use super::chain::{
-    ACTION_HEAD_SEALED, AuditDecision, AuditEntry, AuditHead, AuditRecord, HeadMismatch, NODE_PRINCIPAL,
-    Verification, Verifier, at_millis, chain_hash, check_head,
+    ACTION_HEAD_SEALED, ACTION_PRUNED, AuditDecision, AuditEntry, AuditHead, AuditRecord, HeadMismatch,
+    NODE_PRINCIPAL, Verification, Verifier, at_millis, chain_hash, check_head,
 };
-use super::store::{AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, ChainedRecord, ScannedRow, StoredHead};
+use super::checkpoint::{Checkpoint, CheckpointKind, CheckpointSigner};
+use super::store::{
+    AuditStore, AuditWriter, BatchAppender, ChainScan, ChainedBatch, ChainedRecord, PruneSeal, ScanStart,
+    ScannedRow, StoredCheckpoint, StoredHead,
+};
 use crate::store_error::StoreError;
 
 type FlushReply = oneshot::Sender<Result<(), AuditUnavailable>>;
@@ -217,7 +221,20 @@ pub struct Audit {
     key: Arc<hmac::Key>,
     head_key: Arc<hmac::Key>,
     state: Arc<State>,
+    /// The node's identity key, for checkpoints (set once the identity is loaded).
+    signer: Arc<std::sync::OnceLock<CheckpointSigner>>,
+    /// One prune at a time.
+    pruning: Arc<tokio::sync::Mutex<()>>,
+    /// The configured retention (`[audit]`), for the prunes that name none.
+    retention: Arc<Mutex<Retention>>,
+    /// The last sequence a prune may remove beyond the retention's own bound: what the
+    /// `[audit] sink` delivered (set by `serve`), so a record no sink has yet is never pruned.
+    prune_floor: Arc<Mutex<Option<PruneFloor>>>,
 }
+
+/// Reads the last sequence a prune may remove (an atomic load or a short lock: it is called
+/// once per prune).
+pub type PruneFloor = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -319,7 +336,19 @@ impl Audit {
                 move || ticker.run(&mailbox)
             })
             .map_err(|e| StoreError::new(format_args!("cannot start the audit writer: {e}")))?;
-        Ok(Audit { mailbox: Arc::new(Handles(mailbox)), queued, dropped: Arc::default(), store, key, head_key, state })
+        Ok(Audit {
+            mailbox: Arc::new(Handles(mailbox)),
+            queued,
+            dropped: Arc::default(),
+            store,
+            key,
+            head_key,
+            state,
+            signer: Arc::default(),
+            pruning: Arc::default(),
+            retention: Arc::default(),
+            prune_floor: Arc::default(),
+        })
     }
 
     /// Reads and checks the sealed head at start; seals it once if it never was.
@@ -516,28 +545,463 @@ impl Audit {
         self.store.recent(limit, principal, action).await
     }
 
-    /// Re-computes the whole chain, and compares its end with the sealed head.
+    /// Signs checkpoints with `signer` from now on (the node's identity key; set once, by
+    /// `Node::open`). Without it the log neither prunes nor checkpoints.
+    pub fn set_signer(&self, signer: CheckpointSigner) {
+        let _ = self.signer.set(signer);
+    }
+
+    fn signer(&self) -> Result<&CheckpointSigner, PruneError> {
+        self.signer.get().ok_or(PruneError::NoSigner)
+    }
+
+    /// Sets the configured retention (`[audit]` of `palyra.toml`, by `palyra serve`).
+    pub fn set_retention(&self, retention: Retention) {
+        *self.retention.lock().unwrap_or_else(PoisonError::into_inner) = retention;
+    }
+
+    /// Never prunes past what `floor` reads (the sink's delivered sequence).
+    pub fn set_prune_floor(&self, floor: PruneFloor) {
+        *self.prune_floor.lock().unwrap_or_else(PoisonError::into_inner) = Some(floor);
+    }
+
+    /// The configured retention (keeps everything unless set).
+    pub fn retention(&self) -> Retention {
+        *self.retention.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Prunes by the configured retention now, then every `every`, until aborted. A failure
+    /// is logged and retried at the next tick.
+    pub fn spawn_pruning(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let audit = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let retention = audit.retention();
+                if retention.keeps_everything() {
+                    continue;
+                }
+                if let Err(e) = audit.prune(retention, SystemTime::now()).await {
+                    tracing::warn!(error = %e, "the audit log could not be pruned; retrying later");
+                }
+            }
+        })
+    }
+
+    /// The public key checkpoints verify under, once a signer is set.
+    pub fn signing_public_key(&self) -> Option<[u8; 32]> {
+        self.signer.get().map(|s| s.public_key)
+    }
+
+    /// Verifies from the last verified checkpoint (see [`Self::verify_with`]).
     pub async fn verify(&self) -> Result<Verification, StoreError> {
+        self.verify_with(false).await
+    }
+
+    /// Re-computes the chain and compares its end with the sealed head. The walk starts at
+    /// the latest signed `prune` checkpoint (the first kept record must follow it) or, unless
+    /// `full`, at the latest `verified` checkpoint: then the records before it are not walked
+    /// again (an edit among them is found by a full verification only). Checkpoints are
+    /// checked against the node's key (all of them when `full`, the ones written since the
+    /// verified one otherwise) and against the records they name. When the log verifies, a
+    /// `verified` checkpoint is written at its end.
+    pub async fn verify_with(&self, full: bool) -> Result<Verification, StoreError> {
         // A failing log still verifies what is committed.
         let _ = self.flush().await;
         let scan = ChainCheck {
-            verifier: Verifier::new(Arc::clone(&self.key)),
+            key: Arc::clone(&self.key),
+            verifier: None,
             head_key: Arc::clone(&self.head_key),
+            public_key: self.signing_public_key(),
+            incremental: !full,
+            expected: std::collections::BTreeMap::new(),
+            anchor: None,
+            from: 0,
+            broken: None,
         };
-        self.store.scan_chain(Box::new(scan)).await
+        let verification = self.store.scan_chain(Box::new(scan)).await?;
+        if verification.ok
+            && verification.head.sequence > verification.from_sequence
+            && let Ok(signer) = self.signer()
+        {
+            let checkpoint =
+                Checkpoint::sign(verification.head, at_millis(SystemTime::now()), CheckpointKind::Verified, signer);
+            if let Err(e) = self.store.insert_checkpoint(checkpoint).await {
+                tracing::warn!(error = %e, "could not store the verified audit checkpoint; the next verification starts earlier");
+            }
+        }
+        Ok(verification)
+    }
+
+    /// Removes the records `retention` does not keep, oldest first, in transactions of at
+    /// most [`PRUNE_CHUNK`] records. Each transaction checks the chain of what it removes
+    /// (from the previous prune checkpoint), writes a signed `prune` checkpoint at the last
+    /// record it removes, and removes them; the last record (the head) is always kept. Then a
+    /// `palyra.audit/Pruned` record says what went. One prune at a time.
+    pub async fn prune(&self, retention: Retention, now: SystemTime) -> Result<PruneReport, PruneError> {
+        self.prune_in_chunks(retention, now, PRUNE_CHUNK).await
+    }
+
+    /// [`Self::prune`] in transactions of at most `chunk` records.
+    pub async fn prune_in_chunks(
+        &self,
+        retention: Retention,
+        now: SystemTime,
+        chunk: u64,
+    ) -> Result<PruneReport, PruneError> {
+        let chunk = chunk.max(1);
+        let _one = self.pruning.lock().await;
+        let signer = self.signer()?.clone();
+        self.available()?;
+        let recent_from = retention
+            .max_age
+            .map(|age| at_millis(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)));
+        let bounds = self.store.prune_bounds(recent_from).await?;
+        let Some((first, last)) = bounds.span else { return Ok(PruneReport::default()) };
+        let mut through = 0u64;
+        if let Some(keep) = retention.records {
+            through = through.max(last.saturating_sub(keep));
+        }
+        if retention.max_age.is_some() {
+            through = through.max(bounds.first_recent.map_or(last, |recent| recent.saturating_sub(1)));
+        }
+        let mut through = through.min(last.saturating_sub(1));
+        let floor = self.prune_floor.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(delivered) = floor.map(|read| read()) {
+            if delivered < through {
+                tracing::info!(delivered, through, "the audit sink has not delivered every record the retention would prune: keeping them");
+            }
+            through = through.min(delivered);
+        }
+        if through < first {
+            return Ok(PruneReport::default());
+        }
+        let mut report = PruneReport { first, ..PruneReport::default() };
+        let now_millis = at_millis(now);
+        let mut from = first;
+        while from <= through {
+            let upto = from.saturating_add(chunk - 1).min(through);
+            let seal = PruneCheck {
+                key: Arc::clone(&self.key),
+                public_key: signer.public_key,
+                signer: signer.clone(),
+                now_millis,
+                verifier: None,
+                last: None,
+                named: std::collections::BTreeMap::new(),
+            };
+            report.removed += self.store.prune(upto, Box::new(seal)).await?;
+            report.through = upto;
+            from = upto + 1;
+        }
+        report.checkpoint = self.store.latest_checkpoint(CheckpointKind::Prune).await?.map(|c| c.checkpoint);
+        let why = match (retention.records, retention.max_age) {
+            (Some(n), Some(age)) => format!("retain_records = {n}, retain_days = {}", age.as_secs() / 86_400),
+            (Some(n), None) => format!("retain_records = {n}"),
+            (None, Some(age)) => format!("retain_days = {}", age.as_secs() / 86_400),
+            (None, None) => String::new(),
+        };
+        let _ = self.record(AuditEntry {
+            at: SystemTime::now(),
+            principal: NODE_PRINCIPAL.to_owned(),
+            action: ACTION_PRUNED.to_owned(),
+            resource: "Node".to_owned(),
+            decision: AuditDecision::Allow,
+            reason: format!(
+                "pruned audit records {} to {} ({} records; {why}); signed checkpoint at {}",
+                report.first, report.through, report.removed, report.through
+            ),
+        });
+        tracing::info!(first = report.first, through = report.through, removed = report.removed, "pruned the audit log");
+        Ok(report)
+    }
+
+    /// A checkpoint of the log as it is now (everything decided so far included), signed and
+    /// stored (kind `served`) so the node can answer for it after pruning too. When the
+    /// last served one is under [`SERVED_REUSE`] old it is handed out again instead: at most
+    /// one row a minute however often witnesses ask.
+    pub async fn checkpoint_now(&self) -> Result<Checkpoint, PruneError> {
+        let signer = self.signer()?.clone();
+        let now = SystemTime::now();
+        if let Some(last) = self.store.latest_checkpoint(CheckpointKind::Served).await? {
+            let age = at_millis(now).saturating_sub(last.checkpoint.at_millis);
+            if (0..SERVED_REUSE.as_millis() as i64).contains(&age) {
+                return Ok(last.checkpoint);
+            }
+        }
+        let _ = self.flush().await;
+        let head = self.store.head().await?;
+        let checkpoint = Checkpoint::sign(head, at_millis(now), CheckpointKind::Served, &signer);
+        self.store.insert_checkpoint(checkpoint.clone()).await?;
+        Ok(checkpoint)
+    }
+
+    /// The hash the log holds for `sequence`: its record's, else a stored checkpoint's.
+    pub async fn hash_at(&self, sequence: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        self.store.hash_at(sequence).await
     }
 }
 
-/// [`Audit::verify`]'s scan: the chain, then its end against the sealed head.
+/// Records removed in one prune transaction at most: the writer is never held long.
+pub const PRUNE_CHUNK: u64 = 10_000;
+/// How long a served checkpoint is handed out again.
+pub const SERVED_REUSE: Duration = Duration::from_secs(60);
+
+/// How much of the audit log to keep (`[audit]` of `palyra.toml`). Unset keeps everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest this many records.
+    pub records: Option<u64>,
+    /// Keep the records younger than this.
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    /// Whether it keeps everything.
+    pub fn keeps_everything(&self) -> bool {
+        self.records.is_none() && self.max_age.is_none()
+    }
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Records removed (0: nothing was due).
+    pub removed: u64,
+    /// The first record removed.
+    pub first: u64,
+    /// The last record removed: the latest prune checkpoint names it.
+    pub through: u64,
+    /// The latest prune checkpoint.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// Why a prune or a checkpoint failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PruneError {
+    /// The log cannot record (the prune would go unrecorded).
+    #[error(transparent)]
+    Unavailable(#[from] AuditUnavailable),
+    /// The database failed, or the records to remove do not verify (integrity).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No signing key was set.
+    #[error("the audit log has no signing key for checkpoints")]
+    NoSigner,
+}
+
+/// A prune transaction's check: the records it removes follow the previous prune checkpoint
+/// (whose signature verifies), then the signed checkpoint at the last one.
+struct PruneCheck {
+    key: Arc<hmac::Key>,
+    public_key: [u8; 32],
+    signer: CheckpointSigner,
+    now_millis: i64,
+    verifier: Option<Verifier>,
+    last: Option<AuditHead>,
+    /// Checkpoints naming records about to be removed: each must match its record.
+    named: std::collections::BTreeMap<u64, Vec<(i64, [u8; 32])>>,
+}
+
+impl PruneSeal for PruneCheck {
+    fn start(&mut self, latest_prune: Option<StoredCheckpoint>, named: Vec<StoredCheckpoint>) -> Result<(), StoreError> {
+        for stored in named {
+            let c = stored.checkpoint;
+            self.named.entry(c.head.sequence).or_default().push((stored.id, c.head.hash));
+        }
+        let from = match latest_prune {
+            Some(stored) if !stored.checkpoint.verify(&self.public_key) => {
+                return Err(StoreError::integrity(format_args!(
+                    "audit checkpoint {} (prune at {}) does not verify under the node's signing key; not pruning (run palyra audit verify --full)",
+                    stored.id, stored.checkpoint.head.sequence
+                )));
+            }
+            Some(stored) => stored.checkpoint.head,
+            None => AuditHead::EMPTY,
+        };
+        self.verifier = Some(Verifier::after(Arc::clone(&self.key), from));
+        Ok(())
+    }
+
+    fn feed(&mut self, row: ScannedRow) -> Result<(), StoreError> {
+        let verifier = self.verifier.as_mut().ok_or_else(|| StoreError::new("prune check not started"))?;
+        let (sequence, ok, hash) = match &row {
+            ScannedRow::Record(record, at) => {
+                (record.sequence, verifier.feed(record, *at), hex::decode(&record.hash).ok())
+            }
+            ScannedRow::Unreadable { sequence, .. } => (*sequence, false, None),
+        };
+        let hash = hash.and_then(|h| <[u8; 32]>::try_from(h).ok());
+        // A checkpoint naming this record with another hash (a row copied from another copy
+        // of the log) must not be kept as the node's word for a sequence it no longer holds.
+        if let (Some(hash), Some(named)) = (hash, self.named.get(&sequence))
+            && let Some((id, _)) = named.iter().find(|(_, h)| !bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..])))
+        {
+            return Err(StoreError::integrity(format_args!(
+                "audit checkpoint {id} names record {sequence} with another hash; not pruning (run palyra audit verify --full)"
+            )));
+        }
+        match hash {
+            Some(hash) if ok => {
+                self.last = Some(AuditHead { sequence, hash });
+                Ok(())
+            }
+            _ => Err(StoreError::integrity(format_args!(
+                "audit record {sequence} does not follow the chain; not pruning a log that does not verify (run palyra audit verify --full)"
+            ))),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<Checkpoint, StoreError> {
+        let head = self.last.ok_or_else(|| StoreError::new("no audit record to prune"))?;
+        Ok(Checkpoint::sign(head, self.now_millis, CheckpointKind::Prune, &self.signer))
+    }
+}
+
+/// [`Audit::verify_with`]'s scan: the checkpoints, the chain from where they say it starts,
+/// then its end against the sealed head.
 struct ChainCheck {
-    verifier: Verifier,
+    key: Arc<hmac::Key>,
+    verifier: Option<Verifier>,
     head_key: Arc<hmac::Key>,
+    public_key: Option<[u8; 32]>,
+    incremental: bool,
+    /// Hashes signed checkpoints give for records still in the table.
+    expected: std::collections::BTreeMap<u64, ([u8; 32], i64)>,
+    /// For an incremental walk: the first record fed must be this one, with this hash.
+    anchor: Option<AuditHead>,
+    /// The walk starts after this sequence.
+    from: u64,
+    /// The first problem found before or outside the chain walk.
+    broken: Option<(u64, String)>,
+}
+
+impl ChainCheck {
+    fn break_at(&mut self, sequence: u64, problem: String) -> Option<u64> {
+        if self.broken.is_none() {
+            self.broken = Some((sequence, problem));
+        }
+        None
+    }
 }
 
 impl ChainScan for ChainCheck {
+    fn incremental(&self) -> bool {
+        self.incremental
+    }
+
+    fn start(&mut self, start: ScanStart) -> Option<u64> {
+        let ScanStart { first, checkpoints, latest_prune, verified } = start;
+        let used = latest_prune.iter().chain(verified.iter());
+        for stored in checkpoints.iter().chain(used) {
+            let c = &stored.checkpoint;
+            let valid = self.public_key.is_some_and(|key| c.verify(&key));
+            if !valid {
+                let problem = match self.public_key {
+                    Some(_) => format!(
+                        "audit checkpoint {} ({} at {}) does not verify under the node's signing key (forged or edited)",
+                        stored.id,
+                        c.kind.as_str(),
+                        c.head.sequence
+                    ),
+                    None => "the audit log has no signing key to check its checkpoints with".to_owned(),
+                };
+                return self.break_at(c.head.sequence.max(1), problem);
+            }
+            self.expected.insert(c.head.sequence, (c.head.hash, stored.id));
+        }
+        let prune = latest_prune.map_or(AuditHead::EMPTY, |p| p.checkpoint.head);
+        let Some(first) = first else {
+            // An empty table: only the sealed head can tell (and a prune never empties it).
+            self.from = prune.sequence;
+            return Some(prune.sequence);
+        };
+        // The kept records start right after the last prune checkpoint: anything missing in
+        // between was removed without one.
+        if first > prune.sequence + 1 {
+            return self.break_at(
+                prune.sequence + 1,
+                format!(
+                    "audit records {} to {} were removed without a signed checkpoint (the last prune checkpoint is at {})",
+                    prune.sequence + 1,
+                    first - 1,
+                    prune.sequence
+                ),
+            );
+        }
+        // Records a prune removed are back (a restored copy): they must follow a checkpoint
+        // of their own, or the genesis.
+        let mut from = if first == prune.sequence + 1 {
+            prune
+        } else if first == 1 {
+            AuditHead::EMPTY
+        } else {
+            match self.expected.get(&(first - 1)) {
+                Some(&(hash, _)) => AuditHead { sequence: first - 1, hash },
+                None => {
+                    return self.break_at(
+                        first,
+                        format!("audit record {first} follows no signed checkpoint (records before it were removed)"),
+                    );
+                }
+            }
+        };
+        if let Some(v) = verified.map(|v| v.checkpoint.head)
+            && v.sequence > from.sequence
+        {
+            // Start at the verified record itself: it must still be there, unchanged.
+            self.anchor = Some(v);
+            from = AuditHead { sequence: v.sequence - 1, hash: v.hash };
+        }
+        self.from = self.anchor.map_or(from.sequence, |a| a.sequence);
+        self.verifier = Some(Verifier::after(Arc::clone(&self.key), from));
+        Some(from.sequence)
+    }
+
     fn feed(&mut self, row: ScannedRow) -> bool {
+        if let Some(anchor) = self.anchor.take() {
+            let matches = match &row {
+                ScannedRow::Record(record, _) => {
+                    record.sequence == anchor.sequence
+                        && hex::decode(&record.hash)
+                            .is_ok_and(|h| bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &anchor.hash[..])))
+                }
+                ScannedRow::Unreadable { .. } => false,
+            };
+            if !matches {
+                self.break_at(
+                    anchor.sequence,
+                    format!(
+                        "audit record {} is missing or is not the one the last verification signed",
+                        anchor.sequence
+                    ),
+                );
+                return false;
+            }
+            self.verifier = Some(Verifier::after(Arc::clone(&self.key), anchor));
+            return true;
+        }
+        let Some(verifier) = self.verifier.as_mut() else { return false };
         match row {
-            ScannedRow::Record(record, at) => self.verifier.feed(&record, at),
+            ScannedRow::Record(record, at) => {
+                let ok = verifier.feed(&record, at);
+                if ok && let Some(&(hash, id)) = self.expected.get(&record.sequence) {
+                    let stored = hex::decode(&record.hash).unwrap_or_default();
+                    if !bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &hash[..])) {
+                        self.break_at(
+                            record.sequence,
+                            format!(
+                                "audit record {} is not the one signed checkpoint {id} names",
+                                record.sequence
+                            ),
+                        );
+                        return false;
+                    }
+                }
+                ok
+            }
             ScannedRow::Unreadable { sequence, at_millis } => {
                 let bad = AuditRecord {
                     sequence,
@@ -552,16 +1016,34 @@ impl ChainScan for ChainCheck {
                     },
                     hash: String::new(),
                 };
-                self.verifier.feed(&bad, at_millis);
+                verifier.feed(&bad, at_millis);
                 false
             }
         }
     }
 
     fn finish(self: Box<Self>, table: AuditHead, stored: Option<StoredHead>) -> Verification {
-        let mut verification = self.verifier.finish();
+        let ChainCheck { verifier, head_key, mut broken, from, anchor, .. } = *self;
+        if let Some(anchor) = anchor {
+            broken.get_or_insert((
+                anchor.sequence,
+                format!("audit record {} (where the last verification ended) is missing", anchor.sequence),
+            ));
+        }
+        let mut verification = match verifier {
+            Some(verifier) => verifier.finish(),
+            None => Verifier::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, b""))).finish(),
+        };
+        verification.from_sequence = from;
+        verification.head = table;
+        if let Some((sequence, problem)) = broken {
+            verification.ok = false;
+            verification.first_bad_sequence = Some(sequence);
+            verification.problem = Some(problem);
+            return verification;
+        }
         if verification.ok
-            && let Err(mismatch) = check_head(&self.head_key, sealed(stored.as_ref()), table)
+            && let Err(mismatch) = check_head(&head_key, sealed(stored.as_ref()), table)
         {
             verification.ok = false;
             verification.first_bad_sequence = Some(mismatch.first_bad_sequence());

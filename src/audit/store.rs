@@ -9,6 +9,7 @@
 use std::fmt;
 
 use super::chain::{AuditEntry, AuditHead, AuditRecord, Verification};
+use super::checkpoint::{Checkpoint, CheckpointKind};
 use crate::store_error::{BoxFuture, StoreError};
 
 /// The sealed head as stored: `mac` is `None` when the head was never sealed.
@@ -73,8 +74,57 @@ pub(crate) enum ScannedRow {
     Unreadable { sequence: u64, at_millis: i64 },
 }
 
-/// A scan of the whole chain, fed by the store inside one read snapshot.
+/// A checkpoint as stored: its row id (the order of writing) and what it says. A row that does
+/// not parse reads as a checkpoint whose signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredCheckpoint {
+    pub(crate) id: i64,
+    pub(crate) checkpoint: Checkpoint,
+}
+
+/// What a chain scan starts from, read in its snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct ScanStart {
+    /// The first record's sequence (`None`: the table is empty).
+    pub(crate) first: Option<u64>,
+    /// The checkpoints to check, in the order written: all of them for a full scan; for an
+    /// incremental one, those written after the latest `verified` one.
+    pub(crate) checkpoints: Vec<StoredCheckpoint>,
+    /// The `prune` checkpoint furthest along.
+    pub(crate) latest_prune: Option<StoredCheckpoint>,
+    /// The `verified` checkpoint furthest along, read only for an incremental scan.
+    pub(crate) verified: Option<StoredCheckpoint>,
+}
+
+/// The first and last records, and where a retention by age would cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PruneBounds {
+    /// The first and last sequence (`None`: empty).
+    pub(crate) span: Option<(u64, u64)>,
+    /// The first sequence recorded at or after the age cutoff asked for (`None`: none is,
+    /// or no cutoff was asked for).
+    pub(crate) first_recent: Option<u64>,
+}
+
+/// Checks the records a prune removes, in order, inside its transaction, and makes the signed
+/// checkpoint stored with the removal.
+pub(crate) trait PruneSeal: Send {
+    /// The latest `prune` checkpoint before this one (`None`: records start at 1), and the
+    /// checkpoints that name a record about to be removed (each must match it).
+    fn start(&mut self, latest_prune: Option<StoredCheckpoint>, named: Vec<StoredCheckpoint>) -> Result<(), StoreError>;
+    /// The next record to remove, in sequence order.
+    fn feed(&mut self, row: ScannedRow) -> Result<(), StoreError>;
+    /// The checkpoint at the last record fed.
+    fn finish(self: Box<Self>) -> Result<Checkpoint, StoreError>;
+}
+
+/// A scan of the chain, fed by the store inside one read snapshot.
 pub(crate) trait ChainScan: Send {
+    /// Whether only what follows the latest `verified` checkpoint is scanned.
+    fn incremental(&self) -> bool;
+    /// Given the checkpoints, where to start: records with a sequence above the returned one
+    /// are fed; `None` feeds none (the verdict is already known).
+    fn start(&mut self, start: ScanStart) -> Option<u64>;
     /// The next row, in sequence order; `false` stops the scan.
     fn feed(&mut self, row: ScannedRow) -> bool;
     /// The verdict, given the table's last record and the stored sealed head of the same
@@ -115,6 +165,28 @@ pub(crate) trait AuditStore: Send + Sync + fmt::Debug {
     /// Feeds every record to `scan` in sequence order, then the heads, all in one snapshot
     /// (appends change the table and the head in one transaction).
     fn scan_chain(&self, scan: Box<dyn ChainScan>) -> BoxFuture<'_, Result<Verification, StoreError>>;
+
+    /// The first and last sequence, and the first sequence recorded at or after
+    /// `recent_from_millis`.
+    fn prune_bounds(&self, recent_from_millis: Option<i64>) -> BoxFuture<'_, Result<PruneBounds, StoreError>>;
+
+    /// One write transaction: feeds the records up to and including `through` (after the
+    /// latest prune checkpoint) to `seal`, stores the checkpoint it returns and removes them.
+    /// Returns how many were removed. Refused when `through` is the last record (the head
+    /// stays in the table).
+    fn prune(&self, through: u64, seal: Box<dyn PruneSeal>) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Stores a checkpoint (durably).
+    fn insert_checkpoint(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The checkpoint of `kind` furthest along (highest sequence, then the latest written).
+    fn latest_checkpoint(&self, kind: CheckpointKind) -> BoxFuture<'_, Result<Option<StoredCheckpoint>, StoreError>>;
+
+    /// What the log says is at `sequence`: the record's hash, else a stored checkpoint's.
+    fn hash_at(&self, sequence: u64) -> BoxFuture<'_, Result<Option<[u8; 32]>, StoreError>>;
+
+    /// The table's last record as a head.
+    fn head(&self) -> BoxFuture<'_, Result<AuditHead, StoreError>>;
 }
 
 /// An [`AuditStore`] in memory that keeps only the heads, for the tests of services that
@@ -207,5 +279,30 @@ impl AuditStore for MemoryAuditStore {
     fn scan_chain(&self, scan: Box<dyn ChainScan>) -> BoxFuture<'_, Result<Verification, StoreError>> {
         let (table, stored) = self.heads_now();
         Box::pin(async move { Ok(scan.finish(table, stored)) })
+    }
+
+    fn prune_bounds(&self, _: Option<i64>) -> BoxFuture<'_, Result<PruneBounds, StoreError>> {
+        Box::pin(async { Ok(PruneBounds { span: None, first_recent: None }) })
+    }
+
+    fn prune(&self, _: u64, _: Box<dyn PruneSeal>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async { Err(StoreError::new("the memory audit store keeps no records")) })
+    }
+
+    fn insert_checkpoint(&self, _: Checkpoint) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn latest_checkpoint(&self, _: CheckpointKind) -> BoxFuture<'_, Result<Option<StoredCheckpoint>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn hash_at(&self, _: u64) -> BoxFuture<'_, Result<Option<[u8; 32]>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<AuditHead, StoreError>> {
+        let (table, _) = self.heads_now();
+        Box::pin(async move { Ok(table) })
     }
 }

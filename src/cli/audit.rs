@@ -27,9 +27,42 @@ pub(super) enum AuditCommand {
         #[arg(long)]
         action: Option<String>,
     },
-    /// Re-compute the hash chain and report the first bad record.
-    #[command(after_help = "Example:\n  palyra audit verify || echo \"audit log damaged (exit $?)\"")]
-    Verify,
+    /// Re-compute the hash chain (from the last verified checkpoint) and report the first bad
+    /// record.
+    #[command(
+        after_help = "Examples:\n  palyra audit verify          # from the last verified checkpoint\n  palyra audit verify --full   # every kept record and every checkpoint\n  palyra audit verify --peer 192.168.1.20:7444   # witness a peer's log (exit 5: it no longer extends what was witnessed)"
+    )]
+    Verify {
+        /// Walk every kept record and check every checkpoint, not only what followed the
+        /// last verification.
+        #[arg(long, conflicts_with = "peer")]
+        full: bool,
+        /// Witness another node's log over QUIC instead: its signed checkpoint must extend
+        /// every checkpoint this data dir witnessed before (its key pinned the first time).
+        #[arg(long, value_name = "HOST:PORT")]
+        peer: Option<String>,
+        /// With --peer: directory with ca.pem, cert.pem and key.pem [default: client/, else
+        /// operator/].
+        #[arg(long, value_name = "DIR", requires = "peer")]
+        credentials: Option<std::path::PathBuf>,
+    },
+    /// Remove the records the retention does not keep, now (the node also prunes hourly).
+    #[command(
+        after_help = "Examples:\n  palyra audit prune                       # by [audit] retain_records / retain_days\n  palyra audit prune --retain-days 90"
+    )]
+    Prune {
+        /// Keep the newest this many records (instead of the configured retention).
+        #[arg(long)]
+        retain_records: Option<u64>,
+        /// Keep the records of the last this many days (instead of the configured retention).
+        #[arg(long)]
+        retain_days: Option<u32>,
+    },
+    /// Print the latest signed checkpoint of the log (Ed25519 by the node's signing key).
+    #[command(
+        after_help = "Example:\n  palyra audit checkpoint --json   # {\"sequence\", \"head\", \"at\", \"signature\", ...}"
+    )]
+    Checkpoint,
     /// Print audit records as JSON lines (sequence, at, principal, action, resource, decision,
     /// reason, hash), oldest first: up to the newest record, or on and on with --follow.
     #[command(
@@ -45,7 +78,41 @@ pub(super) enum AuditCommand {
     },
 }
 
+/// A checkpoint as `palyra audit checkpoint` and `prune` print it.
+#[derive(Debug, Serialize)]
+struct CheckpointOut {
+    sequence: u64,
+    head: String,
+    at: String,
+    at_unix_ms: i64,
+    kind: String,
+    signature: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+}
+
+impl CheckpointOut {
+    fn of(c: pb::AuditCheckpoint, public_key: Option<String>) -> Self {
+        let at = prost_types::Timestamp {
+            seconds: c.at_unix_ms.div_euclid(1000),
+            nanos: (c.at_unix_ms.rem_euclid(1000) * 1_000_000) as i32,
+        };
+        CheckpointOut {
+            sequence: c.sequence,
+            head: c.head,
+            at: time(Some(&at)),
+            at_unix_ms: c.at_unix_ms,
+            kind: c.kind,
+            signature: c.signature,
+            public_key,
+        }
+    }
+}
+
 pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError> {
+    if let AuditCommand::Verify { peer: Some(peer), credentials, .. } = &cmd {
+        return super::witness::verify_peer(ctx, peer, credentials.as_deref()).await;
+    }
     let mut client = AuditServiceClient::new(connect(ctx).await?);
     match cmd {
         AuditCommand::List { since, limit, principal, action } => {
@@ -96,12 +163,58 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
             })
         }
         AuditCommand::Export { since, follow } => export(&mut client, since, follow).await,
-        AuditCommand::Verify => {
-            let v = client.verify_audit_log(pb::VerifyAuditLogRequest {}).await?.into_inner();
+        AuditCommand::Prune { retain_records, retain_days } => {
+            let r = client
+                .prune_audit_log(pb::PruneAuditLogRequest { retain_records, retain_days })
+                .await?
+                .into_inner();
+            #[derive(Serialize)]
+            struct Out {
+                removed: u64,
+                first_sequence: u64,
+                last_sequence: u64,
+                checkpoint: Option<CheckpointOut>,
+            }
+            let out = Out {
+                removed: r.removed,
+                first_sequence: r.first_sequence,
+                last_sequence: r.last_sequence,
+                checkpoint: r.checkpoint.map(|c| CheckpointOut::of(c, None)),
+            };
+            ctx.print(&out, || match out.removed {
+                0 => "nothing to prune (the retention keeps every record)".to_owned(),
+                n => format!(
+                    "pruned {n} audit records ({} to {}); signed checkpoint at {}",
+                    out.first_sequence, out.last_sequence, out.last_sequence
+                ),
+            })
+        }
+        AuditCommand::Checkpoint => {
+            let r = client
+                .get_audit_checkpoint(pb::GetAuditCheckpointRequest { sequence: None })
+                .await?
+                .into_inner();
+            let checkpoint = r.checkpoint.ok_or_else(|| CliError::new("the node sent no checkpoint"))?;
+            let out = CheckpointOut::of(checkpoint, Some(r.public_key));
+            ctx.print(&out, || {
+                format!(
+                    "audit checkpoint ({}): record {} with head {}\n  at {}\n  signature {}\n  signing key {}",
+                    out.kind,
+                    out.sequence,
+                    out.head,
+                    out.at,
+                    out.signature,
+                    out.public_key.as_deref().unwrap_or_default()
+                )
+            })
+        }
+        AuditCommand::Verify { full, .. } => {
+            let v = client.verify_audit_log(pb::VerifyAuditLogRequest { full }).await?.into_inner();
             #[derive(Serialize)]
             struct Out {
                 ok: bool,
                 records_checked: u64,
+                from_sequence: u64,
                 first_bad_sequence: Option<u64>,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 problem: Option<String>,
@@ -109,10 +222,15 @@ pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError
             let out = Out {
                 ok: v.ok,
                 records_checked: v.records_checked,
+                from_sequence: v.from_sequence,
                 first_bad_sequence: v.first_bad_sequence,
                 problem: v.problem.clone(),
             };
             ctx.print(&out, || match (v.ok, v.first_bad_sequence) {
+                (true, _) if v.from_sequence > 0 => format!(
+                    "audit chain ok: {} records checked after the signed checkpoint at {}",
+                    v.records_checked, v.from_sequence
+                ),
                 (true, _) => format!("audit chain ok: {} records checked", v.records_checked),
                 (false, bad) => format!(
                     "AUDIT CHAIN BROKEN at record {} ({} records checked): {}",

@@ -32,6 +32,7 @@ mod run;
 mod serve;
 mod vault;
 mod vault_io;
+mod witness;
 
 use std::path::PathBuf;
 

@@ -165,7 +165,15 @@ async fn connect(
                 .hint("pass --peer HOST:PORT (the node's QUIC address)")
         })?,
     };
-    let peer = peer.as_str();
+    Ok(connect_with_dir(ctx, &peer, explicit).await?.0)
+}
+
+/// [`connect`], also returning the credentials directory the peer accepted.
+pub(super) async fn connect_with_dir(
+    ctx: &Context,
+    peer: &str,
+    explicit: Option<&Path>,
+) -> Result<(QuicClient, PathBuf), CliError> {
     let (addr, host) = resolve(peer)?;
     let dirs: Vec<PathBuf> = match explicit {
         Some(dir) => vec![dir.to_path_buf()],
@@ -179,7 +187,7 @@ async fn connect(
     let mut last = None;
     for dir in dirs {
         match QuicClient::connect(addr, &host, credentials(&dir)?).await {
-            Ok(client) => return Ok(client),
+            Ok(client) => return Ok((client, dir)),
             Err(e) => last = Some((Exit::of_quic(&e), format!("{e} (with {})", dir.display()))),
         }
     }

@@ -213,6 +213,19 @@ fn settings(
     })
 }
 
+/// How often `serve` prunes the audit log (and once at start) when `[audit]` sets a retention.
+const AUDIT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How often `serve` witnesses the peers of `[audit] witness` (and once at start).
+const AUDIT_WITNESS_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `[audit]`'s retention; `None` keeps everything (no pruning task).
+fn audit_retention(file: &FileConfig) -> Option<crate::audit::Retention> {
+    let audit = file.audit.as_ref()?;
+    let retention = crate::audit::Retention { records: audit.retain_records, max_age: audit.max_age() };
+    (!retention.keeps_everything()).then_some(retention)
+}
+
 fn open_error(e: impl std::fmt::Display) -> CliError {
     CliError::new(e.to_string())
 }
@@ -361,6 +374,12 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     }
     let retention = node.events.spawn_retention(std::time::Duration::from_secs(60));
     let audit_sink = start_audit_sink(&node, &s.file)?;
+    let audit_pruning = audit_retention(&s.file).map(|retention| {
+        node.audit.set_retention(retention);
+        node.audit.spawn_pruning(AUDIT_PRUNE_EVERY)
+    });
+    let witnesses = s.file.audit.as_ref().and_then(|a| a.witness.clone()).filter(|peers| !peers.is_empty());
+    let witnessing = witnesses.map(|peers| super::witness::spawn_witnesses(ctx, peers, AUDIT_WITNESS_EVERY));
     let backups = s.file.backup.clone().map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b));
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
@@ -429,6 +448,9 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         let _ = task.await;
     }
     retention.abort();
+    for task in [audit_pruning, witnessing].into_iter().flatten() {
+        task.abort();
+    }
     if let Some(task) = backups {
         task.abort();
     }

@@ -85,6 +85,10 @@ pub const LIST_AUDIT_RECORDS: &str = "palyra.audit.v1.AuditService/ListAuditReco
 pub const VERIFY_AUDIT_LOG: &str = "palyra.audit.v1.AuditService/VerifyAuditLog";
 /// AuditService.ExportAuditLog.
 pub const EXPORT_AUDIT_LOG: &str = "palyra.audit.v1.AuditService/ExportAuditLog";
+/// AuditService.PruneAuditLog.
+pub const PRUNE_AUDIT_LOG: &str = "palyra.audit.v1.AuditService/PruneAuditLog";
+/// AuditService.GetAuditCheckpoint.
+pub const GET_AUDIT_CHECKPOINT: &str = "palyra.audit.v1.AuditService/GetAuditCheckpoint";
 
 /// AuthProfileService.CreateProfile.
 pub const CREATE_PROFILE: &str = "palyra.auth.v1.AuthProfileService/CreateProfile";
@@ -110,6 +114,8 @@ pub const CREATE_LOGIN_TOKEN: &str = "palyra.console.v1.ConsoleService/CreateLog
 pub const NODE_HEALTH: &str = "node.health";
 /// QUIC `node.stream_events`.
 pub const NODE_STREAM_EVENTS: &str = "node.stream_events";
+/// QUIC `node.audit_checkpoint`.
+pub const NODE_AUDIT_CHECKPOINT: &str = "node.audit_checkpoint";
 
 /// The context key of RenewCertificate's anonymous path: `{"renewal_proof": true}` once the
 /// handler has verified the proof for the resource device.
@@ -155,6 +161,8 @@ pub const ALL: &[&str] = &[
     LIST_AUDIT_RECORDS,
     VERIFY_AUDIT_LOG,
     EXPORT_AUDIT_LOG,
+    PRUNE_AUDIT_LOG,
+    GET_AUDIT_CHECKPOINT,
     CREATE_PROFILE,
     LIST_PROFILES,
     GET_PROFILE,
@@ -166,6 +174,7 @@ pub const ALL: &[&str] = &[
     CREATE_LOGIN_TOKEN,
     NODE_HEALTH,
     NODE_STREAM_EVENTS,
+    NODE_AUDIT_CHECKPOINT,
 ];
 
 /// The action groups of the schema.

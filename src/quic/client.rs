@@ -11,7 +11,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_util::codec::FramedRead;
 
 use super::frame::{self, FrameError};
-use super::{ALPN, DEFAULT_MAX_FRAME, METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, event_from_pb, pb};
+use super::{
+    ALPN, DEFAULT_MAX_FRAME, METHOD_AUDIT_CHECKPOINT, METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, event_from_pb,
+    pb,
+};
 use crate::events::Event;
 
 /// Why a call failed.
@@ -126,6 +129,8 @@ pub enum Reply {
     Event(Event),
     /// An `Error` frame.
     Error(pb::Error),
+    /// `node.audit_checkpoint`.
+    AuditCheckpoint(pb::AuditCheckpointResponse),
 }
 
 impl QuicClient {
@@ -197,8 +202,21 @@ impl QuicClient {
         match replies.next_reply().await? {
             Some(Reply::Health(health)) => Ok(health),
             Some(Reply::Error(e)) => Err(remote(e)),
-            Some(Reply::Event(_)) => Err(ClientError::Protocol("an event in answer to node.health".into())),
+            Some(_) => Err(ClientError::Protocol("another answer to node.health".into())),
             None => Err(ClientError::Protocol("no answer to node.health".into())),
+        }
+    }
+
+    /// `node.audit_checkpoint`: the node's latest signed audit checkpoint and signing key, and
+    /// the hash its log holds at `at_sequence` when asked.
+    pub async fn audit_checkpoint(&self, at_sequence: Option<u64>) -> Result<pb::AuditCheckpointResponse, ClientError> {
+        let request = pb::Request { at_sequence, ..request(METHOD_AUDIT_CHECKPOINT, 0, Vec::new()) };
+        let mut replies = self.call(&request).await?;
+        match replies.next_reply().await? {
+            Some(Reply::AuditCheckpoint(answer)) => Ok(answer),
+            Some(Reply::Error(e)) => Err(remote(e)),
+            Some(_) => Err(ClientError::Protocol("another answer to node.audit_checkpoint".into())),
+            None => Err(ClientError::Protocol("no answer to node.audit_checkpoint".into())),
         }
     }
 
@@ -248,7 +266,7 @@ fn why_closed(conn: &Connection) -> Option<ClientError> {
 }
 
 fn request(method: &str, since_sequence: u64, kinds: Vec<String>) -> pb::Request {
-    pb::Request { method: method.to_owned(), since_sequence, kinds }
+    pb::Request { method: method.to_owned(), since_sequence, kinds, at_sequence: None }
 }
 
 fn remote(e: pb::Error) -> ClientError {
@@ -280,6 +298,7 @@ impl Replies {
             Some(pb::response::Body::Health(health)) => Ok(Some(Reply::Health(health))),
             Some(pb::response::Body::Event(event)) => Ok(Some(Reply::Event(event_from_pb(event)))),
             Some(pb::response::Body::Error(error)) => Ok(Some(Reply::Error(error))),
+            Some(pb::response::Body::AuditCheckpoint(answer)) => Ok(Some(Reply::AuditCheckpoint(answer))),
             None => Err(ClientError::Protocol("an empty Response frame".into())),
         }
     }
@@ -298,7 +317,7 @@ impl EventStream {
         match self.replies.next_reply().await? {
             Some(Reply::Event(event)) => Ok(Some(event)),
             Some(Reply::Error(e)) => Err(remote(e)),
-            Some(Reply::Health(_)) => Err(ClientError::Protocol("a health answer in an event stream".into())),
+            Some(_) => Err(ClientError::Protocol("another answer in an event stream".into())),
             None => Ok(None),
         }
     }

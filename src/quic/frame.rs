@@ -120,7 +120,7 @@ mod tests {
     #[tokio::test]
     async fn round_trips_and_checks_the_length_before_the_body() -> Result<(), FrameError> {
         let request =
-            pb::Request { method: "node.health".into(), since_sequence: 7, kinds: vec!["a".into()] };
+            pb::Request { method: "node.health".into(), since_sequence: 7, kinds: vec!["a".into()], at_sequence: None };
         let mut buf = BytesMut::new();
         encode(&request, &mut buf);
         assert_eq!(&buf[..4], &(request.encoded_len() as u32).to_be_bytes());

@@ -1,6 +1,7 @@
 //! The QUIC data plane (`palyra-node/1`, docs/quic-data-plane.md): the only module that knows quinn.
 //!
-//! [`server::QuicServer`] serves `node.health` and `node.stream_events` to peers that present a
+//! [`server::QuicServer`] serves `node.health`, `node.stream_events` and
+//! `node.audit_checkpoint` to peers that present a
 //! client certificate from the node's CA (required) and are active in the registry; each call
 //! is authorized by the one Cedar engine through [`crate::access::Gate`] and audited like a
 //! gRPC call. [`client::QuicClient`] is the other side, used by the CLI and tests. Frames are a
@@ -47,6 +48,9 @@ pub const METHOD_STREAM_EVENTS: &str = "node.stream_events";
 /// `since_sequence` that asks `node.stream_events` for the events committed from now on only
 /// (nothing replayed): the largest uint64, which no event ever reaches.
 pub const EVENTS_FROM_NOW: u64 = u64::MAX;
+
+/// The latest signed audit checkpoint, for witnesses.
+pub const METHOD_AUDIT_CHECKPOINT: &str = "node.audit_checkpoint";
 
 /// `Error.code` values (chosen in `wire::quic`).
 pub use crate::wire::quic::codes;

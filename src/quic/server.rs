@@ -20,7 +20,8 @@ use tokio_util::codec::FramedRead;
 use super::frame::{self, FrameError};
 use super::{
     ALPN, AddressValidation, CLOSE_CONNECTION_LIMIT, CLOSE_DEVICE_REVOKED, CLOSE_INTERNAL, CLOSE_SHUTDOWN,
-    CLOSE_UNKNOWN_DEVICE, METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, codes, event_to_pb, pb,
+    CLOSE_UNKNOWN_DEVICE, METHOD_AUDIT_CHECKPOINT, METHOD_HEALTH, METHOD_STREAM_EVENTS, QuicConfig, codes,
+    event_to_pb, pb,
 };
 use crate::access::{Gate, Peer, Refusal};
 use crate::events::{DEVICE_REVOKED, EventLog};
@@ -67,6 +68,7 @@ pub enum QuicError {
 struct Shared {
     gate: Gate,
     events: EventLog,
+    audit: crate::audit::Audit,
     node_id: String,
     started: Instant,
     config: QuicConfig,
@@ -181,6 +183,7 @@ impl QuicServer {
         let shared = Arc::new(Shared {
             gate: node.gate.clone(),
             events: node.events.clone(),
+            audit: node.audit.clone(),
             node_id: node.identity.id().to_string(),
             started: Instant::now(),
             load: QuicLoad {
@@ -478,7 +481,7 @@ async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: Se
     let method: String = request.method.chars().take(MAX_METHOD_CHARS).collect();
     let method = method.as_str();
     let decision = shared.gate.decide(&peer, method, &Resource::Node, None);
-    if method != METHOD_HEALTH && method != METHOD_STREAM_EVENTS {
+    if ![METHOD_HEALTH, METHOD_STREAM_EVENTS, METHOD_AUDIT_CHECKPOINT].contains(&method) {
         let message = format!("unknown method {method:?}");
         return finish_with(send, error_frame(codes::UNSUPPORTED_METHOD, message, 0)).await;
     }
@@ -494,7 +497,33 @@ async fn stream(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, send: Se
         };
         return finish_with(send, pb::Response { body: Some(pb::response::Body::Health(health)) }).await;
     }
+    if method == METHOD_AUDIT_CHECKPOINT {
+        return finish_with(send, audit_checkpoint(&shared, request.at_sequence).await).await;
+    }
     stream_events(&shared, &conn, send, request).await;
+}
+
+/// `node.audit_checkpoint`: the latest signed checkpoint, the key, the hash at a sequence.
+async fn audit_checkpoint(shared: &Shared, at_sequence: Option<u64>) -> pb::Response {
+    let answer = async {
+        let checkpoint = shared.audit.checkpoint_now().await.map_err(|e| e.to_string())?;
+        let hash_at_sequence = match at_sequence {
+            Some(sequence) => shared.audit.hash_at(sequence).await.map_err(|e| e.to_string())?.map(hex::encode),
+            None => None,
+        };
+        Ok::<_, String>(pb::AuditCheckpointResponse {
+            checkpoint: Some(checkpoint.into()),
+            public_key: shared.audit.signing_public_key().map(hex::encode).unwrap_or_default(),
+            hash_at_sequence,
+        })
+    };
+    match answer.await {
+        Ok(answer) => pb::Response { body: Some(pb::response::Body::AuditCheckpoint(answer)) },
+        Err(e) => {
+            tracing::error!(error = %e, "node.audit_checkpoint failed");
+            error_frame(codes::INTERNAL, "internal error", 0)
+        }
+    }
 }
 
 async fn stream_events(shared: &Shared, conn: &Connection, mut send: SendStream, request: pb::Request) {

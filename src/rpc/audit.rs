@@ -10,7 +10,7 @@ use super::authz::{Gate, peer_of};
 use super::slots::StreamSlots;
 use crate::audit::{Audit, Follower};
 use crate::policy::Resource;
-use crate::wire::convert::AuditQuery;
+use crate::wire::convert::{AuditQuery, prune_retention};
 use crate::wire::pb::audit::v1::{self as pb, audit_service_server::AuditService};
 use crate::wire::status::{denied, internal, stream_shutdown};
 
@@ -74,14 +74,41 @@ impl AuditService for AuditApi {
 
     async fn verify_audit_log(
         &self,
-        _request: Request<pb::VerifyAuditLogRequest>,
+        request: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-        let v = self.log.verify().await.map_err(internal)?;
+        let v = self.log.verify_with(request.into_inner().full).await.map_err(internal)?;
         self.metrics.audit_verified(v.ok);
         if !v.ok {
             tracing::error!(first_bad_sequence = ?v.first_bad_sequence, problem = ?v.problem, "the audit log failed verification");
         }
         Ok(Response::new(v.into()))
+    }
+
+    async fn prune_audit_log(
+        &self,
+        request: Request<pb::PruneAuditLogRequest>,
+    ) -> Result<Response<pb::PruneAuditLogResponse>, Status> {
+        let retention = prune_retention(&request.into_inner())?.unwrap_or_else(|| self.log.retention());
+        let report = self.log.prune(retention, std::time::SystemTime::now()).await?;
+        Ok(Response::new(report.into()))
+    }
+
+    async fn get_audit_checkpoint(
+        &self,
+        request: Request<pb::GetAuditCheckpointRequest>,
+    ) -> Result<Response<pb::GetAuditCheckpointResponse>, Status> {
+        let sequence = request.into_inner().sequence;
+        let checkpoint = self.log.checkpoint_now().await?;
+        let public_key = self.log.signing_public_key().map(hex::encode).unwrap_or_default();
+        let hash_at_sequence = match sequence {
+            Some(sequence) => self.log.hash_at(sequence).await.map_err(internal)?.map(hex::encode),
+            None => None,
+        };
+        Ok(Response::new(pb::GetAuditCheckpointResponse {
+            checkpoint: Some(checkpoint.into()),
+            public_key,
+            hash_at_sequence,
+        }))
     }
 
     type ExportAuditLogStream = ReceiverStream<Result<pb::ExportAuditLogResponse, Status>>;

@@ -54,7 +54,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (9, "row_macs", include_str!("migrations/0009_row_macs.sql")),
     (10, "audit_head", include_str!("migrations/0010_audit_head.sql")),
     (11, "enrollment_keys", include_str!("migrations/0011_enrollment_keys.sql")),
-    // 0012 is reserved for the audit retention work landing in parallel.
+    (12, "audit_checkpoints", include_str!("migrations/0012_audit_checkpoints.sql")),
     (13, "audit_sink_cursor", include_str!("migrations/0013_audit_sink_cursor.sql")),
 ];
 

@@ -39,6 +39,19 @@ pub async fn try_open_node(data: &Path, options: NodeOptions) -> Result<Node, In
 }
 
 /// Opens the data-dir parts (database, root key, vault) in `data` with [`node_options`].
+/// Appends `records` synthetic decision records (a device reading a secret) to the audit log
+/// of the node in `data`, which must not be open: chained and sealed with the node's own keys
+/// exactly as its audit writer would, in transactions of 100,000. For benches of the log at
+/// scale. Returns the last sequence.
+pub async fn fill_audit_log(data: &Path, records: u64) -> u64 {
+    let core = open_core(data).await;
+    let (key, head_key) = (core.keys.audit_chain_key(), core.keys.audit_head_key());
+    let head = core.store.bulk_append_audit(key, head_key, records).await.unwrap();
+    core.close();
+    head.sequence
+}
+
+/// Opens the data-dir parts (database, root key, vault) of the node in `data`.
 pub async fn open_core(data: &Path) -> NodeCore {
     try_open_core(data, node_options()).await.unwrap()
 }

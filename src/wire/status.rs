@@ -157,6 +157,16 @@ impl From<crate::audit::AuditUnavailable> for Status {
     }
 }
 
+impl From<crate::audit::PruneError> for Status {
+    fn from(e: crate::audit::PruneError) -> Self {
+        match e {
+            crate::audit::PruneError::Unavailable(e) => e.into(),
+            crate::audit::PruneError::Store(e) if e.is_integrity() || e.is_unavailable() => storage(&e),
+            other => internal(other),
+        }
+    }
+}
+
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Self {
         match refusal {

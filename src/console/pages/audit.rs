@@ -37,7 +37,12 @@ pub(in crate::console) async fn audit(
         .recent(AUDIT_PAGE, principal.clone(), action.clone())
         .await
         .map_err(Failure::internal)?;
-    let mut body = if verification.ok {
+    let mut body = if verification.ok && verification.from_sequence > 0 {
+        format!(
+            "<p class=\"ok\" role=\"status\" id=\"chain\">Chain verified: {} records after the signed checkpoint at record {}, no edit, insertion or reordering found (records before it: <code>palyra audit verify --full</code>).</p>",
+            verification.records_checked, verification.from_sequence
+        )
+    } else if verification.ok {
         format!(
             "<p class=\"ok\" role=\"status\" id=\"chain\">Chain verified: {} records, no edit, insertion or reordering found.</p>",
             verification.records_checked

@@ -489,12 +489,19 @@ mod tests {
         for method in &from_proto {
             assert!(ALL.contains(&method.as_str()), "{method} has no action");
         }
-        for extra in
-            [HEALTH_CHECK, HEALTH_WATCH, REFLECTION_V1, REFLECTION_V1ALPHA, NODE_HEALTH, NODE_STREAM_EVENTS]
-        {
+        let extras = [
+            HEALTH_CHECK,
+            HEALTH_WATCH,
+            REFLECTION_V1,
+            REFLECTION_V1ALPHA,
+            NODE_HEALTH,
+            NODE_STREAM_EVENTS,
+            NODE_AUDIT_CHECKPOINT,
+        ];
+        for extra in extras {
             assert!(!from_proto.contains(extra) && ALL.contains(&extra));
         }
-        assert_eq!(ALL.len(), from_proto.len() + 6, "no action without a method");
+        assert_eq!(ALL.len(), from_proto.len() + extras.len(), "no action without a method");
         Ok(())
     }
 
@@ -543,7 +550,7 @@ mod tests {
                 true
             }
             Device => vault.contains(&action),
-            Node => action == NODE_STREAM_EVENTS,
+            Node => action == NODE_STREAM_EVENTS || action == NODE_AUDIT_CHECKPOINT,
         }
     }
 

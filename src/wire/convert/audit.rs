@@ -4,7 +4,7 @@
 use tonic::Status;
 
 use super::timestamp;
-use crate::audit::{AuditDecision, AuditRecord, Verification};
+use crate::audit::{AuditDecision, AuditRecord, Checkpoint, PruneReport, Retention, Verification};
 use crate::wire::pb::audit::v1 as pb;
 use crate::wire::status::invalid_argument;
 
@@ -93,6 +93,48 @@ impl From<Verification> for pb::VerifyAuditLogResponse {
             records_checked: v.records_checked,
             first_bad_sequence: v.first_bad_sequence,
             problem: v.problem,
+            from_sequence: v.from_sequence,
+        }
+    }
+}
+
+/// Longest retention by age accepted: 100 years.
+const MAX_RETAIN_DAYS: u32 = 36_500;
+
+/// A PruneAuditLog request's retention: `None` when it names none (the node's own applies).
+pub(crate) fn prune_retention(req: &pb::PruneAuditLogRequest) -> Result<Option<Retention>, Status> {
+    if req.retain_records == Some(0) {
+        return Err(invalid_argument("retain_records", "must be at least 1"));
+    }
+    if req.retain_days.is_some_and(|d| d == 0 || d > MAX_RETAIN_DAYS) {
+        return Err(invalid_argument("retain_days", format!("must be between 1 and {MAX_RETAIN_DAYS}")));
+    }
+    let retention = Retention {
+        records: req.retain_records,
+        max_age: req.retain_days.map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+    };
+    Ok((!retention.keeps_everything()).then_some(retention))
+}
+
+impl From<Checkpoint> for pb::AuditCheckpoint {
+    fn from(c: Checkpoint) -> Self {
+        pb::AuditCheckpoint {
+            sequence: c.head.sequence,
+            head: hex::encode(c.head.hash),
+            at_unix_ms: c.at_millis,
+            kind: c.kind.as_str().to_owned(),
+            signature: hex::encode(c.signature),
+        }
+    }
+}
+
+impl From<PruneReport> for pb::PruneAuditLogResponse {
+    fn from(r: PruneReport) -> Self {
+        pb::PruneAuditLogResponse {
+            removed: r.removed,
+            first_sequence: if r.removed > 0 { r.first } else { 0 },
+            last_sequence: if r.removed > 0 { r.through } else { 0 },
+            checkpoint: r.checkpoint.map(Into::into),
         }
     }
 }

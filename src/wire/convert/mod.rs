@@ -32,8 +32,8 @@ mod pairing;
 mod policy;
 mod vault;
 
-pub(crate) use audit::AuditQuery;
 pub use audit::audit_record_from_pb;
+pub(crate) use audit::{AuditQuery, prune_retention};
 pub use auth::profile_name;
 pub(crate) use console::login_link;
 pub use events::{event_from_pb, event_to_pb};
