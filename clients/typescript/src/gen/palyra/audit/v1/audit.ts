@@ -126,8 +126,14 @@ export interface ListAuditRecordsResponse {
   records: AuditRecord[];
 }
 
-/** Request of AuditService.VerifyAuditLog (no fields). */
+/** Request of AuditService.VerifyAuditLog. */
 export interface VerifyAuditLogRequest {
+  /**
+   * Walk every kept record and check every checkpoint. Unset: start at the last verified
+   * checkpoint (records before it are not walked again; an edit among them is found by a full
+   * verification only).
+   */
+  full: boolean;
 }
 
 /** Response of AuditService.VerifyAuditLog. */
@@ -151,7 +157,82 @@ export interface VerifyAuditLogResponse {
    * the end of the log (...)", "the sealed audit head is missing (it was deleted)", or a record
    * that does not follow the chain. Unset when ok is true.
    */
-  problem?: string | undefined;
+  problem?:
+    | string
+    | undefined;
+  /**
+   * The walk checked the records after this sequence: 0 from the first record, else the
+   * signed checkpoint it started at (the last pruned or the last verified record).
+   */
+  fromSequence: string;
+}
+
+/**
+ * Request of AuditService.PruneAuditLog. Both unset: the node's configured retention
+ * (`[audit] retain_records`, `retain_days`; none configured removes nothing).
+ */
+export interface PruneAuditLogRequest {
+  /** Keep the newest this many records (at least 1). */
+  retainRecords?:
+    | string
+    | undefined;
+  /** Keep the records of the last this many days (at least 1). */
+  retainDays?: number | undefined;
+}
+
+/** Response of AuditService.PruneAuditLog. */
+export interface PruneAuditLogResponse {
+  /** Records removed; 0 when nothing was due. */
+  removed: string;
+  /** The first record removed (0 when none). */
+  firstSequence: string;
+  /** The last record removed (0 when none): the latest prune checkpoint names it. */
+  lastSequence: string;
+  /** The latest prune checkpoint (unset when the log was never pruned). */
+  checkpoint: AuditCheckpoint | undefined;
+}
+
+/**
+ * A signed statement "the audit log was at sequence, with this hash, at this time". The
+ * signature is Ed25519 by the node's identity key (GetNodeIdentity's signing key) over:
+ * "palyra.audit.checkpoint.v1" || "palyra.audit.head.v1" || sequence (8 bytes big-endian) ||
+ * head (32 bytes) || at_unix_ms (8 bytes big-endian, signed) || len(kind) (1 byte) || kind.
+ */
+export interface AuditCheckpoint {
+  /** The last record it covers (0: the empty log). */
+  sequence: string;
+  /** That record's chain hash, lowercase hex (64 zeros for the empty log). */
+  head: string;
+  /** When it was signed, unix milliseconds. */
+  atUnixMs: string;
+  /** Why it was written: "prune", "verified" or "served". */
+  kind: string;
+  /** The Ed25519 signature, lowercase hex (128 characters). */
+  signature: string;
+}
+
+/** Request of AuditService.GetAuditCheckpoint. */
+export interface GetAuditCheckpointRequest {
+  /**
+   * Also return the hash the log holds for this sequence (from its record, or from a stored
+   * checkpoint once the record was pruned).
+   */
+  sequence?: string | undefined;
+}
+
+/** Response of AuditService.GetAuditCheckpoint. */
+export interface GetAuditCheckpointResponse {
+  /** The latest checkpoint. */
+  checkpoint:
+    | AuditCheckpoint
+    | undefined;
+  /** The node's Ed25519 public key, lowercase hex. */
+  publicKey: string;
+  /**
+   * The hash at the requested sequence, lowercase hex; unset when none was asked for or the
+   * log holds neither a record nor a checkpoint there.
+   */
+  hashAtSequence?: string | undefined;
 }
 
 /** Request of AuditService.ExportAuditLog. */
@@ -540,11 +621,14 @@ export const ListAuditRecordsResponse: MessageFns<ListAuditRecordsResponse> = {
 };
 
 function createBaseVerifyAuditLogRequest(): VerifyAuditLogRequest {
-  return {};
+  return { full: false };
 }
 
 export const VerifyAuditLogRequest: MessageFns<VerifyAuditLogRequest> = {
-  encode(_: VerifyAuditLogRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: VerifyAuditLogRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.full !== false) {
+      writer.uint32(8).bool(message.full);
+    }
     return writer;
   },
 
@@ -561,6 +645,14 @@ export const VerifyAuditLogRequest: MessageFns<VerifyAuditLogRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.full = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -573,26 +665,30 @@ export const VerifyAuditLogRequest: MessageFns<VerifyAuditLogRequest> = {
     }
   },
 
-  fromJSON(_: any): VerifyAuditLogRequest {
-    return {};
+  fromJSON(object: any): VerifyAuditLogRequest {
+    return { full: isSet(object.full) ? globalThis.Boolean(object.full) : false };
   },
 
-  toJSON(_: VerifyAuditLogRequest): unknown {
+  toJSON(message: VerifyAuditLogRequest): unknown {
     const obj: any = {};
+    if (message.full !== false) {
+      obj.full = message.full;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<VerifyAuditLogRequest>): VerifyAuditLogRequest {
     return VerifyAuditLogRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<VerifyAuditLogRequest>): VerifyAuditLogRequest {
+  fromPartial(object: DeepPartial<VerifyAuditLogRequest>): VerifyAuditLogRequest {
     const message = createBaseVerifyAuditLogRequest();
+    message.full = object.full ?? false;
     return message;
   },
 };
 
 function createBaseVerifyAuditLogResponse(): VerifyAuditLogResponse {
-  return { ok: false, recordsChecked: "0", firstBadSequence: undefined, problem: undefined };
+  return { ok: false, recordsChecked: "0", firstBadSequence: undefined, problem: undefined, fromSequence: "0" };
 }
 
 export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
@@ -608,6 +704,9 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
     }
     if (message.problem !== undefined) {
       writer.uint32(34).string(message.problem);
+    }
+    if (message.fromSequence !== "0") {
+      writer.uint32(40).uint64(message.fromSequence);
     }
     return writer;
   },
@@ -657,6 +756,14 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
             message.problem = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.fromSequence = reader.uint64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -683,6 +790,11 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
         ? globalThis.String(object.first_bad_sequence)
         : undefined,
       problem: isSet(object.problem) ? globalThis.String(object.problem) : undefined,
+      fromSequence: isSet(object.fromSequence)
+        ? globalThis.String(object.fromSequence)
+        : isSet(object.from_sequence)
+        ? globalThis.String(object.from_sequence)
+        : "0",
     };
   },
 
@@ -700,6 +812,9 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
     if (message.problem !== undefined) {
       obj.problem = message.problem;
     }
+    if (message.fromSequence !== "0") {
+      obj.fromSequence = message.fromSequence;
+    }
     return obj;
   },
 
@@ -712,6 +827,542 @@ export const VerifyAuditLogResponse: MessageFns<VerifyAuditLogResponse> = {
     message.recordsChecked = object.recordsChecked ?? "0";
     message.firstBadSequence = object.firstBadSequence ?? undefined;
     message.problem = object.problem ?? undefined;
+    message.fromSequence = object.fromSequence ?? "0";
+    return message;
+  },
+};
+
+function createBasePruneAuditLogRequest(): PruneAuditLogRequest {
+  return { retainRecords: undefined, retainDays: undefined };
+}
+
+export const PruneAuditLogRequest: MessageFns<PruneAuditLogRequest> = {
+  encode(message: PruneAuditLogRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.retainRecords !== undefined) {
+      writer.uint32(8).uint64(message.retainRecords);
+    }
+    if (message.retainDays !== undefined) {
+      writer.uint32(16).uint32(message.retainDays);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PruneAuditLogRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePruneAuditLogRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.retainRecords = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.retainDays = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PruneAuditLogRequest {
+    return {
+      retainRecords: isSet(object.retainRecords)
+        ? globalThis.String(object.retainRecords)
+        : isSet(object.retain_records)
+        ? globalThis.String(object.retain_records)
+        : undefined,
+      retainDays: isSet(object.retainDays)
+        ? globalThis.Number(object.retainDays)
+        : isSet(object.retain_days)
+        ? globalThis.Number(object.retain_days)
+        : undefined,
+    };
+  },
+
+  toJSON(message: PruneAuditLogRequest): unknown {
+    const obj: any = {};
+    if (message.retainRecords !== undefined) {
+      obj.retainRecords = message.retainRecords;
+    }
+    if (message.retainDays !== undefined) {
+      obj.retainDays = Math.round(message.retainDays);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PruneAuditLogRequest>): PruneAuditLogRequest {
+    return PruneAuditLogRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PruneAuditLogRequest>): PruneAuditLogRequest {
+    const message = createBasePruneAuditLogRequest();
+    message.retainRecords = object.retainRecords ?? undefined;
+    message.retainDays = object.retainDays ?? undefined;
+    return message;
+  },
+};
+
+function createBasePruneAuditLogResponse(): PruneAuditLogResponse {
+  return { removed: "0", firstSequence: "0", lastSequence: "0", checkpoint: undefined };
+}
+
+export const PruneAuditLogResponse: MessageFns<PruneAuditLogResponse> = {
+  encode(message: PruneAuditLogResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.removed !== "0") {
+      writer.uint32(8).uint64(message.removed);
+    }
+    if (message.firstSequence !== "0") {
+      writer.uint32(16).uint64(message.firstSequence);
+    }
+    if (message.lastSequence !== "0") {
+      writer.uint32(24).uint64(message.lastSequence);
+    }
+    if (message.checkpoint !== undefined) {
+      AuditCheckpoint.encode(message.checkpoint, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PruneAuditLogResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePruneAuditLogResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.removed = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.firstSequence = reader.uint64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.lastSequence = reader.uint64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.checkpoint = AuditCheckpoint.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PruneAuditLogResponse {
+    return {
+      removed: isSet(object.removed) ? globalThis.String(object.removed) : "0",
+      firstSequence: isSet(object.firstSequence)
+        ? globalThis.String(object.firstSequence)
+        : isSet(object.first_sequence)
+        ? globalThis.String(object.first_sequence)
+        : "0",
+      lastSequence: isSet(object.lastSequence)
+        ? globalThis.String(object.lastSequence)
+        : isSet(object.last_sequence)
+        ? globalThis.String(object.last_sequence)
+        : "0",
+      checkpoint: isSet(object.checkpoint) ? AuditCheckpoint.fromJSON(object.checkpoint) : undefined,
+    };
+  },
+
+  toJSON(message: PruneAuditLogResponse): unknown {
+    const obj: any = {};
+    if (message.removed !== "0") {
+      obj.removed = message.removed;
+    }
+    if (message.firstSequence !== "0") {
+      obj.firstSequence = message.firstSequence;
+    }
+    if (message.lastSequence !== "0") {
+      obj.lastSequence = message.lastSequence;
+    }
+    if (message.checkpoint !== undefined) {
+      obj.checkpoint = AuditCheckpoint.toJSON(message.checkpoint);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PruneAuditLogResponse>): PruneAuditLogResponse {
+    return PruneAuditLogResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PruneAuditLogResponse>): PruneAuditLogResponse {
+    const message = createBasePruneAuditLogResponse();
+    message.removed = object.removed ?? "0";
+    message.firstSequence = object.firstSequence ?? "0";
+    message.lastSequence = object.lastSequence ?? "0";
+    message.checkpoint = (object.checkpoint !== undefined && object.checkpoint !== null)
+      ? AuditCheckpoint.fromPartial(object.checkpoint)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAuditCheckpoint(): AuditCheckpoint {
+  return { sequence: "0", head: "", atUnixMs: "0", kind: "", signature: "" };
+}
+
+export const AuditCheckpoint: MessageFns<AuditCheckpoint> = {
+  encode(message: AuditCheckpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sequence !== "0") {
+      writer.uint32(8).uint64(message.sequence);
+    }
+    if (message.head !== "") {
+      writer.uint32(18).string(message.head);
+    }
+    if (message.atUnixMs !== "0") {
+      writer.uint32(24).int64(message.atUnixMs);
+    }
+    if (message.kind !== "") {
+      writer.uint32(34).string(message.kind);
+    }
+    if (message.signature !== "") {
+      writer.uint32(42).string(message.signature);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuditCheckpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuditCheckpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sequence = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.head = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.atUnixMs = reader.int64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.signature = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuditCheckpoint {
+    return {
+      sequence: isSet(object.sequence) ? globalThis.String(object.sequence) : "0",
+      head: isSet(object.head) ? globalThis.String(object.head) : "",
+      atUnixMs: isSet(object.atUnixMs)
+        ? globalThis.String(object.atUnixMs)
+        : isSet(object.at_unix_ms)
+        ? globalThis.String(object.at_unix_ms)
+        : "0",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      signature: isSet(object.signature) ? globalThis.String(object.signature) : "",
+    };
+  },
+
+  toJSON(message: AuditCheckpoint): unknown {
+    const obj: any = {};
+    if (message.sequence !== "0") {
+      obj.sequence = message.sequence;
+    }
+    if (message.head !== "") {
+      obj.head = message.head;
+    }
+    if (message.atUnixMs !== "0") {
+      obj.atUnixMs = message.atUnixMs;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.signature !== "") {
+      obj.signature = message.signature;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuditCheckpoint>): AuditCheckpoint {
+    return AuditCheckpoint.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuditCheckpoint>): AuditCheckpoint {
+    const message = createBaseAuditCheckpoint();
+    message.sequence = object.sequence ?? "0";
+    message.head = object.head ?? "";
+    message.atUnixMs = object.atUnixMs ?? "0";
+    message.kind = object.kind ?? "";
+    message.signature = object.signature ?? "";
+    return message;
+  },
+};
+
+function createBaseGetAuditCheckpointRequest(): GetAuditCheckpointRequest {
+  return { sequence: undefined };
+}
+
+export const GetAuditCheckpointRequest: MessageFns<GetAuditCheckpointRequest> = {
+  encode(message: GetAuditCheckpointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sequence !== undefined) {
+      writer.uint32(8).uint64(message.sequence);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAuditCheckpointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAuditCheckpointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sequence = reader.uint64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAuditCheckpointRequest {
+    return { sequence: isSet(object.sequence) ? globalThis.String(object.sequence) : undefined };
+  },
+
+  toJSON(message: GetAuditCheckpointRequest): unknown {
+    const obj: any = {};
+    if (message.sequence !== undefined) {
+      obj.sequence = message.sequence;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetAuditCheckpointRequest>): GetAuditCheckpointRequest {
+    return GetAuditCheckpointRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetAuditCheckpointRequest>): GetAuditCheckpointRequest {
+    const message = createBaseGetAuditCheckpointRequest();
+    message.sequence = object.sequence ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGetAuditCheckpointResponse(): GetAuditCheckpointResponse {
+  return { checkpoint: undefined, publicKey: "", hashAtSequence: undefined };
+}
+
+export const GetAuditCheckpointResponse: MessageFns<GetAuditCheckpointResponse> = {
+  encode(message: GetAuditCheckpointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.checkpoint !== undefined) {
+      AuditCheckpoint.encode(message.checkpoint, writer.uint32(10).fork()).join();
+    }
+    if (message.publicKey !== "") {
+      writer.uint32(18).string(message.publicKey);
+    }
+    if (message.hashAtSequence !== undefined) {
+      writer.uint32(26).string(message.hashAtSequence);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAuditCheckpointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAuditCheckpointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpoint = AuditCheckpoint.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.publicKey = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.hashAtSequence = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAuditCheckpointResponse {
+    return {
+      checkpoint: isSet(object.checkpoint) ? AuditCheckpoint.fromJSON(object.checkpoint) : undefined,
+      publicKey: isSet(object.publicKey)
+        ? globalThis.String(object.publicKey)
+        : isSet(object.public_key)
+        ? globalThis.String(object.public_key)
+        : "",
+      hashAtSequence: isSet(object.hashAtSequence)
+        ? globalThis.String(object.hashAtSequence)
+        : isSet(object.hash_at_sequence)
+        ? globalThis.String(object.hash_at_sequence)
+        : undefined,
+    };
+  },
+
+  toJSON(message: GetAuditCheckpointResponse): unknown {
+    const obj: any = {};
+    if (message.checkpoint !== undefined) {
+      obj.checkpoint = AuditCheckpoint.toJSON(message.checkpoint);
+    }
+    if (message.publicKey !== "") {
+      obj.publicKey = message.publicKey;
+    }
+    if (message.hashAtSequence !== undefined) {
+      obj.hashAtSequence = message.hashAtSequence;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetAuditCheckpointResponse>): GetAuditCheckpointResponse {
+    return GetAuditCheckpointResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetAuditCheckpointResponse>): GetAuditCheckpointResponse {
+    const message = createBaseGetAuditCheckpointResponse();
+    message.checkpoint = (object.checkpoint !== undefined && object.checkpoint !== null)
+      ? AuditCheckpoint.fromPartial(object.checkpoint)
+      : undefined;
+    message.publicKey = object.publicKey ?? "";
+    message.hashAtSequence = object.hashAtSequence ?? undefined;
     return message;
   },
 };
@@ -897,9 +1548,11 @@ export const AuditServiceService = {
     responseDeserialize: (value: Buffer): ListAuditRecordsResponse => ListAuditRecordsResponse.decode(value),
   },
   /**
-   * Recomputes the hash chain over the whole log, compares its end with the sealed chain head
-   * kept outside the log (so records removed from the end, or all of them, are detected too)
-   * and reports the first record that does not match. A broken chain is reported in the
+   * Recomputes the hash chain, compares its end with the sealed chain head kept outside the log
+   * (so records removed from the end, or all of them, are detected too) and reports the first
+   * record that does not match. The walk starts at the last signed prune checkpoint (the kept
+   * records must follow it) and, unless full is set, at the last verified checkpoint; a passing
+   * verification leaves a new verified checkpoint. A broken chain is reported in the
    * response (ok false, with first_bad_sequence and problem), not as an error.
    */
   verifyAuditLog: {
@@ -933,6 +1586,38 @@ export const AuditServiceService = {
       Buffer.from(ExportAuditLogResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExportAuditLogResponse => ExportAuditLogResponse.decode(value),
   },
+  /**
+   * Removes the records the retention does not keep, now (the node also prunes on its own,
+   * hourly). Each transaction writes a checkpoint at the last record it removes, signed with
+   * the node's Ed25519 identity key, so the kept records still verify from it; the last record
+   * is always kept. The prune is recorded (action `palyra.audit/Pruned`).
+   */
+  pruneAuditLog: {
+    path: "/palyra.audit.v1.AuditService/PruneAuditLog" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PruneAuditLogRequest): Buffer => Buffer.from(PruneAuditLogRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PruneAuditLogRequest => PruneAuditLogRequest.decode(value),
+    responseSerialize: (value: PruneAuditLogResponse): Buffer =>
+      Buffer.from(PruneAuditLogResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PruneAuditLogResponse => PruneAuditLogResponse.decode(value),
+  },
+  /**
+   * Returns a signed checkpoint of the log as it is now (or as it was at most a minute ago)
+   * and the key it verifies under; optionally the hash the log holds for one sequence, so a
+   * witness can check that the log still extends a checkpoint it saw before.
+   */
+  getAuditCheckpoint: {
+    path: "/palyra.audit.v1.AuditService/GetAuditCheckpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetAuditCheckpointRequest): Buffer =>
+      Buffer.from(GetAuditCheckpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetAuditCheckpointRequest => GetAuditCheckpointRequest.decode(value),
+    responseSerialize: (value: GetAuditCheckpointResponse): Buffer =>
+      Buffer.from(GetAuditCheckpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetAuditCheckpointResponse => GetAuditCheckpointResponse.decode(value),
+  },
 } as const;
 
 export interface AuditServiceServer extends UntypedServiceImplementation {
@@ -942,9 +1627,11 @@ export interface AuditServiceServer extends UntypedServiceImplementation {
    */
   listAuditRecords: handleUnaryCall<ListAuditRecordsRequest, ListAuditRecordsResponse>;
   /**
-   * Recomputes the hash chain over the whole log, compares its end with the sealed chain head
-   * kept outside the log (so records removed from the end, or all of them, are detected too)
-   * and reports the first record that does not match. A broken chain is reported in the
+   * Recomputes the hash chain, compares its end with the sealed chain head kept outside the log
+   * (so records removed from the end, or all of them, are detected too) and reports the first
+   * record that does not match. The walk starts at the last signed prune checkpoint (the kept
+   * records must follow it) and, unless full is set, at the last verified checkpoint; a passing
+   * verification leaves a new verified checkpoint. A broken chain is reported in the
    * response (ok false, with first_bad_sequence and problem), not as an error.
    */
   verifyAuditLog: handleUnaryCall<VerifyAuditLogRequest, VerifyAuditLogResponse>;
@@ -958,6 +1645,19 @@ export interface AuditServiceServer extends UntypedServiceImplementation {
    * RATE_LIMITED beyond.
    */
   exportAuditLog: handleServerStreamingCall<ExportAuditLogRequest, ExportAuditLogResponse>;
+  /**
+   * Removes the records the retention does not keep, now (the node also prunes on its own,
+   * hourly). Each transaction writes a checkpoint at the last record it removes, signed with
+   * the node's Ed25519 identity key, so the kept records still verify from it; the last record
+   * is always kept. The prune is recorded (action `palyra.audit/Pruned`).
+   */
+  pruneAuditLog: handleUnaryCall<PruneAuditLogRequest, PruneAuditLogResponse>;
+  /**
+   * Returns a signed checkpoint of the log as it is now (or as it was at most a minute ago)
+   * and the key it verifies under; optionally the hash the log holds for one sequence, so a
+   * witness can check that the log still extends a checkpoint it saw before.
+   */
+  getAuditCheckpoint: handleUnaryCall<GetAuditCheckpointRequest, GetAuditCheckpointResponse>;
 }
 
 export interface AuditServiceClient extends Client {
@@ -981,9 +1681,11 @@ export interface AuditServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListAuditRecordsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Recomputes the hash chain over the whole log, compares its end with the sealed chain head
-   * kept outside the log (so records removed from the end, or all of them, are detected too)
-   * and reports the first record that does not match. A broken chain is reported in the
+   * Recomputes the hash chain, compares its end with the sealed chain head kept outside the log
+   * (so records removed from the end, or all of them, are detected too) and reports the first
+   * record that does not match. The walk starts at the last signed prune checkpoint (the kept
+   * records must follow it) and, unless full is set, at the last verified checkpoint; a passing
+   * verification leaves a new verified checkpoint. A broken chain is reported in the
    * response (ok false, with first_bad_sequence and problem), not as an error.
    */
   verifyAuditLog(
@@ -1019,6 +1721,47 @@ export interface AuditServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ExportAuditLogResponse>;
+  /**
+   * Removes the records the retention does not keep, now (the node also prunes on its own,
+   * hourly). Each transaction writes a checkpoint at the last record it removes, signed with
+   * the node's Ed25519 identity key, so the kept records still verify from it; the last record
+   * is always kept. The prune is recorded (action `palyra.audit/Pruned`).
+   */
+  pruneAuditLog(
+    request: PruneAuditLogRequest,
+    callback: (error: ServiceError | null, response: PruneAuditLogResponse) => void,
+  ): ClientUnaryCall;
+  pruneAuditLog(
+    request: PruneAuditLogRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PruneAuditLogResponse) => void,
+  ): ClientUnaryCall;
+  pruneAuditLog(
+    request: PruneAuditLogRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PruneAuditLogResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a signed checkpoint of the log as it is now (or as it was at most a minute ago)
+   * and the key it verifies under; optionally the hash the log holds for one sequence, so a
+   * witness can check that the log still extends a checkpoint it saw before.
+   */
+  getAuditCheckpoint(
+    request: GetAuditCheckpointRequest,
+    callback: (error: ServiceError | null, response: GetAuditCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  getAuditCheckpoint(
+    request: GetAuditCheckpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetAuditCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  getAuditCheckpoint(
+    request: GetAuditCheckpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetAuditCheckpointResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const AuditServiceClient = makeGenericClientConstructor(

@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../../google/protobuf/timestamp";
+import { AuditCheckpoint } from "../../audit/v1/audit";
 
 export const protobufPackage = "palyra.node.v1";
 
@@ -21,6 +22,10 @@ export interface Request {
    * - "node.stream_events": persisted events with sequence > since_sequence, then live events,
    *   as `Response{event}` frames in sequence order, without gaps, until the client stops
    *   reading or the connection ends. Allowed for roles node and admin by default.
+   * - "node.audit_checkpoint": one `Response{audit_checkpoint}` frame: the node's latest
+   *   signed audit checkpoint, its signing key and, with at_sequence, the hash its log holds
+   *   there, so a witness can check the log still extends what it saw. Allowed for roles node
+   *   and admin by default.
    * Any other method gets `Error{code: "unsupported_method"}`; a method the policy denies gets
    * `Error{code: "permission_denied"}`.
    */
@@ -37,6 +42,26 @@ export interface Request {
    * "vault.secret.written"); empty means every kind. Ignored by "node.health".
    */
   kinds: string[];
+  /**
+   * For "node.audit_checkpoint": also answer with the hash the node's audit log holds for this
+   * sequence (its record's, or a stored checkpoint's once the record was pruned).
+   */
+  atSequence?: string | undefined;
+}
+
+/** The answer to "node.audit_checkpoint". */
+export interface AuditCheckpointResponse {
+  /** The latest signed checkpoint (at most a minute old). */
+  checkpoint:
+    | AuditCheckpoint
+    | undefined;
+  /** The node's Ed25519 public key, lowercase hex: the checkpoint verifies under it. */
+  publicKey: string;
+  /**
+   * The hash at Request.at_sequence, lowercase hex; unset when none was asked for or the log
+   * holds neither a record nor a checkpoint there.
+   */
+  hashAtSequence?: string | undefined;
 }
 
 /** The answer to "node.health". */
@@ -117,11 +142,15 @@ export interface Response {
     | Event
     | undefined;
   /** A failure; the last frame on the stream. */
-  error?: Error | undefined;
+  error?:
+    | Error
+    | undefined;
+  /** The answer to "node.audit_checkpoint". */
+  auditCheckpoint?: AuditCheckpointResponse | undefined;
 }
 
 function createBaseRequest(): Request {
-  return { method: "", sinceSequence: "0", kinds: [] };
+  return { method: "", sinceSequence: "0", kinds: [], atSequence: undefined };
 }
 
 export const Request: MessageFns<Request> = {
@@ -134,6 +163,9 @@ export const Request: MessageFns<Request> = {
     }
     for (const v of message.kinds) {
       writer.uint32(26).string(v!);
+    }
+    if (message.atSequence !== undefined) {
+      writer.uint32(32).uint64(message.atSequence);
     }
     return writer;
   },
@@ -175,6 +207,14 @@ export const Request: MessageFns<Request> = {
             message.kinds.push(reader.string());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.atSequence = reader.uint64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -196,6 +236,11 @@ export const Request: MessageFns<Request> = {
         ? globalThis.String(object.since_sequence)
         : "0",
       kinds: globalThis.Array.isArray(object?.kinds) ? object.kinds.map((e: any) => globalThis.String(e)) : [],
+      atSequence: isSet(object.atSequence)
+        ? globalThis.String(object.atSequence)
+        : isSet(object.at_sequence)
+        ? globalThis.String(object.at_sequence)
+        : undefined,
     };
   },
 
@@ -210,6 +255,9 @@ export const Request: MessageFns<Request> = {
     if (message.kinds?.length) {
       obj.kinds = message.kinds;
     }
+    if (message.atSequence !== undefined) {
+      obj.atSequence = message.atSequence;
+    }
     return obj;
   },
 
@@ -221,6 +269,118 @@ export const Request: MessageFns<Request> = {
     message.method = object.method ?? "";
     message.sinceSequence = object.sinceSequence ?? "0";
     message.kinds = object.kinds?.map((e) => e) || [];
+    message.atSequence = object.atSequence ?? undefined;
+    return message;
+  },
+};
+
+function createBaseAuditCheckpointResponse(): AuditCheckpointResponse {
+  return { checkpoint: undefined, publicKey: "", hashAtSequence: undefined };
+}
+
+export const AuditCheckpointResponse: MessageFns<AuditCheckpointResponse> = {
+  encode(message: AuditCheckpointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.checkpoint !== undefined) {
+      AuditCheckpoint.encode(message.checkpoint, writer.uint32(10).fork()).join();
+    }
+    if (message.publicKey !== "") {
+      writer.uint32(18).string(message.publicKey);
+    }
+    if (message.hashAtSequence !== undefined) {
+      writer.uint32(26).string(message.hashAtSequence);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuditCheckpointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuditCheckpointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpoint = AuditCheckpoint.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.publicKey = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.hashAtSequence = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuditCheckpointResponse {
+    return {
+      checkpoint: isSet(object.checkpoint) ? AuditCheckpoint.fromJSON(object.checkpoint) : undefined,
+      publicKey: isSet(object.publicKey)
+        ? globalThis.String(object.publicKey)
+        : isSet(object.public_key)
+        ? globalThis.String(object.public_key)
+        : "",
+      hashAtSequence: isSet(object.hashAtSequence)
+        ? globalThis.String(object.hashAtSequence)
+        : isSet(object.hash_at_sequence)
+        ? globalThis.String(object.hash_at_sequence)
+        : undefined,
+    };
+  },
+
+  toJSON(message: AuditCheckpointResponse): unknown {
+    const obj: any = {};
+    if (message.checkpoint !== undefined) {
+      obj.checkpoint = AuditCheckpoint.toJSON(message.checkpoint);
+    }
+    if (message.publicKey !== "") {
+      obj.publicKey = message.publicKey;
+    }
+    if (message.hashAtSequence !== undefined) {
+      obj.hashAtSequence = message.hashAtSequence;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuditCheckpointResponse>): AuditCheckpointResponse {
+    return AuditCheckpointResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuditCheckpointResponse>): AuditCheckpointResponse {
+    const message = createBaseAuditCheckpointResponse();
+    message.checkpoint = (object.checkpoint !== undefined && object.checkpoint !== null)
+      ? AuditCheckpoint.fromPartial(object.checkpoint)
+      : undefined;
+    message.publicKey = object.publicKey ?? "";
+    message.hashAtSequence = object.hashAtSequence ?? undefined;
     return message;
   },
 };
@@ -704,7 +864,7 @@ export const Error: MessageFns<Error> = {
 };
 
 function createBaseResponse(): Response {
-  return { health: undefined, event: undefined, error: undefined };
+  return { health: undefined, event: undefined, error: undefined, auditCheckpoint: undefined };
 }
 
 export const Response: MessageFns<Response> = {
@@ -717,6 +877,9 @@ export const Response: MessageFns<Response> = {
     }
     if (message.error !== undefined) {
       Error.encode(message.error, writer.uint32(26).fork()).join();
+    }
+    if (message.auditCheckpoint !== undefined) {
+      AuditCheckpointResponse.encode(message.auditCheckpoint, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -758,6 +921,14 @@ export const Response: MessageFns<Response> = {
             message.error = Error.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.auditCheckpoint = AuditCheckpointResponse.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -775,6 +946,11 @@ export const Response: MessageFns<Response> = {
       health: isSet(object.health) ? HealthResponse.fromJSON(object.health) : undefined,
       event: isSet(object.event) ? Event.fromJSON(object.event) : undefined,
       error: isSet(object.error) ? Error.fromJSON(object.error) : undefined,
+      auditCheckpoint: isSet(object.auditCheckpoint)
+        ? AuditCheckpointResponse.fromJSON(object.auditCheckpoint)
+        : isSet(object.audit_checkpoint)
+        ? AuditCheckpointResponse.fromJSON(object.audit_checkpoint)
+        : undefined,
     };
   },
 
@@ -789,6 +965,9 @@ export const Response: MessageFns<Response> = {
     if (message.error !== undefined) {
       obj.error = Error.toJSON(message.error);
     }
+    if (message.auditCheckpoint !== undefined) {
+      obj.auditCheckpoint = AuditCheckpointResponse.toJSON(message.auditCheckpoint);
+    }
     return obj;
   },
 
@@ -802,6 +981,9 @@ export const Response: MessageFns<Response> = {
       : undefined;
     message.event = (object.event !== undefined && object.event !== null) ? Event.fromPartial(object.event) : undefined;
     message.error = (object.error !== undefined && object.error !== null) ? Error.fromPartial(object.error) : undefined;
+    message.auditCheckpoint = (object.auditCheckpoint !== undefined && object.auditCheckpoint !== null)
+      ? AuditCheckpointResponse.fromPartial(object.auditCheckpoint)
+      : undefined;
     return message;
   },
 };

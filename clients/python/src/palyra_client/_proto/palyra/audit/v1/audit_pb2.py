@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpalyra/audit/v1/audit.proto\x12\x0fpalyra.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x0b\x41uditRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x1e.palyra.audit.v1.AuditDecision\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0c\n\x04hash\x18\x08 \x01(\t\"\x86\x01\n\x17ListAuditRecordsRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x16\n\tprincipal\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06\x61\x63tion\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0c\n\n_principalB\t\n\x07_action\"I\n\x18ListAuditRecordsResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.palyra.audit.v1.AuditRecord\"\x17\n\x15VerifyAuditLogRequest\"\x97\x01\n\x16VerifyAuditLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x04\x12\x1f\n\x12\x66irst_bad_sequence\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x14\n\x07problem\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x15\n\x13_first_bad_sequenceB\n\n\x08_problem\"?\n\x15\x45xportAuditLogRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"G\n\x16\x45xportAuditLogResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.palyra.audit.v1.AuditRecord*b\n\rAuditDecision\x12\x1e\n\x1a\x41UDIT_DECISION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIT_DECISION_ALLOW\x10\x01\x12\x17\n\x13\x41UDIT_DECISION_DENY\x10\x02\x32\xbf\x02\n\x0c\x41uditService\x12g\n\x10ListAuditRecords\x12(.palyra.audit.v1.ListAuditRecordsRequest\x1a).palyra.audit.v1.ListAuditRecordsResponse\x12\x61\n\x0eVerifyAuditLog\x12&.palyra.audit.v1.VerifyAuditLogRequest\x1a\'.palyra.audit.v1.VerifyAuditLogResponse\x12\x63\n\x0e\x45xportAuditLog\x12&.palyra.audit.v1.ExportAuditLogRequest\x1a\'.palyra.audit.v1.ExportAuditLogResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpalyra/audit/v1/audit.proto\x12\x0fpalyra.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x0b\x41uditRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x1e.palyra.audit.v1.AuditDecision\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0c\n\x04hash\x18\x08 \x01(\t\"\x86\x01\n\x17ListAuditRecordsRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x16\n\tprincipal\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06\x61\x63tion\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0c\n\n_principalB\t\n\x07_action\"I\n\x18ListAuditRecordsResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.palyra.audit.v1.AuditRecord\"%\n\x15VerifyAuditLogRequest\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\"\xae\x01\n\x16VerifyAuditLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x04\x12\x1f\n\x12\x66irst_bad_sequence\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x14\n\x07problem\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x15\n\rfrom_sequence\x18\x05 \x01(\x04\x42\x15\n\x13_first_bad_sequenceB\n\n\x08_problem\"p\n\x14PruneAuditLogRequest\x12\x1b\n\x0eretain_records\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0bretain_days\x18\x02 \x01(\rH\x01\x88\x01\x01\x42\x11\n\x0f_retain_recordsB\x0e\n\x0c_retain_days\"\x8d\x01\n\x15PruneAuditLogResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\x34\n\ncheckpoint\x18\x04 \x01(\x0b\x32 .palyra.audit.v1.AuditCheckpoint\"f\n\x0f\x41uditCheckpoint\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x12\n\nat_unix_ms\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\t\"?\n\x19GetAuditCheckpointRequest\x12\x15\n\x08sequence\x18\x01 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_sequence\"\x9a\x01\n\x1aGetAuditCheckpointResponse\x12\x34\n\ncheckpoint\x18\x01 \x01(\x0b\x32 .palyra.audit.v1.AuditCheckpoint\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x1d\n\x10hash_at_sequence\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x13\n\x11_hash_at_sequence\"?\n\x15\x45xportAuditLogRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"G\n\x16\x45xportAuditLogResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.palyra.audit.v1.AuditRecord*b\n\rAuditDecision\x12\x1e\n\x1a\x41UDIT_DECISION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIT_DECISION_ALLOW\x10\x01\x12\x17\n\x13\x41UDIT_DECISION_DENY\x10\x02\x32\x8e\x04\n\x0c\x41uditService\x12g\n\x10ListAuditRecords\x12(.palyra.audit.v1.ListAuditRecordsRequest\x1a).palyra.audit.v1.ListAuditRecordsResponse\x12\x61\n\x0eVerifyAuditLog\x12&.palyra.audit.v1.VerifyAuditLogRequest\x1a\'.palyra.audit.v1.VerifyAuditLogResponse\x12\x63\n\x0e\x45xportAuditLog\x12&.palyra.audit.v1.ExportAuditLogRequest\x1a\'.palyra.audit.v1.ExportAuditLogResponse0\x01\x12^\n\rPruneAuditLog\x12%.palyra.audit.v1.PruneAuditLogRequest\x1a&.palyra.audit.v1.PruneAuditLogResponse\x12m\n\x12GetAuditCheckpoint\x12*.palyra.audit.v1.GetAuditCheckpointRequest\x1a+.palyra.audit.v1.GetAuditCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'palyra.audit.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITDECISION']._serialized_start=817
-  _globals['_AUDITDECISION']._serialized_end=915
+  _globals['_AUDITDECISION']._serialized_start=1438
+  _globals['_AUDITDECISION']._serialized_end=1536
   _globals['_AUDITRECORD']._serialized_start=82
   _globals['_AUDITRECORD']._serialized_end=286
   _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=289
@@ -41,13 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=425
   _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=498
   _globals['_VERIFYAUDITLOGREQUEST']._serialized_start=500
-  _globals['_VERIFYAUDITLOGREQUEST']._serialized_end=523
-  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_start=526
-  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_end=677
-  _globals['_EXPORTAUDITLOGREQUEST']._serialized_start=679
-  _globals['_EXPORTAUDITLOGREQUEST']._serialized_end=742
-  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_start=744
-  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_end=815
-  _globals['_AUDITSERVICE']._serialized_start=918
-  _globals['_AUDITSERVICE']._serialized_end=1237
+  _globals['_VERIFYAUDITLOGREQUEST']._serialized_end=537
+  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_start=540
+  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_end=714
+  _globals['_PRUNEAUDITLOGREQUEST']._serialized_start=716
+  _globals['_PRUNEAUDITLOGREQUEST']._serialized_end=828
+  _globals['_PRUNEAUDITLOGRESPONSE']._serialized_start=831
+  _globals['_PRUNEAUDITLOGRESPONSE']._serialized_end=972
+  _globals['_AUDITCHECKPOINT']._serialized_start=974
+  _globals['_AUDITCHECKPOINT']._serialized_end=1076
+  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_start=1078
+  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_end=1141
+  _globals['_GETAUDITCHECKPOINTRESPONSE']._serialized_start=1144
+  _globals['_GETAUDITCHECKPOINTRESPONSE']._serialized_end=1298
+  _globals['_EXPORTAUDITLOGREQUEST']._serialized_start=1300
+  _globals['_EXPORTAUDITLOGREQUEST']._serialized_end=1363
+  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_start=1365
+  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_end=1436
+  _globals['_AUDITSERVICE']._serialized_start=1539
+  _globals['_AUDITSERVICE']._serialized_end=2065
 # @@protoc_insertion_point(module_scope)

@@ -58,20 +58,74 @@ class ListAuditRecordsResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
 
 class VerifyAuditLogRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("full",)
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    def __init__(self, full: _Optional[bool] = ...) -> None: ...
 
 class VerifyAuditLogResponse(_message.Message):
-    __slots__ = ("ok", "records_checked", "first_bad_sequence", "problem")
+    __slots__ = ("ok", "records_checked", "first_bad_sequence", "problem", "from_sequence")
     OK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     records_checked: int
     first_bad_sequence: int
     problem: str
-    def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+    from_sequence: int
+    def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
+
+class PruneAuditLogRequest(_message.Message):
+    __slots__ = ("retain_records", "retain_days")
+    RETAIN_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    retain_records: int
+    retain_days: int
+    def __init__(self, retain_records: _Optional[int] = ..., retain_days: _Optional[int] = ...) -> None: ...
+
+class PruneAuditLogResponse(_message.Message):
+    __slots__ = ("removed", "first_sequence", "last_sequence", "checkpoint")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    first_sequence: int
+    last_sequence: int
+    checkpoint: AuditCheckpoint
+    def __init__(self, removed: _Optional[int] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., checkpoint: _Optional[_Union[AuditCheckpoint, _Mapping]] = ...) -> None: ...
+
+class AuditCheckpoint(_message.Message):
+    __slots__ = ("sequence", "head", "at_unix_ms", "kind", "signature")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    head: str
+    at_unix_ms: int
+    kind: str
+    signature: str
+    def __init__(self, sequence: _Optional[int] = ..., head: _Optional[str] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class GetAuditCheckpointRequest(_message.Message):
+    __slots__ = ("sequence",)
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+
+class GetAuditCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint", "public_key", "hash_at_sequence")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    HASH_AT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: AuditCheckpoint
+    public_key: str
+    hash_at_sequence: str
+    def __init__(self, checkpoint: _Optional[_Union[AuditCheckpoint, _Mapping]] = ..., public_key: _Optional[str] = ..., hash_at_sequence: _Optional[str] = ...) -> None: ...
 
 class ExportAuditLogRequest(_message.Message):
     __slots__ = ("since_sequence", "follow")

@@ -52,6 +52,16 @@ class AuditServiceStub:
                 request_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogRequest.SerializeToString,
                 response_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogResponse.FromString,
                 _registered_method=True)
+        self.PruneAuditLog = channel.unary_unary(
+                '/palyra.audit.v1.AuditService/PruneAuditLog',
+                request_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.PruneAuditLogRequest.SerializeToString,
+                response_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.PruneAuditLogResponse.FromString,
+                _registered_method=True)
+        self.GetAuditCheckpoint = channel.unary_unary(
+                '/palyra.audit.v1.AuditService/GetAuditCheckpoint',
+                request_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.GetAuditCheckpointRequest.SerializeToString,
+                response_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.GetAuditCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -69,9 +79,11 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAuditLog(self, request, context):
-        """Recomputes the hash chain over the whole log, compares its end with the sealed chain head
-        kept outside the log (so records removed from the end, or all of them, are detected too)
-        and reports the first record that does not match. A broken chain is reported in the
+        """Recomputes the hash chain, compares its end with the sealed chain head kept outside the log
+        (so records removed from the end, or all of them, are detected too) and reports the first
+        record that does not match. The walk starts at the last signed prune checkpoint (the kept
+        records must follow it) and, unless full is set, at the last verified checkpoint; a passing
+        verification leaves a new verified checkpoint. A broken chain is reported in the
         response (ok false, with first_bad_sequence and problem), not as an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -86,6 +98,25 @@ class AuditServiceServicer:
         (metadata oldest_available_sequence); INVALID_ARGUMENT when since_sequence is past the
         end. Open exports are bounded per principal (4) and per node (64): RESOURCE_EXHAUSTED +
         RATE_LIMITED beyond.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneAuditLog(self, request, context):
+        """Removes the records the retention does not keep, now (the node also prunes on its own,
+        hourly). Each transaction writes a checkpoint at the last record it removes, signed with
+        the node's Ed25519 identity key, so the kept records still verify from it; the last record
+        is always kept. The prune is recorded (action `palyra.audit/Pruned`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditCheckpoint(self, request, context):
+        """Returns a signed checkpoint of the log as it is now (or as it was at most a minute ago)
+        and the key it verifies under; optionally the hash the log holds for one sequence, so a
+        witness can check that the log still extends a checkpoint it saw before.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +139,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ExportAuditLog,
                     request_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogRequest.FromString,
                     response_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogResponse.SerializeToString,
+            ),
+            'PruneAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneAuditLog,
+                    request_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.PruneAuditLogRequest.FromString,
+                    response_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.PruneAuditLogResponse.SerializeToString,
+            ),
+            'GetAuditCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditCheckpoint,
+                    request_deserializer=palyra_dot_audit_dot_v1_dot_audit__pb2.GetAuditCheckpointRequest.FromString,
+                    response_serializer=palyra_dot_audit_dot_v1_dot_audit__pb2.GetAuditCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -194,6 +235,60 @@ class AuditService:
             '/palyra.audit.v1.AuditService/ExportAuditLog',
             palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogRequest.SerializeToString,
             palyra_dot_audit_dot_v1_dot_audit__pb2.ExportAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/palyra.audit.v1.AuditService/PruneAuditLog',
+            palyra_dot_audit_dot_v1_dot_audit__pb2.PruneAuditLogRequest.SerializeToString,
+            palyra_dot_audit_dot_v1_dot_audit__pb2.PruneAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/palyra.audit.v1.AuditService/GetAuditCheckpoint',
+            palyra_dot_audit_dot_v1_dot_audit__pb2.GetAuditCheckpointRequest.SerializeToString,
+            palyra_dot_audit_dot_v1_dot_audit__pb2.GetAuditCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from palyra_client._proto.palyra.audit.v1 import audit_pb2 as palyra_dot_audit_dot_v1_dot_audit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19palyra/node/v1/node.proto\x12\x0epalyra.node.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x07Request\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x16\n\x0esince_sequence\x18\x02 \x01(\x04\x12\r\n\x05kinds\x18\x03 \x03(\t\"\\\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x04\"\xce\x01\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x39\n\nattributes\x18\x05 \x03(\x0b\x32%.palyra.node.v1.Event.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x19oldest_available_sequence\x18\x03 \x01(\x04\"\x94\x01\n\x08Response\x12\x30\n\x06health\x18\x01 \x01(\x0b\x32\x1e.palyra.node.v1.HealthResponseH\x00\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x15.palyra.node.v1.EventH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.palyra.node.v1.ErrorH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19palyra/node/v1/node.proto\x12\x0epalyra.node.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalyra/audit/v1/audit.proto\"j\n\x07Request\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x16\n\x0esince_sequence\x18\x02 \x01(\x04\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\x18\n\x0b\x61t_sequence\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_at_sequence\"\x97\x01\n\x17\x41uditCheckpointResponse\x12\x34\n\ncheckpoint\x18\x01 \x01(\x0b\x32 .palyra.audit.v1.AuditCheckpoint\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x1d\n\x10hash_at_sequence\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x13\n\x11_hash_at_sequence\"\\\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x04\"\xce\x01\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x39\n\nattributes\x18\x05 \x03(\x0b\x32%.palyra.node.v1.Event.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x19oldest_available_sequence\x18\x03 \x01(\x04\"\xd9\x01\n\x08Response\x12\x30\n\x06health\x18\x01 \x01(\x0b\x32\x1e.palyra.node.v1.HealthResponseH\x00\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x15.palyra.node.v1.EventH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.palyra.node.v1.ErrorH\x00\x12\x43\n\x10\x61udit_checkpoint\x18\x04 \x01(\x0b\x32\'.palyra.node.v1.AuditCheckpointResponseH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_REQUEST']._serialized_start=78
-  _globals['_REQUEST']._serialized_end=142
-  _globals['_HEALTHRESPONSE']._serialized_start=144
-  _globals['_HEALTHRESPONSE']._serialized_end=236
-  _globals['_EVENT']._serialized_start=239
-  _globals['_EVENT']._serialized_end=445
-  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=396
-  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_end=445
-  _globals['_ERROR']._serialized_start=447
-  _globals['_ERROR']._serialized_end=520
-  _globals['_RESPONSE']._serialized_start=523
-  _globals['_RESPONSE']._serialized_end=671
+  _globals['_REQUEST']._serialized_start=107
+  _globals['_REQUEST']._serialized_end=213
+  _globals['_AUDITCHECKPOINTRESPONSE']._serialized_start=216
+  _globals['_AUDITCHECKPOINTRESPONSE']._serialized_end=367
+  _globals['_HEALTHRESPONSE']._serialized_start=369
+  _globals['_HEALTHRESPONSE']._serialized_end=461
+  _globals['_EVENT']._serialized_start=464
+  _globals['_EVENT']._serialized_end=670
+  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=621
+  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_end=670
+  _globals['_ERROR']._serialized_start=672
+  _globals['_ERROR']._serialized_end=745
+  _globals['_RESPONSE']._serialized_start=748
+  _globals['_RESPONSE']._serialized_end=965
 # @@protoc_insertion_point(module_scope)

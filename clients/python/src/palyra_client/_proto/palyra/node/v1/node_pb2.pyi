@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from palyra_client._proto.palyra.audit.v1 import audit_pb2 as _audit_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -10,14 +11,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Request(_message.Message):
-    __slots__ = ("method", "since_sequence", "kinds")
+    __slots__ = ("method", "since_sequence", "kinds", "at_sequence")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
+    AT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     method: str
     since_sequence: int
     kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, method: _Optional[str] = ..., since_sequence: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    at_sequence: int
+    def __init__(self, method: _Optional[str] = ..., since_sequence: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., at_sequence: _Optional[int] = ...) -> None: ...
+
+class AuditCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint", "public_key", "hash_at_sequence")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    HASH_AT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: _audit_pb2.AuditCheckpoint
+    public_key: str
+    hash_at_sequence: str
+    def __init__(self, checkpoint: _Optional[_Union[_audit_pb2.AuditCheckpoint, _Mapping]] = ..., public_key: _Optional[str] = ..., hash_at_sequence: _Optional[str] = ...) -> None: ...
 
 class HealthResponse(_message.Message):
     __slots__ = ("status", "device_id", "version", "uptime_seconds")
@@ -63,11 +76,13 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., oldest_available_sequence: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("health", "event", "error")
+    __slots__ = ("health", "event", "error", "audit_checkpoint")
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     health: HealthResponse
     event: Event
     error: Error
-    def __init__(self, health: _Optional[_Union[HealthResponse, _Mapping]] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    audit_checkpoint: AuditCheckpointResponse
+    def __init__(self, health: _Optional[_Union[HealthResponse, _Mapping]] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., audit_checkpoint: _Optional[_Union[AuditCheckpointResponse, _Mapping]] = ...) -> None: ...
