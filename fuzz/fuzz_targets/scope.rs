@@ -9,7 +9,11 @@ use palyra::auth::ProfileName;
 use palyra::identity::DeviceId;
 use palyra::vault::scope::{MAX_KEY_LEN, MAX_SCOPE_SEGMENTS, MAX_SEGMENT_LEN, ObjectId};
 use palyra::vault::{Scope, SecretKey};
-use palyra::wire::convert::{Listing, page_token, parse_page_token};
+use palyra::wire::convert::{Listing, PageTokens};
+
+/// One sealer for the whole run, as one node has one.
+static TOKENS: std::sync::LazyLock<PageTokens> =
+    std::sync::LazyLock::new(|| PageTokens::new().expect("the system RNG"));
 
 fn check_scope(text: &str) -> Option<Scope> {
     let scope = Scope::parse(text).ok()?;
@@ -60,20 +64,19 @@ fuzz_target!(|data: &[u8]| {
         let id = ObjectId::new(&scope, &key);
         assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(id, ObjectId::new(&scope, &key));
-        // A page token round-trips for its own listing and no other.
+        // A page token round-trips for its own listing and caller, and no other.
         let base = Scope::parse("agents").expect("a scope");
-        let listing = Listing { scope: &base, recursive: true, include_deleted: false };
-        let token = page_token(&listing, &(scope.clone(), key.clone()));
-        assert_eq!(parse_page_token(&listing, &token).ok().flatten(), Some((scope, key)));
+        let listing = Listing { scope: Some(&base), recursive: true, include_deleted: false };
+        let token = TOKENS.seal(&listing, "device:a", &(scope.clone(), key.clone())).expect("sealed");
+        assert_eq!(TOKENS.open(&listing, "device:a", &token).ok().flatten(), Some((scope, key)));
         let other = Listing { recursive: false, ..listing.clone() };
-        assert!(parse_page_token(&other, &token).is_err());
+        assert!(TOKENS.open(&other, "device:a", &token).is_err());
+        assert!(TOKENS.open(&listing, "device:b", &token).is_err());
     }
-    // Any text as a page token: whatever parses names a valid position that re-encodes to it.
+    // Any text as a page token: refused (nobody but this sealer makes one), never a panic.
     let base = Scope::parse("a").expect("a scope");
-    let listing = Listing { scope: &base, recursive: false, include_deleted: true };
-    if let Ok(Some(position)) = parse_page_token(&listing, text) {
-        assert_eq!(page_token(&listing, &position), text.to_ascii_lowercase());
-    }
+    let listing = Listing { scope: Some(&base), recursive: false, include_deleted: true };
+    assert!(text.is_empty() || TOKENS.open(&listing, "device:a", text).is_err());
     if let Ok(id) = DeviceId::parse(text) {
         let shown = id.to_string();
         assert_eq!(shown.len(), 26);
