@@ -71,6 +71,9 @@ pub enum Refusal {
 /// Revocations a slow subscriber may miss before it re-checks the registry instead.
 const REVOCATION_BACKLOG: usize = 64;
 
+/// Certificates whose device id [`PeerResolver`] remembers at most; past it, it starts over.
+const MAX_REMEMBERED_CERTIFICATES: usize = 1024;
+
 /// Resolves certificates to peers, with the registry cached in memory.
 ///
 /// Every registry change made by this process calls [`PeerResolver::invalidate`] (revocations
@@ -83,6 +86,14 @@ pub struct PeerResolver {
     cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
     generation: Arc<AtomicU64>,
     revocations: broadcast::Sender<DeviceId>,
+    /// Revocations announced so far (see [`PeerResolver::revocation_epoch`]).
+    revoked_count: Arc<AtomicU64>,
+    /// The device id each certificate names, keyed by its whole DER (so by nothing a forger
+    /// could collide): a pure function of the bytes, remembered so that a connection's
+    /// requests parse its certificate once. Never decides by itself: every request still
+    /// looks its device up (status included) in the registry cache, which a revocation
+    /// invalidates at once. Bounded; past the bound it starts over.
+    ids: Arc<RwLock<HashMap<Vec<u8>, DeviceId>>>,
 }
 
 impl PeerResolver {
@@ -93,6 +104,8 @@ impl PeerResolver {
             cache: Arc::default(),
             generation: Arc::default(),
             revocations: broadcast::channel(REVOCATION_BACKLOG).0,
+            revoked_count: Arc::default(),
+            ids: Arc::default(),
         }
     }
 
@@ -109,8 +122,17 @@ impl PeerResolver {
     /// of that device to end (see `rpc::streams`).
     pub fn revoked(&self, id: DeviceId) {
         self.invalidate(id);
+        // Counted before it is sent: whoever subscribes after the send sees the count moved.
+        self.revoked_count.fetch_add(1, Ordering::SeqCst);
         // No receiver means no open stream: nothing to end.
         let _ = self.revocations.send(id);
+    }
+
+    /// How many revocations were announced so far. A response that takes it before resolving
+    /// its peer and finds it unchanged after [`PeerResolver::subscribe`] missed none (see
+    /// `rpc::streams`).
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revoked_count.load(Ordering::SeqCst)
     }
 
     /// Revocations from now on.
@@ -140,10 +162,28 @@ impl PeerResolver {
         let Some(leaf) = certs.and_then(|c| c.first()) else {
             return Ok(Peer::anonymous(address));
         };
-        let Some(id) = ca::device_id_from_certificate(leaf.as_ref()) else {
+        let Some(id) = self.certificate_device(leaf.as_ref()) else {
             return Err(Refusal::UnknownDevice(None));
         };
         self.resolve_device(id, address).await
+    }
+
+    /// The device id `der` names ([`ca::device_id_from_certificate`]), parsed once per
+    /// certificate.
+    fn certificate_device(&self, der: &[u8]) -> Option<DeviceId> {
+        if let Ok(ids) = self.ids.read()
+            && let Some(id) = ids.get(der)
+        {
+            return Some(*id);
+        }
+        let id = ca::device_id_from_certificate(der)?;
+        if let Ok(mut ids) = self.ids.write() {
+            if ids.len() >= MAX_REMEMBERED_CERTIFICATES {
+                ids.clear();
+            }
+            ids.insert(der.to_vec(), id);
+        }
+        Some(id)
     }
 
     /// The peer acting as registered device `id` (authenticated by other means than a

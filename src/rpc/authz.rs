@@ -119,7 +119,7 @@ where
                 let certs = info.and_then(|i| i.peer_certs());
                 let address = info.and_then(|i| i.get_ref().remote_addr());
                 // Before resolving, so a revocation racing the resolution is still seen.
-                let revocations = gate.peers.subscribe();
+                let epoch = gate.peers.revocation_epoch();
                 let peer = match gate.peers.resolve(certs.as_deref().map(|c| c.as_slice()), address).await {
                     Ok(peer) => peer,
                     Err(refused) => return Ok(Status::from(refused).into_http()),
@@ -139,10 +139,8 @@ where
                 let response = inner.call(request).await?;
                 // A device's response stream ends within a second of its revocation.
                 Ok(match device {
-                    Some(id) => {
-                        let revoked = streams::revocation_of(id, revocations, gate.peers.clone());
-                        response.map(|body| Body::new(streams::RevocableBody::new(body, revoked)))
-                    }
+                    Some(id) => response
+                        .map(|body| Body::new(streams::RevocableBody::of_device(body, id, epoch, gate.peers.clone()))),
                     None => response,
                 })
             }

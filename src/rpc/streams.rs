@@ -22,10 +22,56 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A response body that ends with `UNAUTHENTICATED` + `DEVICE_REVOKED` once its device is
 /// revoked.
+///
+/// It subscribes to the revocation broadcast only when its inner body first has to wait: a
+/// unary response (one message and trailers, ready at once) never subscribes, so it costs no
+/// lock on the broadcast. Nothing is missed meanwhile: every poll before subscribing compares
+/// the resolver's revocation count with the one taken before the peer was resolved, and a
+/// body that finds it moved asks the registry (see [`PeerResolver::revocation_epoch`]).
 pub struct RevocableBody {
     inner: Body,
-    revoked: Signal,
+    watch: Watch,
     ended: bool,
+}
+
+/// How a [`RevocableBody`] learns of its device's revocation.
+enum Watch {
+    /// Not subscribed yet: no revocation was announced since `epoch`.
+    Lazy { id: DeviceId, epoch: u64, peers: PeerResolver },
+    /// Subscribed: completes when the device is revoked.
+    Armed(Signal),
+}
+
+impl Watch {
+    /// Subscribes (a no-op once armed). A revocation announced since `epoch` may be this
+    /// device's: the registry says.
+    fn arm(&mut self) {
+        if let Watch::Lazy { id, epoch, peers } = self {
+            let (id, peers) = (*id, peers.clone());
+            let revocations = peers.subscribe();
+            let missed = peers.revocation_epoch() != *epoch;
+            *self = Watch::Armed(Box::pin(async move {
+                if missed && peers.is_revoked(id).await {
+                    return;
+                }
+                revocation_of(id, revocations, peers).await;
+            }));
+        }
+    }
+
+    /// Whether the device is revoked as far as this watch knows (arming it when a
+    /// revocation was announced since it started).
+    fn revoked(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Watch::Lazy { epoch, peers, .. } = self
+            && peers.revocation_epoch() != *epoch
+        {
+            self.arm();
+        }
+        match self {
+            Watch::Lazy { .. } => false,
+            Watch::Armed(signal) => signal.as_mut().poll(cx).is_ready(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RevocableBody {
@@ -59,7 +105,24 @@ pub async fn revocation_of(
 impl RevocableBody {
     /// Wraps `inner`; it ends when `revoked` completes.
     pub fn new(inner: Body, revoked: impl Future<Output = ()> + Send + 'static) -> Self {
-        RevocableBody { inner, revoked: Box::pin(revoked), ended: false }
+        RevocableBody { inner, watch: Watch::Armed(Box::pin(revoked)), ended: false }
+    }
+
+    /// Wraps `inner` of device `id`'s response; it ends when the device is revoked after
+    /// `epoch` ([`PeerResolver::revocation_epoch`], taken before the peer was resolved).
+    pub fn of_device(inner: Body, id: DeviceId, epoch: u64, peers: PeerResolver) -> Self {
+        RevocableBody { inner, watch: Watch::Lazy { id, epoch, peers }, ended: false }
+    }
+
+    /// The trailers that end a revoked device's response.
+    fn end_revoked(&mut self) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.ended = true;
+        let revoked = stream_revoked();
+        let mut trailers = tonic::codegen::http::HeaderMap::new();
+        Poll::Ready(Some(match revoked.add_header(&mut trailers) {
+            Ok(()) => Ok(Frame::trailers(trailers)),
+            Err(_) => Err(revoked),
+        }))
     }
 }
 
@@ -72,20 +135,23 @@ impl http_body::Body for RevocableBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.revoked.as_mut().poll(cx).is_ready() {
-            this.ended = true;
-            let revoked = stream_revoked();
-            let mut trailers = tonic::codegen::http::HeaderMap::new();
-            return Poll::Ready(Some(match revoked.add_header(&mut trailers) {
-                Ok(()) => Ok(Frame::trailers(trailers)),
-                Err(_) => Err(revoked),
-            }));
+        if this.watch.revoked(cx) {
+            return this.end_revoked();
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.ended = true,
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => this.ended = true,
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {}
+            // The body waits (a stream): from now on the revocation must wake it.
+            Poll::Pending => {
+                if matches!(this.watch, Watch::Lazy { .. }) {
+                    this.watch.arm();
+                    if this.watch.revoked(cx) {
+                        return this.end_revoked();
+                    }
+                }
+            }
         }
         polled
     }
