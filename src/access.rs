@@ -88,12 +88,13 @@ pub struct PeerResolver {
     revocations: broadcast::Sender<DeviceId>,
     /// Revocations announced so far (see [`PeerResolver::revocation_epoch`]).
     revoked_count: Arc<AtomicU64>,
-    /// The device id each certificate names, keyed by its whole DER (so by nothing a forger
-    /// could collide): a pure function of the bytes, remembered so that a connection's
-    /// requests parse its certificate once. Never decides by itself: every request still
-    /// looks its device up (status included) in the registry cache, which a revocation
-    /// invalidates at once. Bounded; past the bound it starts over.
-    ids: Arc<RwLock<HashMap<Vec<u8>, DeviceId>>>,
+    /// The device id each certificate names: a pure function of its DER, remembered (with the
+    /// whole DER, compared in full on every hit) so that a connection's requests parse its
+    /// certificate once. Keyed by [`certificate_slot`], a cheap digest of the DER; a clash
+    /// only costs a parse. Never decides by itself: every request still looks its device up
+    /// (status included) in the registry cache, which a revocation invalidates at once.
+    /// Bounded; past the bound it starts over.
+    ids: Arc<RwLock<HashMap<u64, (Vec<u8>, DeviceId)>>>,
 }
 
 impl PeerResolver {
@@ -171,8 +172,10 @@ impl PeerResolver {
     /// The device id `der` names ([`ca::device_id_from_certificate`]), parsed once per
     /// certificate.
     fn certificate_device(&self, der: &[u8]) -> Option<DeviceId> {
+        let slot = certificate_slot(der);
         if let Ok(ids) = self.ids.read()
-            && let Some(id) = ids.get(der)
+            && let Some((known, id)) = ids.get(&slot)
+            && known.as_slice() == der
         {
             return Some(*id);
         }
@@ -181,7 +184,7 @@ impl PeerResolver {
             if ids.len() >= MAX_REMEMBERED_CERTIFICATES {
                 ids.clear();
             }
-            ids.insert(der.to_vec(), id);
+            ids.insert(slot, (der.to_vec(), id));
         }
         Some(id)
     }
@@ -219,6 +222,16 @@ impl PeerResolver {
         }
         Ok(Some(device))
     }
+}
+
+/// Where [`PeerResolver`] keeps what a certificate names: its length and last 8 bytes (the
+/// tail of its signature, which differs between any two certificates the node issued). Not a
+/// security boundary: a hit is compared with the whole DER.
+fn certificate_slot(der: &[u8]) -> u64 {
+    let mut tail = [0u8; 8];
+    let start = der.len().saturating_sub(tail.len());
+    tail[..der.len() - start].copy_from_slice(&der[start..]);
+    u64::from_le_bytes(tail) ^ (der.len() as u64).rotate_left(48)
 }
 
 /// A denied call: what to tell the caller.

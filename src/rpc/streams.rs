@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body::{Frame, SizeHint};
@@ -14,6 +15,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Bytes;
 
+use super::authz::Gate;
 use super::peer::PeerResolver;
 use crate::identity::DeviceId;
 use crate::wire::status::stream_revoked;
@@ -37,7 +39,7 @@ pub struct RevocableBody {
 /// How a [`RevocableBody`] learns of its device's revocation.
 enum Watch {
     /// Not subscribed yet: no revocation was announced since `epoch`.
-    Lazy { id: DeviceId, epoch: u64, peers: PeerResolver },
+    Lazy { id: DeviceId, epoch: u64, gate: Arc<Gate> },
     /// Subscribed: completes when the device is revoked.
     Armed(Signal),
 }
@@ -46,8 +48,8 @@ impl Watch {
     /// Subscribes (a no-op once armed). A revocation announced since `epoch` may be this
     /// device's: the registry says.
     fn arm(&mut self) {
-        if let Watch::Lazy { id, epoch, peers } = self {
-            let (id, peers) = (*id, peers.clone());
+        if let Watch::Lazy { id, epoch, gate } = self {
+            let (id, peers) = (*id, gate.peers.clone());
             let revocations = peers.subscribe();
             let missed = peers.revocation_epoch() != *epoch;
             *self = Watch::Armed(Box::pin(async move {
@@ -62,8 +64,8 @@ impl Watch {
     /// Whether the device is revoked as far as this watch knows (arming it when a
     /// revocation was announced since it started).
     fn revoked(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Watch::Lazy { epoch, peers, .. } = self
-            && peers.revocation_epoch() != *epoch
+        if let Watch::Lazy { epoch, gate, .. } = self
+            && gate.peers.revocation_epoch() != *epoch
         {
             self.arm();
         }
@@ -110,8 +112,8 @@ impl RevocableBody {
 
     /// Wraps `inner` of device `id`'s response; it ends when the device is revoked after
     /// `epoch` ([`PeerResolver::revocation_epoch`], taken before the peer was resolved).
-    pub fn of_device(inner: Body, id: DeviceId, epoch: u64, peers: PeerResolver) -> Self {
-        RevocableBody { inner, watch: Watch::Lazy { id, epoch, peers }, ended: false }
+    pub fn of_device(inner: Body, id: DeviceId, epoch: u64, gate: Arc<Gate>) -> Self {
+        RevocableBody { inner, watch: Watch::Lazy { id, epoch, gate }, ended: false }
     }
 
     /// The trailers that end a revoked device's response.
