@@ -74,6 +74,9 @@ const REVOCATION_BACKLOG: usize = 64;
 /// Certificates whose device id [`PeerResolver`] remembers at most; past it, it starts over.
 const MAX_REMEMBERED_CERTIFICATES: usize = 1024;
 
+/// A certificate's DER and the device id it names, by [`certificate_slot`].
+type CertificateIds = HashMap<u64, (Vec<u8>, DeviceId)>;
+
 /// Resolves certificates to peers, with the registry cached in memory.
 ///
 /// Every registry change made by this process calls [`PeerResolver::invalidate`] (revocations
@@ -94,7 +97,7 @@ pub struct PeerResolver {
     /// only costs a parse. Never decides by itself: every request still looks its device up
     /// (status included) in the registry cache, which a revocation invalidates at once.
     /// Bounded; past the bound it starts over.
-    ids: Arc<RwLock<HashMap<u64, (Vec<u8>, DeviceId)>>>,
+    ids: Arc<RwLock<CertificateIds>>,
 }
 
 impl PeerResolver {

@@ -29,7 +29,8 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// unary response (one message and trailers, ready at once) never subscribes, so it costs no
 /// lock on the broadcast. Nothing is missed meanwhile: every poll before subscribing compares
 /// the resolver's revocation count with the one taken before the peer was resolved, and a
-/// body that finds it moved asks the registry (see [`PeerResolver::revocation_epoch`]).
+/// body that finds it moved subscribes and asks the registry, sending nothing until it has
+/// the answer (see [`PeerResolver::revocation_epoch`]).
 pub struct RevocableBody {
     inner: Body,
     watch: Watch,
@@ -40,38 +41,52 @@ pub struct RevocableBody {
 enum Watch {
     /// Not subscribed yet: no revocation was announced since `epoch`.
     Lazy { id: DeviceId, epoch: u64, gate: Arc<Gate> },
+    /// Subscribed after a revocation was announced since `epoch`: the registry is asked
+    /// whether it was this device's (`check`, true when revoked) before the body goes on;
+    /// then `follow` watches the broadcast.
+    Checking { check: Pin<Box<dyn Future<Output = bool> + Send>>, follow: Signal },
     /// Subscribed: completes when the device is revoked.
     Armed(Signal),
 }
 
 impl Watch {
-    /// Subscribes (a no-op once armed). A revocation announced since `epoch` may be this
-    /// device's: the registry says.
+    /// Subscribes (a no-op once subscribed).
     fn arm(&mut self) {
         if let Watch::Lazy { id, epoch, gate } = self {
             let (id, peers) = (*id, gate.peers.clone());
             let revocations = peers.subscribe();
             let missed = peers.revocation_epoch() != *epoch;
-            *self = Watch::Armed(Box::pin(async move {
-                if missed && peers.is_revoked(id).await {
-                    return;
-                }
-                revocation_of(id, revocations, peers).await;
-            }));
+            let follow: Signal = Box::pin(revocation_of(id, revocations, peers.clone()));
+            *self = if missed {
+                Watch::Checking { check: Box::pin(async move { peers.is_revoked(id).await }), follow }
+            } else {
+                Watch::Armed(follow)
+            };
         }
     }
 
-    /// Whether the device is revoked as far as this watch knows (arming it when a
-    /// revocation was announced since it started).
-    fn revoked(&mut self, cx: &mut Context<'_>) -> bool {
+    /// `Ready(true)`: the device is revoked; `Ready(false)`: not as far as this watch knows;
+    /// `Pending`: the registry is being asked, the body must wait. Subscribes when a
+    /// revocation was announced since the watch started.
+    fn revoked(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         if let Watch::Lazy { epoch, gate, .. } = self
             && gate.peers.revocation_epoch() != *epoch
         {
             self.arm();
         }
+        if let Watch::Checking { check, follow } = self {
+            match check.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(true) => return Poll::Ready(true),
+                Poll::Ready(false) => {
+                    let follow = std::mem::replace(follow, Box::pin(std::future::pending()));
+                    *self = Watch::Armed(follow);
+                }
+            }
+        }
         match self {
-            Watch::Lazy { .. } => false,
-            Watch::Armed(signal) => signal.as_mut().poll(cx).is_ready(),
+            Watch::Armed(signal) => Poll::Ready(signal.as_mut().poll(cx).is_ready()),
+            Watch::Lazy { .. } | Watch::Checking { .. } => Poll::Ready(false),
         }
     }
 }
@@ -105,11 +120,6 @@ pub async fn revocation_of(
 }
 
 impl RevocableBody {
-    /// Wraps `inner`; it ends when `revoked` completes.
-    pub fn new(inner: Body, revoked: impl Future<Output = ()> + Send + 'static) -> Self {
-        RevocableBody { inner, watch: Watch::Armed(Box::pin(revoked)), ended: false }
-    }
-
     /// Wraps `inner` of device `id`'s response; it ends when the device is revoked after
     /// `epoch` ([`PeerResolver::revocation_epoch`], taken before the peer was resolved).
     pub fn of_device(inner: Body, id: DeviceId, epoch: u64, gate: Arc<Gate>) -> Self {
@@ -137,8 +147,10 @@ impl http_body::Body for RevocableBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.watch.revoked(cx) {
-            return this.end_revoked();
+        match this.watch.revoked(cx) {
+            Poll::Ready(true) => return this.end_revoked(),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(false) => {}
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -149,7 +161,7 @@ impl http_body::Body for RevocableBody {
             Poll::Pending => {
                 if matches!(this.watch, Watch::Lazy { .. }) {
                     this.watch.arm();
-                    if this.watch.revoked(cx) {
+                    if this.watch.revoked(cx) == Poll::Ready(true) {
                         return this.end_revoked();
                     }
                 }
