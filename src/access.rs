@@ -71,6 +71,12 @@ pub enum Refusal {
 /// Revocations a slow subscriber may miss before it re-checks the registry instead.
 const REVOCATION_BACKLOG: usize = 64;
 
+/// Certificates whose device id [`PeerResolver`] remembers at most; past it, it starts over.
+const MAX_REMEMBERED_CERTIFICATES: usize = 1024;
+
+/// A certificate's DER and the device id it names, by [`certificate_slot`].
+type CertificateIds = HashMap<u64, (Vec<u8>, DeviceId)>;
+
 /// Resolves certificates to peers, with the registry cached in memory.
 ///
 /// Every registry change made by this process calls [`PeerResolver::invalidate`] (revocations
@@ -83,6 +89,15 @@ pub struct PeerResolver {
     cache: Arc<RwLock<HashMap<DeviceId, Arc<Device>>>>,
     generation: Arc<AtomicU64>,
     revocations: broadcast::Sender<DeviceId>,
+    /// Revocations announced so far (see [`PeerResolver::revocation_epoch`]).
+    revoked_count: Arc<AtomicU64>,
+    /// The device id each certificate names: a pure function of its DER, remembered (with the
+    /// whole DER, compared in full on every hit) so that a connection's requests parse its
+    /// certificate once. Keyed by [`certificate_slot`], a cheap digest of the DER; a clash
+    /// only costs a parse. Never decides by itself: every request still looks its device up
+    /// (status included) in the registry cache, which a revocation invalidates at once.
+    /// Bounded; past the bound it starts over.
+    ids: Arc<RwLock<CertificateIds>>,
 }
 
 impl PeerResolver {
@@ -93,6 +108,8 @@ impl PeerResolver {
             cache: Arc::default(),
             generation: Arc::default(),
             revocations: broadcast::channel(REVOCATION_BACKLOG).0,
+            revoked_count: Arc::default(),
+            ids: Arc::default(),
         }
     }
 
@@ -109,8 +126,17 @@ impl PeerResolver {
     /// of that device to end (see `rpc::streams`).
     pub fn revoked(&self, id: DeviceId) {
         self.invalidate(id);
+        // Counted before it is sent: whoever subscribes after the send sees the count moved.
+        self.revoked_count.fetch_add(1, Ordering::SeqCst);
         // No receiver means no open stream: nothing to end.
         let _ = self.revocations.send(id);
+    }
+
+    /// How many revocations were announced so far. A response that takes it before resolving
+    /// its peer and finds it unchanged after [`PeerResolver::subscribe`] missed none (see
+    /// `rpc::streams`).
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revoked_count.load(Ordering::SeqCst)
     }
 
     /// Revocations from now on.
@@ -140,10 +166,30 @@ impl PeerResolver {
         let Some(leaf) = certs.and_then(|c| c.first()) else {
             return Ok(Peer::anonymous(address));
         };
-        let Some(id) = ca::device_id_from_certificate(leaf.as_ref()) else {
+        let Some(id) = self.certificate_device(leaf.as_ref()) else {
             return Err(Refusal::UnknownDevice(None));
         };
         self.resolve_device(id, address).await
+    }
+
+    /// The device id `der` names ([`ca::device_id_from_certificate`]), parsed once per
+    /// certificate.
+    fn certificate_device(&self, der: &[u8]) -> Option<DeviceId> {
+        let slot = certificate_slot(der);
+        if let Ok(ids) = self.ids.read()
+            && let Some((known, id)) = ids.get(&slot)
+            && known.as_slice() == der
+        {
+            return Some(*id);
+        }
+        let id = ca::device_id_from_certificate(der)?;
+        if let Ok(mut ids) = self.ids.write() {
+            if ids.len() >= MAX_REMEMBERED_CERTIFICATES {
+                ids.clear();
+            }
+            ids.insert(slot, (der.to_vec(), id));
+        }
+        Some(id)
     }
 
     /// The peer acting as registered device `id` (authenticated by other means than a
@@ -179,6 +225,16 @@ impl PeerResolver {
         }
         Ok(Some(device))
     }
+}
+
+/// Where [`PeerResolver`] keeps what a certificate names: its length and last 8 bytes (the
+/// tail of its signature, which differs between any two certificates the node issued). Not a
+/// security boundary: a hit is compared with the whole DER.
+fn certificate_slot(der: &[u8]) -> u64 {
+    let mut tail = [0u8; 8];
+    let start = der.len().saturating_sub(tail.len());
+    tail[..der.len() - start].copy_from_slice(&der[start..]);
+    u64::from_le_bytes(tail) ^ (der.len() as u64).rotate_left(48)
 }
 
 /// A denied call: what to tell the caller.

@@ -519,3 +519,42 @@ async fn the_cli_prints_one_json_object_per_change() {
         .unwrap_or_else(|| panic!("no resume point in {stderr:?}"));
     assert!(resume == since + 3 || resume == last, "{stderr}");
 }
+
+/// A response body waits for nothing before its first frame: it checks a revocation count
+/// instead of subscribing. A revocation announced after the gate resolved the peer (the count
+/// moved) makes it ask the registry and send nothing of a revoked device's response; another
+/// device's revocation lets it through.
+#[tokio::test]
+async fn a_response_revoked_after_its_peer_was_resolved_sends_nothing() {
+    use http_body_util::{BodyExt, Full};
+    use palyra::rpc::streams::RevocableBody;
+    use std::sync::Arc;
+    use tonic::body::Body;
+    use tonic::codegen::Bytes;
+
+    let served = TestNode::start().await;
+    let kept = palyra::testkit::mint(&served.node, Role::Device, "kept", &["team"]).await;
+    let lost = palyra::testkit::mint(&served.node, Role::Device, "lost", &["team"]).await;
+    let gate = Arc::new(served.node.gate().clone());
+    let payload = || Body::new(Full::new(Bytes::from_static(b"payload")).map_err(|e| match e {}));
+    let first_frame = |body: RevocableBody| async move {
+        let mut body = std::pin::pin!(body);
+        body.as_mut().frame().await.unwrap().unwrap()
+    };
+
+    // Nothing revoked since the epoch: the data passes.
+    let epoch = gate.peers.revocation_epoch();
+    let frame = first_frame(RevocableBody::of_device(payload(), lost.id, epoch, Arc::clone(&gate))).await;
+    assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"payload"));
+
+    // `lost` revoked after its peer was resolved (the epoch taken before).
+    served.node.revoke(lost.id, "lost").await.unwrap();
+    gate.peers.revoked(lost.id);
+    let frame = first_frame(RevocableBody::of_device(payload(), lost.id, epoch, Arc::clone(&gate))).await;
+    let trailers = frame.into_trailers().expect("the revoked device's body ends at once, with no data");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "16");
+
+    // The count moved, but `kept` is not revoked: the registry says so and its data passes.
+    let frame = first_frame(RevocableBody::of_device(payload(), kept.id, epoch, Arc::clone(&gate))).await;
+    assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"payload"));
+}

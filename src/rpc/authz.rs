@@ -3,6 +3,7 @@
 //! Node)` before any handler runs. Unknown methods have no action in the schema and are denied.
 //! Handlers that touch a resource ask again with [`Gate::check`].
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::Status;
@@ -66,21 +67,21 @@ impl GateExt for Gate {
 /// The gate as a tower layer.
 #[derive(Debug, Clone)]
 pub struct GateLayer {
-    gate: Gate,
+    gate: Arc<Gate>,
     limits: super::MessageLimits,
 }
 
 impl GateLayer {
     /// A layer deciding with `gate`; request bodies that pass are framed by `limits`.
     pub fn new(gate: Gate, limits: super::MessageLimits) -> Self {
-        GateLayer { gate, limits }
+        GateLayer { gate: Arc::new(gate), limits }
     }
 }
 
 impl<S> Layer<S> for GateLayer {
     type Service = GateService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        GateService { inner, gate: self.gate.clone(), limits: self.limits }
+        GateService { inner, gate: Arc::clone(&self.gate), limits: self.limits }
     }
 }
 
@@ -88,7 +89,8 @@ impl<S> Layer<S> for GateLayer {
 #[derive(Debug, Clone)]
 pub struct GateService<S> {
     inner: S,
-    gate: Gate,
+    /// Shared, so a request clones one pointer, not the gate's every handle.
+    gate: Arc<Gate>,
     limits: super::MessageLimits,
 }
 
@@ -109,7 +111,7 @@ where
         // The ready clone is the one that was polled; keep a fresh clone for next time.
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let gate = self.gate.clone();
+        let gate = Arc::clone(&self.gate);
         let framing = self.limits.framing(request.uri().path());
         Box::pin(async move {
             // Counted per known method and status code (metrics off: a no-op).
@@ -119,7 +121,7 @@ where
                 let certs = info.and_then(|i| i.peer_certs());
                 let address = info.and_then(|i| i.get_ref().remote_addr());
                 // Before resolving, so a revocation racing the resolution is still seen.
-                let revocations = gate.peers.subscribe();
+                let epoch = gate.peers.revocation_epoch();
                 let peer = match gate.peers.resolve(certs.as_deref().map(|c| c.as_slice()), address).await {
                     Ok(peer) => peer,
                     Err(refused) => return Ok(Status::from(refused).into_http()),
@@ -139,10 +141,8 @@ where
                 let response = inner.call(request).await?;
                 // A device's response stream ends within a second of its revocation.
                 Ok(match device {
-                    Some(id) => {
-                        let revoked = streams::revocation_of(id, revocations, gate.peers.clone());
-                        response.map(|body| Body::new(streams::RevocableBody::new(body, revoked)))
-                    }
+                    Some(id) => response
+                        .map(|body| Body::new(streams::RevocableBody::of_device(body, id, epoch, Arc::clone(&gate)))),
                     None => response,
                 })
             }

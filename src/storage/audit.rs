@@ -134,7 +134,7 @@ fn append_in(
                     &entry.resource,
                     entry.decision.as_str(),
                     &entry.reason,
-                    hex::encode(record.hash),
+                    lower_hex(&record.hash),
                 ))?;
             }
         }
@@ -143,13 +143,26 @@ fn append_in(
     }
 }
 
+/// `bytes` in lower-case hex, as `hex::encode` spells it, from a table: the audit writer
+/// spells three digests per batch and one per record, and `hex::encode` builds its string a
+/// `char` iterator at a time (a profile of the read path found it at 1 % of the node's CPU).
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
 /// Writes `head` and its seal into `audit_head` (the row must exist: the migration made it).
 fn seal(tx: &Connection, head: AuditHead, seal: &[u8; 32]) -> Result<(), StoreError> {
     let changed = tx.prepare_cached("UPDATE audit_head SET sequence = ?1, hash = ?2, mac = ?3 WHERE id = 1")?.execute(
         (
             i64::try_from(head.sequence).map_err(StoreError::corrupt)?,
-            hex::encode(head.hash),
-            hex::encode(seal),
+            lower_hex(&head.hash),
+            lower_hex(seal),
         ),
     )?;
     if changed != 1 {
@@ -490,5 +503,15 @@ impl Store {
             left -= count;
         }
         Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lower_hex_spells_as_hex_encode_does() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::lower_hex(&bytes), hex::encode(&bytes));
+        assert_eq!(super::lower_hex(&[]), "");
     }
 }
