@@ -7,7 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::authz::{Gate, peer_of};
-use super::slots::StreamSlots;
+use super::slots::{StreamSlots, forward};
 use crate::audit::{Audit, Follower};
 use crate::policy::Resource;
 use crate::wire::convert::{AuditQuery, prune_retention};
@@ -144,12 +144,8 @@ impl AuditService for AuditApi {
                     _ = stopping.wait_for(|stop| *stop) => Err(stream_shutdown()),
                     () = tx.closed() => return,
                 };
-                let last = item.is_err();
-                tokio::select! {
-                    biased;
-                    sent = tx.send(item) => if sent.is_err() || last { return },
-                    // A reader that takes nothing does not hold the server's drain.
-                    _ = stopping.wait_for(|stop| *stop) => return,
+                if !forward(&tx, item, &mut stopping).await {
+                    return;
                 }
             }
         });

@@ -1,9 +1,13 @@
-//! [`StreamSlots`]: how many long-lived streams of one kind (WatchSecrets, ExportAuditLog)
-//! each principal, and the node, may hold open at once. A slot is taken before the stream
-//! starts and given back when its task ends.
+//! Long-lived server streams (WatchSecrets, ExportAuditLog): [`StreamSlots`], how many of one
+//! kind each principal, and the node, may hold open at once (a slot is taken before the stream
+//! starts and given back when its task ends), and [`forward`], how a stream's task hands an
+//! item to its reader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
 
 use crate::access::{DenialKind, Denied};
 
@@ -58,5 +62,21 @@ impl Drop for StreamSlot {
                 open.remove(&self.principal);
             }
         }
+    }
+}
+
+/// Hands `item` to the stream's reader. False when the stream's task should end: the reader is
+/// gone, `item` was an error (its last message), or the server stops while the reader takes
+/// nothing (a reader that never reads does not hold the server's drain).
+pub(crate) async fn forward<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    item: Result<T, Status>,
+    stopping: &mut watch::Receiver<bool>,
+) -> bool {
+    let last = item.is_err();
+    tokio::select! {
+        biased;
+        sent = tx.send(item) => sent.is_ok() && !last,
+        _ = stopping.wait_for(|stop| *stop) => false,
     }
 }

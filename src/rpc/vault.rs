@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::authz::{Gate, GateExt, peer_of};
-use super::slots::StreamSlots;
+use super::slots::{StreamSlots, forward};
 use crate::access::{Denied, DenialKind};
 use crate::events::EventLog;
 use crate::policy::{Resource, actions};
@@ -302,12 +302,8 @@ impl VaultService for VaultApi {
                     _ = stopping.wait_for(|stop| *stop) => Err(stream_shutdown()),
                     () = tx.closed() => return,
                 };
-                let last = item.is_err();
-                tokio::select! {
-                    biased;
-                    sent = tx.send(item) => if sent.is_err() || last { return },
-                    // A reader that takes nothing does not hold the server's drain.
-                    _ = stopping.wait_for(|stop| *stop) => return,
+                if !forward(&tx, item, &mut stopping).await {
+                    return;
                 }
             }
         });
