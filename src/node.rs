@@ -394,16 +394,9 @@ impl Node {
             .map(|m| m.len())
             .sum::<u64>();
         set(StateGauge::DbSizeBytes, Some(i64::try_from(size).unwrap_or(i64::MAX)));
-        let newest = self.audit.recent(1, None, None).await;
-        set(
-            StateGauge::AuditRecords,
-            match newest {
-                Ok(records) => {
-                    Some(records.first().map_or(0, |r| i64::try_from(r.sequence).unwrap_or(i64::MAX)))
-                }
-                Err(_) => None,
-            },
-        );
+        // The last committed sequence, kept by the audit writer: no query.
+        let committed = *self.audit.committed().borrow();
+        set(StateGauge::AuditRecords, Some(i64::try_from(committed).unwrap_or(i64::MAX)));
         let unix = |t: SystemTime| crate::metrics::unix_seconds(t);
         // The server certificate's expiry is set by the gRPC edge, which serves (and renews) it.
         let devices = self.registry.devices().await;
