@@ -305,6 +305,17 @@ pub struct ConsoleConfig {
     pub max_connections_per_address: Option<usize>,
 }
 
+/// The console's one address rule, for `serve` and `config check` alike: a non-loopback
+/// address only when remote access is allowed knowingly (the console speaks plain HTTP).
+pub fn check_console_addr(addr: SocketAddr, allow_remote: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    Err(format!(
+        "the console address {addr} is not a loopback address and the console speaks plain HTTP: use 127.0.0.1 or ::1, or allow remote access knowingly (--console-allow-remote, console.allow_remote = true)"
+    ))
+}
+
 impl ConsoleConfig {
     /// Refuses out-of-range limits, saying which.
     fn check(&self) -> Result<(), String> {

@@ -12,6 +12,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::output::{CliError, Context, Exit};
+use super::policy_test::LineIndex;
 use crate::config::{ConfigError, DEFAULT_CONSOLE_ADDR, DEFAULT_GRPC_ADDR, FileConfig};
 
 /// `palyra config ...`.
@@ -30,28 +31,29 @@ Examples:
 
 /// Every key of the file (dotted, `console.addr`) with the line it is on.
 fn key_lines(text: &str) -> BTreeMap<String, usize> {
-    fn walk(table: &toml::de::DeTable<'_>, prefix: &str, text: &str, out: &mut BTreeMap<String, usize>) {
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        prefix: &str,
+        lines: &LineIndex,
+        out: &mut BTreeMap<String, usize>,
+    ) {
         for (key, value) in table {
             let path = if prefix.is_empty() {
                 key.get_ref().to_string()
             } else {
                 format!("{prefix}.{}", key.get_ref())
             };
-            out.insert(path.clone(), line_of(text, key.span().start));
+            out.insert(path.clone(), lines.line(key.span().start));
             if let toml::de::DeValue::Table(inner) = value.get_ref() {
-                walk(inner, &path, text, out);
+                walk(inner, &path, lines, out);
             }
         }
     }
     let mut out = BTreeMap::new();
     if let Ok(table) = toml::de::DeTable::parse(text) {
-        walk(table.get_ref(), "", text, &mut out);
+        walk(table.get_ref(), "", &LineIndex::new(text), &mut out);
     }
     out
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes().iter().take(offset).filter(|b| **b == b'\n').count() + 1
 }
 
 /// The key a semantic message is about (the longest one it names, as `grpc.max_connections`,
@@ -77,14 +79,8 @@ fn semantic(config: &FileConfig) -> Result<(), (String, String)> {
     if console.enabled != Some(false) {
         let addr = console.addr.or_else(|| default(DEFAULT_CONSOLE_ADDR));
         if let Some(addr) = addr {
-            if !addr.ip().is_loopback() && console.allow_remote != Some(true) {
-                return Err((
-                    "console.addr".into(),
-                    format!(
-                        "{addr} is not a loopback address and the console speaks plain HTTP: set console.allow_remote = true knowingly, or use 127.0.0.1"
-                    ),
-                ));
-            }
+            crate::config::check_console_addr(addr, console.allow_remote == Some(true))
+                .map_err(|message| ("console.addr".to_owned(), message))?;
             if grpc.is_some_and(|g| {
                 g.port() == addr.port()
                     && (g.ip() == addr.ip() || g.ip().is_unspecified() || addr.ip().is_unspecified())
@@ -96,20 +92,10 @@ fn semantic(config: &FileConfig) -> Result<(), (String, String)> {
             }
         }
     }
+    // The parser `init` and `serve` give the names to.
     for name in config.server_names.iter().flatten() {
-        let is_ip = name.parse::<std::net::IpAddr>().is_ok();
-        let is_dns = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            });
-        if !is_ip && !is_dns {
-            return Err(("server_names".into(), format!("{name:?} is neither a DNS name nor an IP address")));
-        }
+        crate::identity::ca::ServerName::parse(name)
+            .map_err(|e| ("server_names".to_owned(), format!("{name:?}: {e}")))?;
     }
     if let Some(backup) = config.backup.as_ref().filter(|b| !b.dir.is_absolute()) {
         return Err((

@@ -130,14 +130,14 @@ fn word(allow: bool) -> &'static str {
 
 /// The line of each offset of one text, from its newlines found once (a line per case of a
 /// large file would otherwise re-count from the start every time).
-struct LineIndex(Vec<usize>);
+pub(super) struct LineIndex(Vec<usize>);
 
 impl LineIndex {
-    fn new(text: &str) -> Self {
+    pub(super) fn new(text: &str) -> Self {
         LineIndex(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i).collect())
     }
 
-    fn line(&self, offset: usize) -> usize {
+    pub(super) fn line(&self, offset: usize) -> usize {
         self.0.partition_point(|&newline| newline < offset) + 1
     }
 }

@@ -156,14 +156,7 @@ fn console_addr(file: &FileConfig, args: &ServeArgs) -> Result<Option<(SocketAdd
         None => DEFAULT_CONSOLE_ADDR.parse::<SocketAddr>().map_err(|e| CliError::new(e.to_string()))?,
     };
     let allow_remote = args.console_allow_remote || console.allow_remote == Some(true);
-    if !addr.ip().is_loopback() && !allow_remote {
-        return Err(CliError::new(format!(
-            "the console address {addr} is not a loopback address; the console speaks plain HTTP"
-        ))
-        .hint(
-            "use 127.0.0.1 or ::1, or pass --console-allow-remote (console.allow_remote = true) knowingly",
-        ));
-    }
+    crate::config::check_console_addr(addr, allow_remote).map_err(CliError::new)?;
     Ok(Some((addr, allow_remote)))
 }
 
