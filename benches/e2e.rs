@@ -691,6 +691,15 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     );
     report.add(
         "2",
+        "PutSecret CPU per write, 64 clients",
+        many.cpu_us,
+        "µs",
+        Some(("1 client", one.cpu_us)),
+        "",
+        None,
+    );
+    report.add(
+        "2",
         "PutSecret p99, 64 clients",
         many.ms(0.99),
         "ms",

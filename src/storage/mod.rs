@@ -13,6 +13,7 @@
 mod audit;
 mod audit_sink;
 mod auth;
+mod checkpointer;
 mod devices;
 pub(crate) mod events;
 mod pairing;
@@ -109,6 +110,9 @@ struct Inner {
     /// The row-MAC key, installed once the root key is known ([`Store::authenticate_rows`]).
     /// A store without one (store-level tests) neither writes nor checks row MACs.
     row_mac: std::sync::OnceLock<Arc<RowMac>>,
+    /// WAL checkpoints run off the writer's thread ([`checkpointer`]); read by tests.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the store's tests"))]
+    checkpoints: Arc<checkpointer::CheckpointCount>,
 }
 
 impl fmt::Debug for Store {
@@ -130,6 +134,7 @@ impl Store {
         restrict_mode(path);
         configure_writer(&mut conn)?;
         migrate(&mut conn)?;
+        let checkpoints = checkpointer::install(&mut conn, path)?;
         let published = events::last_sequence(&conn)?;
         let hub = crate::events::EventHub::default();
 
@@ -150,6 +155,7 @@ impl Store {
                 reader_slots: Semaphore::new(READERS),
                 events: hub,
                 row_mac: std::sync::OnceLock::new(),
+                checkpoints,
             }),
         })
     }
@@ -190,6 +196,12 @@ impl Store {
     /// The row-MAC key, once installed.
     pub(crate) fn row_mac(&self) -> Option<Arc<RowMac>> {
         self.inner.row_mac.get().cloned()
+    }
+
+    /// WAL checkpoints the checkpointer thread has run since the store opened.
+    #[cfg(test)]
+    pub(crate) fn checkpoints(&self) -> u64 {
+        self.inner.checkpoints.get()
     }
 
     /// The database file.
@@ -587,6 +599,52 @@ mod tests {
             assert!(*number > previous, "migration {name} is out of sequence");
             assert!(!sql.trim().is_empty());
         }
+    }
+
+    /// Pages in the WAL file (its size over the page size; the header and frame headers make
+    /// it a slight overestimate).
+    fn wal_pages(path: &Path) -> u64 {
+        let wal = path.with_extension("db-wal");
+        std::fs::metadata(wal).map(|m| m.len() / 4096).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn checkpoints_run_off_the_writer_and_keep_the_wal_bounded() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
+        let path = dir.path().join("p.db");
+        let store = Store::open(&path)?;
+        store
+            .write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE filler (n INTEGER PRIMARY KEY, v BLOB NOT NULL)")?))
+            .await?;
+        // 20 × 1,000 pages of 4 KiB rows: twenty times the mark at which the checkpointer wakes.
+        let checkpointed = store.checkpoints();
+        for round in 0..20i64 {
+            store
+                .write(move |c| {
+                    let mut insert = c.prepare_cached("INSERT INTO filler (n, v) VALUES (?1, zeroblob(4000))")?;
+                    for i in 0..1000 {
+                        insert.execute([round * 1000 + i])?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await?;
+            assert!(
+                wal_pages(&path) <= u64::try_from(checkpointer::WRITER_CHECKPOINT_PAGES + 2 * 1000).unwrap_or(0),
+                "the WAL grew past the writer's own checkpoint bound: {} pages",
+                wal_pages(&path)
+            );
+        }
+        // The checkpointer thread (not SQLite's autocheckpoint in the writer's commit) ran.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.checkpoints() == checkpointed && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.checkpoints() > checkpointed, "no checkpoint ran on the checkpointer thread");
+        // And it copied the WAL into the database file: ~80 MB of rows are in it.
+        let copied = std::fs::metadata(&path).map_err(StoreError::new)?.len();
+        assert!(copied > 40_000_000, "the database file holds {copied} bytes");
+        store.close();
+        Ok(())
     }
 
     #[tokio::test]
