@@ -180,6 +180,7 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     db.execute_batch(
         "ALTER TABLE secrets DROP COLUMN mac; ALTER TABLE devices DROP COLUMN mac;
          ALTER TABLE policy_versions DROP COLUMN mac; DELETE FROM meta WHERE key = 'row_macs';
+         DELETE FROM meta WHERE key = 'rewrapped_generation';
          DROP TABLE audit_head; DROP TABLE enrollment_keys; DROP TABLE audit_checkpoints;
          DROP TABLE audit_sink_cursor; PRAGMA user_version = 8;",
     )

@@ -356,6 +356,11 @@ async fn an_interrupted_rotation_leaves_everything_readable_and_is_finished_on_o
         .query_row("SELECT count(*) FROM secret_versions WHERE kek_generation < 2", [], |r| r.get(0))
         .unwrap();
     assert_eq!(pending, 0, "open finishes the interrupted rotation");
+    // And records it, so the next start reads no envelope to find out.
+    let marker: String = raw_db(dir.path())
+        .query_row("SELECT value FROM meta WHERE key = 'rewrapped_generation'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(marker, "2");
     for i in 0..10 {
         assert_eq!(node.vault.get(&s, &key(&format!("k{i}")), None).await.unwrap().0.expose(), b"v");
     }

@@ -57,6 +57,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (11, "enrollment_keys", include_str!("migrations/0011_enrollment_keys.sql")),
     (12, "audit_checkpoints", include_str!("migrations/0012_audit_checkpoints.sql")),
     (13, "audit_sink_cursor", include_str!("migrations/0013_audit_sink_cursor.sql")),
+    (14, "rewrap_marker", include_str!("migrations/0014_rewrap_marker.sql")),
 ];
 
 /// Largest number of writes committed together.

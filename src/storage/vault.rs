@@ -457,7 +457,7 @@ fn rewrap_batch(
         .collect::<Result<Vec<_>, _>>()
         .map_err(StoreError::from)?
     };
-    let mut progress = RewrapProgress::default();
+    let mut progress = RewrapProgress { generation: target, ..RewrapProgress::default() };
     let mut update = conn
         .prepare_cached("UPDATE secret_versions SET envelope = ?3, kek_generation = ?4 WHERE object_id = ?1 AND version = ?2")
         .map_err(StoreError::from)?;
@@ -480,16 +480,25 @@ fn rewrap_batch(
     Ok(progress)
 }
 
-fn pending_rewrap(conn: &Connection) -> Result<u64, VaultError> {
-    let target = current_generation(conn)?;
-    let count: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM secret_versions WHERE envelope IS NOT NULL AND kek_generation < ?1",
-        )
+/// The generation every envelope was last found rewrapped to (0 when unknown).
+fn rewrapped_generation(conn: &Connection) -> Result<u32, StoreError> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'rewrapped_generation'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    text.map_or(Ok(0), |t| t.parse().map_err(|_| StoreError::corrupt("rewrapped_generation")))
+}
+
+fn rewrap_pending(conn: &Connection) -> Result<bool, VaultError> {
+    Ok(rewrapped_generation(conn)? < current_generation(conn)?)
+}
+
+fn rewrap_finished(conn: &Connection, generation: u32) -> Result<(), VaultError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('rewrapped_generation', ?1)")
         .map_err(StoreError::from)?
-        .query_row([target], |r| r.get(0))
+        .execute([generation.to_string()])
         .map_err(StoreError::from)?;
-    Ok(u64::try_from(count).unwrap_or(0))
+    Ok(())
 }
 
 impl BlobBackend for SqliteBlobBackend {
@@ -548,8 +557,12 @@ impl BlobBackend for SqliteBlobBackend {
         Box::pin(self.store.write(move |c| rewrap_batch(c, after, limit, rewrap)))
     }
 
-    fn pending_rewrap(&self) -> BoxFuture<'_, Result<u64, VaultError>> {
-        Box::pin(self.store.read(pending_rewrap))
+    fn rewrap_pending(&self) -> BoxFuture<'_, Result<bool, VaultError>> {
+        Box::pin(self.store.read(rewrap_pending))
+    }
+
+    fn rewrap_finished(&self, generation: u32) -> BoxFuture<'_, Result<(), VaultError>> {
+        Box::pin(self.store.write(move |c| rewrap_finished(c, generation)))
     }
 
     fn count_live(&self) -> BoxFuture<'_, Result<u64, VaultError>> {

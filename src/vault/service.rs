@@ -215,7 +215,7 @@ impl Vault {
     /// finishes it.
     pub async fn rotate_key(&self) -> Result<Rotation, VaultError> {
         let _one_at_a_time = self.rotation.lock().await;
-        let mut rewrapped = self.rewrap_all().await?;
+        let mut rewrapped = self.finish_interrupted().await?;
         let generation = self.backend.begin_rotation().await?;
         rewrapped += self.rewrap_all().await?;
         Ok(Rotation { generation, rewrapped })
@@ -224,7 +224,13 @@ impl Vault {
     /// Finishes a rotation that a crash interrupted. Returns how many envelopes it rewrapped.
     pub async fn resume_rotation(&self) -> Result<u64, VaultError> {
         let _one_at_a_time = self.rotation.lock().await;
-        self.rewrap_all().await
+        self.finish_interrupted().await
+    }
+
+    /// Rewraps what an interrupted rotation left, if one did (a marker, not a scan: a node
+    /// with nothing to finish starts without reading its envelopes).
+    async fn finish_interrupted(&self) -> Result<u64, VaultError> {
+        if self.backend.rewrap_pending().await? { self.rewrap_all().await } else { Ok(0) }
     }
 
     async fn rewrap_all(&self) -> Result<u64, VaultError> {
@@ -246,7 +252,12 @@ impl Vault {
             }
             match progress.last {
                 Some(last) => after = Some(last),
-                None => return Ok(total),
+                None => {
+                    // Every envelope is at the target now, but those that failed their check
+                    // (left as they were, and warned about above): later starts need not look.
+                    self.backend.rewrap_finished(progress.generation).await?;
+                    return Ok(total);
+                }
             }
         }
     }

@@ -66,6 +66,8 @@ pub struct ListQuery {
 pub struct RewrapProgress {
     /// The last (object id, version) examined; `None` when nothing was left to examine.
     pub last: Option<(ObjectId, u64)>,
+    /// The generation envelopes are rewrapped to (the current one).
+    pub generation: u32,
     /// Versions moved to the target generation.
     pub rewrapped: u64,
     /// Versions whose envelope failed to open (corrupt); left at their old generation, where
@@ -112,8 +114,11 @@ pub trait BlobBackend: Send + Sync + fmt::Debug {
         limit: usize,
         rewrap: RewrapFn,
     ) -> BoxFuture<'_, Result<RewrapProgress, VaultError>>;
-    /// Envelopes not yet at the current generation (an interrupted rotation).
-    fn pending_rewrap(&self) -> BoxFuture<'_, Result<u64, VaultError>>;
+    /// Whether a rotation may have left envelopes below the current generation (it began and
+    /// did not record its end with [`BlobBackend::rewrap_finished`]).
+    fn rewrap_pending(&self) -> BoxFuture<'_, Result<bool, VaultError>>;
+    /// Records that every envelope is at generation `generation` (a rewrap found none below).
+    fn rewrap_finished(&self, generation: u32) -> BoxFuture<'_, Result<(), VaultError>>;
     /// The scopes holding a live secret, in order, at most `limit`.
     fn scopes(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Scope>, VaultError>>;
     /// Live (not deleted) secrets.
