@@ -4,7 +4,7 @@
 //! Covers: the child sees granted values (from `--env`, `--env-file` and the environment) in
 //! its environment and nowhere else; a denied, missing or malformed reference starts nothing and
 //! exits 3, 4 or 2 with one line naming it; the child's status and signals pass through;
-//! `--watch` restarts the child on a put; a long-lived `run` renews its certificate; `inject`
+//! `--watch` restarts the child on a put and stops it (exit 3) when the device is revoked; a long-lived `run` renews its certificate; `inject`
 //! writes a 0600 file atomically or nothing; exit codes of ordinary commands (3, 4, 6, 7, 2).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -391,6 +391,50 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
 
     sigterm(&child);
     assert_eq!(wait(child, Duration::from_secs(30)).await.code(), Some(0));
+    w.node.stop().await;
+}
+
+/// Revoking the agent's device withdraws its access: `run --watch` stops the command and exits
+/// 3 within seconds, instead of retrying the watch for ever with the command still holding the
+/// secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_stops_the_command_and_exits_3_when_the_device_is_revoked() {
+    use palyra::wire::pb::identity::v1::{
+        RevokeDeviceRequest, identity_service_client::IdentityServiceClient,
+    };
+    let w = World::start(Duration::from_secs(3600)).await;
+    let script = r#"trap 'echo stopped; exit 0' TERM; echo "started $API_KEY"; while :; do sleep 0.05; done"#;
+    let mut child = w
+        .command(&[
+            "run",
+            "--watch",
+            "--env",
+            "API_KEY=palyra://agents/alpha/API_KEY",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stop = StopOnPanic(child.id());
+    let mut out = lines(child.stdout.take().unwrap());
+    let mut err = lines(child.stderr.take().unwrap());
+    line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
+
+    IdentityServiceClient::new(w.node.operator().await)
+        .revoke_device(RevokeDeviceRequest { device_id: w.agent_id.clone(), reason: "lost laptop".into() })
+        .await
+        .unwrap();
+    let line = line_with(&mut err, "stopping the command", Duration::from_secs(10)).await;
+    assert!(line.contains("ERROR_REASON_DEVICE_REVOKED") && !line.contains(API_KEY), "{line}");
+    line_with(&mut out, "stopped", Duration::from_secs(10)).await;
+    assert_eq!(wait(child, Duration::from_secs(15)).await.code(), Some(3));
+    while let Ok(line) = err.try_recv() {
+        assert!(!line.contains("retrying"), "{line}");
+    }
     w.node.stop().await;
 }
 

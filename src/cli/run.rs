@@ -15,8 +15,10 @@
 //! With `--watch`, palyra follows the referenced secrets with `VaultService/WatchSecrets` (one
 //! stream per scope, resumed from the last sequence when it breaks); on a change it resolves
 //! again and, when a version changed, stops the command (SIGTERM, SIGKILL after 10 s) and starts
-//! it with the new values. A re-resolution that fails keeps the running command. A long-lived
-//! `run` renews this data dir's certificate past two thirds of its lifetime.
+//! it with the new values. A re-resolution that fails keeps the running command. When the node
+//! refuses a watch for good (this device revoked or unknown, a scope no longer allowed), access
+//! was withdrawn: palyra stops the command the same way and exits 3 instead of retrying. A
+//! long-lived `run` renews this data dir's certificate past two thirds of its lifetime.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -65,7 +67,9 @@ pub(super) struct RunArgs {
     /// repeatable, later files win, --env wins over files.
     #[arg(long = "env-file", value_name = "FILE")]
     env_file: Vec<PathBuf>,
-    /// Restart the command when a referenced secret changes.
+    /// Restart the command when a referenced secret changes. Should the node revoke this
+    /// device or stop allowing a watched scope, stop the command (TERM, then KILL after 10 s)
+    /// and exit 3.
     #[arg(long)]
     watch: bool,
     /// The command and its arguments, after `--`.
@@ -107,6 +111,9 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
     let channel_now = if references.is_empty() { None } else { Some(connect(ctx).await?) };
     // Watches first, so that no change between the first resolution and the watch is missed.
     let (change_tx, mut changes) = mpsc::channel::<()>(1);
+    // A watch that the node refuses for good (this device revoked or unknown, the scope no
+    // longer allowed) says so here: access to the secrets was withdrawn.
+    let (withdrawn_tx, mut withdrawn) = mpsc::channel::<CliError>(1);
     if let Some(dir) = dir.as_ref().filter(|_| args.watch) {
         let mut by_scope: BTreeMap<&Scope, BTreeSet<&SecretKey>> = BTreeMap::new();
         for r in &references {
@@ -121,7 +128,7 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                     .open(channel.clone(), 0)
                     .await
                     .map_err(|e| CliError::from(e).context(format!("watch {scope}")))?;
-                tokio::spawn(watch.follow(stream, change_tx.clone()));
+                tokio::spawn(watch.follow(stream, change_tx.clone(), withdrawn_tx.clone()));
             }
         }
         tokio::spawn(renew_forever(ctx.server.clone(), dir.clone()));
@@ -140,12 +147,19 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
     // with it (also in a restart already under way), and no later change restarts it.
     let mut stopping = false;
     let mut restart: Option<Restart> = None;
+    // Access withdrawn: the command was told to stop (and is killed after the grace period);
+    // palyra then exits with this error, not the command's status.
+    let mut lost: Option<(CliError, Option<Instant>)> = None;
     loop {
         let pid = child.id();
-        let kill_at = restart.as_ref().filter(|r| !r.killed).map(|r| r.kill_at);
+        let kill_at =
+            restart.as_ref().filter(|r| !r.killed).map(|r| r.kill_at).or(lost.as_ref().and_then(|l| l.1));
         tokio::select! {
             status = child.wait() => {
                 let status = status.map_err(|e| CliError::new(format!("cannot wait for the command: {e}")))?;
+                if let Some((error, _)) = lost.take() {
+                    return Err(error);
+                }
                 match restart.take() {
                     Some(Restart { env, versions, .. }) if !stopping => {
                         child = spawn(&args.command, env)?;
@@ -171,6 +185,22 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
                 if let Some(r) = restart.as_mut() {
                     r.killed = true;
                 }
+                if let Some(l) = lost.as_mut() {
+                    l.1 = None;
+                }
+            }
+            Some(error) = withdrawn.recv(), if lost.is_none() => {
+                eprintln!("palyra run: {}; stopping the command", error.message);
+                // A restart under way already sent TERM and keeps its own deadline.
+                if restart.is_none()
+                    && let Some(pid) = pid
+                {
+                    send(pid, rustix::process::Signal::TERM);
+                }
+                let kill_at = restart.as_ref().map_or_else(|| Instant::now() + STOP_GRACE, |r| r.kill_at);
+                restart = None;
+                stopping = true;
+                lost = Some((error, Some(kill_at)));
             }
             Some(()) = changes.recv() => {
                 // A stop was asked for (and forwarded): the command is on its way out, and palyra
@@ -499,7 +529,13 @@ impl Watch {
         self,
         mut stream: tonic::codec::Streaming<pb::WatchSecretsResponse>,
         changes: mpsc::Sender<()>,
+        withdrawn: mpsc::Sender<CliError>,
     ) {
+        // Refused for good (revoked, unknown, no longer allowed): retrying would never end.
+        let give_up = |status: tonic::Status| {
+            let error = CliError::from(status).context(format!("watch {}", self.scope));
+            let _ = withdrawn.try_send(error);
+        };
         let mut last = 0;
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -519,6 +555,7 @@ impl Watch {
                         }
                     }
                 }
+                Err(s) if Exit::of(&s) == Exit::Denied => return give_up(s),
                 Ok(None) | Err(_) => loop {
                     if changes.is_closed() {
                         return;
@@ -542,6 +579,7 @@ impl Watch {
                         }
                         // The log moved past `last`: start from now and check everything.
                         Err(s) if reason(&s).as_deref() == Some("ERROR_REASON_EVENTS_TRUNCATED") => last = 0,
+                        Err(s) if Exit::of(&s) == Exit::Denied => return give_up(s),
                         Err(s) => self.retrying(&CliError::from(s).message, backoff),
                     }
                 },
