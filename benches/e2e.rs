@@ -660,16 +660,18 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
         let calls: Arc<Vec<Call>> = Arc::new(clients.iter().map(|c| put(c.clone(), tag, keys)).collect());
         Arc::new(move |i| calls[(i % 64) as usize](i))
     };
+    // Each baseline runs right after the figure it is compared with: fsync times on a shared
+    // disk move several-fold within a minute.
+    let bare = |per_commit: usize| {
+        let load = s.load;
+        tokio::task::spawn_blocking(move || rusqlite_loop(per_commit, load))
+    };
     let one = closed_loop(1, s.warmup, s.load, put(client.clone(), "one", 0)).await;
+    let bare_one = bare(1).await.unwrap();
     let many = closed_loop(64, s.warmup, s.load, many_call("many", 0)).await;
+    let bare_batched = bare(64).await.unwrap();
     let one_versions = closed_loop(1, s.warmup, s.load, put(client.clone(), "one-v", 1)).await;
     let many_versions = closed_loop(64, s.warmup, s.load, many_call("many-v", 64)).await;
-    let (bare_one, bare_batched) = tokio::task::spawn_blocking({
-        let s = *s;
-        move || (rusqlite_loop(1, s.load), rusqlite_loop(64, s.load))
-    })
-    .await
-    .unwrap();
     report.add(
         "2",
         "PutSecret, 1 client",
