@@ -3,6 +3,7 @@ API by the operator, then the paired device's own mTLS channel and its scope."""
 
 from __future__ import annotations
 
+import base64
 import queue
 import threading
 from pathlib import Path
@@ -134,3 +135,29 @@ def test_a_node_with_another_ca_is_refused_before_anything_is_sent(node: Node, t
             node.url, code=code.code_id, pin=code.pin, name="python-device",
             data_dir=tmp_path / "x", confirm_ca=lambda fp: False,
         )
+
+
+def test_pairing_with_an_enrollment_key_is_approved_at_once_with_its_scopes(node: Node, tmp_path: Path) -> None:
+    with node.operator() as op:
+        op.put_secret("agents/python", "TOKEN", b"for-the-fleet")
+        created = op.pairing.CreateEnrollmentKey(
+            pairing_pb2.CreateEnrollmentKeyRequest(scopes=["agents/python"], max_uses=2)
+        )
+    token = palyra_client.EnrollmentToken.parse(created.token)
+    assert token.key_id == created.key_id
+    assert token.secret not in repr(token)
+    # No operator step: pair() returns once the node answers.
+    paired = palyra_client.pair(enrollment_key=created.token, name="python-agent", data_dir=tmp_path / "a")
+    assert (tmp_path / "a" / "client" / "cert.pem").is_file()
+    with palyra_client.connect(node.url, data_dir=tmp_path / "a") as device:
+        assert device.whoami().device_id == paired.device_id
+        assert device.get_secret("agents/python", "TOKEN") == b"for-the-fleet"
+    # A token with the secret changed is not this key's: refused by the handshake, nothing stored.
+    wrong = palyra_client.EnrollmentToken(token.server, token.key_id, "0" * 32, token.ca_fingerprint)
+    inner = "\n".join([wrong.server, wrong.key_id, wrong.secret, wrong.ca_fingerprint]).encode()
+    forged = "palyra-enroll:v1:" + base64.urlsafe_b64encode(inner).decode().rstrip("=")
+    with pytest.raises(PairingFailed):
+        palyra_client.pair(enrollment_key=forged, name="python-agent", data_dir=tmp_path / "b")
+    assert not (tmp_path / "b" / "client" / "cert.pem").exists()
+    with pytest.raises(ValueError, match="palyra-enroll:v1:"):
+        palyra_client.pair(enrollment_key="not-a-token", name="python-agent", data_dir=tmp_path / "c")

@@ -27,13 +27,14 @@ from ._proto.palyra.policy.v1 import policy_pb2
 from ._proto.palyra.vault.v1 import vault_pb2
 from .client import DEFAULT_SERVER, Client, connect, credentials_dir, default_data_dir
 from .errors import ERROR_DOMAIN, ErrorReason, PalyraError
-from .pairing import Paired, PairingFailed, PairingUri, pair
+from .pairing import EnrollmentToken, Paired, PairingFailed, PairingUri, pair
 from .renewal import RenewalEvent
 
 __all__ = [
     "DEFAULT_SERVER",
     "ERROR_DOMAIN",
     "Client",
+    "EnrollmentToken",
     "ErrorReason",
     "Paired",
     "PairingFailed",

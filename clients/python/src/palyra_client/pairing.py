@@ -9,6 +9,7 @@ here and never leave it: the node gets public keys and a CSR.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -16,7 +17,7 @@ import secrets
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, urlsplit
@@ -81,6 +82,42 @@ class PairingUri:
         except KeyError as missing:
             raise ValueError(f"the pairing URI has no {missing.args[0]}") from None
         return cls(values["server"], values["code"], values["pin"], values["ca"])
+
+
+_ENROLLMENT_PREFIX = "palyra-enroll:v1:"
+_MAX_ENROLLMENT_TOKEN = 4096
+
+
+@dataclass(frozen=True)
+class EnrollmentToken:
+    """``palyra-enroll:v1:...`` from ``palyra enrollment create`` (or CreateEnrollmentKey): the
+    node's address, an enrollment key's id and secret, and the node's CA fingerprint. A device
+    paired with it is approved at once, with the key's scopes. Secret: ``repr`` hides it."""
+
+    server: str
+    key_id: str
+    secret: str = field(repr=False)
+    ca_fingerprint: str
+
+    @classmethod
+    def parse(cls, token: str) -> EnrollmentToken:
+        text = token.strip()
+        if len(text) > _MAX_ENROLLMENT_TOKEN:
+            raise ValueError("longer than any enrollment token")
+        if not text.startswith(_ENROLLMENT_PREFIX):
+            raise ValueError(f"an enrollment token starts with {_ENROLLMENT_PREFIX}")
+        body = text[len(_ENROLLMENT_PREFIX) :]
+        try:
+            inner = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("the enrollment token is not intact") from None
+        fields = inner.split("\n")
+        if len(fields) != 4 or not all(fields):
+            raise ValueError("the enrollment token is not intact (fields)")
+        server, key_id, secret, ca = fields
+        if len(ca) != 64 or any(c not in "0123456789abcdef" for c in ca):
+            raise ValueError("the enrollment token's CA fingerprint is malformed")
+        return cls(server, key_id, secret, ca)
 
 
 def _ulid() -> str:
@@ -153,6 +190,7 @@ def pair(
     uri: str | None = None,
     code: str | None = None,
     pin: str | None = None,
+    enrollment_key: str | None = None,
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
     ca_fingerprint: str | None = None,
@@ -162,7 +200,8 @@ def pair(
     poll_interval: float = 1.0,
 ) -> Paired:
     """Pairs the device whose data dir is ``data_dir`` (default: the CLI's) with a node, by ``uri`` (from a QR code
-    or ``palyra pairing code``) or by ``code`` and ``pin`` (then with ``server``).
+    or ``palyra pairing code``), by ``code`` and ``pin`` (then with ``server``), or by ``enrollment_key`` (a
+    ``palyra-enroll:v1:`` token: approved at once, no operator step; its CA fingerprint is checked like a URI's).
 
     The node's CA is checked before anything is sent: against the URI's ``ca``; by code, against
     ``ca_fingerprint``, or else ``confirm_ca(fingerprint)`` must return True. ``on_pending``
@@ -173,7 +212,12 @@ def pair(
     client_dir = (Path(data_dir) if data_dir is not None else default_data_dir()) / "client"
     if (client_dir / "cert.pem").exists():
         raise PairingFailed(f"this data dir is already paired ({client_dir})")
-    if uri is not None:
+    if enrollment_key is not None:
+        if uri is not None or code is not None or pin is not None or ca_fingerprint is not None:
+            raise ValueError("pass enrollment_key alone: it carries the server, the key and the CA fingerprint")
+        token = EnrollmentToken.parse(enrollment_key)
+        server, code, pin, expected_ca = f"https://{token.server}", token.key_id, token.secret, token.ca_fingerprint
+    elif uri is not None:
         if code is not None or pin is not None or ca_fingerprint is not None:
             raise ValueError("pass uri, or code and pin (and ca_fingerprint), not both")
         parsed = PairingUri.parse(uri)
