@@ -58,6 +58,9 @@ pub(super) fn install(writer: &mut Connection, path: &Path) -> Result<Arc<Checkp
                     Ok(_) => {
                         counted.0.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Another connection is checkpointing (the writer past its bound, or one
+                    // closing): that one copies the WAL.
+                    Err(e) if busy(&e) => {}
                     // The next commit past the mark wakes it again; the writer's own bound holds.
                     Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                 }
@@ -66,7 +69,9 @@ pub(super) fn install(writer: &mut Connection, path: &Path) -> Result<Arc<Checkp
         .map_err(|e| StoreError::new(format_args!("cannot start the checkpoint thread: {e}")))?;
     writer.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
         if pages >= WRITER_CHECKPOINT_PAGES {
-            if let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
+            if let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
+                && !busy(&e)
+            {
                 tracing::warn!(error = %e, pages, "WAL checkpoint by the writer failed");
             }
         } else if pages >= CHECKPOINT_PAGES {
@@ -76,4 +81,9 @@ pub(super) fn install(writer: &mut Connection, path: &Path) -> Result<Arc<Checkp
         Ok(())
     }))?;
     Ok(count)
+}
+
+/// SQLITE_BUSY: a checkpoint is already running on another connection.
+fn busy(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
 }
