@@ -708,3 +708,32 @@ async fn measure_backup_and_restore() {
         }
     }
 }
+
+/// `serve` says, in its banner, when the node has no recovery kit (a lost key would lose every
+/// secret, and no backup can be made), and stops saying it once there is one.
+#[test]
+fn serve_nudges_to_a_recovery_kit_until_there_is_one() {
+    let tmp = private_tempdir();
+    let data = tmp.path().join("node");
+    let banner = |data: &Path| -> String {
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&lines);
+        let mut serving =
+            testkit::spawn_serving(PALYRA.serve_command(data, "warn"), Duration::from_secs(120), move |l| {
+                seen.lock().unwrap().push(l)
+            });
+        // The banner's other lines follow the address line at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lines.lock().unwrap().iter().any(|l| l.contains("identity show")) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        serving.kill();
+        lines.lock().unwrap().join("\n")
+    };
+    let first = banner(&data);
+    assert!(first.contains("no recovery kit yet") && first.contains("recovery-kit"), "{first}");
+    make_kit(&data);
+    let second = banner(&data);
+    assert!(second.contains("identity show") && !second.contains("no recovery kit"), "{second}");
+}

@@ -384,8 +384,18 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
         if let Some(addr) = metrics_bound {
             console_line.push_str(&format!("\n  metrics: http://{addr}/metrics"));
         }
+        // The root key lives only in the keychain or key file: without a kit, a lost disk or
+        // keychain loses every secret, and no backup can be made.
+        let kit_line = if ctx.data_dir.join(crate::node_backup::KIT_FILE).exists() {
+            String::new()
+        } else {
+            format!(
+                "\n  no recovery kit yet: stop the node and run `palyra --data-dir {} recovery-kit` (a lost key loses every secret; backups need a kit)",
+                ctx.data_dir.display()
+            )
+        };
         let banner = format!(
-            "palyra node {} serving gRPC on https://{bound} and QUIC on {quic_bound}/udp{console_line}\n  operator credentials: {}\n  try: palyra --data-dir {} identity show",
+            "palyra node {} serving gRPC on https://{bound} and QUIC on {quic_bound}/udp{console_line}\n  operator credentials: {}\n  try: palyra --data-dir {} identity show{kit_line}",
             out.node_id,
             out.operator_credentials,
             ctx.data_dir.display()
