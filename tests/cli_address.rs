@@ -255,3 +255,47 @@ fn node_events_start_from_now_unless_since_is_given() {
     let _ = all.wait();
     assert_eq!(event["sequence"], 1, "--since 0 replays everything retained: {event}");
 }
+
+/// `--credentials DIR` (or `PALYRA_CREDENTIALS`) names a directory of client credentials outright,
+/// as one mounted into a container: a data dir with none of its own works with it; a directory
+/// without a certificate says so; `--as` and `--credentials` together are a usage error.
+#[test]
+fn credentials_from_a_directory_named_outright() {
+    let dir = testkit::private_tempdir();
+    let data = dir.path().join("node");
+    let served = Killed(PALYRA.serve(&data, "warn"));
+    let url = format!("https://{}", served.0.grpc);
+    // The operator's credentials copied elsewhere (0700 dir, 0600 files).
+    let mounted = dir.path().join("mounted");
+    std::fs::create_dir(&mounted).unwrap();
+    std::fs::set_permissions(&mounted, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for name in ["ca.pem", "cert.pem", "key.pem"] {
+        palyra::fsutil::write_private_atomic(
+            &mounted.join(name),
+            &std::fs::read(data.join("operator").join(name)).unwrap(),
+            false,
+        )
+        .unwrap();
+    }
+    let elsewhere = dir.path().join("empty");
+    let mounted_arg = mounted.to_str().unwrap();
+    let by_flag = ok(PALYRA
+        .run(&elsewhere, &["--json", "--server", &url, "--credentials", mounted_arg, "identity", "show"]));
+    assert_eq!(by_flag["caller"]["role"], "admin", "{by_flag}");
+    let by_env = PALYRA
+        .cli(&elsewhere)
+        .args(["--json", "--server", &url, "identity", "show"])
+        .env("PALYRA_CREDENTIALS", &mounted)
+        .output()
+        .unwrap();
+    assert_eq!(ok(by_env)["caller"]["role"], "admin");
+
+    let missing = PALYRA.run(
+        &elsewhere,
+        &["--server", &url, "--credentials", elsewhere.to_str().unwrap(), "identity", "show"],
+    );
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(stderr(&missing).contains("cert.pem is missing"), "{}", stderr(&missing));
+    let both = PALYRA.run(&data, &["--as", "device", "--credentials", mounted_arg, "identity", "show"]);
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+}

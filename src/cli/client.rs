@@ -30,6 +30,18 @@ pub async fn connect(ctx: &Context) -> Result<Channel, CliError> {
 /// `client/` on a paired device.
 /// `--as` picks one.
 pub fn credentials_dir(ctx: &Context) -> Result<PathBuf, CliError> {
+    if let Some(dir) = &ctx.credentials {
+        if dir.join("cert.pem").is_file() {
+            return Ok(dir.clone());
+        }
+        return Err(CliError::new(format!(
+            "no client credentials in {}: cert.pem is missing",
+            dir.display()
+        ))
+        .hint(
+            "--credentials (or PALYRA_CREDENTIALS) names a directory holding ca.pem, cert.pem and key.pem",
+        ));
+    }
     super::address::credential_dirs(&ctx.data_dir, ctx.as_, As::Operator).into_iter().next().ok_or_else(
         || {
             let which = match ctx.as_ {

@@ -52,6 +52,8 @@ Environment:
                       paired device) holds the client certificate: ca.pem, cert.pem, key.pem
   PALYRA_SERVER       the node's gRPC URL (--server)
   PALYRA_AS           whose credentials: operator or device (--as)
+  PALYRA_CREDENTIALS  a directory with ca.pem, cert.pem, key.pem (and identity.key) to use
+                      instead of the data dir's (--credentials)
   PALYRA_KEY_BACKEND  the root key's backend for init, serve and restore: auto, file, keychain
   PALYRA_LOG          log filter, e.g. debug or palyra=info,warn";
 
@@ -72,6 +74,11 @@ pub struct Cli {
     /// first].
     #[arg(long = "as", global = true, value_name = "WHO", help_heading = GLOBAL)]
     pub as_: Option<address::As>,
+    /// Client credentials from DIR (ca.pem, cert.pem, key.pem; identity.key for renewal), e.g.
+    /// mounted into a container, instead of the data dir's operator/ or client/ [env:
+    /// PALYRA_CREDENTIALS].
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL, conflicts_with = "as_")]
+    pub credentials: Option<PathBuf>,
     /// Machine-readable output (JSON).
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -158,6 +165,11 @@ impl Cli {
         self.server.clone().or_else(|| env("PALYRA_SERVER"))
     }
 
+    /// Credentials named outright: --credentials, else $PALYRA_CREDENTIALS.
+    fn credentials(&self) -> Option<PathBuf> {
+        self.credentials.clone().or_else(|| env("PALYRA_CREDENTIALS").map(PathBuf::from))
+    }
+
     /// Whose credentials: --as, else $PALYRA_AS.
     fn as_(&self) -> Result<Option<address::As>, CliError> {
         match (self.as_, env("PALYRA_AS")) {
@@ -190,7 +202,17 @@ impl Cli {
         } else {
             address::As::Operator
         };
-        let creds = address::credential_dirs(&data_dir, as_, first).into_iter().next();
+        let credentials = self.credentials();
+        if credentials.is_some() && as_.is_some() {
+            return Err(CliError::of(
+                Exit::Usage,
+                "--as (or PALYRA_AS) picks the data dir's credentials and --credentials (or PALYRA_CREDENTIALS) names a directory: give one",
+            ));
+        }
+        let creds = match &credentials {
+            Some(dir) => Some(dir.clone()),
+            None => address::credential_dirs(&data_dir, as_, first).into_iter().next(),
+        };
         // Commands that dial nothing: a bad PALYRA_SERVER must not stop them.
         let server = match self.command {
             Command::Init(_)
@@ -200,8 +222,14 @@ impl Cli {
             | Command::Man(_) => address::Server { url: String::new(), from: String::new() },
             _ => address::resolve(&data_dir, self.server().as_deref(), creds.as_deref())?,
         };
-        let ctx =
-            output::Context { data_dir, server: server.url, server_from: server.from, as_, json: self.json };
+        let ctx = output::Context {
+            data_dir,
+            server: server.url,
+            server_from: server.from,
+            as_,
+            credentials,
+            json: self.json,
+        };
         let result = match self.command {
             Command::Init(args) => serve::init(&ctx, args).await,
             Command::Serve(args) => serve::serve(&ctx, args).await,

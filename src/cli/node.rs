@@ -22,9 +22,6 @@ pub(super) enum NodeCommand {
         /// The node's QUIC address [default: the node serving on this data dir].
         #[arg(long, value_name = "HOST:PORT")]
         peer: Option<String>,
-        /// Directory with ca.pem, cert.pem and key.pem [default: client/, else operator/].
-        #[arg(long, value_name = "DIR")]
-        credentials: Option<PathBuf>,
     },
     /// Follow a node's event log until Ctrl-C (one line per event, JSON lines with --json).
     #[command(after_help = "Example:\n  palyra node events --peer 10.0.0.2:7444 --since 0 --json")]
@@ -39,16 +36,13 @@ pub(super) enum NodeCommand {
         /// Only this kind, e.g. vault.secret.written (repeatable).
         #[arg(long = "kind", value_name = "KIND")]
         kinds: Vec<String>,
-        /// Directory with ca.pem, cert.pem and key.pem [default: client/, else operator/].
-        #[arg(long, value_name = "DIR")]
-        credentials: Option<PathBuf>,
     },
 }
 
 pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError> {
     match cmd {
-        NodeCommand::Health { peer, credentials } => {
-            let client = connect(ctx, peer, credentials.as_deref()).await?;
+        NodeCommand::Health { peer } => {
+            let client = connect(ctx, peer, ctx.credentials.as_deref()).await?;
             let health = client.health().await.map_err(quic_error)?;
             client.close().await;
             #[derive(Serialize)]
@@ -71,8 +65,8 @@ pub(super) async fn run(ctx: &Context, cmd: NodeCommand) -> Result<(), CliError>
                 )
             })
         }
-        NodeCommand::Events { peer, since, kinds, credentials } => {
-            let client = connect(ctx, peer, credentials.as_deref()).await?;
+        NodeCommand::Events { peer, since, kinds } => {
+            let client = connect(ctx, peer, ctx.credentials.as_deref()).await?;
             let mut events = client
                 .stream_events(since.unwrap_or(crate::quic::EVENTS_FROM_NOW), kinds)
                 .await

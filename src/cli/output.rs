@@ -18,6 +18,9 @@ pub struct Context {
     pub server_from: String,
     /// `--as`: whose credentials (`None`: `operator/`, else `client/`).
     pub as_: Option<super::address::As>,
+    /// `--credentials` (or `$PALYRA_CREDENTIALS`): a directory of client credentials named
+    /// outright, instead of the data dir's `operator/` or `client/`.
+    pub credentials: Option<PathBuf>,
     /// `--json`.
     pub json: bool,
 }

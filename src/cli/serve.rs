@@ -553,6 +553,7 @@ mod tests {
             server: String::new(),
             server_from: String::new(),
             as_: None,
+            credentials: None,
             json: false,
         };
         let init = InitArgs { key_backend: None, server_names: Vec::new(), config: None, _server: None };
