@@ -11,7 +11,9 @@
 //! Bounds: a PASSIVE checkpoint cannot copy frames a reader still needs, and the WAL is
 //! rewound only once everything in it is copied. Should the WAL still reach
 //! [`WRITER_CHECKPOINT_PAGES`], the writer checkpoints itself in its commit, as SQLite would
-//! have from the start: a slow checkpointer costs write latency, never an unbounded WAL.
+//! have from the start: a slow checkpointer costs write latency, not a WAL growing past what
+//! SQLite's own autocheckpoint would allow (readers that never let go hold back either). The
+//! writer's `journal_size_limit` cuts a rewound WAL back to 4 MiB.
 
 use std::ffi::c_int;
 use std::path::Path;
@@ -42,7 +44,10 @@ impl CheckpointCount {
 /// Starts the checkpointer thread for the database at `path` and makes `writer` wake it
 /// (replacing SQLite's autocheckpoint on that connection). The thread ends when `writer`
 /// is closed (the hook holds the only way to wake it).
-pub(super) fn install(writer: &mut Connection, path: &Path) -> Result<Arc<CheckpointCount>, StoreError> {
+pub(super) fn install(
+    writer: &mut Connection,
+    path: &Path,
+) -> Result<(Arc<CheckpointCount>, std::thread::JoinHandle<()>), StoreError> {
     let conn = super::open_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     // A checkpoint syncs the WAL before copying it and the database file after.
     conn.execute_batch("PRAGMA synchronous = FULL")?;
@@ -50,7 +55,7 @@ pub(super) fn install(writer: &mut Connection, path: &Path) -> Result<Arc<Checkp
     let counted = Arc::clone(&count);
     // One pending wake-up is enough: a checkpoint copies everything committed before it.
     let (wake, woken) = mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("palyra-db-checkpoint".into())
         .spawn(move || {
             while woken.recv().is_ok() {
@@ -80,7 +85,7 @@ pub(super) fn install(writer: &mut Connection, path: &Path) -> Result<Arc<Checkp
         // The commit itself succeeded whatever the checkpoint did.
         Ok(())
     }))?;
-    Ok(count)
+    Ok((count, thread))
 }
 
 /// SQLITE_BUSY: a checkpoint is already running on another connection.

@@ -114,6 +114,8 @@ struct Inner {
     /// WAL checkpoints run off the writer's thread ([`checkpointer`]); read by tests.
     #[cfg_attr(not(test), expect(dead_code, reason = "read by the store's tests"))]
     checkpoints: Arc<checkpointer::CheckpointCount>,
+    /// The writer and checkpoint threads, joined by [`Store::close`].
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Store {
@@ -135,7 +137,7 @@ impl Store {
         restrict_mode(path);
         configure_writer(&mut conn)?;
         migrate(&mut conn)?;
-        let checkpoints = checkpointer::install(&mut conn, path)?;
+        let (checkpoints, checkpointer) = checkpointer::install(&mut conn, path)?;
         let published = events::last_sequence(&conn)?;
         let hub = crate::events::EventHub::default();
 
@@ -143,7 +145,7 @@ impl Store {
         let writer_hub = hub.clone();
         let hook: Arc<Mutex<Option<Box<dyn BatchHook>>>> = Arc::default();
         let writer_hook = Arc::clone(&hook);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("palyra-db-writer".into())
             .spawn(move || writer_loop(conn, rx, writer_hub, published, &writer_hook))
             .map_err(|e| StoreError::new(format_args!("cannot start the writer thread: {e}")))?;
@@ -157,6 +159,8 @@ impl Store {
                 events: hub,
                 row_mac: std::sync::OnceLock::new(),
                 checkpoints,
+                // The writer first: its connection going away is what ends the checkpointer.
+                threads: Mutex::new(vec![writer, checkpointer]),
             }),
         })
     }
@@ -366,10 +370,21 @@ impl Store {
         .await
     }
 
-    /// Stops accepting writes; the writer thread finishes what is queued and exits.
+    /// Stops accepting writes and returns once the writer thread has finished what was queued
+    /// and the writer and checkpoint connections are closed: nothing of this store writes the
+    /// database files afterwards (a restore or a test may replace them). Blocks for at most
+    /// the batch and checkpoint under way.
     pub fn close(&self) {
         if let Ok(mut jobs) = self.inner.jobs.lock() {
             jobs.take();
+        }
+        let threads = self.inner.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        let me = std::thread::current().id();
+        for thread in threads {
+            // Never this thread itself (a job closing its own store).
+            if thread.thread().id() != me && thread.join().is_err() {
+                tracing::error!("a database thread panicked");
+            }
         }
     }
 }
@@ -394,7 +409,8 @@ fn configure_writer(conn: &mut Connection) -> Result<(), StoreError> {
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA secure_delete = ON;
-         PRAGMA busy_timeout = 5000;",
+         PRAGMA busy_timeout = 5000;
+         PRAGMA journal_size_limit = 4194304;",
     )?;
     wait_briefly_when_busy(conn)?;
     conn.set_prepared_statement_cache_capacity(64);
