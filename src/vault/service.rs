@@ -240,10 +240,12 @@ impl Vault {
             envelope::rewrap(bytes, binding, &keks.get(old), &keks.get(target), target)
         });
         let mut total = 0;
+        let mut failed = 0;
         let mut after = None;
         loop {
             let progress = self.backend.rewrap_batch(after, REWRAP_BATCH, Arc::clone(&rewrap)).await?;
             total += progress.rewrapped;
+            failed += progress.failed;
             if progress.failed > 0 {
                 tracing::warn!(
                     failed = progress.failed,
@@ -253,9 +255,11 @@ impl Vault {
             match progress.last {
                 Some(last) => after = Some(last),
                 None => {
-                    // Every envelope is at the target now, but those that failed their check
-                    // (left as they were, and warned about above): later starts need not look.
-                    self.backend.rewrap_finished(progress.generation).await?;
+                    // Every envelope is at the target now: later starts need not look. Not
+                    // while some failed their check: each start tries (and warns) again.
+                    if failed == 0 {
+                        self.backend.rewrap_finished(progress.generation).await?;
+                    }
                     return Ok(total);
                 }
             }
