@@ -290,6 +290,23 @@ fn credentials_from_a_directory_named_outright() {
         .unwrap();
     assert_eq!(ok(by_env)["caller"]["role"], "admin");
 
+    // With the server a paired device records beside its credentials, no --server is needed.
+    palyra::fsutil::write_private_atomic(&mounted.join("server"), url.as_bytes(), false).unwrap();
+    let by_record = ok(PALYRA.run(&elsewhere, &["--json", "--credentials", mounted_arg, "identity", "show"]));
+    assert_eq!(by_record["caller"]["role"], "admin", "{by_record}");
+
+    // A key others could read is refused, as in a data dir: the directory 0700, key.pem 0600.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&mounted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let loose = PALYRA.run(&elsewhere, &["--server", &url, "--credentials", mounted_arg, "identity", "show"]);
+    assert_ne!(loose.status.code(), Some(0), "a directory others can read was used");
+    std::fs::set_permissions(&mounted, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(mounted.join("key.pem"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = PALYRA.run(&elsewhere, &["--server", &url, "--credentials", mounted_arg, "identity", "show"]);
+    assert_ne!(loose.status.code(), Some(0), "a world-readable key.pem was used");
+    assert!(stderr(&loose).contains("key.pem"), "{}", stderr(&loose));
+    std::fs::set_permissions(mounted.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
     let missing = PALYRA.run(
         &elsewhere,
         &["--server", &url, "--credentials", elsewhere.to_str().unwrap(), "identity", "show"],

@@ -79,6 +79,16 @@ pub fn resolve(data_dir: &Path, flag: Option<&str>, creds: Option<&Path>) -> Res
     }
     let layout = Layout::new(data_dir);
     let client_dir = layout.client_dir();
+    // A directory named with --credentials (a copy of a paired device's client/): its server.
+    if let Some(named) = creds.filter(|d| *d != client_dir.as_path() && *d != layout.operator_dir().as_path())
+        && let Some(url) = paired_server(named)
+    {
+        let from = format!(
+            "the server these credentials paired with ({})",
+            named.join(PAIRED_SERVER_FILE).display()
+        );
+        return Ok(Server { url, from });
+    }
     let paired = paired_server(&client_dir).map(|url| Server {
         url,
         from: format!(

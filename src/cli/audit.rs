@@ -41,10 +41,6 @@ pub(super) enum AuditCommand {
         /// every checkpoint this data dir witnessed before (its key pinned the first time).
         #[arg(long, value_name = "HOST:PORT")]
         peer: Option<String>,
-        /// With --peer: directory with ca.pem, cert.pem and key.pem [default: client/, else
-        /// operator/].
-        #[arg(long, value_name = "DIR", requires = "peer")]
-        credentials: Option<std::path::PathBuf>,
     },
     /// Remove the records the retention does not keep, now (the node also prunes hourly).
     #[command(
@@ -110,8 +106,9 @@ impl CheckpointOut {
 }
 
 pub(super) async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError> {
-    if let AuditCommand::Verify { peer: Some(peer), credentials, .. } = &cmd {
-        return super::witness::verify_peer(ctx, peer, credentials.as_deref()).await;
+    if let AuditCommand::Verify { peer: Some(peer), .. } = &cmd {
+        // The global --credentials (or PALYRA_CREDENTIALS), else client/, then operator/.
+        return super::witness::verify_peer(ctx, peer, ctx.credentials.as_deref()).await;
     }
     let mut client = AuditServiceClient::new(connect(ctx).await?);
     match cmd {

@@ -184,12 +184,21 @@ async fn renew_with_proof(server: &str, dir: &Path) -> Result<String, CliError> 
     Ok(response.into_inner().certificate_pem)
 }
 
+/// A file of the client credentials in `dir`: the directory must be private (0700), and a
+/// private key (`key.pem`, `identity.key`) too (0600); certificates are public and only read.
+/// Whoever could read the key could act as this device.
+pub(super) fn read_credential(dir: &Path, name: &str) -> Result<Vec<u8>, CliError> {
+    let path = dir.join(name);
+    if name.ends_with(".key") || name == "key.pem" {
+        return fsutil::read_private(&path).map_err(|e| CliError::new(e.to_string()));
+    }
+    fsutil::check_private(dir, fsutil::DIR_MODE).map_err(|e| CliError::new(e.to_string()))?;
+    std::fs::read(&path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
+}
+
 /// A channel to `server` with `ca.pem`, `cert.pem` and `key.pem` from `dir`.
 pub async fn channel(server: &str, dir: &Path) -> Result<Channel, CliError> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
-    };
+    let read = |name: &str| read_credential(dir, name);
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")?))
         .identity(Identity::from_pem(read("cert.pem")?, read("key.pem")?));

@@ -202,8 +202,17 @@ impl Cli {
         } else {
             address::As::Operator
         };
+        // Commands that dial nothing: a bad PALYRA_SERVER (or credential setting) must not stop them.
+        let dials = !matches!(
+            self.command,
+            Command::Init(_)
+                | Command::Serve(_)
+                | Command::Config(_)
+                | Command::Completions(_)
+                | Command::Man(_)
+        );
         let credentials = self.credentials();
-        if credentials.is_some() && as_.is_some() {
+        if dials && credentials.is_some() && as_.is_some() {
             return Err(CliError::of(
                 Exit::Usage,
                 "--as (or PALYRA_AS) picks the data dir's credentials and --credentials (or PALYRA_CREDENTIALS) names a directory: give one",
@@ -213,14 +222,10 @@ impl Cli {
             Some(dir) => Some(dir.clone()),
             None => address::credential_dirs(&data_dir, as_, first).into_iter().next(),
         };
-        // Commands that dial nothing: a bad PALYRA_SERVER must not stop them.
-        let server = match self.command {
-            Command::Init(_)
-            | Command::Serve(_)
-            | Command::Config(_)
-            | Command::Completions(_)
-            | Command::Man(_) => address::Server { url: String::new(), from: String::new() },
-            _ => address::resolve(&data_dir, self.server().as_deref(), creds.as_deref())?,
+        let server = if dials {
+            address::resolve(&data_dir, self.server().as_deref(), creds.as_deref())?
+        } else {
+            address::Server { url: String::new(), from: String::new() }
         };
         let ctx = output::Context {
             data_dir,

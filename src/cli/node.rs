@@ -137,10 +137,7 @@ fn resolve(peer: &str) -> Result<(SocketAddr, String), CliError> {
 }
 
 fn credentials(dir: &Path) -> Result<ClientTls, CliError> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
-    };
+    let read = |name: &str| super::client::read_credential(dir, name);
     ClientTls::from_pem(&read("ca.pem")?, &read("cert.pem")?, &read("key.pem")?)
         .map_err(|e| CliError::new(format!("credentials in {}: {e}", dir.display())))
 }

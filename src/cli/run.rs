@@ -531,7 +531,18 @@ impl Watch {
         changes: mpsc::Sender<()>,
         withdrawn: mpsc::Sender<CliError>,
     ) {
-        // Refused for good (revoked, unknown, no longer allowed): retrying would never end.
+        // Refused for good by the node itself (revoked, unknown, no longer allowed: its own
+        // ErrorInfo reasons, not a bare status a proxy could send): retrying would never end.
+        let withdrawn_for_good = |status: &tonic::Status| {
+            matches!(
+                reason(status).as_deref(),
+                Some(
+                    "ERROR_REASON_DEVICE_REVOKED"
+                        | "ERROR_REASON_UNKNOWN_DEVICE"
+                        | "ERROR_REASON_POLICY_DENIED"
+                )
+            )
+        };
         let give_up = |status: tonic::Status| {
             let error = CliError::from(status).context(format!("watch {}", self.scope));
             let _ = withdrawn.try_send(error);
@@ -555,7 +566,7 @@ impl Watch {
                         }
                     }
                 }
-                Err(s) if Exit::of(&s) == Exit::Denied => return give_up(s),
+                Err(s) if withdrawn_for_good(&s) => return give_up(s),
                 Ok(None) | Err(_) => loop {
                     if changes.is_closed() {
                         return;
@@ -579,7 +590,7 @@ impl Watch {
                         }
                         // The log moved past `last`: start from now and check everything.
                         Err(s) if reason(&s).as_deref() == Some("ERROR_REASON_EVENTS_TRUNCATED") => last = 0,
-                        Err(s) if Exit::of(&s) == Exit::Denied => return give_up(s),
+                        Err(s) if withdrawn_for_good(&s) => return give_up(s),
                         Err(s) => self.retrying(&CliError::from(s).message, backoff),
                     }
                 },
