@@ -161,3 +161,34 @@ def test_pairing_with_an_enrollment_key_is_approved_at_once_with_its_scopes(node
     assert not (tmp_path / "b" / "client" / "cert.pem").exists()
     with pytest.raises(ValueError, match="palyra-enroll:v1:"):
         palyra_client.pair(enrollment_key="not-a-token", name="python-agent", data_dir=tmp_path / "c")
+
+
+def test_enrollment_tokens_are_checked_as_the_node_checks_them() -> None:
+    secret = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    fp = "ab" * 32
+
+    def enc(inner: str) -> str:
+        return "palyra-enroll:v1:" + base64.urlsafe_b64encode(inner.encode()).decode().rstrip("=")
+
+    good = palyra_client.EnrollmentToken.parse(enc(f"node.lan:7443\nabcdefghlo\n{secret}\n{fp}"))
+    assert (good.server, good.key_id, good.ca_fingerprint) == ("node.lan:7443", "ABCDEFGH10", fp)
+    assert secret not in repr(good)
+    assert palyra_client.EnrollmentToken.parse(enc(f"[::1]:7443\nABCDEFGH12\n{secret}\n{fp}")).server == "[::1]:7443"
+    for bad, why in [
+        ("palyra://pair?x", "starts with"),
+        ("palyra-enroll:v1:!!!", "base64"),
+        (enc(f"h:1\nABCDEFGH12\n{secret}\n{fp}") + "==", "base64"),
+        (enc("a\nb"), "fields"),
+        (enc(f"h\nABCDEFGH12\n{secret}\n{fp}"), "HOST:PORT"),
+        (enc(f"evil.example:443/../x?y\nABCDEFGH12\n{secret}\n{fp}"), "HOST:PORT"),
+        (enc(f"h:0\nABCDEFGH12\n{secret}\n{fp}"), "HOST:PORT"),
+        (enc(f"h:1\nABC\n{secret}\n{fp}"), "key id"),
+        (enc(f"h:1\nnot-a-ulid\n{secret}\n{fp}"), "key id"),
+        (enc(f"h:1\nABCDEFGH12\nshort\n{fp}"), "secret"),
+        (enc(f"h:1\nABCDEFGH12\n{secret.lower()}\n{fp}"), "secret"),
+        (enc(f"h:1\nABCDEFGH12\n{secret}\nAB"), "fingerprint"),
+        ("x" * 1025, "longer"),
+    ]:
+        with pytest.raises(ValueError, match=why) as raised:
+            palyra_client.EnrollmentToken.parse(bad)
+        assert secret not in str(raised.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import socket
@@ -85,7 +86,27 @@ class PairingUri:
 
 
 _ENROLLMENT_PREFIX = "palyra-enroll:v1:"
-_MAX_ENROLLMENT_TOKEN = 4096
+# The node's own bounds (src/pairing/enrollment.rs, src/pairing/code.rs): a token is checked
+# here exactly as `palyra pair --enrollment-key` checks it.
+_MAX_ENROLLMENT_TOKEN = 1024
+_CODE_ID_LEN = 10
+_SECRET_LEN = 32
+_BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _valid_server(server: str) -> bool:
+    """``HOST:PORT`` as the node validates it: a port 1-65535; a DNS name or IPv4 address of
+    letters, digits, dots and hyphens, or a bracketed IPv6 address."""
+    host, sep, port = server.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return 0 < len(host) <= 253 and all(c.isascii() and (c.isalnum() or c in ".-") for c in host)
 
 
 @dataclass(frozen=True)
@@ -101,20 +122,31 @@ class EnrollmentToken:
 
     @classmethod
     def parse(cls, token: str) -> EnrollmentToken:
+        """Parses a token, bounded, every field checked; errors never repeat the token."""
         text = token.strip()
         if len(text) > _MAX_ENROLLMENT_TOKEN:
             raise ValueError("longer than any enrollment token")
         if not text.startswith(_ENROLLMENT_PREFIX):
             raise ValueError(f"an enrollment token starts with {_ENROLLMENT_PREFIX}")
         body = text[len(_ENROLLMENT_PREFIX) :]
+        # Unpadded base64url only, as the node writes it.
+        if not body or not set(body) <= _BASE64URL or len(body) % 4 == 1:
+            raise ValueError("the enrollment token is not intact (base64)")
         try:
             inner = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
         except (ValueError, UnicodeDecodeError):
             raise ValueError("the enrollment token is not intact") from None
         fields = inner.split("\n")
-        if len(fields) != 4 or not all(fields):
+        if len(fields) != 4:
             raise ValueError("the enrollment token is not intact (fields)")
         server, key_id, secret, ca = fields
+        if not _valid_server(server):
+            raise ValueError("the enrollment token's server is not HOST:PORT")
+        key_id = key_id.upper().replace("I", "1").replace("L", "1").replace("O", "0")
+        if len(key_id) != _CODE_ID_LEN or any(c not in _CROCKFORD for c in key_id):
+            raise ValueError("the enrollment token's key id is malformed")
+        if len(secret) != _SECRET_LEN or any(c not in _CROCKFORD for c in secret):
+            raise ValueError("the enrollment token's secret is malformed")
         if len(ca) != 64 or any(c not in "0123456789abcdef" for c in ca):
             raise ValueError("the enrollment token's CA fingerprint is malformed")
         return cls(server, key_id, secret, ca)
