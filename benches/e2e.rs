@@ -685,7 +685,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     // best ratio this machine allows (a fast fsync makes it small; a slow disk, near 1).
     report.add(
         "2",
-        "ceiling, 1 client: bare tonic round trip + 1 rusqlite commit",
+        "ceiling (estimate), 1 client: bare tonic p50 round trip + 1 rusqlite commit",
         1.0 / (1.0 / bare_one + bare_p50_at_1_us / 1e6),
         "writes/s",
         Some(("rusqlite, 1 insert/commit", bare_one)),
@@ -713,7 +713,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     // Nor can 64 clients' puts outrun 64 in flight of a service that answers canned bytes.
     report.add(
         "2",
-        "ceiling, 64 clients: bare tonic unary, 64 in flight",
+        "ceiling (estimate), 64 clients: bare tonic unary, 64 in flight",
         bare_rate_at_64,
         "req/s",
         Some(("rusqlite, 64 inserts/commit", bare_batched)),
