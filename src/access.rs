@@ -321,7 +321,7 @@ impl Gate {
                 .record(AuditEntry {
                     at: SystemTime::now(),
                     principal: peer.principal.label(),
-                    action: action.clone(),
+                    action: action.clone().into_owned(),
                     resource: resource.to_string(),
                     decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
                     reason: reason_text(&decision),
@@ -429,16 +429,16 @@ impl Gate {
 }
 
 /// At most 200 bytes of `action`, cut at a character boundary.
-fn bounded(action: &str) -> String {
+fn bounded(action: &str) -> std::borrow::Cow<'_, str> {
     const MAX: usize = 200;
     if action.len() <= MAX {
-        return action.to_owned();
+        return action.into();
     }
     let mut end = MAX;
     while !action.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &action[..end])
+    format!("{}…", &action[..end]).into()
 }
 
 fn reason_text(decision: &AuthzDecision) -> String {

@@ -126,8 +126,8 @@ where
                     Ok(peer) => peer,
                     Err(refused) => return Ok(Status::from(refused).into_http()),
                 };
-                let action = request.uri().path().trim_start_matches('/').to_owned();
-                if let Err(denied) = gate.check(&peer, &action, &Resource::Node) {
+                let action = request.uri().path().trim_start_matches('/');
+                if let Err(denied) = gate.check(&peer, action, &Resource::Node) {
                     return Ok(denied.into_http());
                 }
                 let device = peer.principal.device_id();
