@@ -19,7 +19,7 @@ use crate::identity::Principal;
 use crate::policy::Resource;
 use crate::wire::status::denied;
 
-pub use crate::access::Gate;
+pub use crate::access::{Gate, HeldAllow};
 
 /// The gate's gRPC face: a denial as a status.
 pub trait GateExt {
@@ -127,8 +127,20 @@ where
                     Err(refused) => return Ok(Status::from(refused).into_http()),
                 };
                 let action = request.uri().path().trim_start_matches('/');
-                if let Err(denied) = gate.check(&peer, action, &Resource::Node) {
+                // A method whose handler decides its resource first thing: an allow is held and
+                // recorded with that decision, as one record (`HeldAllow`).
+                let held = if super::vault::HOLDS_METHOD_ALLOW.contains(&action) {
+                    match gate.decide_method_held(&peer, action) {
+                        Ok(held) => held,
+                        Err(d) => return Ok(denied(matches!(peer.principal, Principal::Anonymous), d).into_http()),
+                    }
+                } else if let Err(denied) = gate.check(&peer, action, &Resource::Node) {
                     return Ok(denied.into_http());
+                } else {
+                    None
+                };
+                if let Some(entry) = held {
+                    request.extensions_mut().insert(HeldAllow::new(Arc::clone(&gate), entry));
                 }
                 let device = peer.principal.device_id();
                 if let Some(authority) = request.uri().authority().map(ToString::to_string) {

@@ -40,6 +40,12 @@ pub const MAX_WATCHES_PER_PRINCIPAL: usize = 8;
 /// Open WatchSecrets streams on the node.
 pub const MAX_WATCHES: usize = 1024;
 
+/// The methods whose handler makes its resource decision ([`VaultApi::check_scope`]) before
+/// anything else: the method gate holds its allow for it, and the two are one audit record
+/// (`crate::access::HeldAllow`).
+pub(crate) const HOLDS_METHOD_ALLOW: &[&str] =
+    &[actions::GET_SECRET, actions::PUT_SECRET, actions::DELETE_SECRET, actions::GET_SECRET_METADATA];
+
 /// The vault service.
 #[derive(Debug, Clone)]
 pub struct VaultApi {
@@ -71,8 +77,8 @@ impl VaultApi {
         })
     }
 
-    /// Decides `action` on `scope` for the request's peer (recorded); hands the scope back, so
-    /// the resource is built without a copy of it.
+    /// Decides `action` on `scope` for the request's peer (recorded, with the method decision
+    /// the gate held for it); hands the scope back, so the resource is built without a copy.
     fn check_scope<T>(&self, request: &Request<T>, action: &'static str, scope: Scope) -> Result<Scope, Status> {
         let peer = request
             .extensions()
@@ -80,7 +86,8 @@ impl VaultApi {
             .ok_or_else(|| internal("request reached a handler without passing the gate"))?;
         let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
         let resource = Resource::Scope(scope);
-        let decision = self.gate.decide(peer, action, &resource, None);
+        let held = request.extensions().get::<crate::access::HeldAllow>();
+        let decision = self.gate.decide_after(peer, action, &resource, held);
         // Built as a scope two lines up.
         let Resource::Scope(scope) = resource else { unreachable!("built as a scope") };
         decision.map_err(|d| denied(anonymous, reserved(&scope, d)))?;
