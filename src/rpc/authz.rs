@@ -143,7 +143,8 @@ where
                     request.extensions_mut().insert(HeldAllow::new(Arc::clone(&gate), entry));
                 }
                 let device = peer.principal.device_id();
-                if let Some(authority) = request.uri().authority().map(ToString::to_string) {
+                // A reference-counted view of the request's bytes: no copy per call.
+                if let Some(authority) = request.uri().authority().cloned() {
                     request.extensions_mut().insert(RequestAuthority(authority));
                 }
                 request.extensions_mut().insert(peer);
@@ -183,7 +184,7 @@ fn grpc_code(response: &http::Response<Body>) -> i32 {
 /// The `HOST:PORT` the client addressed (HTTP/2 `:authority`), put in request extensions by
 /// the gate; pairing URIs use it as the node's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestAuthority(pub String);
+pub struct RequestAuthority(pub http::uri::Authority);
 
 /// The peer a handler runs for (put there by the gate).
 pub fn peer_of<T>(request: &tonic::Request<T>) -> Result<Peer, Status> {
