@@ -296,11 +296,66 @@ impl Gate {
         resource: &Resource,
         context: Option<&serde_json::Value>,
     ) -> Result<(), Denied> {
+        self.decide_as(peer, action, resource, context, Record::Now).map(drop)
+    }
+
+    /// [`Gate::decide`] for the resource decision of a call whose method decision was held
+    /// (`held`, taken from the request): the two are recorded as one record (see
+    /// [`HeldAllow`]). Without a held decision, or one of another action, as [`Gate::decide`].
+    pub fn decide_after(
+        &self,
+        peer: &Peer,
+        action: &str,
+        resource: &Resource,
+        held: Option<&HeldAllow>,
+    ) -> Result<(), Denied> {
+        let record = match held.and_then(|h| h.take()) {
+            Some(method) if method.action == action => Record::With(method),
+            Some(method) => {
+                // Not this call's method: recorded on its own, as it would have been.
+                self.audit.record(method).map_err(Denied::audit_unavailable)?;
+                Record::Now
+            }
+            None => Record::Now,
+        };
+        self.decide_as(peer, action, resource, None, record).map(drop)
+    }
+
+    /// The method decision of a call (`action` on [`Resource::Node`]) whose handler makes a
+    /// resource decision first thing: an allow for a device is not recorded but returned, to be
+    /// held ([`HeldAllow::new`]) and recorded with that resource decision. Denials, anonymous
+    /// callers and unaudited actions are recorded (or not) as [`Gate::decide`] does. Refuses,
+    /// like a record would, while the audit log cannot record.
+    pub fn decide_method_held(&self, peer: &Peer, action: &str) -> Result<Option<AuditEntry>, Denied> {
+        let record = match peer.principal {
+            Principal::Device { .. } => Record::Hold,
+            Principal::Anonymous => Record::Now,
+        };
+        self.decide_as(peer, action, &Resource::Node, None, record)
+    }
+
+    fn decide_as(
+        &self,
+        peer: &Peer,
+        action: &str,
+        resource: &Resource,
+        context: Option<&serde_json::Value>,
+        record: Record,
+    ) -> Result<Option<AuditEntry>, Denied> {
         let subject = match &peer.device {
             Some(device) => Subject::device(device),
             None => Subject::Anonymous,
         };
         let audited = audited(action);
+        // Only an audited device decision shares its record with a held one (the only kind
+        // `decide_method_held` holds); anything else records the held decision on its own.
+        let record = match record {
+            Record::With(method) if !audited || matches!(peer.principal, Principal::Anonymous) => {
+                self.audit.record(method).map_err(Denied::audit_unavailable)?;
+                Record::Now
+            }
+            record => record,
+        };
         // Anonymous callers are bounded per address before they cost a record (or a policy
         // evaluation); authenticated callers never are.
         if audited
@@ -315,24 +370,40 @@ impl Gate {
         let decision = self.engine.authorize_subject(&subject, action, resource, context);
         // Method names come from the request: record and echo a bounded prefix.
         let action = bounded(action);
+        let mut held = None;
         if audited {
-            // No record, no call: an unrecordable decision refuses (fail closed).
-            self.audit
-                .record(AuditEntry {
-                    at: SystemTime::now(),
-                    principal: peer.principal.label(),
-                    action: action.clone(),
-                    resource: resource.to_string(),
-                    decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
-                    reason: reason_text(&decision),
-                })
-                .map_err(Denied::audit_unavailable)?;
+            let reason = reason_text(&decision);
+            let hold = matches!(record, Record::Hold) && decision.allow;
+            let (principal, reason) = match record {
+                Record::Hold if decision.allow => {
+                    // Not recorded yet, so checked now: an unrecordable call is refused here.
+                    self.audit.available().map_err(Denied::audit_unavailable)?;
+                    (peer.principal.label(), reason)
+                }
+                // The method decision and this one, as one record.
+                Record::With(method) => (method.principal, format!("method: {}; resource: {reason}", method.reason)),
+                Record::Hold | Record::Now => (peer.principal.label(), reason),
+            };
+            let entry = AuditEntry {
+                at: SystemTime::now(),
+                principal,
+                action: action.clone().into_owned(),
+                resource: resource.to_string(),
+                decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
+                reason,
+            };
+            if hold {
+                held = Some(entry);
+            } else {
+                // No record, no call: an unrecordable decision refuses (fail closed).
+                self.audit.record(entry).map_err(Denied::audit_unavailable)?;
+            }
         }
         self.metrics.decision(decision.allow);
         // The same disclosure as the audit record: who, which method, on what; never a value.
         if decision.allow {
             tracing::debug!(method = %action, principal = %peer.principal.label(), decision = "allow", resource = %resource, "allowed");
-            return Ok(());
+            return Ok(held);
         }
         tracing::info!(method = %action, principal = %peer.principal.label(), decision = "deny", resource = %resource, explanation = %decision.explanation, "denied");
         let message = match peer.principal {
@@ -356,6 +427,57 @@ impl Gate {
     /// the same transaction (see [`Audit::before_write`]).
     pub async fn audit_before_write(&self) -> Result<(), Denied> {
         self.audit.before_write().map_err(Denied::audit_unavailable)
+    }
+}
+
+/// How [`Gate::decide_as`] records its decision.
+enum Record {
+    /// As one record now.
+    Now,
+    /// An allow is returned unrecorded, to be held; anything else is recorded now.
+    Hold,
+    /// With this held method decision, as one record now.
+    With(AuditEntry),
+}
+
+/// A method decision the gate allowed and did not record, held in the request for the
+/// resource decision its handler makes first thing ([`Gate::decide_after`]): the two are one
+/// audit record (the resource decision's resource and decision, the determining policies of
+/// both in its reason). Dropped untaken (the handler failed before its resource decision, its
+/// request did not decode, or the client went away), it records the method decision alone, so
+/// every call the gate let through has its record. Clones share the one decision.
+#[derive(Debug, Clone)]
+pub struct HeldAllow(Arc<Held>);
+
+#[derive(Debug)]
+struct Held {
+    /// The gate whose audit log records it if no resource decision takes it.
+    gate: Arc<Gate>,
+    entry: std::sync::Mutex<Option<AuditEntry>>,
+}
+
+impl HeldAllow {
+    /// Holds `entry` (from [`Gate::decide_method_held`]) until a resource decision takes it,
+    /// or records it when the last clone is dropped.
+    pub fn new(gate: Arc<Gate>, entry: AuditEntry) -> Self {
+        HeldAllow(Arc::new(Held { gate, entry: std::sync::Mutex::new(Some(entry)) }))
+    }
+
+    fn take(&self) -> Option<AuditEntry> {
+        self.0.entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let entry = self.entry.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(entry) = entry
+            && let Err(e) = self.gate.audit.record(entry)
+        {
+            // The call ended before its resource decision, so touched nothing; the failure
+            // is the audit log's, which reports it (health, counters) on its own.
+            tracing::error!(error = %e.0, "a held method decision could not be recorded");
+        }
     }
 }
 
@@ -429,16 +551,16 @@ impl Gate {
 }
 
 /// At most 200 bytes of `action`, cut at a character boundary.
-fn bounded(action: &str) -> String {
+fn bounded(action: &str) -> std::borrow::Cow<'_, str> {
     const MAX: usize = 200;
     if action.len() <= MAX {
-        return action.to_owned();
+        return action.into();
     }
     let mut end = MAX;
     while !action.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &action[..end])
+    format!("{}…", &action[..end]).into()
 }
 
 fn reason_text(decision: &AuthzDecision) -> String {

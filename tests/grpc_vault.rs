@@ -379,3 +379,76 @@ async fn a_page_token_reveals_no_hidden_name_and_one_call_decides_a_bounded_numb
     assert_eq!(list_all(&mut device, "/", true, 1).await.unwrap(), want);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_vault_call_is_one_audit_record_naming_both_decisions() {
+    use palyra::audit::AuditDecision;
+    let node = TestNode::start().await;
+    let phone = node.add_device(palyra::identity::Role::Device, "phone", &[]).await;
+    let mut vault = VaultServiceClient::new(node.channel(Some(&phone)).await);
+    let own = format!("devices/{}", phone.id);
+    let principal = format!("device:{}", phone.id);
+    let audit = node.node.audit();
+    // One call at a time, each followed by what it added to the log.
+    let mut seen = audit.list(0, 100_000, None, None).await.unwrap().last().map_or(0, |r| r.sequence);
+    let mut added = async || {
+        audit.flush().await.unwrap();
+        let new: Vec<_> = audit
+            .list(seen, 100_000, Some(principal.clone()), None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.sequence > seen)
+            .collect();
+        seen = audit.list(0, 100_000, None, None).await.unwrap().last().map_or(seen, |r| r.sequence);
+        new.into_iter().map(|r| r.entry).collect::<Vec<_>>()
+    };
+
+    // An allowed write and read: one record each, the scope's, the method's policies included.
+    vault.put_secret(put(&own, "token", b"mine", None)).await.unwrap();
+    let mut calls = vec![("PutSecret", added().await)];
+    vault.get_secret(get(&own, "token", 0)).await.unwrap();
+    calls.push(("GetSecret", added().await));
+    vault
+        .get_secret_metadata(pb::GetSecretMetadataRequest { scope: own.clone(), key: "token".into() })
+        .await
+        .unwrap();
+    calls.push(("GetSecretMetadata", added().await));
+    vault
+        .delete_secret(pb::DeleteSecretRequest { scope: own.clone(), key: "token".into(), destroy: false })
+        .await
+        .unwrap();
+    calls.push(("DeleteSecret", added().await));
+    for (method, records) in calls {
+        let [record] = records.as_slice() else { panic!("{method}: {records:?}") };
+        assert_eq!(record.action, format!("palyra.vault.v1.VaultService/{method}"));
+        assert_eq!(
+            (record.resource.as_str(), record.decision),
+            (format!("Scope:{own}").as_str(), AuditDecision::Allow)
+        );
+        assert!(
+            record.reason.starts_with("method: ") && record.reason.contains("; resource: "),
+            "{record:?}"
+        );
+    }
+
+    // Denied on the scope: one record, the denial.
+    vault.get_secret(get("agents/alpha", "k", 0)).await.unwrap_err();
+    let records = added().await;
+    let [record] = records.as_slice() else { panic!("{records:?}") };
+    assert_eq!((record.resource.as_str(), record.decision), ("Scope:agents/alpha", AuditDecision::Deny));
+
+    // Refused before its resource decision (a bad argument): the method decision alone.
+    vault.get_secret(get("Agents/../x", "k", 0)).await.unwrap_err();
+    let records = added().await;
+    let [record] = records.as_slice() else { panic!("{records:?}") };
+    assert_eq!((record.resource.as_str(), record.decision), ("Node", AuditDecision::Allow));
+    assert!(!record.reason.contains("resource: "), "{record:?}");
+
+    // A call whose handler decides no single scope keeps its method record.
+    vault.list_secrets(pb::ListSecretsRequest { scope: own.clone(), ..Default::default() }).await.unwrap();
+    let records = added().await;
+    let resources: Vec<_> = records.iter().map(|r| r.resource.as_str()).collect();
+    assert_eq!(resources, ["Node".to_owned(), format!("Scope:{own}")]);
+    node.stop().await;
+}

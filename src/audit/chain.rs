@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use ring::hmac;
 use subtle::ConstantTimeEq;
 
+use crate::integrity::MacInput;
 use crate::unix_time::unix_ms;
 
 /// Allow or deny, as recorded.
@@ -91,17 +92,17 @@ pub fn chain_hash(
     at_millis: i64,
     entry: &AuditEntry,
 ) -> [u8; 32] {
-    let mut ctx = hmac::Context::with_key(key);
-    ctx.update(b"palyra.audit.v1");
-    ctx.update(previous);
-    ctx.update(&sequence.to_be_bytes());
-    ctx.update(&at_millis.to_be_bytes());
+    let mut mac = MacInput::new(key);
+    mac.put(b"palyra.audit.v1");
+    mac.put(previous);
+    mac.put(&sequence.to_be_bytes());
+    mac.put(&at_millis.to_be_bytes());
     for field in [&entry.principal, &entry.action, &entry.resource, entry.decision.as_str(), &entry.reason] {
-        ctx.update(&(field.len() as u64).to_be_bytes());
-        ctx.update(field.as_bytes());
+        mac.put(&(field.len() as u64).to_be_bytes());
+        mac.put(field.as_bytes());
     }
     let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.sign().as_ref());
+    out.copy_from_slice(mac.sign().as_ref());
     out
 }
 

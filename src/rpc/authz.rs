@@ -19,7 +19,7 @@ use crate::identity::Principal;
 use crate::policy::Resource;
 use crate::wire::status::denied;
 
-pub use crate::access::Gate;
+pub use crate::access::{Gate, HeldAllow};
 
 /// The gate's gRPC face: a denial as a status.
 pub trait GateExt {
@@ -126,12 +126,25 @@ where
                     Ok(peer) => peer,
                     Err(refused) => return Ok(Status::from(refused).into_http()),
                 };
-                let action = request.uri().path().trim_start_matches('/').to_owned();
-                if let Err(denied) = gate.check(&peer, &action, &Resource::Node) {
+                let action = request.uri().path().trim_start_matches('/');
+                // A method whose handler decides its resource first thing: an allow is held and
+                // recorded with that decision, as one record (`HeldAllow`).
+                let held = if super::vault::HOLDS_METHOD_ALLOW.contains(&action) {
+                    match gate.decide_method_held(&peer, action) {
+                        Ok(held) => held,
+                        Err(d) => return Ok(denied(matches!(peer.principal, Principal::Anonymous), d).into_http()),
+                    }
+                } else if let Err(denied) = gate.check(&peer, action, &Resource::Node) {
                     return Ok(denied.into_http());
+                } else {
+                    None
+                };
+                if let Some(entry) = held {
+                    request.extensions_mut().insert(HeldAllow::new(Arc::clone(&gate), entry));
                 }
                 let device = peer.principal.device_id();
-                if let Some(authority) = request.uri().authority().map(ToString::to_string) {
+                // A reference-counted view of the request's bytes: no copy per call.
+                if let Some(authority) = request.uri().authority().cloned() {
                     request.extensions_mut().insert(RequestAuthority(authority));
                 }
                 request.extensions_mut().insert(peer);
@@ -171,7 +184,7 @@ fn grpc_code(response: &http::Response<Body>) -> i32 {
 /// The `HOST:PORT` the client addressed (HTTP/2 `:authority`), put in request extensions by
 /// the gate; pairing URIs use it as the node's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestAuthority(pub String);
+pub struct RequestAuthority(pub http::uri::Authority);
 
 /// The peer a handler runs for (put there by the gate).
 pub fn peer_of<T>(request: &tonic::Request<T>) -> Result<Peer, Status> {

@@ -35,7 +35,7 @@ impl PairingApi {
         request
             .extensions()
             .get::<RequestAuthority>()
-            .map(|a| a.0.clone())
+            .map(|a| a.0.as_str().to_owned())
             .filter(|a| crate::pairing::code::validate_server(a).is_ok())
             .unwrap_or_else(|| self.fallback_address.clone())
     }

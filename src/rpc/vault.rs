@@ -18,8 +18,6 @@ use crate::wire::convert::{Listing, PageTokens, requested_version, scope, secret
 use crate::wire::pb::vault::v1::{self as pb, vault_service_server::VaultService};
 use crate::wire::status::{denied, internal, stream_shutdown};
 
-const SERVICE: &str = "palyra.vault.v1.VaultService";
-
 /// Rows one ListSecrets call reads while it skips secrets the caller may not list: 16 pages,
 /// at most this many (past its first page); then it returns what it has with a token to go on.
 /// It bounds the scopes one call decides, so the audit records it writes.
@@ -41,6 +39,12 @@ const WATCH_BUFFER: usize = 16;
 pub const MAX_WATCHES_PER_PRINCIPAL: usize = 8;
 /// Open WatchSecrets streams on the node.
 pub const MAX_WATCHES: usize = 1024;
+
+/// The methods whose handler makes its resource decision ([`VaultApi::check_scope`]) before
+/// anything else: the method gate holds its allow for it, and the two are one audit record
+/// (`crate::access::HeldAllow`).
+pub(crate) const HOLDS_METHOD_ALLOW: &[&str] =
+    &[actions::GET_SECRET, actions::PUT_SECRET, actions::DELETE_SECRET, actions::GET_SECRET_METADATA];
 
 /// The vault service.
 #[derive(Debug, Clone)]
@@ -73,17 +77,21 @@ impl VaultApi {
         })
     }
 
-    fn check_scope<T>(
-        &self,
-        request: &Request<T>,
-        method: &str,
-        scope: &crate::vault::Scope,
-    ) -> Result<(), Status> {
-        let peer = peer_of(request)?;
+    /// Decides `action` on `scope` for the request's peer (recorded, with the method decision
+    /// the gate held for it); hands the scope back, so the resource is built without a copy.
+    fn check_scope<T>(&self, request: &Request<T>, action: &'static str, scope: Scope) -> Result<Scope, Status> {
+        let peer = request
+            .extensions()
+            .get::<crate::access::Peer>()
+            .ok_or_else(|| internal("request reached a handler without passing the gate"))?;
         let anonymous = matches!(peer.principal, crate::identity::Principal::Anonymous);
-        self.gate
-            .decide(&peer, &format!("{SERVICE}/{method}"), &Resource::Scope(scope.clone()), None)
-            .map_err(|d| denied(anonymous, reserved(scope, d)))
+        let resource = Resource::Scope(scope);
+        let held = request.extensions().get::<crate::access::HeldAllow>();
+        let decision = self.gate.decide_after(peer, action, &resource, held);
+        // Built as a scope two lines up.
+        let Resource::Scope(scope) = resource else { unreachable!("built as a scope") };
+        decision.map_err(|d| denied(anonymous, reserved(&scope, d)))?;
+        Ok(scope)
     }
 }
 
@@ -108,7 +116,7 @@ impl VaultService for VaultApi {
     ) -> Result<Response<pb::PutSecretResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
-        self.check_scope(&request, "PutSecret", &s)?;
+        let s = self.check_scope(&request, actions::PUT_SECRET, s)?;
         self.gate.before_write().await?;
         let req = request.into_inner();
         let metadata = self.vault.put(&s, &k, SecretValue::new(req.value), req.expected_version).await?;
@@ -122,7 +130,7 @@ impl VaultService for VaultApi {
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
-        self.check_scope(&request, "GetSecret", &s)?;
+        let s = self.check_scope(&request, actions::GET_SECRET, s)?;
         let version = requested_version(request.get_ref().version);
         let (value, metadata) = self.vault.get(&s, &k, version).await?;
         Ok(Response::new(secret_reply(value, metadata, version)))
@@ -227,7 +235,7 @@ impl VaultService for VaultApi {
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
-        self.check_scope(&request, "DeleteSecret", &s)?;
+        let s = self.check_scope(&request, actions::DELETE_SECRET, s)?;
         self.gate.before_write().await?;
         let destroy = request.get_ref().destroy;
         let metadata = self.vault.delete(&s, &k, destroy).await?;
@@ -241,7 +249,7 @@ impl VaultService for VaultApi {
     ) -> Result<Response<pb::GetSecretMetadataResponse>, Status> {
         let s = scope("scope", &request.get_ref().scope)?;
         let k = secret_key("key", &request.get_ref().key)?;
-        self.check_scope(&request, "GetSecretMetadata", &s)?;
+        let s = self.check_scope(&request, actions::GET_SECRET_METADATA, s)?;
         let (metadata, versions) = self.vault.history(&s, &k).await?;
         Ok(Response::new(pb::GetSecretMetadataResponse {
             metadata: Some(metadata.into()),

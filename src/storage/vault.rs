@@ -1,6 +1,6 @@
 //! The vault's tables behind [`BlobBackend`].
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, Row};
@@ -237,14 +237,17 @@ fn get(
 ) -> Result<StoredVersion, VaultError> {
     let object_id = ObjectId::new(&scope, &key);
     let not_found = || VaultError::NotFound { scope: scope.clone(), key: key.clone(), version };
-    let sql = format!(
-        "SELECT {METADATA_COLUMNS}, v.version, v.envelope FROM secrets s
-         JOIN secret_versions v ON v.object_id = s.object_id AND v.version = coalesce(?2, s.latest_version)
-         WHERE s.object_id = ?1"
-    );
+    // Built once: the statement cache is keyed by this text, and a read is the hot path.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {METADATA_COLUMNS}, v.version, v.envelope FROM secrets s
+             JOIN secret_versions v ON v.object_id = s.object_id AND v.version = coalesce(?2, s.latest_version)
+             WHERE s.object_id = ?1"
+        )
+    });
     let requested = version.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     let row = conn
-        .prepare_cached(&sql)
+        .prepare_cached(&SQL)
         .map_err(StoreError::from)?
         .query_row((object_id.as_str(), requested), |row| {
             Ok((
