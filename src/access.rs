@@ -310,10 +310,10 @@ impl Gate {
         held: Option<&HeldAllow>,
     ) -> Result<(), Denied> {
         let record = match held.and_then(|h| h.take()) {
-            Some(method) if method.action == action => Record::With(method),
+            Some(method) if method.entry.action == action => Record::With(method),
             Some(method) => {
                 // Not this call's method: recorded on its own, as it would have been.
-                self.audit.record(method).map_err(Denied::audit_unavailable)?;
+                method.record().map_err(Denied::audit_unavailable)?;
                 Record::Now
             }
             None => Record::Now,
@@ -323,10 +323,12 @@ impl Gate {
 
     /// The method decision of a call (`action` on [`Resource::Node`]) whose handler makes a
     /// resource decision first thing: an allow for a device is not recorded but returned, to be
-    /// held ([`HeldAllow::new`]) and recorded with that resource decision. Denials, anonymous
-    /// callers and unaudited actions are recorded (or not) as [`Gate::decide`] does. Refuses,
-    /// like a record would, while the audit log cannot record.
-    pub fn decide_method_held(&self, peer: &Peer, action: &str) -> Result<Option<AuditEntry>, Denied> {
+    /// held ([`HeldAllow::new`]) and recorded with that resource decision, in a place of the
+    /// audit queue taken now ([`Audit::reserve`](crate::audit::Audit::reserve)): refused, as a
+    /// record would be, while the log cannot record or its queue is full, and never refused
+    /// later. Denials, anonymous callers and unaudited actions are recorded (or not) as
+    /// [`Gate::decide`] does.
+    pub fn decide_method_held(&self, peer: &Peer, action: &str) -> Result<Option<HeldEntry>, Denied> {
         let record = match peer.principal {
             Principal::Device { .. } => Record::Hold,
             Principal::Anonymous => Record::Now,
@@ -341,7 +343,7 @@ impl Gate {
         resource: &Resource,
         context: Option<&serde_json::Value>,
         record: Record,
-    ) -> Result<Option<AuditEntry>, Denied> {
+    ) -> Result<Option<HeldEntry>, Denied> {
         let subject = match &peer.device {
             Some(device) => Subject::device(device),
             None => Subject::Anonymous,
@@ -351,7 +353,7 @@ impl Gate {
         // `decide_method_held` holds); anything else records the held decision on its own.
         let record = match record {
             Record::With(method) if !audited || matches!(peer.principal, Principal::Anonymous) => {
-                self.audit.record(method).map_err(Denied::audit_unavailable)?;
+                method.record().map_err(Denied::audit_unavailable)?;
                 Record::Now
             }
             record => record,
@@ -371,18 +373,25 @@ impl Gate {
         // Method names come from the request: record and echo a bounded prefix.
         let action = bounded(action);
         let mut held = None;
+        // An allowed method decision asked to be held is returned, not recorded.
+        let hold = matches!(record, Record::Hold) && decision.allow;
         if audited {
             let reason = reason_text(&decision);
-            let hold = matches!(record, Record::Hold) && decision.allow;
-            let (principal, reason) = match record {
+            let (principal, reason, slot) = match record {
+                // Not recorded yet: its place in the queue is taken now, so an unrecordable
+                // call is refused here and the record cannot be refused later.
                 Record::Hold if decision.allow => {
-                    // Not recorded yet, so checked now: an unrecordable call is refused here.
-                    self.audit.available().map_err(Denied::audit_unavailable)?;
-                    (peer.principal.label(), reason)
+                    let slot = self.audit.reserve().map_err(Denied::audit_unavailable)?;
+                    (peer.principal.label(), reason, Some(slot))
                 }
-                // The method decision and this one, as one record.
-                Record::With(method) => (method.principal, format!("method: {}; resource: {reason}", method.reason)),
-                Record::Hold | Record::Now => (peer.principal.label(), reason),
+                // The method decision and this one, as one record, in the place the method
+                // decision took.
+                Record::With(method) => (
+                    method.entry.principal,
+                    format!("method: {}; resource: {reason}", method.entry.reason),
+                    Some(method.slot),
+                ),
+                Record::Hold | Record::Now => (peer.principal.label(), reason, None),
             };
             let entry = AuditEntry {
                 at: SystemTime::now(),
@@ -392,11 +401,18 @@ impl Gate {
                 decision: if decision.allow { AuditDecision::Allow } else { AuditDecision::Deny },
                 reason,
             };
-            if hold {
-                held = Some(entry);
-            } else {
+            match slot {
+                Some(slot) if hold => {
+                    held = Some(HeldEntry { entry, slot });
+                }
+                // The combined record always goes in (its place was taken when the method was
+                // allowed); the call still fails closed while the log cannot append.
+                Some(slot) => {
+                    slot.record(entry).map_err(Denied::audit_unavailable)?;
+                    self.audit.available().map_err(Denied::audit_unavailable)?;
+                }
                 // No record, no call: an unrecordable decision refuses (fail closed).
-                self.audit.record(entry).map_err(Denied::audit_unavailable)?;
+                None => self.audit.record(entry).map_err(Denied::audit_unavailable)?,
             }
         }
         self.metrics.decision(decision.allow);
@@ -437,7 +453,21 @@ enum Record {
     /// An allow is returned unrecorded, to be held; anything else is recorded now.
     Hold,
     /// With this held method decision, as one record now.
-    With(AuditEntry),
+    With(HeldEntry),
+}
+
+/// A method decision not yet recorded and the place in the audit queue kept for it.
+#[derive(Debug)]
+pub struct HeldEntry {
+    entry: AuditEntry,
+    slot: crate::audit::AuditSlot,
+}
+
+impl HeldEntry {
+    /// Records the method decision on its own, in its place.
+    fn record(self) -> Result<(), crate::audit::AuditUnavailable> {
+        self.slot.record(self.entry)
+    }
 }
 
 /// A method decision the gate allowed and did not record, held in the request for the
@@ -451,19 +481,17 @@ pub struct HeldAllow(Arc<Held>);
 
 #[derive(Debug)]
 struct Held {
-    /// The gate whose audit log records it if no resource decision takes it.
-    gate: Arc<Gate>,
-    entry: std::sync::Mutex<Option<AuditEntry>>,
+    entry: std::sync::Mutex<Option<HeldEntry>>,
 }
 
 impl HeldAllow {
-    /// Holds `entry` (from [`Gate::decide_method_held`]) until a resource decision takes it,
-    /// or records it when the last clone is dropped.
-    pub fn new(gate: Arc<Gate>, entry: AuditEntry) -> Self {
-        HeldAllow(Arc::new(Held { gate, entry: std::sync::Mutex::new(Some(entry)) }))
+    /// Holds `entry` (from [`Gate::decide_method_held`], with its place in the audit queue)
+    /// until a resource decision takes it, or records it when the last clone is dropped.
+    pub fn new(entry: HeldEntry) -> Self {
+        HeldAllow(Arc::new(Held { entry: std::sync::Mutex::new(Some(entry)) }))
     }
 
-    fn take(&self) -> Option<AuditEntry> {
+    fn take(&self) -> Option<HeldEntry> {
         self.0.entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 }
@@ -471,11 +499,12 @@ impl HeldAllow {
 impl Drop for Held {
     fn drop(&mut self) {
         let entry = self.entry.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        // Its place in the queue was kept: only a stopped audit writer (the node shutting
+        // down) can refuse it. The call ended before its resource decision, so it touched
+        // nothing.
         if let Some(entry) = entry
-            && let Err(e) = self.gate.audit.record(entry)
+            && let Err(e) = entry.record()
         {
-            // The call ended before its resource decision, so touched nothing; the failure
-            // is the audit log's, which reports it (health, counters) on its own.
             tracing::error!(error = %e.0, "a held method decision could not be recorded");
         }
     }

@@ -44,7 +44,7 @@ pub use sink::{SinkMonitor, SinkStatus};
 pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointSigner};
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use service::PRUNE_CHUNK;
-pub use service::{Audit, AuditUnavailable, PruneError, PruneReport, Retention};
+pub use service::{Audit, AuditSlot, AuditUnavailable, PruneError, PruneReport, Retention};
 #[cfg(test)]
 pub(crate) use store::MemoryAuditStore;
 pub(crate) use store::{

@@ -163,6 +163,42 @@ impl Drop for Handles {
     }
 }
 
+/// A place in the audit queue ([`Audit::reserve`]), filled by [`AuditSlot::record`] or given
+/// back when dropped.
+#[must_use = "a slot holds a place in the audit queue until it records or is dropped"]
+pub struct AuditSlot {
+    /// The queue and its count; `None` once used.
+    place: Option<(Arc<Handles>, Arc<AtomicUsize>)>,
+}
+
+impl std::fmt::Debug for AuditSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSlot").finish_non_exhaustive()
+    }
+}
+
+impl AuditSlot {
+    /// Queues `entry` in this place. Not refused for a full queue or failing appends (the
+    /// record waits for the appender like any other); only when the audit writer has stopped.
+    pub fn record(mut self, entry: AuditEntry) -> Result<(), AuditUnavailable> {
+        let Some((mailbox, queued)) = self.place.take() else { return Ok(()) };
+        if mailbox.0.record(entry).is_err() {
+            queued.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("the audit writer stopped; a decision was not recorded");
+            return Err(AuditUnavailable("the audit writer stopped".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AuditSlot {
+    fn drop(&mut self) {
+        if let Some((_, queued)) = self.place.take() {
+            queued.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The audit log cannot record right now: calls that depend on a record must fail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -428,6 +464,14 @@ impl Audit {
     /// Queues a record; returns at once. Refused (and nothing queued) while appends fail or
     /// when the queue is full: the call it belongs to must then fail.
     pub fn record(&self, entry: AuditEntry) -> Result<(), AuditUnavailable> {
+        self.reserve()?.record(entry)
+    }
+
+    /// Takes a place in the queue for a record not known yet (a decision held until the one
+    /// after it: `access::HeldAllow`), refused as [`Audit::record`] would be. The record that
+    /// fills it cannot then be refused for want of room, so a call let through on the
+    /// strength of it always has its record; dropped unused, the place is given back.
+    pub fn reserve(&self) -> Result<AuditSlot, AuditUnavailable> {
         self.available()?;
         if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED {
             self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -437,12 +481,7 @@ impl Audit {
             }
             return Err(AuditUnavailable("the audit log is falling behind; try again".to_owned()));
         }
-        if self.mailbox.0.record(entry).is_err() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            tracing::error!("the audit writer stopped; a decision was not recorded");
-            return Err(AuditUnavailable("the audit writer stopped".to_owned()));
-        }
-        Ok(())
+        Ok(AuditSlot { place: Some((Arc::clone(&self.mailbox), Arc::clone(&self.queued))) })
     }
 
     /// Decides whether an anonymous call from `address` may be recorded: at most the rate's
@@ -1191,5 +1230,42 @@ impl Ticker {
                 std::thread::sleep(backoff);
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+    use crate::audit::MemoryAuditStore;
+
+    fn entry(n: usize) -> AuditEntry {
+        AuditEntry {
+            at: SystemTime::now(),
+            principal: "device:test".to_owned(),
+            action: format!("test/{n}"),
+            resource: "Node".to_owned(),
+            decision: AuditDecision::Allow,
+            reason: String::new(),
+        }
+    }
+
+    /// A reserved place is never refused for want of room: a held decision (the gate's allow
+    /// waiting for the scope decision, `access::HeldAllow`) always gets its record, even when
+    /// the queue filled up meanwhile. An unused place is given back.
+    #[test]
+    fn a_reserved_place_is_filled_even_when_the_queue_is_full_and_an_unused_one_is_given_back() {
+        let key = |k: &[u8]| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k);
+        let audit = Audit::start(Arc::new(MemoryAuditStore::default()), key(b"chain"), key(b"head")).unwrap();
+        let held = audit.reserve().unwrap();
+        let rest: Vec<AuditSlot> = (1..MAX_QUEUED).map(|_| audit.reserve().unwrap()).collect();
+        // Full: a plain record, and another reservation, are refused.
+        assert!(audit.record(entry(0)).is_err());
+        assert!(audit.reserve().is_err());
+        // The reserved place is not.
+        held.record(entry(1)).unwrap();
+        // Unused places come back.
+        drop(rest);
+        audit.record(entry(2)).unwrap();
     }
 }

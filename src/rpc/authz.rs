@@ -140,7 +140,7 @@ where
                     None
                 };
                 if let Some(entry) = held {
-                    request.extensions_mut().insert(HeldAllow::new(Arc::clone(&gate), entry));
+                    request.extensions_mut().insert(HeldAllow::new(entry));
                 }
                 let device = peer.principal.device_id();
                 // A reference-counted view of the request's bytes: no copy per call.
