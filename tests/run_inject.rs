@@ -340,10 +340,12 @@ async fn signals_reach_the_child_and_its_status_comes_back() {
     w.node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
-    let w = World::start(Duration::from_secs(3600)).await;
-    let script = r#"trap 'exit 0' TERM; echo "started $API_KEY"; while :; do sleep 0.05; done"#;
+/// `palyra run --watch --env API_KEY=palyra://agents/alpha/API_KEY -- sh -c SCRIPT`, once the
+/// script printed `started <the key>`: the child, its guard, and its stdout and stderr lines.
+async fn watch_api_key(
+    w: &World,
+    script: &str,
+) -> (Child, StopOnPanic, mpsc::UnboundedReceiver<String>, mpsc::UnboundedReceiver<String>) {
     let mut child = w
         .command(&[
             "run",
@@ -359,10 +361,18 @@ async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let _stop = StopOnPanic(child.id());
+    let stop = StopOnPanic(child.id());
     let mut out = lines(child.stdout.take().unwrap());
-    let mut err = lines(child.stderr.take().unwrap());
+    let err = lines(child.stderr.take().unwrap());
     line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
+    (child, stop, out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_restarts_the_child_when_a_referenced_secret_changes() {
+    let w = World::start(Duration::from_secs(3600)).await;
+    let script = r#"trap 'exit 0' TERM; echo "started $API_KEY"; while :; do sleep 0.05; done"#;
+    let (child, _stop, mut out, mut err) = watch_api_key(&w, script).await;
 
     // A put to another key of the scope, and to another scope: no restart.
     let mut vault = w.vault().await;
@@ -404,25 +414,7 @@ async fn watch_stops_the_command_and_exits_3_when_the_device_is_revoked() {
     };
     let w = World::start(Duration::from_secs(3600)).await;
     let script = r#"trap 'echo stopped; exit 0' TERM; echo "started $API_KEY"; while :; do sleep 0.05; done"#;
-    let mut child = w
-        .command(&[
-            "run",
-            "--watch",
-            "--env",
-            "API_KEY=palyra://agents/alpha/API_KEY",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _stop = StopOnPanic(child.id());
-    let mut out = lines(child.stdout.take().unwrap());
-    let mut err = lines(child.stderr.take().unwrap());
-    line_with(&mut out, &format!("started {API_KEY}"), Duration::from_secs(30)).await;
+    let (child, _stop, mut out, mut err) = watch_api_key(&w, script).await;
 
     IdentityServiceClient::new(w.node.operator().await)
         .revoke_device(RevokeDeviceRequest { device_id: w.agent_id.clone(), reason: "lost laptop".into() })
