@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use palyra::identity::Role;
-use palyra::testkit::{TestNode, palyra_bin, reason};
+use palyra::testkit::{self, TestNode, palyra_bin, reason};
 use palyra::wire::pb::audit::v1::{self as audit, audit_service_client::AuditServiceClient};
 use palyra::wire::pb::identity::v1::{self as identity, identity_service_client::IdentityServiceClient};
 use tonic::Code;
@@ -19,31 +19,6 @@ async fn calls(node: &TestNode, n: usize) {
     let mut ids = IdentityServiceClient::new(node.operator().await);
     for _ in 0..n {
         ids.who_am_i(identity::WhoAmIRequest {}).await.unwrap();
-    }
-}
-
-/// Every record ListAuditRecords shows, paging from the start.
-async fn table(ch: Channel) -> Vec<audit::AuditRecord> {
-    let mut client = AuditServiceClient::new(ch);
-    let mut all: Vec<audit::AuditRecord> = Vec::new();
-    loop {
-        let since = all.last().map_or(0, |r| r.sequence);
-        let page = client
-            .list_audit_records(audit::ListAuditRecordsRequest {
-                since_sequence: since,
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .records;
-        // Each call is recorded too: the table never ends; a short page is its end for now.
-        let end = page.len() < 1000;
-        all.extend(page);
-        if end {
-            return all;
-        }
     }
 }
 
@@ -84,7 +59,7 @@ async fn the_export_is_the_table_field_by_field() {
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     let exported = drain(export(node.operator().await, 0, false).await.unwrap()).await;
-    let listed = table(node.operator().await).await;
+    let listed = testkit::audit_records(node.operator().await).await;
     assert!(exported.len() >= 32, "{}", exported.len());
     assert_contiguous(&exported, 1);
     // The table goes on (the calls above are recorded too); the export is its prefix.
@@ -106,7 +81,7 @@ async fn the_export_is_the_table_field_by_field() {
     let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).unwrap();
-    let listed = table(node.operator().await).await;
+    let listed = testkit::audit_records(node.operator().await).await;
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.len() >= exported.len() - 5);
     for (line, record) in lines.iter().zip(&listed[5..]) {
@@ -169,7 +144,7 @@ async fn follow_prints_later_records_without_gap_or_repeat() {
         seen.extend(message.records);
     }
     assert_contiguous(&seen, 1);
-    let listed = table(node.operator().await).await;
+    let listed = testkit::audit_records(node.operator().await).await;
     assert_eq!(seen[..], listed[..seen.len()]);
     // And it keeps following.
     calls(&node, 1).await;

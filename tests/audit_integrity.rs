@@ -262,28 +262,8 @@ async fn an_anonymous_flood_is_bounded_per_address_and_summed_up() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = flood.list_devices(identity::ListDevicesRequest {}).await.unwrap_err();
 
+    let records = testkit::audit_records(operator.clone()).await;
     let mut audits = AuditServiceClient::new(operator);
-    let mut records = Vec::new();
-    let mut since = 0;
-    loop {
-        let page = audits
-            .list_audit_records(audit::ListAuditRecordsRequest {
-                since_sequence: since,
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .records;
-        // Each listing is recorded too: stop at a short page.
-        let full = page.len() == 1000;
-        since = page.last().map_or(since, |r| r.sequence);
-        records.extend(page);
-        if !full {
-            break;
-        }
-    }
     let summaries: Vec<_> =
         records.iter().filter(|r| r.action == "palyra.audit/AnonymousRecordsDropped").collect();
     let summed: u64 = summaries

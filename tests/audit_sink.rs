@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use palyra::audit::{FileSinkConfig, SinkHandle, SinkMonitor};
-use palyra::testkit::{NodeInternals, TestNode, palyra_bin};
-use palyra::wire::pb::audit::v1::{self as audit, audit_service_client::AuditServiceClient};
+use palyra::testkit::{self, NodeInternals, TestNode, palyra_bin};
 use palyra::wire::pb::identity::v1::{self as identity, identity_service_client::IdentityServiceClient};
 
 async fn calls(node: &TestNode, n: usize) {
@@ -61,36 +60,11 @@ fn delivered(path: &Path) -> Vec<(u64, serde_json::Value)> {
     all
 }
 
-/// Every record of the table, as ListAuditRecords shows it.
-async fn table(node: &TestNode) -> Vec<audit::AuditRecord> {
-    let mut client = AuditServiceClient::new(node.operator().await);
-    let mut all: Vec<audit::AuditRecord> = Vec::new();
-    loop {
-        let since = all.last().map_or(0, |r| r.sequence);
-        let page = client
-            .list_audit_records(audit::ListAuditRecordsRequest {
-                since_sequence: since,
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .records;
-        // Each call is recorded too: the table never ends; a short page is its end for now.
-        let end = page.len() < 1000;
-        all.extend(page);
-        if end {
-            return all;
-        }
-    }
-}
-
 /// The lines are exactly the records `first..=last` of the table, once each, in order.
 async fn assert_exactly(node: &TestNode, lines: &[(u64, serde_json::Value)], first: u64, last: u64) {
     let sequences: Vec<u64> = lines.iter().map(|l| l.0).collect();
     assert_eq!(sequences, (first..=last).collect::<Vec<_>>(), "a gap, a repeat or disorder");
-    let records = table(node).await;
+    let records = testkit::audit_records(node.operator().await).await;
     for (sequence, line) in lines {
         let record = records.iter().find(|r| r.sequence == *sequence).unwrap();
         assert_eq!(line["hash"], record.hash.as_str());

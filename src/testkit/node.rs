@@ -38,6 +38,26 @@ pub async fn try_open_node(data: &Path, options: NodeOptions) -> Result<Node, In
     Node::open(data, options).await
 }
 
+/// Every record ListAuditRecords shows over `channel` (an operator's), paging from the start.
+/// Each listing is recorded too, so the table never ends: a short page is its end for now.
+pub async fn audit_records(channel: Channel) -> Vec<crate::wire::pb::audit::v1::AuditRecord> {
+    use crate::wire::pb::audit::v1::{ListAuditRecordsRequest, audit_service_client::AuditServiceClient};
+    const PAGE: usize = 1000;
+    let mut client = AuditServiceClient::new(channel);
+    let mut all: Vec<crate::wire::pb::audit::v1::AuditRecord> = Vec::new();
+    loop {
+        let since = all.last().map_or(0, |r| r.sequence);
+        let request =
+            ListAuditRecordsRequest { since_sequence: since, limit: PAGE as u32, ..Default::default() };
+        let page = client.list_audit_records(request).await.expect("ListAuditRecords").into_inner().records;
+        let end = page.len() < PAGE;
+        all.extend(page);
+        if end {
+            return all;
+        }
+    }
+}
+
 /// Opens the data-dir parts (database, root key, vault) in `data` with [`node_options`].
 /// Appends `records` synthetic decision records (a device reading a secret) to the audit log
 /// of the node in `data`, which must not be open: chained and sealed with the node's own keys
