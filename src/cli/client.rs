@@ -184,12 +184,13 @@ async fn renew_with_proof(server: &str, dir: &Path) -> Result<String, CliError> 
     Ok(response.into_inner().certificate_pem)
 }
 
-/// A file of the client credentials in `dir`: the directory must be private (0700), and a
-/// private key (`key.pem`, `identity.key`) too (0600); certificates are public and only read.
-/// Whoever could read the key could act as this device.
+/// A file of the client credentials in `dir` (`ca.pem`, `cert.pem`, `key.pem`): the directory
+/// must be private (0700), and the TLS key too (0600); certificates are public and only read.
+/// Whoever could read the key could act as this device. (`identity.key` is read with
+/// `fsutil::read_private` where renewal needs it.)
 pub(super) fn read_credential(dir: &Path, name: &str) -> Result<Vec<u8>, CliError> {
     let path = dir.join(name);
-    if name.ends_with(".key") || name == "key.pem" {
+    if name == "key.pem" {
         return fsutil::read_private(&path).map_err(|e| CliError::new(e.to_string()));
     }
     fsutil::check_private(dir, fsutil::DIR_MODE).map_err(|e| CliError::new(e.to_string()))?;

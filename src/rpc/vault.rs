@@ -88,8 +88,8 @@ impl VaultApi {
         let resource = Resource::Scope(scope);
         let held = request.extensions().get::<crate::access::HeldAllow>();
         let decision = self.gate.decide_after(peer, action, &resource, held);
-        // Built as a scope two lines up.
-        let Resource::Scope(scope) = resource else { unreachable!("built as a scope") };
+        // Built as a scope above: moved in for the decision, moved back out for the caller.
+        let Resource::Scope(scope) = resource else { return Err(internal("a scope decision without its scope")) };
         decision.map_err(|d| denied(anonymous, reserved(&scope, d)))?;
         Ok(scope)
     }
