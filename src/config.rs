@@ -99,6 +99,10 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     /// Largest secret value in bytes.
     pub max_value_bytes: Option<usize>,
+    /// Milliseconds a GetSecret's checked, still sealed row may answer the same read again
+    /// (until the next write at the latest; 0..=[`MAX_READ_CACHE_MS`], default 1000, 0 = off).
+    /// A row edited on disk behind the node's back is found at the first read after that.
+    pub read_cache_ms: Option<u64>,
     /// Seconds the client certificates issued to devices (at pairing approval and at renewal)
     /// are valid ([`MIN_DEVICE_CERTIFICATE_LIFETIME_SECS`]..=[`MAX_DEVICE_CERTIFICATE_LIFETIME_SECS`],
     /// default [`DEFAULT_DEVICE_CERTIFICATE_LIFETIME_SECS`]). Devices renew past two thirds of it.
@@ -116,6 +120,9 @@ pub struct FileConfig {
     /// The audit log's retention, witnesses and sink (`[audit]`).
     pub audit: Option<AuditConfig>,
 }
+
+/// The longest `read_cache_ms`: a minute.
+pub const MAX_READ_CACHE_MS: u64 = 60_000;
 
 /// The longest `[audit] retain_days`: 100 years.
 pub const MAX_AUDIT_RETAIN_DAYS: u64 = 36_500;
@@ -385,6 +392,12 @@ impl FileConfig {
                 message: "max_value_bytes must be between 1 and 16777216".into(),
             });
         }
+        if config.read_cache_ms.is_some_and(|ms| ms > MAX_READ_CACHE_MS) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("read_cache_ms must be between 0 (off) and {MAX_READ_CACHE_MS}"),
+            });
+        }
         if config.device_certificate_lifetime_seconds.is_some_and(|s| {
             !(MIN_DEVICE_CERTIFICATE_LIFETIME_SECS..=MAX_DEVICE_CERTIFICATE_LIFETIME_SECS).contains(&s)
         }) {
@@ -486,6 +499,7 @@ mod tests {
             key_backend = "file"
             server_names = ["node.local"]
             max_value_bytes = 1024
+            read_cache_ms = 250
             device_certificate_lifetime_seconds = 3600
             metrics_addr = "127.0.0.1:9464"
             log_format = "json"
@@ -506,6 +520,7 @@ mod tests {
             Some("127.0.0.1:9000".parse().map_err(|_| ConfigError::Value("addr".into()))?)
         );
         assert_eq!(c.max_value_bytes, Some(1024));
+        assert_eq!(c.read_cache_ms, Some(250));
         assert_eq!(c.device_certificate_lifetime_seconds, Some(3600));
         assert_eq!(c.console.and_then(|c| c.addr).map(|a| a.port()), Some(7500));
         let grpc = c.grpc.unwrap_or_default();
@@ -524,6 +539,7 @@ mod tests {
             ("grpc_addr = \"not an address\"", "grpc_addr"),
             ("key_backend = \"tpm\"", "unknown key backend"),
             ("max_value_bytes = 0", "max_value_bytes"),
+            ("read_cache_ms = 60001", "read_cache_ms"),
             ("device_certificate_lifetime_seconds = 9", "device_certificate_lifetime_seconds"),
             ("device_certificate_lifetime_seconds = 31536001", "device_certificate_lifetime_seconds"),
             ("device_certificate_lifetime_seconds = -1", "device_certificate_lifetime_seconds"),

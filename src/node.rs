@@ -141,8 +141,11 @@ impl NodeCore {
         // Before anything is read or served: rows are checked from here on (and MAC'd once on
         // the first open after migration 0009).
         store.authenticate_rows(crate::integrity::RowMac::new(&keys)).await?;
-        let vault =
-            Vault::new(Arc::new(SqliteBlobBackend::new(store.clone())), Arc::clone(&keys), options.vault);
+        let vault = Vault::new(
+            Arc::new(SqliteBlobBackend::new(store.clone(), options.vault.read_cache)),
+            Arc::clone(&keys),
+            options.vault,
+        );
         let pending = vault.resume_rotation().await.map_err(|e| NodeError::Internal(e.to_string()))?;
         if pending > 0 {
             tracing::info!(rewrapped = pending, "finished an interrupted key rotation");

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use palyra::testkit::{TestNode, reason};
+use palyra::testkit::{self, TestNode, reason};
 use palyra::wire::pb::vault::v1::{self as pb, vault_service_client::VaultServiceClient};
 use tonic::Code;
 
@@ -22,7 +22,8 @@ fn get(scope: &str, key: &str, version: u64) -> pb::GetSecretRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_over_grpc() {
-    let node = TestNode::start().await;
+    // The tampered row below must be found by the very next read: no read cache.
+    let node = TestNode::start_with(testkit::uncached_node_options()).await;
     let mut vault = VaultServiceClient::new(node.operator().await);
 
     // Versions.

@@ -186,7 +186,8 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     )
     .unwrap();
     drop(db);
-    let node = open(&data).await.unwrap();
+    // The edit below must be found by the very next read: no read cache.
+    let node = testkit::try_open_node(&data, testkit::uncached_node_options()).await.unwrap();
     let (value, _) = node.vault().get(&scope, &key, None).await.unwrap();
     assert_eq!(value.expose(), b"v");
     let db = attacker(&data);
@@ -202,4 +203,38 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     // Once: from now on an edit is caught.
     db.execute("UPDATE secrets SET deleted = 1 WHERE object_id = ?1", [&id]).unwrap();
     assert_integrity(node.vault().get(&scope, &key, None).await.unwrap_err(), &id);
+}
+
+/// With the read cache on (the default), a GetSecret may be answered from the row the node
+/// checked less than a lifetime ago: an edit on disk is then never served (the verified row is),
+/// and it is found by the first read once that row's lifetime is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_read_cache_an_edit_is_never_served_and_is_found_once_the_cached_row_expires() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    let lifetime = std::time::Duration::from_secs(2);
+    let mut options = testkit::node_options();
+    options.vault.read_cache = lifetime;
+    let node = testkit::try_open_node(&data, options).await.unwrap();
+    let vault = node.vault();
+    let (scope, key, id) = names("team/app", "token");
+    vault.put(&scope, &key, SecretValue::new(b"one".to_vec()), None).await.unwrap();
+    vault.put(&scope, &key, SecretValue::new(b"two".to_vec()), None).await.unwrap();
+    let read_at = std::time::Instant::now();
+    assert_eq!(vault.get(&scope, &key, None).await.unwrap().0.expose(), b"two");
+    // Rolled back to version 1 behind the node's back.
+    attacker(&data).execute("UPDATE secrets SET latest_version = 1 WHERE object_id = ?1", [&id]).unwrap();
+    match vault.get(&scope, &key, None).await {
+        Ok((value, meta)) => {
+            assert!(read_at.elapsed() < lifetime);
+            assert_eq!((value.expose(), meta.version), (&b"two"[..], 2));
+        }
+        // Only if this machine took longer than the lifetime to get here.
+        Err(e) => {
+            assert!(read_at.elapsed() >= lifetime, "{e}");
+            assert_integrity(e, &id);
+        }
+    }
+    tokio::time::sleep(lifetime).await;
+    assert_integrity(vault.get(&scope, &key, None).await.unwrap_err(), &id);
 }

@@ -156,14 +156,15 @@ async fn value_size_limit_is_enforced_and_configurable() {
     let err = node.vault.put(&s, &k, value(&vec![7; 64 * 1024 + 1]), None).await.unwrap_err();
     assert!(matches!(err, VaultError::ValueTooLarge { size: 65537, max: 65536 }), "{err}");
 
-    let small = node.vault_with(VaultConfig { max_value_len: 10 });
+    let small = node.vault_with(VaultConfig { max_value_len: 10, ..VaultConfig::default() });
     assert!(matches!(small.put(&s, &k, value(&[0; 11]), None).await, Err(VaultError::ValueTooLarge { .. })));
 }
 
 #[tokio::test]
 async fn every_flipped_byte_of_a_stored_envelope_is_an_integrity_error() {
     let dir = private_tempdir();
-    let node = open(dir.path()).await;
+    // Each edit must be found by the very next read: no read cache.
+    let node = testkit::try_open_core(dir.path(), testkit::uncached_node_options()).await.unwrap();
     let (s, k) = (scope("agents/alpha"), key("k"));
     node.vault.put(&s, &k, value(b"the plaintext"), None).await.unwrap();
     let db = raw_db(dir.path());
@@ -337,6 +338,61 @@ async fn rotation_under_concurrent_reads_and_writes() {
         let (v, _) = node.vault.get(&s, &key(&format!("k{i}")), None).await.unwrap();
         assert_eq!(v.expose(), format!("value-{i}").as_bytes());
     }
+}
+
+/// The read cache (on by default) never answers with a row older than a write its reader could
+/// know of: readers racing a writer only ever see the acknowledged version or a newer one, and
+/// a delete, a destroy and a new version are seen by the very next read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_never_returns_a_row_older_than_an_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = private_tempdir();
+    let node = open(dir.path()).await;
+    assert!(!VaultConfig::default().read_cache.is_zero(), "this test is about the default read cache");
+    let (s, k) = (scope("race"), key("k"));
+    node.vault.put(&s, &k, value(b"1"), None).await.unwrap();
+    let acknowledged = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (vault, s, k) = (node.vault.clone(), s.clone(), k.clone());
+        let (acknowledged, stop) = (Arc::clone(&acknowledged), Arc::clone(&stop));
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let floor = acknowledged.load(Ordering::SeqCst);
+                let (v, m) = vault.get(&s, &k, None).await.unwrap();
+                assert!(
+                    m.version >= floor,
+                    "read version {} after version {floor} was acknowledged",
+                    m.version
+                );
+                assert_eq!(v.expose(), m.version.to_string().as_bytes());
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    for version in 2..=200u64 {
+        let m = node.vault.put(&s, &k, value(version.to_string().as_bytes()), None).await.unwrap();
+        assert_eq!(m.version, version);
+        acknowledged.store(version, Ordering::SeqCst);
+        // Read-your-writes on this task too.
+        assert_eq!(node.vault.get(&s, &k, None).await.unwrap().1.version, version);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    // A version read by number, then the secret deleted, then destroyed: each seen at once.
+    assert_eq!(node.vault.get(&s, &k, Some(7)).await.unwrap().0.expose(), b"7");
+    node.vault.delete(&s, &k, false).await.unwrap();
+    assert!(matches!(node.vault.get(&s, &k, None).await, Err(VaultError::NotFound { .. })));
+    assert!(matches!(node.vault.get(&s, &k, Some(7)).await, Err(VaultError::NotFound { .. })));
+    node.vault.put(&s, &k, value(b"again"), None).await.unwrap();
+    assert_eq!(node.vault.get(&s, &k, None).await.unwrap().0.expose(), b"again");
+    node.vault.delete(&s, &k, true).await.unwrap();
+    assert!(matches!(node.vault.get(&s, &k, None).await, Err(VaultError::NotFound { .. })));
 }
 
 #[tokio::test]

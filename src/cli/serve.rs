@@ -186,6 +186,9 @@ fn settings(
             key_backend,
             vault: VaultConfig {
                 max_value_len: file.max_value_bytes.unwrap_or(crate::vault::DEFAULT_MAX_VALUE_LEN),
+                read_cache: file
+                    .read_cache_ms
+                    .map_or(crate::vault::DEFAULT_READ_CACHE, std::time::Duration::from_millis),
             },
             server_names,
             device_certificate_lifetime: std::time::Duration::from_secs(

@@ -19,6 +19,7 @@ pub(crate) mod events;
 mod pairing;
 mod policy;
 pub(crate) mod snapshot;
+mod read_cache;
 mod vault;
 
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
@@ -27,6 +28,7 @@ pub use vault::SqliteBlobBackend;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,6 +82,9 @@ type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 struct Job {
     work: Work,
     durable: bool,
+    /// Whether the job may change tables ([`Store::write`]); a lazy commit only lands the
+    /// hook's audit records and leaves [`Store::data_epoch`] where it is.
+    changes_data: bool,
 }
 
 /// Runs inside every write batch's transaction, before its jobs, and hears whether the batch
@@ -116,6 +121,8 @@ struct Inner {
     checkpoints: Arc<checkpointer::CheckpointCount>,
     /// The writer and checkpoint threads, joined by [`Store::close`].
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// [`Store::data_epoch`], moved by the writer.
+    data_epoch: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Store {
@@ -145,9 +152,11 @@ impl Store {
         let writer_hub = hub.clone();
         let hook: Arc<Mutex<Option<Box<dyn BatchHook>>>> = Arc::default();
         let writer_hook = Arc::clone(&hook);
+        let data_epoch = Arc::new(AtomicU64::new(0));
+        let writer_epoch = Arc::clone(&data_epoch);
         let writer = std::thread::Builder::new()
             .name("palyra-db-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_hub, published, &writer_hook))
+            .spawn(move || writer_loop(conn, rx, writer_hub, published, &writer_hook, &writer_epoch))
             .map_err(|e| StoreError::new(format_args!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -161,6 +170,7 @@ impl Store {
                 checkpoints,
                 // The writer first: its connection going away is what ends the checkpointer.
                 threads: Mutex::new(vec![writer, checkpointer]),
+                data_epoch,
             }),
         })
     }
@@ -209,6 +219,16 @@ impl Store {
         self.inner.checkpoints.get()
     }
 
+    /// How many write batches that could change a table have ended (committed or not): a
+    /// value read before a read transaction begins is still current afterwards only if no
+    /// write landed meanwhile. The writer moves it after a batch's `COMMIT` and before any of
+    /// its writes is acknowledged or its events published, so whoever learns of a write (its
+    /// caller, a watcher) finds the epoch already moved. Lazy commits of audit records alone
+    /// do not move it. What caches reads on it: `vault::ReadCache`.
+    pub(crate) fn data_epoch(&self) -> u64 {
+        self.inner.data_epoch.load(Ordering::Acquire)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -237,7 +257,7 @@ impl Store {
                 let _ = tx.send(outcome);
             })
         });
-        self.submit(Job { work, durable: true })?;
+        self.submit(Job { work, durable: true, changes_data: true })?;
         rx.await.map_err(|_| E::from(StoreError::new("the database writer stopped")))?
     }
 
@@ -247,7 +267,7 @@ impl Store {
     pub(crate) fn commit_lazily(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel::<Result<(), StoreError>>();
         let work: Work = Box::new(move |_| Box::new(move |commit| drop(tx.send(commit))));
-        self.submit(Job { work, durable: false })?;
+        self.submit(Job { work, durable: false, changes_data: false })?;
         rx.blocking_recv().map_err(|_| StoreError::new("the database writer stopped"))?
     }
 
@@ -501,6 +521,7 @@ fn writer_loop(
     hub: crate::events::EventHub,
     mut published: u64,
     hook: &Mutex<Option<Box<dyn BatchHook>>>,
+    data_epoch: &AtomicU64,
 ) {
     let mut durable_now = true;
     while let Ok(first) = jobs.recv() {
@@ -524,7 +545,7 @@ fn writer_loop(
             durable_now = durable;
         }
         let mut hook = hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if run_batch(&conn, batch, hook.as_deref_mut()) {
+        if run_batch(&conn, batch, hook.as_deref_mut(), data_epoch) {
             // Live subscribers hear of an event only once it is durable, in sequence order.
             published = events::publish_committed(&conn, &hub, published);
         }
@@ -539,8 +560,13 @@ fn fail_batch(batch: Vec<Job>, error: &StoreError) {
 }
 
 /// Runs one batch: the hook, then each job in its savepoint, then the commit; true when it
-/// committed.
-fn run_batch(conn: &Connection, batch: Vec<Job>, mut hook: Option<&mut (dyn BatchHook + 'static)>) -> bool {
+/// committed. Moves `data_epoch` once the jobs have run if one of them could change a table.
+fn run_batch(
+    conn: &Connection,
+    batch: Vec<Job>,
+    mut hook: Option<&mut (dyn BatchHook + 'static)>,
+    data_epoch: &AtomicU64,
+) -> bool {
     if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot begin a write transaction");
         fail_batch(batch, &StoreError::from(e));
@@ -557,6 +583,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, mut hook: Option<&mut (dyn Batc
         hook.after(false);
         return false;
     }
+    let changes_data = batch.iter().any(|job| job.changes_data);
     let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
     let mut lost = None;
@@ -585,6 +612,10 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, mut hook: Option<&mut (dyn Batc
         let _ = conn.execute_batch("ROLLBACK");
     }
     let committed = commit.is_ok();
+    if changes_data {
+        // Before any completion runs: see `Store::data_epoch`.
+        data_epoch.fetch_add(1, Ordering::AcqRel);
+    }
     if let Some(hook) = hook {
         hook.after(committed);
     }

@@ -1,10 +1,11 @@
 //! The vault's tables behind [`BlobBackend`].
 
 use std::sync::{Arc, LazyLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use super::read_cache::ReadCache;
 use super::{Store, StoreError, events, from_millis, to_millis};
 use crate::events::{
     NewEvent, VAULT_KEY_ROTATED, VAULT_SECRET_DELETED, VAULT_SECRET_DESTROYED, VAULT_SECRET_WRITTEN,
@@ -19,12 +20,15 @@ use crate::vault::{
 #[derive(Debug, Clone)]
 pub struct SqliteBlobBackend {
     store: Store,
+    /// Recent point reads, checked ([`ReadCache`]).
+    reads: Arc<ReadCache>,
 }
 
 impl SqliteBlobBackend {
-    /// The vault tables of `store`.
-    pub fn new(store: Store) -> Self {
-        SqliteBlobBackend { store }
+    /// The vault tables of `store`; a point read's checked row serves again for `read_cache`
+    /// at most, and only until the next write ([`ReadCache`]; zero: every read goes to SQLite).
+    pub fn new(store: Store, read_cache: Duration) -> Self {
+        SqliteBlobBackend { store, reads: Arc::new(ReadCache::new(read_cache)) }
     }
 }
 
@@ -516,9 +520,24 @@ impl BlobBackend for SqliteBlobBackend {
         key: SecretKey,
         version: Option<u64>,
     ) -> BoxFuture<'_, Result<StoredVersion, VaultError>> {
-        // A point read by primary key: on the calling thread (see `Store::read_now`).
-        let mac = self.store.row_mac();
-        Box::pin(self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())))
+        // Taken before the read transaction begins: a write that lands after it ends the epoch.
+        let epoch = self.store.data_epoch();
+        let wanted = (scope, key, version);
+        Box::pin(async move {
+            if let Some(stored) = self.reads.get(&wanted, epoch) {
+                // As `read_now` does: a task looping on cached reads still yields.
+                tokio::task::coop::consume_budget().await;
+                return Ok(stored);
+            }
+            // A point read by primary key: on the calling thread (see `Store::read_now`).
+            let mac = self.store.row_mac();
+            let (scope, key) = (wanted.0.clone(), wanted.1.clone());
+            let stored = self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())).await?;
+            if self.reads.enabled() {
+                self.reads.put(wanted, &stored, epoch, self.store.data_epoch());
+            }
+            Ok(stored)
+        })
     }
 
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SecretMetadata>, VaultError>> {

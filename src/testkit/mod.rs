@@ -27,7 +27,7 @@ pub mod tls;
 pub use device::{Creds, DeviceKeys, Minting, issue, mint, mint_with};
 pub use node::{
     GrpcServing, NodeInternals, QuicServing, TestNode, audit_records, fill_audit_log, node_options,
-    open_core, open_node, try_open_core, try_open_node,
+    open_core, open_node, try_open_core, try_open_node, uncached_node_options,
 };
 pub use rng::{Rng, seed_from_env, time_seed};
 pub use serve::{Palyra, Serving, parse_serving, spawn_serving};

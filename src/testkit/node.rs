@@ -27,6 +27,15 @@ pub fn node_options() -> NodeOptions {
     NodeOptions { key_backend: KeyBackendChoice::File, ..Default::default() }
 }
 
+/// [`node_options`] with the vault's read cache off: every GetSecret reads and checks its row
+/// in the database, so an edit made on disk is found by the very next read (with the cache on,
+/// by the first read after the cached row's lifetime; `tests/row_integrity.rs` shows both).
+pub fn uncached_node_options() -> NodeOptions {
+    let mut options = node_options();
+    options.vault.read_cache = std::time::Duration::ZERO;
+    options
+}
+
 /// Opens (initialising on first use) the node in `data` with [`node_options`].
 pub async fn open_node(data: &Path) -> Node {
     try_open_node(data, node_options()).await.unwrap()
@@ -355,7 +364,7 @@ pub trait NodeInternals {
     fn vault_with(&self, config: VaultConfig) -> Vault {
         let core = self.core_parts();
         Vault::new(
-            Arc::new(crate::storage::SqliteBlobBackend::new(core.store.clone())),
+            Arc::new(crate::storage::SqliteBlobBackend::new(core.store.clone(), config.read_cache)),
             Arc::clone(&core.keys),
             config,
         )

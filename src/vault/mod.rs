@@ -31,7 +31,7 @@ pub use envelope::{Binding, EnvelopeError};
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use keys::{KeyBackend, KeyError, KeyHierarchy, KeyProvider, Locked, RootKey, locked_pages};
 pub use scope::{NameError, ObjectId, Scope, SecretKey};
-pub use service::{Vault, VaultConfig};
+pub use service::{DEFAULT_READ_CACHE, Vault, VaultConfig};
 pub use watch::{ChangeKind, Watch, Watched};
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
 pub use watch::{PROGRESS_INTERVAL, SecretChange};

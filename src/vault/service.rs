@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ring::aead::LessSafeKey;
 
@@ -20,11 +20,18 @@ use super::{
 pub struct VaultConfig {
     /// Largest value accepted, in bytes.
     pub max_value_len: usize,
+    /// How long a point read's checked (still sealed) row may answer the same read again,
+    /// until the next write at the latest; zero: never. A storage backend's concern, set here
+    /// with the rest of the vault's settings (`read_cache_ms` in `palyra.toml`).
+    pub read_cache: Duration,
 }
+
+/// The default of [`VaultConfig::read_cache`].
+pub const DEFAULT_READ_CACHE: Duration = Duration::from_secs(1);
 
 impl Default for VaultConfig {
     fn default() -> Self {
-        VaultConfig { max_value_len: DEFAULT_MAX_VALUE_LEN }
+        VaultConfig { max_value_len: DEFAULT_MAX_VALUE_LEN, read_cache: DEFAULT_READ_CACHE }
     }
 }
 
