@@ -586,6 +586,6 @@ fn the_reported_forbid_applies() {
             &resource_of(&x),
             None,
         );
-        assert_eq!((d.allow, d.determining_policies), (false, vec!["g0".to_owned()]), "{form}");
+        assert_eq!((d.allow, d.determining_policies.clone()), (false, vec!["g0".to_owned()]), "{form}");
     }
 }

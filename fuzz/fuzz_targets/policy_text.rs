@@ -60,7 +60,7 @@ fn differential(engine: &PolicyEngine) {
                 let context = action.ends_with("/RenewCertificate").then_some(&proof);
                 let sliced = engine.authorize_subject(subject, action, resource, context);
                 let whole = policy_decide_unsliced(engine, &unsliced, subject, action, resource, context);
-                assert_eq!(sliced, whole, "{action} {subject:?} {resource:?}");
+                assert_eq!(*sliced, whole, "{action} {subject:?} {resource:?}");
             }
         }
     }

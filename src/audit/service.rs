@@ -137,13 +137,16 @@ impl Mailbox {
                 }
             };
             queue.idle = false;
-            if queue.flushes.is_empty() && !queue.closed && !queue.records.is_empty() {
-                queue = self
-                    .wake
-                    .wait_timeout_while(queue, LINGER, |q| q.flushes.is_empty() && !q.closed)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+        }
+        // Woken by a record, or still busy from the last batch: linger so that the records of
+        // many calls share one transaction (a batch writes its leaf and head pages whatever it
+        // holds). A flush or a close cuts it short.
+        if queue.flushes.is_empty() && !queue.closed && !queue.retry && !queue.records.is_empty() {
+            queue = self
+                .wake
+                .wait_timeout_while(queue, LINGER, |q| q.flushes.is_empty() && !q.closed)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         queue.retry = false;
         Taken {

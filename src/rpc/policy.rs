@@ -47,7 +47,7 @@ impl PolicyService for PolicyApi {
                 engine.authorize_subject(&Subject::device(&device), action, resource, context)
             }
         };
-        Ok(Response::new(decision.into()))
+        Ok(Response::new(Arc::unwrap_or_clone(decision).into()))
     }
 
     async fn get_policy_set(

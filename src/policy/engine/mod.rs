@@ -195,7 +195,7 @@ impl PolicyEngine {
         action: &str,
         resource: &Resource,
         context: Option<&serde_json::Value>,
-    ) -> AuthzDecision {
+    ) -> Arc<AuthzDecision> {
         self.authorize_subject(&Subject::principal(principal, granted), action, resource, context)
     }
 
@@ -207,14 +207,15 @@ impl PolicyEngine {
         action: &str,
         resource: &Resource,
         context: Option<&serde_json::Value>,
-    ) -> AuthzDecision {
+    ) -> Arc<AuthzDecision> {
         let active = self.current();
         match (context, self.actions.get(action)) {
-            // Without a context the decision depends on the request alone: remembered.
+            // Without a context the decision depends on the request alone: remembered (and
+            // shared, not copied: a decision holds a few strings).
             (None, Some(info)) => active.remembered.get_or_decide(info.index, resource, subject, || {
                 self.decide(&active.compiled, subject, action, resource, None)
             }),
-            _ => self.decide(&active.compiled, subject, action, resource, context),
+            _ => Arc::new(self.decide(&active.compiled, subject, action, resource, context)),
         }
     }
 
@@ -583,7 +584,7 @@ mod tests {
             action: &str,
             resource: &Resource,
             context: Option<&serde_json::Value>,
-        ) -> AuthzDecision {
+        ) -> Arc<AuthzDecision> {
             let e = &self.engine;
             match who {
                 Who::Anonymous => e.authorize(&Principal::Anonymous, &[], action, resource, context),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use super::AuthzDecision;
 use crate::identity::{DeviceId, DeviceStatus, Role};
@@ -30,7 +30,7 @@ struct Entry {
     action: usize,
     resource: Resource,
     subject: OwnedSubject,
-    decision: AuthzDecision,
+    decision: Arc<AuthzDecision>,
 }
 
 /// A [`Subject`] with everything a policy can read about it, owned.
@@ -144,21 +144,21 @@ impl Remembered {
         resource: &Resource,
         subject: &Subject<'_>,
         decide: impl FnOnce() -> AuthzDecision,
-    ) -> AuthzDecision {
+    ) -> Arc<AuthzDecision> {
         let hash = self.hash(action, resource, subject);
         {
             let memory = self.memory.read().unwrap_or_else(PoisonError::into_inner);
             let bucket = memory.by_hash.get(&hash).map(Vec::as_slice).unwrap_or_default();
             if let Some(found) = bucket.iter().find(|e| e.answers(action, resource, subject)) {
-                return found.decision.clone();
+                return Arc::clone(&found.decision);
             }
         }
-        let decision = decide();
+        let decision = Arc::new(decide());
         let entry = Entry {
             action,
             resource: resource.clone(),
             subject: OwnedSubject::of(subject),
-            decision: decision.clone(),
+            decision: Arc::clone(&decision),
         };
         let weight = entry.weight();
         let mut memory = self.memory.write().unwrap_or_else(PoisonError::into_inner);
