@@ -180,6 +180,11 @@ async fn a_failing_append_fails_closed_flips_health_and_recovers() {
     .await;
     let failures = node.node.audit().failed_appends();
     assert!(failures >= 1);
+    // While it fails, the retries back off (50 ms, doubling to 2 s): a few in 600 ms, not a
+    // busy loop (every failed batch used to ask for the next retry at once).
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let retried = node.node.audit().failed_appends() - failures;
+    assert!(retried <= 8, "{retried} failed appends in 600 ms while failing");
 
     // The fault goes: the writer's retry succeeds, and the node serves again.
     db(&node).execute_batch("DROP TRIGGER audit_fault;").unwrap();

@@ -341,8 +341,9 @@ async fn rotation_under_concurrent_reads_and_writes() {
 }
 
 /// The read cache (on by default) never answers with a row older than a write its reader could
-/// know of: readers racing a writer only ever see the acknowledged version or a newer one, and
-/// a delete, a destroy and a new version are seen by the very next read.
+/// know of: readers racing a writer only ever see the acknowledged version (or one already seen
+/// committed) or a newer one, and a delete, a destroy and a new version are seen by the very
+/// next read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_never_returns_a_row_older_than_an_acknowledged_write() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -361,10 +362,22 @@ async fn a_read_never_returns_a_row_older_than_an_acknowledged_write() {
             let mut reads = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let floor = acknowledged.load(Ordering::SeqCst);
+                // Every third read, also a version seen in the database directly (a commit is
+                // visible there before its write is acknowledged).
+                let seen = if reads.is_multiple_of(3) {
+                    vault.history(&s, &k).await.unwrap().0.version
+                } else {
+                    floor
+                };
                 let (v, m) = vault.get(&s, &k, None).await.unwrap();
                 assert!(
                     m.version >= floor,
                     "read version {} after version {floor} was acknowledged",
+                    m.version
+                );
+                assert!(
+                    m.version >= seen,
+                    "read version {} after version {seen} was seen committed",
                     m.version
                 );
                 assert_eq!(v.expose(), m.version.to_string().as_bytes());

@@ -10,7 +10,7 @@
 //! ([`Audit::before_write`] only checks that the log records). When records wait and no write
 //! comes, the audit thread (the [`Ticker`]) runs a lazy batch (`synchronous=NORMAL`: no fsync
 //! on the request path; the next durable commit makes them durable), woken by a record only
-//! when idle and then lingering a moment so many calls share one batch.
+//! when idle, lingering a moment before each batch so many calls share one.
 //!
 //! Every append also advances the sealed head ([`AuditHead`]) in the same transaction, after
 //! checking that the table and the head are still where this writer left them. An append that
@@ -70,7 +70,7 @@ struct Taken {
 
 /// The queue and the ticker's wake-up.
 ///
-/// A record wakes the ticker only when it is idle; once awake the ticker lingers for
+/// A record wakes the ticker only when it is idle; before each batch the ticker lingers for
 /// [`LINGER`] so that the records of many calls share one wake-up and one transaction
 /// (under load it never goes idle). A flush always wakes it and cuts the linger short. Writes
 /// never wait for it: their own batch appends the records queued before them.
@@ -128,15 +128,22 @@ impl Mailbox {
     fn take(&self, retry: Option<Duration>) -> Taken {
         let mut queue = self.lock();
         let empty = |q: &Queue| q.records.is_empty() && q.flushes.is_empty() && !q.closed && !q.retry;
-        if empty(&queue) {
-            queue.idle = true;
-            queue = match retry {
-                None => self.wake.wait_while(queue, |q| empty(q)).unwrap_or_else(PoisonError::into_inner),
-                Some(after) => {
-                    self.wake.wait_timeout_while(queue, after, |q| empty(q)).unwrap_or_else(PoisonError::into_inner).0
-                }
-            };
-            queue.idle = false;
+        match retry {
+            // Appends fail: wait the backoff out whatever comes in (every failed batch asks for
+            // a retry, and records keep coming); only a flush or a close cuts it short.
+            Some(after) => {
+                queue = self
+                    .wake
+                    .wait_timeout_while(queue, after, |q| q.flushes.is_empty() && !q.closed)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            None if empty(&queue) => {
+                queue.idle = true;
+                queue = self.wake.wait_while(queue, |q| empty(q)).unwrap_or_else(PoisonError::into_inner);
+                queue.idle = false;
+            }
+            None => {}
         }
         // Woken by a record, or still busy from the last batch: linger so that the records of
         // many calls share one transaction (a batch writes its leaf and head pages whatever it

@@ -19,7 +19,7 @@ pub(crate) mod events;
 mod pairing;
 mod policy;
 pub(crate) mod snapshot;
-mod read_cache;
+pub(crate) mod read_cache;
 mod vault;
 
 #[cfg_attr(not(feature = "testkit"), allow(unused_imports))]
@@ -28,7 +28,6 @@ pub use vault::SqliteBlobBackend;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -121,8 +120,8 @@ struct Inner {
     checkpoints: Arc<checkpointer::CheckpointCount>,
     /// The writer and checkpoint threads, joined by [`Store::close`].
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// [`Store::data_epoch`], moved by the writer.
-    data_epoch: Arc<AtomicU64>,
+    /// Moved by the writer around every change; what read caches check ([`read_cache`]).
+    data_epoch: Arc<read_cache::DataEpoch>,
 }
 
 impl fmt::Debug for Store {
@@ -152,7 +151,7 @@ impl Store {
         let writer_hub = hub.clone();
         let hook: Arc<Mutex<Option<Box<dyn BatchHook>>>> = Arc::default();
         let writer_hook = Arc::clone(&hook);
-        let data_epoch = Arc::new(AtomicU64::new(0));
+        let data_epoch = Arc::new(read_cache::DataEpoch::default());
         let writer_epoch = Arc::clone(&data_epoch);
         let writer = std::thread::Builder::new()
             .name("palyra-db-writer".into())
@@ -219,14 +218,9 @@ impl Store {
         self.inner.checkpoints.get()
     }
 
-    /// How many write batches that could change a table have ended (committed or not): a
-    /// value read before a read transaction begins is still current afterwards only if no
-    /// write landed meanwhile. The writer moves it after a batch's `COMMIT` and before any of
-    /// its writes is acknowledged or its events published, so whoever learns of a write (its
-    /// caller, a watcher) finds the epoch already moved. Lazy commits of audit records alone
-    /// do not move it. What caches reads on it: `vault::ReadCache`.
-    pub(crate) fn data_epoch(&self) -> u64 {
-        self.inner.data_epoch.load(Ordering::Acquire)
+    /// The epoch of the data, which read caches are kept in ([`read_cache`]).
+    pub(crate) fn data_epoch(&self) -> &read_cache::DataEpoch {
+        &self.inner.data_epoch
     }
 
     /// The database file.
@@ -521,7 +515,7 @@ fn writer_loop(
     hub: crate::events::EventHub,
     mut published: u64,
     hook: &Mutex<Option<Box<dyn BatchHook>>>,
-    data_epoch: &AtomicU64,
+    data_epoch: &read_cache::DataEpoch,
 ) {
     let mut durable_now = true;
     while let Ok(first) = jobs.recv() {
@@ -560,12 +554,14 @@ fn fail_batch(batch: Vec<Job>, error: &StoreError) {
 }
 
 /// Runs one batch: the hook, then each job in its savepoint, then the commit; true when it
-/// committed. Moves `data_epoch` once the jobs have run if one of them could change a table.
+/// committed. Around the commit of a batch with a job that could change a table, moves
+/// `data_epoch` (odd during the commit, then even, with the read caches emptied) before any
+/// completion runs.
 fn run_batch(
     conn: &Connection,
     batch: Vec<Job>,
     mut hook: Option<&mut (dyn BatchHook + 'static)>,
-    data_epoch: &AtomicU64,
+    data_epoch: &read_cache::DataEpoch,
 ) -> bool {
     if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot begin a write transaction");
@@ -597,6 +593,9 @@ fn run_batch(
             break;
         }
     }
+    if changes_data {
+        data_epoch.begin_change();
+    }
     let commit = match lost {
         Some(e) => {
             tracing::error!(error = %e, "batch rolled back");
@@ -613,8 +612,7 @@ fn run_batch(
     }
     let committed = commit.is_ok();
     if changes_data {
-        // Before any completion runs: see `Store::data_epoch`.
-        data_epoch.fetch_add(1, Ordering::AcqRel);
+        data_epoch.end_change();
     }
     if let Some(hook) = hook {
         hook.after(committed);

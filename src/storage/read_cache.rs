@@ -1,24 +1,28 @@
 //! [`ReadCache`]: the sealed rows of recent point reads of secrets, kept briefly so that a hot
-//! GetSecret skips SQLite and the row MAC.
+//! GetSecret skips SQLite and the row MAC; and [`DataEpoch`], which tells it when a write may
+//! have changed what it holds.
 //!
 //! What it holds is what a read returned after every check passed (the row's MAC, no rollback,
 //! the version's envelope): metadata and the *sealed* envelope, never a value; every hit is
 //! still opened (AEAD, AAD bound to scope, key and version) by the vault. An entry serves only
 //!
-//! - in the [`Store::data_epoch`](super::Store::data_epoch) it was read in: any write batch
-//!   that could change a table (a put, a delete, a rotation's rewrap, anything through
-//!   `Store::write`) ends the epoch before the write is acknowledged, so a reader never gets
-//!   a row older than a write it could know of;
-//! - for at most its lifetime ([`VaultConfig::read_cache`](crate::vault::VaultConfig::read_cache), `read_cache_ms` in
-//!   `palyra.toml`, default 1 s): a row
-//!   edited behind the node's back (someone with the database file but not the root key) is
-//!   found at the first read after that, as without a cache; until then the node answers with
-//!   the row it last verified, never with the edited one. 0 turns the cache off.
+//! - in the [`DataEpoch`] it was read in: the store's writer makes the epoch odd before the
+//!   `COMMIT` of any batch that could change a table (a put, a delete, a rotation's rewrap,
+//!   anything through `Store::write`) and even again after it, then empties every cache, all
+//!   before the write is acknowledged or its events published. While the epoch is odd nothing
+//!   is served from or kept in a cache, so no reader gets a row older than a write it could know
+//!   of (by its acknowledgement, an event, or another read);
+//! - for at most its lifetime ([`VaultConfig::read_cache`](crate::vault::VaultConfig::read_cache),
+//!   `read_cache_ms` in `palyra.toml`, default 1 s): a row edited behind the node's back (someone
+//!   with the database file but not the root key) is found at the first read after that, as
+//!   without a cache; until then the node answers with the row it last verified, never with the
+//!   edited one. 0 turns the cache off.
 //!
-//! Bounded in entries and bytes; past a bound it drops what no longer serves, then everything.
+//! Bounded in entries and bytes; when full it starts over.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::vault::{Scope, SecretKey, StoredVersion};
@@ -29,6 +33,47 @@ const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: usize = 8 << 20;
 /// Envelopes larger than this are not kept (one large secret must not push out the rest).
 const MAX_ENTRY_BYTES: usize = 64 << 10;
+
+/// How many write batches that could change a table have ended, times two; odd while one is
+/// committing. Shared by the store and its writer thread; see the module docs.
+#[derive(Default)]
+pub(crate) struct DataEpoch {
+    epoch: AtomicU64,
+    /// The caches to empty after each change (their backends may come and go).
+    caches: Mutex<Vec<Weak<ReadCache>>>,
+}
+
+impl DataEpoch {
+    /// The current epoch, or `None` while a change is committing (then nothing is cached).
+    pub(crate) fn current(&self) -> Option<u64> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        epoch.is_multiple_of(2).then_some(epoch)
+    }
+
+    /// Called by the writer before the `COMMIT` of a batch that may change a table.
+    pub(crate) fn begin_change(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Called by the writer once that batch's `COMMIT` (or rollback) is over, before any of its
+    /// writes is acknowledged: a new even epoch, and every cache emptied.
+    pub(crate) fn end_change(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        caches.retain(|cache| match cache.upgrade() {
+            Some(cache) => {
+                cache.clear();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Has `cache` emptied after every change from now on.
+    pub(crate) fn register(&self, cache: &Arc<ReadCache>) {
+        self.caches.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(cache));
+    }
+}
 
 /// What a read asked for: the scope, the key and the version (`None`: the latest).
 pub(crate) type ReadKey = (Scope, SecretKey, Option<u64>);
@@ -68,7 +113,8 @@ impl ReadCache {
         !self.lifetime.is_zero()
     }
 
-    /// The row `key` read in `epoch`, if it was read in that epoch less than a lifetime ago.
+    /// The row `key`, if it was read in the current epoch (`epoch`, from
+    /// [`DataEpoch::current`]) less than a lifetime ago.
     pub(crate) fn get(&self, key: &ReadKey, epoch: u64) -> Option<StoredVersion> {
         if !self.enabled() {
             return None;
@@ -78,28 +124,36 @@ impl ReadCache {
         (entry.epoch == epoch && entry.read_at.elapsed() < self.lifetime).then(|| entry.stored.clone())
     }
 
-    /// Keeps `stored`, read (and checked) by a read transaction that began in `epoch`; `now`
-    /// is the current epoch (an older read is not kept: it may predate a write).
-    pub(crate) fn put(&self, key: ReadKey, stored: &StoredVersion, epoch: u64, now: u64) {
+    /// Keeps `stored`, read (and checked) by a read transaction that began in `epoch`, if that
+    /// is still the current epoch (`epochs`): an older read may predate a write.
+    pub(crate) fn put(&self, key: ReadKey, stored: &StoredVersion, epoch: u64, epochs: &DataEpoch) {
         let size = stored.envelope.len();
-        if !self.enabled() || epoch != now || size > MAX_ENTRY_BYTES {
+        if !self.enabled() || size > MAX_ENTRY_BYTES {
             return;
         }
         let Ok(mut entries) = self.entries.write() else { return };
+        // Under the lock: a change that ends after this check empties the cache after it.
+        if epochs.current() != Some(epoch) {
+            return;
+        }
         if let Some(old) = entries.map.remove(&key) {
             entries.bytes -= old.stored.envelope.len();
         }
         if entries.map.len() >= MAX_ENTRIES || entries.bytes + size > MAX_BYTES {
-            let lifetime = self.lifetime;
-            entries.map.retain(|_, e| e.epoch == now && e.read_at.elapsed() < lifetime);
-            entries.bytes = entries.map.values().map(|e| e.stored.envelope.len()).sum();
-            if entries.map.len() >= MAX_ENTRIES || entries.bytes + size > MAX_BYTES {
-                entries.map.clear();
-                entries.bytes = 0;
-            }
+            // Full: start over (a constant cost per fill, whatever is read).
+            entries.map.clear();
+            entries.bytes = 0;
         }
         entries.bytes += size;
         entries.map.insert(key, Entry { epoch, read_at: Instant::now(), stored: stored.clone() });
+    }
+
+    /// Forgets everything (after a change: see [`DataEpoch::end_change`]).
+    fn clear(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.map.clear();
+            entries.bytes = 0;
+        }
     }
 }
 
@@ -131,28 +185,53 @@ mod tests {
         }
     }
 
+    /// An epoch at `n` changes (even).
+    fn epochs_at(n: u64) -> DataEpoch {
+        let epochs = DataEpoch::default();
+        for _ in 0..n {
+            epochs.begin_change();
+            epochs.end_change();
+        }
+        epochs
+    }
+
     #[test]
     fn an_entry_serves_only_in_its_epoch_and_for_its_lifetime() {
-        let cache = ReadCache::new(Duration::from_millis(200));
-        cache.put(key("a"), &stored("a", 10), 3, 3);
-        assert_eq!(cache.get(&key("a"), 3).unwrap().envelope, vec![7; 10]);
-        assert!(cache.get(&key("b"), 3).is_none());
-        // A write ended the epoch.
-        assert!(cache.get(&key("a"), 4).is_none());
-        // A read that began before a write is not kept.
-        cache.put(key("b"), &stored("b", 10), 3, 4);
-        assert!(cache.get(&key("b"), 4).is_none() && cache.get(&key("b"), 3).is_none());
+        let cache = Arc::new(ReadCache::new(Duration::from_millis(200)));
+        let epochs = epochs_at(1);
+        epochs.register(&cache);
+        let e = epochs.current().unwrap();
+        cache.put(key("a"), &stored("a", 10), e, &epochs);
+        assert_eq!(cache.get(&key("a"), e).unwrap().envelope, vec![7; 10]);
+        assert!(cache.get(&key("b"), e).is_none());
+        // A change is committing: no epoch to serve or keep in.
+        epochs.begin_change();
+        assert_eq!(epochs.current(), None);
+        // It ended: a new epoch, and the cache emptied.
+        epochs.end_change();
+        let next = epochs.current().unwrap();
+        assert_ne!(next, e);
+        assert!(cache.get(&key("a"), next).is_none() && cache.entries.read().unwrap().map.is_empty());
+        // A read that began before the change is not kept.
+        cache.put(key("b"), &stored("b", 10), e, &epochs);
+        assert!(cache.entries.read().unwrap().map.is_empty());
         // Past its lifetime.
-        cache.put(key("c"), &stored("c", 10), 4, 4);
-        assert!(cache.get(&key("c"), 4).is_some());
+        cache.put(key("c"), &stored("c", 10), next, &epochs);
+        assert!(cache.get(&key("c"), next).is_some());
         std::thread::sleep(Duration::from_millis(250));
-        assert!(cache.get(&key("c"), 4).is_none());
+        assert!(cache.get(&key("c"), next).is_none());
+        // A dropped cache is forgotten by the epoch.
+        drop(cache);
+        epochs.begin_change();
+        epochs.end_change();
+        assert!(epochs.caches.lock().unwrap().is_empty());
     }
 
     #[test]
     fn a_zero_lifetime_keeps_nothing() {
         let cache = ReadCache::new(Duration::ZERO);
-        cache.put(key("a"), &stored("a", 10), 0, 0);
+        let epochs = epochs_at(0);
+        cache.put(key("a"), &stored("a", 10), 0, &epochs);
         assert!(cache.get(&key("a"), 0).is_none());
         assert_eq!(cache.entries.read().unwrap().map.len(), 0);
     }
@@ -160,21 +239,19 @@ mod tests {
     #[test]
     fn it_is_bounded_in_entries_and_bytes() {
         let cache = ReadCache::new(Duration::from_secs(30));
+        let epochs = epochs_at(0);
         for i in 0..MAX_ENTRIES + 10 {
-            cache.put(key(&format!("k{i}")), &stored("a", 10), 1, 1);
+            cache.put(key(&format!("k{i}")), &stored("a", 10), 0, &epochs);
             assert!(cache.entries.read().unwrap().map.len() <= MAX_ENTRIES);
         }
         // Too large to keep at all.
-        cache.put(key("big"), &stored("big", MAX_ENTRY_BYTES + 1), 1, 1);
-        assert!(cache.get(&key("big"), 1).is_none());
+        cache.put(key("big"), &stored("big", MAX_ENTRY_BYTES + 1), 0, &epochs);
+        assert!(cache.get(&key("big"), 0).is_none());
         for i in 0..(MAX_BYTES / MAX_ENTRY_BYTES) + 4 {
-            cache.put(key(&format!("b{i}")), &stored("b", MAX_ENTRY_BYTES), 1, 1);
+            cache.put(key(&format!("b{i}")), &stored("b", MAX_ENTRY_BYTES), 0, &epochs);
             let entries = cache.entries.read().unwrap();
             assert!(entries.bytes <= MAX_BYTES);
             assert_eq!(entries.bytes, entries.map.values().map(|e| e.stored.envelope.len()).sum::<usize>());
         }
-        // Entries of an ended epoch go first.
-        cache.put(key("new"), &stored("new", 10), 2, 2);
-        assert!(cache.get(&key("new"), 2).is_some());
     }
 }

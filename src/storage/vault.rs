@@ -28,7 +28,9 @@ impl SqliteBlobBackend {
     /// The vault tables of `store`; a point read's checked row serves again for `read_cache`
     /// at most, and only until the next write ([`ReadCache`]; zero: every read goes to SQLite).
     pub fn new(store: Store, read_cache: Duration) -> Self {
-        SqliteBlobBackend { store, reads: Arc::new(ReadCache::new(read_cache)) }
+        let reads = Arc::new(ReadCache::new(read_cache));
+        store.data_epoch().register(&reads);
+        SqliteBlobBackend { store, reads }
     }
 }
 
@@ -520,11 +522,12 @@ impl BlobBackend for SqliteBlobBackend {
         key: SecretKey,
         version: Option<u64>,
     ) -> BoxFuture<'_, Result<StoredVersion, VaultError>> {
-        // Taken before the read transaction begins: a write that lands after it ends the epoch.
-        let epoch = self.store.data_epoch();
+        // Taken before the read transaction begins: a change that commits after it ends the
+        // epoch. None while a change commits: this read neither uses nor fills the cache.
+        let epoch = self.store.data_epoch().current();
         let wanted = (scope, key, version);
         Box::pin(async move {
-            if let Some(stored) = self.reads.get(&wanted, epoch) {
+            if let Some(stored) = epoch.and_then(|e| self.reads.get(&wanted, e)) {
                 // As `read_now` does: a task looping on cached reads still yields.
                 tokio::task::coop::consume_budget().await;
                 return Ok(stored);
@@ -533,7 +536,9 @@ impl BlobBackend for SqliteBlobBackend {
             let mac = self.store.row_mac();
             let (scope, key) = (wanted.0.clone(), wanted.1.clone());
             let stored = self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())).await?;
-            if self.reads.enabled() {
+            if let Some(epoch) = epoch
+                && self.reads.enabled()
+            {
                 self.reads.put(wanted, &stored, epoch, self.store.data_epoch());
             }
             Ok(stored)
