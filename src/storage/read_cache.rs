@@ -81,7 +81,7 @@ pub(crate) type ReadKey = (Scope, SecretKey, Option<u64>);
 struct Entry {
     epoch: u64,
     read_at: Instant,
-    stored: StoredVersion,
+    stored: Arc<StoredVersion>,
 }
 
 #[derive(Default)]
@@ -115,18 +115,18 @@ impl ReadCache {
 
     /// The row `key`, if it was read in the current epoch (`epoch`, from
     /// [`DataEpoch::current`]) less than a lifetime ago.
-    pub(crate) fn get(&self, key: &ReadKey, epoch: u64) -> Option<StoredVersion> {
+    pub(crate) fn get(&self, key: &ReadKey, epoch: u64) -> Option<Arc<StoredVersion>> {
         if !self.enabled() {
             return None;
         }
         let entries = self.entries.read().ok()?;
         let entry = entries.map.get(key)?;
-        (entry.epoch == epoch && entry.read_at.elapsed() < self.lifetime).then(|| entry.stored.clone())
+        (entry.epoch == epoch && entry.read_at.elapsed() < self.lifetime).then(|| Arc::clone(&entry.stored))
     }
 
     /// Keeps `stored`, read (and checked) by a read transaction that began in `epoch`, if that
     /// is still the current epoch (`epochs`): an older read may predate a write.
-    pub(crate) fn put(&self, key: ReadKey, stored: &StoredVersion, epoch: u64, epochs: &DataEpoch) {
+    pub(crate) fn put(&self, key: ReadKey, stored: &Arc<StoredVersion>, epoch: u64, epochs: &DataEpoch) {
         let size = stored.envelope.len();
         if !self.enabled() || size > MAX_ENTRY_BYTES {
             return;
@@ -145,7 +145,7 @@ impl ReadCache {
             entries.bytes = 0;
         }
         entries.bytes += size;
-        entries.map.insert(key, Entry { epoch, read_at: Instant::now(), stored: stored.clone() });
+        entries.map.insert(key, Entry { epoch, read_at: Instant::now(), stored: Arc::clone(stored) });
     }
 
     /// Forgets everything (after a change: see [`DataEpoch::end_change`]).
@@ -167,9 +167,9 @@ mod tests {
         (Scope::parse("team").unwrap(), SecretKey::parse(k).unwrap(), None)
     }
 
-    fn stored(k: &str, envelope_len: usize) -> StoredVersion {
+    fn stored(k: &str, envelope_len: usize) -> Arc<StoredVersion> {
         let (scope, key, _) = key(k);
-        StoredVersion {
+        Arc::new(StoredVersion {
             metadata: SecretMetadata {
                 object_id: ObjectId::new(&scope, &key),
                 scope,
@@ -182,7 +182,7 @@ mod tests {
             },
             version: 1,
             envelope: vec![7; envelope_len],
-        }
+        })
     }
 
     /// An epoch at `n` changes (even).

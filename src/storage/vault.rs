@@ -521,7 +521,7 @@ impl BlobBackend for SqliteBlobBackend {
         scope: Scope,
         key: SecretKey,
         version: Option<u64>,
-    ) -> BoxFuture<'_, Result<StoredVersion, VaultError>> {
+    ) -> BoxFuture<'_, Result<Arc<StoredVersion>, VaultError>> {
         // Taken before the read transaction begins: a change that commits after it ends the
         // epoch. None while a change commits: this read neither uses nor fills the cache.
         let epoch = self.store.data_epoch().current();
@@ -535,7 +535,7 @@ impl BlobBackend for SqliteBlobBackend {
             // A point read by primary key: on the calling thread (see `Store::read_now`).
             let mac = self.store.row_mac();
             let (scope, key) = (wanted.0.clone(), wanted.1.clone());
-            let stored = self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())).await?;
+            let stored = Arc::new(self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())).await?);
             if let Some(epoch) = epoch
                 && self.reads.enabled()
             {

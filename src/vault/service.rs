@@ -143,7 +143,9 @@ impl Vault {
             object_id: stored.metadata.object_id.clone(),
             version: stored.version,
         })?;
-        Ok((value, stored.metadata))
+        // The metadata moves out unless a cache still holds the row.
+        let metadata = Arc::try_unwrap(stored).map_or_else(|shared| shared.metadata.clone(), |s| s.metadata);
+        Ok((value, metadata))
     }
 
     /// Lists metadata under `scope` (its sub-scopes too with `recursive`), in (scope, key)

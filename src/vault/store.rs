@@ -81,13 +81,14 @@ pub struct RewrapProgress {
 pub trait BlobBackend: Send + Sync + fmt::Debug {
     /// Stores a new version sealed by `seal(version, generation)`.
     fn put(&self, record: PutRecord, seal: SealFn) -> BoxFuture<'_, Result<SecretMetadata, VaultError>>;
-    /// Reads the latest live version (`None`) or the given one.
+    /// Reads the latest live version (`None`) or the given one (shared: a backend may keep
+    /// what it read, as `SqliteBlobBackend`'s read cache does).
     fn get(
         &self,
         scope: Scope,
         key: SecretKey,
         version: Option<u64>,
-    ) -> BoxFuture<'_, Result<StoredVersion, VaultError>>;
+    ) -> BoxFuture<'_, Result<Arc<StoredVersion>, VaultError>>;
     /// Lists metadata in (scope, key) order.
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<SecretMetadata>, VaultError>>;
     /// Soft-deletes (or with `destroy`, erases every version's envelope).
