@@ -376,19 +376,8 @@ async fn metrics_overhead(report: &mut Report, s: &Sizing) {
     println!("\n(8) metrics: GetSecret (1 KiB, 16 in flight) with metrics on vs off, same process");
     let mut clients = Vec::new();
     for metrics in [false, true] {
-        let served =
-            TestNode::start_with(palyra::node::NodeOptions { metrics, ..testkit::node_options() }).await;
-        let creds = testkit::mint(&served.node, Role::Device, "bench-peer", &["bench"]).await;
-        let mut client = VaultServiceClient::new(channel(&served.node, served.addr, &creds).await);
-        client
-            .put_secret(pb::PutSecretRequest {
-                scope: "bench/metrics".into(),
-                key: "VALUE".into(),
-                value: vec![0x5a; 1024],
-                expected_version: None,
-            })
-            .await
-            .unwrap();
+        let options = palyra::node::NodeOptions { metrics, ..testkit::node_options() };
+        let (served, _, client) = node_with_value(options, "bench/metrics").await;
         clients.push((served, client));
     }
     let (mut off, mut on) = ((0.0, 0.0), (0.0, 0.0));
@@ -437,6 +426,27 @@ async fn metrics_overhead(report: &mut Report, s: &Sizing) {
 /// A node serving gRPC (mTLS) on loopback, in-process (until it is dropped).
 async fn serve_node() -> TestNode {
     TestNode::start().await
+}
+
+/// A node started with `options`, a device's credentials and client (scope `bench` granted), and
+/// a 1 KiB value stored at `scope`/`VALUE`: what the GetSecret figures read.
+async fn node_with_value(
+    options: palyra::node::NodeOptions,
+    scope: &str,
+) -> (TestNode, Creds, VaultServiceClient<Channel>) {
+    let served = TestNode::start_with(options).await;
+    let creds = testkit::mint(&served.node, Role::Device, "bench-peer", &["bench"]).await;
+    let mut client = VaultServiceClient::new(channel(&served.node, served.addr, &creds).await);
+    client
+        .put_secret(pb::PutSecretRequest {
+            scope: scope.into(),
+            key: "VALUE".into(),
+            value: vec![0x5a; 1024],
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    (served, creds, client)
 }
 
 /// The client every unary figure uses: tonic over mTLS with a device certificate.
@@ -556,18 +566,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     println!(
         "\n(1) unary over mTLS: VaultService/GetSecret (1 KiB) vs a bare tonic service, same TLS, same client"
     );
-    let served = serve_node().await;
-    let creds = testkit::mint(&served.node, Role::Device, "bench-peer", &["bench"]).await;
-    let mut client = VaultServiceClient::new(channel(&served.node, served.addr, &creds).await);
-    client
-        .put_secret(pb::PutSecretRequest {
-            scope: "bench/unary".into(),
-            key: "VALUE".into(),
-            value: vec![0x5a; 1024],
-            expected_version: None,
-        })
-        .await
-        .unwrap();
+    let (served, creds, mut client) = node_with_value(testkit::node_options(), "bench/unary").await;
     let canned = client
         .get_secret(pb::GetSecretRequest { scope: "bench/unary".into(), key: "VALUE".into(), version: 0 })
         .await
@@ -634,18 +633,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     // The same reads with the vault's read cache off (every call reads its row from SQLite and
     // checks its MAC): what the cache buys, beside the same bare figures. No target.
     {
-        let uncached = TestNode::start_with(testkit::uncached_node_options()).await;
-        let creds = testkit::mint(&uncached.node, Role::Device, "bench-peer", &["bench"]).await;
-        let mut client = VaultServiceClient::new(channel(&uncached.node, uncached.addr, &creds).await);
-        client
-            .put_secret(pb::PutSecretRequest {
-                scope: "bench/unary".into(),
-                key: "VALUE".into(),
-                value: vec![0x5a; 1024],
-                expected_version: None,
-            })
-            .await
-            .unwrap();
+        let (uncached, _, client) = node_with_value(testkit::uncached_node_options(), "bench/unary").await;
         let u = closed_loop(64, s.warmup, s.load, get_call(client, "bench/unary", "VALUE")).await;
         report.add(
             "1",
