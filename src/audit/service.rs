@@ -290,8 +290,12 @@ impl std::fmt::Debug for Audit {
 
 /// Most records appended in one transaction.
 const MAX_BATCH: usize = 1024;
-/// How long the ticker, woken by a record, waits for more before it runs a batch.
-const LINGER: Duration = Duration::from_millis(1);
+/// How long the ticker waits for more records before it runs a lazy batch. A batch costs a
+/// commit, its leaf and head pages and a head seal whatever it holds: measured per GetSecret
+/// on the store writer, 4.5 µs at 1 in flight and 1.5 µs at 64 with 1 ms, 1.9 and 1.0 µs with
+/// 5 ms. A record waits in memory at most this long plus one commit (a write or a flush takes
+/// it sooner; a lazy commit is not fsynced anyway).
+const LINGER: Duration = Duration::from_millis(5);
 /// Most records waiting to be appended (queued or kept for a retry). Beyond this the log is
 /// falling behind a flood; further records are refused and counted rather than exhausting
 /// memory, and the calls they belong to fail.
