@@ -83,7 +83,6 @@ impl DataEpoch {
 pub(crate) type ReadKey = (Scope, SecretKey, Option<u64>);
 
 struct Entry {
-    epoch: u64,
     read_at: Instant,
     stored: Arc<StoredVersion>,
 }
@@ -92,7 +91,7 @@ struct Entry {
 struct Entries {
     map: HashMap<ReadKey, Entry>,
     bytes: usize,
-    /// The epoch of every entry: a put in a later one starts over.
+    /// The epoch every entry was read in: a put in a later one starts over.
     epoch: u64,
 }
 
@@ -115,7 +114,7 @@ impl ReadCache {
     }
 
     /// Whether it keeps anything.
-    pub(crate) fn enabled(&self) -> bool {
+    fn enabled(&self) -> bool {
         !self.lifetime.is_zero()
     }
 
@@ -132,7 +131,7 @@ impl ReadCache {
             return None;
         }
         let entry = entries.map.get(key)?;
-        (entry.epoch == epoch && entry.read_at.elapsed() < self.lifetime).then(|| Arc::clone(&entry.stored))
+        (entry.read_at.elapsed() < self.lifetime).then(|| Arc::clone(&entry.stored))
     }
 
     /// Keeps `stored`, read (and checked) by a read transaction that began in `epoch`, if that
@@ -163,7 +162,7 @@ impl ReadCache {
             entries.bytes = 0;
         }
         entries.bytes += size;
-        entries.map.insert(key, Entry { epoch, read_at: Instant::now(), stored: Arc::clone(stored) });
+        entries.map.insert(key, Entry { read_at: Instant::now(), stored: Arc::clone(stored) });
     }
 
     /// Forgets everything (after a change: see [`DataEpoch::end_change`]), unless a reader

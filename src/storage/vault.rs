@@ -536,9 +536,7 @@ impl BlobBackend for SqliteBlobBackend {
             let mac = self.store.row_mac();
             let (scope, key) = (wanted.0.clone(), wanted.1.clone());
             let stored = Arc::new(self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())).await?);
-            if let Some(epoch) = epoch
-                && self.reads.enabled()
-            {
+            if let Some(epoch) = epoch {
                 self.reads.put(wanted, &stored, epoch, self.store.data_epoch());
             }
             Ok(stored)
