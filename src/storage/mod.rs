@@ -662,7 +662,8 @@ mod tests {
         store
             .write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE filler (n INTEGER PRIMARY KEY, v BLOB NOT NULL)")?))
             .await?;
-        // 20 × 1,000 pages of 4 KiB rows: twenty times the mark at which the checkpointer wakes.
+        // 20 × 1,000 pages of 4 KiB rows: eighty times the mark at which the checkpointer wakes,
+        // five times the writer's own bound.
         let checkpointed = store.checkpoints();
         for round in 0..20i64 {
             store
@@ -689,6 +690,41 @@ mod tests {
         // And it copied the WAL into the database file: ~80 MB of rows are in it.
         let copied = std::fs::metadata(&path).map_err(StoreError::new)?.len();
         assert!(copied > 40_000_000, "the database file holds {copied} bytes");
+        store.close();
+        Ok(())
+    }
+
+    /// Small writes into a WAL already past the mark: the checkpointer runs once per
+    /// `CHECKPOINT_PAGES` frames not yet copied, not after every commit (each run syncs twice).
+    #[tokio::test]
+    async fn small_writes_past_the_mark_do_not_each_wake_a_checkpoint() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(StoreError::new)?;
+        let path = dir.path().join("p.db");
+        let store = Store::open(&path)?;
+        store
+            .write(|c| {
+                c.execute_batch("CREATE TABLE filler (n INTEGER PRIMARY KEY, v BLOB NOT NULL)")?;
+                let mut insert = c.prepare_cached("INSERT INTO filler (n, v) VALUES (?1, zeroblob(4000))")?;
+                for i in 0..1100 {
+                    insert.execute([i])?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        let before = store.checkpoints();
+        // A thousand commits of a few frames each, one after the other (about 2,000 frames):
+        // each finds the WAL past the mark, and rarely fully copied at the moment it begins
+        // (only then is the WAL rewound).
+        for i in 0..1000i64 {
+            store
+                .write(move |c| Ok::<_, StoreError>(c.execute("INSERT INTO filler (n, v) VALUES (?1, x'00')", [10_000 + i])?))
+                .await?;
+        }
+        let ran = store.checkpoints() - before;
+        // About one per `CHECKPOINT_PAGES` frames (taking 3,000 for the commits' ~2,000), plus
+        // at most one wake-up queued while each ran; on every commit it would be hundreds.
+        let bound = 2 * (3000 / u64::try_from(checkpointer::CHECKPOINT_PAGES).unwrap_or(1)) + 2;
+        assert!(ran <= bound, "{ran} checkpoints for 1,000 small commits (at most {bound})");
         store.close();
         Ok(())
     }
