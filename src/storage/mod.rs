@@ -431,9 +431,9 @@ fn configure_writer(conn: &mut Connection) -> Result<(), StoreError> {
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA secure_delete = ON;
-         PRAGMA busy_timeout = 5000;
-         PRAGMA journal_size_limit = 4194304;",
+         PRAGMA busy_timeout = 5000;",
     )?;
+    conn.pragma_update(None, "journal_size_limit", checkpointer::WAL_FILE_LIMIT)?;
     // Negative: a size in KiB rather than pages.
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     wait_briefly_when_busy(conn)?;
@@ -745,17 +745,19 @@ mod tests {
         let path = dir.path().join("p.db");
         let store = Store::open(&path)?;
         store.set_meta("test", "one".into()).await?;
-        let (mode, sync, cache): (String, i64, i64) = store
+        let (mode, sync, cache, wal_limit): (String, i64, i64, i64) = store
             .write(|c| {
                 let mode = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
                 let sync = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
                 let cache: i64 = c.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
-                Ok::<_, StoreError>((mode, sync, cache))
+                let wal_limit: i64 = c.query_row("PRAGMA journal_size_limit", [], |r| r.get(0))?;
+                Ok::<_, StoreError>((mode, sync, cache, wal_limit))
             })
             .await?;
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2, "synchronous must be FULL");
         assert_eq!(cache, -WRITER_CACHE_KIB, "the writer's page cache");
+        assert_eq!(wal_limit, checkpointer::WAL_FILE_LIMIT, "a rewound WAL keeps the writer's bound");
         store.close();
         let again = Store::open(&path)?;
         assert_eq!(again.meta("test").await?.as_deref(), Some("one"));
