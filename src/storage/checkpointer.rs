@@ -46,8 +46,7 @@ pub(super) const WRITER_CHECKPOINT_PAGES: c_int = 16 * CHECKPOINT_PAGES;
 /// large as the writer's bound lets the WAL grow (4 KiB pages), so that a WAL cycling under
 /// steady writes overwrites its file instead of growing it again after every rewind: at 4 MiB
 /// the load bench's WAL went 4 → 13 MiB and back a few times a second, and a commit that
-/// grows the file syncs its size too (8–10 % fewer operations a second than before the
-/// checkpointer counted frames, when the WAL was rewound near-continuously and stayed small).
+/// grows the file syncs its size too.
 pub(super) const WAL_FILE_LIMIT: i64 = WRITER_CHECKPOINT_PAGES as i64 * 4096;
 
 /// Checkpoints run by the checkpointer thread since the store opened (for tests).
@@ -160,4 +159,3 @@ mod tests {
         assert_eq!(copied.not_copied(10), 10);
     }
 }
-
