@@ -84,7 +84,11 @@ impl DeviceId {
 
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.to_string().to_lowercase())
+        // Spelled on the stack: a device id is formatted into every audit record.
+        let mut buf = [0u8; ulid::ULID_LEN];
+        let text = self.0.array_to_str(&mut buf);
+        text.make_ascii_lowercase();
+        f.write_str(text)
     }
 }
 
