@@ -153,14 +153,14 @@ async fn vault_over_grpc() {
         &palyra::vault::SecretKey::parse("k00").unwrap(),
     );
     let mut envelope: Vec<u8> = db
-        .query_row("SELECT envelope FROM secret_versions WHERE object_id = ?1", [object_id.as_str()], |r| {
+        .query_row("SELECT envelope FROM secret_versions WHERE secret = (SELECT id FROM secrets WHERE object_id = ?1)", [object_id.as_str()], |r| {
             r.get(0)
         })
         .unwrap();
     let last = envelope.len() - 1;
     envelope[last] ^= 0x40;
     db.execute(
-        "UPDATE secret_versions SET envelope = ?2 WHERE object_id = ?1",
+        "UPDATE secret_versions SET envelope = ?2 WHERE secret = (SELECT id FROM secrets WHERE object_id = ?1)",
         (object_id.as_str(), envelope),
     )
     .unwrap();

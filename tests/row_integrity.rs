@@ -90,8 +90,8 @@ async fn a_rolled_back_or_undeleted_secret_is_an_integrity_error() {
     vault.put(&scope, &key, SecretValue::new(b"one".to_vec()), None).await.unwrap();
     vault.put(&scope, &key, SecretValue::new(b"two".to_vec()), None).await.unwrap();
     db.execute(
-        "UPDATE secret_versions SET envelope = (SELECT envelope FROM secret_versions WHERE object_id = ?1 AND version = 1)
-         WHERE object_id = ?1 AND version = 2",
+        "UPDATE secret_versions SET envelope = (SELECT envelope FROM secret_versions WHERE secret = (SELECT id FROM secrets WHERE object_id = ?1) AND version = 1)
+         WHERE secret = (SELECT id FROM secrets WHERE object_id = ?1) AND version = 2",
         [&id],
     )
     .unwrap();
@@ -165,6 +165,90 @@ async fn a_policy_version_slipped_in_fails_the_start() {
     assert!(err.contains("policy version 1"), "{err}");
 }
 
+/// Puts the vault's tables back as they were before migration 0015: secrets keyed by their
+/// object id, versions by (object id, version); the rows (and their MACs) as they are.
+fn to_schema_14(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "CREATE TABLE old_secrets (
+             object_id TEXT PRIMARY KEY NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+             latest_version INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+             deleted INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, mac BLOB, UNIQUE (scope, key)) STRICT;
+         INSERT INTO old_secrets SELECT object_id, scope, key, latest_version, created_at, updated_at, deleted, size, mac
+             FROM secrets ORDER BY id;
+         CREATE TABLE old_versions (
+             object_id TEXT NOT NULL REFERENCES old_secrets (object_id), version INTEGER NOT NULL,
+             created_at INTEGER NOT NULL, size INTEGER NOT NULL, destroyed INTEGER NOT NULL DEFAULT 0,
+             kek_generation INTEGER, envelope BLOB, PRIMARY KEY (object_id, version)) STRICT, WITHOUT ROWID;
+         INSERT INTO old_versions SELECT s.object_id, v.version, v.created_at, v.size, v.destroyed, v.kek_generation, v.envelope
+             FROM secret_versions v JOIN secrets s ON s.id = v.secret;
+         DROP TABLE secret_versions; DROP TABLE secrets;
+         ALTER TABLE old_secrets RENAME TO secrets; ALTER TABLE old_versions RENAME TO secret_versions;
+         PRAGMA user_version = 14;",
+    )
+    .unwrap();
+}
+
+/// Migration 0015 keys secrets by an id in order of creation: every secret, version, destroyed
+/// version and row MAC comes through, reads and writes go on, and the ids follow the old rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_keyed_by_object_id_move_to_ids_with_their_versions_and_macs() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    let node = open(&data).await.unwrap();
+    let vault = node.vault();
+    let (team, token, _) = names("team/app", "token");
+    let (_, gone, _) = names("team/app", "gone");
+    let (other, shared, _) = names("other", "shared");
+    for v in [&b"one"[..], b"two", b"three"] {
+        vault.put(&team, &token, SecretValue::new(v.to_vec()), None).await.unwrap();
+    }
+    vault.put(&team, &gone, SecretValue::new(b"x".to_vec()), None).await.unwrap();
+    vault.delete(&team, &gone, true).await.unwrap();
+    vault.put(&other, &shared, SecretValue::new(b"s".to_vec()), None).await.unwrap();
+    node.close_db();
+    drop(node);
+    to_schema_14(&attacker(&data));
+
+    let node = testkit::try_open_node(&data, testkit::uncached_node_options()).await.unwrap();
+    let vault = node.vault();
+    for (version, want) in [(1, &b"one"[..]), (2, b"two"), (3, b"three")] {
+        let (value, meta) = vault.get(&team, &token, Some(version)).await.unwrap();
+        assert_eq!((value.expose(), meta.version), (want, 3));
+    }
+    assert_eq!(vault.get(&other, &shared, None).await.unwrap().0.expose(), b"s");
+    let (meta, versions) = vault.history(&team, &gone).await.unwrap();
+    assert!(meta.deleted);
+    assert_eq!(versions.iter().map(|v| (v.version, v.destroyed)).collect::<Vec<_>>(), [(1, true)]);
+    assert!(matches!(vault.get(&team, &gone, None).await, Err(VaultError::NotFound { .. })));
+    vault.put(&team, &token, SecretValue::new(b"four".to_vec()), Some(3)).await.unwrap();
+    let (_, fresh, _) = names("team/app", "fresh");
+    vault.put(&team, &fresh, SecretValue::new(b"f".to_vec()), None).await.unwrap();
+    assert_eq!(vault.get(&team, &token, None).await.unwrap().0.expose(), b"four");
+
+    // The old rows keep their order (rowid), the new secret comes last; the object id stays
+    // a column and no table or index is keyed by it any more.
+    let db = attacker(&data);
+    let order: Vec<String> = db
+        .prepare("SELECT key FROM secrets ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(order, ["token", "gone", "shared", "fresh"]);
+    let keyed_by_object_id: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema s, pragma_index_info(s.name) i
+             WHERE s.type = 'index' AND s.tbl_name IN ('secrets', 'secret_versions') AND i.name = 'object_id'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keyed_by_object_id, 0);
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert!(version >= 15);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     let dir = private_tempdir();
@@ -175,8 +259,10 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     node.close_db();
     drop(node);
     // Turn it into a database written before migration 0009 (and so before 0010's audit head
-    // 0011's enrollment keys, 0012's audit checkpoints and 0013's sink cursors).
+    // 0011's enrollment keys, 0012's audit checkpoints, 0013's sink cursors and 0015's secret
+    // ids).
     let db = attacker(&data);
+    to_schema_14(&db);
     db.execute_batch(
         "ALTER TABLE secrets DROP COLUMN mac; ALTER TABLE devices DROP COLUMN mac;
          ALTER TABLE policy_versions DROP COLUMN mac; DELETE FROM meta WHERE key = 'row_macs';

@@ -197,7 +197,7 @@ async fn an_envelope_copied_to_another_row_fails_to_open() {
     let id = |sc: &str, k: &str| palyra::vault::ObjectId::new(&scope(sc), &key(k)).as_str().to_owned();
     let envelope = |oid: &str, v: i64| -> Vec<u8> {
         db.query_row(
-            "SELECT envelope FROM secret_versions WHERE object_id = ?1 AND version = ?2",
+            "SELECT envelope FROM secret_versions WHERE secret = (SELECT id FROM secrets WHERE object_id = ?1) AND version = ?2",
             (oid, v),
             |r| r.get(0),
         )
@@ -207,7 +207,7 @@ async fn an_envelope_copied_to_another_row_fails_to_open() {
 
     // Another scope, same key.
     db.execute(
-        "UPDATE secret_versions SET envelope = ?1 WHERE object_id = ?2",
+        "UPDATE secret_versions SET envelope = ?1 WHERE secret = (SELECT id FROM secrets WHERE object_id = ?2)",
         (&alpha_v1, id("agents/beta", "k")),
     )
     .unwrap();
@@ -217,14 +217,14 @@ async fn an_envelope_copied_to_another_row_fails_to_open() {
     ));
     // Same scope, another key.
     db.execute(
-        "UPDATE secret_versions SET envelope = ?1 WHERE object_id = ?2",
+        "UPDATE secret_versions SET envelope = ?1 WHERE secret = (SELECT id FROM secrets WHERE object_id = ?2)",
         (&alpha_v1, id("agents/alpha", "other")),
     )
     .unwrap();
     assert!(matches!(node.vault.get(&s, &key("other"), None).await, Err(VaultError::Integrity { .. })));
     // Same secret, another version (a rollback attack).
     db.execute(
-        "UPDATE secret_versions SET envelope = ?1 WHERE object_id = ?2 AND version = 2",
+        "UPDATE secret_versions SET envelope = ?1 WHERE secret = (SELECT id FROM secrets WHERE object_id = ?2) AND version = 2",
         (&alpha_v1, id("agents/alpha", "k")),
     )
     .unwrap();

@@ -59,6 +59,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (12, "audit_checkpoints", include_str!("migrations/0012_audit_checkpoints.sql")),
     (13, "audit_sink_cursor", include_str!("migrations/0013_audit_sink_cursor.sql")),
     (14, "rewrap_marker", include_str!("migrations/0014_rewrap_marker.sql")),
+    (15, "secret_ids", include_str!("migrations/0015_secret_ids.sql")),
 ];
 
 /// Largest number of writes committed together.
@@ -415,11 +416,11 @@ fn restrict_mode(path: &Path) {
 }
 
 /// The writer connection's page cache, in KiB (SQLite's default is 2 MiB). A write touches a
-/// leaf of each B-tree its row is keyed in (a new secret's object id is random), and the
-/// audit and event tails. With 2 MiB, 64 clients' batches made the writer re-read 10–12 pages
-/// per write from the OS, new versions of 64 secrets included; with 8 MiB, 0.8 per new version
-/// (8–9 per new secret, which lands on random leaves however large the cache; 4 at 32 MiB).
-/// Memory is taken only as pages are read, and only on this one connection.
+/// leaf of each B-tree its row is keyed in (a new secret's go at their ends; a new version's
+/// are its secret's), and the audit and event tails. With 2 MiB, 64 clients' batches made the
+/// writer re-read 10–12 pages per write from the OS, new versions of 64 secrets included; with
+/// 8 MiB, 0.8 per new version. Memory is taken only as pages are read, and only on this one
+/// connection.
 const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 fn configure_writer(conn: &mut Connection) -> Result<(), StoreError> {

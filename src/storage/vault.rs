@@ -34,12 +34,15 @@ impl SqliteBlobBackend {
     }
 }
 
-/// The metadata columns of `secrets`, which every query aliases as `s`: the row, its MAC, and
-/// the highest version stored for it (a latest version below that is a rollback of the row).
+/// The metadata columns of `secrets`, which every query aliases as `s`: the row, its MAC, the
+/// highest version stored for it (a latest version below that is a rollback of the row), and
+/// its id (the key of its versions).
 const METADATA_COLUMNS: &str = "s.scope, s.key, s.object_id, s.latest_version, s.created_at, s.updated_at, s.deleted, s.size, \
-     s.mac, (SELECT max(m.version) FROM secret_versions m WHERE m.object_id = s.object_id)";
+     s.mac, (SELECT max(m.version) FROM secret_versions m WHERE m.secret = s.id), s.id";
 /// How many columns [`METADATA_COLUMNS`] has.
-const METADATA_LEN: usize = 10;
+const METADATA_LEN: usize = 11;
+/// Where [`METADATA_COLUMNS`] has the row's id.
+const ID_COLUMN: usize = 10;
 
 /// The columns of a `secrets` row that decide what is served, in MAC order.
 fn secret_fields<'a>(
@@ -119,15 +122,21 @@ fn metadata_from_row(
     Ok(parsed.map_err(|e: StoreError| e))
 }
 
+/// The checked metadata of the secret `key` in `scope` and its row id.
 fn load_metadata(
     conn: &Connection,
-    object_id: &ObjectId,
+    scope: &Scope,
+    key: &SecretKey,
     mac: Option<&RowMac>,
-) -> Result<Option<SecretMetadata>, StoreError> {
-    let sql = format!("SELECT {METADATA_COLUMNS} FROM secrets s WHERE s.object_id = ?1");
-    conn.prepare_cached(&sql)?
-        .query_row([object_id.as_str()], |r| metadata_from_row(r, mac))
+) -> Result<Option<(i64, SecretMetadata)>, StoreError> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {METADATA_COLUMNS} FROM secrets s WHERE s.scope = ?1 AND s.key = ?2"));
+    conn.prepare_cached(&SQL)?
+        .query_row((scope.as_str(), key.as_str()), |r| {
+            Ok(metadata_from_row(r, mac)?.map(|m| (r.get::<_, i64>(ID_COLUMN), m)))
+        })
         .optional()?
+        .map(|found| found.and_then(|(id, m)| Ok((id?, m))))
         .transpose()
 }
 
@@ -135,23 +144,24 @@ fn load_metadata(
 pub(super) fn backfill_macs(conn: &Connection, mac: &RowMac) -> Result<u64, StoreError> {
     let rows = conn
         .prepare_cached(
-            "SELECT object_id, scope, key, latest_version, deleted, size FROM secrets WHERE mac IS NULL",
+            "SELECT id, object_id, scope, key, latest_version, deleted, size FROM secrets WHERE mac IS NULL",
         )?
         .query_map([], |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)? != 0,
-                r.get::<_, i64>(5)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)? != 0,
+                r.get::<_, i64>(6)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut update = conn.prepare_cached("UPDATE secrets SET mac = ?2 WHERE object_id = ?1")?;
-    for (object_id, scope, key, version, deleted, size) in &rows {
+    let mut update = conn.prepare_cached("UPDATE secrets SET mac = ?2 WHERE id = ?1")?;
+    for (id, object_id, scope, key, version, deleted, size) in &rows {
         let tag = mac.tag(Table::Secrets, &secret_fields(object_id, scope, key, *version, *deleted, *size));
-        update.execute((object_id, tag.as_slice()))?;
+        update.execute((id, tag.as_slice()))?;
     }
     Ok(rows.len() as u64)
 }
@@ -170,8 +180,8 @@ fn put(
     mac: Option<&RowMac>,
 ) -> Result<SecretMetadata, VaultError> {
     let generation = current_generation(conn)?;
-    let existing = load_metadata(conn, &record.object_id, mac)?;
-    let live = existing.as_ref().filter(|m| !m.deleted).map_or(0, |m| m.version);
+    let existing = load_metadata(conn, &record.scope, &record.key, mac)?;
+    let live = existing.as_ref().filter(|(_, m)| !m.deleted).map_or(0, |(_, m)| m.version);
     if let Some(expected) = record.expected_version
         && expected != live
     {
@@ -182,7 +192,7 @@ fn put(
             actual: live,
         });
     }
-    let version = existing.as_ref().map_or(0, |m| m.version) + 1;
+    let version = existing.as_ref().map_or(0, |(_, m)| m.version) + 1;
     let envelope = seal(version, generation)?;
     let now = to_millis(record.now);
     let written = SecretMetadata {
@@ -190,33 +200,49 @@ fn put(
         key: record.key.clone(),
         object_id: record.object_id.clone(),
         version,
-        created_at: existing.as_ref().map_or(from_millis(now), |m| m.created_at),
+        created_at: existing.as_ref().map_or(from_millis(now), |(_, m)| m.created_at),
         updated_at: from_millis(now),
         deleted: false,
         size: record.size,
     };
+    let row_mac = secret_mac(mac, &written);
+    let id = match &existing {
+        Some((id, _)) => {
+            conn.prepare_cached(
+                "UPDATE secrets SET latest_version = ?2, updated_at = ?3, deleted = 0, size = ?4, mac = ?5 WHERE id = ?1",
+            )
+            .map_err(StoreError::from)?
+            .execute((id, version as i64, now, record.size, row_mac))
+            .map_err(StoreError::from)?;
+            *id
+        }
+        // A new secret takes the next id: its row and versions go at the end of their tables.
+        None => conn
+            .prepare_cached(
+                "INSERT INTO secrets (object_id, scope, key, latest_version, created_at, updated_at, deleted, size, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, ?6, ?7) RETURNING id",
+            )
+            .map_err(StoreError::from)?
+            .query_row(
+                (
+                    record.object_id.as_str(),
+                    record.scope.as_str(),
+                    record.key.as_str(),
+                    version as i64,
+                    now,
+                    record.size,
+                    row_mac,
+                ),
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(StoreError::from)?,
+    };
     conn.prepare_cached(
-        "INSERT INTO secrets (object_id, scope, key, latest_version, created_at, updated_at, deleted, size, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, ?6, ?7)
-         ON CONFLICT (object_id) DO UPDATE SET latest_version = ?4, updated_at = ?5, deleted = 0, size = ?6, mac = ?7",
-    )
-    .map_err(StoreError::from)?
-    .execute((
-        record.object_id.as_str(),
-        record.scope.as_str(),
-        record.key.as_str(),
-        version as i64,
-        now,
-        record.size,
-        secret_mac(mac, &written),
-    ))
-    .map_err(StoreError::from)?;
-    conn.prepare_cached(
-        "INSERT INTO secret_versions (object_id, version, created_at, size, kek_generation, envelope)
+        "INSERT INTO secret_versions (secret, version, created_at, size, kek_generation, envelope)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .map_err(StoreError::from)?
-    .execute((record.object_id.as_str(), version as i64, now, record.size, generation, envelope))
+    .execute((id, version as i64, now, record.size, generation, envelope))
     .map_err(StoreError::from)?;
     events::append(
         conn,
@@ -241,21 +267,20 @@ fn get(
     version: Option<u64>,
     mac: Option<&RowMac>,
 ) -> Result<StoredVersion, VaultError> {
-    let object_id = ObjectId::new(&scope, &key);
     let not_found = || VaultError::NotFound { scope: scope.clone(), key: key.clone(), version };
     // Built once: the statement cache is keyed by this text, and a read is the hot path.
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "SELECT {METADATA_COLUMNS}, v.version, v.envelope FROM secrets s
-             JOIN secret_versions v ON v.object_id = s.object_id AND v.version = coalesce(?2, s.latest_version)
-             WHERE s.object_id = ?1"
+             JOIN secret_versions v ON v.secret = s.id AND v.version = coalesce(?3, s.latest_version)
+             WHERE s.scope = ?1 AND s.key = ?2"
         )
     });
     let requested = version.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     let row = conn
         .prepare_cached(&SQL)
         .map_err(StoreError::from)?
-        .query_row((object_id.as_str(), requested), |row| {
+        .query_row((scope.as_str(), key.as_str(), requested), |row| {
             Ok((
                 metadata_from_row(row, mac)?,
                 row.get::<_, i64>(METADATA_LEN)?,
@@ -342,8 +367,7 @@ fn delete(
     now: SystemTime,
     mac: Option<&RowMac>,
 ) -> Result<SecretMetadata, VaultError> {
-    let object_id = ObjectId::new(&scope, &key);
-    let Some(mut metadata) = load_metadata(conn, &object_id, mac)? else {
+    let Some((id, mut metadata)) = load_metadata(conn, &scope, &key, mac)? else {
         return Err(VaultError::NotFound { scope, key, version: None });
     };
     if metadata.deleted && !destroy {
@@ -357,19 +381,19 @@ fn delete(
         written.size = 0;
     }
     conn.prepare_cached(
-        "UPDATE secrets SET deleted = 1, updated_at = ?2, size = CASE WHEN ?3 THEN 0 ELSE size END, mac = ?4 WHERE object_id = ?1",
+        "UPDATE secrets SET deleted = 1, updated_at = ?2, size = CASE WHEN ?3 THEN 0 ELSE size END, mac = ?4 WHERE id = ?1",
     )
     .map_err(StoreError::from)?
-    .execute((object_id.as_str(), now_ms, destroy, secret_mac(mac, &written)))
+    .execute((id, now_ms, destroy, secret_mac(mac, &written)))
     .map_err(StoreError::from)?;
     if destroy {
         // secure_delete overwrites the freed cells, so the ciphertext and wrapped DEK are gone
         // from the database file, not just unlinked.
         conn.prepare_cached(
-            "UPDATE secret_versions SET envelope = NULL, kek_generation = NULL, destroyed = 1 WHERE object_id = ?1",
+            "UPDATE secret_versions SET envelope = NULL, kek_generation = NULL, destroyed = 1 WHERE secret = ?1",
         )
         .map_err(StoreError::from)?
-        .execute([object_id.as_str()])
+        .execute([id])
         .map_err(StoreError::from)?;
     }
     metadata.deleted = true;
@@ -392,17 +416,16 @@ fn history(
     key: SecretKey,
     mac: Option<&RowMac>,
 ) -> Result<(SecretMetadata, Vec<SecretVersion>), VaultError> {
-    let object_id = ObjectId::new(&scope, &key);
-    let Some(metadata) = load_metadata(conn, &object_id, mac)? else {
+    let Some((id, metadata)) = load_metadata(conn, &scope, &key, mac)? else {
         return Err(VaultError::NotFound { scope, key, version: None });
     };
     let mut stmt = conn
         .prepare_cached(
-            "SELECT version, created_at, size, destroyed FROM secret_versions WHERE object_id = ?1 ORDER BY version",
+            "SELECT version, created_at, size, destroyed FROM secret_versions WHERE secret = ?1 ORDER BY version",
         )
         .map_err(StoreError::from)?;
     let versions = stmt
-        .query_map([object_id.as_str()], |r| {
+        .query_map([id], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
         })
         .map_err(StoreError::from)?
@@ -437,25 +460,24 @@ fn begin_rotation(conn: &Connection) -> Result<u32, VaultError> {
 
 fn rewrap_batch(
     conn: &Connection,
-    after: Option<(ObjectId, u64)>,
+    after: Option<(i64, u64)>,
     limit: usize,
     rewrap: RewrapFn,
 ) -> Result<RewrapProgress, VaultError> {
     let target = current_generation(conn)?;
-    let (after_id, after_version) =
-        after.map_or((String::new(), 0), |(id, v)| (id.as_str().to_owned(), v as i64));
+    let (after_id, after_version) = after.map_or((0, 0), |(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)));
     let rows = {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT v.object_id, v.version, s.scope, s.key, v.envelope FROM secret_versions v
-                 JOIN secrets s ON s.object_id = v.object_id
-                 WHERE v.envelope IS NOT NULL AND v.kek_generation < ?1 AND (v.object_id, v.version) > (?2, ?3)
-                 ORDER BY v.object_id, v.version LIMIT ?4",
+                "SELECT v.secret, v.version, s.scope, s.key, v.envelope FROM secret_versions v
+                 JOIN secrets s ON s.id = v.secret
+                 WHERE v.envelope IS NOT NULL AND v.kek_generation < ?1 AND (v.secret, v.version) > (?2, ?3)
+                 ORDER BY v.secret, v.version LIMIT ?4",
             )
             .map_err(StoreError::from)?;
         stmt.query_map((target, after_id, after_version, limit as i64), |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
@@ -468,9 +490,9 @@ fn rewrap_batch(
     };
     let mut progress = RewrapProgress { generation: target, ..RewrapProgress::default() };
     let mut update = conn
-        .prepare_cached("UPDATE secret_versions SET envelope = ?3, kek_generation = ?4 WHERE object_id = ?1 AND version = ?2")
+        .prepare_cached("UPDATE secret_versions SET envelope = ?3, kek_generation = ?4 WHERE secret = ?1 AND version = ?2")
         .map_err(StoreError::from)?;
-    for (object_id, version, scope, key, envelope) in rows {
+    for (id, version, scope, key, envelope) in rows {
         let rewrapped = match (Scope::parse(&scope), SecretKey::parse(&key), u64::try_from(version)) {
             (Ok(scope), Ok(key), Ok(v)) => {
                 rewrap(Binding { scope: &scope, key: &key, version: v }, &envelope, target).ok()
@@ -479,12 +501,12 @@ fn rewrap_batch(
         };
         match rewrapped {
             Some(new) => {
-                update.execute((&object_id, version, new, target)).map_err(StoreError::from)?;
+                update.execute((id, version, new, target)).map_err(StoreError::from)?;
                 progress.rewrapped += 1;
             }
             None => progress.failed += 1,
         }
-        progress.last = Some((ObjectId::from_stored(object_id), u64::try_from(version).unwrap_or(0)));
+        progress.last = Some((id, u64::try_from(version).unwrap_or(0)));
     }
     Ok(progress)
 }
@@ -574,7 +596,7 @@ impl BlobBackend for SqliteBlobBackend {
 
     fn rewrap_batch(
         &self,
-        after: Option<(ObjectId, u64)>,
+        after: Option<(i64, u64)>,
         limit: usize,
         rewrap: RewrapFn,
     ) -> BoxFuture<'_, Result<RewrapProgress, VaultError>> {

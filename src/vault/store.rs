@@ -64,8 +64,9 @@ pub struct ListQuery {
 /// Progress of one rewrap batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RewrapProgress {
-    /// The last (object id, version) examined; `None` when nothing was left to examine.
-    pub last: Option<(ObjectId, u64)>,
+    /// Where the last version examined is in the backend's order (its secret's row id and its
+    /// version), to go on after; `None` when nothing was left to examine.
+    pub last: Option<(i64, u64)>,
     /// The generation envelopes are rewrapped to (the current one).
     pub generation: u32,
     /// Versions moved to the target generation.
@@ -108,10 +109,10 @@ pub trait BlobBackend: Send + Sync + fmt::Debug {
     /// Makes a new KEK generation current and returns it.
     fn begin_rotation(&self) -> BoxFuture<'_, Result<u32, VaultError>>;
     /// Rewraps up to `limit` envelopes whose generation is below the current one, in
-    /// (object id, version) order after `after`.
+    /// the backend's order after `after` (a [`RewrapProgress::last`]).
     fn rewrap_batch(
         &self,
-        after: Option<(ObjectId, u64)>,
+        after: Option<(i64, u64)>,
         limit: usize,
         rewrap: RewrapFn,
     ) -> BoxFuture<'_, Result<RewrapProgress, VaultError>>;
