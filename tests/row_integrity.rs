@@ -188,6 +188,71 @@ fn to_schema_14(db: &rusqlite::Connection) {
     .unwrap();
 }
 
+/// Puts the database back as it was before migration 0009: no row MACs (nor what 0010–0015
+/// added).
+fn to_schema_8(db: &rusqlite::Connection) {
+    to_schema_14(db);
+    db.execute_batch(
+        "ALTER TABLE secrets DROP COLUMN mac; ALTER TABLE devices DROP COLUMN mac;
+         ALTER TABLE policy_versions DROP COLUMN mac; DELETE FROM meta WHERE key = 'row_macs';
+         DELETE FROM meta WHERE key = 'rewrapped_generation';
+         DROP TABLE audit_head; DROP TABLE enrollment_keys; DROP TABLE audit_checkpoints;
+         DROP TABLE audit_sink_cursor; PRAGMA user_version = 8;",
+    )
+    .unwrap();
+}
+
+/// A version row whose secret is gone cannot be reached; migration 0015 stops on one rather
+/// than leave it (and the sign of an edit) behind without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0015_stops_on_a_version_row_without_its_secret() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    let node = open(&data).await.unwrap();
+    let (scope, key, _) = names("team/app", "token");
+    node.vault().put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
+    node.close_db();
+    drop(node);
+    let db = attacker(&data);
+    to_schema_14(&db);
+    db.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         INSERT INTO secret_versions (object_id, version, created_at, size, kek_generation, envelope)
+             SELECT 'ff' || substr(object_id, 3), version, created_at, size, kek_generation, envelope FROM secret_versions;",
+    )
+    .unwrap();
+    drop(db);
+    let Err(err) = open(&data).await else { panic!("the migration went on") };
+    let err = err.to_string();
+    assert!(
+        err.contains("0015_secret_ids") && err.contains("secret_versions_rows_without_their_secret"),
+        "{err}"
+    );
+}
+
+/// Found by scope and key, a row must name the object id they make: one that names another
+/// (MAC'd so by the backfill of a database edited before it had row MACs) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_naming_another_object_id_is_refused() {
+    let dir = private_tempdir();
+    let data = dir.path().join("node");
+    let node = open(&data).await.unwrap();
+    let (scope, key, id) = names("team/app", "token");
+    node.vault().put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
+    node.close_db();
+    drop(node);
+    let db = attacker(&data);
+    to_schema_8(&db);
+    let other = names("team/app", "other").2;
+    db.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    db.execute("UPDATE secrets SET object_id = ?2 WHERE object_id = ?1", (&id, &other)).unwrap();
+    db.execute("UPDATE secret_versions SET object_id = ?2 WHERE object_id = ?1", (&id, &other)).unwrap();
+    drop(db);
+    let node = testkit::try_open_node(&data, testkit::uncached_node_options()).await.unwrap();
+    assert_integrity(node.vault().get(&scope, &key, None).await.unwrap_err(), &other);
+    assert_integrity(node.vault().list(&scope, false, false, 0, None).await.unwrap_err(), &other);
+}
+
 /// Migration 0015 keys secrets by an id in order of creation: every secret, version, destroyed
 /// version and row MAC comes through, reads and writes go on, and the ids follow the old rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,17 +326,7 @@ async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     // Turn it into a database written before migration 0009 (and so before 0010's audit head
     // 0011's enrollment keys, 0012's audit checkpoints, 0013's sink cursors and 0015's secret
     // ids).
-    let db = attacker(&data);
-    to_schema_14(&db);
-    db.execute_batch(
-        "ALTER TABLE secrets DROP COLUMN mac; ALTER TABLE devices DROP COLUMN mac;
-         ALTER TABLE policy_versions DROP COLUMN mac; DELETE FROM meta WHERE key = 'row_macs';
-         DELETE FROM meta WHERE key = 'rewrapped_generation';
-         DROP TABLE audit_head; DROP TABLE enrollment_keys; DROP TABLE audit_checkpoints;
-         DROP TABLE audit_sink_cursor; PRAGMA user_version = 8;",
-    )
-    .unwrap();
-    drop(db);
+    to_schema_8(&attacker(&data));
     // The edit below must be found by the very next read: no read cache.
     let node = testkit::try_open_node(&data, testkit::uncached_node_options()).await.unwrap();
     let (value, _) = node.vault().get(&scope, &key, None).await.unwrap();

@@ -108,10 +108,20 @@ fn metadata_from_row(
         ))));
     }
     let parsed = (|| {
+        let (scope, key) =
+            (Scope::parse(&scope).map_err(StoreError::corrupt)?, SecretKey::parse(&key).map_err(StoreError::corrupt)?);
+        // Found by scope and key, the row must name the object id they make (one MAC'd with
+        // another was written so before the rows had MACs, or by hand).
+        let named = ObjectId::new(&scope, &key);
+        if named.as_str() != object_id {
+            return Err(StoreError::integrity(format_args!(
+                "secret {object_id} ({scope}/{key}): its object id is not the one its scope and key make"
+            )));
+        }
         Ok(SecretMetadata {
-            scope: Scope::parse(&scope).map_err(StoreError::corrupt)?,
-            key: SecretKey::parse(&key).map_err(StoreError::corrupt)?,
-            object_id: ObjectId::from_stored(object_id.clone()),
+            scope,
+            key,
+            object_id: named,
             version: u64::try_from(version).map_err(StoreError::corrupt)?,
             created_at: from_millis(row.get(4)?),
             updated_at: from_millis(row.get(5)?),
@@ -465,7 +475,9 @@ fn rewrap_batch(
     rewrap: RewrapFn,
 ) -> Result<RewrapProgress, VaultError> {
     let target = current_generation(conn)?;
-    let (after_id, after_version) = after.map_or((0, 0), |(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)));
+    // From the first row, whatever its id (ids are positive, but none is skipped if not).
+    let (after_id, after_version) =
+        after.map_or((i64::MIN, i64::MIN), |(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)));
     let rows = {
         let mut stmt = conn
             .prepare_cached(
@@ -554,7 +566,7 @@ impl BlobBackend for SqliteBlobBackend {
                 tokio::task::coop::consume_budget().await;
                 return Ok(stored);
             }
-            // A point read by primary key: on the calling thread (see `Store::read_now`).
+            // A point read by the (scope, key) index: on the calling thread (see `Store::read_now`).
             let mac = self.store.row_mac();
             let (scope, key) = (wanted.0.clone(), wanted.1.clone());
             let stored = Arc::new(self.store.read_now(move |c| get(c, scope, key, version, mac.as_deref())).await?);

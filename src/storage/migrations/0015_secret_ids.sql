@@ -5,9 +5,22 @@
 -- shared none of them. Keyed by the id, a new secret's row and first version go at the end of
 -- their B-trees, where the batch's other new secrets go too. Secrets are found by (scope, key),
 -- whose index stays; the object id stays a column (it is part of the row MAC and of the API)
--- but is not indexed: nothing looks a secret up by it.
+-- but is not indexed: nothing looks a secret up by it (a read checks it against scope and key).
+
+-- A version row without its secret cannot be reached, and would not be copied below: the
+-- writer has enforced the foreign key since 0001, so one is an edit made outside the node.
+-- Stop rather than drop it (and the evidence) without a word.
+CREATE TEMP TABLE migration_0015_check (
+    orphans INTEGER NOT NULL CONSTRAINT secret_versions_rows_without_their_secret CHECK (orphans = 0)
+);
+INSERT INTO migration_0015_check
+    SELECT count(*) FROM secret_versions v WHERE NOT EXISTS (SELECT 1 FROM secrets s WHERE s.object_id = v.object_id);
+DROP TABLE migration_0015_check;
+
 CREATE TABLE secrets_v2 (
-    id             INTEGER PRIMARY KEY,  -- in order of creation; rows are never deleted
+    -- In order of creation (SQLite gives the next one after the largest), from 1. The node
+    -- never deletes a secrets row: a deleted secret keeps its row and its history.
+    id             INTEGER PRIMARY KEY CHECK (id > 0),
     object_id      TEXT NOT NULL,
     scope          TEXT NOT NULL,
     key            TEXT NOT NULL,
