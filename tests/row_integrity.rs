@@ -165,6 +165,15 @@ async fn a_policy_version_slipped_in_fails_the_start() {
     assert!(err.contains("policy version 1"), "{err}");
 }
 
+/// A node in `data` with one secret (`team/app/token` = `v`), closed: its names and object id.
+async fn one_secret_stored(data: &Path) -> (Scope, SecretKey, String) {
+    let node = open(data).await.unwrap();
+    let names = names("team/app", "token");
+    node.vault().put(&names.0, &names.1, SecretValue::new(b"v".to_vec()), None).await.unwrap();
+    node.close_db();
+    names
+}
+
 /// Puts the vault's tables back as they were before migration 0015: secrets keyed by their
 /// object id, versions by (object id, version); the rows (and their MACs) as they are.
 fn to_schema_14(db: &rusqlite::Connection) {
@@ -208,11 +217,7 @@ fn to_schema_8(db: &rusqlite::Connection) {
 async fn migration_0015_stops_on_a_version_row_without_its_secret() {
     let dir = private_tempdir();
     let data = dir.path().join("node");
-    let node = open(&data).await.unwrap();
-    let (scope, key, _) = names("team/app", "token");
-    node.vault().put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
-    node.close_db();
-    drop(node);
+    one_secret_stored(&data).await;
     let db = attacker(&data);
     to_schema_14(&db);
     db.execute_batch(
@@ -236,11 +241,7 @@ async fn migration_0015_stops_on_a_version_row_without_its_secret() {
 async fn a_row_naming_another_object_id_is_refused() {
     let dir = private_tempdir();
     let data = dir.path().join("node");
-    let node = open(&data).await.unwrap();
-    let (scope, key, id) = names("team/app", "token");
-    node.vault().put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
-    node.close_db();
-    drop(node);
+    let (scope, key, id) = one_secret_stored(&data).await;
     let db = attacker(&data);
     to_schema_8(&db);
     let other = names("team/app", "other").2;
@@ -318,11 +319,7 @@ async fn secrets_keyed_by_object_id_move_to_ids_with_their_versions_and_macs() {
 async fn a_data_dir_from_before_row_macs_is_backfilled_once() {
     let dir = private_tempdir();
     let data = dir.path().join("node");
-    let node = open(&data).await.unwrap();
-    let (scope, key, id) = names("team/app", "token");
-    node.vault().put(&scope, &key, SecretValue::new(b"v".to_vec()), None).await.unwrap();
-    node.close_db();
-    drop(node);
+    let (scope, key, id) = one_secret_stored(&data).await;
     // Turn it into a database written before migration 0009 (and so before 0010's audit head
     // 0011's enrollment keys, 0012's audit checkpoints, 0013's sink cursors and 0015's secret
     // ids).
