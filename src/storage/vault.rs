@@ -143,10 +143,10 @@ fn load_metadata(
         LazyLock::new(|| format!("SELECT {METADATA_COLUMNS} FROM secrets s WHERE s.scope = ?1 AND s.key = ?2"));
     conn.prepare_cached(&SQL)?
         .query_row((scope.as_str(), key.as_str()), |r| {
-            Ok(metadata_from_row(r, mac)?.map(|m| (r.get::<_, i64>(ID_COLUMN), m)))
+            let id: i64 = r.get(ID_COLUMN)?;
+            Ok(metadata_from_row(r, mac)?.map(|m| (id, m)))
         })
         .optional()?
-        .map(|found| found.and_then(|(id, m)| Ok((id?, m))))
         .transpose()
 }
 
