@@ -217,11 +217,6 @@ impl ObjectId {
         ObjectId(hex::encode(ctx.finish()))
     }
 
-    /// Wraps an id read back from storage.
-    pub fn from_stored(hex: String) -> Self {
-        ObjectId(hex)
-    }
-
     /// The 64 lowercase hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
