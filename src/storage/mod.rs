@@ -665,14 +665,27 @@ mod tests {
         std::fs::metadata(wal).map(|m| m.len() / 4096).unwrap_or(0)
     }
 
-    #[tokio::test]
-    async fn checkpoints_run_off_the_writer_and_keep_the_wal_bounded() -> Result<(), StoreError> {
+    /// A store in a temp dir with a `filler` table of `rows` rows of 4,000 bytes (a page each).
+    async fn filler_store(rows: i64) -> Result<(tempfile::TempDir, PathBuf, Store), StoreError> {
         let dir = tempfile::tempdir().map_err(StoreError::new)?;
         let path = dir.path().join("p.db");
         let store = Store::open(&path)?;
         store
-            .write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE filler (n INTEGER PRIMARY KEY, v BLOB NOT NULL)")?))
+            .write(move |c| {
+                c.execute_batch("CREATE TABLE filler (n INTEGER PRIMARY KEY, v BLOB NOT NULL)")?;
+                let mut insert = c.prepare_cached("INSERT INTO filler (n, v) VALUES (?1, zeroblob(4000))")?;
+                for i in 0..rows {
+                    insert.execute([i])?;
+                }
+                Ok::<_, StoreError>(())
+            })
             .await?;
+        Ok((dir, path, store))
+    }
+
+    #[tokio::test]
+    async fn checkpoints_run_off_the_writer_and_keep_the_wal_bounded() -> Result<(), StoreError> {
+        let (_dir, path, store) = filler_store(0).await?;
         // 20 × 1,000 pages of 4 KiB rows: eighty times the mark at which the checkpointer wakes,
         // five times the writer's own bound.
         let checkpointed = store.checkpoints();
@@ -709,19 +722,7 @@ mod tests {
     /// `CHECKPOINT_PAGES` frames not yet copied, not after every commit (each run syncs twice).
     #[tokio::test]
     async fn small_writes_past_the_mark_do_not_each_wake_a_checkpoint() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(StoreError::new)?;
-        let path = dir.path().join("p.db");
-        let store = Store::open(&path)?;
-        store
-            .write(|c| {
-                c.execute_batch("CREATE TABLE filler (n INTEGER PRIMARY KEY, v BLOB NOT NULL)")?;
-                let mut insert = c.prepare_cached("INSERT INTO filler (n, v) VALUES (?1, zeroblob(4000))")?;
-                for i in 0..1100 {
-                    insert.execute([i])?;
-                }
-                Ok::<_, StoreError>(())
-            })
-            .await?;
+        let (_dir, _path, store) = filler_store(1100).await?;
         let before = store.checkpoints();
         // A thousand commits of a few frames each, one after the other (about 2,000 frames):
         // each finds the WAL past the mark, and rarely fully copied at the moment it begins

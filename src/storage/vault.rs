@@ -41,8 +41,8 @@ const METADATA_COLUMNS: &str = "s.scope, s.key, s.object_id, s.latest_version, s
      s.mac, (SELECT max(m.version) FROM secret_versions m WHERE m.secret = s.id), s.id";
 /// How many columns [`METADATA_COLUMNS`] has.
 const METADATA_LEN: usize = 11;
-/// Where [`METADATA_COLUMNS`] has the row's id.
-const ID_COLUMN: usize = 10;
+/// Where [`METADATA_COLUMNS`] has the row's id: last.
+const ID_COLUMN: usize = METADATA_LEN - 1;
 
 /// The columns of a `secrets` row that decide what is served, in MAC order.
 fn secret_fields<'a>(
