@@ -729,6 +729,12 @@ fn serve_nudges_to_a_recovery_kit_until_there_is_one() {
             std::thread::sleep(Duration::from_millis(20));
         }
         serving.kill();
+        // The reader thread drops its clone when it reaches the end of stderr: every line of the
+        // banner (the kit's nudge follows the `identity show` line) has been pushed by then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&lines) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         lines.lock().unwrap().join("\n")
     };
     let first = banner(&data);
