@@ -28,6 +28,12 @@ fn expected_value(key: &str, version: u64) -> Vec<u8> {
     v
 }
 
+/// `crash_child`'s name in this test binary: its module path without the crate's name.
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+    if module.is_empty() { "crash_child".to_owned() } else { format!("{module}::crash_child") }
+}
+
 /// The writer process. A no-op unless the parent test started it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
@@ -85,7 +91,7 @@ async fn acknowledged_writes_survive_sigkill() {
 
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args(["--exact", &child_test_name(), "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,7 +1,7 @@
 //! The seed corpus of the fuzz targets (`fuzz/corpus/<target>/seed-*`): valid examples of every
 //! input, made by the real code, so the fuzzers start from deep inside each parser.
 //!
-//! `cargo test --test fuzz_seeds -- --ignored` (re)writes them; keys, nonces and signatures are
+//! `cargo test --test integration fuzz_seeds:: -- --ignored` (re)writes them; keys, nonces and signatures are
 //! fresh each time, the shapes are fixed. The test that always runs checks that the committed
 //! seeds are still what they claim (an envelope opens, a CSR verifies, a URI parses, ...), so a
 //! format change that would leave the fuzzers starting from junk fails here.
