@@ -5,7 +5,9 @@
 # sanitizer flags. `cargo fuzz run -O -s none --codegen-units 16 TARGET` works too (README.md).
 #
 #   fuzz/fuzz.sh build                      build every target (release profile of fuzz/Cargo.toml;
-#                                           FUZZ_OPT_LEVEL=1 builds faster, runs slower)
+#                                           FUZZ_OPT_LEVEL=1 builds faster, runs slower;
+#                                           FUZZ_DEBUG=none leaves out the line tables: each
+#                                           target is ~150 MB with them, a few MB without)
 #   fuzz/fuzz.sh list                       the targets
 #   fuzz/fuzz.sh run TARGET [ARGS...]       fuzz until stopped; ARGS go to libFuzzer
 #                                           (e.g. -max_total_time=600 -jobs=2 -workers=2)
@@ -48,7 +50,7 @@ targets() {
 
 build() {
   RUSTFLAGS="$RUSTFLAGS_FUZZ${RUSTFLAGS:+ $RUSTFLAGS}" cargo build --manifest-path "$here/Cargo.toml" \
-    --target "$TRIPLE" --release --config 'profile.release.debug="line-tables-only"' \
+    --target "$TRIPLE" --release --config "profile.release.debug=\"${FUZZ_DEBUG:-line-tables-only}\"" \
     --config "profile.release.opt-level=${FUZZ_OPT_LEVEL:-2}" --bins "$@"
 }
 
