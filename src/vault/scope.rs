@@ -133,6 +133,13 @@ impl fmt::Display for Scope {
     }
 }
 
+/// The text, moved out (no copy).
+impl From<Scope> for String {
+    fn from(v: Scope) -> String {
+        v.0
+    }
+}
+
 impl fmt::Debug for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Scope({:?})", self.0)
@@ -185,6 +192,13 @@ impl fmt::Display for SecretKey {
     }
 }
 
+/// The text, moved out (no copy).
+impl From<SecretKey> for String {
+    fn from(v: SecretKey) -> String {
+        v.0
+    }
+}
+
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretKey({:?})", self.0)
@@ -226,6 +240,13 @@ impl ObjectId {
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The text, moved out (no copy).
+impl From<ObjectId> for String {
+    fn from(v: ObjectId) -> String {
+        v.0
     }
 }
 

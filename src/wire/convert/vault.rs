@@ -23,9 +23,9 @@ pub fn secret_key(field: &str, text: &str) -> Result<SecretKey, Status> {
 impl From<SecretMetadata> for pbv::SecretMetadata {
     fn from(m: SecretMetadata) -> Self {
         pbv::SecretMetadata {
-            scope: m.scope.to_string(),
-            key: m.key.to_string(),
-            object_id: m.object_id.to_string(),
+            scope: m.scope.into(),
+            key: m.key.into(),
+            object_id: m.object_id.into(),
             version: m.version,
             created_at: Some(timestamp(m.created_at)),
             updated_at: Some(timestamp(m.updated_at)),
@@ -79,8 +79,8 @@ impl From<Watched> for pbv::WatchSecretsResponse {
     fn from(watched: Watched) -> Self {
         match watched {
             Watched::Change(c) => pbv::WatchSecretsResponse {
-                scope: c.scope.as_str().to_owned(),
-                key: c.key.as_str().to_owned(),
+                scope: c.scope.into(),
+                key: c.key.into(),
                 version: c.version,
                 change: match c.kind {
                     ChangeKind::Put => pbv::SecretChange::Put,
