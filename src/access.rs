@@ -310,7 +310,7 @@ impl Gate {
         held: Option<&HeldAllow>,
     ) -> Result<(), Denied> {
         let record = match held.and_then(|h| h.take()) {
-            Some(method) if method.entry.action == action => Record::With(method),
+            Some(method) if method.action == action => Record::With(method),
             Some(method) => {
                 // Not this call's method: recorded on its own, as it would have been.
                 method.record().map_err(Denied::audit_unavailable)?;
@@ -328,9 +328,9 @@ impl Gate {
     /// record would be, while the log cannot record or its queue is full, and never refused
     /// later. Denials, anonymous callers and unaudited actions are recorded (or not) as
     /// [`Gate::decide`] does.
-    pub fn decide_method_held(&self, peer: &Peer, action: &str) -> Result<Option<HeldEntry>, Denied> {
+    pub fn decide_method_held(&self, peer: &Peer, action: &'static str) -> Result<Option<HeldEntry>, Denied> {
         let record = match peer.principal {
-            Principal::Device { .. } => Record::Hold,
+            Principal::Device { .. } => Record::Hold(action),
             Principal::Anonymous => Record::Now,
         };
         self.decide_as(peer, action, &Resource::Node, None, record)
@@ -372,29 +372,32 @@ impl Gate {
         let decision = self.engine.authorize_subject(&subject, action, resource, context);
         // Method names come from the request: record and echo a bounded prefix.
         let action = bounded(action);
-        let mut held = None;
-        // An allowed method decision asked to be held is returned, not recorded.
-        let hold = matches!(record, Record::Hold) && decision.allow;
         if audited {
             let reason = reason_text(&decision);
+            let at = SystemTime::now();
             let (principal, reason, slot) = match record {
-                // Not recorded yet: its place in the queue is taken now, so an unrecordable
-                // call is refused here and the record cannot be refused later.
-                Record::Hold if decision.allow => {
+                // An allowed method decision asked to be held is returned, not recorded. Not
+                // recorded yet: its place in the queue is taken now, so an unrecordable call is
+                // refused here and the record cannot be refused later. Its action and resource
+                // are known (a held action, the node): no text is made for them unless it is
+                // recorded alone.
+                Record::Hold(held_action) if decision.allow => {
                     let slot = self.audit.reserve().map_err(Denied::audit_unavailable)?;
-                    (peer.principal.label(), reason, Some(slot))
+                    let principal = peer.principal.label();
+                    let held = HeldEntry { at, principal, action: held_action, reason, slot };
+                    return self.allowed(peer, &action, resource, Some(held));
                 }
                 // The method decision and this one, as one record, in the place the method
                 // decision took.
                 Record::With(method) => (
-                    method.entry.principal,
-                    format!("method: {}; resource: {reason}", method.entry.reason),
+                    method.principal,
+                    format!("method: {}; resource: {reason}", method.reason),
                     Some(method.slot),
                 ),
-                Record::Hold | Record::Now => (peer.principal.label(), reason, None),
+                Record::Hold(_) | Record::Now => (peer.principal.label(), reason, None),
             };
             let entry = AuditEntry {
-                at: SystemTime::now(),
+                at,
                 principal,
                 action: action.clone().into_owned(),
                 resource: resource.to_string(),
@@ -402,9 +405,6 @@ impl Gate {
                 reason,
             };
             match slot {
-                Some(slot) if hold => {
-                    held = Some(HeldEntry { entry, slot });
-                }
                 // The combined record always goes in (its place was taken when the method was
                 // allowed); the call still fails closed while the log cannot append.
                 Some(slot) => {
@@ -415,12 +415,11 @@ impl Gate {
                 None => self.audit.record(entry).map_err(Denied::audit_unavailable)?,
             }
         }
-        self.metrics.decision(decision.allow);
-        // The same disclosure as the audit record: who, which method, on what; never a value.
         if decision.allow {
-            tracing::debug!(method = %action, principal = %peer.principal.label(), decision = "allow", resource = %resource, "allowed");
-            return Ok(held);
+            return self.allowed(peer, &action, resource, None);
         }
+        self.metrics.decision(false);
+        // The same disclosure as the audit record: who, which method, on what; never a value.
         tracing::info!(method = %action, principal = %peer.principal.label(), decision = "deny", resource = %resource, explanation = %decision.explanation, "denied");
         let message = match peer.principal {
             Principal::Anonymous => format!("{action} requires a paired device's client certificate"),
@@ -429,6 +428,14 @@ impl Gate {
             }
         };
         Err(Denied { kind: DenialKind::Policy, message })
+    }
+
+    /// An allow: counted, logged (the same disclosure as its audit record: who, which method,
+    /// on what; never a value), `held` handed back.
+    fn allowed(&self, peer: &Peer, action: &str, resource: &Resource, held: Option<HeldEntry>) -> Result<Option<HeldEntry>, Denied> {
+        self.metrics.decision(true);
+        tracing::debug!(method = %action, principal = %peer.principal.label(), decision = "allow", resource = %resource, "allowed");
+        Ok(held)
     }
 
     /// Records what a service did on its own authority (not a policy decision, e.g. a device
@@ -450,23 +457,35 @@ impl Gate {
 enum Record {
     /// As one record now.
     Now,
-    /// An allow is returned unrecorded, to be held; anything else is recorded now.
-    Hold,
+    /// An allow of this held action is returned unrecorded, to be held; anything else is
+    /// recorded now.
+    Hold(&'static str),
     /// With this held method decision, as one record now.
     With(HeldEntry),
 }
 
-/// A method decision not yet recorded and the place in the audit queue kept for it.
+/// An allowed method decision on the node not yet recorded, and the place in the audit queue
+/// kept for it.
 #[derive(Debug)]
 pub struct HeldEntry {
-    entry: AuditEntry,
+    at: SystemTime,
+    principal: String,
+    action: &'static str,
+    reason: String,
     slot: crate::audit::AuditSlot,
 }
 
 impl HeldEntry {
     /// Records the method decision on its own, in its place.
     fn record(self) -> Result<(), crate::audit::AuditUnavailable> {
-        self.slot.record(self.entry)
+        self.slot.record(AuditEntry {
+            at: self.at,
+            principal: self.principal,
+            action: self.action.to_owned(),
+            resource: Resource::Node.to_string(),
+            decision: AuditDecision::Allow,
+            reason: self.reason,
+        })
     }
 }
 

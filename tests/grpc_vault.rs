@@ -438,13 +438,18 @@ async fn a_scoped_vault_call_is_one_audit_record_naming_both_decisions() {
     let records = added().await;
     let [record] = records.as_slice() else { panic!("{records:?}") };
     assert_eq!((record.resource.as_str(), record.decision), ("Scope:agents/alpha", AuditDecision::Deny));
+    let caller = record.principal.clone();
 
-    // Refused before its resource decision (a bad argument): the method decision alone.
+    // Refused before its resource decision (a bad argument): the method decision alone, whole.
     vault.get_secret(get("Agents/../x", "k", 0)).await.unwrap_err();
     let records = added().await;
     let [record] = records.as_slice() else { panic!("{records:?}") };
     assert_eq!((record.resource.as_str(), record.decision), ("Node", AuditDecision::Allow));
-    assert!(!record.reason.contains("resource: "), "{record:?}");
+    assert_eq!(
+        (record.principal.as_str(), record.action.as_str()),
+        (caller.as_str(), "palyra.vault.v1.VaultService/GetSecret")
+    );
+    assert!(!record.reason.is_empty() && !record.reason.contains("resource: "), "{record:?}");
 
     // A call whose handler decides no single scope keeps its method record.
     vault.list_secrets(pb::ListSecretsRequest { scope: own.clone(), ..Default::default() }).await.unwrap();

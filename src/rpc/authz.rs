@@ -129,8 +129,8 @@ where
                 let action = request.uri().path().trim_start_matches('/');
                 // A method whose handler decides its resource first thing: an allow is held and
                 // recorded with that decision, as one record (`HeldAllow`).
-                let held = if super::vault::HOLDS_METHOD_ALLOW.contains(&action) {
-                    match gate.decide_method_held(&peer, action) {
+                let held = if let Some(&held_action) = super::vault::HOLDS_METHOD_ALLOW.iter().find(|&&a| a == action) {
+                    match gate.decide_method_held(&peer, held_action) {
                         Ok(held) => held,
                         Err(d) => return Ok(denied(matches!(peer.principal, Principal::Anonymous), d).into_http()),
                     }
