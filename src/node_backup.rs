@@ -27,7 +27,7 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditDecision, AuditEntry};
+use crate::audit::{Audit, AuditDecision, AuditEntry, NODE_PRINCIPAL};
 use crate::backup::format::Summary;
 use crate::backup::{self, BackupError, BackupReader, BackupWriter, Header, RecoveryCode, Share};
 use crate::config::{BackupConfig, DEFAULT_BACKUP_KEEP, KeyBackendChoice, Layout};
@@ -490,6 +490,8 @@ pub(crate) fn restore(
 
 /// The principal and action of a restore's audit record.
 pub(crate) const RESTORE_ACTION: &str = "palyra restore";
+/// The action of a scheduled backup's audit record (its principal: the node).
+pub(crate) const BACKUP_ACTION: &str = "palyra backup";
 
 fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -618,8 +620,9 @@ fn store_root_key(work: &Path, key_id: &str, root: &RootKey, choice: KeyBackendC
 /// `[backup]` of `palyra.toml`: a backup into `config.dir` every `config.every`, the newest
 /// `keep` kept. A failure is logged with the count so far and tried again at the next tick;
 /// a backup cut short (the process stopped) leaves only its temporary name, never a file
-/// under the final one.
-pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig) -> tokio::task::JoinHandle<()> {
+/// under the final one. Each backup is recorded in `audit` before it is made, as a call is
+/// before it acts: while the log cannot record, none is made (a failure like any other).
+pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig, audit: Audit) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = match config.interval() {
             Ok(every) => every,
@@ -635,10 +638,24 @@ pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig) -> tokio::
         let (mut made, mut failures) = (0u64, 0u64);
         loop {
             ticker.tick().await;
-            let (data, dir) = (data_dir.clone(), config.dir.clone());
-            let result = tokio::task::spawn_blocking(move || scheduled_backup(&data, &dir, keep))
-                .await
-                .unwrap_or_else(|e| Err(RecoveryError::Failed(format!("the backup task failed: {e}"))));
+            let file = config.dir.join(format!("palyra-{:016}.palyra-backup", crate::unix_time::unix_ms(SystemTime::now())));
+            let recorded = audit.record(AuditEntry {
+                at: SystemTime::now(),
+                principal: NODE_PRINCIPAL.to_owned(),
+                action: BACKUP_ACTION.to_owned(),
+                resource: "Node".to_owned(),
+                decision: AuditDecision::Allow,
+                reason: format!("scheduled backup ([backup] of palyra.toml) starting: {}", file.display()),
+            });
+            let result = match recorded {
+                Ok(()) => {
+                    let (data, dir) = (data_dir.clone(), config.dir.clone());
+                    tokio::task::spawn_blocking(move || scheduled_backup(&data, &dir, &file, keep))
+                        .await
+                        .unwrap_or_else(|e| Err(RecoveryError::Failed(format!("the backup task failed: {e}"))))
+                }
+                Err(e) => Err(RecoveryError::Failed(format!("the audit log cannot record it: {e}"))),
+            };
             match result {
                 Ok((outcome, removed)) => {
                     made += 1;
@@ -661,15 +678,14 @@ pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig) -> tokio::
     })
 }
 
-/// One scheduled backup: `dir/palyra-<unix ms>.palyra-backup`, then the oldest beyond `keep`
-/// removed. Returns what was written and how many were removed.
-fn scheduled_backup(data_dir: &Path, dir: &Path, keep: usize) -> Result<(BackupOutcome, usize), RecoveryError> {
+/// One scheduled backup into `file` (`dir/palyra-<unix ms>.palyra-backup`), then the oldest
+/// beyond `keep` removed. Returns what was written and how many were removed.
+fn scheduled_backup(data_dir: &Path, dir: &Path, file: &Path, keep: usize) -> Result<(BackupOutcome, usize), RecoveryError> {
     if !dir.exists() {
         fsutil::ensure_private_dir(dir)?;
     }
     remove_stale(dir, |n| n.starts_with(".palyra-") && n.contains(".palyra-backup.tmp-"));
-    let name = format!("palyra-{:016}.palyra-backup", crate::unix_time::unix_ms(SystemTime::now()));
-    let outcome = backup(data_dir, &dir.join(name))?;
+    let outcome = backup(data_dir, file)?;
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(io_error("list", dir))?
         .filter_map(Result::ok)

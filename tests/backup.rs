@@ -471,6 +471,20 @@ async fn serve_makes_scheduled_backups_rotates_them_and_counts_failures() {
     #[cfg(unix)]
     assert_eq!(mode(&backups), 0o700);
     ok(restore(&dir.path().join("restored"), &newest, &code));
+
+    // Every backup serve started is in the audit log, by the node, before it was made: the two
+    // that failed without a kit and each one written (the kept two among them).
+    let node = testkit::open_node(&data).await;
+    let records = node.audit().recent(100, None, Some("palyra backup".to_owned())).await.unwrap();
+    assert!(records.len() >= 5, "{records:?}");
+    assert!(records.iter().all(|r| r.entry.principal == "node" && r.entry.resource == "Node"), "{records:?}");
+    for name in &kept {
+        assert!(
+            records.iter().any(|r| r.entry.reason.contains(name.as_str())),
+            "{name} unaudited: {records:?}"
+        );
+    }
+    node.close_db();
 }
 
 /// The node in `data` opens from whatever backend it recorded, and serves a secret.

@@ -376,7 +376,11 @@ pub(super) async fn serve(ctx: &Context, args: ServeArgs) -> Result<(), CliError
     });
     let witnesses = s.file.audit.as_ref().and_then(|a| a.witness.clone()).filter(|peers| !peers.is_empty());
     let witnessing = witnesses.map(|peers| super::witness::spawn_witnesses(ctx, peers, AUDIT_WITNESS_EVERY));
-    let backups = s.file.backup.clone().map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b));
+    let backups = s
+        .file
+        .backup
+        .clone()
+        .map(|b| crate::node_backup::spawn_schedule(ctx.data_dir.clone(), b, node.audit.clone()));
     let out = summary(ctx, &node);
     tracing::info!(grpc = %bound, quic = %quic_bound, node_id = %out.node_id, "palyra is serving");
     if !ctx.json {
