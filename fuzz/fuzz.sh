@@ -7,7 +7,8 @@
 #   fuzz/fuzz.sh build                      build every target (release profile of fuzz/Cargo.toml;
 #                                           FUZZ_OPT_LEVEL=1 builds faster, runs slower;
 #                                           FUZZ_DEBUG=none leaves out the line tables: each
-#                                           target is ~150 MB with them, a few MB without)
+#                                           target is ~150 MB with them, a few MB without; a
+#                                           profile's `debug` as a string: none, limited, full)
 #   fuzz/fuzz.sh list                       the targets
 #   fuzz/fuzz.sh run TARGET [ARGS...]       fuzz until stopped; ARGS go to libFuzzer
 #                                           (e.g. -max_total_time=600 -jobs=2 -workers=2)

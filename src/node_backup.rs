@@ -620,8 +620,8 @@ fn store_root_key(work: &Path, key_id: &str, root: &RootKey, choice: KeyBackendC
 /// `[backup]` of `palyra.toml`: a backup into `config.dir` every `config.every`, the newest
 /// `keep` kept. A failure is logged with the count so far and tried again at the next tick;
 /// a backup cut short (the process stopped) leaves only its temporary name, never a file
-/// under the final one. Each backup is recorded in `audit` before it is made, as a call is
-/// before it acts: while the log cannot record, none is made (a failure like any other).
+/// under the final one. Each backup is recorded in `audit`, and the record committed, before
+/// it is made: while the log cannot record, none is made (a failure like any other).
 pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig, audit: Audit) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = match config.interval() {
@@ -647,6 +647,11 @@ pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig, audit: Aud
                 decision: AuditDecision::Allow,
                 reason: format!("scheduled backup ([backup] of palyra.toml) starting: {}", file.display()),
             });
+            // Committed before the backup is made: a file never exists that the log lost.
+            let recorded = match recorded {
+                Ok(()) => audit.flush().await,
+                Err(e) => Err(e),
+            };
             let result = match recorded {
                 Ok(()) => {
                     let (data, dir) = (data_dir.clone(), config.dir.clone());

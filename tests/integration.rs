@@ -41,3 +41,31 @@ mod run_inject;
 mod serve_crash;
 mod vault;
 mod watch_secrets;
+
+/// With `autotests = false`, a file added to `tests/` builds and runs only if it is a module
+/// here or a `[[test]]` of Cargo.toml: every file is one or the other.
+#[test]
+fn every_file_of_tests_is_a_module_here_or_a_test_binary() {
+    use std::collections::BTreeSet;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let files: BTreeSet<String> = std::fs::read_dir(dir.join("tests"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".rs") && name != "integration.rs")
+        .collect();
+    let modules: BTreeSet<String> = include_str!("integration.rs")
+        .lines()
+        .filter_map(|line| Some(format!("{}.rs", line.strip_prefix("mod ")?.strip_suffix(';')?)))
+        .collect();
+    let binaries: BTreeSet<String> =
+        files.iter().filter(|name| manifest.contains(&format!("path = \"tests/{name}\""))).cloned().collect();
+    assert!(
+        modules.is_disjoint(&binaries),
+        "both a module and a binary: {:?}",
+        modules.intersection(&binaries)
+    );
+    let covered: BTreeSet<String> = modules.union(&binaries).cloned().collect();
+    assert_eq!(files, covered, "tests/ files that build nowhere, or modules without a file");
+    assert!(binaries.contains("flood.rs") && binaries.contains("open_files_limit.rs"), "{binaries:?}");
+}
