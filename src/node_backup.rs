@@ -390,7 +390,7 @@ pub(crate) async fn create_recovery_kit(
     }
     // Recorded before the kit exists: a kit is never there unaudited.
     audit
-        .record(AuditEntry {
+        .record_committed(AuditEntry {
             at: SystemTime::now(),
             principal: KIT_PRINCIPAL.to_owned(),
             action: KIT_ACTION.to_owned(),
@@ -405,8 +405,8 @@ pub(crate) async fn create_recovery_kit(
                 std::process::id()
             ),
         })
+        .await
         .map_err(|e| failed(&e))?;
-    audit.flush().await.map_err(|e| failed(&e))?;
     let path = data_dir.join(KIT_FILE);
     tokio::task::spawn_blocking(move || fsutil::write_private_atomic(&path, &sealed, true))
         .await
@@ -508,7 +508,7 @@ async fn record_restore(work: &Path, created_at_ms: u64, backup_id: &str, backen
         core.close();
         return Err(BackupError::Malformed(format!("its audit log does not match its sealed head: {problem}")).into());
     }
-    let recorded = audit.record(AuditEntry {
+    let entry = AuditEntry {
         at: SystemTime::now(),
         principal: KIT_PRINCIPAL.to_owned(),
         action: RESTORE_ACTION.to_owned(),
@@ -518,11 +518,8 @@ async fn record_restore(work: &Path, created_at_ms: u64, backup_id: &str, backen
             "restored from backup {backup_id}… made at unix ms {created_at_ms}; root key in the {backend} backend (pid {})",
             std::process::id()
         ),
-    });
-    let recorded = match recorded {
-        Ok(()) => audit.flush().await,
-        Err(e) => Err(e),
     };
+    let recorded = audit.record_committed(entry).await;
     core.close();
     recorded.map_err(|e| failed(&e))
 }
@@ -639,23 +636,19 @@ pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig, audit: Aud
         loop {
             ticker.tick().await;
             let file = config.dir.join(format!("palyra-{:016}.palyra-backup", crate::unix_time::unix_ms(SystemTime::now())));
-            let recorded = audit.record(AuditEntry {
+            let entry = AuditEntry {
                 at: SystemTime::now(),
                 principal: NODE_PRINCIPAL.to_owned(),
                 action: BACKUP_ACTION.to_owned(),
                 resource: "Node".to_owned(),
                 decision: AuditDecision::Allow,
                 reason: format!("scheduled backup ([backup] of palyra.toml) starting: {}", file.display()),
-            });
-            // Committed before the backup is made: a file never exists that the log lost.
-            let recorded = match recorded {
-                Ok(()) => audit.flush().await,
-                Err(e) => Err(e),
             };
-            let result = match recorded {
+            // Committed before the backup is made: a file never exists that the log lost.
+            let result = match audit.record_committed(entry).await {
                 Ok(()) => {
-                    let (data, dir) = (data_dir.clone(), config.dir.clone());
-                    tokio::task::spawn_blocking(move || scheduled_backup(&data, &dir, &file, keep))
+                    let data = data_dir.clone();
+                    tokio::task::spawn_blocking(move || scheduled_backup(&data, &file, keep))
                         .await
                         .unwrap_or_else(|e| Err(RecoveryError::Failed(format!("the backup task failed: {e}"))))
                 }
@@ -683,9 +676,10 @@ pub(crate) fn spawn_schedule(data_dir: PathBuf, config: BackupConfig, audit: Aud
     })
 }
 
-/// One scheduled backup into `file` (`dir/palyra-<unix ms>.palyra-backup`), then the oldest
-/// beyond `keep` removed. Returns what was written and how many were removed.
-fn scheduled_backup(data_dir: &Path, dir: &Path, file: &Path, keep: usize) -> Result<(BackupOutcome, usize), RecoveryError> {
+/// One scheduled backup into `file` (`DIR/palyra-<unix ms>.palyra-backup`), then the oldest in
+/// its directory beyond `keep` removed. Returns what was written and how many were removed.
+fn scheduled_backup(data_dir: &Path, file: &Path, keep: usize) -> Result<(BackupOutcome, usize), RecoveryError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
     if !dir.exists() {
         fsutil::ensure_private_dir(dir)?;
     }

@@ -554,6 +554,13 @@ impl Audit {
         self.available()
     }
 
+    /// Records `entry` and waits until it is committed: for what must not happen unrecorded
+    /// (a kit, a restore, a backup, an offline reset), before it happens.
+    pub async fn record_committed(&self, entry: AuditEntry) -> Result<(), AuditUnavailable> {
+        self.record(entry)?;
+        self.flush().await
+    }
+
     /// Waits until everything queued before this call is committed; an error when that append
     /// failed (the records are kept and retried, but a write that depends on them must not
     /// proceed).

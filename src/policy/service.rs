@@ -191,7 +191,7 @@ impl Policies {
             return Err(ResetError::AuditIntegrity(problem));
         }
         let version = Self::reset_to_defaults(store).await?.version;
-        let recorded = audit.record(AuditEntry {
+        let entry = AuditEntry {
             at: SystemTime::now(),
             principal: RESET_PRINCIPAL.to_owned(),
             action: UPDATED_BY_RESET.to_owned(),
@@ -201,12 +201,8 @@ impl Policies {
                 "default policies installed as version {version} (offline, pid {})",
                 std::process::id()
             ),
-        });
-        let recorded = match recorded {
-            Ok(()) => audit.flush().await,
-            Err(e) => Err(e),
         };
-        recorded.map_err(|error| ResetError::Unrecorded { version, error })?;
+        audit.record_committed(entry).await.map_err(|error| ResetError::Unrecorded { version, error })?;
         Ok(version)
     }
 }
