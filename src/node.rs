@@ -450,9 +450,6 @@ pub enum InitError {
     /// The database failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
-    /// The auth profiles' HTTP client could not be built.
-    #[error("auth profiles: {0}")]
-    Auth(String),
 }
 
 impl Node {
@@ -505,8 +502,7 @@ impl Node {
         };
         let registry =
             Arc::new(Registry::new(Arc::clone(&identity), Arc::new(core.store.clone()), gate.clone()));
-        let auth = crate::auth::Profiles::new(Arc::new(core.store.clone()), core.vault.clone())
-            .map_err(|e| InitError::Auth(e.to_string()))?;
+        let auth = crate::auth::Profiles::new(Arc::new(core.store.clone()), core.vault.clone());
         let pairing = Arc::new(Pairing::new(
             Arc::new(core.store.clone()),
             Arc::clone(&identity),

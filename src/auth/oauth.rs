@@ -2,6 +2,7 @@
 //! §6 refresh): reqwest over rustls with the process's ring provider, connect and total
 //! timeouts, no redirects, bounded responses. The only code that knows reqwest.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::unix_time::unix_ms;
@@ -75,16 +76,26 @@ struct ErrorBody {
     error_description: Option<String>,
 }
 
-/// A client of token endpoints.
-#[derive(Debug, Clone)]
+/// A client of token endpoints. Its HTTP client is built at the first call: that loads and
+/// parses the platform's trusted roots (a few milliseconds and a few hundred KiB), which a node
+/// whose profiles never reach a token endpoint would pay at every start for nothing.
+#[derive(Debug, Clone, Default)]
 pub struct TokenClient {
-    http: reqwest::Client,
+    http: Arc<OnceLock<reqwest::Client>>,
 }
 
 impl TokenClient {
-    /// A client with the timeouts above. Uses the process's rustls provider (ring), installing
-    /// it if nothing is installed yet.
-    pub fn new() -> Result<Self, AuthError> {
+    /// A client with the timeouts above, not yet built.
+    pub fn new() -> Self {
+        TokenClient::default()
+    }
+
+    /// The HTTP client, built now if this is the first call. Uses the process's rustls
+    /// provider (ring), installing it if nothing is installed yet.
+    fn http(&self) -> Result<&reqwest::Client, AuthError> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -93,7 +104,8 @@ impl TokenClient {
             .user_agent(concat!("palyra/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AuthError::Internal(format!("http client: {e}")))?;
-        Ok(TokenClient { http })
+        // Two first calls at once both build one; the first stored is kept.
+        Ok(self.http.get_or_init(|| http))
     }
 
     /// Exchanges an authorization code and its PKCE verifier for tokens.
@@ -139,7 +151,7 @@ impl TokenClient {
             ),
         };
         let mut response = self
-            .http
+            .http()?
             .post(&config.token_url)
             .header(reqwest::header::ACCEPT, "application/json")
             .form(form)

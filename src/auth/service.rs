@@ -91,8 +91,8 @@ fn secret_key(name: &str) -> Result<SecretKey, AuthError> {
 
 impl Profiles {
     /// The profiles in `store`, their secrets in `vault`.
-    pub(crate) fn new(store: Arc<dyn ProfileStore>, vault: Vault) -> Result<Self, AuthError> {
-        Ok(Profiles { store, vault, http: TokenClient::new()?, flights: Arc::default() })
+    pub(crate) fn new(store: Arc<dyn ProfileStore>, vault: Vault) -> Self {
+        Profiles { store, vault, http: TokenClient::new(), flights: Arc::default() }
     }
 
     /// Creates a profile (and stores its API key).
