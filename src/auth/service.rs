@@ -186,6 +186,9 @@ impl Profiles {
     ) -> Result<StartedAuthorization, AuthError> {
         let profile = self.get(name).await?;
         let config = oauth_config(&profile)?;
+        // Before the user goes to the provider's page: a node that cannot reach token
+        // endpoints at all says so now.
+        self.http.ready().await?;
         let redirect = match redirect_override.filter(|r| !r.is_empty()) {
             Some(r) => {
                 redirect_uri("redirect_uri", r)?;
@@ -242,6 +245,8 @@ impl Profiles {
         if code.is_empty() || code.len() > 4096 {
             return Err(AuthError::invalid("code", "required, at most 4096 bytes"));
         }
+        // The state and its verifier are single use: spent only once the exchange can be made.
+        self.http.ready().await?;
         let now = SystemTime::now();
         let state_hash = pkce::state_hash(state);
         let pending = self.store.take_pending(&state_hash, now).await?.ok_or(AuthError::StateInvalid)?;
