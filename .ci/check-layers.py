@@ -20,7 +20,7 @@ LAYER = {
     # leaves
     "store_error": "leaf", "fsutil": "leaf", "limits": "leaf", "datadir_lock": "leaf",
     "net_limits": "leaf", "ratelimit": "leaf", "unix_time": "leaf", "config": "leaf",
-    "metrics": "leaf",
+    "metrics": "leaf", "error_chain": "leaf",
     # domain (each with its store trait and its service)
     "vault": "domain", "identity": "domain", "pairing": "domain", "policy": "domain",
     "audit": "domain", "auth": "domain", "events": "domain", "integrity": "domain",

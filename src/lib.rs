@@ -9,7 +9,7 @@
 //!
 //! - leaves: `store_error` (what every store trait shares), `fsutil` (private files, atomic
 //!   writes), `limits` (process limits), `datadir_lock`, `net_limits` and `ratelimit` (budgets
-//!   and buckets per address), `unix_time`, `config` (`palyra.toml`, pure parsing), `metrics` (the Prometheus
+//!   and buckets per address), `unix_time`, `error_chain` (an error with its causes), `config` (`palyra.toml`, pure parsing), `metrics` (the Prometheus
 //!   metrics handle);
 //! - domain, each with its store trait and its application service: `vault` (scoped,
 //!   versioned, envelope-encrypted secrets; the root key), `identity` (device and node keys,
@@ -55,6 +55,7 @@ internal_modules! {
     console;
     datadir_lock;
     devices;
+    error_chain;
     events;
     fsutil;
     identity;

@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use crate::error_chain::error_chain;
 use crate::unix_time::unix_ms;
 
 use serde::Deserialize;
@@ -88,14 +89,10 @@ fn build_http() -> Result<reqwest::Client, AuthError> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("palyra/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| {
-            let mut message = format!("cannot build the client for token endpoints: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            AuthError::Provider { status: None, error: None, message }
+        .map_err(|e| AuthError::Provider {
+            status: None,
+            error: None,
+            message: format!("cannot build the client for token endpoints: {}", error_chain(&e)),
         })
 }
 
@@ -134,6 +131,7 @@ impl TokenClient {
             .map_err(|e| AuthError::Internal(format!("building the token endpoint client: {e}")))??;
         Ok(self.http.get_or_init(|| http).clone())
     }
+
     /// Exchanges an authorization code and its PKCE verifier for tokens.
     pub async fn exchange_code(
         &self,

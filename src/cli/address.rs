@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::output::{CliError, Exit};
 use crate::config::{FileConfig, Layout};
+use crate::error_chain::error_chain;
 use crate::fsutil;
 
 /// The default server.
@@ -216,18 +217,6 @@ async fn unreachable(server: &str, chain: &str, using: &str, running: &str) -> C
         Probe::Other => unavailable(format!("cannot connect to {server}{using}: {chain}"))
             .hint("is `palyra serve` running, and is --server right?"),
     }
-}
-
-/// The error and its sources, `: `-joined.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        chain.push_str(": ");
-        chain.push_str(&e.to_string());
-        source = e.source();
-    }
-    chain
 }
 
 enum Probe {
