@@ -321,7 +321,6 @@ type Call = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send +
 /// What a closed-loop load measured.
 #[derive(Debug)]
 struct Load {
-    rate: f64,
     /// Latency in nanoseconds.
     latency: Histogram<u64>,
     /// This process's CPU time per completed call, in µs (client and server alike; what a
@@ -344,6 +343,11 @@ fn process_cpu_ns() -> u64 {
 }
 
 impl Load {
+    /// Completed calls per second.
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.secs
+    }
+
     /// Windows of the same load as one: their calls over their summed time, their latencies
     /// and CPU together.
     fn merged(windows: &[Load]) -> Load {
@@ -353,7 +357,7 @@ impl Load {
         for w in windows {
             latency.add(&w.latency).unwrap();
         }
-        Load { rate: calls as f64 / secs, latency, cpu_us, calls, secs }
+        Load { latency, cpu_us, calls, secs }
     }
 
     fn ms(&self, q: f64) -> f64 {
@@ -400,8 +404,7 @@ async fn closed_loop(in_flight: usize, warmup: Duration, duration: Duration, cal
                 latency.add(h).unwrap();
             }
             let cpu_us = process_cpu_ns().saturating_sub(cpu) as f64 / 1e3 / total.max(1) as f64;
-            let secs = start.elapsed().as_secs_f64();
-            Load { rate: total as f64 / secs, latency, cpu_us, calls: total, secs }
+            Load { latency, cpu_us, calls: total, secs: start.elapsed().as_secs_f64() }
         }
     };
     run(warmup, false).await;
@@ -411,9 +414,9 @@ async fn closed_loop(in_flight: usize, warmup: Duration, duration: Duration, cal
 /// Each of `calls` under the same closed loop, taking turns in `rounds` windows that add up to
 /// `s.load` each, so that a change in the machine's speed (two shared cores drift by tens of
 /// percent within a minute) meets them alike; one merged [`Load`] per call, in order.
-async fn in_turns(in_flight: usize, s: &Sizing, rounds: u32, calls: &[Call]) -> Vec<Load> {
+async fn in_turns<const N: usize>(in_flight: usize, s: &Sizing, rounds: u32, calls: &[Call; N]) -> [Load; N] {
     let window = s.load / rounds;
-    let mut windows: Vec<Vec<Load>> = calls.iter().map(|_| Vec::new()).collect();
+    let mut windows: [Vec<Load>; N] = std::array::from_fn(|_| Vec::new());
     for round in 0..rounds {
         // The first window warms the connections up; each later one first runs unmeasured
         // for a moment, so that what the other call left running (its threads' wake-ups,
@@ -423,7 +426,7 @@ async fn in_turns(in_flight: usize, s: &Sizing, rounds: u32, calls: &[Call]) -> 
             windows.push(closed_loop(in_flight, warmup, window, Arc::clone(call)).await);
         }
     }
-    windows.iter().map(|w| Load::merged(w)).collect()
+    windows.map(|w| Load::merged(&w))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,12 +443,12 @@ async fn metrics_overhead(report: &mut Report, s: &Sizing) {
         let (served, _, client) = node_with_value(options, "bench/metrics").await;
         clients.push((served, client));
     }
-    let calls: Vec<Call> =
-        clients.iter().map(|(_, client)| get_call(client.clone(), "bench/metrics", "VALUE")).collect();
+    let calls =
+        [&clients[0].1, &clients[1].1].map(|client| get_call(client.clone(), "bench/metrics", "VALUE"));
     // Six windows each, as long in all as six full loads (three when quick).
     let sizing = Sizing { load: s.load * s.pick(6, 3), ..*s };
-    let [off, on]: [Load; 2] = in_turns(16, &sizing, s.pick(6, 3), &calls).await.try_into().unwrap();
-    let (off, on) = ((off.rate, off.us(0.5)), (on.rate, on.us(0.5)));
+    let [off, on] = in_turns(16, &sizing, s.pick(6, 3), &calls).await;
+    let (off, on) = ((off.rate(), off.us(0.5)), (on.rate(), on.us(0.5)));
     let requests = clients[1].0.node.metrics().encode().unwrap_or_default();
     assert!(requests.contains(
         "palyra_rpc_requests_total{method=\"palyra.vault.v1.VaultService/GetSecret\",code=\"OK\"}"
@@ -634,23 +637,23 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     let calls =
         [get_call(echo.clone(), "bench/unary", "VALUE"), get_call(client.clone(), "bench/unary", "VALUE")];
     for in_flight in [1usize, 16, 64] {
-        let [e, g]: [Load; 2] = in_turns(in_flight, s, s.pick(6, 2), &calls).await.try_into().unwrap();
+        let [e, g] = in_turns(in_flight, s, s.pick(6, 2), &calls).await;
         if in_flight == 1 {
             p50_at_1 = g.us(0.5);
             bare_p50_at_1_us = e.us(0.5);
         }
         if in_flight == 64 {
-            bare_rate_at_64 = e.rate;
+            bare_rate_at_64 = e.rate();
             bare_cpu_at_64 = e.cpu_us;
         }
         report.add(
             "1",
             format!("GetSecret throughput, {in_flight} in flight"),
-            g.rate,
+            g.rate(),
             "req/s",
-            Some(("bare tonic", e.rate)),
+            Some(("bare tonic", e.rate())),
             "ratio ≥ 0.8",
-            Some(g.rate / e.rate >= 0.8),
+            Some(g.rate() / e.rate() >= 0.8),
         );
         report.add(
             "1",
@@ -679,7 +682,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
             "",
             None,
         );
-        report.unary.push((in_flight, g.rate, g.ms(0.99), e.rate, e.ms(0.99)));
+        report.unary.push((in_flight, g.rate(), g.ms(0.99), e.rate(), e.ms(0.99)));
     }
     // The same reads with the vault's read cache off (every call reads its row from SQLite and
     // checks its MAC): what the cache buys, beside the same bare figures. No target.
@@ -689,7 +692,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
         report.add(
             "1",
             "GetSecret throughput, 64 in flight, read cache off",
-            u.rate,
+            u.rate(),
             "req/s",
             Some(("bare tonic", bare_rate_at_64)),
             "",
@@ -751,11 +754,11 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     report.add(
         "2",
         "PutSecret, 1 client",
-        one.rate,
+        one.rate(),
         "writes/s",
         Some(("rusqlite, 1 insert/commit", bare_one)),
         "ratio ≥ 0.8",
-        Some(one.rate / bare_one >= 0.8),
+        Some(one.rate() / bare_one >= 0.8),
     );
     // A durable put from one client cannot beat one gRPC round trip plus one commit: the
     // best ratio this machine allows (a fast fsync makes it small; a slow disk, near 1).
@@ -775,18 +778,18 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
         report.add(
             "2",
             format!("PutSecret, {what}64 clients"),
-            many.rate,
+            many.rate(),
             "writes/s",
             Some((
                 format!("{}1 client", if what.is_empty() { "PutSecret, " } else { what }).as_str(),
-                one.rate,
+                one.rate(),
             )),
             "ratio ≥ 10",
-            Some(many.rate / one.rate >= 10.0),
+            Some(many.rate() / one.rate() >= 10.0),
         );
         // 64 clients cannot outrun bare tonic at 64 in flight (below), so neither can their
         // ratio to one client: the faster one client's round trip, the lower this ceiling.
-        report.ceiling(bare_rate_at_64 / one.rate, 10.0);
+        report.ceiling(bare_rate_at_64 / one.rate(), 10.0);
         report.add(
             "2",
             format!("PutSecret CPU per write, {what}64 clients"),
@@ -801,11 +804,11 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     report.add(
         "2",
         "PutSecret, 64 clients (vs bare batches)",
-        many.rate,
+        many.rate(),
         "writes/s",
         Some(("rusqlite, 64 inserts/commit", bare_batched)),
         "ratio ≥ 0.3",
-        Some(many.rate / bare_batched >= 0.3),
+        Some(many.rate() / bare_batched >= 0.3),
     );
     report.ceiling(bare_rate_at_64 / bare_batched, 0.3);
     // Nor can 64 clients' puts outrun 64 in flight of a service that answers canned bytes.
@@ -821,7 +824,7 @@ async fn unary(report: &mut Report, s: &Sizing, durable: bool) -> Unary {
     report.add(
         "2",
         "PutSecret, new versions, 1 client",
-        one_versions.rate,
+        one_versions.rate(),
         "writes/s",
         Some(("rusqlite, 1 insert/commit", bare_one)),
         "",
@@ -1058,9 +1061,8 @@ async fn scale(report: &mut Report, s: &Sizing) {
         println!("  (stored {count} secrets in {:.1?})", started.elapsed());
         nodes.push((served, client));
     }
-    let gets: Vec<Call> =
-        nodes.iter().map(|(_, client)| get_call(client.clone(), "bench/scale", "K000500")).collect();
-    let [at_small, at_large]: [Load; 2] = in_turns(1, s, s.pick(6, 2), &gets).await.try_into().unwrap();
+    let gets = [&nodes[0].1, &nodes[1].1].map(|client| get_call(client.clone(), "bench/scale", "K000500"));
+    let [at_small, at_large] = in_turns(1, s, s.pick(6, 2), &gets).await;
     let list_small = list_pages(&nodes[0].1, "bench/scale", 10).await;
     let list_large = list_pages(&nodes[1].1, "bench/scale", 1).await;
     report.add(
@@ -1259,7 +1261,7 @@ async fn handshakes(node: &Node, addr: SocketAddr, creds: &Creds, s: &Sizing) ->
             drop(tls);
         })
     });
-    closed_loop(4, s.warmup, s.load, call).await.rate
+    closed_loop(4, s.warmup, s.load, call).await.rate()
 }
 
 // ---------------------------------------------------------------------------------------------
